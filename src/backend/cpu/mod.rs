@@ -1,0 +1,485 @@
+//! The CPU backend: rustfft (AVX/SSE chosen at run time) and rayon across (pattern, start)
+//! items. Each item runs the whole program with its buffers in cache (128x128 complex64 is
+//! 128 KiB): one fused row pass (inverse row FFTs, support update, forward row FFTs of the
+//! next iterate) and one fused column pass (gather 8 columns = one cache line per row,
+//! forward column FFTs, modulus projection + Fourier error with the 1/(HW) scaling folded
+//! in, inverse column FFTs, scatter) per iteration. The centring shift is done once, on
+//! input and output, never per iteration.
+
+mod kernels;
+
+use super::{Backend, Progress};
+use crate::array::{Complex32, Stack};
+use crate::phasing::problem::{PhasingOutput, PhasingProblem};
+use crate::phasing::program::{Op, Program};
+use crate::{Error, Result};
+use rayon::prelude::*;
+use rustfft::{Fft, FftPlanner};
+use std::sync::{Arc, Mutex};
+
+pub use kernels::{modulus_project, support_update};
+
+/// Columns gathered per block in the column pass (8 complex64 = one 64-byte cache line).
+const COL_BLOCK: usize = 8;
+/// Rows per block in the row pass.
+const ROW_BLOCK: usize = 8;
+
+/// The CPU backend. Owns a rayon thread pool.
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+}
+
+impl CpuBackend {
+    /// A backend with `threads` worker threads (default: all available cores).
+    pub fn new(threads: Option<usize>) -> Result<Self> {
+        let n = threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+        if n == 0 {
+            return Err(Error::Config("--threads must be at least 1".into()));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("cdiphase-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {n} threads: {e}")))?;
+        Ok(CpuBackend { pool })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Run `f` inside this backend's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+/// The FFT plans of one image size.
+#[derive(Clone)]
+pub struct Plan2d {
+    pub h: usize,
+    pub w: usize,
+    row_f: Arc<dyn Fft<f32>>,
+    row_i: Arc<dyn Fft<f32>>,
+    col_f: Arc<dyn Fft<f32>>,
+    col_i: Arc<dyn Fft<f32>>,
+    scratch_len: usize,
+}
+
+impl Plan2d {
+    pub fn new(h: usize, w: usize) -> Self {
+        let mut planner = FftPlanner::<f32>::new();
+        let row_f = planner.plan_fft_forward(w);
+        let row_i = planner.plan_fft_inverse(w);
+        let col_f = planner.plan_fft_forward(h);
+        let col_i = planner.plan_fft_inverse(h);
+        let scratch_len = [&row_f, &row_i, &col_f, &col_i]
+            .iter()
+            .map(|f| f.get_inplace_scratch_len())
+            .max()
+            .unwrap_or(0);
+        Plan2d {
+            h,
+            w,
+            row_f,
+            row_i,
+            col_f,
+            col_i,
+            scratch_len,
+        }
+    }
+
+    /// Per-thread work buffers for this plan. They start poisoned with NaN, so a kernel that
+    /// reads an element it did not write first turns the result into NaN and fails the tests.
+    pub fn work(&self) -> Work {
+        let l = self.h * self.w;
+        let nan = Complex32::new(f32::NAN, f32::NAN);
+        Work {
+            u: vec![nan; l],
+            col: vec![nan; COL_BLOCK * self.h],
+            scratch: vec![nan; self.scratch_len.max(1)],
+            mag: vec![f32::NAN; l],
+            tmp: vec![f32::NAN; l],
+            kernel: Vec::new(),
+        }
+    }
+
+    /// Unnormalised forward 2-D FFT in place (native order), `work.u` as a temporary.
+    pub fn forward(&self, data: &mut [Complex32], work: &mut Work) {
+        self.transform(data, work, true)
+    }
+
+    /// Inverse 2-D FFT in place, scaled by 1/(HW).
+    pub fn inverse(&self, data: &mut [Complex32], work: &mut Work) {
+        self.transform(data, work, false);
+        let s = 1.0 / (self.h * self.w) as f32;
+        data.iter_mut().for_each(|c| *c *= s);
+    }
+
+    fn transform(&self, data: &mut [Complex32], work: &mut Work, forward: bool) {
+        let (row, col) = if forward {
+            (&self.row_f, &self.col_f)
+        } else {
+            (&self.row_i, &self.col_i)
+        };
+        row.process_with_scratch(data, &mut work.scratch);
+        let (h, w) = (self.h, self.w);
+        for c0 in (0..w).step_by(COL_BLOCK) {
+            let nb = COL_BLOCK.min(w - c0);
+            let colbuf = &mut work.col[..nb * h];
+            gather(data, w, h, c0, nb, colbuf);
+            col.process_with_scratch(colbuf, &mut work.scratch);
+            scatter(colbuf, w, h, c0, nb, data);
+        }
+    }
+}
+
+/// Per-thread buffers.
+pub struct Work {
+    u: Vec<Complex32>,
+    col: Vec<Complex32>,
+    scratch: Vec<Complex32>,
+    mag: Vec<f32>,
+    tmp: Vec<f32>,
+    kernel: Vec<f32>,
+}
+
+#[inline]
+fn gather(data: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, col: &mut [Complex32]) {
+    for r in 0..h {
+        let row = &data[r * w + c0..r * w + c0 + nb];
+        for (b, v) in row.iter().enumerate() {
+            col[b * h + r] = *v;
+        }
+    }
+}
+
+#[inline]
+fn scatter(col: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, data: &mut [Complex32]) {
+    for r in 0..h {
+        let row = &mut data[r * w + c0..r * w + c0 + nb];
+        for (b, v) in row.iter_mut().enumerate() {
+            *v = col[b * h + r];
+        }
+    }
+}
+
+/// The state of one (pattern, start) item.
+struct Item<'a> {
+    plan: &'a Plan2d,
+    /// Transposed amplitudes (W x H), -1 = unmeasured.
+    at: &'a [f32],
+    sum_a2: f64,
+    constraint: crate::phasing::program::Constraint,
+}
+
+impl Item<'_> {
+    /// The column pass on `work.u` (which holds the row-transformed iterate). With `project`
+    /// the modulus projection is applied and the columns transformed back; returns the sum
+    /// of (|F| - A)^2 over measured pixels of the iterate.
+    fn column_pass(&self, work: &mut Work, project: bool) -> f64 {
+        let (h, w) = (self.plan.h, self.plan.w);
+        let scale = 1.0 / (h * w) as f32;
+        let mut err = 0.0f64;
+        for c0 in (0..w).step_by(COL_BLOCK) {
+            let nb = COL_BLOCK.min(w - c0);
+            let colbuf = &mut work.col[..nb * h];
+            gather(&work.u, w, h, c0, nb, colbuf);
+            self.plan
+                .col_f
+                .process_with_scratch(colbuf, &mut work.scratch);
+            let a = &self.at[c0 * h..(c0 + nb) * h];
+            if project {
+                for (cb, ab) in colbuf.chunks_exact_mut(h).zip(a.chunks_exact(h)) {
+                    err += modulus_project(cb, ab, scale) as f64;
+                }
+                self.plan
+                    .col_i
+                    .process_with_scratch(colbuf, &mut work.scratch);
+                scatter(colbuf, w, h, c0, nb, &mut work.u);
+            } else {
+                for (cb, ab) in colbuf.chunks_exact(h).zip(a.chunks_exact(h)) {
+                    err += kernels::fourier_residual(cb, ab) as f64;
+                }
+            }
+        }
+        err
+    }
+
+    /// The row pass: inverse row FFTs of `work.u` give P_M g; update `g` in place with the
+    /// support rule (a, b); forward row FFTs of the new `g` into `work.u`. Returns
+    /// (energy of P_M g outside the support, total energy of P_M g).
+    fn row_pass(
+        &self,
+        work: &mut Work,
+        g: &mut [Complex32],
+        s: &[u8],
+        a: f32,
+        b: f32,
+    ) -> (f64, f64) {
+        let w = self.plan.w;
+        let mut out = 0.0f64;
+        let mut tot = 0.0f64;
+        let blk = ROW_BLOCK * w;
+        for ((u, gg), ss) in work
+            .u
+            .chunks_mut(blk)
+            .zip(g.chunks_mut(blk))
+            .zip(s.chunks(blk))
+        {
+            self.plan.row_i.process_with_scratch(u, &mut work.scratch);
+            let (o, t) = support_update(gg, u, ss, a, b, self.constraint);
+            out += o as f64;
+            tot += t as f64;
+            u.copy_from_slice(gg);
+            self.plan.row_f.process_with_scratch(u, &mut work.scratch);
+        }
+        (out, tot)
+    }
+
+    fn fourier_error(&self, sum: f64) -> f32 {
+        if self.sum_a2 > 0.0 {
+            (sum / self.sum_a2).sqrt() as f32
+        } else {
+            0.0
+        }
+    }
+
+    /// Run the whole program on (g, s). Returns the final Fourier error.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        work: &mut Work,
+        g: &mut [Complex32],
+        s: &mut [u8],
+        program: &Program,
+        hist_f: &mut [f32],
+        hist_r: &mut [f32],
+        progress: Progress<'_>,
+    ) -> f32 {
+        work.u.copy_from_slice(g);
+        self.plan
+            .row_f
+            .process_with_scratch(&mut work.u, &mut work.scratch);
+        let mut rec = 0;
+        for op in &program.ops {
+            match *op {
+                Op::Iterate {
+                    alg,
+                    beta,
+                    count,
+                    record,
+                } => {
+                    let (a, b) = kernels::coefficients(alg, beta);
+                    for it in 0..count {
+                        let ferr = self.column_pass(work, true);
+                        let (out, tot) = self.row_pass(work, g, s, a, b);
+                        if record && it + 1 == count {
+                            hist_f[rec] = self.fourier_error(ferr);
+                            hist_r[rec] = if tot > 0.0 {
+                                (out / tot).sqrt() as f32
+                            } else {
+                                0.0
+                            };
+                            rec += 1;
+                        }
+                    }
+                    progress(count);
+                }
+                Op::Shrinkwrap { sigma, threshold } => {
+                    kernels::shrinkwrap(
+                        g,
+                        s,
+                        self.plan.h,
+                        self.plan.w,
+                        sigma,
+                        threshold,
+                        &mut work.mag,
+                        &mut work.tmp,
+                        &mut work.kernel,
+                    );
+                }
+            }
+        }
+        debug_assert_eq!(rec, hist_f.len());
+        // work.u holds the row transform of the final g: one more column pass measures it.
+        let e = self.column_pass(work, false);
+        self.fourier_error(e)
+    }
+}
+
+struct ItemResult {
+    hist_f: Vec<f32>,
+    hist_r: Vec<f32>,
+    final_err: f32,
+    kept: Option<(Vec<Complex32>, Vec<u8>)>,
+}
+
+type Best = Mutex<Option<(f32, usize, Vec<Complex32>, Vec<u8>)>>;
+
+fn better(e: f32, s: usize, than: &(f32, usize)) -> bool {
+    let key = |e: f32| if e.is_nan() { f32::INFINITY } else { e };
+    (key(e), s) < (key(than.0), than.1)
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn describe(&self) -> String {
+        format!("CPU, {} threads, {}", self.threads(), cpu_features())
+    }
+
+    fn run_phasing(
+        &self,
+        problem: &PhasingProblem,
+        program: &Program,
+        progress: Progress<'_>,
+    ) -> Result<PhasingOutput> {
+        let (n, h, w, k) = (problem.n, problem.h, problem.w, problem.starts);
+        let l = h * w;
+        if n == 0 || k == 0 || l == 0 {
+            return Err(Error::Config(format!(
+                "nothing to phase: {n} patterns x {k} starts of {h}x{w}"
+            )));
+        }
+        let plan = Plan2d::new(h, w);
+        let records = program.records;
+        self.pool.install(|| {
+            // Amplitudes transposed once (column pass reads them contiguously).
+            let mut at = vec![0.0f32; n * l];
+            at.par_chunks_mut(l).enumerate().for_each(|(p, dst)| {
+                let a = problem.amplitude(p);
+                for r in 0..h {
+                    for c in 0..w {
+                        dst[c * h + r] = a[r * w + c];
+                    }
+                }
+            });
+            let best: Vec<Best> = (0..n).map(|_| Mutex::new(None)).collect();
+            let results: Vec<ItemResult> = (0..n * k)
+                .into_par_iter()
+                .map_init(
+                    || {
+                        (
+                            plan.work(),
+                            vec![Complex32::new(f32::NAN, f32::NAN); l],
+                            vec![0xA5u8; l],
+                        )
+                    },
+                    |(work, g, s), item| {
+                        let (p, st) = (item / k, item % k);
+                        problem.initial_state(p, st, g, s);
+                        let it = Item {
+                            plan: &plan,
+                            at: &at[p * l..(p + 1) * l],
+                            sum_a2: problem.sum_a2[p],
+                            constraint: problem.constraint,
+                        };
+                        let mut hist_f = vec![0.0f32; records];
+                        let mut hist_r = vec![0.0f32; records];
+                        let final_err =
+                            it.run(work, g, s, program, &mut hist_f, &mut hist_r, progress);
+                        let kept = problem.keep_all.then(|| (g.clone(), s.clone()));
+                        let mut slot = best[p].lock().unwrap_or_else(|e| e.into_inner());
+                        let replace = match slot.as_ref() {
+                            None => true,
+                            Some((e, s0, _, _)) => better(final_err, st, &(*e, *s0)),
+                        };
+                        if replace {
+                            match slot.as_mut() {
+                                Some(b) => {
+                                    b.0 = final_err;
+                                    b.1 = st;
+                                    b.2.copy_from_slice(g);
+                                    b.3.copy_from_slice(s);
+                                }
+                                None => *slot = Some((final_err, st, g.clone(), s.clone())),
+                            }
+                        }
+                        ItemResult {
+                            hist_f,
+                            hist_r,
+                            final_err,
+                            kept,
+                        }
+                    },
+                )
+                .collect();
+            let mut objects = Vec::with_capacity(n * l);
+            let mut supports = Vec::with_capacity(n * l);
+            let mut best_start = Vec::with_capacity(n);
+            for b in best {
+                let (_, st, g, s) = b
+                    .into_inner()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .expect("every pattern has at least one start");
+                best_start.push(st);
+                objects.extend_from_slice(&g);
+                supports.extend_from_slice(&s);
+            }
+            let mut fourier_error = Vec::with_capacity(n * k * records);
+            let mut real_error = Vec::with_capacity(n * k * records);
+            let mut final_fourier_error = Vec::with_capacity(n * k);
+            let keep = problem.keep_all;
+            let mut all_o = keep.then(|| Vec::with_capacity(n * k * l));
+            let mut all_s = keep.then(|| Vec::with_capacity(n * k * l));
+            for r in results {
+                fourier_error.extend_from_slice(&r.hist_f);
+                real_error.extend_from_slice(&r.hist_r);
+                final_fourier_error.push(r.final_err);
+                if let (Some((g, s)), Some(ao), Some(as_)) =
+                    (r.kept, all_o.as_mut(), all_s.as_mut())
+                {
+                    ao.extend_from_slice(&g);
+                    as_.extend_from_slice(&s);
+                }
+            }
+            Ok(PhasingOutput {
+                best_start,
+                objects: Stack::from_vec(n, h, w, objects)?,
+                supports: Stack::from_vec(n, h, w, supports)?,
+                all_objects: all_o,
+                all_supports: all_s,
+                fourier_error,
+                real_error,
+                final_fourier_error,
+                records,
+            })
+        })
+    }
+}
+
+/// The SIMD features rustfft and our loops can use on this CPU.
+pub fn cpu_features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut f = Vec::new();
+        for (name, on) in [
+            ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        ] {
+            if on {
+                f.push(name);
+            }
+        }
+        format!("x86_64 [{}]", f.join(" "))
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "aarch64 [neon]".to_string()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
+}

@@ -1,0 +1,71 @@
+//! The backend seam. Algorithms are written once (as a compiled [`Program`]) and executed by
+//! a backend that owns its buffers and works batched over patterns x starts x H x W. No
+//! per-pixel callbacks cross the seam: a backend receives whole arrays and whole programs.
+//!
+//! Backends: `cpu` (this module's [`cpu::CpuBackend`], rustfft + rayon). The CUDA and
+//! emulated backends of the GPU issue implement the same trait.
+
+pub mod cpu;
+
+use crate::phasing::problem::{PhasingOutput, PhasingProblem};
+use crate::phasing::program::Program;
+use crate::{Error, Result};
+
+/// Progress callback: called with the number of (item x iteration) units just completed.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// A compute backend.
+pub trait Backend: Send + Sync {
+    /// Short name (`cpu`, `cuda`, `emu`).
+    fn name(&self) -> &'static str;
+    /// Human-readable description of the device (CPU features, thread count, GPU name).
+    fn describe(&self) -> String;
+    /// Run a compiled phasing program on every (pattern, start) item of `problem`.
+    fn run_phasing(
+        &self,
+        problem: &PhasingProblem,
+        program: &Program,
+        progress: Progress<'_>,
+    ) -> Result<PhasingOutput>;
+}
+
+/// Device selection as spelled on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+    Emu,
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            "emu" => Ok(Device::Emu),
+            _ => Err(Error::Config(format!(
+                "unknown device '{s}': expected auto, cpu, cuda or emu"
+            ))),
+        }
+    }
+}
+
+/// Pick a backend. `auto` falls back to the CPU where no other backend is available.
+pub fn select(device: Device, threads: Option<usize>) -> Result<Box<dyn Backend>> {
+    match device {
+        Device::Auto | Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(threads)?)),
+        Device::Cuda => Err(Error::DeviceUnavailable {
+            device: "cuda".into(),
+            reason: "this build has no CUDA backend yet (GPU issue #5); use --device cpu or auto"
+                .into(),
+        }),
+        Device::Emu => Err(Error::DeviceUnavailable {
+            device: "emu".into(),
+            reason: "the CUDA emulator backend is not built yet (GPU issue #5); use --device cpu"
+                .into(),
+        }),
+    }
+}

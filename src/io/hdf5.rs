@@ -1,0 +1,740 @@
+//! HDF5 / CXI reading and writing on top of the pure-Rust `hdf5-pure` crate.
+//!
+//! Every call into `hdf5-pure` that parses file bytes goes through [`guard`], which turns a
+//! panic inside the parser (on a corrupt file) into an [`Error::Format`] naming the file.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use hdf5_pure::{
+    AttrValue, CompoundTypeBuilder, Dataset, Datatype, DatatypeByteOrder, FileBuilder, FormatError,
+};
+
+use crate::array::Complex32;
+use crate::{Error, Result};
+
+// ------------------------------------------------------------------------------------
+// reading
+// ------------------------------------------------------------------------------------
+
+/// Run `f`, converting a panic inside the HDF5 parser into [`Error::Format`].
+pub(crate) fn guard<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::format(
+                path,
+                format!("corrupt or unsupported HDF5 file (the HDF5 reader panicked: {msg})"),
+            ))
+        }
+    }
+}
+
+fn h5err(path: &Path, what: &str, e: hdf5_pure::Error) -> Error {
+    Error::format(path, format!("{what}: {e}"))
+}
+
+/// An open HDF5 file (whole file in memory).
+pub(crate) struct H5 {
+    pub path: std::path::PathBuf,
+    pub file: hdf5_pure::File,
+}
+
+/// Open `path` as HDF5. Missing/unreadable file: [`Error::Io`]; not HDF5: [`Error::Format`].
+pub(crate) fn open(path: &Path) -> Result<H5> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if !hdf5_pure::is_hdf5_bytes(&bytes) {
+        return Err(Error::format(
+            path,
+            "not an HDF5 file (no HDF5 signature found)",
+        ));
+    }
+    let len = bytes.len() as u64;
+    let file = guard(path, || {
+        hdf5_pure::File::from_bytes(bytes)
+            .map_err(|e| h5err(path, "not a readable HDF5 file (truncated or corrupt?)", e))
+    })?;
+    // The superblock records where the file ends: a shorter file was cut (an interrupted
+    // copy or download), even when its metadata happens to still parse.
+    let sb = file.superblock();
+    let eof = sb.base_address.get().saturating_add(sb.eof_address);
+    if sb.eof_address != u64::MAX && eof > len {
+        return Err(Error::format(
+            path,
+            format!("truncated HDF5 file: {len} bytes, but its superblock says {eof}"),
+        ));
+    }
+    Ok(H5 {
+        path: path.to_path_buf(),
+        file,
+    })
+}
+
+fn is_not_found(e: &hdf5_pure::Error) -> bool {
+    matches!(
+        e,
+        hdf5_pure::Error::Format(FormatError::PathNotFound(_))
+            | hdf5_pure::Error::NotADataset(_)
+            | hdf5_pure::Error::NotAGroup(_)
+    )
+}
+
+fn strip(p: &str) -> &str {
+    p.trim_start_matches('/')
+}
+
+impl H5 {
+    /// The dataset at `name` (with or without a leading `/`), `None` when absent.
+    pub fn try_dataset(&self, name: &str) -> Result<Option<Dataset>> {
+        let bare = strip(name);
+        if bare.is_empty() {
+            return Ok(None);
+        }
+        let path = &self.path;
+        guard(path, || {
+            let mut last = None;
+            for cand in [bare.to_string(), format!("/{bare}")] {
+                match self.file.dataset(&cand) {
+                    Ok(d) => return Ok(Some(d)),
+                    Err(e) if is_not_found(&e) => last = None,
+                    Err(e) => last = Some(e),
+                }
+            }
+            match last {
+                None => Ok(None),
+                Some(e) => Err(h5err(path, &format!("cannot open dataset '{bare}'"), e)),
+            }
+        })
+    }
+
+    /// First dataset of `candidates` present in the file, else [`Error::MissingEntry`].
+    pub fn first_dataset(&self, candidates: &[String]) -> Result<(String, Dataset)> {
+        for c in candidates {
+            if let Some(d) = self.try_dataset(c)? {
+                return Ok((strip(c).to_string(), d));
+            }
+        }
+        Err(Error::MissingEntry {
+            path: self.path.clone(),
+            entry: candidates.join("' or '"),
+            hint: self.hint(),
+        })
+    }
+
+    /// What the file holds, for error messages: the members of `entry_1` (or of the root).
+    pub fn hint(&self) -> String {
+        let r = guard(&self.path, || {
+            let (label, g) = match self.file.group("entry_1") {
+                Ok(g) => ("entry_1", g),
+                Err(_) => ("/", self.file.root()),
+            };
+            let groups = g.groups().unwrap_or_default();
+            let datasets = g.datasets().unwrap_or_default();
+            Ok(format!(
+                "'{label}' contains groups [{}] and datasets [{}]",
+                groups.join(", "),
+                datasets.join(", ")
+            ))
+        });
+        r.unwrap_or_else(|_| "cannot list the file's contents".into())
+    }
+
+    fn shape(&self, entry: &str, d: &Dataset) -> Result<Vec<usize>> {
+        guard(&self.path, || {
+            d.shape()
+                .map(|s| s.into_iter().map(|x| x as usize).collect())
+                .map_err(|e| h5err(&self.path, &format!("shape of '{entry}'"), e))
+        })
+    }
+
+    fn datatype(&self, entry: &str, d: &Dataset) -> Result<Datatype> {
+        guard(&self.path, || {
+            d.datatype()
+                .map_err(|e| h5err(&self.path, &format!("datatype of '{entry}'"), e))
+        })
+    }
+
+    /// Whole dataset as `f32` (integers and floats; complex is refused).
+    pub fn read_f32(&self, entry: &str, d: &Dataset) -> Result<(Vec<usize>, Vec<f32>)> {
+        let shape = self.shape(entry, d)?;
+        let dt = self.datatype(entry, d)?;
+        match dt {
+            Datatype::FloatingPoint { .. } | Datatype::FixedPoint { .. } => {}
+            Datatype::Enumeration { .. } => {
+                let m = self.read_mask_values(entry, d)?;
+                return Ok((shape, m.into_iter().map(f32::from).collect()));
+            }
+            other => {
+                return Err(Error::format(
+                    &self.path,
+                    format!(
+                        "dataset '{entry}' has type {} which cannot be read as real numbers",
+                        describe(&other)
+                    ),
+                ))
+            }
+        }
+        let data = guard(&self.path, || {
+            d.read_f32()
+                .map_err(|e| h5err(&self.path, &format!("reading '{entry}'"), e))
+        })?;
+        check_len(&self.path, entry, &shape, data.len())?;
+        Ok((shape, data))
+    }
+
+    /// Whole dataset as a 0/1 mask (nonzero, including NaN, becomes 1).
+    pub fn read_mask(&self, entry: &str, d: &Dataset) -> Result<(Vec<usize>, Vec<u8>)> {
+        let shape = self.shape(entry, d)?;
+        let v = self.read_mask_values(entry, d)?;
+        check_len(&self.path, entry, &shape, v.len())?;
+        Ok((shape, v))
+    }
+
+    fn read_mask_values(&self, entry: &str, d: &Dataset) -> Result<Vec<u8>> {
+        let dt = self.datatype(entry, d)?;
+        let path = &self.path;
+        match dt {
+            Datatype::FloatingPoint { .. } => guard(path, || {
+                d.read_f64()
+                    .map(|v| v.into_iter().map(|x| u8::from(x != 0.0)).collect())
+                    .map_err(|e| h5err(path, &format!("reading '{entry}'"), e))
+            }),
+            Datatype::FixedPoint { size, .. }
+            | Datatype::Enumeration { size, .. }
+            | Datatype::BitField { size, .. } => {
+                let size = size as usize;
+                let raw = guard(path, || {
+                    d.read_raw()
+                        .map_err(|e| h5err(path, &format!("reading '{entry}'"), e))
+                })?;
+                if size == 0 || raw.len() % size != 0 {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "dataset '{entry}': {} bytes for elements of {size} bytes",
+                            raw.len()
+                        ),
+                    ));
+                }
+                Ok(raw
+                    .chunks_exact(size)
+                    .map(|c| u8::from(c.iter().any(|&b| b != 0)))
+                    .collect())
+            }
+            other => Err(Error::format(
+                path,
+                format!(
+                    "dataset '{entry}' has type {} which cannot be read as a mask",
+                    describe(&other)
+                ),
+            )),
+        }
+    }
+
+    /// Whole dataset as complex numbers: complex compounds (`r`/`i` or `real`/`imag`)
+    /// exactly, real types with a zero imaginary part.
+    pub fn read_complex(&self, entry: &str, d: &Dataset) -> Result<(Vec<usize>, Vec<Complex32>)> {
+        let dt = self.datatype(entry, d)?;
+        let path = &self.path;
+        let Datatype::Compound { size, members } = &dt else {
+            let (shape, re) = self.read_f32(entry, d)?;
+            return Ok((
+                shape,
+                re.into_iter().map(|x| Complex32::new(x, 0.0)).collect(),
+            ));
+        };
+        let shape = self.shape(entry, d)?;
+        let find = |names: &[&str]| {
+            members
+                .iter()
+                .find(|m| names.iter().any(|n| m.name.eq_ignore_ascii_case(n)))
+        };
+        let (Some(re), Some(im)) = (find(&["r", "real", "re"]), find(&["i", "imag", "im"])) else {
+            return Err(Error::format(
+                path,
+                format!(
+                    "dataset '{entry}' is a compound type {} but not a complex number (fields r/i or real/imag)",
+                    describe(&dt)
+                ),
+            ));
+        };
+        let field = |m: &hdf5_pure::CompoundMember| -> Result<(usize, usize, bool)> {
+            match &m.datatype {
+                Datatype::FloatingPoint {
+                    size: s @ (4 | 8),
+                    byte_order,
+                    ..
+                } => Ok((
+                    m.byte_offset as usize,
+                    *s as usize,
+                    matches!(byte_order, DatatypeByteOrder::BigEndian),
+                )),
+                other => Err(Error::format(
+                    path,
+                    format!(
+                        "dataset '{entry}': complex field '{}' has unsupported type {}",
+                        m.name,
+                        describe(other)
+                    ),
+                )),
+            }
+        };
+        let (ro, rs, rb) = field(re)?;
+        let (io, is, ib) = field(im)?;
+        let size = *size as usize;
+        if ro + rs > size || io + is > size {
+            return Err(Error::format(
+                path,
+                format!("dataset '{entry}': bad compound layout"),
+            ));
+        }
+        let raw = guard(path, || {
+            d.read_raw()
+                .map_err(|e| h5err(path, &format!("reading '{entry}'"), e))
+        })?;
+        if raw.len() % size != 0 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "dataset '{entry}': {} bytes for records of {size} bytes",
+                    raw.len()
+                ),
+            ));
+        }
+        let get = |rec: &[u8], off: usize, s: usize, big: bool| -> f32 {
+            let b = &rec[off..off + s];
+            if s == 4 {
+                let a: [u8; 4] = b.try_into().unwrap();
+                if big {
+                    f32::from_be_bytes(a)
+                } else {
+                    f32::from_le_bytes(a)
+                }
+            } else {
+                let a: [u8; 8] = b.try_into().unwrap();
+                (if big {
+                    f64::from_be_bytes(a)
+                } else {
+                    f64::from_le_bytes(a)
+                }) as f32
+            }
+        };
+        let data: Vec<Complex32> = raw
+            .chunks_exact(size)
+            .map(|rec| Complex32::new(get(rec, ro, rs, rb), get(rec, io, is, ib)))
+            .collect();
+        check_len(path, entry, &shape, data.len())?;
+        Ok((shape, data))
+    }
+
+    /// Every dataset in the file: (path, shape, dtype description).
+    pub fn list(&self) -> Result<Vec<(String, Vec<usize>, String)>> {
+        let path = &self.path;
+        guard(path, || {
+            let mut out = Vec::new();
+            let mut stack = vec![(String::new(), self.file.root())];
+            while let Some((prefix, g)) = stack.pop() {
+                let ds = g
+                    .iter_datasets()
+                    .map_err(|e| h5err(path, &format!("listing '{prefix}'"), e))?;
+                for (name, d) in ds {
+                    let full = format!("{prefix}{name}");
+                    let shape = d
+                        .shape()
+                        .map(|s| s.into_iter().map(|x| x as usize).collect())
+                        .unwrap_or_default();
+                    let dtype = d
+                        .datatype()
+                        .map(|t| describe(&t))
+                        .unwrap_or_else(|_| "?".into());
+                    out.push((full, shape, dtype));
+                }
+                let gs = g
+                    .iter_groups()
+                    .map_err(|e| h5err(path, &format!("listing '{prefix}'"), e))?;
+                for (name, sub) in gs {
+                    stack.push((format!("{prefix}{name}/"), sub));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+}
+
+fn check_len(path: &Path, entry: &str, shape: &[usize], len: usize) -> Result<()> {
+    let n: usize = shape.iter().product();
+    if n != len {
+        return Err(Error::format(
+            path,
+            format!("dataset '{entry}': shape {shape:?} but {len} elements were read"),
+        ));
+    }
+    Ok(())
+}
+
+/// numpy-like name of an HDF5 datatype (`float32`, `uint16`, `complex64`, ...).
+pub(crate) fn describe(dt: &Datatype) -> String {
+    match dt {
+        Datatype::FloatingPoint { size, .. } => format!("float{}", size * 8),
+        Datatype::FixedPoint { size, layout, .. } => {
+            format!("{}int{}", if layout.signed { "" } else { "u" }, size * 8)
+        }
+        Datatype::Enumeration { size: 1, .. } => "bool".into(),
+        Datatype::Enumeration { size, .. } => format!("enum{}", size * 8),
+        Datatype::String { .. } => "string".into(),
+        Datatype::Compound { size, members } => {
+            let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            let is_c = |a: &str, b: &str| names.len() == 2 && names[0] == a && names[1] == b;
+            if is_c("r", "i") || is_c("real", "imag") {
+                format!("complex{}", size * 8)
+            } else {
+                format!("compound{{{}}}", names.join(","))
+            }
+        }
+        other => {
+            let s = format!("{other:?}");
+            s.split([' ', '{', '(']).next().unwrap_or("?").to_string()
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// writing
+// ------------------------------------------------------------------------------------
+
+enum Node {
+    Group {
+        children: Vec<(String, Node)>,
+        attrs: Vec<(String, String)>,
+    },
+    Dataset {
+        dtype: Datatype,
+        shape: Vec<usize>,
+        raw: Vec<u8>,
+        gzip: Option<u32>,
+        attrs: Vec<(String, String)>,
+    },
+    Str {
+        value: String,
+        attrs: Vec<(String, String)>,
+    },
+}
+
+impl Node {
+    fn empty_group() -> Node {
+        Node::Group {
+            children: Vec::new(),
+            attrs: Vec::new(),
+        }
+    }
+    fn attrs_mut(&mut self) -> &mut Vec<(String, String)> {
+        match self {
+            Node::Group { attrs, .. } | Node::Dataset { attrs, .. } | Node::Str { attrs, .. } => {
+                attrs
+            }
+        }
+    }
+}
+
+/// Builds an HDF5 file in memory and writes it atomically with [`CxiWriter::finish`].
+///
+/// Datasets are stored contiguous and uncompressed by default (fastest to write and read);
+/// [`CxiWriter::set_gzip`] switches later datasets to chunked (one image per chunk) + shuffle +
+/// deflate.
+pub struct CxiWriter {
+    root: Node,
+    gzip: Option<u32>,
+}
+
+impl Default for CxiWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn split_path(path: &str) -> Result<Vec<&str>> {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.is_empty() || parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(Error::invalid(
+            format!("HDF5 path '{path}'"),
+            "must name an object below the root (like entry_1/data_1/data)",
+        ));
+    }
+    Ok(parts)
+}
+
+impl CxiWriter {
+    /// An empty file.
+    pub fn new() -> Self {
+        CxiWriter {
+            root: Node::empty_group(),
+            gzip: None,
+        }
+    }
+
+    /// Compression for datasets added after this call: `Some(level)` (0-9) gives chunked
+    /// storage (chunks of one trailing 2-D image) with shuffle + deflate; `None` (the
+    /// default) gives contiguous uncompressed storage.
+    pub fn set_gzip(&mut self, level: Option<u32>) {
+        self.gzip = level.map(|l| l.min(9));
+    }
+
+    /// The group at `parts` (created with its parents as needed).
+    fn group_mut(&mut self, parts: &[&str], full: &str) -> Result<&mut Vec<(String, Node)>> {
+        let mut node = &mut self.root;
+        for p in parts {
+            let Node::Group { children, .. } = node else {
+                unreachable!("only groups are descended into")
+            };
+            let idx = match children.iter().position(|(n, _)| n == p) {
+                Some(i) => i,
+                None => {
+                    children.push((p.to_string(), Node::empty_group()));
+                    children.len() - 1
+                }
+            };
+            node = &mut children[idx].1;
+            if !matches!(node, Node::Group { .. }) {
+                return Err(Error::invalid(
+                    format!("HDF5 path '{full}'"),
+                    format!("'{p}' is a dataset, not a group"),
+                ));
+            }
+        }
+        match node {
+            Node::Group { children, .. } => Ok(children),
+            _ => unreachable!(),
+        }
+    }
+
+    fn insert(&mut self, path: &str, node: Node) -> Result<()> {
+        let parts = split_path(path)?;
+        let (last, parents) = parts.split_last().unwrap();
+        let children = self.group_mut(parents, path)?;
+        if children.iter().any(|(n, _)| n == last) {
+            return Err(Error::invalid(
+                format!("HDF5 path '{path}'"),
+                "an object of that name was already added",
+            ));
+        }
+        children.push((last.to_string(), node));
+        Ok(())
+    }
+
+    fn add_array(
+        &mut self,
+        path: &str,
+        shape: &[usize],
+        len: usize,
+        dtype: Datatype,
+        raw: Vec<u8>,
+    ) -> Result<()> {
+        let n: usize = shape.iter().product();
+        if n != len || shape.is_empty() {
+            return Err(Error::Shape {
+                what: format!("dataset '{path}'"),
+                expected: format!("{shape:?} = {n} elements (rank >= 1)"),
+                found: vec![len],
+            });
+        }
+        let gzip = self.gzip;
+        self.insert(
+            path,
+            Node::Dataset {
+                dtype,
+                shape: shape.to_vec(),
+                raw,
+                gzip,
+                attrs: Vec::new(),
+            },
+        )
+    }
+
+    /// A `float32` dataset of the given shape (C order).
+    pub fn f32(&mut self, path: &str, shape: &[usize], data: &[f32]) -> Result<()> {
+        let mut raw = Vec::with_capacity(data.len() * 4);
+        for x in data {
+            raw.extend_from_slice(&x.to_le_bytes());
+        }
+        self.add_array(path, shape, data.len(), hdf5_pure::make_f32_type(), raw)
+    }
+
+    /// A `uint8` dataset of the given shape (C order).
+    pub fn u8(&mut self, path: &str, shape: &[usize], data: &[u8]) -> Result<()> {
+        self.add_array(
+            path,
+            shape,
+            data.len(),
+            hdf5_pure::make_u8_type(),
+            data.to_vec(),
+        )
+    }
+
+    /// An `int64` dataset of the given shape (C order).
+    pub fn i64(&mut self, path: &str, shape: &[usize], data: &[i64]) -> Result<()> {
+        let mut raw = Vec::with_capacity(data.len() * 8);
+        for x in data {
+            raw.extend_from_slice(&x.to_le_bytes());
+        }
+        self.add_array(path, shape, data.len(), hdf5_pure::make_i64_type(), raw)
+    }
+
+    /// A `complex64` dataset: HDF5 compound `{r: f32, i: f32}`, which h5py reads as
+    /// `numpy.complex64`.
+    pub fn complex64(&mut self, path: &str, shape: &[usize], data: &[Complex32]) -> Result<()> {
+        let dtype = CompoundTypeBuilder::new()
+            .f32_field("r")
+            .f32_field("i")
+            .build()
+            .map_err(|e| Error::invalid("complex64 datatype", e.to_string()))?;
+        let mut raw = Vec::with_capacity(data.len() * 8);
+        for x in data {
+            raw.extend_from_slice(&x.re.to_le_bytes());
+            raw.extend_from_slice(&x.im.to_le_bytes());
+        }
+        self.add_array(path, shape, data.len(), dtype, raw)
+    }
+
+    /// A scalar (variable-length UTF-8) string dataset.
+    pub fn string(&mut self, path: &str, value: &str) -> Result<()> {
+        self.insert(
+            path,
+            Node::Str {
+                value: value.to_string(),
+                attrs: Vec::new(),
+            },
+        )
+    }
+
+    /// A string attribute on a group or dataset already added (`""` or `"/"`: the root).
+    /// A path not added yet is created as a group.
+    pub fn attr_string(&mut self, object_path: &str, name: &str, value: &str) -> Result<()> {
+        let parts: Vec<&str> = object_path.split('/').filter(|s| !s.is_empty()).collect();
+        let node = if parts.is_empty() {
+            &mut self.root
+        } else {
+            let (last, parents) = parts.split_last().unwrap();
+            let children = self.group_mut(parents, object_path)?;
+            let idx = match children.iter().position(|(n, _)| n == last) {
+                Some(i) => i,
+                None => {
+                    children.push((last.to_string(), Node::empty_group()));
+                    children.len() - 1
+                }
+            };
+            &mut children[idx].1
+        };
+        let attrs = node.attrs_mut();
+        attrs.retain(|(n, _)| n != name);
+        attrs.push((name.to_string(), value.to_string()));
+        Ok(())
+    }
+
+    /// Serialize the whole file into memory.
+    fn into_builder(self) -> Result<FileBuilder> {
+        let mut fb = FileBuilder::new();
+        let Node::Group { children, attrs } = self.root else {
+            unreachable!()
+        };
+        for (k, v) in attrs {
+            fb.set_attr(&k, AttrValue::VarLenString(v));
+        }
+        fill(&mut fb, children)?;
+        Ok(fb)
+    }
+
+    /// Write the file to `dest` atomically (temporary file in the same directory, then
+    /// rename). On error nothing is left at `dest` nor any temporary file.
+    pub fn finish(self, dest: &Path) -> Result<()> {
+        let fb = self.into_builder()?;
+        super::write_atomic(dest, |w| {
+            fb.finish_to(w)
+                .map_err(|e| Error::format(dest, format!("writing HDF5: {e}")))
+        })
+    }
+}
+
+/// Both `FileBuilder` (the root) and `GroupBuilder` take children the same way.
+trait Container {
+    fn dataset(&mut self, name: &str) -> &mut hdf5_pure::DatasetBuilder;
+    fn group(&mut self, name: &str) -> hdf5_pure::GroupBuilder;
+    fn add(&mut self, g: hdf5_pure::FinishedGroup);
+}
+
+impl Container for FileBuilder {
+    fn dataset(&mut self, name: &str) -> &mut hdf5_pure::DatasetBuilder {
+        self.create_dataset(name)
+    }
+    fn group(&mut self, name: &str) -> hdf5_pure::GroupBuilder {
+        self.create_group(name)
+    }
+    fn add(&mut self, g: hdf5_pure::FinishedGroup) {
+        self.add_group(g)
+    }
+}
+
+impl Container for hdf5_pure::GroupBuilder {
+    fn dataset(&mut self, name: &str) -> &mut hdf5_pure::DatasetBuilder {
+        self.create_dataset(name)
+    }
+    fn group(&mut self, name: &str) -> hdf5_pure::GroupBuilder {
+        self.create_group(name)
+    }
+    fn add(&mut self, g: hdf5_pure::FinishedGroup) {
+        self.add_group(g)
+    }
+}
+
+fn fill<C: Container>(c: &mut C, children: Vec<(String, Node)>) -> Result<()> {
+    for (name, node) in children {
+        match node {
+            Node::Group { children, attrs } => {
+                let mut g = c.group(&name);
+                for (k, v) in attrs {
+                    g.set_attr(&k, AttrValue::VarLenString(v));
+                }
+                fill(&mut g, children)?;
+                c.add(g.finish());
+            }
+            Node::Dataset {
+                dtype,
+                shape,
+                raw,
+                gzip,
+                attrs,
+            } => {
+                let n: usize = shape.iter().product();
+                let shape64: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+                let d = c.dataset(&name);
+                d.with_raw_data(dtype, raw, n as u64).with_shape(&shape64);
+                if let Some(level) = gzip {
+                    // one trailing 2-D image per chunk (whole array when rank < 2)
+                    let r = shape.len();
+                    let chunk: Vec<u64> = shape
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &s)| if i + 2 >= r { s.max(1) as u64 } else { 1 })
+                        .collect();
+                    d.with_chunks(&chunk).with_shuffle().with_deflate(level);
+                }
+                for (k, v) in attrs {
+                    d.set_attr(&k, AttrValue::VarLenString(v));
+                }
+            }
+            Node::Str { value, attrs } => {
+                let d = c.dataset(&name);
+                d.with_vlen_strings(&[value.as_str()]).with_shape(&[]);
+                for (k, v) in attrs {
+                    d.set_attr(&k, AttrValue::VarLenString(v));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+fn main() {
+    cdiphase_cli_placeholder();
+}
+fn cdiphase_cli_placeholder() {}

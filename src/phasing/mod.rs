@@ -1,0 +1,532 @@
+//! Batch phase retrieval: configuration, preparation of the problem (validation, centring,
+//! starting supports and objects), execution on a backend, and the reconstruction it
+//! returns (centred, as stored on disk).
+
+pub mod align;
+pub mod problem;
+pub mod program;
+pub mod schedule;
+pub mod support;
+
+use crate::array::{centred_to_native, native_to_centred, Complex32, Stack};
+use crate::backend::cpu::Plan2d;
+use crate::backend::{Backend, Progress};
+use crate::io::PatternSet;
+use crate::{Error, Result};
+use problem::{InitObjects, PhasingOutput, PhasingProblem};
+use program::{Constraint, Program, Recording, ShrinkwrapConfig};
+use schedule::Schedule;
+
+/// How the starting support is made.
+#[derive(Clone, Debug)]
+pub enum SupportSpec {
+    /// Threshold of |autocorrelation| relative to its maximum.
+    Autocorrelation { threshold: f32 },
+    /// A disc of this radius (px) around the centre.
+    Circle { radius: f32 },
+    /// Given supports, centred, n = 1 (shared) or N.
+    Given(Stack<u8>),
+}
+
+/// Default autocorrelation threshold (fraction of the autocorrelation maximum).
+pub const DEFAULT_AUTOCORRELATION_THRESHOLD: f32 = 0.04;
+
+impl SupportSpec {
+    /// Parse `autocorrelation[:THRESHOLD]` or `circle:RADIUS`; anything else is `None`
+    /// (the caller treats it as a file).
+    pub fn parse_builtin(text: &str) -> Result<Option<SupportSpec>> {
+        let (head, arg) = match text.split_once(':') {
+            Some((h, a)) => (h, Some(a)),
+            None => (text, None),
+        };
+        let num = |a: &str, what: &str| -> Result<f32> {
+            a.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "--support {head}: {what} '{a}' is not a positive number"
+                    ))
+                })
+        };
+        match head.to_ascii_lowercase().as_str() {
+            "autocorrelation" | "autocorr" | "auto" => {
+                let threshold = match arg {
+                    Some(a) => num(a, "threshold")?,
+                    None => DEFAULT_AUTOCORRELATION_THRESHOLD,
+                };
+                if threshold >= 1.0 {
+                    return Err(Error::Config(format!(
+                        "--support autocorrelation:{threshold}: threshold must be below 1 (fraction of the maximum)"
+                    )));
+                }
+                Ok(Some(SupportSpec::Autocorrelation { threshold }))
+            }
+            "circle" => {
+                let a = arg.ok_or_else(|| {
+                    Error::Config("--support circle needs a radius in pixels: circle:RADIUS".into())
+                })?;
+                Ok(Some(SupportSpec::Circle {
+                    radius: num(a, "radius")?,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// How the starting objects are made.
+#[derive(Clone, Debug)]
+pub enum InitSpec {
+    /// Random, seeded by [`PhaseConfig::seed`].
+    Random,
+    /// Given objects, centred, n = 1 (shared) or N.
+    Given(Stack<Complex32>),
+}
+
+/// The full configuration of a phasing run.
+#[derive(Clone, Debug)]
+pub struct PhaseConfig {
+    pub schedule: String,
+    pub beta: f32,
+    /// Periodic shrinkwrap and the parameters of `SW` steps (None: `SW` steps use defaults
+    /// and nothing periodic happens).
+    pub shrinkwrap: Option<ShrinkwrapConfig>,
+    pub constraint: Constraint,
+    pub starts: usize,
+    pub seed: u64,
+    pub support: SupportSpec,
+    pub init: InitSpec,
+    pub recording: Recording,
+    pub keep_all: bool,
+    /// Clip negative measured intensities to zero instead of failing.
+    pub clip_negative: bool,
+}
+
+impl Default for PhaseConfig {
+    fn default() -> Self {
+        PhaseConfig {
+            schedule: "2000*(5*HIO + 5*ER)".into(),
+            beta: 0.9,
+            shrinkwrap: None,
+            constraint: Constraint::None,
+            starts: 1,
+            seed: 0,
+            support: SupportSpec::Autocorrelation {
+                threshold: DEFAULT_AUTOCORRELATION_THRESHOLD,
+            },
+            init: InitSpec::Random,
+            recording: Recording::EndOfErSections,
+            keep_all: false,
+            clip_negative: false,
+        }
+    }
+}
+
+impl PhaseConfig {
+    /// A JSON description of the run (stored with the output).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "schedule": self.schedule,
+            "beta": self.beta,
+            "shrinkwrap": self.shrinkwrap,
+            "constraint": self.constraint,
+            "starts": self.starts,
+            "seed": self.seed,
+            "support": match &self.support {
+                SupportSpec::Autocorrelation { threshold } => format!("autocorrelation:{threshold}"),
+                SupportSpec::Circle { radius } => format!("circle:{radius}"),
+                SupportSpec::Given(s) => format!("given ({}x{}x{})", s.n, s.h, s.w),
+            },
+            "init": match &self.init {
+                InitSpec::Random => "random".to_string(),
+                InitSpec::Given(s) => format!("given ({}x{}x{})", s.n, s.h, s.w),
+            },
+            "recording": self.recording,
+            "keep_all": self.keep_all,
+            "clip_negative": self.clip_negative,
+            "fft_convention": "forward unnormalised, inverse 1/(HW); arrays centred at (H/2, W/2)",
+        })
+    }
+}
+
+fn check_stack_shape<T>(s: &Stack<T>, n: usize, h: usize, w: usize, what: &str) -> Result<()> {
+    if s.h != h || s.w != w || (s.n != 1 && s.n != n) {
+        return Err(Error::Shape {
+            what: what.to_string(),
+            expected: format!("({h},{w}) or ({n},{h},{w}) to match the patterns"),
+            found: vec![s.n, s.h, s.w],
+        });
+    }
+    Ok(())
+}
+
+/// Validate the patterns and build the native-order problem and the compiled program.
+pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProblem, Program)> {
+    let st = &patterns.intensities;
+    let (n, h, w) = (st.n, st.h, st.w);
+    let src = patterns.source.display().to_string();
+    let what = format!("{src}:{}", patterns.entry);
+    if n == 0 || h < 2 || w < 2 {
+        return Err(Error::Shape {
+            what,
+            expected: "(N,H,W) with N >= 1 and H, W >= 2".into(),
+            found: vec![n, h, w],
+        });
+    }
+    if cfg.starts == 0 {
+        return Err(Error::Config("--starts must be at least 1".into()));
+    }
+    if let Some(m) = &patterns.mask {
+        check_stack_shape(m, n, h, w, &format!("{src}: mask"))?;
+    }
+    let schedule = Schedule::parse(&cfg.schedule)?;
+    let sw = cfg.shrinkwrap.clone().unwrap_or_default();
+    let program = Program::compile(&schedule, cfg.beta, &sw, cfg.recording)?;
+
+    let l = h * w;
+    let mut amplitudes = vec![0.0f32; n * l];
+    let mut sum_a2 = vec![0.0f64; n];
+    let mut measured = vec![0usize; n];
+    let mut centred = vec![0.0f32; l];
+    for p in 0..n {
+        let img = st.image(p);
+        let mask = patterns
+            .mask
+            .as_ref()
+            .map(|m| m.image(if m.n == 1 { 0 } else { p }));
+        for (i, &v) in img.iter().enumerate() {
+            let bad = mask.is_some_and(|m| m[i] != 0);
+            centred[i] = if bad {
+                -1.0
+            } else if !v.is_finite() {
+                return Err(Error::invalid(
+                    &what,
+                    format!(
+                        "pattern {p} pixel (y={}, x={}) is {v}: mask it (nonzero in the mask) or fix the data",
+                        i / w,
+                        i % w
+                    ),
+                ));
+            } else if v < 0.0 {
+                if cfg.clip_negative {
+                    0.0
+                } else {
+                    return Err(Error::invalid(
+                        &what,
+                        format!(
+                            "pattern {p} pixel (y={}, x={}) has negative intensity {v}: mask it, or pass --clip-negative",
+                            i / w,
+                            i % w
+                        ),
+                    ));
+                }
+            } else {
+                v.sqrt()
+            };
+        }
+        let dst = &mut amplitudes[p * l..(p + 1) * l];
+        centred_to_native(&centred, h, w, dst);
+        let mut s = 0.0f64;
+        let mut m = 0usize;
+        for &a in dst.iter() {
+            if a >= 0.0 {
+                s += (a as f64) * (a as f64);
+                m += 1;
+            }
+        }
+        if m == 0 {
+            return Err(Error::invalid(
+                &what,
+                format!("pattern {p}: every pixel is masked"),
+            ));
+        }
+        if s <= 0.0 {
+            return Err(Error::invalid(
+                &what,
+                format!("pattern {p}: zero measured intensity"),
+            ));
+        }
+        sum_a2[p] = s;
+        measured[p] = m;
+    }
+
+    // Starting supports, native order.
+    let supports = match &cfg.support {
+        SupportSpec::Given(s) => {
+            check_stack_shape(s, n, h, w, "--support")?;
+            support::check_nonempty(s, "--support")?;
+            to_native(s)
+        }
+        SupportSpec::Circle { radius } => {
+            Stack::from_vec(1, h, w, support::circle_support(h, w, *radius))?
+        }
+        SupportSpec::Autocorrelation { threshold } => {
+            let plan = Plan2d::new(h, w);
+            let mut data = Vec::with_capacity(n * l);
+            let mut native_i = vec![0.0f32; l];
+            for p in 0..n {
+                let a = &amplitudes[p * l..(p + 1) * l];
+                for (d, &v) in native_i.iter_mut().zip(a) {
+                    *d = if v >= 0.0 { v * v } else { 0.0 };
+                }
+                data.extend(support::autocorrelation_support(
+                    &native_i,
+                    |i| a[i] >= 0.0,
+                    h,
+                    w,
+                    *threshold,
+                    &plan,
+                ));
+            }
+            Stack::from_vec(n, h, w, data)?
+        }
+    };
+    support::check_nonempty(&supports, "starting support")?;
+
+    let init = match &cfg.init {
+        InitSpec::Random => InitObjects::Random { seed: cfg.seed },
+        InitSpec::Given(o) => {
+            check_stack_shape(o, n, h, w, "--init")?;
+            if let Some(i) = o
+                .data
+                .iter()
+                .position(|c| !(c.re.is_finite() && c.im.is_finite()))
+            {
+                return Err(Error::invalid(
+                    "--init",
+                    format!("object {} pixel {} is not finite", i / l, i % l),
+                ));
+            }
+            InitObjects::Given(to_native(o))
+        }
+    };
+    Ok((
+        PhasingProblem {
+            n,
+            h,
+            w,
+            starts: cfg.starts,
+            amplitudes,
+            sum_a2,
+            measured,
+            supports,
+            init,
+            constraint: cfg.constraint,
+            keep_all: cfg.keep_all,
+        },
+        program,
+    ))
+}
+
+fn to_native<T: Copy>(s: &Stack<T>) -> Stack<T> {
+    let mut out = s.clone();
+    for i in 0..s.n {
+        centred_to_native(s.image(i), s.h, s.w, out.image_mut(i));
+    }
+    out
+}
+
+fn to_centred<T: Copy>(data: &mut [T], h: usize, w: usize) {
+    let mut tmp = data[..h * w].to_vec();
+    for img in data.chunks_exact_mut(h * w) {
+        tmp.copy_from_slice(img);
+        native_to_centred(&tmp, h, w, img);
+    }
+}
+
+/// The result of a phasing run, centred as stored on disk.
+#[derive(Clone, Debug)]
+pub struct Reconstruction {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub starts: usize,
+    /// Best start per pattern (lowest final Fourier error).
+    pub best_start: Vec<usize>,
+    pub objects: Stack<Complex32>,
+    pub supports: Stack<u8>,
+    /// With keep-all: N*K*H*W.
+    pub all_objects: Option<Vec<Complex32>>,
+    pub all_supports: Option<Vec<u8>>,
+    /// History entries per item.
+    pub records: usize,
+    /// N*K*records.
+    pub fourier_error: Vec<f32>,
+    /// N*K*records.
+    pub real_error: Vec<f32>,
+    /// N*K.
+    pub final_fourier_error: Vec<f32>,
+    /// Iterations per item.
+    pub iterations: u64,
+    /// Wall time of the backend run, seconds.
+    pub seconds: f64,
+    pub backend: String,
+}
+
+impl Reconstruction {
+    fn from_output(
+        out: PhasingOutput,
+        problem: &PhasingProblem,
+        program: &Program,
+        seconds: f64,
+        backend: String,
+    ) -> Self {
+        let (h, w) = (problem.h, problem.w);
+        let mut objects = out.objects;
+        let mut supports = out.supports;
+        to_centred(&mut objects.data, h, w);
+        to_centred(&mut supports.data, h, w);
+        let mut all_objects = out.all_objects;
+        let mut all_supports = out.all_supports;
+        if let Some(a) = all_objects.as_mut() {
+            to_centred(a, h, w);
+        }
+        if let Some(a) = all_supports.as_mut() {
+            to_centred(a, h, w);
+        }
+        Reconstruction {
+            n: problem.n,
+            h,
+            w,
+            starts: problem.starts,
+            best_start: out.best_start,
+            objects,
+            supports,
+            all_objects,
+            all_supports,
+            records: out.records,
+            fourier_error: out.fourier_error,
+            real_error: out.real_error,
+            final_fourier_error: out.final_fourier_error,
+            iterations: program.iterations,
+            seconds,
+            backend,
+        }
+    }
+
+    /// History of item (pattern p, start s).
+    pub fn history(&self, p: usize, s: usize) -> &[f32] {
+        let i = (p * self.starts + s) * self.records;
+        &self.fourier_error[i..i + self.records]
+    }
+
+    /// Per-pattern history of the best start, N*records.
+    pub fn best_histories(&self, which: &[f32]) -> Vec<f32> {
+        let mut v = Vec::with_capacity(self.n * self.records);
+        for p in 0..self.n {
+            let i = (p * self.starts + self.best_start[p]) * self.records;
+            v.extend_from_slice(&which[i..i + self.records]);
+        }
+        v
+    }
+
+    /// Final Fourier error of the best start of each pattern.
+    pub fn best_final_errors(&self) -> Vec<f32> {
+        (0..self.n)
+            .map(|p| self.final_fourier_error[p * self.starts + self.best_start[p]])
+            .collect()
+    }
+
+    /// Write the reconstruction as CXI (atomic: temp file then rename).
+    pub fn write_cxi(&self, dest: &std::path::Path, config: &serde_json::Value) -> Result<()> {
+        use crate::io::CxiWriter;
+        let (n, h, w, k, l) = (self.n, self.h, self.w, self.starts, self.records);
+        let mut out = CxiWriter::new();
+        out.string("cxi_version", "150")?;
+        out.attr_string("entry_1", "NX_class", "NXentry")?;
+        out.complex64("entry_1/image_1/data", &[n, h, w], &self.objects.data)?;
+        out.attr_string("entry_1/image_1", "NX_class", "NXdata")?;
+        out.attr_string(
+            "entry_1/image_1/data",
+            "description",
+            "best start per pattern (lowest final Fourier error), centred at (H/2, W/2)",
+        )?;
+        out.u8("entry_1/image_1/support", &[n, h, w], &self.supports.data)?;
+        out.f32(
+            "entry_1/image_1/fourier_error",
+            &[n, l],
+            &self.best_histories(&self.fourier_error),
+        )?;
+        out.f32(
+            "entry_1/image_1/real_space_error",
+            &[n, l],
+            &self.best_histories(&self.real_error),
+        )?;
+        out.f32(
+            "entry_1/image_1/final_fourier_error",
+            &[n],
+            &self.best_final_errors(),
+        )?;
+        out.i64(
+            "entry_1/image_1/best_start",
+            &[n],
+            &self
+                .best_start
+                .iter()
+                .map(|&s| s as i64)
+                .collect::<Vec<_>>(),
+        )?;
+        out.f32(
+            "entry_1/image_1/all_fourier_error",
+            &[n, k, l],
+            &self.fourier_error,
+        )?;
+        out.f32(
+            "entry_1/image_1/all_final_fourier_error",
+            &[n, k],
+            &self.final_fourier_error,
+        )?;
+        out.string(
+            "entry_1/image_1/process_1/configuration",
+            &serde_json::to_string_pretty(config).unwrap_or_default(),
+        )?;
+        out.string("entry_1/image_1/process_1/program", "cdiphase")?;
+        out.string(
+            "entry_1/image_1/process_1/version",
+            env!("CARGO_PKG_VERSION"),
+        )?;
+        out.attr_string("entry_1/image_1", "configuration", &config.to_string())?;
+        if let (Some(o), Some(s)) = (&self.all_objects, &self.all_supports) {
+            out.complex64("entry_1/image_2/data", &[n, k, h, w], o)?;
+            out.u8("entry_1/image_2/support", &[n, k, h, w], s)?;
+            out.attr_string(
+                "entry_1/image_2",
+                "description",
+                "every start, pattern-major (N,K,H,W)",
+            )?;
+        }
+        out.finish(dest)
+    }
+}
+
+/// Prepare and run a phasing job on `backend`.
+pub fn phase(
+    backend: &dyn Backend,
+    patterns: &PatternSet,
+    cfg: &PhaseConfig,
+    progress: Progress<'_>,
+) -> Result<Reconstruction> {
+    let (problem, program) = prepare(patterns, cfg)?;
+    run_prepared(backend, &problem, &program, progress)
+}
+
+/// Run an already prepared problem (used by benchmarks to leave preparation out).
+pub fn run_prepared(
+    backend: &dyn Backend,
+    problem: &PhasingProblem,
+    program: &Program,
+    progress: Progress<'_>,
+) -> Result<Reconstruction> {
+    let t0 = std::time::Instant::now();
+    let out = backend.run_phasing(problem, program, progress)?;
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(Reconstruction::from_output(
+        out,
+        problem,
+        program,
+        secs,
+        backend.describe(),
+    ))
+}

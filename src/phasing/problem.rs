@@ -1,0 +1,132 @@
+//! The prepared input of a phasing run, in FFT-native order, and the raw output a backend
+//! returns. Preparation (validation, centring, amplitude computation, starting supports and
+//! objects) happens once here, for every backend.
+
+use super::program::Constraint;
+use crate::array::{Complex32, Stack};
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// Starting objects.
+#[derive(Clone, Debug)]
+pub enum InitObjects {
+    /// Random values in the support (uniform modulus in [0,1); uniform phase when the object
+    /// is complex), deterministic in (seed, pattern, start), independent of threading.
+    Random { seed: u64 },
+    /// Given objects in native order; `n` is 1 (shared) or the number of patterns.
+    Given(Stack<Complex32>),
+}
+
+/// Everything a backend needs to run a program. All arrays are FFT-native (origin at 0,0).
+#[derive(Clone, Debug)]
+pub struct PhasingProblem {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Random starts per pattern.
+    pub starts: usize,
+    /// Measured amplitudes sqrt(I), N*H*W, native order; unmeasured pixels hold -1.
+    pub amplitudes: Vec<f32>,
+    /// Per pattern: sum of A^2 over measured pixels (denominator of the Fourier error).
+    pub sum_a2: Vec<f64>,
+    /// Per pattern: number of measured pixels.
+    pub measured: Vec<usize>,
+    /// Starting supports, native order, n = 1 (shared) or N.
+    pub supports: Stack<u8>,
+    pub init: InitObjects,
+    pub constraint: Constraint,
+    /// Return every start's final object and support, not only the best.
+    pub keep_all: bool,
+}
+
+impl PhasingProblem {
+    /// Number of (pattern, start) items.
+    pub fn items(&self) -> usize {
+        self.n * self.starts
+    }
+
+    /// Amplitudes of pattern `p` (native order, -1 = unmeasured).
+    pub fn amplitude(&self, p: usize) -> &[f32] {
+        let l = self.h * self.w;
+        &self.amplitudes[p * l..(p + 1) * l]
+    }
+
+    /// Fill the starting object and support of item (pattern `p`, start `s`).
+    pub fn initial_state(&self, p: usize, s: usize, obj: &mut [Complex32], sup: &mut [u8]) {
+        let l = self.h * self.w;
+        let si = if self.supports.n == 1 { 0 } else { p };
+        sup.copy_from_slice(self.supports.image(si));
+        match &self.init {
+            InitObjects::Random { seed } => {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(*seed, p, s));
+                let complex = self.constraint == Constraint::None;
+                for (o, &m) in obj.iter_mut().zip(sup.iter()) {
+                    let a = unit(rng.next_u64());
+                    let ph = unit(rng.next_u64());
+                    *o = if m == 0 {
+                        Complex32::new(0.0, 0.0)
+                    } else if complex {
+                        Complex32::from_polar(a, std::f32::consts::TAU * ph)
+                    } else {
+                        Complex32::new(a, 0.0)
+                    };
+                }
+            }
+            InitObjects::Given(st) => {
+                let oi = if st.n == 1 { 0 } else { p };
+                obj.copy_from_slice(st.image(oi));
+            }
+        }
+        // Scale to the energy the data imply (Parseval), so that the first HIO feedback
+        // mixes quantities of the same magnitude whatever the starting object's units.
+        let e: f64 = obj.iter().map(|c| c.norm_sqr() as f64).sum();
+        let target = if self.measured[p] > 0 {
+            self.sum_a2[p] / self.measured[p] as f64
+        } else {
+            0.0
+        };
+        if e > 0.0 && target > 0.0 {
+            let k = (target / e).sqrt() as f32;
+            obj.iter_mut().for_each(|c| *c *= k);
+        }
+        debug_assert_eq!(obj.len(), l);
+    }
+}
+
+/// The 64-bit seed of item (p, s): SplitMix64 of the user seed mixed with the item index.
+pub fn item_seed(seed: u64, p: usize, s: usize) -> u64 {
+    let mut z = seed
+        .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(1 + p as u64))
+        .wrapping_add(0xD1B5_4A32_D192_ED03u64.wrapping_mul(1 + s as u64));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Uniform in [0, 1) from 24 random bits.
+pub fn unit(x: u64) -> f32 {
+    (x >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// What a backend returns. Arrays are native order.
+#[derive(Clone, Debug)]
+pub struct PhasingOutput {
+    /// Per pattern, the start with the lowest final Fourier error.
+    pub best_start: Vec<usize>,
+    /// Best object per pattern (N*H*W).
+    pub objects: Stack<Complex32>,
+    /// Support of the best start per pattern (N*H*W).
+    pub supports: Stack<u8>,
+    /// With `keep_all`: every start's object, N*K*H*W (pattern-major).
+    pub all_objects: Option<Vec<Complex32>>,
+    /// With `keep_all`: every start's support, N*K*H*W.
+    pub all_supports: Option<Vec<u8>>,
+    /// Fourier error history, N*K*records.
+    pub fourier_error: Vec<f32>,
+    /// Real-space error history (fraction of |P_M g|^2 outside the support), N*K*records.
+    pub real_error: Vec<f32>,
+    /// Fourier error of each item's final object, N*K.
+    pub final_fourier_error: Vec<f32>,
+    /// History entries per item.
+    pub records: usize,
+}

@@ -1,0 +1,369 @@
+//! A schedule plus the shrinkwrap and error-recording options, compiled into the flat list of
+//! operations that a backend executes. This is the single place where the run's logic lives;
+//! backends only execute [`Op`]s, batched over patterns x starts.
+
+use super::schedule::{Algorithm, Schedule, Step};
+use crate::{Error, Result};
+
+/// Real-space constraint applied together with the support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Constraint {
+    /// Complex object, support only.
+    None,
+    /// Real object: the imaginary part is treated as lying outside the support.
+    Real,
+    /// Real, non-negative object: pixels with a negative real part are treated as outside.
+    Positive,
+}
+
+impl std::str::FromStr for Constraint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Constraint::None),
+            "real" => Ok(Constraint::Real),
+            "positive" | "positivity" => Ok(Constraint::Positive),
+            _ => Err(Error::Config(format!(
+                "unknown constraint '{s}': expected none, real or positive"
+            ))),
+        }
+    }
+}
+
+/// Shrinkwrap settings: Gaussian blur of |g| then a threshold relative to the maximum.
+/// `sigma` and `threshold` ramp linearly from the first to the second value over the
+/// shrinkwrap applications of the run (Hawk-style piecewise-linear maps with two points).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ShrinkwrapConfig {
+    pub sigma: (f32, f32),
+    pub threshold: (f32, f32),
+    /// Apply every `every` iterations (0: only where the schedule says `SW`).
+    pub every: u64,
+    /// First iteration at which periodic shrinkwrap may apply.
+    pub start: u64,
+    /// Last iteration at which periodic shrinkwrap may apply (None: until the end).
+    pub stop: Option<u64>,
+}
+
+impl Default for ShrinkwrapConfig {
+    fn default() -> Self {
+        ShrinkwrapConfig {
+            sigma: (1.0, 1.0),
+            threshold: (0.1, 0.1),
+            every: 0,
+            start: 0,
+            stop: None,
+        }
+    }
+}
+
+impl ShrinkwrapConfig {
+    /// Parse `sigma=1,threshold=0.1,every=20,start=0,stop=9000`; `sigma=3:1` and
+    /// `threshold=0.05:0.15` give linear ramps over the run.
+    pub fn parse(text: &str) -> Result<ShrinkwrapConfig> {
+        let mut c = ShrinkwrapConfig::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                Error::Config(format!(
+                    "shrinkwrap option '{part}' is not key=value (e.g. sigma=1,threshold=0.1,every=20)"
+                ))
+            })?;
+            let num = |v: &str| -> Result<f32> {
+                v.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| Error::Config(format!("shrinkwrap {k}: '{v}' is not a number")))
+            };
+            let range = |v: &str| -> Result<(f32, f32)> {
+                match v.split_once(':') {
+                    Some((a, b)) => Ok((num(a)?, num(b)?)),
+                    None => {
+                        let a = num(v)?;
+                        Ok((a, a))
+                    }
+                }
+            };
+            let int = |v: &str| -> Result<u64> {
+                v.trim().parse::<u64>().map_err(|_| {
+                    Error::Config(format!(
+                        "shrinkwrap {k}: '{v}' is not a non-negative integer"
+                    ))
+                })
+            };
+            match k.trim() {
+                "sigma" => c.sigma = range(v)?,
+                "threshold" => c.threshold = range(v)?,
+                "every" => c.every = int(v)?,
+                "start" => c.start = int(v)?,
+                "stop" => c.stop = Some(int(v)?),
+                other => {
+                    return Err(Error::Config(format!(
+                        "unknown shrinkwrap option '{other}': expected sigma, threshold, every, start, stop"
+                    )))
+                }
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check ranges.
+    pub fn validate(&self) -> Result<()> {
+        for s in [self.sigma.0, self.sigma.1] {
+            if !(0.0..=64.0).contains(&s) {
+                return Err(Error::Config(format!(
+                    "shrinkwrap sigma {s} out of range [0, 64] px"
+                )));
+            }
+        }
+        for t in [self.threshold.0, self.threshold.1] {
+            if !(t > 0.0 && t < 1.0) {
+                return Err(Error::Config(format!(
+                    "shrinkwrap threshold {t} out of range (0, 1) (fraction of the maximum)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// When the Fourier error enters the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Recording {
+    /// At the last iteration of every ER section (of every section when the schedule has no ER).
+    EndOfErSections,
+    /// Every k iterations.
+    Every(u64),
+}
+
+/// One operation of a compiled program.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// `count` iterations; when `record` the errors of the last one enter the history.
+    Iterate {
+        alg: Algorithm,
+        beta: f32,
+        count: u64,
+        record: bool,
+    },
+    /// A shrinkwrap support update with these parameters.
+    Shrinkwrap { sigma: f32, threshold: f32 },
+}
+
+/// A compiled run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    pub ops: Vec<Op>,
+    /// Number of history entries each item records.
+    pub records: usize,
+    /// Total iterations.
+    pub iterations: u64,
+}
+
+impl Program {
+    /// Compile a schedule with the global beta, shrinkwrap settings and recording policy.
+    pub fn compile(
+        schedule: &Schedule,
+        beta: f32,
+        shrinkwrap: &ShrinkwrapConfig,
+        recording: Recording,
+    ) -> Result<Program> {
+        if !(beta.is_finite() && beta > 0.0 && beta <= 2.0) {
+            return Err(Error::Config(format!("beta {beta} out of range (0, 2]")));
+        }
+        if let Recording::Every(0) = recording {
+            return Err(Error::Config(
+                "error recording interval must be >= 1".into(),
+            ));
+        }
+        shrinkwrap.validate()?;
+        let has_er = schedule.has(Algorithm::ER);
+        let total = schedule.iterations();
+        // First pass: the iteration sequence with cut points (shrinkwrap, record) marked.
+        let mut ops: Vec<Op> = Vec::new();
+        let mut done: u64 = 0; // iterations completed so far
+        let mut sw_marks: Vec<usize> = Vec::new(); // indices of Shrinkwrap ops (params set later)
+        let n_steps = schedule.steps.len();
+        for (si, step) in schedule.steps.iter().enumerate() {
+            match *step {
+                Step::Shrinkwrap => {
+                    sw_marks.push(ops.len());
+                    ops.push(Op::Shrinkwrap {
+                        sigma: 0.0,
+                        threshold: 0.0,
+                    });
+                }
+                Step::Iterate {
+                    alg,
+                    beta: b,
+                    count,
+                } => {
+                    let beta = b.unwrap_or(beta);
+                    // Is this the end of a section for recording purposes?
+                    let next_alg = schedule.steps[si + 1..n_steps]
+                        .iter()
+                        .find_map(|s| match s {
+                            Step::Iterate { alg, .. } => Some(*alg),
+                            Step::Shrinkwrap => None,
+                        });
+                    let section_end = match recording {
+                        Recording::EndOfErSections => {
+                            (alg == Algorithm::ER || !has_er) && next_alg != Some(alg)
+                        }
+                        Recording::Every(_) => false,
+                    };
+                    let mut left = count;
+                    while left > 0 {
+                        // Distance to the next cut point inside this step.
+                        let mut chunk = left;
+                        if let Recording::Every(k) = recording {
+                            chunk = chunk.min(k - done % k);
+                        }
+                        if shrinkwrap.every > 0 {
+                            let e = shrinkwrap.every;
+                            chunk = chunk.min(e - done % e);
+                        }
+                        done += chunk;
+                        left -= chunk;
+                        let record = match recording {
+                            Recording::Every(k) => done.is_multiple_of(k),
+                            Recording::EndOfErSections => section_end && left == 0,
+                        };
+                        push_iter(&mut ops, alg, beta, chunk, record);
+                        let periodic = shrinkwrap.every > 0
+                            && done.is_multiple_of(shrinkwrap.every)
+                            && done >= shrinkwrap.start
+                            && shrinkwrap.stop.is_none_or(|s| done <= s)
+                            && done < total;
+                        if periodic {
+                            sw_marks.push(ops.len());
+                            ops.push(Op::Shrinkwrap {
+                                sigma: 0.0,
+                                threshold: 0.0,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // Ramps over the shrinkwrap applications.
+        let n_sw = sw_marks.len();
+        for (j, &i) in sw_marks.iter().enumerate() {
+            let t = if n_sw > 1 {
+                j as f32 / (n_sw - 1) as f32
+            } else {
+                0.0
+            };
+            let lerp = |(a, b): (f32, f32)| a + (b - a) * t;
+            ops[i] = Op::Shrinkwrap {
+                sigma: lerp(shrinkwrap.sigma),
+                threshold: lerp(shrinkwrap.threshold),
+            };
+        }
+        let records = ops
+            .iter()
+            .filter(|o| matches!(o, Op::Iterate { record: true, .. }))
+            .count();
+        Ok(Program {
+            ops,
+            records,
+            iterations: total,
+        })
+    }
+}
+
+fn push_iter(ops: &mut Vec<Op>, alg: Algorithm, beta: f32, count: u64, record: bool) {
+    if let Some(Op::Iterate {
+        alg: a,
+        beta: b,
+        count: c,
+        record: r,
+    }) = ops.last_mut()
+    {
+        if *a == alg && *b == beta && !*r {
+            *c += count;
+            *r = record;
+            return;
+        }
+    }
+    ops.push(Op::Iterate {
+        alg,
+        beta,
+        count,
+        record,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iters(p: &Program) -> u64 {
+        p.ops
+            .iter()
+            .map(|o| match o {
+                Op::Iterate { count, .. } => *count,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn paper_run_records_2000_values() {
+        let s = Schedule::parse("2000*(5*HIO + 5*ER)").unwrap();
+        let p = Program::compile(
+            &s,
+            0.9,
+            &ShrinkwrapConfig::default(),
+            Recording::EndOfErSections,
+        )
+        .unwrap();
+        assert_eq!(p.records, 2000);
+        assert_eq!(iters(&p), 20_000);
+        assert_eq!(p.iterations, 20_000);
+    }
+
+    #[test]
+    fn periodic_shrinkwrap_splits_steps_and_ramps() {
+        let s = Schedule::parse("100*HIO + 10*ER").unwrap();
+        let sw = ShrinkwrapConfig::parse("sigma=3:1,threshold=0.1,every=20").unwrap();
+        let p = Program::compile(&s, 0.9, &sw, Recording::Every(10)).unwrap();
+        let sws: Vec<f32> = p
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Shrinkwrap { sigma, .. } => Some(*sigma),
+                _ => None,
+            })
+            .collect();
+        // at 20, 40, 60, 80, 100 (not after the final iteration 110)
+        assert_eq!(sws.len(), 5);
+        assert_eq!(sws[0], 3.0);
+        assert_eq!(sws[4], 1.0);
+        assert!((sws[2] - 2.0).abs() < 1e-6);
+        assert_eq!(p.records, 11);
+        assert_eq!(iters(&p), 110);
+        // no ER: every section end records
+        let s = Schedule::parse("3*(10*HIO + 10*RAAR)").unwrap();
+        let p = Program::compile(
+            &s,
+            0.9,
+            &ShrinkwrapConfig::default(),
+            Recording::EndOfErSections,
+        )
+        .unwrap();
+        assert_eq!(p.records, 6);
+    }
+
+    #[test]
+    fn shrinkwrap_parse_errors() {
+        assert!(ShrinkwrapConfig::parse("sigma=1,threshold=2").is_err());
+        assert!(ShrinkwrapConfig::parse("sigma").is_err());
+        assert!(ShrinkwrapConfig::parse("colour=1").is_err());
+        assert!(ShrinkwrapConfig::parse("every=-1").is_err());
+        let c = ShrinkwrapConfig::parse("every=5, threshold=0.05:0.15,start=10,stop=90").unwrap();
+        assert_eq!(c.threshold, (0.05, 0.15));
+        assert_eq!((c.every, c.start, c.stop), (5, 10, Some(90)));
+    }
+}

@@ -1,0 +1,64 @@
+//! Simulation of diffraction data. This module starts with synthetic compact objects (for the
+//! phasing tests and the demo) and the far-field pattern of a given density; the PDB-based
+//! simulator of the simulation issue lives beside it.
+
+use crate::array::{centred_to_native, native_to_centred, Complex32};
+use crate::backend::cpu::Plan2d;
+use crate::phasing::problem::{item_seed, unit};
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// A random compact, real, non-negative object in an `h x w` field, centred at (h/2, w/2),
+/// confined to a disc of `radius` px: a sum of 4 to 12 Gaussian blobs (sigma 1 to 3 px) with
+/// positions inside the disc, cut to zero below 2% of the maximum and outside the disc.
+/// With `radius <= min(h, w) / 4` the pattern is oversampled at least 2x per axis.
+pub fn random_compact_object(h: usize, w: usize, radius: f32, seed: u64) -> Vec<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(seed, 0x5151, 7));
+    let mut u = || unit(rng.next_u64());
+    let blobs = 4 + (u() * 9.0) as usize;
+    let (cy, cx) = ((h / 2) as f32, (w / 2) as f32);
+    let mut params = Vec::with_capacity(blobs);
+    for _ in 0..blobs {
+        let sigma = 1.0 + 2.0 * u();
+        let rmax = (radius - 1.5 * sigma).max(0.0);
+        let r = rmax * u().sqrt();
+        let t = std::f32::consts::TAU * u();
+        let amp = 0.4 + 0.6 * u();
+        params.push((cy + r * t.sin(), cx + r * t.cos(), sigma, amp));
+    }
+    let mut out = vec![0.0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let (fy, fx) = (y as f32, x as f32);
+            if (fy - cy).powi(2) + (fx - cx).powi(2) > radius * radius {
+                continue;
+            }
+            out[y * w + x] = params
+                .iter()
+                .map(|&(py, px, s, a)| {
+                    a * (-((fy - py).powi(2) + (fx - px).powi(2)) / (2.0 * s * s)).exp()
+                })
+                .sum();
+        }
+    }
+    let max = out.iter().copied().fold(0.0f32, f32::max);
+    for v in out.iter_mut() {
+        if *v < 0.02 * max {
+            *v = 0.0;
+        }
+    }
+    out
+}
+
+/// Noise-free far-field intensities |FFT(density)|^2 of a centred density, returned centred
+/// (zero frequency at (h/2, w/2)), unnormalised forward FFT.
+pub fn far_field_intensity(density: &[Complex32], h: usize, w: usize, plan: &Plan2d) -> Vec<f32> {
+    let mut native = vec![Complex32::new(0.0, 0.0); h * w];
+    centred_to_native(density, h, w, &mut native);
+    let mut work = plan.work();
+    plan.forward(&mut native, &mut work);
+    let mag: Vec<f32> = native.iter().map(|c| c.norm_sqr()).collect();
+    let mut out = vec![0.0f32; h * w];
+    native_to_centred(&mag, h, w, &mut out);
+    out
+}

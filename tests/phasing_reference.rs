@@ -1,0 +1,460 @@
+//! The CPU phasing engine against an independent float64 reference written here: naive
+//! separable DFTs and the textbook ER / HIO / RAAR updates, with fresh random inputs at
+//! awkward sizes (odd, prime, non-square; batch 1 and many; several starts), masks and
+//! every constraint. Plus invariants: projection idempotence, Parseval, mask behaviour.
+
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+use cdiphase::array::{Complex32, Stack};
+use cdiphase::backend::cpu::{modulus_project, CpuBackend, Plan2d};
+use cdiphase::backend::Backend;
+use cdiphase::phasing::problem::{InitObjects, PhasingProblem};
+use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
+use cdiphase::phasing::schedule::{Algorithm, Schedule};
+use num_complex::Complex64;
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn fresh_seed(tag: &str) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("{tag}: random seed {t}");
+    t
+}
+
+/// Naive DFT along one axis of a 2-D array, float64; `sign` -1 forward, +1 inverse.
+fn dft_axis(x: &[Complex64], h: usize, w: usize, sign: f64, rows: bool) -> Vec<Complex64> {
+    let mut out = vec![Complex64::new(0.0, 0.0); h * w];
+    let n = if rows { w } else { h };
+    let tw: Vec<Complex64> = (0..n)
+        .map(|k| Complex64::from_polar(1.0, sign * std::f64::consts::TAU * k as f64 / n as f64))
+        .collect();
+    for y in 0..h {
+        for x0 in 0..w {
+            let mut acc = Complex64::new(0.0, 0.0);
+            for j in 0..n {
+                let (v, k) = if rows {
+                    (x[y * w + j], x0 * j)
+                } else {
+                    (x[j * w + x0], y * j)
+                };
+                acc += v * tw[k % n];
+            }
+            out[y * w + x0] = acc;
+        }
+    }
+    out
+}
+
+fn dft2(x: &[Complex64], h: usize, w: usize, sign: f64) -> Vec<Complex64> {
+    dft_axis(&dft_axis(x, h, w, sign, true), h, w, sign, false)
+}
+
+/// The reference modulus projection P_M g and the error sum (|F| - A)^2 over measured.
+fn ref_project(g: &[Complex64], amp: &[f32], h: usize, w: usize) -> (Vec<Complex64>, f64) {
+    let f = dft2(g, h, w, -1.0);
+    let mut err = 0.0;
+    let fp: Vec<Complex64> = f
+        .iter()
+        .zip(amp)
+        .map(|(&c, &a)| {
+            if a < 0.0 {
+                c
+            } else {
+                let m = c.norm();
+                err += (m - a as f64).powi(2);
+                if m > 0.0 {
+                    c * (a as f64 / m)
+                } else {
+                    Complex64::new(0.0, 0.0)
+                }
+            }
+        })
+        .collect();
+    let n = (h * w) as f64;
+    (dft2(&fp, h, w, 1.0).iter().map(|c| c / n).collect(), err)
+}
+
+/// One reference iteration, textbook form: inside the constraint set g' ; outside
+/// ER 0, HIO g - beta g', RAAR beta g + (1 - 2 beta) g'.
+fn ref_iterate(
+    g: &mut [Complex64],
+    amp: &[f32],
+    sup: &[u8],
+    h: usize,
+    w: usize,
+    alg: Algorithm,
+    beta: f64,
+    c: Constraint,
+) -> f64 {
+    let (p, err) = ref_project(g, amp, h, w);
+    for i in 0..h * w {
+        let inside = sup[i] != 0;
+        let (okr, oki) = match c {
+            Constraint::None => (inside, inside),
+            Constraint::Real => (inside, false),
+            Constraint::Positive => (inside && p[i].re >= 0.0, false),
+        };
+        let outside = |gv: f64, pv: f64| match alg {
+            Algorithm::ER => 0.0,
+            Algorithm::HIO => gv - beta * pv,
+            Algorithm::RAAR => beta * gv + (1.0 - 2.0 * beta) * pv,
+        };
+        let re = if okr {
+            p[i].re
+        } else {
+            outside(g[i].re, p[i].re)
+        };
+        let im = if oki {
+            p[i].im
+        } else {
+            outside(g[i].im, p[i].im)
+        };
+        g[i] = Complex64::new(re, im);
+    }
+    err
+}
+
+fn rel_err(a: &[Complex32], b: &[Complex64]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (Complex64::new(x.re as f64, x.im as f64) - y).norm_sqr())
+        .sum();
+    let den: f64 = b.iter().map(|y| y.norm_sqr()).sum();
+    (num / den).sqrt()
+}
+
+/// A random problem: amplitudes of a random compact object (so that the data are
+/// consistent), optional random mask, random supports per pattern.
+fn random_problem(
+    rng: &mut Lcg,
+    n: usize,
+    h: usize,
+    w: usize,
+    starts: usize,
+    masked: bool,
+    constraint: Constraint,
+) -> PhasingProblem {
+    let l = h * w;
+    let mut amplitudes = vec![0.0f32; n * l];
+    let mut supports = vec![0u8; n * l];
+    let mut sum_a2 = vec![0.0; n];
+    let mut measured = vec![0; n];
+    for p in 0..n {
+        for i in 0..l {
+            supports[p * l + i] = (rng.next() < 0.3) as u8;
+        }
+        supports[p * l] = 1;
+        let obj: Vec<Complex64> = (0..l)
+            .map(|i| {
+                if supports[p * l + i] != 0 {
+                    Complex64::new(rng.next(), rng.next() - 0.5)
+                } else {
+                    Complex64::new(0.0, 0.0)
+                }
+            })
+            .collect();
+        let f = dft2(&obj, h, w, -1.0);
+        for i in 0..l {
+            // perturb the amplitudes so the iterate is never at a fixed point
+            let a = f[i].norm() * (0.8 + 0.4 * rng.next());
+            let unmeasured = masked && rng.next() < 0.1;
+            amplitudes[p * l + i] = if unmeasured { -1.0 } else { a as f32 };
+            if !unmeasured {
+                sum_a2[p] += a * a;
+                measured[p] += 1;
+            }
+        }
+    }
+    PhasingProblem {
+        n,
+        h,
+        w,
+        starts,
+        amplitudes,
+        sum_a2,
+        measured,
+        supports: Stack::from_vec(n, h, w, supports).unwrap(),
+        init: InitObjects::Random { seed: rng.0 },
+        constraint,
+        keep_all: true,
+    }
+}
+
+fn check_against_reference(
+    schedule: &str,
+    n: usize,
+    h: usize,
+    w: usize,
+    starts: usize,
+    masked: bool,
+    c: Constraint,
+) {
+    let mut rng = Lcg(fresh_seed(schedule));
+    let problem = random_problem(&mut rng, n, h, w, starts, masked, c);
+    let sched = Schedule::parse(schedule).unwrap();
+    let program = Program::compile(
+        &sched,
+        0.9,
+        &ShrinkwrapConfig::default(),
+        Recording::Every(1),
+    )
+    .unwrap();
+    let backend = CpuBackend::new(Some(2)).unwrap();
+    let out = backend.run_phasing(&problem, &program, &|_| {}).unwrap();
+    let all = out.all_objects.as_ref().unwrap();
+    let l = h * w;
+    for p in 0..n {
+        for s in 0..starts {
+            let mut g32 = vec![Complex32::new(0.0, 0.0); l];
+            let mut sup = vec![0u8; l];
+            problem.initial_state(p, s, &mut g32, &mut sup);
+            let mut g: Vec<Complex64> = g32
+                .iter()
+                .map(|c| Complex64::new(c.re as f64, c.im as f64))
+                .collect();
+            let amp = problem.amplitude(p);
+            let mut errs = Vec::new();
+            for step in &sched.steps {
+                if let cdiphase::phasing::schedule::Step::Iterate { alg, beta, count } = *step {
+                    for _ in 0..count {
+                        let e = ref_iterate(
+                            &mut g,
+                            amp,
+                            &sup,
+                            h,
+                            w,
+                            alg,
+                            beta.unwrap_or(0.9) as f64,
+                            c,
+                        );
+                        errs.push((e / problem.sum_a2[p]).sqrt());
+                    }
+                }
+            }
+            let item = p * starts + s;
+            let got = &all[item * l..(item + 1) * l];
+            let e = rel_err(got, &g);
+            assert!(
+                e < 1e-5,
+                "{schedule} {h}x{w} pattern {p} start {s} {c:?}: relative error {e:e}"
+            );
+            // the recorded Fourier errors agree with the reference's
+            let hist = &out.fourier_error[item * out.records..(item + 1) * out.records];
+            assert_eq!(hist.len(), errs.len());
+            for (a, b) in hist.iter().zip(&errs) {
+                assert!(
+                    ((*a as f64) - b).abs() <= 1e-5 * b.max(1e-3),
+                    "history {a} vs {b}"
+                );
+            }
+            // final Fourier error = error of the final object, computed independently
+            let f = dft2(&g, h, w, -1.0);
+            let fe: f64 = f
+                .iter()
+                .zip(amp)
+                .filter(|(_, &a)| a >= 0.0)
+                .map(|(c, &a)| (c.norm() - a as f64).powi(2))
+                .sum();
+            let fe = (fe / problem.sum_a2[p]).sqrt();
+            let got_fe = out.final_fourier_error[item] as f64;
+            assert!(
+                (got_fe - fe).abs() <= 1e-5 * fe.max(1e-3),
+                "final error {got_fe} vs {fe}"
+            );
+        }
+    }
+}
+
+#[test]
+fn hio_matches_float64_reference_odd_nonsquare() {
+    check_against_reference("4*HIO", 3, 15, 22, 2, false, Constraint::None);
+}
+
+#[test]
+fn er_matches_float64_reference_prime_sizes_masked() {
+    check_against_reference("3*ER", 2, 17, 13, 1, true, Constraint::None);
+}
+
+#[test]
+fn raar_matches_float64_reference_with_beta_override() {
+    check_against_reference("2*RAAR + 2*RAAR(0.75)", 1, 11, 9, 3, true, Constraint::None);
+}
+
+#[test]
+fn mixed_schedule_real_and_positive_constraints() {
+    check_against_reference("2*HIO + ER + RAAR", 2, 12, 19, 1, true, Constraint::Real);
+    check_against_reference("3*HIO + 2*ER", 5, 9, 16, 2, false, Constraint::Positive);
+}
+
+#[test]
+fn batch_one_at_128_and_many_small() {
+    check_against_reference("2*HIO + ER", 1, 128, 128, 1, true, Constraint::None);
+    check_against_reference("HIO + ER", 33, 8, 7, 1, false, Constraint::Positive);
+}
+
+fn random_c32(rng: &mut Lcg, n: usize) -> Vec<Complex32> {
+    (0..n)
+        .map(|_| Complex32::new(rng.next() as f32 - 0.5, rng.next() as f32 - 0.5))
+        .collect()
+}
+
+#[test]
+fn modulus_projection_is_idempotent_and_respects_the_mask() {
+    let mut rng = Lcg(fresh_seed("idempotence"));
+    let (h, w) = (23, 10);
+    let l = h * w;
+    let plan = Plan2d::new(h, w);
+    let mut work = plan.work();
+    let g = random_c32(&mut rng, l);
+    let amp: Vec<f32> = (0..l)
+        .map(|_| {
+            if rng.next() < 0.2 {
+                -1.0
+            } else {
+                rng.next() as f32 * 3.0
+            }
+        })
+        .collect();
+    let project = |x: &[Complex32],
+                   work: &mut cdiphase::backend::cpu::Work|
+     -> (Vec<Complex32>, Vec<Complex32>) {
+        let mut f = x.to_vec();
+        plan.forward(&mut f, work);
+        let before = f.clone();
+        modulus_project(&mut f, &amp, 1.0);
+        let after = f.clone();
+        plan.inverse(&mut f, work);
+        let _ = before;
+        (f, after)
+    };
+    let (p1, f1) = project(&g, &mut work);
+    let (p2, _) = project(&p1, &mut work);
+    let num: f32 = p1.iter().zip(&p2).map(|(a, b)| (a - b).norm_sqr()).sum();
+    let den: f32 = p1.iter().map(|a| a.norm_sqr()).sum();
+    assert!(
+        (num / den).sqrt() < 1e-5,
+        "P_M P_M != P_M: {}",
+        (num / den).sqrt()
+    );
+    // measured pixels have the target modulus; unmeasured keep the computed value
+    let mut fg = g.clone();
+    plan.forward(&mut fg, &mut work);
+    for i in 0..l {
+        if amp[i] >= 0.0 {
+            assert!(
+                (f1[i].norm() - amp[i]).abs() <= 1e-5 * amp[i].max(1.0),
+                "pixel {i}"
+            );
+            // phase kept
+            if amp[i] > 1e-3 {
+                let d = (f1[i] / fg[i]).arg();
+                assert!(d.abs() < 1e-4, "phase changed at {i}");
+            }
+        } else {
+            assert_eq!(f1[i], fg[i], "unmeasured pixel {i} changed");
+        }
+    }
+}
+
+#[test]
+fn parseval_and_fft_pair_against_naive_dft() {
+    let mut rng = Lcg(fresh_seed("parseval"));
+    for &(h, w) in &[(31usize, 7usize), (128, 128), (1, 5), (64, 96)] {
+        let plan = Plan2d::new(h, w);
+        let mut work = plan.work();
+        let g = random_c32(&mut rng, h * w);
+        let mut f = g.clone();
+        plan.forward(&mut f, &mut work);
+        let e_real: f64 = g.iter().map(|c| c.norm_sqr() as f64).sum();
+        let e_four: f64 = f.iter().map(|c| c.norm_sqr() as f64).sum::<f64>() / (h * w) as f64;
+        assert!(
+            ((e_real - e_four) / e_real).abs() < 1e-5,
+            "Parseval {h}x{w}"
+        );
+        if h * w <= 4096 {
+            let g64: Vec<Complex64> = g
+                .iter()
+                .map(|c| Complex64::new(c.re as f64, c.im as f64))
+                .collect();
+            let r = dft2(&g64, h, w, -1.0);
+            assert!(rel_err(&f, &r) < 1e-5, "forward FFT vs DFT {h}x{w}");
+        }
+        plan.inverse(&mut f, &mut work);
+        let e: f64 = rel_err(
+            &f,
+            &g.iter()
+                .map(|c| Complex64::new(c.re as f64, c.im as f64))
+                .collect::<Vec<_>>(),
+        );
+        assert!(e < 1e-5, "inverse(forward) {h}x{w}: {e}");
+    }
+}
+
+/// Shrinkwrap against a float64 periodic blur + threshold written here.
+#[test]
+fn shrinkwrap_matches_float64_reference() {
+    let mut rng = Lcg(fresh_seed("shrinkwrap"));
+    let (h, w) = (19, 26);
+    let l = h * w;
+    let mut problem = random_problem(&mut rng, 1, h, w, 1, false, Constraint::None);
+    problem.supports = Stack::from_vec(
+        1,
+        h,
+        w,
+        cdiphase::phasing::support::circle_support(h, w, 6.0),
+    )
+    .unwrap();
+    let sched = Schedule::parse("3*HIO + SW").unwrap();
+    let sw = ShrinkwrapConfig::parse("sigma=1.5,threshold=0.45").unwrap();
+    let program = Program::compile(&sched, 0.9, &sw, Recording::EndOfErSections).unwrap();
+    let backend = CpuBackend::new(Some(1)).unwrap();
+    let out = backend.run_phasing(&problem, &program, &|_| {}).unwrap();
+    let g = &out.objects.data;
+    let sigma = 1.5f64;
+    let r = (4.0 * sigma).ceil() as i64;
+    let k: Vec<f64> = (-r..=r)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let ks: f64 = k.iter().sum();
+    let mut blur = vec![0.0f64; l];
+    for y in 0..h as i64 {
+        for x in 0..w as i64 {
+            let mut acc = 0.0;
+            for (j, kj) in k.iter().enumerate() {
+                for (i, ki) in k.iter().enumerate() {
+                    let yy = (y + j as i64 - r).rem_euclid(h as i64) as usize;
+                    let xx = (x + i as i64 - r).rem_euclid(w as i64) as usize;
+                    acc += kj * ki * g[yy * w + xx].norm() as f64;
+                }
+            }
+            blur[y as usize * w + x as usize] = acc / (ks * ks);
+        }
+    }
+    let max = blur.iter().cloned().fold(0.0, f64::max);
+    let mut differ = 0;
+    for i in 0..l {
+        let want = blur[i] >= 0.45 * max;
+        // pixels within float rounding of the threshold may go either way
+        if (blur[i] - 0.45 * max).abs() > 1e-5 * max && want != (out.supports.data[i] != 0) {
+            differ += 1;
+        }
+    }
+    assert_eq!(differ, 0);
+    assert!(out.supports.data.contains(&0), "shrinkwrap removed nothing");
+    assert!(
+        out.supports.data.contains(&1),
+        "shrinkwrap removed everything"
+    );
+}
