@@ -9,43 +9,58 @@ use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// A random compact, real, non-negative object in an `h x w` field, centred at (h/2, w/2),
-/// confined to a disc of `radius` px: a sum of 4 to 12 Gaussian blobs (sigma 1 to 3 px) with
-/// positions inside the disc, cut to zero below 2% of the maximum and outside the disc.
-/// With `radius <= min(h, w) / 4` the pattern is oversampled at least 2x per axis.
+/// confined to a disc of `radius` px, shaped like a particle: the union of 3 to 6 discs
+/// (radius 25% to 55% of `radius`) inside the disc gives a sharp outline, and a smooth
+/// random density (0.4 + a sum of 4 to 12 Gaussian blobs of sigma 1 to 3 px, normalised to
+/// [0.4, 1.4]) fills it. With `radius <= min(h, w) / 4` the pattern is oversampled at least
+/// 2x per axis. Deterministic in `seed`.
 pub fn random_compact_object(h: usize, w: usize, radius: f32, seed: u64) -> Vec<f32> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(seed, 0x5151, 7));
     let mut u = || unit(rng.next_u64());
-    let blobs = 4 + (u() * 9.0) as usize;
     let (cy, cx) = ((h / 2) as f32, (w / 2) as f32);
-    let mut params = Vec::with_capacity(blobs);
-    for _ in 0..blobs {
-        let sigma = 1.0 + 2.0 * u();
-        let rmax = (radius - 1.5 * sigma).max(0.0);
-        let r = rmax * u().sqrt();
-        let t = std::f32::consts::TAU * u();
-        let amp = 0.4 + 0.6 * u();
-        params.push((cy + r * t.sin(), cx + r * t.cos(), sigma, amp));
-    }
+    let discs: Vec<(f32, f32, f32)> = (0..3 + (u() * 4.0) as usize)
+        .map(|_| {
+            let rd = radius * (0.25 + 0.3 * u());
+            let r = (radius - rd) * u().sqrt();
+            let t = std::f32::consts::TAU * u();
+            (cy + r * t.sin(), cx + r * t.cos(), rd)
+        })
+        .collect();
+    let blobs: Vec<(f32, f32, f32, f32)> = (0..4 + (u() * 9.0) as usize)
+        .map(|_| {
+            let sigma = 1.0 + 2.0 * u();
+            let r = radius * u().sqrt();
+            let t = std::f32::consts::TAU * u();
+            (cy + r * t.sin(), cx + r * t.cos(), sigma, 0.3 + 0.7 * u())
+        })
+        .collect();
     let mut out = vec![0.0f32; h * w];
+    let mut inside = vec![false; h * w];
     for y in 0..h {
         for x in 0..w {
             let (fy, fx) = (y as f32, x as f32);
-            if (fy - cy).powi(2) + (fx - cx).powi(2) > radius * radius {
-                continue;
-            }
-            out[y * w + x] = params
+            if discs
                 .iter()
-                .map(|&(py, px, s, a)| {
-                    a * (-((fy - py).powi(2) + (fx - px).powi(2)) / (2.0 * s * s)).exp()
-                })
-                .sum();
+                .any(|&(py, px, r)| (fy - py).powi(2) + (fx - px).powi(2) <= r * r)
+            {
+                inside[y * w + x] = true;
+                out[y * w + x] = blobs
+                    .iter()
+                    .map(|&(py, px, s, a)| {
+                        a * (-((fy - py).powi(2) + (fx - px).powi(2)) / (2.0 * s * s)).exp()
+                    })
+                    .sum();
+            }
         }
     }
-    let max = out.iter().copied().fold(0.0f32, f32::max);
-    for v in out.iter_mut() {
-        if *v < 0.02 * max {
-            *v = 0.0;
-        }
+    let (lo, hi) = out
+        .iter()
+        .zip(&inside)
+        .filter(|(_, &i)| i)
+        .fold((f32::INFINITY, 0.0f32), |(lo, hi), (&v, _)| (lo.min(v), hi.max(v)));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    for (v, &i) in out.iter_mut().zip(&inside) {
+        *v = if i { 0.4 + (*v - lo) / span } else { 0.0 };
     }
     out
 }
