@@ -5,6 +5,7 @@
 
 pub mod array;
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod io;
 pub mod phasing;

@@ -1,4 +1,494 @@
-fn main() {
-    cdiphase_cli_placeholder();
+//! The `cdiphase` command line.
+
+use anyhow::{bail, Context, Result};
+use cdiphase::backend::{self, Device};
+use cdiphase::io;
+use cdiphase::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
+use cdiphase::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "cdiphase",
+    version,
+    about = "Batch coherent diffraction imaging: phase retrieval of many patterns at once",
+    long_about = "cdiphase phases thousands of diffraction patterns in one batch (HIO/ER/RAAR with \
+shrinkwrap), reads and writes CXI (HDF5) files that h5py reads without plugins, and reports the \
+figures of merit of the field. Run `cdiphase demo` for a complete example on generated data."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
 }
-fn cdiphase_cli_placeholder() {}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Phase retrieval of every pattern of a CXI/HDF5 or .npy file.
+    Phase(PhaseArgs),
+    /// Generate particles, phase them, and compare with the truth (a complete example).
+    Demo(DemoArgs),
+    /// Measure throughput (patterns x iterations per second) against the FFT floor.
+    Bench(BenchArgs),
+    /// Show the CPU, its SIMD features and the available backends.
+    Info,
+}
+
+#[derive(Args)]
+struct PhaseArgs {
+    /// Input patterns: CXI/HDF5 (entry_1/data_1/data, (N,H,W) or (H,W)) or .npy.
+    input: PathBuf,
+    /// Output CXI file (written atomically).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Dataset path of the intensities in the input (default entry_1/data_1/data).
+    #[arg(long)]
+    entry: Option<String>,
+    /// Schedule, e.g. "2000*(5*HIO + 5*ER)", "100*(SW + 50*HIO) + 200*ER", "RAAR(0.8)**500".
+    #[arg(long, default_value = "2000*(5*HIO + 5*ER)")]
+    algorithm: String,
+    /// Feedback parameter of HIO / relaxation of RAAR.
+    #[arg(long, default_value_t = 0.9)]
+    beta: f32,
+    /// Starting support: autocorrelation[:THRESHOLD] | circle:RADIUS | FILE.cxi | FILE.npy.
+    #[arg(long, default_value = "autocorrelation")]
+    support: String,
+    /// Starting object: random | FILE.cxi | FILE.npy (real or complex, centred).
+    #[arg(long, default_value = "random")]
+    init: String,
+    /// Periodic shrinkwrap: sigma=1,threshold=0.1,every=N[,start=I][,stop=I]; ranges a:b ramp.
+    #[arg(long)]
+    shrinkwrap: Option<String>,
+    /// Real-space constraint: none | real | positive.
+    #[arg(long, default_value = "none")]
+    constraint: String,
+    /// Random starts per pattern; the best by final Fourier error is kept.
+    #[arg(long, default_value_t = 1)]
+    starts: usize,
+    /// Seed of the random starting objects.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Record the Fourier error every K iterations (default: at the end of each ER section).
+    #[arg(long)]
+    error_every: Option<u64>,
+    /// Also write every start to entry_1/image_2 (N,K,H,W).
+    #[arg(long)]
+    keep_all: bool,
+    /// Clip negative measured intensities to zero instead of failing.
+    #[arg(long)]
+    clip_negative: bool,
+    /// auto | cpu | cuda | emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Output folder (patterns.cxi, reconstruction.cxi, summary.json).
+    #[arg(short, long, default_value = "cdiphase-demo")]
+    out: PathBuf,
+    /// Number of patterns.
+    #[arg(long, default_value_t = 24)]
+    count: usize,
+    /// Pattern size (square).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Random starts per pattern.
+    #[arg(long, default_value_t = 4)]
+    starts: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// What to measure (only `phasing` so far).
+    #[arg(default_value = "phasing")]
+    what: String,
+    /// Pattern size HxW (or one number for square).
+    #[arg(long, default_value = "128x128")]
+    size: String,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// HIO iterations timed per pattern.
+    #[arg(long, default_value_t = 100)]
+    iterations: u64,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Best of this many timed runs.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Phase(a) => cmd_phase(a),
+        Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::Info => cmd_info(),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn is_file_spec(s: &str) -> bool {
+    let l = s.to_ascii_lowercase();
+    [".cxi", ".h5", ".hdf5", ".nxs", ".npy"]
+        .iter()
+        .any(|e| l.ends_with(e))
+}
+
+fn progress_bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {bar:40.cyan/blue} {percent:>3}% {msg} (eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn cmd_phase(a: PhaseArgs) -> Result<()> {
+    if same_file(&a.input, &a.output) {
+        bail!(
+            "output {} is the input file: refusing to overwrite it",
+            a.output.display()
+        );
+    }
+    let device: Device = a.device.parse()?;
+    let backend = backend::select(device, a.threads)?;
+    let patterns = io::read_patterns(&a.input, a.entry.as_deref())
+        .with_context(|| format!("reading patterns from {}", a.input.display()))?;
+    let support = match SupportSpec::parse_builtin(&a.support)? {
+        Some(s) => s,
+        None if is_file_spec(&a.support) => SupportSpec::Given(
+            io::read_support(Path::new(&a.support), None)
+                .with_context(|| format!("reading --support {}", a.support))?,
+        ),
+        None => bail!(
+            "--support '{}': expected autocorrelation[:THRESHOLD], circle:RADIUS, or a .cxi/.h5/.npy file",
+            a.support
+        ),
+    };
+    let init = if a.init.eq_ignore_ascii_case("random") {
+        InitSpec::Random
+    } else if is_file_spec(&a.init) {
+        InitSpec::Given(
+            io::read_object(Path::new(&a.init), None)
+                .with_context(|| format!("reading --init {}", a.init))?,
+        )
+    } else {
+        bail!(
+            "--init '{}': expected random or a .cxi/.h5/.npy file",
+            a.init
+        );
+    };
+    let shrinkwrap = a
+        .shrinkwrap
+        .as_deref()
+        .map(ShrinkwrapConfig::parse)
+        .transpose()
+        .context("--shrinkwrap")?;
+    let constraint: Constraint = a.constraint.parse()?;
+    let cfg = PhaseConfig {
+        schedule: a.algorithm.clone(),
+        beta: a.beta,
+        shrinkwrap,
+        constraint,
+        starts: a.starts,
+        seed: a.seed,
+        support,
+        init,
+        recording: match a.error_every {
+            Some(k) => Recording::Every(k),
+            None => Recording::EndOfErSections,
+        },
+        keep_all: a.keep_all,
+        clip_negative: a.clip_negative,
+    };
+    let (problem, program) = phasing::prepare(&patterns, &cfg)
+        .with_context(|| format!("preparing {}", a.input.display()))?;
+    let st = &patterns.intensities;
+    if !a.quiet {
+        eprintln!(
+            "phasing {} patterns of {}x{} x {} starts, {} iterations each on {}",
+            st.n,
+            st.h,
+            st.w,
+            cfg.starts,
+            program.iterations,
+            backend.describe()
+        );
+    }
+    let pb = progress_bar(
+        problem.items() as u64 * program.iterations,
+        a.quiet,
+        "phase",
+    );
+    let rec = phasing::run_prepared(backend.as_ref(), &problem, &program, &|k| pb.inc(k))?;
+    pb.finish_and_clear();
+    let mut config = cfg.to_json();
+    config["input"] = serde_json::json!(a.input.display().to_string());
+    config["entry"] = serde_json::json!(patterns.entry);
+    config["device"] = serde_json::json!(rec.backend);
+    if let SupportSpec::Given(_) = cfg.support {
+        config["support"] = serde_json::json!(a.support);
+    }
+    if let InitSpec::Given(_) = cfg.init {
+        config["init"] = serde_json::json!(a.init);
+    }
+    rec.write_cxi(&a.output, &config)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    let fe = rec.best_final_errors();
+    let mut sorted = fe.clone();
+    sorted.sort_by(|x, y| x.total_cmp(y));
+    let median = sorted[sorted.len() / 2];
+    let rate = (st.n * cfg.starts) as f64 * program.iterations as f64 / rec.seconds;
+    if !a.quiet {
+        eprintln!(
+            "done in {:.2} s ({:.0} pattern-iterations/s); final Fourier error median {:.3e}, min {:.3e}, max {:.3e}; wrote {}",
+            rec.seconds,
+            rate,
+            median,
+            sorted[0],
+            sorted[sorted.len() - 1],
+            a.output.display()
+        );
+    }
+    if a.json {
+        let summary = serde_json::json!({
+            "input": a.input.display().to_string(),
+            "output": a.output.display().to_string(),
+            "patterns": st.n,
+            "height": st.h,
+            "width": st.w,
+            "starts": cfg.starts,
+            "iterations": program.iterations,
+            "seconds": rec.seconds,
+            "pattern_iterations_per_second": rate,
+            "device": rec.backend,
+            "best_start": rec.best_start,
+            "final_fourier_error": fe,
+            "final_fourier_error_median": median,
+            "configuration": config,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
+}
+
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    use cdiphase::array::Complex32;
+    use cdiphase::phasing::align::aligned_error;
+    let t0 = std::time::Instant::now();
+    if a.count == 0 || a.size < 16 {
+        bail!("--count must be >= 1 and --size >= 16");
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let backend = backend::select(a.device.parse()?, a.threads)?;
+    let (h, w) = (a.size, a.size);
+    let (patterns, truth) = cdiphase::simulate::synthetic_particles(a.count, h, w, a.count, a.seed);
+    let input = a.out.join("patterns.cxi");
+    let mut wr = io::CxiWriter::new();
+    wr.f32(
+        "entry_1/data_1/data",
+        &[a.count, h, w],
+        &patterns.intensities.data,
+    )?;
+    wr.f32("entry_1/sample_1/density", &[a.count, h, w], &truth.data)?;
+    let ideal: Vec<u8> = truth.data.iter().map(|&v| (v > 0.0) as u8).collect();
+    wr.u8("entry_1/sample_1/support", &[a.count, h, w], &ideal)?;
+    wr.string(
+        "entry_1/sample_1/description",
+        "random compact particles (union of discs, smooth density), radius size/4, noise-free",
+    )?;
+    wr.finish(&input)
+        .with_context(|| format!("writing {}", input.display()))?;
+    let patterns = io::read_patterns(&input, None)?;
+    let cfg = PhaseConfig {
+        schedule: "300*(20*HIO + 5*ER) + 100*ER".into(),
+        shrinkwrap: Some(ShrinkwrapConfig::parse(
+            "sigma=1,threshold=0.1,every=25,stop=7000",
+        )?),
+        constraint: Constraint::Positive,
+        starts: a.starts,
+        seed: a.seed,
+        support: SupportSpec::Autocorrelation {
+            threshold: phasing::DEFAULT_AUTOCORRELATION_THRESHOLD,
+        },
+        ..PhaseConfig::default()
+    };
+    let (problem, program) = phasing::prepare(&patterns, &cfg)?;
+    if !a.quiet {
+        eprintln!(
+            "demo: {} particles {}x{}, {} starts, schedule {} with shrinkwrap, on {}",
+            a.count,
+            h,
+            w,
+            a.starts,
+            cfg.schedule,
+            backend.describe()
+        );
+    }
+    let pb = progress_bar(
+        problem.items() as u64 * program.iterations,
+        a.quiet,
+        "phase",
+    );
+    let rec = phasing::run_prepared(backend.as_ref(), &problem, &program, &|k| pb.inc(k))?;
+    pb.finish_and_clear();
+    let out = a.out.join("reconstruction.cxi");
+    rec.write_cxi(&out, &cfg.to_json())?;
+    let fe = rec.best_final_errors();
+    println!(
+        "{:>7} {:>14} {:>14} {:>6}",
+        "pattern", "fourier_error", "error_vs_truth", "twin"
+    );
+    let mut ok = 0;
+    let mut rows = Vec::new();
+    for (p, &fep) in fe.iter().enumerate() {
+        let t: Vec<Complex32> = truth
+            .image(p)
+            .iter()
+            .map(|&v| Complex32::new(v, 0.0))
+            .collect();
+        let al = aligned_error(&t, rec.objects.image(p), h, w);
+        ok += (al.error < 0.05) as usize;
+        println!(
+            "{:>7} {:>14.3e} {:>14.4} {:>6}",
+            p, fe[p], al.error, al.twin
+        );
+        rows.push(serde_json::json!({"pattern": p, "fourier_error": fep, "error_vs_truth": al.error, "twin": al.twin, "shift": al.shift}));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{ok} of {} reconstructions within 0.05 of the truth; phasing {:.1} s, total {:.1} s; files in {}",
+        a.count,
+        rec.seconds,
+        secs,
+        a.out.display()
+    );
+    let summary = serde_json::json!({"recovered_below_0.05": ok, "patterns": a.count, "phasing_seconds": rec.seconds, "total_seconds": secs, "device": rec.backend, "per_pattern": rows});
+    let sp = a.out.join("summary.json");
+    let text = serde_json::to_string_pretty(&summary)?;
+    io::write_atomic(&sp, |f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes())
+            .map_err(|e| cdiphase::Error::io(&sp, e))
+    })?;
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let parse = |x: &str| -> Result<usize> {
+        x.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&v| v >= 2)
+            .with_context(|| format!("--size '{s}': expected HxW like 128x128"))
+    };
+    match s.split_once(['x', 'X']) {
+        Some((a, b)) => Ok((parse(a)?, parse(b)?)),
+        None => {
+            let v = parse(s)?;
+            Ok((v, v))
+        }
+    }
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.what != "phasing" {
+        bail!(
+            "bench '{}': only 'phasing' is available in this build",
+            a.what
+        );
+    }
+    let device: Device = a.device.parse()?;
+    // Only the CPU backend exists in this build; select() reports the others clearly.
+    backend::select(device, Some(1))?;
+    let (h, w) = parse_size(&a.size)?;
+    let r = cdiphase::bench::bench_phasing(&cdiphase::bench::PhasingBench {
+        h,
+        w,
+        batch: a.batch.max(1),
+        iterations: a.iterations,
+        threads: a.threads,
+        repeat: a.repeat,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("device:                      {}", r.device);
+        println!("size x batch:                {}x{} x {}", r.h, r.w, r.batch);
+        println!(
+            "HIO, us/pattern/iteration:   {:.2}",
+            r.hio_us_per_pattern_iteration
+        );
+        println!(
+            "FFT pair, us/pattern:        {:.2}",
+            r.fft_pair_us_per_pattern
+        );
+        println!(
+            "HIO / FFT pair:              {:.3}",
+            r.ratio_hio_to_fft_pair
+        );
+        println!(
+            "paper mix, us/pattern/iter:  {:.2}",
+            r.paper_schedule_us_per_pattern_iteration
+        );
+        println!(
+            "paper 20k-iteration run:     {:.2} patterns/s",
+            r.paper_run_patterns_per_second
+        );
+    }
+    Ok(())
+}
+
+fn cmd_info() -> Result<()> {
+    println!("cdiphase {}", env!("CARGO_PKG_VERSION"));
+    let cpu = backend::cpu::CpuBackend::new(None)?;
+    println!("cpu:  available: {}", backend::Backend::describe(&cpu));
+    for d in [Device::Cuda, Device::Emu] {
+        match backend::select(d, None) {
+            Ok(b) => println!("{}: available: {}", b.name(), b.describe()),
+            Err(e) => println!("{}", e),
+        }
+    }
+    Ok(())
+}

@@ -28,10 +28,11 @@ fn recovers_18_of_20_random_compact_objects() {
     let mut truth = Vec::new();
     let mut data = Vec::new();
     for i in 0..n {
-        let obj: Vec<Complex32> = random_compact_object(h, w, (h.min(w) / 4) as f32, seed0 + i as u64)
-            .into_iter()
-            .map(|v| Complex32::new(v, 0.0))
-            .collect();
+        let obj: Vec<Complex32> =
+            random_compact_object(h, w, (h.min(w) / 4) as f32, seed0 + i as u64)
+                .into_iter()
+                .map(|v| Complex32::new(v, 0.0))
+                .collect();
         data.extend(far_field_intensity(&obj, h, w, &plan));
         truth.push(obj);
     }
@@ -44,7 +45,9 @@ fn recovers_18_of_20_random_compact_objects() {
     let cfg = PhaseConfig {
         schedule: "300*(20*HIO + 5*ER) + 100*ER".into(),
         beta: 0.9,
-        shrinkwrap: Some(ShrinkwrapConfig::parse("sigma=1,threshold=0.1,every=25,stop=7000").unwrap()),
+        shrinkwrap: Some(
+            ShrinkwrapConfig::parse("sigma=1,threshold=0.1,every=25,stop=7000").unwrap(),
+        ),
         constraint: Constraint::Positive,
         starts: 4,
         seed: 1,

@@ -244,7 +244,7 @@ pub fn list_datasets(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
 /// Write a file atomically: `body` writes into a temporary file in `dest`'s directory, which
 /// is synced and renamed onto `dest`. On any error the temporary file is removed and `dest`
 /// is untouched.
-pub(crate) fn write_atomic(
+pub fn write_atomic(
     dest: &Path,
     body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>,
 ) -> Result<()> {

@@ -17,7 +17,10 @@ use rayon::prelude::*;
 use rustfft::{Fft, FftPlanner};
 use std::sync::{Arc, Mutex};
 
-pub use kernels::{modulus_project, support_update};
+pub use kernels::{
+    fourier_residual, modulus_project, modulus_project_portable, support_update,
+    support_update_portable,
+};
 
 /// Columns gathered per block in the column pass (8 complex64 = one 64-byte cache line).
 const COL_BLOCK: usize = 8;
@@ -119,6 +122,13 @@ impl Plan2d {
         self.transform(data, work, false);
         let s = 1.0 / (self.h * self.w) as f32;
         data.iter_mut().for_each(|c| *c *= s);
+    }
+
+    /// Forward then inverse 2-D FFT, unscaled: the FFT floor of one phasing iteration,
+    /// with the same row + column-block layout the phasing passes use.
+    pub fn fft_pair_unscaled(&self, data: &mut [Complex32], work: &mut Work) {
+        self.transform(data, work, true);
+        self.transform(data, work, false);
     }
 
     fn transform(&self, data: &mut [Complex32], work: &mut Work, forward: bool) {
