@@ -195,12 +195,31 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
     let backend = backend::select(device, a.threads)?;
     let patterns = io::read_patterns(&a.input, a.entry.as_deref())
         .with_context(|| format!("reading patterns from {}", a.input.display()))?;
+    let st = &patterns.intensities;
+    let fits = |what: &str, file: &str, n: usize, h: usize, w: usize| -> Result<()> {
+        if h != st.h || w != st.w || (n != 1 && n != st.n) {
+            bail!(
+                "{what} {file}: {n} image(s) of {h}x{w} do not match the {} patterns of {}x{} in {} \
+                 (expected one {}x{} image, or {})",
+                st.n,
+                st.h,
+                st.w,
+                a.input.display(),
+                st.h,
+                st.w,
+                st.n
+            );
+        }
+        Ok(())
+    };
     let support = match SupportSpec::parse_builtin(&a.support)? {
         Some(s) => s,
-        None if is_file_spec(&a.support) => SupportSpec::Given(
-            io::read_support(Path::new(&a.support), None)
-                .with_context(|| format!("reading --support {}", a.support))?,
-        ),
+        None if is_file_spec(&a.support) => {
+            let s = io::read_support(Path::new(&a.support), None)
+                .with_context(|| format!("reading --support {}", a.support))?;
+            fits("--support", &a.support, s.n, s.h, s.w)?;
+            SupportSpec::Given(s)
+        }
         None => bail!(
             "--support '{}': expected autocorrelation[:THRESHOLD], circle:RADIUS, or a .cxi/.h5/.npy file",
             a.support
@@ -209,10 +228,10 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
     let init = if a.init.eq_ignore_ascii_case("random") {
         InitSpec::Random
     } else if is_file_spec(&a.init) {
-        InitSpec::Given(
-            io::read_object(Path::new(&a.init), None)
-                .with_context(|| format!("reading --init {}", a.init))?,
-        )
+        let o = io::read_object(Path::new(&a.init), None)
+            .with_context(|| format!("reading --init {}", a.init))?;
+        fits("--init", &a.init, o.n, o.h, o.w)?;
+        InitSpec::Given(o)
     } else {
         bail!(
             "--init '{}': expected random or a .cxi/.h5/.npy file",
@@ -244,7 +263,6 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
     };
     let (problem, program) = phasing::prepare(&patterns, &cfg)
         .with_context(|| format!("preparing {}", a.input.display()))?;
-    let st = &patterns.intensities;
     if !a.quiet {
         eprintln!(
             "phasing {} patterns of {}x{} x {} starts, {} iterations each on {}",
@@ -390,10 +408,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
             .collect();
         let al = aligned_error(&t, rec.objects.image(p), h, w);
         ok += (al.error < 0.05) as usize;
-        println!(
-            "{:>7} {:>14.3e} {:>14.4} {:>6}",
-            p, fe[p], al.error, al.twin
-        );
+        println!("{:>7} {:>14.3e} {:>14.4} {:>6}", p, fep, al.error, al.twin);
         rows.push(serde_json::json!({"pattern": p, "fourier_error": fep, "error_vs_truth": al.error, "twin": al.twin, "shift": al.shift}));
     }
     let secs = t0.elapsed().as_secs_f64();

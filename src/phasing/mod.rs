@@ -8,7 +8,7 @@ pub mod program;
 pub mod schedule;
 pub mod support;
 
-use crate::array::{centred_to_native, native_to_centred, Complex32, Stack};
+use crate::array::{centred_to_native, Complex32, Stack};
 use crate::backend::cpu::Plan2d;
 use crate::backend::{Backend, Progress};
 use crate::io::PatternSet;
@@ -299,7 +299,17 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
                     format!("object {} pixel {} is not finite", i / l, i % l),
                 ));
             }
-            InitObjects::Given(to_native(o))
+            let native = to_native(o);
+            let plan = Plan2d::new(h, w);
+            let mut scaled = Stack::filled(n, h, w, Complex32::new(0.0, 0.0));
+            for p in 0..n {
+                let src = native.image(if native.n == 1 { 0 } else { p });
+                let k = problem::scale_to_data(src, &amplitudes[p * l..(p + 1) * l], &plan);
+                for (d, s) in scaled.image_mut(p).iter_mut().zip(src) {
+                    *d = s * k;
+                }
+            }
+            InitObjects::Given(scaled)
         }
     };
     Ok((
@@ -328,11 +338,47 @@ fn to_native<T: Copy>(s: &Stack<T>) -> Stack<T> {
     out
 }
 
-fn to_centred<T: Copy>(data: &mut [T], h: usize, w: usize) {
-    let mut tmp = data[..h * w].to_vec();
-    for img in data.chunks_exact_mut(h * w) {
-        tmp.copy_from_slice(img);
-        native_to_centred(&tmp, h, w, img);
+/// Circular centre of mass of a support along both axes (native order), as integer pixels.
+fn support_centre(s: &[u8], h: usize, w: usize) -> (usize, usize) {
+    let (mut cy, mut sy, mut cx, mut sx) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for y in 0..h {
+        let ty = std::f64::consts::TAU * y as f64 / h as f64;
+        for x in 0..w {
+            if s[y * w + x] != 0 {
+                let tx = std::f64::consts::TAU * x as f64 / w as f64;
+                cy += ty.cos();
+                sy += ty.sin();
+                cx += tx.cos();
+                sx += tx.sin();
+            }
+        }
+    }
+    let pos = |c: f64, s: f64, n: usize| -> usize {
+        if c == 0.0 && s == 0.0 {
+            return 0;
+        }
+        let a = s.atan2(c).rem_euclid(std::f64::consts::TAU);
+        ((a / std::f64::consts::TAU * n as f64).round() as usize) % n
+    };
+    (pos(cy, sy, h), pos(cx, sx, w))
+}
+
+/// Native order to centred, with the support's centre of mass moved to (h/2, w/2) so that
+/// a particle never straddles the edges of the stored image (translation is a trivial
+/// ambiguity of phase retrieval; object and support move together).
+fn to_centred_recentred(obj: &mut [Complex32], sup: &mut [u8], h: usize, w: usize) {
+    let l = h * w;
+    let mut to = vec![Complex32::new(0.0, 0.0); l];
+    let mut ts = vec![0u8; l];
+    for (o, s) in obj.chunks_exact_mut(l).zip(sup.chunks_exact_mut(l)) {
+        let (cy, cx) = support_centre(s, h, w);
+        to.copy_from_slice(o);
+        ts.copy_from_slice(s);
+        // out[y][x] = in[(y + cy - h/2) mod h][(x + cx - w/2) mod w]
+        let dy = (cy + h - h / 2) % h;
+        let dx = (cx + w - w / 2) % w;
+        crate::array::roll_to_origin(&to, h, w, dy, dx, o);
+        crate::array::roll_to_origin(&ts, h, w, dy, dx, s);
     }
 }
 
@@ -376,15 +422,11 @@ impl Reconstruction {
         let (h, w) = (problem.h, problem.w);
         let mut objects = out.objects;
         let mut supports = out.supports;
-        to_centred(&mut objects.data, h, w);
-        to_centred(&mut supports.data, h, w);
+        to_centred_recentred(&mut objects.data, &mut supports.data, h, w);
         let mut all_objects = out.all_objects;
         let mut all_supports = out.all_supports;
-        if let Some(a) = all_objects.as_mut() {
-            to_centred(a, h, w);
-        }
-        if let Some(a) = all_supports.as_mut() {
-            to_centred(a, h, w);
+        if let (Some(o), Some(s)) = (all_objects.as_mut(), all_supports.as_mut()) {
+            to_centred_recentred(o, s, h, w);
         }
         Reconstruction {
             n: problem.n,

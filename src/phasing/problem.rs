@@ -13,7 +13,8 @@ pub enum InitObjects {
     /// Random values in the support (uniform modulus in [0,1); uniform phase when the object
     /// is complex), deterministic in (seed, pattern, start), independent of threading.
     Random { seed: u64 },
-    /// Given objects in native order; `n` is 1 (shared) or the number of patterns.
+    /// Given objects in native order, `n` is 1 (shared) or the number of patterns, used as
+    /// they are (see [`scale_to_data`] for the scaling `prepare` applies).
     Given(Stack<Complex32>),
 }
 
@@ -73,12 +74,14 @@ impl PhasingProblem {
                 }
             }
             InitObjects::Given(st) => {
+                // Already scaled to the data by `prepare` (least-squares Fourier modulus fit).
                 let oi = if st.n == 1 { 0 } else { p };
                 obj.copy_from_slice(st.image(oi));
+                return;
             }
         }
-        // Scale to the energy the data imply (Parseval), so that the first HIO feedback
-        // mixes quantities of the same magnitude whatever the starting object's units.
+        // A random start has no scale of its own: give it the energy the data imply
+        // (Parseval), so that the first HIO feedback mixes quantities of the same magnitude.
         let e: f64 = obj.iter().map(|c| c.norm_sqr() as f64).sum();
         let target = if self.measured[p] > 0 {
             self.sum_a2[p] / self.measured[p] as f64
@@ -129,4 +132,31 @@ pub struct PhasingOutput {
     pub final_fourier_error: Vec<f32>,
     /// History entries per item.
     pub records: usize,
+}
+
+/// The factor s minimising sum over measured pixels of (s |F| - A)^2, F = FFT(obj):
+/// sum |F| A / sum |F|^2. Maps a starting object in arbitrary units (a network output
+/// normalised to 1, say) onto the scale of the data, and leaves a reconstruction of the same
+/// data unchanged (s ~ 1).
+pub fn scale_to_data(
+    obj: &[Complex32],
+    amplitude: &[f32],
+    plan: &crate::backend::cpu::Plan2d,
+) -> f32 {
+    let mut f = obj.to_vec();
+    let mut work = plan.work();
+    plan.forward(&mut f, &mut work);
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (c, &a) in f.iter().zip(amplitude) {
+        if a >= 0.0 {
+            let m = c.norm() as f64;
+            num += m * a as f64;
+            den += m * m;
+        }
+    }
+    if den > 0.0 && num > 0.0 {
+        (num / den) as f32
+    } else {
+        1.0
+    }
 }

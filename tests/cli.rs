@@ -1,0 +1,343 @@
+//! The `cdiphase` binary end to end: real jobs on generated files, chaining outputs into
+//! inputs, determinism, and clear failures (non-zero exit, message naming the file / entry /
+//! shape, no partial output) on bad input.
+
+use cdiphase::array::Complex32;
+use cdiphase::io::{self, CxiWriter};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cdiphase"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run cdiphase")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Patterns of `n` random particles at h x w, with a central beamstop of radius 2 masked.
+fn write_patterns(
+    dir: &Path,
+    name: &str,
+    n: usize,
+    h: usize,
+    w: usize,
+    poison: Option<(usize, f32)>,
+) -> PathBuf {
+    let (p, _) = cdiphase::simulate::synthetic_particles(n, h, w, n, 3);
+    let mut data = p.intensities.data.clone();
+    let mut mask = vec![0u8; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let (dy, dx) = (y as f32 - (h / 2) as f32, x as f32 - (w / 2) as f32);
+            if dy * dy + dx * dx <= 4.0 {
+                mask[y * w + x] = 1;
+            }
+        }
+    }
+    if let Some((i, v)) = poison {
+        data[i] = v;
+    }
+    let path = dir.join(name);
+    let mut wr = CxiWriter::new();
+    wr.f32("entry_1/data_1/data", &[n, h, w], &data).unwrap();
+    wr.u8("entry_1/instrument_1/detector_1/mask", &[h, w], &mask)
+        .unwrap();
+    wr.finish(&path).unwrap();
+    path
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn phase_writes_cxi_that_reads_back_and_chains() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_patterns(dir.path(), "in.cxi", 3, 32, 40, None);
+    let out = dir.path().join("out.cxi");
+    let o = run(&[
+        "phase",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--algorithm",
+        "20*(10*HIO + 5*ER)",
+        "--shrinkwrap",
+        "sigma=1,threshold=0.1,every=15",
+        "--constraint",
+        "positive",
+        "--starts",
+        "2",
+        "--seed",
+        "5",
+        "--keep-all",
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("JSON summary on stdout");
+    assert_eq!(summary["patterns"], 3);
+    assert_eq!(summary["iterations"], 300);
+    let obj = io::read_object(&out, None).unwrap();
+    assert_eq!(obj.shape(), [3, 32, 40]);
+    let sup = io::read_support(&out, None).unwrap();
+    assert_eq!(sup.shape(), [3, 32, 40]);
+    let (shape, hist) = io::read_f32(&out, "entry_1/image_1/fourier_error").unwrap();
+    assert_eq!(shape, vec![3, 20]);
+    assert!(hist.iter().all(|v| v.is_finite() && *v >= 0.0));
+    let (shape, _) = io::read_f32(&out, "entry_1/image_1/all_fourier_error").unwrap();
+    assert_eq!(shape, vec![3, 2, 20]);
+    let listing = io::list_datasets(&out).unwrap();
+    let all = listing
+        .iter()
+        .find(|(n, _, _)| n.ends_with("image_2/data"))
+        .expect("keep-all data");
+    assert_eq!(all.1, vec![3, 2, 32, 40]);
+    assert_eq!(all.2, "complex64");
+    assert!(listing
+        .iter()
+        .any(|(n, _, _)| n.ends_with("process_1/configuration")));
+    // the output seeds another run: its support and its object
+    let out2 = dir.path().join("out2.cxi");
+    let o = run(&[
+        "phase",
+        input.to_str().unwrap(),
+        "-o",
+        out2.to_str().unwrap(),
+        "--algorithm",
+        "10*ER",
+        "--support",
+        out.to_str().unwrap(),
+        "--init",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, e1) = io::read_f32(&out, "entry_1/image_1/final_fourier_error").unwrap();
+    let (_, e2) = io::read_f32(&out2, "entry_1/image_1/final_fourier_error").unwrap();
+    for (a, b) in e1.iter().zip(&e2) {
+        // ER from a converged state with its own support cannot get (much) worse
+        assert!(*b <= a * 1.05 + 1e-6, "chained ER: {a} -> {b}");
+    }
+    // .npy input and a .npy support
+    let p = io::read_patterns(&input, None).unwrap();
+    let npy = dir.path().join("in.npy");
+    io::npy::write_f32(&npy, &[3, 32, 40], &p.intensities.data).unwrap();
+    let sup_npy = dir.path().join("sup.npy");
+    io::npy::write_u8(&sup_npy, &[32, 40], sup.image(0)).unwrap();
+    let out3 = dir.path().join("out3.cxi");
+    let o = run(&[
+        "phase",
+        npy.to_str().unwrap(),
+        "-o",
+        out3.to_str().unwrap(),
+        "--algorithm",
+        "5*HIO + 5*ER",
+        "--support",
+        sup_npy.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn deterministic_across_runs_and_thread_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_patterns(dir.path(), "in.cxi", 5, 24, 24, None);
+    let mut objs = Vec::new();
+    for (i, threads) in ["1", "2", "2"].iter().enumerate() {
+        let out = dir.path().join(format!("o{i}.cxi"));
+        let o = run(&[
+            "phase",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--algorithm",
+            "3*(10*HIO + 5*ER)",
+            "--starts",
+            "3",
+            "--seed",
+            "42",
+            "--threads",
+            threads,
+            "--support",
+            "circle:8",
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        objs.push(io::read_object(&out, None).unwrap());
+    }
+    assert_eq!(objs[0].data, objs[1].data);
+    assert_eq!(objs[1].data, objs[2].data);
+    // a different seed gives a different start
+    let out = dir.path().join("o_other.cxi");
+    let o = run(&[
+        "phase",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--algorithm",
+        "3*(10*HIO + 5*ER)",
+        "--starts",
+        "3",
+        "--seed",
+        "43",
+        "--support",
+        "circle:8",
+        "--quiet",
+    ]);
+    assert!(o.status.success());
+    assert_ne!(io::read_object(&out, None).unwrap().data, objs[0].data);
+}
+
+/// Each bad input fails with a non-zero exit, a message containing `needle`, and leaves no
+/// output (nor temp files) behind.
+fn expect_failure(dir: &Path, args: &[&str], needle: &str) {
+    let before = files_in(dir);
+    let o = run(args);
+    let msg = stderr(&o);
+    assert!(!o.status.success(), "{args:?} should fail");
+    assert_eq!(o.status.code(), Some(1), "{args:?}: exit code");
+    assert!(
+        msg.contains(needle),
+        "{args:?}: message {msg:?} lacks {needle:?}"
+    );
+    assert!(!msg.contains("panicked"), "{msg}");
+    assert_eq!(files_in(dir), before, "{args:?} left files behind");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let good = write_patterns(d, "good.cxi", 2, 16, 16, None);
+    let nan = write_patterns(d, "nan.cxi", 2, 16, 16, Some((256 + 3 * 16 + 5, f32::NAN)));
+    let neg = write_patterns(d, "neg.cxi", 2, 16, 16, Some((7, -2.5)));
+    let g = good.to_str().unwrap();
+    let out = d.join("out.cxi");
+    let o = out.to_str().unwrap();
+    expect_failure(
+        d,
+        &["phase", "/nonexistent/x.cxi", "-o", o],
+        "/nonexistent/x.cxi",
+    );
+    expect_failure(
+        d,
+        &["phase", nan.to_str().unwrap(), "-o", o, "--quiet"],
+        "pattern 1 pixel (y=3, x=5)",
+    );
+    expect_failure(
+        d,
+        &["phase", neg.to_str().unwrap(), "-o", o, "--quiet"],
+        "negative intensity -2.5",
+    );
+    expect_failure(
+        d,
+        &["phase", g, "-o", o, "--algorithm", "5*HIO + 5*EER"],
+        "position 10",
+    );
+    expect_failure(
+        d,
+        &["phase", g, "-o", o, "--entry", "entry_1/nothing"],
+        "entry_1/nothing",
+    );
+    expect_failure(
+        d,
+        &["phase", g, "-o", o, "--constraint", "imaginary"],
+        "imaginary",
+    );
+    expect_failure(d, &["phase", g, "-o", o, "--device", "cuda"], "cuda");
+    expect_failure(d, &["phase", g, "-o", o, "--support", "circle:"], "circle");
+    expect_failure(
+        d,
+        &["phase", g, "-o", o, "--shrinkwrap", "sigma=1,threshold=3"],
+        "threshold",
+    );
+    expect_failure(d, &["phase", g, "-o", g], "refusing to overwrite");
+    // support of the wrong shape
+    let bad_sup = d.join("sup.npy");
+    io::npy::write_u8(&bad_sup, &[15, 16], &vec![1u8; 15 * 16]).unwrap();
+    expect_failure(
+        d,
+        &["phase", g, "-o", o, "--support", bad_sup.to_str().unwrap()],
+        "1 image(s) of 15x16 do not match",
+    );
+    let empty_sup = d.join("empty.npy");
+    io::npy::write_u8(&empty_sup, &[16, 16], &[0u8; 256]).unwrap();
+    expect_failure(
+        d,
+        &[
+            "phase",
+            g,
+            "-o",
+            o,
+            "--support",
+            empty_sup.to_str().unwrap(),
+        ],
+        "empty",
+    );
+    // an init object with a NaN
+    let bad_init = d.join("init.npy");
+    let mut v = vec![Complex32::new(1.0, 0.0); 256];
+    v[17] = Complex32::new(f32::NAN, 0.0);
+    io::npy::write_complex64(&bad_init, &[16, 16], &v).unwrap();
+    expect_failure(
+        d,
+        &["phase", g, "-o", o, "--init", bad_init.to_str().unwrap()],
+        "not finite",
+    );
+    // output into a folder that does not exist: nothing written anywhere
+    let o = run(&[
+        "phase",
+        g,
+        "-o",
+        "/nonexistent-dir/out.cxi",
+        "--algorithm",
+        "2*ER",
+        "--quiet",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("/nonexistent-dir/out.cxi"),
+        "{}",
+        stderr(&o)
+    );
+    // masked NaNs are fine: NaN at a masked (beamstop) pixel is never read
+    let centre = 8 * 16 + 8;
+    let masked_nan = write_patterns(d, "masked_nan.cxi", 1, 16, 16, Some((centre, f32::NAN)));
+    let o2 = d.join("ok.cxi");
+    let r = run(&[
+        "phase",
+        masked_nan.to_str().unwrap(),
+        "-o",
+        o2.to_str().unwrap(),
+        "--algorithm",
+        "3*HIO",
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+}
+
+#[test]
+fn help_and_info() {
+    for verb in ["phase", "demo", "bench", "info"] {
+        let o = run(&[verb, "--help"]);
+        assert!(o.status.success());
+        assert!(!o.stdout.is_empty());
+    }
+    let o = run(&["info"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("cpu:") && s.contains("cuda"), "{s}");
+}
