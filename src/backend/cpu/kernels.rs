@@ -33,8 +33,9 @@ fn as_f32_mut(x: &mut [Complex32]) -> &mut [f32] {
 
 /// Modulus projection in place: measured pixels (a >= 0) get modulus `a`, phase kept;
 /// unmeasured pixels (a < 0) keep their value; everything is multiplied by `scale`
-/// (the inverse FFT's 1/(HW)). Returns sum over measured pixels of (|F| - a)^2.
-pub fn modulus_project(f: &mut [Complex32], a: &[f32], scale: f32) -> f32 {
+/// (the inverse FFT's 1/(HW)). Returns (sum over measured pixels of (|F| - a)^2, sum of
+/// |output|^2).
+pub fn modulus_project(f: &mut [Complex32], a: &[f32], scale: f32) -> (f32, f32) {
     assert_eq!(f.len(), a.len());
     let f = as_f32_mut(f);
     #[cfg(target_arch = "x86_64")]
@@ -47,7 +48,7 @@ pub fn modulus_project(f: &mut [Complex32], a: &[f32], scale: f32) -> f32 {
 
 /// The portable (scalar or compiler-vectorised) modulus projection, used where AVX2 is
 /// missing and for the tail of the AVX2 loop.
-pub fn modulus_project_portable(f: &mut [Complex32], a: &[f32], scale: f32) -> f32 {
+pub fn modulus_project_portable(f: &mut [Complex32], a: &[f32], scale: f32) -> (f32, f32) {
     assert_eq!(f.len(), a.len());
     modulus_body(as_f32_mut(f), a, scale)
 }
@@ -72,26 +73,17 @@ fn modulus_lane(re: f32, im: f32, amp: f32, scale: f32) -> (f32, f32, f32) {
 }
 
 #[inline(always)]
-fn modulus_body(f: &mut [f32], a: &[f32], scale: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let (fc, frem) = f.as_chunks_mut::<{ 2 * LANES }>();
-    let (ac, arem) = a.as_chunks::<LANES>();
-    for (x, am) in fc.iter_mut().zip(ac) {
-        for j in 0..LANES {
-            let (r, i, e) = modulus_lane(x[2 * j], x[2 * j + 1], am[j], scale);
-            x[2 * j] = r;
-            x[2 * j + 1] = i;
-            acc[j] += e;
-        }
-    }
+fn modulus_body(f: &mut [f32], a: &[f32], scale: f32) -> (f32, f32) {
     let mut err = 0.0f32;
-    for (x, &am) in frem.chunks_exact_mut(2).zip(arem) {
+    let mut energy = 0.0f32;
+    for (x, &am) in f.chunks_exact_mut(2).zip(a) {
         let (r, i, e) = modulus_lane(x[0], x[1], am, scale);
         x[0] = r;
         x[1] = i;
         err += e;
+        energy += r * r + i * i;
     }
-    err + acc.iter().sum::<f32>()
+    (err, energy)
 }
 
 /// Sum over measured pixels of (|F| - a)^2, without modifying F.
@@ -350,7 +342,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn modulus(f: &mut [f32], a: &[f32], scale: f32) -> f32 {
+    pub unsafe fn modulus(f: &mut [f32], a: &[f32], scale: f32) -> (f32, f32) {
         let n = a.len();
         let body = n / 4 * 4;
         let zero = _mm256_setzero_ps();
@@ -358,6 +350,7 @@ mod avx2 {
         let tiny = _mm256_set1_ps(TINY);
         let sc = _mm256_set1_ps(scale);
         let mut acc = zero;
+        let mut acc_en = zero;
         let fp = f.as_mut_ptr();
         let ap = a.as_ptr();
         let mut i = 0;
@@ -369,10 +362,13 @@ mod avx2 {
             let d = _mm256_and_ps(_mm256_sub_ps(m, amp), meas);
             acc = _mm256_fmadd_ps(d, d, acc);
             let ratio = _mm256_blendv_ps(one, _mm256_div_ps(amp, _mm256_max_ps(m, tiny)), meas);
-            _mm256_storeu_ps(fp.add(2 * i), _mm256_mul_ps(v, _mm256_mul_ps(ratio, sc)));
+            let o = _mm256_mul_ps(v, _mm256_mul_ps(ratio, sc));
+            acc_en = _mm256_fmadd_ps(o, o, acc_en);
+            _mm256_storeu_ps(fp.add(2 * i), o);
             i += 4;
         }
-        0.5 * hsum(acc) + modulus_body(&mut f[2 * body..], &a[body..], scale)
+        let (e, en) = modulus_body(&mut f[2 * body..], &a[body..], scale);
+        (0.5 * hsum(acc) + e, hsum(acc_en) + en)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -472,9 +468,12 @@ mod tests {
             let (f, a, s) = data(n, n as u64 + 11);
             let mut f1 = f.clone();
             let mut f2 = f.clone();
-            let e1 = modulus_project(&mut f1, &a, 0.25);
-            let e2 = modulus_project_portable(&mut f2, &a, 0.25);
+            let (e1, n1) = modulus_project(&mut f1, &a, 0.25);
+            let (e2, n2) = modulus_project_portable(&mut f2, &a, 0.25);
             assert!((e1 - e2).abs() <= 1e-5 * e2.max(1.0), "n={n}: {e1} vs {e2}");
+            assert!((n1 - n2).abs() <= 1e-5 * n2.max(1.0), "n={n}: {n1} vs {n2}");
+            let direct: f32 = f2.iter().map(|c| c.norm_sqr()).sum();
+            assert!((n2 - direct).abs() <= 1e-5 * direct.max(1.0));
             for (x, y) in f1.iter().zip(&f2) {
                 assert!((x - y).norm() <= 1e-6 * (1.0 + y.norm()), "n={n}");
             }

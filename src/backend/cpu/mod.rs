@@ -105,6 +105,10 @@ impl Plan2d {
         Work {
             u: vec![nan; l],
             col: vec![nan; COL_BLOCK * self.h],
+            old: vec![nan; COL_BLOCK * self.h],
+            rowbuf: vec![nan; self.w],
+            active: vec![true; self.h],
+            n_active: self.h,
             scratch: vec![nan; self.scratch_len.max(1)],
             mag: vec![f32::NAN; l],
             tmp: vec![f32::NAN; l],
@@ -153,6 +157,12 @@ impl Plan2d {
 pub struct Work {
     u: Vec<Complex32>,
     col: Vec<Complex32>,
+    /// Copy of a gathered column block before its FFT (rows outside the support).
+    old: Vec<Complex32>,
+    rowbuf: Vec<Complex32>,
+    /// Rows holding support pixels, and their number.
+    active: Vec<bool>,
+    n_active: usize,
     scratch: Vec<Complex32>,
     mag: Vec<f32>,
     tmp: Vec<f32>,
@@ -179,6 +189,41 @@ fn scatter(col: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, data: &m
     }
 }
 
+/// Scatter a block of inverse column transforms back into the row-major buffer: rows with
+/// support pixels get the new values; the other rows get `a * old + bw * new` (the row
+/// transform of the linear update outside the support), or zero when `keep_old` is false
+/// (ER: a = b = 0).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn scatter_update(
+    col: &[Complex32],
+    old: &[Complex32],
+    active: &[bool],
+    w: usize,
+    h: usize,
+    c0: usize,
+    nb: usize,
+    a: f32,
+    bw: f32,
+    keep_old: bool,
+    data: &mut [Complex32],
+) {
+    for (r, &act) in active.iter().enumerate().take(h) {
+        let row = &mut data[r * w + c0..r * w + c0 + nb];
+        if act {
+            for (b, v) in row.iter_mut().enumerate() {
+                *v = col[b * h + r];
+            }
+        } else if keep_old {
+            for (b, v) in row.iter_mut().enumerate() {
+                *v = old[b * h + r] * a + col[b * h + r] * bw;
+            }
+        } else {
+            row.iter_mut().for_each(|v| *v = Complex32::new(0.0, 0.0));
+        }
+    }
+}
+
 /// The state of one (pattern, start) item.
 struct Item<'a> {
     plan: &'a Plan2d,
@@ -188,68 +233,129 @@ struct Item<'a> {
     constraint: crate::phasing::program::Constraint,
 }
 
+/// Mark the rows holding at least one support pixel; returns how many there are.
+fn mark_support_rows(s: &[u8], w: usize, active: &mut [bool]) -> usize {
+    let mut n = 0;
+    for (flag, row) in active.iter_mut().zip(s.chunks_exact(w)) {
+        *flag = row.iter().any(|&v| v != 0);
+        n += *flag as usize;
+    }
+    n
+}
+
 impl Item<'_> {
-    /// The column pass on `work.u` (which holds the row-transformed iterate). With `project`
-    /// the modulus projection is applied and the columns transformed back; returns the sum
-    /// of (|F| - A)^2 over measured pixels of the iterate.
-    fn column_pass(&self, work: &mut Work, project: bool) -> f64 {
+    /// The column pass on `work.u`, which holds the row transforms of the iterate g.
+    ///
+    /// With `project`: forward column FFTs give F = FFT(g); the modulus projection (with
+    /// the 1/(HW) of the inverse folded in) and inverse column FFTs give the row transforms
+    /// U' of g' = P_M g. Rows holding support pixels get U' (the row pass finishes them);
+    /// rows without any get the row transform of their HIO/ER/RAAR update directly,
+    /// a U + b W U' (every pixel of such a row is outside the support, where the update is
+    /// linear), so they need no row FFTs at all. Returns (sum over measured pixels of
+    /// (|F| - A)^2, sum |g'|^2 by Parseval).
+    ///
+    /// Without `project`: only the Fourier residual of g is measured.
+    fn column_pass(&self, work: &mut Work, project: bool, a: f32, b: f32) -> (f64, f64) {
         let (h, w) = (self.plan.h, self.plan.w);
         let scale = 1.0 / (h * w) as f32;
+        let partial = work.n_active < h;
+        let keep_old = project && partial && (a != 0.0 || b != 0.0);
+        let bw = b * w as f32;
         let mut err = 0.0f64;
+        let mut energy = 0.0f64;
         for c0 in (0..w).step_by(COL_BLOCK) {
             let nb = COL_BLOCK.min(w - c0);
             let colbuf = &mut work.col[..nb * h];
             gather(&work.u, w, h, c0, nb, colbuf);
+            if keep_old {
+                work.old[..nb * h].copy_from_slice(colbuf);
+            }
             self.plan
                 .col_f
                 .process_with_scratch(colbuf, &mut work.scratch);
-            let a = &self.at[c0 * h..(c0 + nb) * h];
+            let amp = &self.at[c0 * h..(c0 + nb) * h];
             if project {
-                for (cb, ab) in colbuf.chunks_exact_mut(h).zip(a.chunks_exact(h)) {
-                    err += modulus_project(cb, ab, scale) as f64;
+                for (cb, ab) in colbuf.chunks_exact_mut(h).zip(amp.chunks_exact(h)) {
+                    let (e, en) = modulus_project(cb, ab, scale);
+                    err += e as f64;
+                    energy += en as f64;
                 }
                 self.plan
                     .col_i
                     .process_with_scratch(colbuf, &mut work.scratch);
-                scatter(colbuf, w, h, c0, nb, &mut work.u);
+                if partial {
+                    scatter_update(
+                        colbuf,
+                        &work.old[..nb * h],
+                        &work.active,
+                        w,
+                        h,
+                        c0,
+                        nb,
+                        a,
+                        bw,
+                        keep_old,
+                        &mut work.u,
+                    );
+                } else {
+                    scatter(colbuf, w, h, c0, nb, &mut work.u);
+                }
             } else {
-                for (cb, ab) in colbuf.chunks_exact(h).zip(a.chunks_exact(h)) {
+                for (cb, ab) in colbuf.chunks_exact(h).zip(amp.chunks_exact(h)) {
                     err += kernels::fourier_residual(cb, ab) as f64;
                 }
             }
         }
-        err
+        (err, energy * (h * w) as f64)
     }
 
-    /// The row pass: inverse row FFTs of `work.u` give P_M g; update `g` in place with the
-    /// support rule (a, b); forward row FFTs of the new `g` into `work.u`. Returns
-    /// (energy of P_M g outside the support, total energy of P_M g).
-    fn row_pass(
-        &self,
-        work: &mut Work,
-        g: &mut [Complex32],
-        s: &[u8],
-        a: f32,
-        b: f32,
-    ) -> (f64, f64) {
-        let w = self.plan.w;
-        let mut out = 0.0f64;
-        let mut tot = 0.0f64;
-        let blk = ROW_BLOCK * w;
-        for ((u, gg), ss) in work
-            .u
-            .chunks_mut(blk)
-            .zip(g.chunks_mut(blk))
-            .zip(s.chunks(blk))
-        {
+    /// The row pass over the rows holding support pixels: inverse row FFTs of `work.u` give
+    /// g' = P_M g; `g` is updated in place with the support rule (a, b); forward row FFTs
+    /// of the new `g` go back into `work.u`. Rows without support pixels were finished by
+    /// the column pass (their `g` is brought up to date by [`Item::sync`] when needed).
+    /// Returns the energy of g' inside the support.
+    fn row_pass(&self, work: &mut Work, g: &mut [Complex32], s: &[u8], a: f32, b: f32) -> f64 {
+        let (h, w) = (self.plan.h, self.plan.w);
+        let mut inside = 0.0f64;
+        let mut r = 0;
+        while r < h {
+            if !work.active[r] {
+                r += 1;
+                continue;
+            }
+            // a run of consecutive active rows, at most ROW_BLOCK long
+            let mut e = r + 1;
+            while e < h && e - r < ROW_BLOCK && work.active[e] {
+                e += 1;
+            }
+            let span = r * w..e * w;
+            let u = &mut work.u[span.clone()];
+            let gg = &mut g[span.clone()];
             self.plan.row_i.process_with_scratch(u, &mut work.scratch);
-            let (o, t) = support_update(gg, u, ss, a, b, self.constraint);
-            out += o as f64;
-            tot += t as f64;
+            let (o, t) = support_update(gg, u, &s[span], a, b, self.constraint);
+            inside += (t - o) as f64;
             u.copy_from_slice(gg);
             self.plan.row_f.process_with_scratch(u, &mut work.scratch);
+            r = e;
         }
-        (out, tot)
+        inside
+    }
+
+    /// Bring `g` up to date on the rows the row pass skipped: g = IFFT_row(U) / W there.
+    fn sync(&self, work: &mut Work, g: &mut [Complex32]) {
+        let w = self.plan.w;
+        let inv = 1.0 / w as f32;
+        for (r, &act) in work.active.iter().enumerate() {
+            if act {
+                continue;
+            }
+            let row = &mut work.rowbuf[..w];
+            row.copy_from_slice(&work.u[r * w..(r + 1) * w]);
+            self.plan.row_i.process_with_scratch(row, &mut work.scratch);
+            for (d, v) in g[r * w..(r + 1) * w].iter_mut().zip(row.iter()) {
+                *d = v * inv;
+            }
+        }
     }
 
     fn fourier_error(&self, sum: f64) -> f32 {
@@ -272,10 +378,12 @@ impl Item<'_> {
         hist_r: &mut [f32],
         progress: Progress<'_>,
     ) -> f32 {
+        let (h, w) = (self.plan.h, self.plan.w);
         work.u.copy_from_slice(g);
         self.plan
             .row_f
             .process_with_scratch(&mut work.u, &mut work.scratch);
+        work.n_active = mark_support_rows(s, w, &mut work.active);
         let mut rec = 0;
         for op in &program.ops {
             match *op {
@@ -287,10 +395,11 @@ impl Item<'_> {
                 } => {
                     let (a, b) = kernels::coefficients(alg, beta);
                     for it in 0..count {
-                        let ferr = self.column_pass(work, true);
-                        let (out, tot) = self.row_pass(work, g, s, a, b);
+                        let (ferr, tot) = self.column_pass(work, true, a, b);
+                        let inside = self.row_pass(work, g, s, a, b);
                         if record && it + 1 == count {
                             hist_f[rec] = self.fourier_error(ferr);
+                            let out = (tot - inside).max(0.0);
                             hist_r[rec] = if tot > 0.0 {
                                 (out / tot).sqrt() as f32
                             } else {
@@ -302,23 +411,26 @@ impl Item<'_> {
                     progress(count);
                 }
                 Op::Shrinkwrap { sigma, threshold } => {
+                    self.sync(work, g);
                     kernels::shrinkwrap(
                         g,
                         s,
-                        self.plan.h,
-                        self.plan.w,
+                        h,
+                        w,
                         sigma,
                         threshold,
                         &mut work.mag,
                         &mut work.tmp,
                         &mut work.kernel,
                     );
+                    work.n_active = mark_support_rows(s, w, &mut work.active);
                 }
             }
         }
+        self.sync(work, g);
         debug_assert_eq!(rec, hist_f.len());
         // work.u holds the row transform of the final g: one more column pass measures it.
-        let e = self.column_pass(work, false);
+        let (e, _) = self.column_pass(work, false, 0.0, 0.0);
         self.fourier_error(e)
     }
 }
