@@ -108,6 +108,8 @@ impl Plan2d {
             old: vec![nan; COL_BLOCK * self.h],
             rowbuf: vec![nan; self.w],
             active: vec![true; self.h],
+            coef_a: vec![f32::NAN; 2 * self.h],
+            coef_b: vec![f32::NAN; 2 * self.h],
             n_active: self.h,
             scratch: vec![nan; self.scratch_len.max(1)],
             mag: vec![f32::NAN; l],
@@ -162,6 +164,9 @@ pub struct Work {
     rowbuf: Vec<Complex32>,
     /// Rows holding support pixels, and their number.
     active: Vec<bool>,
+    /// Per row, twice (re, im): (a, b*W) for rows without support pixels, (0, 1) otherwise.
+    coef_a: Vec<f32>,
+    coef_b: Vec<f32>,
     n_active: usize,
     scratch: Vec<Complex32>,
     mag: Vec<f32>,
@@ -169,60 +174,7 @@ pub struct Work {
     kernel: Vec<f32>,
 }
 
-#[inline]
-fn gather(data: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, col: &mut [Complex32]) {
-    for r in 0..h {
-        let row = &data[r * w + c0..r * w + c0 + nb];
-        for (b, v) in row.iter().enumerate() {
-            col[b * h + r] = *v;
-        }
-    }
-}
-
-#[inline]
-fn scatter(col: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, data: &mut [Complex32]) {
-    for r in 0..h {
-        let row = &mut data[r * w + c0..r * w + c0 + nb];
-        for (b, v) in row.iter_mut().enumerate() {
-            *v = col[b * h + r];
-        }
-    }
-}
-
-/// Scatter a block of inverse column transforms back into the row-major buffer: rows with
-/// support pixels get the new values; the other rows get `a * old + bw * new` (the row
-/// transform of the linear update outside the support), or zero when `keep_old` is false
-/// (ER: a = b = 0).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn scatter_update(
-    col: &[Complex32],
-    old: &[Complex32],
-    active: &[bool],
-    w: usize,
-    h: usize,
-    c0: usize,
-    nb: usize,
-    a: f32,
-    bw: f32,
-    keep_old: bool,
-    data: &mut [Complex32],
-) {
-    for (r, &act) in active.iter().enumerate().take(h) {
-        let row = &mut data[r * w + c0..r * w + c0 + nb];
-        if act {
-            for (b, v) in row.iter_mut().enumerate() {
-                *v = col[b * h + r];
-            }
-        } else if keep_old {
-            for (b, v) in row.iter_mut().enumerate() {
-                *v = old[b * h + r] * a + col[b * h + r] * bw;
-            }
-        } else {
-            row.iter_mut().for_each(|v| *v = Complex32::new(0.0, 0.0));
-        }
-    }
-}
+use kernels::{gather, scatter};
 
 /// The state of one (pattern, start) item.
 struct Item<'a> {
@@ -260,7 +212,15 @@ impl Item<'_> {
         let scale = 1.0 / (h * w) as f32;
         let partial = work.n_active < h;
         let keep_old = project && partial && (a != 0.0 || b != 0.0);
-        let bw = b * w as f32;
+        if partial {
+            // per-row coefficients (old, new), duplicated for re and im
+            let bw = b * w as f32;
+            for (r, &act) in work.active.iter().enumerate() {
+                let (ca, cb) = if act { (0.0, 1.0) } else { (a, bw) };
+                work.coef_a[2 * r..2 * r + 2].fill(ca);
+                work.coef_b[2 * r..2 * r + 2].fill(cb);
+            }
+        }
         let mut err = 0.0f64;
         let mut energy = 0.0f64;
         for c0 in (0..w).step_by(COL_BLOCK) {
@@ -284,22 +244,17 @@ impl Item<'_> {
                     .col_i
                     .process_with_scratch(colbuf, &mut work.scratch);
                 if partial {
-                    scatter_update(
+                    // rows without support pixels: a*old + b*W*new (ER: zero)
+                    kernels::combine_rows(
                         colbuf,
                         &work.old[..nb * h],
-                        &work.active,
-                        w,
+                        &work.coef_a,
+                        &work.coef_b,
                         h,
-                        c0,
-                        nb,
-                        a,
-                        bw,
                         keep_old,
-                        &mut work.u,
                     );
-                } else {
-                    scatter(colbuf, w, h, c0, nb, &mut work.u);
                 }
+                scatter(colbuf, w, h, c0, nb, &mut work.u);
             } else {
                 for (cb, ab) in colbuf.chunks_exact(h).zip(amp.chunks_exact(h)) {
                     err += kernels::fourier_residual(cb, ab) as f64;
