@@ -164,7 +164,7 @@ fn random_problem(
         // pattern has support pixels on every row.
         let skip = p % 2 == 0;
         for i in 0..l {
-            let row_used = !skip || (i / w * 7 + p) % 3 != 0;
+            let row_used = !skip || !(i / w * 7 + p).is_multiple_of(3);
             supports[p * l + i] = (row_used && rng.next() < 0.3) as u8;
         }
         supports[p * l] = 1;
