@@ -148,11 +148,13 @@ def main(argv=None) -> int:
                   "--iterations", str(it), "--json"]
         rust_cmd = [str(binary), "bench", "phasing"] + common
         peer_cmd = [args.python, str(PEER)] + common + ["--repeat", str(repeat)]
+        plain_cmd = peer_cmd + ["--mode", "batched"]
         row = {"h": h, "w": w, "batch": batch, "iterations": it,
-               "cdiphase_cmd": shlex.join(rust_cmd), "peer_cmd": shlex.join(peer_cmd)}
+               "cdiphase_cmd": shlex.join(rust_cmd), "peer_cmd": shlex.join(peer_cmd),
+               "peer_batched_cmd": shlex.join(plain_cmd)}
         print(f"  {h}x{w} batch {batch}, {it} iterations ...", end="", flush=True)
         t0 = time.perf_counter()
-        for key, cmd in (("cdiphase", rust_cmd), ("peer", peer_cmd)):
+        for key, cmd in (("cdiphase", rust_cmd), ("peer", peer_cmd), ("peer_batched", plain_cmd)):
             try:
                 row[key] = run_json(cmd, args.timeout)
             except (RuntimeError, OSError) as e:
@@ -163,8 +165,9 @@ def main(argv=None) -> int:
         results.append(row)
 
     cols = ["size", "batch", "iters", "cdiphase us/pattern/HIO-iter", "cdiphase FFT-pair us/pattern",
-            "cdiphase HIO / FFT pair", "peer us/pattern/HIO-iter", "peer FFT-pair us/pattern",
-            "speed-up (peer / cdiphase)"]
+            "cdiphase HIO / FFT pair", "tuned peer us/pattern/HIO-iter", "tuned peer FFT-pair us/pattern",
+            "speed-up vs tuned peer", "plain batched peer us/pattern/HIO-iter",
+            "speed-up vs plain peer"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in results:
         c_hio = num(r["cdiphase"], "hio_us_per_pattern_iteration")
@@ -173,10 +176,13 @@ def main(argv=None) -> int:
         p_fft = num(r["peer"], "fft_pair_us_per_pattern")
         r["cdiphase_hio_over_fft_pair"] = ratio(c_hio, c_fft)
         r["speedup_peer_over_cdiphase"] = ratio(p_hio, c_hio)
+        b_hio = num(r.get("peer_batched"), "hio_us_per_pattern_iteration")
+        r["speedup_batched_peer_over_cdiphase"] = ratio(b_hio, c_hio)
         lines.append("| " + " | ".join([
             f"{r['h']}x{r['w']}", str(r["batch"]), str(r["iterations"]),
             fmt(c_hio, 2), fmt(c_fft, 2), fmt(r["cdiphase_hio_over_fft_pair"], 2, "x"),
             fmt(p_hio, 2), fmt(p_fft, 2), fmt(r["speedup_peer_over_cdiphase"], 2, "x"),
+            fmt(b_hio, 2), fmt(r["speedup_batched_peer_over_cdiphase"], 2, "x"),
         ]) + " |")
     extra = []
     devs = {r["cdiphase"].get("device") for r in results if r.get("cdiphase")}
@@ -207,7 +213,8 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "command": cmdline, "threads": args.threads,
              "quick": args.quick, "results": results}, indent=2) + "\n")
-    failed = [r for r in results if r.get("cdiphase") is None or r.get("peer") is None]
+    failed = [r for r in results
+              if r.get("cdiphase") is None or r.get("peer") is None or r.get("peer_batched") is None]
     return 1 if failed else 0
 
 

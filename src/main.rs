@@ -483,6 +483,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "HIO / FFT pair:              {:.3}",
             r.ratio_hio_to_fft_pair
         );
+        println!("set-up, us/pattern/run:      {:.1}", r.setup_us_per_pattern);
         println!(
             "paper mix, us/pattern/iter:  {:.2}",
             r.paper_schedule_us_per_pattern_iteration

@@ -340,27 +340,30 @@ fn to_native<T: Copy>(s: &Stack<T>) -> Stack<T> {
 
 /// Circular centre of mass of a support along both axes (native order), as integer pixels.
 fn support_centre(s: &[u8], h: usize, w: usize) -> (usize, usize) {
-    let (mut cy, mut sy, mut cx, mut sx) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    for y in 0..h {
-        let ty = std::f64::consts::TAU * y as f64 / h as f64;
-        for x in 0..w {
-            if s[y * w + x] != 0 {
-                let tx = std::f64::consts::TAU * x as f64 / w as f64;
-                cy += ty.cos();
-                sy += ty.sin();
-                cx += tx.cos();
-                sx += tx.sin();
-            }
+    let mut rows = vec![0u64; h];
+    let mut cols = vec![0u64; w];
+    for (y, row) in s.chunks_exact(w).enumerate() {
+        for (x, &v) in row.iter().enumerate() {
+            let on = (v != 0) as u64;
+            rows[y] += on;
+            cols[x] += on;
         }
     }
-    let pos = |c: f64, s: f64, n: usize| -> usize {
-        if c == 0.0 && s == 0.0 {
+    let centre = |counts: &[u64]| -> usize {
+        let n = counts.len();
+        let (mut c, mut sn) = (0.0f64, 0.0f64);
+        for (i, &k) in counts.iter().enumerate() {
+            let t = std::f64::consts::TAU * i as f64 / n as f64;
+            c += k as f64 * t.cos();
+            sn += k as f64 * t.sin();
+        }
+        if c == 0.0 && sn == 0.0 {
             return 0;
         }
-        let a = s.atan2(c).rem_euclid(std::f64::consts::TAU);
+        let a = sn.atan2(c).rem_euclid(std::f64::consts::TAU);
         ((a / std::f64::consts::TAU * n as f64).round() as usize) % n
     };
-    (pos(cy, sy, h), pos(cx, sx, w))
+    (centre(&rows), centre(&cols))
 }
 
 /// Native order to centred, with the support's centre of mass moved to (h/2, w/2) so that

@@ -10,8 +10,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 /// Starting objects.
 #[derive(Clone, Debug)]
 pub enum InitObjects {
-    /// Random values in the support (uniform modulus in [0,1); uniform phase when the object
-    /// is complex), deterministic in (seed, pattern, start), independent of threading.
+    /// Random values in the support (uniform modulus in [0,1); uniform phase, in steps of
+    /// 2 pi / 4096, when the object is complex), deterministic in (seed, pattern, start),
+    /// independent of threading.
     Random { seed: u64 },
     /// Given objects in native order, `n` is 1 (shared) or the number of patterns, used as
     /// they are (see [`scale_to_data`] for the scaling `prepare` applies).
@@ -61,13 +62,15 @@ impl PhasingProblem {
             InitObjects::Random { seed } => {
                 let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(*seed, p, s));
                 let complex = self.constraint == Constraint::None;
+                let lut = phase_table();
                 for (o, &m) in obj.iter_mut().zip(sup.iter()) {
-                    let a = unit(rng.next_u64());
-                    let ph = unit(rng.next_u64());
+                    // one 64-bit draw: 24 bits of modulus, 12 bits of phase
+                    let x = rng.next_u64();
+                    let a = unit(x);
                     *o = if m == 0 {
                         Complex32::new(0.0, 0.0)
                     } else if complex {
-                        Complex32::from_polar(a, std::f32::consts::TAU * ph)
+                        lut[(x & (PHASES as u64 - 1)) as usize] * a
                     } else {
                         Complex32::new(a, 0.0)
                     };
@@ -159,4 +162,19 @@ pub fn scale_to_data(
     } else {
         1.0
     }
+}
+
+/// Number of phases of random complex starts (uniform on the circle, 2 pi / 4096 apart).
+const PHASES: usize = 4096;
+
+fn phase_table() -> &'static [Complex32] {
+    static TABLE: std::sync::OnceLock<Vec<Complex32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..PHASES)
+            .map(|k| {
+                let t = std::f64::consts::TAU * k as f64 / PHASES as f64;
+                Complex32::new(t.cos() as f32, t.sin() as f32)
+            })
+            .collect()
+    })
 }
