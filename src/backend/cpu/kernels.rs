@@ -233,6 +233,20 @@ fn update_generic<const C: u8>(g: &mut [f32], p: &[f32], s: &[u8], a: f32, b: f3
 #[inline]
 pub fn gather(data: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, col: &mut [Complex32]) {
     assert!(data.len() >= h * w && col.len() >= nb * h && c0 + nb <= w);
+    if nb == 8 {
+        let src = data.as_ptr();
+        let dst = col.as_mut_ptr();
+        for r in 0..h {
+            // SAFETY: r < h, c0 + 8 <= w and col holds 8 * h values (asserted above).
+            unsafe {
+                let s = src.add(r * w + c0);
+                for b in 0..8 {
+                    *dst.add(b * h + r) = *s.add(b);
+                }
+            }
+        }
+        return;
+    }
     for r in 0..h {
         let row = &data[r * w + c0..r * w + c0 + nb];
         for (b, v) in row.iter().enumerate() {
@@ -243,15 +257,22 @@ pub fn gather(data: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, col:
 
 /// The inverse of [`gather`]: `data[r*w + c0 + b] = col[b*h + r]`.
 #[inline]
-pub fn scatter(
-    col: &[Complex32],
-    w: usize,
-    h: usize,
-    c0: usize,
-    nb: usize,
-    data: &mut [Complex32],
-) {
+pub fn scatter(col: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, data: &mut [Complex32]) {
     assert!(data.len() >= h * w && col.len() >= nb * h && c0 + nb <= w);
+    if nb == 8 {
+        let src = col.as_ptr();
+        let dst = data.as_mut_ptr();
+        for r in 0..h {
+            // SAFETY: r < h, c0 + 8 <= w and col holds 8 * h values (asserted above).
+            unsafe {
+                let d = dst.add(r * w + c0);
+                for b in 0..8 {
+                    *d.add(b) = *src.add(b * h + r);
+                }
+            }
+        }
+        return;
+    }
     for r in 0..h {
         let row = &mut data[r * w + c0..r * w + c0 + nb];
         for (b, v) in row.iter_mut().enumerate() {
