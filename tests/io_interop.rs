@@ -210,6 +210,11 @@ fn h5py_reads_what_cxiwriter_writes() {
         vec![n4, k4, 7, 9],
     ));
 
+    let starts: Vec<i64> = vec![0, 3, -1, i64::MAX, 7];
+    w.i64("entry_1/image_1/best_start", &[5], &starts).unwrap();
+    npy::write_i64(&d.join("i64.npy"), &[5], &starts).unwrap();
+    datasets.push(("entry_1/image_1/best_start", "i64.npy", "<i8", vec![5]));
+
     // gzip-compressed datasets too
     w.set_gzip(Some(4));
     w.f32("entry_1/result_1/error", &[n, h, wd], &f).unwrap();

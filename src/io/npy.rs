@@ -371,6 +371,17 @@ pub fn write_u8(path: &Path, shape: &[usize], data: &[u8]) -> Result<()> {
     write_raw(path, "|u1", shape, |w| w.write_all(data))
 }
 
+/// Write `data` (C order) as an `<i8` (int64) array of the given shape, atomically.
+pub fn write_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
+    check_shape(path, shape, data.len())?;
+    write_raw(path, "<i8", shape, |w| {
+        for x in data {
+            w.write_all(&x.to_le_bytes())?;
+        }
+        Ok(())
+    })
+}
+
 /// Write `data` (C order) as a `<c8` (complex64) array of the given shape, atomically.
 pub fn write_complex64(path: &Path, shape: &[usize], data: &[Complex32]) -> Result<()> {
     check_shape(path, shape, data.len())?;

@@ -479,7 +479,7 @@ impl Reconstruction {
         use crate::io::CxiWriter;
         let (n, h, w, k, l) = (self.n, self.h, self.w, self.starts, self.records);
         let mut out = CxiWriter::new();
-        out.string("cxi_version", "150")?;
+        out.i64("cxi_version", &[1], &[150])?;
         out.attr_string("entry_1", "NX_class", "NXentry")?;
         out.complex64("entry_1/image_1/data", &[n, h, w], &self.objects.data)?;
         out.attr_string("entry_1/image_1", "NX_class", "NXdata")?;
