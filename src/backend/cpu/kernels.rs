@@ -257,7 +257,14 @@ pub fn gather(data: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, col:
 
 /// The inverse of [`gather`]: `data[r*w + c0 + b] = col[b*h + r]`.
 #[inline]
-pub fn scatter(col: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, data: &mut [Complex32]) {
+pub fn scatter(
+    col: &[Complex32],
+    w: usize,
+    h: usize,
+    c0: usize,
+    nb: usize,
+    data: &mut [Complex32],
+) {
     assert!(data.len() >= h * w && col.len() >= nb * h && c0 + nb <= w);
     if nb == 8 {
         let src = col.as_ptr();
