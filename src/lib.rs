@@ -2,6 +2,29 @@
 //!
 //! Data flow: simulate -> predict -> support -> phase -> evaluate. Every stage is a library
 //! function first and a CLI verb on top. See `README.md` and `NOTES.md`.
+//!
+//! Phasing a batch in memory:
+//!
+//! ```
+//! use cdiphase::backend::{select, Device};
+//! use cdiphase::phasing::{phase, PhaseConfig, SupportSpec};
+//! use cdiphase::phasing::program::{Constraint, ShrinkwrapConfig};
+//!
+//! // two noise-free patterns of random compact particles, 32x32, with their truth
+//! let (patterns, _truth) = cdiphase::simulate::synthetic_particles(2, 32, 32, 2, 7);
+//! let cfg = PhaseConfig {
+//!     schedule: "100*(20*HIO + 5*ER) + 50*ER".into(),
+//!     shrinkwrap: Some(ShrinkwrapConfig::parse("sigma=1,threshold=0.1,every=25").unwrap()),
+//!     constraint: Constraint::Positive,
+//!     support: SupportSpec::Autocorrelation { threshold: 0.04 },
+//!     starts: 2,
+//!     ..PhaseConfig::default()
+//! };
+//! let backend = select(Device::Cpu, Some(1)).unwrap();
+//! let rec = phase(backend.as_ref(), &patterns, &cfg, &|_| {}).unwrap();
+//! assert_eq!(rec.objects.shape(), [2, 32, 32]);
+//! assert!(rec.best_final_errors().iter().all(|e| e.is_finite()));
+//! ```
 
 pub mod array;
 pub mod backend;

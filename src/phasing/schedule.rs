@@ -8,6 +8,15 @@
 //! factor   := NAME ['(' [beta '='] NUMBER ')'] | '(' seq ')'
 //! NAME     := HIO | ER | RAAR | SW | SHRINKWRAP      (case-insensitive)
 //! ```
+//! ```
+//! use cdiphase::phasing::schedule::{Algorithm, Schedule, Step};
+//! let s = Schedule::parse("2000*(5*HIO + 5*ER)").unwrap();
+//! assert_eq!(s.iterations(), 20_000);
+//! assert_eq!(s.steps[0], Step::Iterate { alg: Algorithm::HIO, beta: None, count: 5 });
+//! let e = Schedule::parse("5*HIO + 5*EER").unwrap_err();
+//! assert!(e.to_string().contains("position 10"));
+//! ```
+//!
 //! `SW` is one shrinkwrap support update at that point of the run. `HIO(0.7)` or
 //! `RAAR(beta=0.8)` override the global `--beta` for that step. Examples:
 //! `2000*(5*HIO + 5*ER)` (the paper's run), `100*(SW + 50*HIO) + 200*ER`, `(ER**5*HIO**45)**20`
