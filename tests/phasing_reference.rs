@@ -322,7 +322,7 @@ fn mixed_schedule_real_and_positive_constraints() {
 #[test]
 fn batch_one_at_128_and_many_small() {
     check_against_reference("2*HIO + ER", 1, 128, 128, 1, true, Constraint::None);
-    check_against_reference("HIO + ER", 33, 8, 7, 1, false, Constraint::Positive);
+    check_against_reference("HIO + ER", 257, 8, 7, 1, false, Constraint::Positive);
 }
 
 fn random_c32(rng: &mut Lcg, n: usize) -> Vec<Complex32> {
