@@ -177,6 +177,24 @@ fn progress_bar(total: u64, quiet: bool, what: &str) -> ProgressBar {
     pb
 }
 
+/// Run a prepared phasing job with a header line and a progress bar (patterns x
+/// iterations) on stderr, unless `quiet`.
+fn run_with_progress(
+    backend: &dyn backend::Backend,
+    problem: &phasing::problem::PhasingProblem,
+    program: &phasing::program::Program,
+    quiet: bool,
+    header: &str,
+) -> Result<phasing::Reconstruction> {
+    if !quiet {
+        eprintln!("{header}");
+    }
+    let pb = progress_bar(problem.items() as u64 * program.iterations, quiet, "phase");
+    let rec = phasing::run_prepared(backend, problem, program, &|k| pb.inc(k))?;
+    pb.finish_and_clear();
+    Ok(rec)
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
@@ -263,24 +281,16 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
     };
     let (problem, program) = phasing::prepare(&patterns, &cfg)
         .with_context(|| format!("preparing {}", a.input.display()))?;
-    if !a.quiet {
-        eprintln!(
-            "phasing {} patterns of {}x{} x {} starts, {} iterations each on {}",
-            st.n,
-            st.h,
-            st.w,
-            cfg.starts,
-            program.iterations,
-            backend.describe()
-        );
-    }
-    let pb = progress_bar(
-        problem.items() as u64 * program.iterations,
-        a.quiet,
-        "phase",
+    let header = format!(
+        "phasing {} patterns of {}x{} x {} starts, {} iterations each on {}",
+        st.n,
+        st.h,
+        st.w,
+        cfg.starts,
+        program.iterations,
+        backend.describe()
     );
-    let rec = phasing::run_prepared(backend.as_ref(), &problem, &program, &|k| pb.inc(k))?;
-    pb.finish_and_clear();
+    let rec = run_with_progress(backend.as_ref(), &problem, &program, a.quiet, &header)?;
     let mut config = cfg.to_json();
     config["input"] = serde_json::json!(a.input.display().to_string());
     config["entry"] = serde_json::json!(patterns.entry);
@@ -373,24 +383,16 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         ..PhaseConfig::default()
     };
     let (problem, program) = phasing::prepare(&patterns, &cfg)?;
-    if !a.quiet {
-        eprintln!(
-            "demo: {} particles {}x{}, {} starts, schedule {} with shrinkwrap, on {}",
-            a.count,
-            h,
-            w,
-            a.starts,
-            cfg.schedule,
-            backend.describe()
-        );
-    }
-    let pb = progress_bar(
-        problem.items() as u64 * program.iterations,
-        a.quiet,
-        "phase",
+    let header = format!(
+        "demo: {} particles {}x{}, {} starts, schedule {} with shrinkwrap, on {}",
+        a.count,
+        h,
+        w,
+        a.starts,
+        cfg.schedule,
+        backend.describe()
     );
-    let rec = phasing::run_prepared(backend.as_ref(), &problem, &program, &|k| pb.inc(k))?;
-    pb.finish_and_clear();
+    let rec = run_with_progress(backend.as_ref(), &problem, &program, a.quiet, &header)?;
     let out = a.out.join("reconstruction.cxi");
     rec.write_cxi(&out, &cfg.to_json())?;
     let fe = rec.best_final_errors();
