@@ -232,27 +232,9 @@ fn update_generic<const C: u8>(g: &mut [f32], p: &[f32], s: &[u8], a: f32, b: f3
 /// no faster here: the loads are whole cache lines already and the stores stream.)
 #[inline]
 pub fn gather(data: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, col: &mut [Complex32]) {
-    assert!(data.len() >= h * w && col.len() >= nb * h && c0 + nb <= w);
-    if nb == 8 {
-        let src = data.as_ptr();
-        let dst = col.as_mut_ptr();
-        for r in 0..h {
-            // SAFETY: r < h, c0 + 8 <= w and col holds 8 * h values (asserted above).
-            unsafe {
-                let s = src.add(r * w + c0);
-                for b in 0..8 {
-                    *dst.add(b * h + r) = *s.add(b);
-                }
-            }
-        }
-        return;
-    }
-    for r in 0..h {
-        let row = &data[r * w + c0..r * w + c0 + nb];
-        for (b, v) in row.iter().enumerate() {
-            col[b * h + r] = *v;
-        }
-    }
+    assert!(data.len() >= h * w);
+    // SAFETY: `data` holds h * w values and is borrowed for the call.
+    unsafe { gather_raw(data.as_ptr(), w, h, c0, nb, col) }
 }
 
 /// The inverse of [`gather`]: `data[r*w + c0 + b] = col[b*h + r]`.
@@ -265,25 +247,71 @@ pub fn scatter(
     nb: usize,
     data: &mut [Complex32],
 ) {
-    assert!(data.len() >= h * w && col.len() >= nb * h && c0 + nb <= w);
+    assert!(data.len() >= h * w);
+    // SAFETY: `data` holds h * w values and is borrowed mutably for the call.
+    unsafe { scatter_raw(col, w, h, c0, nb, data.as_mut_ptr()) }
+}
+
+/// [`gather`] from a raw row-major buffer of `h * w` values.
+///
+/// # Safety
+/// `data` points at `h * w` valid values and no other thread writes columns
+/// `c0..c0+nb` during the call; `c0 + nb <= w`.
+pub unsafe fn gather_raw(
+    data: *const Complex32,
+    w: usize,
+    h: usize,
+    c0: usize,
+    nb: usize,
+    col: &mut [Complex32],
+) {
+    assert!(col.len() >= nb * h && c0 + nb <= w);
+    let dst = col.as_mut_ptr();
     if nb == 8 {
-        let src = col.as_ptr();
-        let dst = data.as_mut_ptr();
+        // fixed trip count: unrolled, no bounds checks
         for r in 0..h {
-            // SAFETY: r < h, c0 + 8 <= w and col holds 8 * h values (asserted above).
-            unsafe {
-                let d = dst.add(r * w + c0);
-                for b in 0..8 {
-                    *d.add(b) = *src.add(b * h + r);
-                }
+            let s = data.add(r * w + c0);
+            for b in 0..8 {
+                *dst.add(b * h + r) = *s.add(b);
             }
         }
         return;
     }
     for r in 0..h {
-        let row = &mut data[r * w + c0..r * w + c0 + nb];
-        for (b, v) in row.iter_mut().enumerate() {
-            *v = col[b * h + r];
+        let s = data.add(r * w + c0);
+        for b in 0..nb {
+            *dst.add(b * h + r) = *s.add(b);
+        }
+    }
+}
+
+/// [`scatter`] into a raw row-major buffer of `h * w` values.
+///
+/// # Safety
+/// As for [`gather_raw`], and no other thread reads or writes columns `c0..c0+nb`.
+pub unsafe fn scatter_raw(
+    col: &[Complex32],
+    w: usize,
+    h: usize,
+    c0: usize,
+    nb: usize,
+    data: *mut Complex32,
+) {
+    assert!(col.len() >= nb * h && c0 + nb <= w);
+    let src = col.as_ptr();
+    if nb == 8 {
+        for r in 0..h {
+            let d = data.add(r * w + c0);
+            for b in 0..8 {
+                *d.add(b) = *src.add(b * h + r);
+            }
+        }
+        return;
+    }
+    for r in 0..h {
+        let d = data.add(r * w + c0);
+        for b in 0..nb {
+            *d.add(b) = *src.add(b * h + r);
         }
     }
 }

@@ -97,21 +97,33 @@ impl Plan2d {
         }
     }
 
-    /// Per-thread work buffers for this plan. They start poisoned with NaN, so a kernel that
-    /// reads an element it did not write first turns the result into NaN and fails the tests.
+    /// Work buffers for one item with one lane. They start poisoned with NaN, so a kernel
+    /// that reads an element it did not write first turns the result into NaN and fails the
+    /// tests.
     pub fn work(&self) -> Work {
+        self.work_lanes(1)
+    }
+
+    /// Work buffers for one item processed by `lanes` threads together.
+    pub fn work_lanes(&self, lanes: usize) -> Work {
         let l = self.h * self.w;
         let nan = Complex32::new(f32::NAN, f32::NAN);
         Work {
             u: vec![nan; l],
-            col: vec![nan; COL_BLOCK * self.h],
-            old: vec![nan; COL_BLOCK * self.h],
-            rowbuf: vec![nan; self.w],
+            lanes: (0..lanes.max(1))
+                .map(|_| Lane {
+                    col: vec![nan; COL_BLOCK * self.h],
+                    old: vec![nan; COL_BLOCK * self.h],
+                    rowbuf: vec![nan; self.w],
+                    scratch: vec![nan; self.scratch_len.max(1)],
+                })
+                .collect(),
             active: vec![true; self.h],
             coef_a: vec![f32::NAN; 2 * self.h],
             coef_b: vec![f32::NAN; 2 * self.h],
             n_active: self.h,
-            scratch: vec![nan; self.scratch_len.max(1)],
+            col_partials: vec![(f64::NAN, f64::NAN); self.w.div_ceil(COL_BLOCK)],
+            row_partials: vec![f64::NAN; self.h.div_ceil(ROW_BLOCK)],
             mag: vec![f32::NAN; l],
             tmp: vec![f32::NAN; l],
             kernel: Vec::new(),
@@ -143,32 +155,53 @@ impl Plan2d {
         } else {
             (&self.row_i, &self.col_i)
         };
-        row.process_with_scratch(data, &mut work.scratch);
+        let lane = &mut work.lanes[0];
+        row.process_with_scratch(data, &mut lane.scratch);
         let (h, w) = (self.h, self.w);
         for c0 in (0..w).step_by(COL_BLOCK) {
             let nb = COL_BLOCK.min(w - c0);
-            let colbuf = &mut work.col[..nb * h];
+            let colbuf = &mut lane.col[..nb * h];
             gather(data, w, h, c0, nb, colbuf);
-            col.process_with_scratch(colbuf, &mut work.scratch);
+            col.process_with_scratch(colbuf, &mut lane.scratch);
             scatter(colbuf, w, h, c0, nb, data);
         }
     }
 }
 
-/// Per-thread buffers.
-pub struct Work {
-    u: Vec<Complex32>,
+/// A raw pointer to an item's row-transform buffer, shared by the lanes of the column pass:
+/// each lane reads and writes only its own column blocks.
+#[derive(Clone, Copy)]
+struct SharedRows(*mut Complex32);
+// SAFETY: lanes touch disjoint columns of the buffer (see `Item::column_block`).
+unsafe impl Send for SharedRows {}
+unsafe impl Sync for SharedRows {}
+
+/// The buffers of one thread working on an item: a gathered column block, its copy, a row
+/// and the FFT scratch.
+pub struct Lane {
     col: Vec<Complex32>,
     /// Copy of a gathered column block before its FFT (rows outside the support).
     old: Vec<Complex32>,
     rowbuf: Vec<Complex32>,
+    scratch: Vec<Complex32>,
+}
+
+/// The buffers of one item in flight: shared arrays and one [`Lane`] per thread working on
+/// it (one in batch mode, several when there are fewer items than threads).
+pub struct Work {
+    u: Vec<Complex32>,
+    lanes: Vec<Lane>,
     /// Rows holding support pixels, and their number.
     active: Vec<bool>,
     /// Per row, twice (re, im): (a, b*W) for rows without support pixels, (0, 1) otherwise.
     coef_a: Vec<f32>,
     coef_b: Vec<f32>,
     n_active: usize,
-    scratch: Vec<Complex32>,
+    /// Per column block (Fourier residual, |P_M g|^2) and per row block (energy inside the
+    /// support): summed in block order whatever the number of lanes, so results do not
+    /// depend on the thread count.
+    col_partials: Vec<(f64, f64)>,
+    row_partials: Vec<f64>,
     mag: Vec<f32>,
     tmp: Vec<f32>,
     kernel: Vec<f32>,
@@ -207,9 +240,10 @@ impl Item<'_> {
     /// (|F| - A)^2, sum |g'|^2 by Parseval).
     ///
     /// Without `project`: only the Fourier residual of g is measured.
+    ///
+    /// With several lanes the column blocks are shared out among them.
     fn column_pass(&self, work: &mut Work, project: bool, a: f32, b: f32) -> (f64, f64) {
         let (h, w) = (self.plan.h, self.plan.w);
-        let scale = 1.0 / (h * w) as f32;
         let partial = work.n_active < h;
         let keep_old = project && partial && (a != 0.0 || b != 0.0);
         if partial {
@@ -221,76 +255,169 @@ impl Item<'_> {
                 work.coef_b[2 * r..2 * r + 2].fill(cb);
             }
         }
-        let mut err = 0.0f64;
-        let mut energy = 0.0f64;
-        for c0 in (0..w).step_by(COL_BLOCK) {
-            let nb = COL_BLOCK.min(w - c0);
-            let colbuf = &mut work.col[..nb * h];
-            gather(&work.u, w, h, c0, nb, colbuf);
-            if keep_old {
-                work.old[..nb * h].copy_from_slice(colbuf);
+        let rows = SharedRows(work.u.as_mut_ptr());
+        let (ca, cb) = (&work.coef_a[..], &work.coef_b[..]);
+        let job = |lane: &mut Lane, blocks: &mut [(f64, f64)], first: usize| {
+            for (j, part) in blocks.iter_mut().enumerate() {
+                // SAFETY: block `first + j` belongs to this lane only.
+                *part = unsafe {
+                    self.column_block(rows, first + j, project, partial, keep_old, ca, cb, lane)
+                };
             }
-            self.plan
-                .col_f
-                .process_with_scratch(colbuf, &mut work.scratch);
-            let amp = &self.at[c0 * h..(c0 + nb) * h];
-            if project {
-                for (cb, ab) in colbuf.chunks_exact_mut(h).zip(amp.chunks_exact(h)) {
-                    let (e, en) = modulus_project(cb, ab, scale);
-                    err += e as f64;
-                    energy += en as f64;
-                }
-                self.plan
-                    .col_i
-                    .process_with_scratch(colbuf, &mut work.scratch);
-                if partial {
-                    // rows without support pixels: a*old + b*W*new (ER: zero)
-                    kernels::combine_rows(
-                        colbuf,
-                        &work.old[..nb * h],
-                        &work.coef_a,
-                        &work.coef_b,
-                        h,
-                        keep_old,
-                    );
-                }
-                scatter(colbuf, w, h, c0, nb, &mut work.u);
-            } else {
-                for (cb, ab) in colbuf.chunks_exact(h).zip(amp.chunks_exact(h)) {
-                    err += kernels::fourier_residual(cb, ab) as f64;
-                }
-            }
+        };
+        if work.lanes.len() == 1 {
+            job(&mut work.lanes[0], &mut work.col_partials, 0);
+        } else {
+            let per = work.col_partials.len().div_ceil(work.lanes.len());
+            work.lanes
+                .par_iter_mut()
+                .zip(work.col_partials.par_chunks_mut(per))
+                .enumerate()
+                .for_each(|(i, (lane, blocks))| job(lane, blocks, i * per));
+        }
+        let (mut err, mut energy) = (0.0f64, 0.0f64);
+        for &(e, en) in work.col_partials.iter() {
+            err += e;
+            energy += en;
         }
         (err, energy * (h * w) as f64)
+    }
+
+    /// One block of the column pass (columns `bi * COL_BLOCK ..`), see [`Item::column_pass`].
+    ///
+    /// # Safety
+    /// `rows` points at the item's h x w row-transform buffer and no other thread touches
+    /// this block's columns during the call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn column_block(
+        &self,
+        rows: SharedRows,
+        bi: usize,
+        project: bool,
+        partial: bool,
+        keep_old: bool,
+        coef_a: &[f32],
+        coef_b: &[f32],
+        lane: &mut Lane,
+    ) -> (f64, f64) {
+        let (h, w) = (self.plan.h, self.plan.w);
+        let scale = 1.0 / (h * w) as f32;
+        let c0 = bi * COL_BLOCK;
+        let nb = COL_BLOCK.min(w - c0);
+        let colbuf = &mut lane.col[..nb * h];
+        kernels::gather_raw(rows.0, w, h, c0, nb, colbuf);
+        if keep_old {
+            lane.old[..nb * h].copy_from_slice(colbuf);
+        }
+        self.plan
+            .col_f
+            .process_with_scratch(colbuf, &mut lane.scratch);
+        let amp = &self.at[c0 * h..(c0 + nb) * h];
+        let (mut err, mut energy) = (0.0f64, 0.0f64);
+        if project {
+            for (cb, ab) in colbuf.chunks_exact_mut(h).zip(amp.chunks_exact(h)) {
+                let (e, en) = modulus_project(cb, ab, scale);
+                err += e as f64;
+                energy += en as f64;
+            }
+            self.plan
+                .col_i
+                .process_with_scratch(colbuf, &mut lane.scratch);
+            if partial {
+                // rows without support pixels: a*old + b*W*new (ER: zero)
+                kernels::combine_rows(colbuf, &lane.old[..nb * h], coef_a, coef_b, h, keep_old);
+            }
+            kernels::scatter_raw(colbuf, w, h, c0, nb, rows.0);
+        } else {
+            for (cb, ab) in colbuf.chunks_exact(h).zip(amp.chunks_exact(h)) {
+                err += kernels::fourier_residual(cb, ab) as f64;
+            }
+        }
+        (err, energy)
     }
 
     /// The row pass over the rows holding support pixels: inverse row FFTs of `work.u` give
     /// g' = P_M g; `g` is updated in place with the support rule (a, b); forward row FFTs
     /// of the new `g` go back into `work.u`. Rows without support pixels were finished by
     /// the column pass (their `g` is brought up to date by [`Item::sync`] when needed).
-    /// Returns the energy of g' inside the support.
+    /// Returns the energy of g' inside the support. With several lanes the blocks of
+    /// `ROW_BLOCK` rows are shared out among them.
     fn row_pass(&self, work: &mut Work, g: &mut [Complex32], s: &[u8], a: f32, b: f32) -> f64 {
-        let (h, w) = (self.plan.h, self.plan.w);
+        let w = self.plan.w;
+        let blk = ROW_BLOCK * w;
+        let job = |lane: &mut Lane,
+                   u: &mut [Complex32],
+                   g: &mut [Complex32],
+                   s: &[u8],
+                   act: &[bool],
+                   parts: &mut [f64]| {
+            for ((((u, g), s), act), part) in u
+                .chunks_mut(blk)
+                .zip(g.chunks_mut(blk))
+                .zip(s.chunks(blk))
+                .zip(act.chunks(ROW_BLOCK))
+                .zip(parts.iter_mut())
+            {
+                *part = self.row_block(u, g, s, act, a, b, &mut lane.scratch);
+            }
+        };
+        if work.lanes.len() == 1 {
+            job(
+                &mut work.lanes[0],
+                &mut work.u,
+                g,
+                s,
+                &work.active,
+                &mut work.row_partials,
+            );
+        } else {
+            let per = work.row_partials.len().div_ceil(work.lanes.len());
+            work.lanes
+                .par_iter_mut()
+                .zip(work.u.par_chunks_mut(per * blk))
+                .zip(g.par_chunks_mut(per * blk))
+                .zip(s.par_chunks(per * blk))
+                .zip(work.active.par_chunks(per * ROW_BLOCK))
+                .zip(work.row_partials.par_chunks_mut(per))
+                .for_each(|(((((lane, u), g), s), act), parts)| job(lane, u, g, s, act, parts));
+        }
+        work.row_partials.iter().sum()
+    }
+
+    /// One block of up to `ROW_BLOCK` rows of the row pass: each run of consecutive rows
+    /// holding support pixels is transformed together.
+    #[allow(clippy::too_many_arguments)]
+    fn row_block(
+        &self,
+        u: &mut [Complex32],
+        g: &mut [Complex32],
+        s: &[u8],
+        active: &[bool],
+        a: f32,
+        b: f32,
+        scratch: &mut [Complex32],
+    ) -> f64 {
+        let w = self.plan.w;
+        let n = active.len();
         let mut inside = 0.0f64;
         let mut r = 0;
-        while r < h {
-            if !work.active[r] {
+        while r < n {
+            if !active[r] {
                 r += 1;
                 continue;
             }
-            // a run of consecutive active rows, at most ROW_BLOCK long
             let mut e = r + 1;
-            while e < h && e - r < ROW_BLOCK && work.active[e] {
+            while e < n && active[e] {
                 e += 1;
             }
             let span = r * w..e * w;
-            let u = &mut work.u[span.clone()];
+            let uu = &mut u[span.clone()];
             let gg = &mut g[span.clone()];
-            self.plan.row_i.process_with_scratch(u, &mut work.scratch);
-            let (o, t) = support_update(gg, u, &s[span], a, b, self.constraint);
+            self.plan.row_i.process_with_scratch(uu, scratch);
+            let (o, t) = support_update(gg, uu, &s[span], a, b, self.constraint);
             inside += (t - o) as f64;
-            u.copy_from_slice(gg);
-            self.plan.row_f.process_with_scratch(u, &mut work.scratch);
+            uu.copy_from_slice(gg);
+            self.plan.row_f.process_with_scratch(uu, scratch);
             r = e;
         }
         inside
@@ -304,9 +431,10 @@ impl Item<'_> {
             if act {
                 continue;
             }
-            let row = &mut work.rowbuf[..w];
+            let lane = &mut work.lanes[0];
+            let row = &mut lane.rowbuf[..w];
             row.copy_from_slice(&work.u[r * w..(r + 1) * w]);
-            self.plan.row_i.process_with_scratch(row, &mut work.scratch);
+            self.plan.row_i.process_with_scratch(row, &mut lane.scratch);
             for (d, v) in g[r * w..(r + 1) * w].iter_mut().zip(row.iter()) {
                 *d = v * inv;
             }
@@ -337,7 +465,7 @@ impl Item<'_> {
         work.u.copy_from_slice(g);
         self.plan
             .row_f
-            .process_with_scratch(&mut work.u, &mut work.scratch);
+            .process_with_scratch(&mut work.u, &mut work.lanes[0].scratch);
         work.n_active = mark_support_rows(s, w, &mut work.active);
         let mut rec = 0;
         for op in &program.ops {
@@ -440,55 +568,64 @@ impl Backend for CpuBackend {
                 }
             });
             let best: Vec<Best> = (0..n).map(|_| Mutex::new(None)).collect();
-            let results: Vec<ItemResult> = (0..n * k)
-                .into_par_iter()
-                .map_init(
-                    || {
-                        (
-                            plan.work(),
-                            vec![Complex32::new(f32::NAN, f32::NAN); l],
-                            vec![0xA5u8; l],
-                        )
-                    },
-                    |(work, g, s), item| {
-                        let (p, st) = (item / k, item % k);
-                        problem.initial_state(p, st, g, s);
-                        let it = Item {
-                            plan: &plan,
-                            at: &at[p * l..(p + 1) * l],
-                            sum_a2: problem.sum_a2[p],
-                            constraint: problem.constraint,
-                        };
-                        let mut hist_f = vec![0.0f32; records];
-                        let mut hist_r = vec![0.0f32; records];
-                        let final_err =
-                            it.run(work, g, s, program, &mut hist_f, &mut hist_r, progress);
-                        let kept = problem.keep_all.then(|| (g.clone(), s.clone()));
-                        let mut slot = best[p].lock().unwrap_or_else(|e| e.into_inner());
-                        let replace = match slot.as_ref() {
-                            None => true,
-                            Some((e, s0, _, _)) => better(final_err, st, &(*e, *s0)),
-                        };
-                        if replace {
-                            match slot.as_mut() {
-                                Some(b) => {
-                                    b.0 = final_err;
-                                    b.1 = st;
-                                    b.2.copy_from_slice(g);
-                                    b.3.copy_from_slice(s);
-                                }
-                                None => *slot = Some((final_err, st, g.clone(), s.clone())),
-                            }
+            let process = |work: &mut Work, g: &mut [Complex32], s: &mut [u8], item: usize| {
+                let (p, st) = (item / k, item % k);
+                problem.initial_state(p, st, g, s);
+                let it = Item {
+                    plan: &plan,
+                    at: &at[p * l..(p + 1) * l],
+                    sum_a2: problem.sum_a2[p],
+                    constraint: problem.constraint,
+                };
+                let mut hist_f = vec![0.0f32; records];
+                let mut hist_r = vec![0.0f32; records];
+                let final_err = it.run(work, g, s, program, &mut hist_f, &mut hist_r, progress);
+                let kept = problem.keep_all.then(|| (g.to_vec(), s.to_vec()));
+                let mut slot = best[p].lock().unwrap_or_else(|e| e.into_inner());
+                let replace = match slot.as_ref() {
+                    None => true,
+                    Some((e, s0, _, _)) => better(final_err, st, &(*e, *s0)),
+                };
+                if replace {
+                    match slot.as_mut() {
+                        Some(b) => {
+                            b.0 = final_err;
+                            b.1 = st;
+                            b.2.copy_from_slice(g);
+                            b.3.copy_from_slice(s);
                         }
-                        ItemResult {
-                            hist_f,
-                            hist_r,
-                            final_err,
-                            kept,
-                        }
-                    },
-                )
-                .collect();
+                        None => *slot = Some((final_err, st, g.to_vec(), s.to_vec())),
+                    }
+                }
+                ItemResult {
+                    hist_f,
+                    hist_r,
+                    final_err,
+                    kept,
+                }
+            };
+            let poisoned = || (vec![Complex32::new(f32::NAN, f32::NAN); l], vec![0xA5u8; l]);
+            let threads = self.threads();
+            let results: Vec<ItemResult> = if n * k < threads {
+                // Fewer items than threads: every thread works on each item in turn
+                // (column blocks and row blocks shared out), one item after the other.
+                let mut work = plan.work_lanes(threads);
+                let (mut g, mut s) = poisoned();
+                (0..n * k)
+                    .map(|item| process(&mut work, &mut g, &mut s, item))
+                    .collect()
+            } else {
+                (0..n * k)
+                    .into_par_iter()
+                    .map_init(
+                        || {
+                            let (g, s) = poisoned();
+                            (plan.work(), g, s)
+                        },
+                        |(work, g, s), item| process(work, g, s, item),
+                    )
+                    .collect()
+            };
             let mut objects = Vec::with_capacity(n * l);
             let mut supports = Vec::with_capacity(n * l);
             let mut best_start = Vec::with_capacity(n);
