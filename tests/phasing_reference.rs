@@ -7,9 +7,9 @@
 use cdiphase::array::{Complex32, Stack};
 use cdiphase::backend::cpu::{modulus_project, CpuBackend, Plan2d};
 use cdiphase::backend::Backend;
-use cdiphase::phasing::problem::{InitObjects, PhasingProblem};
+use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
-use cdiphase::phasing::schedule::{Algorithm, Schedule};
+use cdiphase::phasing::schedule::{Algorithm, Schedule, Step};
 use num_complex::Complex64;
 
 struct Lcg(u64);
@@ -204,6 +204,63 @@ fn random_problem(
     }
 }
 
+/// The schedule's iterations one by one, as (algorithm, beta).
+fn flat_iterations(sched: &Schedule) -> Vec<(Algorithm, Option<f32>)> {
+    let mut v = Vec::new();
+    for step in &sched.steps {
+        if let Step::Iterate { alg, beta, count } = *step {
+            for _ in 0..count {
+                v.push((alg, beta));
+            }
+        }
+    }
+    v
+}
+
+/// Run the engine on the first `k` iterations of `its` (keep-all, error every iteration).
+fn run_prefix(
+    problem: &PhasingProblem,
+    its: &[(Algorithm, Option<f32>)],
+    k: usize,
+    threads: usize,
+) -> PhasingOutput {
+    let sched = Schedule {
+        text: format!("first {k} iterations"),
+        steps: its[..k]
+            .iter()
+            .map(|&(alg, beta)| Step::Iterate {
+                alg,
+                beta,
+                count: 1,
+            })
+            .collect(),
+    };
+    let program = Program::compile(
+        &sched,
+        0.9,
+        &ShrinkwrapConfig::default(),
+        Recording::Every(1),
+    )
+    .unwrap();
+    CpuBackend::new(Some(threads))
+        .unwrap()
+        .run_phasing(problem, &program, &|_| {})
+        .unwrap()
+}
+
+fn to64(x: &[Complex32]) -> Vec<Complex64> {
+    x.iter()
+        .map(|c| Complex64::new(c.re as f64, c.im as f64))
+        .collect()
+}
+
+/// Every iteration of the engine against the float64 reference iteration applied to the
+/// engine's own previous iterate: relative error < 1e-5 at each of the schedule's
+/// iterations, for every pattern and start, plus the recorded Fourier and real-space errors
+/// and the final Fourier error. (Comparing whole runs instead would also measure the
+/// conditioning of HIO from a random start: where |F| of an iterate passes near zero, the
+/// phase, and so float32 rounding, is amplified, and a few random problems in a hundred
+/// drift past 1e-5 after four HIO iterations in float32 and float64 alike.)
 fn check_against_reference(
     schedule: &str,
     n: usize,
@@ -215,84 +272,83 @@ fn check_against_reference(
 ) {
     let mut rng = Lcg(fresh_seed(schedule));
     let problem = random_problem(&mut rng, n, h, w, starts, masked, c);
-    let sched = Schedule::parse(schedule).unwrap();
-    let program = Program::compile(
-        &sched,
-        0.9,
-        &ShrinkwrapConfig::default(),
-        Recording::Every(1),
-    )
-    .unwrap();
-    let backend = CpuBackend::new(Some(2)).unwrap();
-    let out = backend.run_phasing(&problem, &program, &|_| {}).unwrap();
-    let all = out.all_objects.as_ref().unwrap();
+    let its = flat_iterations(&Schedule::parse(schedule).unwrap());
     let l = h * w;
+    // engine states after 0, 1, .., K iterations (item-major, native order)
+    let mut states: Vec<Vec<Complex32>> = Vec::new();
+    let mut start = vec![Complex32::new(0.0, 0.0); n * starts * l];
+    let mut sups = vec![0u8; n * starts * l];
     for p in 0..n {
         for s in 0..starts {
-            let mut g32 = vec![Complex32::new(0.0, 0.0); l];
-            let mut sup = vec![0u8; l];
-            problem.initial_state(p, s, &mut g32, &mut sup);
-            let mut g: Vec<Complex64> = g32
-                .iter()
-                .map(|c| Complex64::new(c.re as f64, c.im as f64))
-                .collect();
-            let amp = problem.amplitude(p);
-            let mut errs = Vec::new();
-            let mut real_errs = Vec::new();
-            for step in &sched.steps {
-                if let cdiphase::phasing::schedule::Step::Iterate { alg, beta, count } = *step {
-                    for _ in 0..count {
-                        let (e, re) = ref_iterate(
-                            &mut g,
-                            amp,
-                            &sup,
-                            h,
-                            w,
-                            alg,
-                            beta.unwrap_or(0.9) as f64,
-                            c,
-                        );
-                        errs.push((e / problem.sum_a2[p]).sqrt());
-                        real_errs.push(re);
-                    }
-                }
-            }
-            let item = p * starts + s;
-            let got = &all[item * l..(item + 1) * l];
-            let e = rel_err(got, &g);
-            assert!(
-                e < 1e-5,
-                "{schedule} {h}x{w} pattern {p} start {s} {c:?}: relative error {e:e}"
+            let i = p * starts + s;
+            problem.initial_state(
+                p,
+                s,
+                &mut start[i * l..(i + 1) * l],
+                &mut sups[i * l..(i + 1) * l],
             );
-            // the recorded Fourier errors agree with the reference's
-            let hist = &out.fourier_error[item * out.records..(item + 1) * out.records];
-            assert_eq!(hist.len(), errs.len());
-            for (a, b) in hist.iter().zip(&errs) {
+        }
+    }
+    states.push(start);
+    let mut outs = Vec::new();
+    for k in 1..=its.len() {
+        let out = run_prefix(&problem, &its, k, 2);
+        states.push(out.all_objects.clone().unwrap());
+        outs.push(out);
+    }
+    for (k, &(alg, beta)) in its.iter().enumerate() {
+        let out = &outs[k];
+        for p in 0..n {
+            let amp = problem.amplitude(p);
+            for s in 0..starts {
+                let item = p * starts + s;
+                let sup = &sups[item * l..(item + 1) * l];
+                let mut g = to64(&states[k][item * l..(item + 1) * l]);
+                let (e, re) =
+                    ref_iterate(&mut g, amp, sup, h, w, alg, beta.unwrap_or(0.9) as f64, c);
+                let got = &states[k + 1][item * l..(item + 1) * l];
+                let err = rel_err(got, &g);
                 assert!(
-                    ((*a as f64) - b).abs() <= 1e-5 * b.max(1e-3),
-                    "history {a} vs {b}"
+                    err < 1e-5,
+                    "{schedule} {h}x{w} iteration {} pattern {p} start {s} {c:?}: relative error {err:e}",
+                    k + 1
+                );
+                // the error recorded at this iteration is the error of its input
+                let fe = (e / problem.sum_a2[p]).sqrt();
+                let got_fe = out.fourier_error[(item + 1) * out.records - 1] as f64;
+                assert!(
+                    (got_fe - fe).abs() <= 1e-5 * fe.max(1e-3),
+                    "history {got_fe} vs {fe}"
+                );
+                let got_re = out.real_error[(item + 1) * out.records - 1] as f64;
+                assert!(
+                    (got_re - re).abs() <= 1e-5,
+                    "real-space error {got_re} vs {re}"
+                );
+                // final Fourier error = error of the output object, computed independently
+                let f = dft2(&to64(got), h, w, -1.0);
+                let fe: f64 = f
+                    .iter()
+                    .zip(amp)
+                    .filter(|(_, &a)| a >= 0.0)
+                    .map(|(c, &a)| (c.norm() - a as f64).powi(2))
+                    .sum();
+                let fe = (fe / problem.sum_a2[p]).sqrt();
+                let got_fe = out.final_fourier_error[item] as f64;
+                assert!(
+                    (got_fe - fe).abs() <= 1e-5 * fe.max(1e-3),
+                    "final error {got_fe} vs {fe}"
                 );
             }
-            let rhist = &out.real_error[item * out.records..(item + 1) * out.records];
-            for (a, b) in rhist.iter().zip(&real_errs) {
-                assert!(
-                    ((*a as f64) - b).abs() <= 1e-5,
-                    "real-space error {a} vs {b}"
-                );
-            }
-            // final Fourier error = error of the final object, computed independently
-            let f = dft2(&g, h, w, -1.0);
-            let fe: f64 = f
-                .iter()
-                .zip(amp)
-                .filter(|(_, &a)| a >= 0.0)
-                .map(|(c, &a)| (c.norm() - a as f64).powi(2))
-                .sum();
-            let fe = (fe / problem.sum_a2[p]).sqrt();
-            let got_fe = out.final_fourier_error[item] as f64;
-            assert!(
-                (got_fe - fe).abs() <= 1e-5 * fe.max(1e-3),
-                "final error {got_fe} vs {fe}"
+        }
+    }
+    // the full run's history is the per-iteration histories side by side
+    let full = outs.last().unwrap();
+    for (k, out) in outs.iter().enumerate() {
+        for item in 0..n * starts {
+            assert_eq!(
+                full.fourier_error[item * full.records + k],
+                out.fourier_error[(item + 1) * out.records - 1]
             );
         }
     }
@@ -437,12 +493,20 @@ fn shrinkwrap_matches_float64_reference() {
         cdiphase::phasing::support::circle_support(h, w, 6.0),
     )
     .unwrap();
-    let sched = Schedule::parse("3*HIO + SW").unwrap();
-    let sw = ShrinkwrapConfig::parse("sigma=1.5,threshold=0.45").unwrap();
-    let program = Program::compile(&sched, 0.9, &sw, Recording::EndOfErSections).unwrap();
     let backend = CpuBackend::new(Some(1)).unwrap();
-    let out = backend.run_phasing(&problem, &program, &|_| {}).unwrap();
-    let g = &out.objects.data;
+    let run = |text: &str, sw: &ShrinkwrapConfig| {
+        let program = Program::compile(
+            &Schedule::parse(text).unwrap(),
+            0.9,
+            sw,
+            Recording::EndOfErSections,
+        )
+        .unwrap();
+        backend.run_phasing(&problem, &program, &|_| {}).unwrap()
+    };
+    // the object shrinkwrap will see (shrinkwrap does not change the object)
+    let before = run("3*HIO", &ShrinkwrapConfig::default());
+    let g = &before.objects.data;
     let sigma = 1.5f64;
     let r = (4.0 * sigma).ceil() as i64;
     let k: Vec<f64> = (-r..=r)
@@ -464,20 +528,26 @@ fn shrinkwrap_matches_float64_reference() {
         }
     }
     let max = blur.iter().cloned().fold(0.0, f64::max);
+    // a threshold that keeps about half the pixels, so the comparison is never vacuous
+    let mut sorted = blur.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let threshold = (sorted[l / 2] / max) as f32;
+    let sw = ShrinkwrapConfig::parse(&format!("sigma=1.5,threshold={threshold}")).unwrap();
+    let out = run("3*HIO + SW", &sw);
+    assert_eq!(out.objects.data, before.objects.data);
+    let t = threshold as f64 * max;
     let mut differ = 0;
+    let mut kept = 0;
     for i in 0..l {
-        let want = blur[i] >= 0.45 * max;
+        let want = blur[i] >= t;
+        kept += want as usize;
         // pixels within float rounding of the threshold may go either way
-        if (blur[i] - 0.45 * max).abs() > 1e-5 * max && want != (out.supports.data[i] != 0) {
+        if (blur[i] - t).abs() > 1e-5 * max && want != (out.supports.data[i] != 0) {
             differ += 1;
         }
     }
     assert_eq!(differ, 0);
-    assert!(out.supports.data.contains(&0), "shrinkwrap removed nothing");
-    assert!(
-        out.supports.data.contains(&1),
-        "shrinkwrap removed everything"
-    );
+    assert!(kept > l / 4 && kept < l, "kept {kept} of {l}");
 }
 
 /// With fewer items than threads, every thread works on the same item (column and row
