@@ -49,7 +49,7 @@ fn recovers_18_of_20_random_compact_objects() {
             ShrinkwrapConfig::parse("sigma=1,threshold=0.1,every=25,stop=7000").unwrap(),
         ),
         constraint: Constraint::Positive,
-        starts: 4,
+        starts: 8,
         seed: 1,
         support: SupportSpec::Autocorrelation { threshold: 0.04 },
         ..PhaseConfig::default()
