@@ -266,22 +266,12 @@ pub unsafe fn gather_raw(
     col: &mut [Complex32],
 ) {
     assert!(col.len() >= nb * h && c0 + nb <= w);
-    let dst = col.as_mut_ptr();
+    let col = col.as_mut_ptr();
+    // A full block gets its own copy of the loop with the trip count known (unrolled).
     if nb == 8 {
-        // fixed trip count: unrolled, no bounds checks
-        for r in 0..h {
-            let s = data.add(r * w + c0);
-            for b in 0..8 {
-                *dst.add(b * h + r) = *s.add(b);
-            }
-        }
-        return;
-    }
-    for r in 0..h {
-        let s = data.add(r * w + c0);
-        for b in 0..nb {
-            *dst.add(b * h + r) = *s.add(b);
-        }
+        copy_block(h, 8, |r, b| (data.add(r * w + c0 + b), col.add(b * h + r)));
+    } else {
+        copy_block(h, nb, |r, b| (data.add(r * w + c0 + b), col.add(b * h + r)));
     }
 }
 
@@ -298,20 +288,31 @@ pub unsafe fn scatter_raw(
     data: *mut Complex32,
 ) {
     assert!(col.len() >= nb * h && c0 + nb <= w);
-    let src = col.as_ptr();
     if nb == 8 {
-        for r in 0..h {
-            let d = data.add(r * w + c0);
-            for b in 0..8 {
-                *d.add(b) = *src.add(b * h + r);
-            }
-        }
-        return;
+        copy_block(h, 8, |r, b| {
+            (col.as_ptr().add(b * h + r), data.add(r * w + c0 + b))
+        });
+    } else {
+        copy_block(h, nb, |r, b| {
+            (col.as_ptr().add(b * h + r), data.add(r * w + c0 + b))
+        });
     }
+}
+
+/// `*dst = *src` for every (row r < h, column b < nb) with the addresses `at(r, b)` gives.
+///
+/// # Safety
+/// Every address `at` returns must be valid for the access.
+#[inline(always)]
+unsafe fn copy_block(
+    h: usize,
+    nb: usize,
+    at: impl Fn(usize, usize) -> (*const Complex32, *mut Complex32),
+) {
     for r in 0..h {
-        let d = data.add(r * w + c0);
         for b in 0..nb {
-            *d.add(b) = *src.add(b * h + r);
+            let (src, dst) = at(r, b);
+            *dst = *src;
         }
     }
 }
