@@ -1,6 +1,16 @@
 //! Simulation of diffraction data. This module starts with synthetic compact objects (for the
 //! phasing tests and the demo) and the far-field pattern of a given density; the PDB-based
-//! simulator of the simulation issue lives beside it.
+//! simulator lives beside it: [`structure`] reads PDB/mmCIF atoms, [`diffraction`] projects
+//! them in random orientations and computes the patterns.
+
+pub mod diffraction;
+pub mod structure;
+
+pub use diffraction::{
+    phasing_check, phasing_check_with, random_quaternion, rotation_matrix, simulate, write_cxi,
+    CheckResult, MaskSpec, Noise, SimConfig, SimOutput, SimTimings,
+};
+pub use structure::{collect_structures, read_structure, Atom, ReadOptions, Structure};
 
 use crate::array::{centred_to_native, native_to_centred, Complex32};
 use crate::backend::cpu::Plan2d;

@@ -1,0 +1,845 @@
+//! Diffraction patterns of atomic structures in random orientations.
+//!
+//! Per pattern `i` (structure `i % S`):
+//!
+//! 1. orientation: a uniform random unit quaternion `q = [w, x, y, z]` (Shoemake), drawn from
+//!    a generator seeded with `item_seed(seed, i, 1)`, so it depends on the pattern index only
+//!    (not on the thread count). `w >= 0` is chosen (q and -q are the same rotation);
+//! 2. the atoms, taken relative to their electron-weighted centroid `c`, are rotated actively:
+//!    `r' = R(q) (r - c)`;
+//! 3. projection along the beam (z): the density in electrons per pixel is
+//!    `rho[j][i] = sum_k Z_k / (2 pi s^2) exp(-((j - H/2 - y'_k/a)^2 + (i - W/2 - x'_k/a)^2)
+//!    / (2 s^2))` with rows `j` along y, columns `i` along x, `a` the pixel size (Å) and
+//!    `s = sigma / a` the Gaussian width in pixels, `sigma = resolution / (pi sqrt 2)` (the
+//!    Chimera `molmap` default). Each atom is splatted over the pixels within
+//!    `sqrt(2 ln 1e7) s` (~5.7 s) of it (the Gaussian is below 1e-7 of its peak beyond);
+//! 4. pixel size: `a = D / (fill * min(H, W))` with `D = 2 max_k |r_k - c|` the diameter of
+//!    the sphere around the centroid holding every atom centre, so every orientation of the
+//!    particle spans at most `fill` of the field (fill <= 0.5: oversampling >= 2 per axis),
+//!    plus the few-sigma blur;
+//! 5. intensities `|F|^2`, `F` the unnormalised forward DFT of the centred density, stored
+//!    centred (zero frequency at (H/2, W/2)); scaled to `photons` in total when given, then
+//!    Poisson noise (seeded with `item_seed(seed, i, 2)`) if chosen;
+//! 6. the mask (one (H, W) image shared by all patterns, nonzero = not measured) flags
+//!    pixels; their values are kept;
+//! 7. ideal support: `density > support_threshold * max(density)` (default 1%).
+
+use super::structure::Structure;
+use crate::array::{centred_to_native, native_to_centred, Complex32, Stack};
+use crate::backend::cpu::Plan2d;
+use crate::phasing::problem::item_seed;
+use crate::{Error, Result};
+use rand_xoshiro::rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Noise model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Noise {
+    None,
+    Poisson,
+}
+
+/// Missing-data masks (nonzero = unmeasured). Combine several with [`MaskSpec::Combined`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum MaskSpec {
+    None,
+    /// A horizontal stripe of `rows` full rows centred on the centre row: rows
+    /// `H/2 - rows/2 .. H/2 - rows/2 + rows`.
+    Stripe {
+        rows: usize,
+    },
+    /// A disc: pixels with `(y - H/2)^2 + (x - W/2)^2 <= radius^2`.
+    Beamstop {
+        radius: f64,
+    },
+    /// Gaps between `panels x panels` detector tiles: at each `k * H / panels` (rows) and
+    /// `k * W / panels` (columns), k = 1..panels-1, `width` rows/columns starting at
+    /// `k * size / panels - width / 2`.
+    Gaps {
+        width: usize,
+        panels: usize,
+    },
+    Combined(Vec<MaskSpec>),
+}
+
+impl MaskSpec {
+    /// Parse a comma-separated list of `none`, `stripe:ROWS`, `beamstop:RADIUS`,
+    /// `gaps:WIDTH[xPANELS]` (panels default 2).
+    pub fn parse(text: &str) -> Result<MaskSpec> {
+        let mut parts = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (head, arg) = item.split_once(':').unwrap_or((item, ""));
+            let bad = |m: &str| Error::Config(format!("--mask '{item}': {m}"));
+            match head.to_ascii_lowercase().as_str() {
+                "none" => {}
+                "stripe" => parts.push(MaskSpec::Stripe {
+                    rows: arg
+                        .parse()
+                        .map_err(|_| bad("expected stripe:ROWS (integer)"))?,
+                }),
+                "beamstop" => {
+                    let radius: f64 = arg
+                        .parse()
+                        .map_err(|_| bad("expected beamstop:RADIUS (pixels)"))?;
+                    if !(radius >= 0.0 && radius.is_finite()) {
+                        return Err(bad("radius must be a non-negative number"));
+                    }
+                    parts.push(MaskSpec::Beamstop { radius })
+                }
+                "gaps" => {
+                    let (w, p) = arg.split_once(['x', 'X']).unwrap_or((arg, "2"));
+                    let width = w.parse().map_err(|_| bad("expected gaps:WIDTH[xPANELS]"))?;
+                    let panels: usize =
+                        p.parse().map_err(|_| bad("expected gaps:WIDTH[xPANELS]"))?;
+                    if panels == 0 {
+                        return Err(bad("panels must be at least 1"));
+                    }
+                    parts.push(MaskSpec::Gaps { width, panels })
+                }
+                _ => {
+                    return Err(bad(
+                        "expected none, stripe:ROWS, beamstop:RADIUS or gaps:WIDTH[xPANELS]",
+                    ))
+                }
+            }
+        }
+        Ok(match parts.len() {
+            0 => MaskSpec::None,
+            1 => parts.pop().unwrap(),
+            _ => MaskSpec::Combined(parts),
+        })
+    }
+
+    /// Whether no pixel can be flagged.
+    pub fn is_none(&self) -> bool {
+        match self {
+            MaskSpec::None => true,
+            MaskSpec::Combined(v) => v.iter().all(|m| m.is_none()),
+            _ => false,
+        }
+    }
+
+    /// Flag this mask's pixels (set to 1) in a centred `h x w` image.
+    pub fn apply(&self, h: usize, w: usize, mask: &mut [u8]) {
+        match self {
+            MaskSpec::None => {}
+            MaskSpec::Stripe { rows } => {
+                let r0 = (h / 2).saturating_sub(rows / 2);
+                for y in r0..(r0 + rows).min(h) {
+                    mask[y * w..(y + 1) * w].fill(1);
+                }
+            }
+            MaskSpec::Beamstop { radius } => {
+                let (cy, cx) = ((h / 2) as f64, (w / 2) as f64);
+                for y in 0..h {
+                    for x in 0..w {
+                        let d2 = (y as f64 - cy).powi(2) + (x as f64 - cx).powi(2);
+                        if d2 <= radius * radius {
+                            mask[y * w + x] = 1;
+                        }
+                    }
+                }
+            }
+            MaskSpec::Gaps { width, panels } => {
+                for k in 1..*panels {
+                    let r0 = (k * h / panels).saturating_sub(width / 2);
+                    for y in r0..(r0 + width).min(h) {
+                        mask[y * w..(y + 1) * w].fill(1);
+                    }
+                    let c0 = (k * w / panels).saturating_sub(width / 2);
+                    for y in 0..h {
+                        for x in c0..(c0 + width).min(w) {
+                            mask[y * w + x] = 1;
+                        }
+                    }
+                }
+            }
+            MaskSpec::Combined(v) => v.iter().for_each(|m| m.apply(h, w, mask)),
+        }
+    }
+}
+
+/// Simulation parameters.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SimConfig {
+    /// Pattern size (H, W). Default 128 x 128.
+    pub size: (usize, usize),
+    /// Number of patterns (cycling over the structures).
+    pub count: usize,
+    /// Resolution of the Gaussian blur, Å (sigma = resolution / (pi sqrt 2)). Default 3.5.
+    pub resolution: f64,
+    /// Particle diameter / field size (per structure). Default 0.45.
+    pub fill: f64,
+    /// A fixed real-space pixel size in nm for every structure instead of `fill`.
+    pub pixel_size_nm: Option<f64>,
+    /// Total photons per pattern (None: raw |F|^2 of the electrons-per-pixel density).
+    pub photons: Option<f64>,
+    pub noise: Noise,
+    pub mask: MaskSpec,
+    /// Ideal support threshold, fraction of the density maximum. Default 0.01.
+    pub support_threshold: f64,
+    pub seed: u64,
+    /// X-ray wavelength, nm (geometry metadata). Default 0.2 nm.
+    pub wavelength_nm: f64,
+    /// Sample-detector distance, m (geometry metadata). Default 0.7 m.
+    pub detector_distance_m: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            size: (128, 128),
+            count: 1,
+            resolution: 3.5,
+            fill: 0.45,
+            pixel_size_nm: None,
+            photons: None,
+            noise: Noise::None,
+            mask: MaskSpec::None,
+            support_threshold: 0.01,
+            seed: 0,
+            wavelength_nm: 0.2,
+            detector_distance_m: 0.7,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Gaussian sigma in Å (Chimera molmap: resolution / (pi sqrt 2)).
+    pub fn sigma(&self) -> f64 {
+        self.resolution / (std::f64::consts::PI * std::f64::consts::SQRT_2)
+    }
+
+    fn validate(&self, structures: &[Structure]) -> Result<()> {
+        let (h, w) = self.size;
+        let bad = |m: String| Err(Error::Config(m));
+        if h < 2 || w < 2 {
+            return bad(format!("pattern size {h}x{w}: must be at least 2x2"));
+        }
+        if structures.is_empty() && self.count > 0 {
+            return bad("no structures to simulate".into());
+        }
+        if !(self.resolution > 0.0 && self.resolution.is_finite()) {
+            return bad(format!("resolution {} Å must be positive", self.resolution));
+        }
+        if !(self.fill > 0.0 && self.fill.is_finite()) {
+            return bad(format!("fill {} must be positive", self.fill));
+        }
+        if let Some(p) = self.pixel_size_nm {
+            if !(p > 0.0 && p.is_finite()) {
+                return bad(format!("pixel size {p} nm must be positive"));
+            }
+        }
+        if let Some(p) = self.photons {
+            if !(p > 0.0 && p.is_finite()) {
+                return bad(format!("photons {p} must be positive"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.support_threshold) {
+            return bad(format!(
+                "support threshold {} must be in [0, 1)",
+                self.support_threshold
+            ));
+        }
+        if !(self.wavelength_nm > 0.0 && self.detector_distance_m > 0.0) {
+            return bad("wavelength and detector distance must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The configuration as JSON (stored with the output).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["sigma_angstrom"] = serde_json::json!(self.sigma());
+        v["conventions"] = serde_json::json!(
+            "centred at (H/2, W/2); intensities |unnormalised forward DFT of the projected \
+             density|^2; density in electrons per pixel, Gaussian atoms; rows = y, columns = x, \
+             beam along z; orientation quaternion [w,x,y,z] rotates the centroid-centred atoms \
+             (active); mask nonzero = unmeasured; support = density > support_threshold * max"
+        );
+        v
+    }
+}
+
+/// Simulated patterns and their ground truth.
+#[derive(Clone, Debug)]
+pub struct SimOutput {
+    /// (N, H, W), centred.
+    pub intensities: Stack<f32>,
+    /// (1, H, W), shared by all patterns; nonzero = unmeasured.
+    pub mask: Stack<u8>,
+    /// Projected densities, electrons per pixel, (N, H, W), centred.
+    pub density: Stack<f32>,
+    /// Ideal supports, (N, H, W), centred.
+    pub support: Stack<u8>,
+    /// Unit quaternion [w, x, y, z] per pattern.
+    pub orientation: Vec<[f64; 4]>,
+    /// Source id (structure name) per pattern.
+    pub names: Vec<String>,
+    /// Index into the structure list per pattern.
+    pub structure_index: Vec<usize>,
+    /// Real-space pixel size per pattern, nm.
+    pub pixel_size_nm: Vec<f64>,
+    /// CPU seconds (summed over threads) spent per stage.
+    pub timings: SimTimings,
+}
+
+/// CPU seconds, summed over the threads, per stage of [`simulate`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SimTimings {
+    pub projection: f64,
+    pub fft: f64,
+    pub noise_mask: f64,
+    /// Wall seconds of the whole call.
+    pub wall: f64,
+}
+
+/// Uniform random unit quaternion [w, x, y, z] of pattern `index` (Shoemake 1992), w >= 0.
+pub fn random_quaternion(seed: u64, index: usize) -> [f64; 4] {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(seed, index, 1));
+    let mut u = || (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    let (u1, u2, u3) = (u(), u(), u());
+    let tau = std::f64::consts::TAU;
+    let (a, b) = ((1.0 - u1).sqrt(), u1.sqrt());
+    let mut q = [
+        b * (tau * u3).cos(),
+        a * (tau * u2).sin(),
+        a * (tau * u2).cos(),
+        b * (tau * u3).sin(),
+    ];
+    if q[0] < 0.0 {
+        q.iter_mut().for_each(|v| *v = -*v);
+    }
+    q
+}
+
+/// Rotation matrix of a unit quaternion [w, x, y, z] (active rotation of column vectors).
+pub fn rotation_matrix(q: &[f64; 4]) -> [[f64; 3]; 3] {
+    let [w, x, y, z] = *q;
+    [
+        [
+            1.0 - 2.0 * (y * y + z * z),
+            2.0 * (x * y - w * z),
+            2.0 * (x * z + w * y),
+        ],
+        [
+            2.0 * (x * y + w * z),
+            1.0 - 2.0 * (x * x + z * z),
+            2.0 * (y * z - w * x),
+        ],
+        [
+            2.0 * (x * z - w * y),
+            2.0 * (y * z + w * x),
+            1.0 - 2.0 * (x * x + y * y),
+        ],
+    ]
+}
+
+/// Rotate a point with a rotation matrix.
+pub fn rotate(m: &[[f64; 3]; 3], p: &[f64; 3]) -> [f64; 3] {
+    [
+        m[0][0] * p[0] + m[0][1] * p[1] + m[0][2] * p[2],
+        m[1][0] * p[0] + m[1][1] * p[1] + m[1][2] * p[2],
+        m[2][0] * p[0] + m[2][1] * p[1] + m[2][2] * p[2],
+    ]
+}
+
+/// Electron-weighted centroid of a structure, Å.
+pub fn centroid(s: &Structure) -> [f64; 3] {
+    let mut c = [0.0; 3];
+    let mut total = 0.0;
+    for a in &s.atoms {
+        let e = a.electrons as f64;
+        for (cd, pd) in c.iter_mut().zip(&a.pos) {
+            *cd += e * pd;
+        }
+        total += e;
+    }
+    if total > 0.0 {
+        c.iter_mut().for_each(|v| *v /= total);
+    }
+    c
+}
+
+/// Structure prepared for projection: centred atoms (f64) and electrons, pixel size.
+struct Prepared {
+    atoms: Vec<([f64; 3], f64)>,
+    pixel_a: f64,
+}
+
+fn prepare(s: &Structure, cfg: &SimConfig) -> Prepared {
+    let c = centroid(s);
+    let atoms: Vec<([f64; 3], f64)> = s
+        .atoms
+        .iter()
+        .map(|a| {
+            (
+                [a.pos[0] - c[0], a.pos[1] - c[1], a.pos[2] - c[2]],
+                a.electrons as f64,
+            )
+        })
+        .collect();
+    let rmax = atoms
+        .iter()
+        .map(|(p, _)| (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt())
+        .fold(0.0f64, f64::max);
+    let (h, w) = cfg.size;
+    let pixel_a = match cfg.pixel_size_nm {
+        Some(p) => p * 10.0,
+        None => {
+            let d = (2.0 * rmax).max(cfg.sigma());
+            d / (cfg.fill * h.min(w) as f64)
+        }
+    };
+    Prepared { atoms, pixel_a }
+}
+
+/// Splat the rotated atoms' Gaussians into a zeroed centred `h x w` grid.
+fn project(p: &Prepared, rot: &[[f64; 3]; 3], sigma_a: f64, h: usize, w: usize, out: &mut [f32]) {
+    let s = sigma_a / p.pixel_a;
+    let inv2s2 = 1.0 / (2.0 * s * s);
+    let norm1 = 1.0 / ((std::f64::consts::TAU).sqrt() * s);
+    let radius = s * (2.0 * (1e7f64).ln()).sqrt();
+    let (cy, cx) = ((h / 2) as f64, (w / 2) as f64);
+    let mut gx = Vec::with_capacity(2 * radius as usize + 3);
+    let mut gy = Vec::with_capacity(2 * radius as usize + 3);
+    for (pos, e) in &p.atoms {
+        let r = rotate(rot, pos);
+        let x = cx + r[0] / p.pixel_a;
+        let y = cy + r[1] / p.pixel_a;
+        let x0 = (x - radius).ceil().max(0.0) as i64;
+        let x1 = ((x + radius).floor() as i64).min(w as i64 - 1);
+        let y0 = (y - radius).ceil().max(0.0) as i64;
+        let y1 = ((y + radius).floor() as i64).min(h as i64 - 1);
+        if x1 < x0 || y1 < y0 {
+            continue;
+        }
+        gx.clear();
+        gx.extend((x0..=x1).map(|i| {
+            let d = i as f64 - x;
+            (norm1 * (-d * d * inv2s2).exp()) as f32
+        }));
+        gy.clear();
+        gy.extend((y0..=y1).map(|j| {
+            let d = j as f64 - y;
+            (e * norm1 * (-d * d * inv2s2).exp()) as f32
+        }));
+        let (x0, y0) = (x0 as usize, y0 as usize);
+        for (dj, &vy) in gy.iter().enumerate() {
+            let row = &mut out[(y0 + dj) * w + x0..(y0 + dj) * w + x0 + gx.len()];
+            for (o, &vx) in row.iter_mut().zip(&gx) {
+                *o += vy * vx;
+            }
+        }
+    }
+}
+
+/// Poisson deviate (inversion for small means, Hörmann's PTRS above 10).
+pub fn poisson<R: Rng>(lambda: f64, rng: &mut R) -> f64 {
+    let mut u = || (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+    if lambda <= 0.0 || !lambda.is_finite() {
+        return 0.0;
+    }
+    if lambda < 10.0 {
+        let mut p = (-lambda).exp();
+        let mut f = p;
+        let v = u();
+        let mut k = 0.0;
+        while v > f && k < 1000.0 {
+            k += 1.0;
+            p *= lambda / k;
+            f += p;
+        }
+        return k;
+    }
+    let slam = lambda.sqrt();
+    let loglam = lambda.ln();
+    let b = 0.931 + 2.53 * slam;
+    let a = -0.059 + 0.02483 * b;
+    let invalpha = 1.1239 + 1.1328 / (b - 3.4);
+    let vr = 0.9277 - 3.6224 / (b - 2.0);
+    loop {
+        let uu = u() - 0.5;
+        let v = u();
+        let us = 0.5 - uu.abs();
+        let k = ((2.0 * a / us + b) * uu + lambda + 0.43).floor();
+        if us >= 0.07 && v <= vr {
+            return k;
+        }
+        if k < 0.0 || (us < 0.013 && v > us) {
+            continue;
+        }
+        if v.ln() + invalpha.ln() - (a / (us * us) + b).ln()
+            <= -lambda + k * loglam - ln_factorial(k)
+        {
+            return k;
+        }
+    }
+}
+
+/// ln(k!) (table below 10, Stirling series above).
+fn ln_factorial(k: f64) -> f64 {
+    const T: [f64; 10] = [
+        0.0,
+        0.0,
+        std::f64::consts::LN_2,
+        1.791_759_469_228_055,
+        3.178_053_830_347_945_8,
+        4.787_491_742_782_046,
+        6.579_251_212_010_101,
+        8.525_161_361_065_415,
+        10.604_602_902_745_25,
+        12.801_827_480_081_469,
+    ];
+    if k < 10.0 {
+        return T[k as usize];
+    }
+    let n = k + 1.0;
+    (n - 0.5) * n.ln() - n + 0.5 * std::f64::consts::TAU.ln() + 1.0 / (12.0 * n)
+        - 1.0 / (360.0 * n * n * n)
+        + 1.0 / (1260.0 * n.powi(5))
+}
+
+/// Simulate `cfg.count` patterns cycling over `structures` (see the module documentation).
+/// Runs in the current rayon pool; results are independent of the thread count. `progress`
+/// is called with 1 per finished pattern.
+pub fn simulate(
+    structures: &[Structure],
+    cfg: &SimConfig,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SimOutput> {
+    cfg.validate(structures)?;
+    let t_wall = Instant::now();
+    let (h, w) = cfg.size;
+    let n = cfg.count;
+    let hw = h * w;
+    let prepared: Vec<Prepared> = structures.par_iter().map(|s| prepare(s, cfg)).collect();
+    let mut mask = Stack::filled(1, h, w, 0u8);
+    cfg.mask.apply(h, w, &mut mask.data);
+    let plan = Plan2d::new(h, w);
+    let sigma = cfg.sigma();
+    let orientation: Vec<[f64; 4]> = (0..n).map(|i| random_quaternion(cfg.seed, i)).collect();
+    let mut intensities = Stack::filled(n, h, w, 0f32);
+    let mut density = Stack::filled(n, h, w, 0f32);
+    let mut support = Stack::filled(n, h, w, 0u8);
+    let (t_proj, t_fft, t_noise) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let ns = |t: Instant| t.elapsed().as_nanos() as u64;
+    intensities
+        .data
+        .par_chunks_mut(hw)
+        .zip(density.data.par_chunks_mut(hw))
+        .zip(support.data.par_chunks_mut(hw))
+        .enumerate()
+        .for_each_init(
+            || {
+                (
+                    plan.work(),
+                    vec![Complex32::new(0.0, 0.0); hw],
+                    vec![Complex32::new(0.0, 0.0); hw],
+                    vec![0f32; hw],
+                )
+            },
+            |(work, cbuf, nbuf, mag), (i, ((inten, dens), sup))| {
+                let t0 = Instant::now();
+                let p = &prepared[i % prepared.len()];
+                let rot = rotation_matrix(&orientation[i]);
+                project(p, &rot, sigma, h, w, dens);
+                let max = dens.iter().fold(0f32, |m, &v| m.max(v));
+                let thr = (cfg.support_threshold * max as f64) as f32;
+                for (s, &d) in sup.iter_mut().zip(dens.iter()) {
+                    *s = (d > thr) as u8;
+                }
+                t_proj.fetch_add(ns(t0), Ordering::Relaxed);
+                let t1 = Instant::now();
+                for (c, &d) in cbuf.iter_mut().zip(dens.iter()) {
+                    *c = Complex32::new(d, 0.0);
+                }
+                centred_to_native(cbuf, h, w, nbuf);
+                plan.forward(nbuf, work);
+                for (m, c) in mag.iter_mut().zip(nbuf.iter()) {
+                    *m = c.norm_sqr();
+                }
+                native_to_centred(mag, h, w, inten);
+                t_fft.fetch_add(ns(t1), Ordering::Relaxed);
+                let t2 = Instant::now();
+                if let Some(ph) = cfg.photons {
+                    let total: f64 = inten.iter().map(|&v| v as f64).sum();
+                    let k = if total > 0.0 { ph / total } else { 0.0 };
+                    match cfg.noise {
+                        Noise::None => inten.iter_mut().for_each(|v| *v = (*v as f64 * k) as f32),
+                        Noise::Poisson => {
+                            let mut rng =
+                                Xoshiro256PlusPlus::seed_from_u64(item_seed(cfg.seed, i, 2));
+                            for v in inten.iter_mut() {
+                                *v = poisson(*v as f64 * k, &mut rng) as f32;
+                            }
+                        }
+                    }
+                } else if cfg.noise == Noise::Poisson {
+                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(cfg.seed, i, 2));
+                    for v in inten.iter_mut() {
+                        *v = poisson(*v as f64, &mut rng) as f32;
+                    }
+                }
+                t_noise.fetch_add(ns(t2), Ordering::Relaxed);
+                progress(1);
+            },
+        );
+    let s = structures.len().max(1);
+    let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
+    Ok(SimOutput {
+        intensities,
+        mask,
+        density,
+        support,
+        orientation,
+        names: (0..n).map(|i| structures[i % s].name.clone()).collect(),
+        structure_index: (0..n).map(|i| i % s).collect(),
+        pixel_size_nm: (0..n).map(|i| prepared[i % s].pixel_a / 10.0).collect(),
+        timings: SimTimings {
+            projection: secs(&t_proj),
+            fft: secs(&t_fft),
+            noise_mask: secs(&t_noise),
+            wall: t_wall.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+/// Write a simulation as CXI (atomic). Datasets:
+///
+/// - `entry_1/data_1/data` (N,H,W) f32 intensities (centred), also the detector data;
+/// - `entry_1/instrument_1/detector_1/mask` (H,W) u8, nonzero = unmeasured;
+/// - `entry_1/instrument_1/detector_1/distance` (1) f32, m;
+/// - `entry_1/instrument_1/detector_1/x_pixel_size`, `y_pixel_size` (N) f32, m: the detector
+///   pixel that gives each pattern's real-space pixel, `lambda * L / (size * dx)`;
+/// - `entry_1/instrument_1/source_1/wavelength` (1) f32, m;
+/// - `entry_1/sample_1/density` (N,H,W) f32 electrons per pixel, `support` (N,H,W) u8;
+/// - `entry_1/sample_1/pixel_size` (N) f32, m (real space);
+/// - `entry_1/sample_1/resolution_at_edge` (N) f32, m: full-period resolution at the middle
+///   of the detector edge, `2 dx`;
+/// - `entry_1/sample_1/geometry_1/orientation` (N,4) f32 quaternions [w,x,y,z];
+/// - `entry_1/sample_1/name`: the source ids of the patterns joined by newlines (string);
+///   `entry_1/sample_1/structure_index` (N) i64 index into `entry_1/sample_1/structures`
+///   (the distinct names, newline-joined);
+/// - `entry_1/process_1/configuration`: the configuration as JSON.
+pub fn write_cxi(out: &SimOutput, cfg: &SimConfig, dest: &Path) -> Result<()> {
+    use crate::io::CxiWriter;
+    let [n, h, w] = out.intensities.shape();
+    let mut f = CxiWriter::new();
+    f.string("cxi_version", "150")?;
+    f.attr_string("entry_1", "NX_class", "NXentry")?;
+    f.f32("entry_1/data_1/data", &[n, h, w], &out.intensities.data)?;
+    f.attr_string(
+        "entry_1/data_1/data",
+        "description",
+        "diffraction intensities, zero frequency at (H/2, W/2)",
+    )?;
+    f.u8(
+        "entry_1/instrument_1/detector_1/mask",
+        &[h, w],
+        &out.mask.data,
+    )?;
+    let lam = cfg.wavelength_nm * 1e-9;
+    let dist = cfg.detector_distance_m;
+    f.f32(
+        "entry_1/instrument_1/detector_1/distance",
+        &[1],
+        &[dist as f32],
+    )?;
+    f.attr_string("entry_1/instrument_1/detector_1/distance", "units", "m")?;
+    f.f32(
+        "entry_1/instrument_1/source_1/wavelength",
+        &[1],
+        &[lam as f32],
+    )?;
+    f.attr_string("entry_1/instrument_1/source_1/wavelength", "units", "m")?;
+    let px: Vec<f64> = out.pixel_size_nm.iter().map(|p| p * 1e-9).collect();
+    let det_x: Vec<f32> = px
+        .iter()
+        .map(|d| (lam * dist / (w as f64 * d)) as f32)
+        .collect();
+    let det_y: Vec<f32> = px
+        .iter()
+        .map(|d| (lam * dist / (h as f64 * d)) as f32)
+        .collect();
+    f.f32("entry_1/instrument_1/detector_1/x_pixel_size", &[n], &det_x)?;
+    f.f32("entry_1/instrument_1/detector_1/y_pixel_size", &[n], &det_y)?;
+    f.f32("entry_1/sample_1/density", &[n, h, w], &out.density.data)?;
+    f.attr_string(
+        "entry_1/sample_1/density",
+        "units",
+        "electrons per pixel, centred",
+    )?;
+    f.u8("entry_1/sample_1/support", &[n, h, w], &out.support.data)?;
+    f.attr_string(
+        "entry_1/sample_1/support",
+        "rule",
+        &format!("density > {} * max(density)", cfg.support_threshold),
+    )?;
+    let pxf: Vec<f32> = px.iter().map(|&d| d as f32).collect();
+    f.f32("entry_1/sample_1/pixel_size", &[n], &pxf)?;
+    f.attr_string("entry_1/sample_1/pixel_size", "units", "m")?;
+    let res: Vec<f32> = px.iter().map(|&d| (2.0 * d) as f32).collect();
+    f.f32("entry_1/sample_1/resolution_at_edge", &[n], &res)?;
+    f.attr_string(
+        "entry_1/sample_1/resolution_at_edge",
+        "units",
+        "m (full period at the detector edge, 2 * pixel_size)",
+    )?;
+    let q: Vec<f32> = out
+        .orientation
+        .iter()
+        .flat_map(|q| q.iter().map(|&v| v as f32))
+        .collect();
+    f.f32("entry_1/sample_1/geometry_1/orientation", &[n, 4], &q)?;
+    f.attr_string(
+        "entry_1/sample_1/geometry_1/orientation",
+        "description",
+        "unit quaternion [w, x, y, z], active rotation of the centroid-centred atoms",
+    )?;
+    f.string("entry_1/sample_1/name", &out.names.join("\n"))?;
+    let idx: Vec<i64> = out.structure_index.iter().map(|&i| i as i64).collect();
+    f.i64("entry_1/sample_1/structure_index", &[n], &idx)?;
+    let mut distinct: Vec<(usize, &str)> = out
+        .structure_index
+        .iter()
+        .zip(&out.names)
+        .map(|(&i, s)| (i, s.as_str()))
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    let list: Vec<&str> = distinct.iter().map(|x| x.1).collect();
+    f.string("entry_1/sample_1/structures", &list.join("\n"))?;
+    f.string(
+        "entry_1/process_1/configuration",
+        &serde_json::to_string_pretty(&cfg.to_json()).unwrap_or_default(),
+    )?;
+    f.string("entry_1/process_1/program", "cdiphase simulate")?;
+    f.string("entry_1/process_1/version", env!("CARGO_PKG_VERSION"))?;
+    f.finish(dest)
+}
+
+/// Phase simulated patterns of real structures from their ideal support and report the
+/// aligned normalised error to the ground-truth density per pattern.
+///
+/// `orientations` noise-free patterns per structure (`size` x `size`, other simulation
+/// settings default), `starts` random starts, `schedule` e.g.
+/// `"200*(20*HIO + 5*ER) + 100*ER"`, beta 0.9, positivity, CPU backend (current rayon
+/// threads). Returns `(structure name, error)` per pattern; see [`phasing_check_with`].
+pub fn phasing_check(
+    structures: &[Structure],
+    orientations: usize,
+    size: usize,
+    starts: usize,
+    schedule: &str,
+    seed: u64,
+) -> Result<Vec<(String, f64)>> {
+    let sim = SimConfig {
+        size: (size, size),
+        count: structures.len() * orientations,
+        seed,
+        ..SimConfig::default()
+    };
+    let pcfg = crate::phasing::PhaseConfig {
+        schedule: schedule.to_string(),
+        beta: 0.9,
+        constraint: crate::phasing::program::Constraint::Positive,
+        starts,
+        seed: seed ^ 0xC0FFEE,
+        ..crate::phasing::PhaseConfig::default()
+    };
+    Ok(phasing_check_with(structures, &sim, &pcfg)?
+        .into_iter()
+        .map(|r| (r.name, r.error))
+        .collect())
+}
+
+/// One pattern of [`phasing_check_with`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    /// Normalised real-space error to the ground-truth density after alignment
+    /// (translation, twin, global phase).
+    pub error: f64,
+    /// Final Fourier error of the best start (as the phasing reports it).
+    pub fourier_error: f64,
+}
+
+/// Simulate with `sim` (noise and masks as configured) and phase with `pcfg`, whose support
+/// is replaced by the ideal supports (`SupportSpec::Given`, centred).
+pub fn phasing_check_with(
+    structures: &[Structure],
+    sim: &SimConfig,
+    pcfg: &crate::phasing::PhaseConfig,
+) -> Result<Vec<CheckResult>> {
+    use crate::backend::cpu::CpuBackend;
+    use crate::io::PatternSet;
+    use crate::phasing::align::aligned_error;
+    use crate::phasing::{phase, PhaseConfig, SupportSpec};
+    let out = simulate(structures, sim, &|_| {})?;
+    let patterns = PatternSet {
+        intensities: out.intensities.clone(),
+        mask: if sim.mask.is_none() {
+            None
+        } else {
+            Some(out.mask.clone())
+        },
+        source: "simulation".into(),
+        entry: "phasing_check".into(),
+    };
+    let pcfg = PhaseConfig {
+        support: SupportSpec::Given(out.support.clone()),
+        ..pcfg.clone()
+    };
+    let backend = CpuBackend::new(None)?;
+    let rec = phase(&backend, &patterns, &pcfg, &|_| {})?;
+    let finals = rec.best_final_errors();
+    let [n, h, w] = out.density.shape();
+    Ok((0..n)
+        .map(|i| {
+            let truth: Vec<Complex32> = out
+                .density
+                .image(i)
+                .iter()
+                .map(|&v| Complex32::new(v, 0.0))
+                .collect();
+            CheckResult {
+                name: out.names[i].clone(),
+                error: aligned_error(&truth, rec.objects.image(i), h, w).error,
+                fourier_error: finals[i] as f64,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_moments() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        for &lam in &[0.3, 4.0, 25.0, 1e4] {
+            let n = 20000;
+            let v: Vec<f64> = (0..n).map(|_| poisson(lam, &mut rng)).collect();
+            let m = v.iter().sum::<f64>() / n as f64;
+            let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n as f64;
+            let se = (lam / n as f64).sqrt();
+            assert!((m - lam).abs() < 5.0 * se, "lam {lam} mean {m}");
+            assert!((var / lam - 1.0).abs() < 0.08, "lam {lam} var {var}");
+        }
+    }
+
+    #[test]
+    fn ln_factorial_matches() {
+        let mut f = 0.0f64;
+        for k in 1..40 {
+            f += (k as f64).ln();
+            assert!((ln_factorial(k as f64) - f).abs() < 1e-9, "{k}");
+        }
+    }
+}
