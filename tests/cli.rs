@@ -331,7 +331,7 @@ fn bad_inputs_fail_cleanly() {
 
 #[test]
 fn help_and_info() {
-    for verb in ["phase", "demo", "bench", "info"] {
+    for verb in ["simulate", "phase", "demo", "bench", "info"] {
         let o = run(&[verb, "--help"]);
         assert!(o.status.success());
         assert!(!o.stdout.is_empty());
@@ -340,4 +340,79 @@ fn help_and_info() {
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("cpu:") && s.contains("cuda"), "{s}");
+}
+
+#[test]
+fn simulate_then_phase_with_the_ideal_support() {
+    let dir = tempfile::tempdir().unwrap();
+    let pdb = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pdb/1dx5I.pdb.gz");
+    let sim = dir.path().join("sim.cxi");
+    let o = run(&[
+        "simulate",
+        "--pdb",
+        pdb.to_str().unwrap(),
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--photons",
+        "1e9",
+        "--noise",
+        "poisson",
+        "--mask",
+        "beamstop:1",
+        "--seed",
+        "2",
+        "-o",
+        sim.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["patterns"], 3);
+    let p = io::read_patterns(&sim, None).unwrap();
+    assert_eq!(p.intensities.shape(), [3, 64, 64]);
+    assert!(p.mask.as_ref().unwrap().data.contains(&1));
+    // the simulated file feeds `phase` directly: its ideal support as the starting support
+    let out = dir.path().join("rec.cxi");
+    let o = run(&[
+        "phase",
+        sim.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--support",
+        sim.to_str().unwrap(),
+        "--algorithm",
+        "10*(10*HIO + 5*ER)",
+        "--constraint",
+        "positive",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(io::read_object(&out, None).unwrap().shape(), [3, 64, 64]);
+    // unreadable structures are named; with none readable the run fails
+    let bad = dir.path().join("bad.pdb");
+    std::fs::write(&bad, "not a structure\n").unwrap();
+    let o = run(&[
+        "simulate",
+        "--pdb",
+        bad.to_str().unwrap(),
+        "-o",
+        dir.path().join("x.cxi").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.pdb"), "{}", stderr(&o));
+    assert!(!dir.path().join("x.cxi").exists());
+    let o = run(&[
+        "simulate",
+        "--pdb",
+        pdb.to_str().unwrap(),
+        "--noise",
+        "poisson",
+        "-o",
+        dir.path().join("y.cxi").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--photons"), "{}", stderr(&o));
 }
