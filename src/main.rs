@@ -83,6 +83,13 @@ struct PhaseArgs {
     /// auto | cpu | cuda | emu.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Options every long-running verb shares.
+#[derive(Args)]
+struct RunArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -131,14 +138,8 @@ struct SimulateArgs {
     keep_hydrogens: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// CPU threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print a JSON summary on stdout.
-    #[arg(long)]
-    json: bool,
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -260,7 +261,7 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
         );
     }
     let device: Device = a.device.parse()?;
-    let backend = backend::select(device, a.threads)?;
+    let backend = backend::select(device, a.run.threads)?;
     let patterns = io::read_patterns(&a.input, a.entry.as_deref())
         .with_context(|| format!("reading patterns from {}", a.input.display()))?;
     let st = &patterns.intensities;
@@ -340,7 +341,7 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
         program.iterations,
         backend.describe()
     );
-    let rec = run_with_progress(backend.as_ref(), &problem, &program, a.quiet, &header)?;
+    let rec = run_with_progress(backend.as_ref(), &problem, &program, a.run.quiet, &header)?;
     let mut config = cfg.to_json();
     config["input"] = serde_json::json!(a.input.display().to_string());
     config["entry"] = serde_json::json!(patterns.entry);
@@ -358,7 +359,7 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
     sorted.sort_by(|x, y| x.total_cmp(y));
     let median = sorted[sorted.len() / 2];
     let rate = (st.n * cfg.starts) as f64 * program.iterations as f64 / rec.seconds;
-    if !a.quiet {
+    if !a.run.quiet {
         eprintln!(
             "done in {:.2} s ({:.0} pattern-iterations/s); final Fourier error median {:.3e}, min {:.3e}, max {:.3e}; wrote {}",
             rec.seconds,
@@ -369,7 +370,7 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
             a.output.display()
         );
     }
-    if a.json {
+    if a.run.json {
         let summary = serde_json::json!({
             "input": a.input.display().to_string(),
             "output": a.output.display().to_string(),
@@ -418,7 +419,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         skip_hydrogens: !a.keep_hydrogens,
     };
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(a.threads.unwrap_or(0))
+        .num_threads(a.run.threads.unwrap_or(0))
         .build()
         .context("starting the thread pool")?;
     let t0 = std::time::Instant::now();
@@ -437,7 +438,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         );
     }
     let read_s = t0.elapsed().as_secs_f64();
-    if !a.quiet {
+    if !a.run.quiet {
         eprintln!(
             "simulating {} patterns of {}x{} from {} structures ({} unreadable)",
             a.count,
@@ -447,7 +448,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
             failed.len()
         );
     }
-    let pb = progress_bar(a.count as u64, a.quiet, "simulate");
+    let pb = progress_bar(a.count as u64, a.run.quiet, "simulate");
     let out = pool.install(|| sim::simulate(&structures, &cfg, &|k| pb.inc(k)))?;
     pb.finish_and_clear();
     let t1 = std::time::Instant::now();
@@ -455,14 +456,14 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         .with_context(|| format!("writing {}", a.output.display()))?;
     let write_s = t1.elapsed().as_secs_f64();
     let total = t0.elapsed().as_secs_f64();
-    if !a.quiet {
+    if !a.run.quiet {
         eprintln!(
             "done in {total:.2} s (read {read_s:.2} s, simulate {:.2} s, write {write_s:.2} s); wrote {}",
             out.timings.wall,
             a.output.display()
         );
     }
-    if a.json {
+    if a.run.json {
         let summary = serde_json::json!({
             "output": a.output.display().to_string(),
             "patterns": a.count,
