@@ -15,6 +15,21 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run cdiphase")
 }
 
+/// `cdiphase phase INPUT -o OUT --quiet EXTRA...`, which must succeed.
+fn phase_ok(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "phase",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    o
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -110,20 +125,12 @@ fn phase_writes_cxi_that_reads_back_and_chains() {
         .any(|(n, _, _)| n.ends_with("process_1/configuration")));
     // the output seeds another run: its support and its object
     let out2 = dir.path().join("out2.cxi");
-    let o = run(&[
-        "phase",
-        input.to_str().unwrap(),
-        "-o",
-        out2.to_str().unwrap(),
-        "--algorithm",
-        "10*ER",
-        "--support",
-        out.to_str().unwrap(),
-        "--init",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = out.to_str().unwrap();
+    phase_ok(
+        &input,
+        &out2,
+        &["--algorithm", "10*ER", "--support", o, "--init", o],
+    );
     let (_, e1) = io::read_f32(&out, "entry_1/image_1/final_fourier_error").unwrap();
     let (_, e2) = io::read_f32(&out2, "entry_1/image_1/final_fourier_error").unwrap();
     for (a, b) in e1.iter().zip(&e2) {
@@ -137,18 +144,12 @@ fn phase_writes_cxi_that_reads_back_and_chains() {
     let sup_npy = dir.path().join("sup.npy");
     io::npy::write_u8(&sup_npy, &[32, 40], sup.image(0)).unwrap();
     let out3 = dir.path().join("out3.cxi");
-    let o = run(&[
-        "phase",
-        npy.to_str().unwrap(),
-        "-o",
-        out3.to_str().unwrap(),
-        "--algorithm",
-        "5*HIO + 5*ER",
-        "--support",
-        sup_npy.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let sup = sup_npy.to_str().unwrap();
+    phase_ok(
+        &npy,
+        &out3,
+        &["--algorithm", "5*HIO + 5*ER", "--support", sup],
+    );
 }
 
 #[test]
@@ -363,20 +364,19 @@ fn simulate_then_phase_with_the_ideal_support() {
     assert!(p.mask.as_ref().unwrap().data.contains(&1));
     // the simulated file feeds `phase` directly: its ideal support as the starting support
     let out = dir.path().join("rec.cxi");
-    let o = run(&[
-        "phase",
-        sim.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--support",
-        sim.to_str().unwrap(),
-        "--algorithm",
-        "10*(10*HIO + 5*ER)",
-        "--constraint",
-        "positive",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let sup = sim.to_str().unwrap();
+    phase_ok(
+        &sim,
+        &out,
+        &[
+            "--support",
+            sup,
+            "--algorithm",
+            "10*(10*HIO + 5*ER)",
+            "--constraint",
+            "positive",
+        ],
+    );
     assert_eq!(io::read_object(&out, None).unwrap().shape(), [3, 64, 64]);
     // unreadable structures are named; with none readable the run fails
     let bad = dir.path().join("bad.pdb");
