@@ -124,9 +124,12 @@ struct SimulateArgs {
     /// Missing data: none | stripe:ROWS | beamstop:RADIUS | gaps:WIDTH[xPANELS], comma-separated.
     #[arg(long, default_value = "none")]
     mask: String,
-    /// Resolution of the Gaussian atoms, Å (Chimera molmap-like).
+    /// Resolution of the Gaussian blur of the atoms, Å (Chimera molmap-like).
     #[arg(long, default_value_t = 3.5)]
     resolution: f64,
+    /// Atom model: gaussian (Z electrons, molmap) | cromer-mann (form factors, then blurred).
+    #[arg(long, default_value = "gaussian")]
+    atoms: String,
     /// Particle maximum extent as a fraction of the field (0.5 = oversampling 2).
     #[arg(long, default_value_t = 0.45)]
     fill: f64,
@@ -393,7 +396,7 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
 }
 
 fn cmd_simulate(a: SimulateArgs) -> Result<()> {
-    use cdiphase::simulate::{self as sim, MaskSpec, Noise, ReadOptions, SimConfig};
+    use cdiphase::simulate::{self as sim, AtomModel, MaskSpec, Noise, ReadOptions, SimConfig};
     let (h, w) = parse_size(&a.size)?;
     let noise = match a.noise.to_ascii_lowercase().as_str() {
         "none" => Noise::None,
@@ -407,6 +410,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         size: (h, w),
         count: a.count,
         resolution: a.resolution,
+        atoms: AtomModel::parse(&a.atoms)?,
         fill: a.fill,
         photons: a.photons,
         noise,

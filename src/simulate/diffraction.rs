@@ -11,7 +11,9 @@
 //!    `rho[j][i] = sum_k Z_k / (2 pi s^2) exp(-((j - H/2 - y'_k/a)^2 + (i - W/2 - x'_k/a)^2)
 //!    / (2 s^2))` with rows `j` along y, columns `i` along x, `a` the pixel size (Å) and
 //!    `s = sigma / a` the Gaussian width in pixels, `sigma = resolution / (pi sqrt 2)` (the
-//!    Chimera `molmap` default). Each atom is splatted over the pixels within
+//!    Chimera `molmap` default). With [`AtomModel::CromerMann`] each atom is instead the sum
+//!    of its five Cromer-Mann Gaussians, each widened by `sigma` (see
+//!    [`super::form_factors`]). Each atom is splatted over the pixels within
 //!    `sqrt(2 ln 1e7) s` (~5.7 s) of it (the Gaussian is below 1e-7 of its peak beyond);
 //! 4. pixel size: `a = D / (fill * min(H, W))` with `D = 2 max_k |r_k - c|` the diameter of
 //!    the sphere around the centroid holding every atom centre, so every orientation of the
@@ -41,6 +43,31 @@ use std::time::Instant;
 pub enum Noise {
     None,
     Poisson,
+}
+
+/// How an atom scatters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum AtomModel {
+    /// A Gaussian holding Z electrons, of standard deviation `sigma` (Chimera `molmap`).
+    #[default]
+    Gaussian,
+    /// Cromer-Mann form factors (International Tables), each term blurred by `sigma`:
+    /// five Gaussians per atom (see [`super::form_factors`]). Elements not tabulated fall
+    /// back to the Gaussian of Z electrons.
+    CromerMann,
+}
+
+impl AtomModel {
+    /// `gaussian` or `cromer-mann`.
+    pub fn parse(text: &str) -> Result<AtomModel> {
+        match text.to_ascii_lowercase().replace('_', "-").as_str() {
+            "gaussian" => Ok(AtomModel::Gaussian),
+            "cromer-mann" | "cm" => Ok(AtomModel::CromerMann),
+            other => Err(Error::Config(format!(
+                "atom model '{other}': expected gaussian or cromer-mann"
+            ))),
+        }
+    }
 }
 
 /// Missing-data masks (nonzero = unmeasured). Combine several with [`MaskSpec::Combined`].
@@ -172,6 +199,8 @@ pub struct SimConfig {
     pub count: usize,
     /// Resolution of the Gaussian blur, Å (sigma = resolution / (pi sqrt 2)). Default 3.5.
     pub resolution: f64,
+    /// Gaussian atoms (default) or Cromer-Mann form factors.
+    pub atoms: AtomModel,
     /// Particle diameter / field size (per structure). Default 0.45.
     pub fill: f64,
     /// A fixed real-space pixel size in nm for every structure instead of `fill`.
@@ -195,6 +224,7 @@ impl Default for SimConfig {
             size: (128, 128),
             count: 1,
             resolution: 3.5,
+            atoms: AtomModel::Gaussian,
             fill: 0.45,
             pixel_size_nm: None,
             photons: None,
@@ -257,7 +287,7 @@ impl SimConfig {
         v["sigma_angstrom"] = serde_json::json!(self.sigma());
         v["conventions"] = serde_json::json!(
             "centred at (H/2, W/2); intensities |unnormalised forward DFT of the projected \
-             density|^2; density in electrons per pixel, Gaussian atoms; rows = y, columns = x, \
+             density|^2; density in electrons per pixel, atoms as in 'atoms' blurred by sigma_angstrom; rows = y, columns = x, \
              beam along z; orientation quaternion [w,x,y,z] rotates the centroid-centred atoms \
              (active); mask nonzero = unmeasured; support = density > support_threshold * max"
         );
@@ -365,52 +395,81 @@ pub fn centroid(s: &Structure) -> [f64; 3] {
     c
 }
 
-/// Structure prepared for projection: centred atoms (f64) and electrons, pixel size.
+/// Structure prepared for projection: centred atom positions (f64, Å) grouped by the
+/// variance of the Gaussian they are splatted with, and the pixel size.
 struct Prepared {
-    atoms: Vec<([f64; 3], f64)>,
+    /// `(variance in Å^2, [(position, electrons)])`.
+    groups: Vec<(f64, Vec<([f64; 3], f64)>)>,
     pixel_a: f64,
 }
 
 fn prepare(s: &Structure, cfg: &SimConfig) -> Prepared {
     let c = centroid(s);
-    let atoms: Vec<([f64; 3], f64)> = s
-        .atoms
-        .iter()
-        .map(|a| {
-            (
-                [a.pos[0] - c[0], a.pos[1] - c[1], a.pos[2] - c[2]],
-                a.electrons as f64,
-            )
-        })
-        .collect();
-    let rmax = atoms
-        .iter()
-        .map(|(p, _)| (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt())
-        .fold(0.0f64, f64::max);
+    let sigma = cfg.sigma();
+    let mut groups: Vec<(f64, Vec<([f64; 3], f64)>)> = Vec::new();
+    let mut add = |var: f64, pos: [f64; 3], e: f64| match groups
+        .iter_mut()
+        .find(|(v, _)| v.to_bits() == var.to_bits())
+    {
+        Some((_, g)) => g.push((pos, e)),
+        None => groups.push((var, vec![(pos, e)])),
+    };
+    let mut rmax = 0.0f64;
+    for a in &s.atoms {
+        let p = [a.pos[0] - c[0], a.pos[1] - c[1], a.pos[2] - c[2]];
+        rmax = rmax.max((p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt());
+        let cm = match cfg.atoms {
+            AtomModel::CromerMann => super::form_factors::cromer_mann(&a.element),
+            AtomModel::Gaussian => None,
+        };
+        match cm {
+            Some(coef) => {
+                for (e, var) in super::form_factors::gaussian_terms(coef, sigma) {
+                    add(var, p, e);
+                }
+            }
+            None => add(sigma * sigma, p, a.electrons as f64),
+        }
+    }
     let (h, w) = cfg.size;
     let pixel_a = match cfg.pixel_size_nm {
         Some(p) => p * 10.0,
         None => {
-            let d = (2.0 * rmax).max(cfg.sigma());
+            let d = (2.0 * rmax).max(sigma);
             d / (cfg.fill * h.min(w) as f64)
         }
     };
-    Prepared { atoms, pixel_a }
+    Prepared { groups, pixel_a }
 }
 
 /// Splat the rotated atoms' Gaussians into a zeroed centred `h x w` grid.
-fn project(p: &Prepared, rot: &[[f64; 3]; 3], sigma_a: f64, h: usize, w: usize, out: &mut [f32]) {
-    let s = sigma_a / p.pixel_a;
+fn project(p: &Prepared, rot: &[[f64; 3]; 3], h: usize, w: usize, out: &mut [f32]) {
+    for (var, atoms) in &p.groups {
+        splat(atoms, p.pixel_a, rot, var.sqrt(), h, w, out);
+    }
+}
+
+/// Splat Gaussians of standard deviation `sigma_a` (Å) at the rotated `atoms`.
+fn splat(
+    atoms: &[([f64; 3], f64)],
+    pixel_a: f64,
+    rot: &[[f64; 3]; 3],
+    sigma_a: f64,
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    let s = sigma_a / pixel_a;
     let inv2s2 = 1.0 / (2.0 * s * s);
     let norm1 = 1.0 / ((std::f64::consts::TAU).sqrt() * s);
     let radius = s * (2.0 * (1e7f64).ln()).sqrt();
     let (cy, cx) = ((h / 2) as f64, (w / 2) as f64);
     let mut gx = Vec::with_capacity(2 * radius as usize + 3);
     let mut gy = Vec::with_capacity(2 * radius as usize + 3);
-    for (pos, e) in &p.atoms {
+    for (pos, e) in atoms {
         let r = rotate(rot, pos);
-        let x = cx + r[0] / p.pixel_a;
-        let y = cy + r[1] / p.pixel_a;
+        let x = cx + r[0] / pixel_a;
+        let y = cy + r[1] / pixel_a;
         let x0 = (x - radius).ceil().max(0.0) as i64;
         let x1 = ((x + radius).floor() as i64).min(w as i64 - 1);
         let y0 = (y - radius).ceil().max(0.0) as i64;
@@ -521,7 +580,6 @@ pub fn simulate(
     let mut mask = Stack::filled(1, h, w, 0u8);
     cfg.mask.apply(h, w, &mut mask.data);
     let plan = Plan2d::new(h, w);
-    let sigma = cfg.sigma();
     let orientation: Vec<[f64; 4]> = (0..n).map(|i| random_quaternion(cfg.seed, i)).collect();
     let mut intensities = Stack::filled(n, h, w, 0f32);
     let mut density = Stack::filled(n, h, w, 0f32);
@@ -547,7 +605,7 @@ pub fn simulate(
                 let t0 = Instant::now();
                 let p = &prepared[i % prepared.len()];
                 let rot = rotation_matrix(&orientation[i]);
-                project(p, &rot, sigma, h, w, dens);
+                project(p, &rot, h, w, dens);
                 let max = dens.iter().fold(0f32, |m, &v| m.max(v));
                 let thr = (cfg.support_threshold * max as f64) as f32;
                 for (s, &d) in sup.iter_mut().zip(dens.iter()) {

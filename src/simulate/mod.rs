@@ -4,11 +4,12 @@
 //! them in random orientations and computes the patterns.
 
 pub mod diffraction;
+pub mod form_factors;
 pub mod structure;
 
 pub use diffraction::{
     phasing_check, phasing_check_with, random_quaternion, rotation_matrix, simulate, write_cxi,
-    CheckResult, MaskSpec, Noise, SimConfig, SimOutput, SimTimings,
+    AtomModel, CheckResult, MaskSpec, Noise, SimConfig, SimOutput, SimTimings,
 };
 pub use structure::{collect_structures, read_structure, Atom, ReadOptions, Structure};
 
