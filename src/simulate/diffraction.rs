@@ -395,18 +395,20 @@ pub fn centroid(s: &Structure) -> [f64; 3] {
     c
 }
 
+/// Atoms splatted with one Gaussian: `(variance in Å^2, [(position Å, electrons)])`.
+type Group = (f64, Vec<([f64; 3], f64)>);
+
 /// Structure prepared for projection: centred atom positions (f64, Å) grouped by the
 /// variance of the Gaussian they are splatted with, and the pixel size.
 struct Prepared {
-    /// `(variance in Å^2, [(position, electrons)])`.
-    groups: Vec<(f64, Vec<([f64; 3], f64)>)>,
+    groups: Vec<Group>,
     pixel_a: f64,
 }
 
 fn prepare(s: &Structure, cfg: &SimConfig) -> Prepared {
     let c = centroid(s);
     let sigma = cfg.sigma();
-    let mut groups: Vec<(f64, Vec<([f64; 3], f64)>)> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
     let mut add = |var: f64, pos: [f64; 3], e: f64| match groups
         .iter_mut()
         .find(|(v, _)| v.to_bits() == var.to_bits())
