@@ -104,8 +104,15 @@ struct RunArgs {
 #[derive(Args)]
 struct SimulateArgs {
     /// Structures: PDB or mmCIF files (gzipped or not), folders of them, or .txt/.lst lists.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "synthetic", conflicts_with = "synthetic")]
     pdb: Vec<PathBuf>,
+    /// Synthetic protein-like particles instead of structures, one different particle per
+    /// pattern: all | a list of compact, elongated, multidomain, ring.
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// Residues per synthetic particle, MIN:MAX (rings: MIN/2..MAX/2 per subunit).
+    #[arg(long, default_value = "150:1200")]
+    residues: String,
     /// Output CXI file (written atomically).
     #[arg(short, long)]
     output: PathBuf,
@@ -133,6 +140,9 @@ struct SimulateArgs {
     /// Particle maximum extent as a fraction of the field (0.5 = oversampling 2).
     #[arg(long, default_value_t = 0.45)]
     fill: f64,
+    /// Ideal support: density above this fraction of the pattern's density maximum.
+    #[arg(long, default_value_t = cdiphase::simulate::SimConfig::default().support_threshold)]
+    support_threshold: f64,
     /// Keep water molecules.
     #[arg(long)]
     keep_waters: bool,
@@ -415,7 +425,15 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         photons: a.photons,
         noise,
         mask: MaskSpec::parse(&a.mask)?,
+        support_threshold: a.support_threshold,
         seed: a.seed,
+        synthetic: match &a.synthetic {
+            Some(kinds) => Some(sim::SyntheticConfig {
+                kinds: sim::ParticleKind::parse_list(kinds)?,
+                residues: parse_residues(&a.residues)?,
+            }),
+            None => None,
+        },
         ..SimConfig::default()
     };
     let opts = ReadOptions {
@@ -427,11 +445,15 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         .build()
         .context("starting the thread pool")?;
     let t0 = std::time::Instant::now();
-    let (structures, failed) = pool.install(|| sim::collect_structures(&a.pdb, &opts));
+    let (structures, failed) = if cfg.synthetic.is_some() {
+        (Vec::new(), Vec::new())
+    } else {
+        pool.install(|| sim::collect_structures(&a.pdb, &opts))
+    };
     for (path, e) in &failed {
         eprintln!("warning: skipped {}: {e}", path.display());
     }
-    if structures.is_empty() {
+    if structures.is_empty() && cfg.synthetic.is_none() {
         bail!(
             "no readable structure among {} (see the warnings above)",
             a.pdb
@@ -443,14 +465,20 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
     }
     let read_s = t0.elapsed().as_secs_f64();
     if !a.run.quiet {
-        eprintln!(
-            "simulating {} patterns of {}x{} from {} structures ({} unreadable)",
-            a.count,
-            h,
-            w,
-            structures.len(),
-            failed.len()
-        );
+        match &a.synthetic {
+            Some(k) => eprintln!(
+                "simulating {} patterns of {h}x{w}, one synthetic particle ({k}) each",
+                a.count
+            ),
+            None => eprintln!(
+                "simulating {} patterns of {}x{} from {} structures ({} unreadable)",
+                a.count,
+                h,
+                w,
+                structures.len(),
+                failed.len()
+            ),
+        }
     }
     let pb = progress_bar(a.count as u64, a.run.quiet, "simulate");
     let out = pool.install(|| sim::simulate(&structures, &cfg, &|k| pb.inc(k)))?;
@@ -573,6 +601,16 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
             .map_err(|e| cdiphase::Error::io(&sp, e))
     })?;
     Ok(())
+}
+
+fn parse_residues(s: &str) -> Result<(usize, usize)> {
+    let (a, b) = s.split_once(':').unwrap_or((s, s));
+    let p = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .with_context(|| format!("--residues '{s}': expected MIN:MAX (whole numbers)"))
+    };
+    Ok((p(a)?, p(b)?))
 }
 
 fn parse_size(s: &str) -> Result<(usize, usize)> {

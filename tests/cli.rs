@@ -403,3 +403,87 @@ fn simulate_then_phase_with_the_ideal_support() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--photons"), "{}", stderr(&o));
 }
+
+#[test]
+fn simulate_synthetic_particles() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("syn.cxi");
+    let args = |threads: &'static str, out: &Path| -> Vec<String> {
+        [
+            "simulate",
+            "--synthetic",
+            "ring,compact",
+            "--residues",
+            "100:300",
+            "--atoms",
+            "cromer-mann",
+            "--support-threshold",
+            "0.05",
+            "--count",
+            "6",
+            "--size",
+            "48x40",
+            "--seed",
+            "4",
+            "--threads",
+            threads,
+            "--quiet",
+            "-o",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a: Vec<String> = args("1", &sim);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sim2 = dir.path().join("syn2.cxi");
+    let b: Vec<String> = args("2", &sim2);
+    let o = run(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p1 = io::read_patterns(&sim, None).unwrap();
+    let p2 = io::read_patterns(&sim2, None).unwrap();
+    assert_eq!(p1.intensities.shape(), [6, 48, 40]);
+    assert_eq!(p1.intensities.data, p2.intensities.data);
+    let names = cdiphase::io::read_string(&sim, "entry_1/sample_1/name").unwrap();
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(names.len(), 6);
+    assert!(names[0].starts_with("syn-ring-") && names[1].starts_with("syn-compact-"));
+    // every pattern a different particle
+    for i in 0..6 {
+        for j in 0..i {
+            assert_ne!(p1.intensities.image(i), p1.intensities.image(j));
+        }
+    }
+    // --pdb and --synthetic exclude each other; bad kinds and ranges are named
+    expect_failure(
+        dir.path(),
+        &["simulate", "--synthetic", "blob", "-o", "x.cxi"],
+        "blob",
+    );
+    expect_failure(
+        dir.path(),
+        &[
+            "simulate",
+            "--synthetic",
+            "all",
+            "--residues",
+            "50:10",
+            "-o",
+            "x.cxi",
+        ],
+        "residues",
+    );
+    let o = run(&[
+        "simulate",
+        "--synthetic",
+        "all",
+        "--pdb",
+        "a.pdb",
+        "-o",
+        "x.cxi",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}

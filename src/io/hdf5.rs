@@ -187,6 +187,26 @@ impl H5 {
         Ok((shape, data))
     }
 
+    /// A string dataset (scalar or 1-D, fixed or variable length), its elements in order.
+    pub fn read_strings(&self, entry: &str, d: &Dataset) -> Result<Vec<String>> {
+        match self.datatype(entry, d)? {
+            Datatype::String { .. } | Datatype::VariableLength { .. } => {}
+            other => {
+                return Err(Error::format(
+                    &self.path,
+                    format!(
+                        "dataset '{entry}' has type {}, not a string",
+                        describe(&other)
+                    ),
+                ))
+            }
+        }
+        guard(&self.path, || {
+            d.read_string()
+                .map_err(|e| h5err(&self.path, &format!("reading '{entry}'"), e))
+        })
+    }
+
     /// Whole dataset as a 0/1 mask (nonzero, including NaN, becomes 1).
     pub fn read_mask(&self, entry: &str, d: &Dataset) -> Result<(Vec<usize>, Vec<u8>)> {
         let shape = self.shape(entry, d)?;

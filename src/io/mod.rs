@@ -229,6 +229,19 @@ pub fn read_f32(path: &Path, entry: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     }
 }
 
+/// A string dataset of an HDF5 file (such as `entry_1/sample_1/name`), its elements joined
+/// by newlines.
+pub fn read_string(path: &Path, entry: &str) -> Result<String> {
+    match format_of(path)? {
+        Format::Npy => Err(Error::format(path, "a .npy file holds no strings")),
+        Format::Hdf5 => {
+            let f = hdf5::open(path)?;
+            let (name, d) = f.first_dataset(&[bare(entry)])?;
+            Ok(f.read_strings(&name, &d)?.join("\n"))
+        }
+    }
+}
+
 /// Every dataset in the file as (path, shape, dtype), sorted by path. For `.npy`: one entry
 /// with an empty path.
 pub fn list_datasets(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {

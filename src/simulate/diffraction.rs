@@ -27,6 +27,7 @@
 //! 7. ideal support: `density > support_threshold * max(density)` (default 1%).
 
 use super::structure::Structure;
+use super::synthetic::SyntheticConfig;
 use crate::array::{centred_to_native, native_to_centred, Complex32, Stack};
 use crate::backend::cpu::Plan2d;
 use crate::phasing::problem::item_seed;
@@ -212,6 +213,9 @@ pub struct SimConfig {
     /// Ideal support threshold, fraction of the density maximum. Default 0.01.
     pub support_threshold: f64,
     pub seed: u64,
+    /// Synthetic protein-like particles instead of structures: pattern `i` shows particle
+    /// `i` of [`SyntheticConfig::particle`] (seeded with `seed`), each one different.
+    pub synthetic: Option<SyntheticConfig>,
     /// X-ray wavelength, nm (geometry metadata). Default 0.2 nm.
     pub wavelength_nm: f64,
     /// Sample-detector distance, m (geometry metadata). Default 0.7 m.
@@ -232,6 +236,7 @@ impl Default for SimConfig {
             mask: MaskSpec::None,
             support_threshold: 0.01,
             seed: 0,
+            synthetic: None,
             wavelength_nm: 0.2,
             detector_distance_m: 0.7,
         }
@@ -250,8 +255,18 @@ impl SimConfig {
         if h < 2 || w < 2 {
             return bad(format!("pattern size {h}x{w}: must be at least 2x2"));
         }
-        if structures.is_empty() && self.count > 0 {
-            return bad("no structures to simulate".into());
+        match &self.synthetic {
+            Some(sc) => {
+                sc.validate()?;
+                if !structures.is_empty() {
+                    return bad("give either structures or synthetic particles, not both".into());
+                }
+            }
+            None => {
+                if structures.is_empty() && self.count > 0 {
+                    return bad("no structures to simulate".into());
+                }
+            }
         }
         if !(self.resolution > 0.0 && self.resolution.is_finite()) {
             return bad(format!("resolution {} Å must be positive", self.resolution));
@@ -586,6 +601,8 @@ pub fn simulate(
     let mut intensities = Stack::filled(n, h, w, 0f32);
     let mut density = Stack::filled(n, h, w, 0f32);
     let mut support = Stack::filled(n, h, w, 0u8);
+    let mut pixel_a = vec![0f64; n];
+    let mut names = vec![String::new(); n];
     let (t_proj, t_fft, t_noise) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let ns = |t: Instant| t.elapsed().as_nanos() as u64;
     intensities
@@ -593,6 +610,7 @@ pub fn simulate(
         .par_chunks_mut(hw)
         .zip(density.data.par_chunks_mut(hw))
         .zip(support.data.par_chunks_mut(hw))
+        .zip(pixel_a.par_iter_mut().zip(names.par_iter_mut()))
         .enumerate()
         .for_each_init(
             || {
@@ -603,9 +621,22 @@ pub fn simulate(
                     vec![0f32; hw],
                 )
             },
-            |(work, cbuf, nbuf, mag), (i, ((inten, dens), sup))| {
+            |(work, cbuf, nbuf, mag), (i, (((inten, dens), sup), (pix, name)))| {
                 let t0 = Instant::now();
-                let p = &prepared[i % prepared.len()];
+                let owned;
+                let p = match &cfg.synthetic {
+                    Some(sc) => {
+                        let st = sc.particle(cfg.seed, i);
+                        *name = st.name.clone();
+                        owned = prepare(&st, cfg);
+                        &owned
+                    }
+                    None => {
+                        *name = structures[i % structures.len()].name.clone();
+                        &prepared[i % prepared.len()]
+                    }
+                };
+                *pix = p.pixel_a;
                 let rot = rotation_matrix(&orientation[i]);
                 project(p, &rot, h, w, dens);
                 let max = dens.iter().fold(0f32, |m, &v| m.max(v));
@@ -657,9 +688,11 @@ pub fn simulate(
         density,
         support,
         orientation,
-        names: (0..n).map(|i| structures[i % s].name.clone()).collect(),
-        structure_index: (0..n).map(|i| i % s).collect(),
-        pixel_size_nm: (0..n).map(|i| prepared[i % s].pixel_a / 10.0).collect(),
+        names,
+        structure_index: (0..n)
+            .map(|i| if cfg.synthetic.is_some() { i } else { i % s })
+            .collect(),
+        pixel_size_nm: pixel_a.iter().map(|a| a / 10.0).collect(),
         timings: SimTimings {
             projection: secs(&t_proj),
             fft: secs(&t_fft),

@@ -1,17 +1,21 @@
 //! Simulation of diffraction data. This module starts with synthetic compact objects (for the
 //! phasing tests and the demo) and the far-field pattern of a given density; the PDB-based
-//! simulator lives beside it: [`structure`] reads PDB/mmCIF atoms, [`diffraction`] projects
-//! them in random orientations and computes the patterns.
+//! simulator lives beside it: [`structure`] reads PDB/mmCIF atoms, [`synthetic`] builds
+//! protein-like particles (compact, elongated, multi-domain, ring oligomers),
+//! [`form_factors`] holds the Cromer-Mann tables, and [`diffraction`] projects atoms in
+//! random orientations and computes the patterns.
 
 pub mod diffraction;
 pub mod form_factors;
 pub mod structure;
+pub mod synthetic;
 
 pub use diffraction::{
     phasing_check, phasing_check_with, random_quaternion, rotation_matrix, simulate, write_cxi,
     AtomModel, CheckResult, MaskSpec, Noise, SimConfig, SimOutput, SimTimings,
 };
 pub use structure::{collect_structures, read_structure, Atom, ReadOptions, Structure};
+pub use synthetic::{ParticleKind, SyntheticConfig};
 
 use crate::array::{centred_to_native, native_to_centred, Complex32};
 use crate::backend::cpu::Plan2d;
