@@ -7,11 +7,13 @@
 
 pub mod hdf5;
 pub mod npy;
+pub mod stream;
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 pub use self::hdf5::CxiWriter;
+pub use self::stream::StreamWriter;
 use crate::array::{Complex32, Stack};
 use crate::{Error, Result};
 
