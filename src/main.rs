@@ -481,17 +481,21 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         }
     }
     let pb = progress_bar(a.count as u64, a.run.quiet, "simulate");
-    let out = pool.install(|| sim::simulate(&structures, &cfg, &|k| pb.inc(k)))?;
+    let rep = pool
+        .install(|| {
+            sim::simulate_to_cxi(&structures, &cfg, &a.output, sim::chunk_for(h, w), &|k| {
+                pb.inc(k)
+            })
+        })
+        .with_context(|| format!("simulating into {}", a.output.display()))?;
     pb.finish_and_clear();
-    let t1 = std::time::Instant::now();
-    sim::write_cxi(&out, &cfg, &a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    let write_s = t1.elapsed().as_secs_f64();
     let total = t0.elapsed().as_secs_f64();
     if !a.run.quiet {
         eprintln!(
-            "done in {total:.2} s (read {read_s:.2} s, simulate {:.2} s, write {write_s:.2} s); wrote {}",
-            out.timings.wall,
+            "done in {total:.2} s (read {read_s:.2} s, simulate and write {:.2} s, of which the \
+             writer thread was busy {:.2} s); wrote {}",
+            rep.total_seconds,
+            rep.write_seconds,
             a.output.display()
         );
     }
@@ -503,8 +507,8 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
             "width": w,
             "structures": structures.len(),
             "unreadable": failed.iter().map(|(p, e)| serde_json::json!({"file": p.display().to_string(), "error": e.to_string()})).collect::<Vec<_>>(),
-            "seconds": {"total": total, "read": read_s, "simulate": out.timings.wall, "write": write_s},
-            "cpu_seconds": out.timings,
+            "seconds": {"total": total, "read": read_s, "simulate_and_write": rep.total_seconds, "write_busy": rep.write_seconds},
+            "cpu_seconds": rep.timings,
             "configuration": cfg.to_json(),
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);

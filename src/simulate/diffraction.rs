@@ -30,6 +30,7 @@ use super::structure::Structure;
 use super::synthetic::SyntheticConfig;
 use crate::array::{centred_to_native, native_to_centred, Complex32, Stack};
 use crate::backend::cpu::Plan2d;
+use crate::io::stream::{Dtype, StreamId, StreamWriter};
 use crate::phasing::problem::item_seed;
 use crate::{Error, Result};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
@@ -580,119 +581,157 @@ fn ln_factorial(k: f64) -> f64 {
         + 1.0 / (1260.0 * n.powi(5))
 }
 
-/// Simulate `cfg.count` patterns cycling over `structures` (see the module documentation).
-/// Runs in the current rayon pool; results are independent of the thread count. `progress`
-/// is called with 1 per finished pattern.
-pub fn simulate(
+/// One block of consecutive patterns `first .. first + n` from [`simulate_chunks`].
+#[derive(Clone, Debug)]
+pub struct SimChunk {
+    pub first: usize,
+    pub n: usize,
+    /// (n, H, W), centred.
+    pub intensities: Vec<f32>,
+    /// (n, H, W), electrons per pixel, centred.
+    pub density: Vec<f32>,
+    /// (n, H, W).
+    pub support: Vec<u8>,
+    /// Real-space pixel size per pattern, Å.
+    pub pixel_a: Vec<f64>,
+    /// Source id per pattern.
+    pub names: Vec<String>,
+}
+
+/// What [`simulate_chunks`] returns besides the chunks: the per-run and per-pattern
+/// metadata (small: O(N) numbers, no images).
+#[derive(Clone, Debug)]
+pub struct SimMeta {
+    /// (1, H, W), shared by all patterns; nonzero = unmeasured.
+    pub mask: Stack<u8>,
+    pub orientation: Vec<[f64; 4]>,
+    pub names: Vec<String>,
+    pub structure_index: Vec<usize>,
+    pub pixel_size_nm: Vec<f64>,
+    pub timings: SimTimings,
+}
+
+/// Patterns per block for [`simulate_to_cxi`]: about 37 MB of images per block (256
+/// patterns at 128x128), at least one pattern.
+pub fn chunk_for(h: usize, w: usize) -> usize {
+    (256 * 128 * 128 / (h * w).max(1)).clamp(1, 256)
+}
+
+/// Simulate `cfg.count` patterns cycling over `structures` (see the module documentation),
+/// `chunk` patterns at a time: each finished block goes to `sink` in order before the next
+/// block is started, so memory is bounded by the chunk, not by N. Runs in the current rayon
+/// pool; results are independent of the thread count and of `chunk`. `progress` is called
+/// with 1 per finished pattern.
+pub fn simulate_chunks(
     structures: &[Structure],
     cfg: &SimConfig,
+    chunk: usize,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<SimOutput> {
+    sink: &mut dyn FnMut(SimChunk) -> Result<()>,
+) -> Result<SimMeta> {
     cfg.validate(structures)?;
     let t_wall = Instant::now();
     let (h, w) = cfg.size;
     let n = cfg.count;
     let hw = h * w;
+    let chunk = chunk.max(1);
     let prepared: Vec<Prepared> = structures.par_iter().map(|s| prepare(s, cfg)).collect();
     let mut mask = Stack::filled(1, h, w, 0u8);
     cfg.mask.apply(h, w, &mut mask.data);
     let plan = Plan2d::new(h, w);
     let orientation: Vec<[f64; 4]> = (0..n).map(|i| random_quaternion(cfg.seed, i)).collect();
-    let mut intensities = Stack::filled(n, h, w, 0f32);
-    let mut density = Stack::filled(n, h, w, 0f32);
-    let mut support = Stack::filled(n, h, w, 0u8);
-    let mut pixel_a = vec![0f64; n];
-    let mut names = vec![String::new(); n];
+    let mut all_names = Vec::with_capacity(n);
+    let mut all_pixel_a = Vec::with_capacity(n);
     let (t_proj, t_fft, t_noise) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let ns = |t: Instant| t.elapsed().as_nanos() as u64;
-    intensities
-        .data
-        .par_chunks_mut(hw)
-        .zip(density.data.par_chunks_mut(hw))
-        .zip(support.data.par_chunks_mut(hw))
-        .zip(pixel_a.par_iter_mut().zip(names.par_iter_mut()))
-        .enumerate()
-        .for_each_init(
-            || {
-                (
-                    plan.work(),
-                    vec![Complex32::new(0.0, 0.0); hw],
-                    vec![Complex32::new(0.0, 0.0); hw],
-                    vec![0f32; hw],
-                )
-            },
-            |(work, cbuf, nbuf, mag), (i, (((inten, dens), sup), (pix, name)))| {
-                let t0 = Instant::now();
-                let owned;
-                let p = match &cfg.synthetic {
-                    Some(sc) => {
-                        let st = sc.particle(cfg.seed, i);
-                        *name = st.name.clone();
-                        owned = prepare(&st, cfg);
-                        &owned
-                    }
-                    None => {
-                        *name = structures[i % structures.len()].name.clone();
-                        &prepared[i % prepared.len()]
-                    }
-                };
-                *pix = p.pixel_a;
-                let rot = rotation_matrix(&orientation[i]);
-                project(p, &rot, h, w, dens);
-                let max = dens.iter().fold(0f32, |m, &v| m.max(v));
-                let thr = (cfg.support_threshold * max as f64) as f32;
-                for (s, &d) in sup.iter_mut().zip(dens.iter()) {
-                    *s = (d > thr) as u8;
-                }
-                t_proj.fetch_add(ns(t0), Ordering::Relaxed);
-                let t1 = Instant::now();
-                for (c, &d) in cbuf.iter_mut().zip(dens.iter()) {
-                    *c = Complex32::new(d, 0.0);
-                }
-                centred_to_native(cbuf, h, w, nbuf);
-                plan.forward(nbuf, work);
-                for (m, c) in mag.iter_mut().zip(nbuf.iter()) {
-                    *m = c.norm_sqr();
-                }
-                native_to_centred(mag, h, w, inten);
-                t_fft.fetch_add(ns(t1), Ordering::Relaxed);
-                let t2 = Instant::now();
-                if let Some(ph) = cfg.photons {
-                    let total: f64 = inten.iter().map(|&v| v as f64).sum();
-                    let k = if total > 0.0 { ph / total } else { 0.0 };
-                    match cfg.noise {
-                        Noise::None => inten.iter_mut().for_each(|v| *v = (*v as f64 * k) as f32),
-                        Noise::Poisson => {
-                            let mut rng =
-                                Xoshiro256PlusPlus::seed_from_u64(item_seed(cfg.seed, i, 2));
-                            for v in inten.iter_mut() {
-                                *v = poisson(*v as f64 * k, &mut rng) as f32;
-                            }
+    let mut first = 0;
+    while first < n {
+        let m = chunk.min(n - first);
+        let mut intensities = vec![0f32; m * hw];
+        let mut density = vec![0f32; m * hw];
+        let mut support = vec![0u8; m * hw];
+        let mut pixel_a = vec![0f64; m];
+        let mut names = vec![String::new(); m];
+        intensities
+            .par_chunks_mut(hw)
+            .zip(density.par_chunks_mut(hw))
+            .zip(support.par_chunks_mut(hw))
+            .zip(pixel_a.par_iter_mut().zip(names.par_iter_mut()))
+            .enumerate()
+            .for_each_init(
+                || {
+                    (
+                        plan.work(),
+                        vec![Complex32::new(0.0, 0.0); hw],
+                        vec![Complex32::new(0.0, 0.0); hw],
+                        vec![0f32; hw],
+                    )
+                },
+                |(work, cbuf, nbuf, mag), (k, (((inten, dens), sup), (pix, name)))| {
+                    let i = first + k;
+                    let t0 = Instant::now();
+                    let owned;
+                    let p = match &cfg.synthetic {
+                        Some(sc) => {
+                            let st = sc.particle(cfg.seed, i);
+                            *name = st.name.clone();
+                            owned = prepare(&st, cfg);
+                            &owned
                         }
+                        None => {
+                            *name = structures[i % structures.len()].name.clone();
+                            &prepared[i % prepared.len()]
+                        }
+                    };
+                    *pix = p.pixel_a;
+                    let rot = rotation_matrix(&orientation[i]);
+                    project(p, &rot, h, w, dens);
+                    let max = dens.iter().fold(0f32, |m, &v| m.max(v));
+                    let thr = (cfg.support_threshold * max as f64) as f32;
+                    for (s, &d) in sup.iter_mut().zip(dens.iter()) {
+                        *s = (d > thr) as u8;
                     }
-                } else if cfg.noise == Noise::Poisson {
-                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(cfg.seed, i, 2));
-                    for v in inten.iter_mut() {
-                        *v = poisson(*v as f64, &mut rng) as f32;
+                    t_proj.fetch_add(ns(t0), Ordering::Relaxed);
+                    let t1 = Instant::now();
+                    for (c, &d) in cbuf.iter_mut().zip(dens.iter()) {
+                        *c = Complex32::new(d, 0.0);
                     }
-                }
-                t_noise.fetch_add(ns(t2), Ordering::Relaxed);
-                progress(1);
-            },
-        );
+                    centred_to_native(cbuf, h, w, nbuf);
+                    plan.forward(nbuf, work);
+                    for (m, c) in mag.iter_mut().zip(nbuf.iter()) {
+                        *m = c.norm_sqr();
+                    }
+                    native_to_centred(mag, h, w, inten);
+                    t_fft.fetch_add(ns(t1), Ordering::Relaxed);
+                    let t2 = Instant::now();
+                    scale_and_noise(cfg, i, inten);
+                    t_noise.fetch_add(ns(t2), Ordering::Relaxed);
+                    progress(1);
+                },
+            );
+        all_names.extend(names.iter().cloned());
+        all_pixel_a.extend_from_slice(&pixel_a);
+        sink(SimChunk {
+            first,
+            n: m,
+            intensities,
+            density,
+            support,
+            pixel_a,
+            names,
+        })?;
+        first += m;
+    }
     let s = structures.len().max(1);
     let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
-    Ok(SimOutput {
-        intensities,
+    Ok(SimMeta {
         mask,
-        density,
-        support,
         orientation,
-        names,
+        names: all_names,
         structure_index: (0..n)
             .map(|i| if cfg.synthetic.is_some() { i } else { i % s })
             .collect(),
-        pixel_size_nm: pixel_a.iter().map(|a| a / 10.0).collect(),
+        pixel_size_nm: all_pixel_a.iter().map(|a| a / 10.0).collect(),
         timings: SimTimings {
             projection: secs(&t_proj),
             fft: secs(&t_fft),
@@ -702,7 +741,185 @@ pub fn simulate(
     })
 }
 
-/// Write a simulation as CXI (atomic). Datasets:
+/// Scale pattern `i` to the photon count and draw its Poisson noise, as configured.
+fn scale_and_noise(cfg: &SimConfig, i: usize, inten: &mut [f32]) {
+    if let Some(ph) = cfg.photons {
+        let total: f64 = inten.iter().map(|&v| v as f64).sum();
+        let k = if total > 0.0 { ph / total } else { 0.0 };
+        match cfg.noise {
+            Noise::None => inten.iter_mut().for_each(|v| *v = (*v as f64 * k) as f32),
+            Noise::Poisson => {
+                let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(cfg.seed, i, 2));
+                for v in inten.iter_mut() {
+                    *v = poisson(*v as f64 * k, &mut rng) as f32;
+                }
+            }
+        }
+    } else if cfg.noise == Noise::Poisson {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(cfg.seed, i, 2));
+        for v in inten.iter_mut() {
+            *v = poisson(*v as f64, &mut rng) as f32;
+        }
+    }
+}
+
+/// Simulate `cfg.count` patterns in memory (see [`simulate_chunks`] for large N).
+pub fn simulate(
+    structures: &[Structure],
+    cfg: &SimConfig,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SimOutput> {
+    let (h, w) = cfg.size;
+    let n = cfg.count;
+    let mut intensities = Stack::filled(n, h, w, 0f32);
+    let mut density = Stack::filled(n, h, w, 0f32);
+    let mut support = Stack::filled(n, h, w, 0u8);
+    let hw = h * w;
+    let meta = simulate_chunks(structures, cfg, n.max(1), progress, &mut |c| {
+        let r = c.first * hw..(c.first + c.n) * hw;
+        intensities.data[r.clone()].copy_from_slice(&c.intensities);
+        density.data[r.clone()].copy_from_slice(&c.density);
+        support.data[r].copy_from_slice(&c.support);
+        Ok(())
+    })?;
+    Ok(SimOutput {
+        intensities,
+        mask: meta.mask,
+        density,
+        support,
+        orientation: meta.orientation,
+        names: meta.names,
+        structure_index: meta.structure_index,
+        pixel_size_nm: meta.pixel_size_nm,
+        timings: meta.timings,
+    })
+}
+
+/// A CXI file of simulated patterns being written: the three (N,H,W) datasets are streamed
+/// to disk by blocks of patterns, the rest is written at [`SimCxi::finish`].
+struct SimCxi {
+    w: StreamWriter,
+    data: StreamId,
+    density: StreamId,
+    support: StreamId,
+}
+
+impl SimCxi {
+    fn create(dest: &Path, n: usize, h: usize, w: usize, cfg: &SimConfig) -> Result<SimCxi> {
+        let mut f = StreamWriter::create(dest)?;
+        let data = f.stream("entry_1/data_1/data", Dtype::F32, &[n, h, w])?;
+        let density = f.stream("entry_1/sample_1/density", Dtype::F32, &[n, h, w])?;
+        let support = f.stream("entry_1/sample_1/support", Dtype::U8, &[n, h, w])?;
+        f.attr_string(
+            "entry_1/data_1/data",
+            "description",
+            "diffraction intensities, zero frequency at (H/2, W/2)",
+        )?;
+        f.attr_string(
+            "entry_1/sample_1/density",
+            "units",
+            "electrons per pixel, centred",
+        )?;
+        f.attr_string(
+            "entry_1/sample_1/support",
+            "rule",
+            &format!("density > {} * max(density)", cfg.support_threshold),
+        )?;
+        Ok(SimCxi {
+            w: f,
+            data,
+            density,
+            support,
+        })
+    }
+
+    fn rows(&mut self, first: usize, inten: &[f32], dens: &[f32], sup: &[u8]) -> Result<()> {
+        self.w.write_rows_f32(self.data, first, inten)?;
+        self.w.write_rows_f32(self.density, first, dens)?;
+        self.w.write_rows_u8(self.support, first, sup)
+    }
+
+    fn finish(mut self, meta: &SimMeta, cfg: &SimConfig) -> Result<()> {
+        let f = &mut self.w;
+        let [_, h, w] = meta.mask.shape();
+        let n = meta.orientation.len();
+        f.string("cxi_version", "150")?;
+        f.attr_string("entry_1", "NX_class", "NXentry")?;
+        f.u8(
+            "entry_1/instrument_1/detector_1/mask",
+            &[h, w],
+            &meta.mask.data,
+        )?;
+        let lam = cfg.wavelength_nm * 1e-9;
+        let dist = cfg.detector_distance_m;
+        f.f32(
+            "entry_1/instrument_1/detector_1/distance",
+            &[1],
+            &[dist as f32],
+        )?;
+        f.attr_string("entry_1/instrument_1/detector_1/distance", "units", "m")?;
+        f.f32(
+            "entry_1/instrument_1/source_1/wavelength",
+            &[1],
+            &[lam as f32],
+        )?;
+        f.attr_string("entry_1/instrument_1/source_1/wavelength", "units", "m")?;
+        let px: Vec<f64> = meta.pixel_size_nm.iter().map(|p| p * 1e-9).collect();
+        let det_x: Vec<f32> = px
+            .iter()
+            .map(|d| (lam * dist / (w as f64 * d)) as f32)
+            .collect();
+        let det_y: Vec<f32> = px
+            .iter()
+            .map(|d| (lam * dist / (h as f64 * d)) as f32)
+            .collect();
+        f.f32("entry_1/instrument_1/detector_1/x_pixel_size", &[n], &det_x)?;
+        f.f32("entry_1/instrument_1/detector_1/y_pixel_size", &[n], &det_y)?;
+        let pxf: Vec<f32> = px.iter().map(|&d| d as f32).collect();
+        f.f32("entry_1/sample_1/pixel_size", &[n], &pxf)?;
+        f.attr_string("entry_1/sample_1/pixel_size", "units", "m")?;
+        let res: Vec<f32> = px.iter().map(|&d| (2.0 * d) as f32).collect();
+        f.f32("entry_1/sample_1/resolution_at_edge", &[n], &res)?;
+        f.attr_string(
+            "entry_1/sample_1/resolution_at_edge",
+            "units",
+            "m (full period at the detector edge, 2 * pixel_size)",
+        )?;
+        let q: Vec<f32> = meta
+            .orientation
+            .iter()
+            .flat_map(|q| q.iter().map(|&v| v as f32))
+            .collect();
+        f.f32("entry_1/sample_1/geometry_1/orientation", &[n, 4], &q)?;
+        f.attr_string(
+            "entry_1/sample_1/geometry_1/orientation",
+            "description",
+            "unit quaternion [w, x, y, z], active rotation of the centroid-centred atoms",
+        )?;
+        f.string("entry_1/sample_1/name", &meta.names.join("\n"))?;
+        let idx: Vec<i64> = meta.structure_index.iter().map(|&i| i as i64).collect();
+        f.i64("entry_1/sample_1/structure_index", &[n], &idx)?;
+        let mut distinct: Vec<(usize, &str)> = meta
+            .structure_index
+            .iter()
+            .zip(&meta.names)
+            .map(|(&i, s)| (i, s.as_str()))
+            .collect();
+        distinct.sort();
+        distinct.dedup();
+        let list: Vec<&str> = distinct.iter().map(|x| x.1).collect();
+        f.string("entry_1/sample_1/structures", &list.join("\n"))?;
+        f.string(
+            "entry_1/process_1/configuration",
+            &serde_json::to_string_pretty(&cfg.to_json()).unwrap_or_default(),
+        )?;
+        f.string("entry_1/process_1/program", "cdiphase simulate")?;
+        f.string("entry_1/process_1/version", env!("CARGO_PKG_VERSION"))?;
+        self.w.finish()
+    }
+}
+
+/// Write a simulation held in memory as CXI (atomic). Datasets:
 ///
 /// - `entry_1/data_1/data` (N,H,W) f32 intensities (centred), also the detector data;
 /// - `entry_1/instrument_1/detector_1/mask` (H,W) u8, nonzero = unmeasured;
@@ -719,101 +936,84 @@ pub fn simulate(
 ///   `entry_1/sample_1/structure_index` (N) i64 index into `entry_1/sample_1/structures`
 ///   (the distinct names, newline-joined);
 /// - `entry_1/process_1/configuration`: the configuration as JSON.
+///
+/// The file is the same as [`simulate_to_cxi`] writes.
 pub fn write_cxi(out: &SimOutput, cfg: &SimConfig, dest: &Path) -> Result<()> {
-    use crate::io::CxiWriter;
     let [n, h, w] = out.intensities.shape();
-    let mut f = CxiWriter::new();
-    f.string("cxi_version", "150")?;
-    f.attr_string("entry_1", "NX_class", "NXentry")?;
-    f.f32("entry_1/data_1/data", &[n, h, w], &out.intensities.data)?;
-    f.attr_string(
-        "entry_1/data_1/data",
-        "description",
-        "diffraction intensities, zero frequency at (H/2, W/2)",
+    let mut f = SimCxi::create(dest, n, h, w, cfg)?;
+    f.rows(
+        0,
+        &out.intensities.data,
+        &out.density.data,
+        &out.support.data,
     )?;
-    f.u8(
-        "entry_1/instrument_1/detector_1/mask",
-        &[h, w],
-        &out.mask.data,
-    )?;
-    let lam = cfg.wavelength_nm * 1e-9;
-    let dist = cfg.detector_distance_m;
-    f.f32(
-        "entry_1/instrument_1/detector_1/distance",
-        &[1],
-        &[dist as f32],
-    )?;
-    f.attr_string("entry_1/instrument_1/detector_1/distance", "units", "m")?;
-    f.f32(
-        "entry_1/instrument_1/source_1/wavelength",
-        &[1],
-        &[lam as f32],
-    )?;
-    f.attr_string("entry_1/instrument_1/source_1/wavelength", "units", "m")?;
-    let px: Vec<f64> = out.pixel_size_nm.iter().map(|p| p * 1e-9).collect();
-    let det_x: Vec<f32> = px
-        .iter()
-        .map(|d| (lam * dist / (w as f64 * d)) as f32)
-        .collect();
-    let det_y: Vec<f32> = px
-        .iter()
-        .map(|d| (lam * dist / (h as f64 * d)) as f32)
-        .collect();
-    f.f32("entry_1/instrument_1/detector_1/x_pixel_size", &[n], &det_x)?;
-    f.f32("entry_1/instrument_1/detector_1/y_pixel_size", &[n], &det_y)?;
-    f.f32("entry_1/sample_1/density", &[n, h, w], &out.density.data)?;
-    f.attr_string(
-        "entry_1/sample_1/density",
-        "units",
-        "electrons per pixel, centred",
-    )?;
-    f.u8("entry_1/sample_1/support", &[n, h, w], &out.support.data)?;
-    f.attr_string(
-        "entry_1/sample_1/support",
-        "rule",
-        &format!("density > {} * max(density)", cfg.support_threshold),
-    )?;
-    let pxf: Vec<f32> = px.iter().map(|&d| d as f32).collect();
-    f.f32("entry_1/sample_1/pixel_size", &[n], &pxf)?;
-    f.attr_string("entry_1/sample_1/pixel_size", "units", "m")?;
-    let res: Vec<f32> = px.iter().map(|&d| (2.0 * d) as f32).collect();
-    f.f32("entry_1/sample_1/resolution_at_edge", &[n], &res)?;
-    f.attr_string(
-        "entry_1/sample_1/resolution_at_edge",
-        "units",
-        "m (full period at the detector edge, 2 * pixel_size)",
-    )?;
-    let q: Vec<f32> = out
-        .orientation
-        .iter()
-        .flat_map(|q| q.iter().map(|&v| v as f32))
-        .collect();
-    f.f32("entry_1/sample_1/geometry_1/orientation", &[n, 4], &q)?;
-    f.attr_string(
-        "entry_1/sample_1/geometry_1/orientation",
-        "description",
-        "unit quaternion [w, x, y, z], active rotation of the centroid-centred atoms",
-    )?;
-    f.string("entry_1/sample_1/name", &out.names.join("\n"))?;
-    let idx: Vec<i64> = out.structure_index.iter().map(|&i| i as i64).collect();
-    f.i64("entry_1/sample_1/structure_index", &[n], &idx)?;
-    let mut distinct: Vec<(usize, &str)> = out
-        .structure_index
-        .iter()
-        .zip(&out.names)
-        .map(|(&i, s)| (i, s.as_str()))
-        .collect();
-    distinct.sort();
-    distinct.dedup();
-    let list: Vec<&str> = distinct.iter().map(|x| x.1).collect();
-    f.string("entry_1/sample_1/structures", &list.join("\n"))?;
-    f.string(
-        "entry_1/process_1/configuration",
-        &serde_json::to_string_pretty(&cfg.to_json()).unwrap_or_default(),
-    )?;
-    f.string("entry_1/process_1/program", "cdiphase simulate")?;
-    f.string("entry_1/process_1/version", env!("CARGO_PKG_VERSION"))?;
-    f.finish(dest)
+    let meta = SimMeta {
+        mask: out.mask.clone(),
+        orientation: out.orientation.clone(),
+        names: out.names.clone(),
+        structure_index: out.structure_index.clone(),
+        pixel_size_nm: out.pixel_size_nm.clone(),
+        timings: out.timings,
+    };
+    f.finish(&meta, cfg)
+}
+
+/// What [`simulate_to_cxi`] reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StreamReport {
+    pub timings: SimTimings,
+    /// Wall seconds the writer thread spent writing (overlapping the simulation).
+    pub write_seconds: f64,
+    /// Wall seconds of the whole call, simulation and writing.
+    pub total_seconds: f64,
+    pub patterns: usize,
+}
+
+/// Simulate and write straight to a CXI file (the layout of [`write_cxi`]), `chunk` patterns
+/// at a time: a writer thread writes block k while block k + 1 is simulated, so memory stays
+/// at about three blocks whatever N. The file appears at `dest` only when complete.
+pub fn simulate_to_cxi(
+    structures: &[Structure],
+    cfg: &SimConfig,
+    dest: &Path,
+    chunk: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<StreamReport> {
+    let t0 = Instant::now();
+    cfg.validate(structures)?;
+    let (h, w) = cfg.size;
+    let file = SimCxi::create(dest, cfg.count, h, w, cfg)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<SimChunk>(1);
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || -> Result<(SimCxi, f64)> {
+            let mut file = file;
+            let mut secs = 0.0;
+            for c in rx {
+                let t = Instant::now();
+                file.rows(c.first, &c.intensities, &c.density, &c.support)?;
+                secs += t.elapsed().as_secs_f64();
+            }
+            Ok((file, secs))
+        });
+        let sim = simulate_chunks(structures, cfg, chunk, progress, &mut |c| {
+            // a closed channel means the writer failed: its error is reported below
+            tx.send(c)
+                .map_err(|_| Error::Config("writer stopped".into()))
+        });
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| Error::Config("the CXI writer thread panicked".into()))?;
+        let (file, write_seconds) = written?;
+        let meta = sim?;
+        file.finish(&meta, cfg)?;
+        Ok(StreamReport {
+            timings: meta.timings,
+            write_seconds,
+            total_seconds: t0.elapsed().as_secs_f64(),
+            patterns: cfg.count,
+        })
+    })
 }
 
 /// Phase simulated patterns of real structures from their ideal support and report the

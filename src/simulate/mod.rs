@@ -11,8 +11,9 @@ pub mod structure;
 pub mod synthetic;
 
 pub use diffraction::{
-    phasing_check, phasing_check_with, random_quaternion, rotation_matrix, simulate, write_cxi,
-    AtomModel, CheckResult, MaskSpec, Noise, SimConfig, SimOutput, SimTimings,
+    chunk_for, phasing_check, phasing_check_with, random_quaternion, rotation_matrix, simulate,
+    simulate_chunks, simulate_to_cxi, write_cxi, AtomModel, CheckResult, MaskSpec, Noise, SimChunk,
+    SimConfig, SimMeta, SimOutput, SimTimings, StreamReport,
 };
 pub use structure::{collect_structures, read_structure, Atom, ReadOptions, Structure};
 pub use synthetic::{ParticleKind, SyntheticConfig};
