@@ -259,7 +259,7 @@ impl StreamWriter {
         if row_bytes == &0 {
             return Ok(());
         }
-        if bytes.len() as u64 % *row_bytes != 0 {
+        if !(bytes.len() as u64).is_multiple_of(*row_bytes) {
             let msg = format!(
                 "{} bytes is not a whole number of rows of {row_bytes} bytes",
                 bytes.len()
