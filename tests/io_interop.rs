@@ -275,6 +275,118 @@ fn h5py_reads_what_cxiwriter_writes() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// The streaming writer (used by `simulate`): (N,H,W) f32, u8 and complex64 datasets written
+/// block by block in scrambled order, plus small datasets, strings and attributes, read by
+/// h5py exactly; an unfinished stream leaves no file.
+#[test]
+fn h5py_reads_what_streamwriter_writes() {
+    use cdiphase::io::stream::{Dtype, StreamWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (n, h, wd) = (7usize, 11usize, 6usize);
+    let l = h * wd;
+    let f: Vec<f32> = (0..n * l).map(|i| (i as f32 * 0.37).sin() * 1e3).collect();
+    let u: Vec<u8> = (0..n * l).map(|i| (i * 31 % 251) as u8).collect();
+    let c: Vec<Complex32> = (0..n * l)
+        .map(|i| Complex32::new(i as f32 - 9.5, (i as f32 * 0.11).cos()))
+        .collect();
+    let mut w = StreamWriter::create(&d.join("stream.cxi")).unwrap();
+    let sf = w
+        .stream("entry_1/data_1/data", Dtype::F32, &[n, h, wd])
+        .unwrap();
+    let su = w
+        .stream("entry_1/sample_1/support", Dtype::U8, &[n, h, wd])
+        .unwrap();
+    let sc = w
+        .stream("entry_1/image_1/data", Dtype::Complex64, &[n, h, wd])
+        .unwrap();
+    // blocks of 3, 1, 3 rows, last block first
+    for (first, len) in [(4usize, 3usize), (3, 1), (0, 3)] {
+        let r = first * l..(first + len) * l;
+        w.write_rows_f32(sf, first, &f[r.clone()]).unwrap();
+        w.write_rows_u8(su, first, &u[r.clone()]).unwrap();
+        w.write_rows_complex64(sc, first, &c[r]).unwrap();
+    }
+    let small: Vec<f32> = vec![0.7, -1.5, 3.25];
+    w.f32("entry_1/instrument_1/detector_1/distance", &[3], &small)
+        .unwrap();
+    let idx: Vec<i64> = vec![0, -4, i64::MAX];
+    w.i64("entry_1/sample_1/structure_index", &[3], &idx)
+        .unwrap();
+    let strings = [
+        ("entry_1/sample_1/name", "1eteA\n2a2lA\n\u{e9}"),
+        ("entry_1/empty", ""),
+    ];
+    for (p, v) in strings {
+        w.string(p, v).unwrap();
+    }
+    let attrs = [
+        ("", "creator", "cdiphase"),
+        ("entry_1", "NX_class", "NXentry"),
+        ("entry_1/data_1/data", "units", "photons \u{b5}"),
+    ];
+    for (o, a, v) in attrs {
+        w.attr_string(o, a, v).unwrap();
+    }
+    w.finish().unwrap();
+    npy::write_f32(&d.join("f.npy"), &[n, h, wd], &f).unwrap();
+    npy::write_u8(&d.join("u.npy"), &[n, h, wd], &u).unwrap();
+    npy::write_complex64(&d.join("c.npy"), &[n, h, wd], &c).unwrap();
+    npy::write_f32(&d.join("s.npy"), &[3], &small).unwrap();
+    npy::write_i64(&d.join("i.npy"), &[3], &idx).unwrap();
+    let datasets = [
+        ("entry_1/data_1/data", "f.npy", "<f4", vec![n, h, wd]),
+        ("entry_1/sample_1/support", "u.npy", "|u1", vec![n, h, wd]),
+        ("entry_1/image_1/data", "c.npy", "<c8", vec![n, h, wd]),
+        (
+            "entry_1/instrument_1/detector_1/distance",
+            "s.npy",
+            "<f4",
+            vec![3],
+        ),
+        ("entry_1/sample_1/structure_index", "i.npy", "<i8", vec![3]),
+    ];
+    let man = serde_json::json!({
+        "file": "stream.cxi",
+        "datasets": datasets.iter().map(|(p, f, t, s)| serde_json::json!({"path": p, "npy": f, "dtype": t, "shape": s})).collect::<Vec<_>>(),
+        "strings": strings.iter().map(|(p, v)| serde_json::json!({"path": p, "value": v})).collect::<Vec<_>>(),
+        "attrs": attrs.iter().map(|(o, n, v)| serde_json::json!({"object": o, "name": n, "value": v})).collect::<Vec<_>>(),
+        "groups": ["entry_1", "entry_1/image_1", "entry_1/instrument_1/detector_1", "entry_1/sample_1"],
+    });
+    std::fs::write(d.join("rust_manifest.json"), man.to_string()).unwrap();
+    run_script(&["check", d.to_str().unwrap()]);
+    assert_eq!(
+        io::read_object(&d.join("stream.cxi"), None).unwrap().data,
+        c
+    );
+
+    // a row block never written: finish fails and leaves neither the file nor a temp file
+    let mut w = StreamWriter::create(&d.join("partial.cxi")).unwrap();
+    let s = w
+        .stream("entry_1/data_1/data", Dtype::F32, &[2, 2, 2])
+        .unwrap();
+    w.write_rows_f32(s, 0, &[1.0; 4]).unwrap();
+    let e = w.finish().unwrap_err().to_string();
+    assert!(
+        e.contains("never written") && e.contains("entry_1/data_1/data"),
+        "{e}"
+    );
+    // wrong row length / out of range
+    let mut w = StreamWriter::create(&d.join("bad.cxi")).unwrap();
+    let s = w
+        .stream("entry_1/data_1/data", Dtype::F32, &[2, 2, 2])
+        .unwrap();
+    assert!(w.write_rows_f32(s, 0, &[1.0; 3]).is_err());
+    assert!(w.write_rows_f32(s, 2, &[1.0; 4]).is_err());
+    drop(w);
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.contains("bad") || n.contains(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 // ------------------------------------------------------------------------------------------
 // errors (no Python needed)
 // ------------------------------------------------------------------------------------------
