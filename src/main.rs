@@ -125,6 +125,10 @@ struct SimulateArgs {
     /// Total photons per pattern (default: raw |F|^2 of the density in electrons).
     #[arg(long)]
     photons: Option<f64>,
+    /// Incident fluence, photons per µm², instead of --photons: expected counts
+    /// fluence * r_e^2 * (pixel solid angle) * |F|^2 (uses the wavelength, 0.2 nm).
+    #[arg(long, conflicts_with = "photons")]
+    fluence: Option<f64>,
     /// none | poisson.
     #[arg(long, default_value = "none")]
     noise: String,
@@ -413,8 +417,10 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         "poisson" => Noise::Poisson,
         other => bail!("--noise '{other}': expected none or poisson"),
     };
-    if noise == Noise::Poisson && a.photons.is_none() {
-        bail!("--noise poisson needs --photons (the expected total count per pattern)");
+    if noise == Noise::Poisson && a.photons.is_none() && a.fluence.is_none() {
+        bail!(
+            "--noise poisson needs --photons (the expected total count per pattern) or --fluence"
+        );
     }
     let cfg = SimConfig {
         size: (h, w),
@@ -423,6 +429,7 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         atoms: AtomModel::parse(&a.atoms)?,
         fill: a.fill,
         photons: a.photons,
+        fluence: a.fluence,
         noise,
         mask: MaskSpec::parse(&a.mask)?,
         support_threshold: a.support_threshold,

@@ -670,6 +670,47 @@ fn cxi_round_trip() {
     assert_eq!(q[4], out.orientation[1][0] as f32);
 }
 
+/// An incident fluence gives the expected counts fluence * r_e^2 * dOmega * |F|^2, with the
+/// detector pixel's solid angle from the geometry written to the file (checked at zero
+/// frequency, where |F| is the number of electrons in the projection).
+#[test]
+fn fluence_gives_expected_counts() {
+    let s = vec![one_structure()];
+    let cfg = SimConfig {
+        size: (48, 40),
+        count: 2,
+        fluence: Some(1e12),
+        ..SimConfig::default()
+    };
+    let out = simulate(&s, &cfg, &|_| {}).unwrap();
+    let (h, w) = (48usize, 40usize);
+    for i in 0..2 {
+        let electrons: f64 = out.density.image(i).iter().map(|&v| v as f64).sum();
+        let dx = out.pixel_size_nm[i] * 1e-9;
+        let (lam, dist) = (0.2e-9, 0.7);
+        let (px, py) = (lam * dist / (w as f64 * dx), lam * dist / (h as f64 * dx));
+        let d_omega = px * py / (dist * dist);
+        let r_e = 2.8179403262e-15;
+        let expect = 1e12 * 1e12 * r_e * r_e * d_omega * electrons * electrons;
+        let got = out.intensities.image(i)[(h / 2) * w + w / 2] as f64;
+        assert!((got / expect - 1.0).abs() < 1e-4, "{got} vs {expect}");
+    }
+    // fluence and photons together are refused; a non-positive fluence too
+    for bad in [
+        SimConfig {
+            photons: Some(1e6),
+            ..cfg.clone()
+        },
+        SimConfig {
+            fluence: Some(-1.0),
+            ..cfg.clone()
+        },
+    ] {
+        let e = simulate(&s, &bad, &|_| {}).unwrap_err().to_string();
+        assert!(e.contains("fluence"), "{e}");
+    }
+}
+
 /// Streaming by blocks writes the same file content as the in-memory path, whatever the block
 /// size (1, a size that does not divide N, N and more), and leaves nothing behind on error.
 #[test]

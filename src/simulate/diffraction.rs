@@ -20,7 +20,11 @@
 //!    particle spans at most `fill` of the field (fill <= 0.5: oversampling >= 2 per axis),
 //!    plus the few-sigma blur;
 //! 5. intensities `|F|^2`, `F` the unnormalised forward DFT of the centred density, stored
-//!    centred (zero frequency at (H/2, W/2)); scaled to `photons` in total when given, then
+//!    centred (zero frequency at (H/2, W/2)); scaled to `photons` in total when given, or to
+//!    the expected counts of an incident `fluence` (photons/µm²):
+//!    `I = fluence r_e² dΩ |F|²`, `F` in electrons, `r_e` the classical electron radius and
+//!    `dΩ = (λ / (H dx)) (λ / (W dx))` the solid angle of one detector pixel (small-angle,
+//!    polarisation factor 1); then
 //!    Poisson noise (seeded with `item_seed(seed, i, 2)`) if chosen;
 //! 6. the mask (one (H, W) image shared by all patterns, nonzero = not measured) flags
 //!    pixels; their values are kept;
@@ -210,6 +214,9 @@ pub struct SimConfig {
     pub pixel_size_nm: Option<f64>,
     /// Total photons per pattern (None: raw |F|^2 of the electrons-per-pixel density).
     pub photons: Option<f64>,
+    /// Incident fluence, photons per µm² (instead of `photons`): the pattern holds the
+    /// expected counts `fluence r_e² dΩ |F|²` (see the module documentation).
+    pub fluence: Option<f64>,
     pub noise: Noise,
     pub mask: MaskSpec,
     /// Ideal support threshold, fraction of the density maximum. Default 0.025: at 3.5 Å the
@@ -237,6 +244,7 @@ impl Default for SimConfig {
             fill: 0.45,
             pixel_size_nm: None,
             photons: None,
+            fluence: None,
             noise: Noise::None,
             mask: MaskSpec::None,
             support_threshold: 0.025,
@@ -287,6 +295,14 @@ impl SimConfig {
         if let Some(p) = self.photons {
             if !(p > 0.0 && p.is_finite()) {
                 return bad(format!("photons {p} must be positive"));
+            }
+        }
+        if let Some(f) = self.fluence {
+            if !(f > 0.0 && f.is_finite()) {
+                return bad(format!("fluence {f} photons/µm² must be positive"));
+            }
+            if self.photons.is_some() {
+                return bad("give either a photon count or a fluence, not both".into());
             }
         }
         if !(0.0..1.0).contains(&self.support_threshold) {
@@ -708,7 +724,7 @@ pub fn simulate_chunks(
                     native_to_centred(mag, h, w, inten);
                     t_fft.fetch_add(ns(t1), Ordering::Relaxed);
                     let t2 = Instant::now();
-                    scale_and_noise(cfg, i, inten);
+                    scale_and_noise(cfg, i, p.pixel_a, inten);
                     t_noise.fetch_add(ns(t2), Ordering::Relaxed);
                     progress(1);
                 },
@@ -746,10 +762,16 @@ pub fn simulate_chunks(
 }
 
 /// Scale pattern `i` to the photon count and draw its Poisson noise, as configured.
-fn scale_and_noise(cfg: &SimConfig, i: usize, inten: &mut [f32]) {
-    if let Some(ph) = cfg.photons {
-        let total: f64 = inten.iter().map(|&v| v as f64).sum();
-        let k = if total > 0.0 { ph / total } else { 0.0 };
+fn scale_and_noise(cfg: &SimConfig, i: usize, pixel_a: f64, inten: &mut [f32]) {
+    let scale = match (cfg.photons, cfg.fluence) {
+        (Some(ph), _) => {
+            let total: f64 = inten.iter().map(|&v| v as f64).sum();
+            Some(if total > 0.0 { ph / total } else { 0.0 })
+        }
+        (None, Some(f)) => Some(fluence_scale(cfg, f, pixel_a)),
+        (None, None) => None,
+    };
+    if let Some(k) = scale {
         match cfg.noise {
             Noise::None => inten.iter_mut().for_each(|v| *v = (*v as f64 * k) as f32),
             Noise::Poisson => {
@@ -765,6 +787,20 @@ fn scale_and_noise(cfg: &SimConfig, i: usize, inten: &mut [f32]) {
             *v = poisson(*v as f64, &mut rng) as f32;
         }
     }
+}
+
+/// Classical electron radius, m (CODATA 2018).
+pub const ELECTRON_RADIUS_M: f64 = 2.817_940_326_2e-15;
+
+/// Expected photons per pixel per electron² of |F|² for an incident fluence (photons/µm²):
+/// `fluence r_e² dΩ`, with the detector pixel's solid angle `dΩ = (λ / (H dx)) (λ / (W dx))`
+/// for a real-space pixel of `pixel_a` Å (small-angle approximation, polarisation 1).
+pub fn fluence_scale(cfg: &SimConfig, fluence_per_um2: f64, pixel_a: f64) -> f64 {
+    let (h, w) = cfg.size;
+    let lam = cfg.wavelength_nm * 1e-9;
+    let dx = pixel_a * 1e-10;
+    let d_omega = (lam / (h as f64 * dx)) * (lam / (w as f64 * dx));
+    fluence_per_um2 * 1e12 * ELECTRON_RADIUS_M * ELECTRON_RADIUS_M * d_omega
 }
 
 /// Simulate `cfg.count` patterns in memory (see [`simulate_chunks`] for large N).
