@@ -256,16 +256,11 @@ pub fn list_datasets(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
     }
 }
 
-/// Write a file atomically: `body` writes into a temporary file in `dest`'s directory, which
-/// is synced and renamed onto `dest`. On any error the temporary file is removed and `dest`
-/// is untouched.
-pub fn write_atomic(
-    dest: &Path,
-    body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>,
-) -> Result<()> {
+/// A fresh temporary file name in `dest`'s directory (hidden, named after `dest`, unique per
+/// process and call), so that a rename onto `dest` is atomic.
+pub fn temp_path(dest: &Path) -> Result<PathBuf> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-
     let fname = dest
         .file_name()
         .ok_or_else(|| Error::format(dest, "destination is not a file path"))?;
@@ -273,12 +268,22 @@ pub fn write_atomic(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = dir.join(format!(
+    Ok(dir.join(format!(
         ".{}.tmp-{}-{}",
         fname.to_string_lossy(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    )))
+}
+
+/// Write a file atomically: `body` writes into a temporary file in `dest`'s directory, which
+/// is synced and renamed onto `dest`. On any error the temporary file is removed and `dest`
+/// is untouched.
+pub fn write_atomic(
+    dest: &Path,
+    body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    let tmp = temp_path(dest)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -103,21 +103,7 @@ pub struct StreamWriter {
 impl StreamWriter {
     /// Start a file that will become `dest` at [`finish`](Self::finish).
     pub fn create(dest: &Path) -> Result<StreamWriter> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let fname = dest
-            .file_name()
-            .ok_or_else(|| Error::format(dest, "destination is not a file path"))?;
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}-{}",
-            fname.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = super::temp_path(dest)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .read(true)
