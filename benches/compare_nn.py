@@ -8,6 +8,9 @@ weights, f32, batch 64 of 128x128x1, 2 threads. Each peer runs in its own child 
   tf       Keras 3 model under tf.function, jit_compile=False; TF intra-op threads = T,
            inter-op = 1
   tf-xla   the same with jit_compile=True (XLA CPU); reported as failed if XLA can't
+  tf-bf16  tf with ONEDNN_DEFAULT_FPMATH_MODE=BF16: oneDNN may compute f32 convolutions
+           and matmuls in bf16 (AMX / avx512_bf16 where the CPU has them); not an f32
+           figure, listed for comparison with cdiphase --fast, with its error against tf
   ort      ONNX Runtime CPU, intra_op_num_threads = T, inter_op = 1, sequential,
            ORT_ENABLE_ALL; the model converted from the same Keras model (same weights)
            with tf2onnx (opset 17)
@@ -18,7 +21,8 @@ Per peer: W warm-up batches (not timed), then R timed batches; the median gives 
 and ms/batch. Peak RSS: ru_maxrss of the child; bytes/image: (peak RSS - RSS after the
 model is loaded and the input allocated) / batch. Peers' outputs are compared with the tf
 one (max|y - y_tf| / max|y_tf|), since they run the same weights on the same input.
-Ratios: cdiphase images/s over the faster of tf, tf-xla and ort, in the same run.
+Ratios ("vs fastest peer"): images/s over the fastest f32 peer (tf, tf-xla, ort) of the
+same run.
 
 If the cdiphase binary or its `bench network` verb is missing, the peers are still
 reported and cdiphase is listed as missing; the exit status is then non-zero only with
@@ -26,8 +30,9 @@ reported and cdiphase is listed as missing; the exit status is then non-zero onl
 
 Usage:
     .venv/bin/python benches/compare_nn.py [--batch 64] [--threads 2] [--repeat 5]
-        [--warmup 2] [--iterations 5] [--peers tf,tf-xla,ort] [--no-cdiphase]
-        [--require-cdiphase] [--cdiphase PATH] [--markdown FILE] [--json FILE]
+        [--warmup 2] [--iterations 5] [--peers tf,tf-xla,ort,tf-bf16] [--no-cdiphase]
+        [--require-cdiphase] [--cdiphase PATH] [--quiet-load L] [--markdown FILE]
+        [--json FILE]
 """
 
 from __future__ import annotations
@@ -66,8 +71,6 @@ def _peak_rss() -> int:
 
 
 def _input(batch: int):
-    import numpy as np
-
     import spinn
 
     raw = spinn.diffraction_patterns(batch, 128, 128, seed=SEED + 1)
@@ -108,7 +111,7 @@ def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: P
 
     out: dict = {"peer": kind, "batch": batch, "threads": threads, "warmup": warmup,
                  "repeat": repeat}
-    if kind in ("tf", "tf-xla", "export-onnx"):
+    if kind in ("tf", "tf-xla", "tf-bf16", "export-onnx"):
         tf, keras, m = _keras_model(threads)
         out["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
         x = _input(batch)
@@ -133,6 +136,8 @@ def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: P
         y = step()  # trace/compile (counted as warm-up)
         ts = _time_loop(step, max(0, warmup - 1), repeat)
         np.save(work / f"{kind}.npy", y[:4])
+        if kind == "tf-bf16":
+            out["mode"] = "bf16 (oneDNN fpmath)"
     elif kind == "ort":
         import onnxruntime as ort
 
@@ -159,7 +164,8 @@ def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: P
     peak = _peak_rss()
     out.update({"times_s": ts, "ms_per_batch": med * 1e3, "images_per_s": batch / med,
                 "peak_rss_bytes": peak, "rss_after_load_bytes": base,
-                "bytes_per_image": max(0, peak - base) / batch, "mode": "f32"})
+                "bytes_per_image": max(0, peak - base) / batch})
+    out.setdefault("mode", "f32")
     return out
 
 
@@ -187,11 +193,26 @@ def machine_info() -> dict:
             "flags": {k: (k in flags) for k in want}}
 
 
+def wait_quiet(args) -> None:
+    """With --quiet-load L: wait (at most --quiet-wait s) until the 1-min load average is
+    below L, so a shared machine's other jobs disturb the measurement less."""
+    if args.quiet_load is None:
+        return
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= args.quiet_load and time.monotonic() - t0 < args.quiet_wait:
+        time.sleep(5)
+
+
 def run_child(kind: str, args, work: Path) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
            "--batch", str(args.batch), "--threads", str(args.threads),
            "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--work", str(work)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("ONEDNN_DEFAULT_FPMATH_MODE", None)
+    if kind == "tf-bf16":
+        env["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16"
+    if kind != "export-onnx":
+        wait_quiet(args)
     load0 = os.getloadavg()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
@@ -214,6 +235,7 @@ def run_cdiphase(binary: Path, args, fast: bool) -> dict:
            "--threads", str(args.threads), "--iterations", str(args.iterations), "--json"]
     if fast:
         cmd.append("--fast")
+    wait_quiet(args)
     load0 = os.getloadavg()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
@@ -245,12 +267,17 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per peer")
     p.add_argument("--repeat", type=int, default=5, help="timed batches per peer (median)")
     p.add_argument("--iterations", type=int, default=5, help="cdiphase --iterations")
-    p.add_argument("--peers", default="tf,tf-xla,ort")
+    p.add_argument("--peers", default="tf,tf-xla,ort,tf-bf16",
+                   help="subset of tf,tf-xla,ort,tf-bf16 (default all)")
     p.add_argument("--cdiphase", default=str(DEFAULT_BIN))
     p.add_argument("--no-cdiphase", action="store_true", help="peers only")
     p.add_argument("--require-cdiphase", action="store_true",
                    help="exit non-zero if cdiphase's bench network can't run")
     p.add_argument("--timeout", type=float, default=900, help="per child, s")
+    p.add_argument("--quiet-load", type=float, default=None, metavar="L",
+                   help="before each measurement wait until the 1-min load average < L")
+    p.add_argument("--quiet-wait", type=float, default=300, metavar="S",
+                   help="longest wait for --quiet-load, s (default 300)")
     p.add_argument("--markdown", metavar="FILE")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -113,7 +113,7 @@ def build_keras_side(work: Path, n: int, seed: int, prep: str, formats: list[str
     return raw, y, scale
 
 
-def read_output(path: Path, shape) -> "np.ndarray":
+def read_output(path: Path, shape):
     import h5py
     import numpy as np
 
