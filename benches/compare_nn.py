@@ -21,7 +21,9 @@ Per peer: W warm-up batches (not timed), then R timed batches; the median gives 
 and ms/batch. Peak RSS: ru_maxrss of the child; bytes/image: (peak RSS - RSS after the
 model is loaded and the input allocated) / batch. Peers' outputs are compared with the tf
 one (max|y - y_tf| / max|y_tf|), since they run the same weights on the same input.
-Ratios ("vs fastest peer"): images/s over the fastest f32 peer (tf, tf-xla, ort) of the
+"CPU s/batch": user+sys time of all the peer's threads per timed batch (median); near
+threads x wall time when the peer had its cores to itself, well under it on a loaded
+machine. Ratios ("vs fastest f32 peer"): images/s over the fastest f32 peer (tf, tf-xla, ort) of the
 same run.
 
 If the cdiphase binary or its `bench network` verb is missing, the peers are still
@@ -95,15 +97,23 @@ def _keras_model(threads: int):
     return tf, keras, m
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _time_loop(fn, warmup: int, repeat: int):
+    """(wall seconds, CPU seconds of all threads) per timed call."""
     for _ in range(warmup):
         fn()
-    ts = []
+    ts, cs = [], []
     for _ in range(repeat):
+        c0 = _cpu_s()
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return ts
+        cs.append(_cpu_s() - c0)
+    return ts, cs
 
 
 def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: Path) -> dict:
@@ -134,7 +144,7 @@ def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: P
         def step():
             return fn(xt).numpy()
         y = step()  # trace/compile (counted as warm-up)
-        ts = _time_loop(step, max(0, warmup - 1), repeat)
+        ts, cs = _time_loop(step, max(0, warmup - 1), repeat)
         np.save(work / f"{kind}.npy", y[:4])
         if kind == "tf-bf16":
             out["mode"] = "bf16 (oneDNN fpmath)"
@@ -156,13 +166,16 @@ def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: P
         def step():
             return sess.run(None, {iname: x})[0]
         y = step()
-        ts = _time_loop(step, max(0, warmup - 1), repeat)
+        ts, cs = _time_loop(step, max(0, warmup - 1), repeat)
         np.save(work / f"{kind}.npy", y[:4])
     else:
         raise ValueError(f"unknown peer {kind!r}")
     med = statistics.median(ts)
+    cmed = statistics.median(cs)
     peak = _peak_rss()
-    out.update({"times_s": ts, "ms_per_batch": med * 1e3, "images_per_s": batch / med,
+    out.update({"times_s": ts, "cpu_s": cs, "cpu_s_per_batch": cmed,
+                "images_per_cpu_s": batch / cmed if cmed > 0 else None,
+                "ms_per_batch": med * 1e3, "images_per_s": batch / med,
                 "peak_rss_bytes": peak, "rss_after_load_bytes": base,
                 "bytes_per_image": max(0, peak - base) / batch})
     out.setdefault("mode", "f32")
@@ -365,7 +378,7 @@ def main(argv=None) -> int:
     best = max((rows[k]["images_per_s"] for k in peer_keys), default=None)
     best_name = max(peer_keys, key=lambda k: rows[k]["images_per_s"]) if peer_keys else None
     cols = ["peer", "mode", "images/s", "ms/batch", "peak RSS MiB", "MiB/image (RSS growth)",
-            "rel err vs tf", "vs fastest f32 peer"]
+            "rel err vs tf", "vs fastest f32 peer", "CPU s/batch"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for k, r in rows.items():
         if k.startswith("_"):
@@ -379,6 +392,7 @@ def main(argv=None) -> int:
                else None, 2),
             _err_cell(r),
             _f(ips / best if (ips and best) else None, 2, "x"),
+            _f(r.get("cpu_s_per_batch"), 1),
         ]) + " |")
     notes = []
     vers = {}
