@@ -21,6 +21,8 @@ Per peer: W warm-up batches (not timed), then R timed batches; the median gives 
 and ms/batch. Peak RSS: ru_maxrss of the child; bytes/image: (peak RSS - RSS after the
 model is loaded and the input allocated) / batch. Peers' outputs are compared with the tf
 one (max|y - y_tf| / max|y_tf|), since they run the same weights on the same input.
+cdiphase rows use its median batch too (`ms_per_batch_median` of its JSON; its own
+images_per_s, of the best batch, is kept as images_per_s_best in the JSON output).
 "CPU s/batch": user+sys time of all the peer's threads per timed batch (median); near
 threads x wall time when the peer had its cores to itself, well under it on a loaded
 machine. Ratios ("vs fastest f32 peer"): images/s over the fastest f32 peer (tf, tf-xla, ort) of the
@@ -262,6 +264,14 @@ def run_cdiphase(binary: Path, args, fast: bool) -> dict:
         if line.startswith("{"):
             r = json.loads(line)
             r["cmd"] = shlex.join(cmd)
+            # The peers report the median batch; use cdiphase's median too when it gives
+            # one (its images_per_s / ms_per_batch are of the best batch).
+            med = r.get("ms_per_batch_median")
+            if isinstance(med, (int, float)) and med > 0:
+                r["images_per_s_best"] = r.get("images_per_s")
+                r["ms_per_batch_best"] = r.get("ms_per_batch")
+                r["ms_per_batch"] = med
+                r["images_per_s"] = r.get("batch", args.batch) * 1e3 / med
             r["loadavg_before"] = load0[0]
             r["loadavg_after"] = os.getloadavg()[0]
             return r

@@ -9,8 +9,8 @@ Steps (in a temporary directory, kept with --keep DIR):
     with the same weights, model_k2.h5 (Keras 2, tf_keras);
  3. N diffraction-like patterns (128x128) -> input.cxi at entry_1/data_1/data (N,H,W) f32;
     Keras output of preprocess(input) (N,128,128,1);
- 4. per format: cdiphase convert FILE -o FMT.safetensors [--arch spinn for weights-only]
-    [extra --convert-arg ...], then cdiphase predict input.cxi --model FMT.safetensors
+ 4. per format: cdiphase convert FILE -o FMT.safetensors --preprocess PREP
+    [--arch spinn for weights-only] [extra --convert-arg ...], then cdiphase predict input.cxi --model FMT.safetensors
     -o FMT.out.cxi [extra --predict-arg ...]; read entry_1/image_1/data (N,H,W) f32;
  5. print max|y - keras| / max|keras| per format; exit 1 if any exceeds --tol (1e-4).
 
@@ -140,9 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS),
                    help=f"comma-separated subset of {','.join(FORMATS)}")
     p.add_argument("--preprocessing", default="max", choices=["max", "log1p-max"],
-                   help="input preprocessing the Keras side applies (default max, the "
-                        "paper's); pass the matching flag to convert with --convert-arg "
-                        "if cdiphase needs it")
+                   help="input preprocessing the Keras side applies and convert is told "
+                        "(--preprocess); default max, the paper's")
     p.add_argument("--convert-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for cdiphase convert (repeatable; write "
                         "--convert-arg=--flag)")
@@ -194,8 +193,8 @@ def main(argv=None) -> int:
         fname, conv_extra, desc = FORMATS[fmt]
         st = work / f"{fmt}.safetensors"
         out = work / f"{fmt}.out.cxi"
-        conv = [str(binary), "convert", str(work / fname), "-o", str(st)] + conv_extra \
-            + args.convert_arg
+        conv = [str(binary), "convert", str(work / fname), "-o", str(st),
+                "--preprocess", args.preprocessing] + conv_extra + args.convert_arg
         pred = [str(binary), "predict", str(work / "input.cxi"), "--model", str(st),
                 "-o", str(out)] + args.predict_arg
         try:
