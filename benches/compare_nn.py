@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Network inference at full size: cdiphase against TensorFlow and ONNX Runtime, one run.
+
+The paper's encoder-decoder (19,721,217 parameters, tools/keras/spinn.py), seeded random
+weights, f32, batch 64 of 128x128x1, 2 threads. Each peer runs in its own child process
+(so its peak RSS is its own):
+
+  tf       Keras 3 model under tf.function, jit_compile=False; TF intra-op threads = T,
+           inter-op = 1
+  tf-xla   the same with jit_compile=True (XLA CPU); reported as failed if XLA can't
+  tf-bf16  tf with ONEDNN_DEFAULT_FPMATH_MODE=BF16: oneDNN may compute f32 convolutions
+           and matmuls in bf16 (AMX / avx512_bf16 where the CPU has them); not an f32
+           figure, listed for comparison with cdiphase --fast, with its error against tf
+  ort      ONNX Runtime CPU, intra_op_num_threads = T, inter_op = 1, sequential,
+           ORT_ENABLE_ALL; the model converted from the same Keras model (same weights)
+           with tf2onnx (opset 17)
+  cdiphase target/release/cdiphase bench network --arch spinn --batch B --threads T
+           --iterations I --json, and the same with --fast
+
+Per peer: W warm-up batches (not timed), then R timed batches; the median gives images/s
+and ms/batch. Peak RSS: ru_maxrss of the child; bytes/image: (peak RSS - RSS after the
+model is loaded and the input allocated) / batch. Peers' outputs are compared with the tf
+one (max|y - y_tf| / max|y_tf|), since they run the same weights on the same input.
+cdiphase rows use its median batch too (`ms_per_batch_median` of its JSON; its own
+images_per_s, of the best batch, is kept as images_per_s_best in the JSON output).
+"CPU s/batch": user+sys time of all the peer's threads per timed batch (median); near
+threads x wall time when the peer had its cores to itself, well under it on a loaded
+machine. Ratios ("vs fastest f32 peer"): images/s over the fastest f32 peer (tf, tf-xla, ort) of the
+same run.
+
+If the cdiphase binary or its `bench network` verb is missing, the peers are still
+reported and cdiphase is listed as missing; the exit status is then non-zero only with
+--require-cdiphase.
+
+Usage:
+    .venv/bin/python benches/compare_nn.py [--batch 64] [--threads 2] [--repeat 5]
+        [--warmup 2] [--iterations 5] [--peers tf,tf-xla,ort,tf-bf16] [--no-cdiphase]
+        [--require-cdiphase] [--cdiphase PATH] [--quiet-load L] [--markdown FILE]
+        [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools" / "keras"))
+DEFAULT_BIN = ROOT / "target" / "release" / "cdiphase"
+SEED = 11
+
+
+# ---------------------------------------------------------------- child side
+
+def _rss_now() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _input(batch: int):
+    import spinn
+
+    raw = spinn.diffraction_patterns(batch, 128, 128, seed=SEED + 1)
+    return spinn.preprocess(raw, "max")
+
+
+def _keras_model(threads: int):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    import spinn
+
+    keras.utils.set_random_seed(SEED)
+    m = spinn.build_spinn(keras)
+    assert m.count_params() == spinn.SPINN_PARAMS
+    m.set_weights(spinn.random_weights(m, seed=SEED))
+    return tf, keras, m
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _time_loop(fn, warmup: int, repeat: int):
+    """(wall seconds, CPU seconds of all threads) per timed call."""
+    for _ in range(warmup):
+        fn()
+    ts, cs = [], []
+    for _ in range(repeat):
+        c0 = _cpu_s()
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+        cs.append(_cpu_s() - c0)
+    return ts, cs
+
+
+def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: Path) -> dict:
+    import numpy as np
+
+    out: dict = {"peer": kind, "batch": batch, "threads": threads, "warmup": warmup,
+                 "repeat": repeat}
+    if kind in ("tf", "tf-xla", "tf-bf16", "export-onnx"):
+        tf, keras, m = _keras_model(threads)
+        out["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+        x = _input(batch)
+        if kind == "export-onnx":
+            import tf2onnx
+
+            spec = (tf.TensorSpec((None, 128, 128, 1), tf.float32, name="input"),)
+            fn = tf.function(lambda t: m(t, training=False))
+            t0 = time.perf_counter()
+            tf2onnx.convert.from_function(fn, input_signature=spec, opset=17,
+                                          output_path=str(work / "spinn.onnx"))
+            out["convert_s"] = time.perf_counter() - t0
+            out["versions"]["tf2onnx"] = tf2onnx.__version__
+            return out
+        jit = kind == "tf-xla"
+        fn = tf.function(lambda t: m(t, training=False), jit_compile=jit)
+        xt = tf.constant(x)
+        base = _rss_now()
+
+        def step():
+            return fn(xt).numpy()
+        y = step()  # trace/compile (counted as warm-up)
+        ts, cs = _time_loop(step, max(0, warmup - 1), repeat)
+        np.save(work / f"{kind}.npy", y[:4])
+        if kind == "tf-bf16":
+            out["mode"] = "bf16 (oneDNN fpmath)"
+    elif kind == "ort":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(work / "spinn.onnx"), so,
+                                    providers=["CPUExecutionProvider"])
+        out["versions"] = {"onnxruntime": ort.__version__}
+        iname = sess.get_inputs()[0].name
+        x = _input(batch)
+        base = _rss_now()
+
+        def step():
+            return sess.run(None, {iname: x})[0]
+        y = step()
+        ts, cs = _time_loop(step, max(0, warmup - 1), repeat)
+        np.save(work / f"{kind}.npy", y[:4])
+    else:
+        raise ValueError(f"unknown peer {kind!r}")
+    med = statistics.median(ts)
+    cmed = statistics.median(cs)
+    peak = _peak_rss()
+    out.update({"times_s": ts, "cpu_s": cs, "cpu_s_per_batch": cmed,
+                "images_per_cpu_s": batch / cmed if cmed > 0 else None,
+                "ms_per_batch": med * 1e3, "images_per_s": batch / med,
+                "peak_rss_bytes": peak, "rss_after_load_bytes": base,
+                "bytes_per_image": max(0, peak - base) / batch})
+    out.setdefault("mode", "f32")
+    return out
+
+
+# ---------------------------------------------------------------- parent side
+
+def machine_info() -> dict:
+    cpu, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    want = ["avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16",
+            "amx_bf16", "amx_tile"]
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    return {"cpu": cpu, "nproc": nproc, "platform": platform.platform(),
+            "python": platform.python_version(),
+            "flags": {k: (k in flags) for k in want}}
+
+
+def wait_quiet(args) -> None:
+    """With --quiet-load L: wait (at most --quiet-wait s) until the 1-min load average is
+    below L, so a shared machine's other jobs disturb the measurement less."""
+    if args.quiet_load is None:
+        return
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= args.quiet_load and time.monotonic() - t0 < args.quiet_wait:
+        time.sleep(5)
+
+
+def run_child(kind: str, args, work: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
+           "--batch", str(args.batch), "--threads", str(args.threads),
+           "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--work", str(work)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("ONEDNN_DEFAULT_FPMATH_MODE", None)
+    if kind == "tf-bf16":
+        env["ONEDNN_DEFAULT_FPMATH_MODE"] = "BF16"
+    if kind != "export-onnx":
+        wait_quiet(args)
+    load0 = os.getloadavg()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                           env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {args.timeout:.0f} s")
+    if p.returncode != 0:
+        raise RuntimeError(f"exit status {p.returncode}\n{p.stderr.strip()[-3000:]}")
+    for line in reversed(p.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            r = json.loads(line)
+            r["loadavg_before"] = load0[0]
+            r["loadavg_after"] = os.getloadavg()[0]
+            return r
+    raise RuntimeError(f"no JSON from child\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+
+
+def run_cdiphase(binary: Path, args, fast: bool) -> dict:
+    cmd = [str(binary), "bench", "network", "--arch", "spinn", "--batch", str(args.batch),
+           "--threads", str(args.threads), "--iterations", str(args.iterations), "--json"]
+    if fast:
+        cmd.append("--fast")
+    wait_quiet(args)
+    load0 = os.getloadavg()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {args.timeout:.0f} s: {shlex.join(cmd)}")
+    if p.returncode != 0:
+        raise RuntimeError(f"exit status {p.returncode}: {shlex.join(cmd)}\n"
+                           f"{p.stderr.strip()[-2000:]}")
+    for line in reversed(p.stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            r = json.loads(line)
+            r["cmd"] = shlex.join(cmd)
+            # The peers report the median batch; use cdiphase's median too when it gives
+            # one (its images_per_s / ms_per_batch are of the best batch).
+            med = r.get("ms_per_batch_median")
+            if isinstance(med, (int, float)) and med > 0:
+                r["images_per_s_best"] = r.get("images_per_s")
+                r["ms_per_batch_best"] = r.get("ms_per_batch")
+                r["ms_per_batch"] = med
+                r["images_per_s"] = r.get("batch", args.batch) * 1e3 / med
+            r["loadavg_before"] = load0[0]
+            r["loadavg_after"] = os.getloadavg()[0]
+            return r
+    raise RuntimeError(f"no JSON object on stdout of {shlex.join(cmd)}\n{p.stdout[-2000:]}")
+
+
+def _err_cell(r: dict) -> str:
+    """rel err vs tf for the peers; for cdiphase, any error figure its JSON reports (its
+    --fast mode's accuracy cost against its own f32 path), named by its key."""
+    if r.get("rel_err_vs_tf") is not None:
+        return f"{r['rel_err_vs_tf']:.1e}"
+    for k, v in r.items():
+        if "err" in k and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return f"{v:.1e} ({k})"
+    return "n/a"
+
+
+def _f(v, d=1, suffix=""):
+    return "n/a" if v is None else f"{v:.{d}f}{suffix}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches per peer")
+    p.add_argument("--repeat", type=int, default=5, help="timed batches per peer (median)")
+    p.add_argument("--iterations", type=int, default=5, help="cdiphase --iterations")
+    p.add_argument("--peers", default="tf,tf-xla,ort,tf-bf16",
+                   help="subset of tf,tf-xla,ort,tf-bf16 (default all)")
+    p.add_argument("--cdiphase", default=str(DEFAULT_BIN))
+    p.add_argument("--no-cdiphase", action="store_true", help="peers only")
+    p.add_argument("--require-cdiphase", action="store_true",
+                   help="exit non-zero if cdiphase's bench network can't run")
+    p.add_argument("--timeout", type=float, default=900, help="per child, s")
+    p.add_argument("--quiet-load", type=float, default=None, metavar="L",
+                   help="before each measurement wait until the 1-min load average < L")
+    p.add_argument("--quiet-wait", type=float, default=300, metavar="S",
+                   help="longest wait for --quiet-load, s (default 300)")
+    p.add_argument("--markdown", metavar="FILE")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        r = child(args.child, args.batch, args.threads, args.warmup, args.repeat,
+                  Path(args.work))
+        print(json.dumps(r))
+        return 0
+
+    info = machine_info()
+    cmdline = shlex.join([sys.executable] + (sys.argv if argv is None else [__file__] + argv))
+    print(f"Machine: {info['cpu']}, nproc {info['nproc']}, {info['platform']}; flags "
+          + ", ".join(k for k, v in info["flags"].items() if v), flush=True)
+    print(f"Command: {cmdline}", flush=True)
+    print(f"spinn full size (19,721,217 params), batch {args.batch}, {args.threads} threads, "
+          f"f32; peers: {args.warmup} warm-up + median of {args.repeat} batches", flush=True)
+
+    import numpy as np
+
+    peers = [k for k in args.peers.split(",") if k]
+    rows: dict = {}
+    errors: dict = {}
+    with tempfile.TemporaryDirectory(prefix="cdiphase-nn-") as tmp:
+        work = Path(tmp)
+        if "ort" in peers:
+            try:
+                r = run_child("export-onnx", args, work)
+                print(f"  tf2onnx export: {r['convert_s']:.1f} s", flush=True)
+                rows["_export"] = r
+            except RuntimeError as e:
+                errors["ort"] = f"tf2onnx export failed: {e}"
+                print(f"  ort: {errors['ort']}", file=sys.stderr, flush=True)
+        for k in peers:
+            if k in errors:
+                continue
+            print(f"  {k} ...", end="", flush=True)
+            try:
+                rows[k] = run_child(k, args, work)
+                print(f" {rows[k]['images_per_s']:.2f} images/s", flush=True)
+            except RuntimeError as e:
+                errors[k] = str(e)
+                print(f" failed: {str(e).splitlines()[-1][:300]}", flush=True)
+        ref = np.load(work / "tf.npy") if (work / "tf.npy").is_file() else None
+        for k in peers:
+            f = work / f"{k}.npy"
+            if k in rows and ref is not None and f.is_file():
+                y = np.load(f)
+                rows[k]["rel_err_vs_tf"] = float(np.max(np.abs(y.astype(np.float64) - ref))
+                                                 / np.max(np.abs(ref)))
+
+    cd_missing = None
+    if not args.no_cdiphase:
+        binary = Path(args.cdiphase)
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            cd_missing = f"cdiphase binary not found: {binary} (cargo build --release)"
+        else:
+            for fast in (False, True):
+                key = "cdiphase --fast" if fast else "cdiphase"
+                print(f"  {key} ...", end="", flush=True)
+                try:
+                    rows[key] = run_cdiphase(binary, args, fast)
+                    print(f" {rows[key].get('images_per_s', float('nan')):.2f} images/s",
+                          flush=True)
+                except RuntimeError as e:
+                    errors[key] = str(e)
+                    print(" failed", flush=True)
+                    if cd_missing is None:
+                        cd_missing = f"{key}: {str(e).strip()[:600]}"
+
+    peer_keys = [k for k in ("tf", "tf-xla", "ort") if k in rows]
+    best = max((rows[k]["images_per_s"] for k in peer_keys), default=None)
+    best_name = max(peer_keys, key=lambda k: rows[k]["images_per_s"]) if peer_keys else None
+    cols = ["peer", "mode", "images/s", "ms/batch", "peak RSS MiB", "MiB/image (RSS growth)",
+            "rel err vs tf", "vs fastest f32 peer", "CPU s/batch"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for k, r in rows.items():
+        if k.startswith("_"):
+            continue
+        ips = r.get("images_per_s")
+        mode = r.get("mode", "f32")
+        lines.append("| " + " | ".join([
+            k, str(mode), _f(ips, 2), _f(r.get("ms_per_batch"), 0),
+            _f(r.get("peak_rss_bytes", 0) / 2**20 if r.get("peak_rss_bytes") else None, 0),
+            _f(r.get("bytes_per_image") / 2**20 if r.get("bytes_per_image") is not None
+               else None, 2),
+            _err_cell(r),
+            _f(ips / best if (ips and best) else None, 2, "x"),
+            _f(r.get("cpu_s_per_batch"), 1),
+        ]) + " |")
+    notes = []
+    vers = {}
+    for k in list(rows):
+        vers.update(rows[k].get("versions", {}))
+    notes.append("versions: " + ", ".join(f"{a} {b}" for a, b in sorted(vers.items())))
+    loads = [(k, r.get("loadavg_before"), r.get("loadavg_after")) for k, r in rows.items()
+             if not k.startswith("_")]
+    notes.append("1-min load average before/after each: " + ", ".join(
+        f"{k} {_f(a, 2)}/{_f(b, 2)}" for k, a, b in loads))
+    if best_name:
+        notes.append(f"fastest peer: {best_name} ({best:.2f} images/s)")
+    for k, e in errors.items():
+        notes.append(f"{k} failed: {e.strip().splitlines()[-1][:300] if e.strip() else e}")
+    if cd_missing:
+        notes.append(f"cdiphase missing: {cd_missing.splitlines()[0]}")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    print()
+    for n in notes:
+        print(n)
+    if args.markdown:
+        Path(args.markdown).write_text(f"Command: `{cmdline}`\n\n" + table + "\n\n"
+                                       + "\n".join(f"- {n}" for n in notes) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"machine": info, "command": cmdline, "batch": args.batch,
+             "threads": args.threads, "results": rows, "errors": errors,
+             "cdiphase_missing": cd_missing}, indent=1) + "\n")
+    if not peer_keys:
+        return 1
+    if cd_missing and args.require_cdiphase:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
