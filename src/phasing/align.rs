@@ -18,7 +18,9 @@ pub struct Alignment {
     pub error: f64,
 }
 
-fn fft2(data: &mut [Complex64], h: usize, w: usize, inverse: bool) {
+/// In-place unnormalised 2-D DFT of an `h x w` row-major image (float64, row then column
+/// transforms).
+pub fn fft2(data: &mut [Complex64], h: usize, w: usize, inverse: bool) {
     let mut planner = FftPlanner::<f64>::new();
     let (rf, cf) = if inverse {
         (planner.plan_fft_inverse(w), planner.plan_fft_inverse(h))

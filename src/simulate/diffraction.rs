@@ -1115,30 +1115,16 @@ pub struct CheckResult {
 /// Energies of `a - b` and of `a` at |q| < `q_cut` (DFT units), and of `a` above it and
 /// overall (zero frequency excluded from the last two), float64 DFTs of centred images.
 fn band_energies(a: &[Complex32], b: &[Complex32], h: usize, w: usize, q_cut: f64) -> [f64; 4] {
-    use rustfft::FftPlanner;
-    let to64 = |v: &[Complex32]| -> Vec<num_complex::Complex64> {
-        v.iter()
+    let fft = |v: &[Complex32]| -> Vec<num_complex::Complex64> {
+        let mut d: Vec<num_complex::Complex64> = v
+            .iter()
             .map(|c| num_complex::Complex64::new(c.re as f64, c.im as f64))
-            .collect()
-    };
-    let mut planner = FftPlanner::<f64>::new();
-    let (rf, cf) = (planner.plan_fft_forward(w), planner.plan_fft_forward(h));
-    let fft = |mut d: Vec<num_complex::Complex64>| {
-        rf.process(&mut d);
-        let mut col = vec![num_complex::Complex64::new(0.0, 0.0); h];
-        for x in 0..w {
-            for y in 0..h {
-                col[y] = d[y * w + x];
-            }
-            cf.process(&mut col);
-            for y in 0..h {
-                d[y * w + x] = col[y];
-            }
-        }
+            .collect();
+        crate::phasing::align::fft2(&mut d, h, w, false);
         d
     };
-    let fa = fft(to64(a));
-    let fb = fft(to64(b));
+    let fa = fft(a);
+    let fb = fft(b);
     let mut e = [0.0; 4];
     for y in 0..h {
         let qy = crate::phasing::support::signed(y, h) as f64;
@@ -1247,6 +1233,24 @@ mod tests {
             assert!((m - lam).abs() < 5.0 * se, "lam {lam} mean {m}");
             assert!((var / lam - 1.0).abs() < 0.08, "lam {lam} var {var}");
         }
+    }
+
+    #[test]
+    fn band_energies_split_parseval() {
+        let (h, w) = (9, 14);
+        let a: Vec<Complex32> = (0..h * w)
+            .map(|i| Complex32::new((i as f32 * 0.7).sin(), (i as f32 * 0.3).cos()))
+            .collect();
+        let b: Vec<Complex32> = a.iter().map(|c| c * 0.5).collect();
+        let e = band_energies(&a, &b, h, w, 2.5);
+        let energy: f64 = a.iter().map(|c| c.norm_sqr() as f64).sum::<f64>() * (h * w) as f64;
+        // low + high = all (Parseval); a - b = a / 2 in every band
+        assert!(
+            ((e[1] + e[2]) / energy - 1.0).abs() < 1e-6,
+            "{e:?} {energy}"
+        );
+        assert!((e[0] / e[1] - 0.25).abs() < 1e-9);
+        assert!(e[3] < energy && e[3] > 0.0);
     }
 
     #[test]
