@@ -347,10 +347,13 @@ mod tests {
 
     #[test]
     fn forward_scattering_is_the_electron_count() {
+        // The published nine-parameter fits are not constrained at zero: their sum misses Z
+        // by up to 0.1% (Ga 30.976, Mo 41.956, Pb 81.949). A typo in a coefficient would
+        // move it by far more.
         for (e, c) in TABLE {
             let z = atomic_number(e).unwrap() as f64;
             assert!(
-                (f0(c, 0.0) - z).abs() < 0.02,
+                (f0(c, 0.0) - z).abs() < 1.5e-3 * z,
                 "{e}: f0(0) {} vs Z {z}",
                 f0(c, 0.0)
             );
