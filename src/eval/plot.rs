@@ -77,6 +77,19 @@ pub fn write_png(dest: &Path, size: (u32, u32), rgb: &[u8]) -> Result<()> {
     wr.finish().map_err(|e| Error::format(dest, format!("PNG: {e}")))
 }
 
+/// Two significant digits, plain or scientific.
+fn sig2(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let e = v.abs().log10().floor() as i32;
+    if (-3..4).contains(&e) {
+        format!("{v:.*}", (1 - e).max(0) as usize)
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
 fn nice_max(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;
@@ -309,7 +322,7 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
     let finite = qs.iter().flatten().flat_map(|&(a, _, c)| [a, c]).filter(|v| v.is_finite());
     let (lo, hi) = finite.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (lo, hi) = if lo.is_finite() && hi > 0.0 {
-        (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil()))
+        (lo / 1.3, hi * 1.3)
     } else {
         (1e-3, 1.0)
     };
@@ -321,12 +334,16 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
             .margin(15)
             .x_label_area_size(60)
             .y_label_area_size(80)
-            .build_cartesian_2d(1.0..lmax, (lo..hi).log_scale())
+            // log axis drawn as a linear axis of log10 values: plotters' log scale puts
+            // no labels on a range narrower than a decade
+            .build_cartesian_2d(1.0..lmax, lo.log10()..hi.log10())
             .map_err(&e)?;
         ch.configure_mesh()
             .x_desc(xlabel)
-            .y_desc("Fourier error sqrt(sum (|F| - A)^2 / sum A^2)")
-            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .y_desc("Fourier error sqrt(sum (|F| - A)^2 / sum A^2), log scale")
+            .y_labels(12)
+            .y_label_formatter(&|v| sig2(10f64.powf(*v)))
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(font(15.0))
             .axis_desc_style(font(17.0))
             .draw()
@@ -336,12 +353,12 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
             let mut poly: Vec<(f64, f64)> = Vec::new();
             for (j, &(a, _, _)) in q.iter().enumerate() {
                 if a.is_finite() {
-                    poly.push(((j + 1) as f64, a));
+                    poly.push(((j + 1) as f64, a.log10()));
                 }
             }
             for (j, &(_, _, c)) in q.iter().enumerate().rev() {
                 if c.is_finite() {
-                    poly.push(((j + 1) as f64, c));
+                    poly.push(((j + 1) as f64, c.log10()));
                 }
             }
             if poly.len() >= 3 {
@@ -352,7 +369,7 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
                 .iter()
                 .enumerate()
                 .filter(|(_, m)| m.1.is_finite())
-                .map(|(j, m)| ((j + 1) as f64, m.1))
+                .map(|(j, m)| ((j + 1) as f64, m.1.log10()))
                 .collect();
             let n = if s.records > 0 { s.values.len() / s.records } else { 0 };
             ch.draw_series(LineSeries::new(med, col.stroke_width(2)))
