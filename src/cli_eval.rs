@@ -19,7 +19,7 @@ pub struct SupportArgs {
     /// autocorrelation | triple-intersection | nn.
     #[arg(long, default_value = "autocorrelation")]
     pub method: String,
-    /// Fraction of the per-pattern maximum (default: 0.04 autocorrelation, 0.01 for the
+    /// Fraction of the per-pattern maximum (default: 0.04 autocorrelation, 0.001 for the
     /// autocorrelation of the triple intersection, 0.1 nn).
     #[arg(long)]
     pub threshold: Option<f32>,
@@ -53,7 +53,10 @@ pub fn cmd_support(a: SupportArgs) -> Result<()> {
                 ),
             };
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                bail!("{}: dataset '{entry}' value {i} is not finite", a.input.display());
+                bail!(
+                    "{}: dataset '{entry}' value {i} is not finite",
+                    a.input.display()
+                );
             }
             let st = Stack::from_vec(n, h, w, v)?;
             let s = support::threshold_supports(&st, threshold);
@@ -91,7 +94,10 @@ pub fn cmd_support(a: SupportArgs) -> Result<()> {
         &[supports.n, supports.h, supports.w],
         &supports.data,
     )?;
-    f.string("entry_1/image_1/process_1/configuration", &config.to_string())?;
+    f.string(
+        "entry_1/image_1/process_1/configuration",
+        &config.to_string(),
+    )?;
     f.finish(&a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
     let areas: Vec<usize> = (0..supports.n)
@@ -150,7 +156,10 @@ pub fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let labels = eval::labels(&a.input);
     let mut inputs = Vec::new();
     for (p, l) in a.input.iter().zip(&labels) {
-        inputs.push(eval::read_input(p, l, &truth).with_context(|| format!("reading input {}", p.display()))?);
+        inputs.push(
+            eval::read_input(p, l, &truth)
+                .with_context(|| format!("reading input {}", p.display()))?,
+        );
     }
     let evals: Vec<eval::InputEvaluation> = inputs
         .iter()
@@ -165,7 +174,10 @@ pub fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
             let ag = &e.aggregate;
             let mut parts = vec![format!("{}:", e.label)];
             if let (Some(fp), Some(fn_)) = (ag.false_positives, ag.false_negatives) {
-                parts.push(format!("FP median {:.0}, FN median {:.0}", fp.median, fn_.median));
+                parts.push(format!(
+                    "FP median {:.0}, FN median {:.0}",
+                    fp.median, fn_.median
+                ));
             }
             if let Some(d) = ag.density_error {
                 parts.push(format!("density error median {:.3}", d.median));
@@ -191,7 +203,9 @@ fn set_threads(t: Option<usize>) -> Result<()> {
             bail!("--threads must be at least 1");
         }
         // a second initialisation (tests calling twice) is harmless
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global();
     }
     Ok(())
 }

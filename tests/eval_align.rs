@@ -3,7 +3,9 @@
 
 use cdiphase::array::Stack;
 use cdiphase::eval::align::{align, align_support, flip, roll, twin, AlignOptions};
-use cdiphase::eval::metrics::{crossing, prtf, prtf_of_aligned, resolution, support_errors, RadialCurve};
+use cdiphase::eval::metrics::{
+    crossing, prtf, prtf_of_aligned, resolution, support_errors, RadialCurve,
+};
 use cdiphase::io::PatternSet;
 use cdiphase::support::{self, Method};
 use num_complex::Complex64;
@@ -11,7 +13,10 @@ use num_complex::Complex64;
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
     fn c(&mut self) -> Complex64 {
@@ -97,7 +102,9 @@ fn subpixel_shift_is_recovered_exactly_on_band_limited_objects() {
         let mut spec = vec![Complex64::new(0.0, 0.0); h * w];
         for ky in 0..h {
             for kx in 0..w {
-                if signed(ky, h).unsigned_abs() < (h / 4) as u64 && signed(kx, w).unsigned_abs() < (w / 4) as u64 {
+                if signed(ky, h).unsigned_abs() < (h / 4) as u64
+                    && signed(kx, w).unsigned_abs() < (w / 4) as u64
+                {
                     spec[ky * w + kx] = rng.c();
                 }
             }
@@ -108,7 +115,9 @@ fn subpixel_shift_is_recovered_exactly_on_band_limited_objects() {
             let mut s2 = spec.clone();
             for ky in 0..h {
                 for kx in 0..w {
-                    let ph = tau * (signed(ky, h) as f64 * ty / h as f64 + signed(kx, w) as f64 * tx / w as f64);
+                    let ph = tau
+                        * (signed(ky, h) as f64 * ty / h as f64
+                            + signed(kx, w) as f64 * tx / w as f64);
                     s2[ky * w + kx] *= Complex64::from_polar(1.0, ph);
                 }
             }
@@ -126,7 +135,10 @@ fn subpixel_shift_is_recovered_exactly_on_band_limited_objects() {
                 assert_eq!(al.twin, tw, "{al:?}");
                 assert!(al.error < 1e-9, "{h}x{w} t=({ty},{tx}) twin {tw}: {al:?}");
                 if !tw {
-                    assert!((al.shift.0 - ty).abs() < 1e-9 && (al.shift.1 - tx).abs() < 1e-9, "{al:?}");
+                    assert!(
+                        (al.shift.0 - ty).abs() < 1e-9 && (al.shift.1 - tx).abs() < 1e-9,
+                        "{al:?}"
+                    );
                 }
             }
             // integer-only alignment leaves a visible error on the same data
@@ -173,7 +185,11 @@ fn fp_fn_reference(ideal: &[u8], est: &[u8], h: usize, w: usize) -> (usize, usiz
                 for y in 0..h {
                     for x in 0..w {
                         let (sy, sx) = ((y + h - dy) % h, (x + w - dx) % w);
-                        let (sy, sx) = if tw { ((h - sy) % h, (w - sx) % w) } else { (sy, sx) };
+                        let (sy, sx) = if tw {
+                            ((h - sy) % h, (w - sx) % w)
+                        } else {
+                            (sy, sx)
+                        };
                         if ideal[y * w + x] != 0 && est[sy * w + sx] != 0 {
                             ov += 1;
                         }
@@ -199,14 +215,19 @@ fn false_positives_and_negatives_match_brute_force() {
                 (0..h * w)
                     .map(|i| {
                         let (y, x) = ((i / w) as f64, (i % w) as f64);
-                        (((y - cy).powi(2) + (x - cx).powi(2)).sqrt() < r || rng.next() < 0.08) as u8
+                        (((y - cy).powi(2) + (x - cx).powi(2)).sqrt() < r || rng.next() < 0.08)
+                            as u8
                     })
                     .collect()
             };
             let ideal = blob(&mut rng);
             let est = blob(&mut rng);
             let e = support_errors(&ideal, &est, h, w, true);
-            assert_eq!((e.false_positives, e.false_negatives), fp_fn_reference(&ideal, &est, h, w), "{h}x{w}");
+            assert_eq!(
+                (e.false_positives, e.false_negatives),
+                fp_fn_reference(&ideal, &est, h, w),
+                "{h}x{w}"
+            );
         }
     }
 }
@@ -229,7 +250,9 @@ fn prtf_reference(images: &[Vec<Complex64>], h: usize, w: usize) -> Vec<f64> {
     let mut cnt = vec![0usize; nb];
     for ky in 0..h {
         for kx in 0..w {
-            let q = ((signed(ky, h) as f64 / h as f64).powi(2) + (signed(kx, w) as f64 / w as f64).powi(2)).sqrt();
+            let q = ((signed(ky, h) as f64 / h as f64).powi(2)
+                + (signed(kx, w) as f64 / w as f64).powi(2))
+            .sqrt();
             let b = (q * m).round() as usize;
             if q <= 0.5 && b < nb {
                 sum[b] += acc[ky * w + kx].norm() / images.len() as f64;
@@ -237,7 +260,10 @@ fn prtf_reference(images: &[Vec<Complex64>], h: usize, w: usize) -> Vec<f64> {
             }
         }
     }
-    sum.iter().zip(&cnt).map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN }).collect()
+    sum.iter()
+        .zip(&cnt)
+        .map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
+        .collect()
 }
 
 fn curve_rel(a: &[f64], b: &[f64]) -> f64 {
@@ -263,7 +289,11 @@ fn prtf_matches_float64_reference() {
         let r = prtf_reference(&imgs, h, w);
         assert!(curve_rel(&c.value, &r) < 1e-12, "{h}x{w} K={k}");
         if k == 1 {
-            assert!(c.value.iter().filter(|v| v.is_finite()).all(|v| (v - 1.0).abs() < 1e-12));
+            assert!(c
+                .value
+                .iter()
+                .filter(|v| v.is_finite())
+                .all(|v| (v - 1.0).abs() < 1e-12));
         }
         // shifted, twinned, phase-rotated copies: prtf() aligns them back to the first
         if k > 1 {
@@ -284,7 +314,12 @@ fn prtf_matches_float64_reference() {
             }
             let (c2, _) = prtf(&moved, h, w, 1);
             let r2 = prtf_reference(&undone, h, w);
-            assert!(curve_rel(&c2.value, &r2) < 1e-9, "{h}x{w} K={k}: {:?} vs {:?}", c2.value, r2);
+            assert!(
+                curve_rel(&c2.value, &r2) < 1e-9,
+                "{h}x{w} K={k}: {:?} vs {:?}",
+                c2.value,
+                r2
+            );
         }
     }
 }
@@ -293,12 +328,20 @@ fn prtf_matches_float64_reference() {
 fn resolution_interpolates_the_one_over_e_crossing() {
     let f: Vec<f64> = (0..11).map(|b| b as f64 / 20.0).collect();
     let v: Vec<f64> = f.iter().map(|&q| 1.0 - 2.0 * q).collect();
-    let c = RadialCurve { frequency: f, value: v };
+    let c = RadialCurve {
+        frequency: f,
+        value: v,
+    };
     let q = crossing(&c, (-1.0f64).exp()).unwrap();
     assert!((q - (1.0 - (-1.0f64).exp()) / 2.0).abs() < 1e-12);
     let r = resolution(&c, Some(0.5));
-    assert!(r.crossed && (r.pixels - 1.0 / q).abs() < 1e-12 && (r.nm.unwrap() - 0.5 / q).abs() < 1e-12);
-    let flat = RadialCurve { frequency: c.frequency.clone(), value: vec![0.9; 11] };
+    assert!(
+        r.crossed && (r.pixels - 1.0 / q).abs() < 1e-12 && (r.nm.unwrap() - 0.5 / q).abs() < 1e-12
+    );
+    let flat = RadialCurve {
+        frequency: c.frequency.clone(),
+        value: vec![0.9; 11],
+    };
     let r = resolution(&flat, None);
     assert!(!r.crossed && r.pixels == 2.0 && r.nm.is_none());
 }
@@ -338,7 +381,8 @@ fn triple_intersection_contains_concave_objects_and_is_tighter() {
     for (name, s) in [("L", l_shape(h, w, 20, 22, 22, 7)), ("C", c_shape(h, w))] {
         let p = pattern_of(&s, h, w);
         let (a, _) = support::estimate_from_patterns(&p, Method::Autocorrelation, 1e-3).unwrap();
-        let (t, info) = support::estimate_from_patterns(&p, Method::TripleIntersection, 1e-3).unwrap();
+        let (t, info) =
+            support::estimate_from_patterns(&p, Method::TripleIntersection, 1e-3).unwrap();
         let info = info[0].clone().unwrap();
         let na = a.image(0).iter().filter(|&&v| v != 0).count();
         let nt = t.image(0).iter().filter(|&&v| v != 0).count();
@@ -348,7 +392,10 @@ fn triple_intersection_contains_concave_objects_and_is_tighter() {
             "{name}: |S| {ns} |A| {na} |T| {nt} {} {:?} FP {} FN {}",
             info.kind, info.shifts, e.false_positives, e.false_negatives
         );
-        assert_eq!(e.false_negatives, 0, "{name}: the estimate must contain the object");
+        assert_eq!(
+            e.false_negatives, 0,
+            "{name}: the estimate must contain the object"
+        );
         assert!(nt < na, "{name}: tighter than the autocorrelation support");
         if name == "L" {
             // the hull of an L has a diagonal edge: two adjacent extremal points share an
@@ -362,6 +409,9 @@ fn triple_intersection_contains_concave_objects_and_is_tighter() {
             assert_eq!(info.kind, "double");
         }
         // the autocorrelation support itself holds a translate of the object too
-        assert_eq!(support_errors(&s, a.image(0), h, w, true).false_negatives, 0);
+        assert_eq!(
+            support_errors(&s, a.image(0), h, w, true).false_negatives,
+            0
+        );
     }
 }

@@ -98,7 +98,13 @@ pub fn shift_spectrum(f: &mut [Complex64], h: usize, w: usize, dy: f64, dx: f64)
 /// spectra `fr` and `fc` (forward [`fft2`] of reference and candidate). With `upsample`
 /// u > 1 the integer peak is refined to 1/u pixel by evaluating the cross-correlation on a
 /// 1.5-pixel neighbourhood with a matrix-multiply DFT (Guizar-Sicairos et al. 2008).
-pub fn register(fr: &[Complex64], fc: &[Complex64], h: usize, w: usize, upsample: usize) -> (f64, f64) {
+pub fn register(
+    fr: &[Complex64],
+    fc: &[Complex64],
+    h: usize,
+    w: usize,
+    upsample: usize,
+) -> (f64, f64) {
     let x: Vec<Complex64> = fr.iter().zip(fc).map(|(a, b)| a * b.conj()).collect();
     let mut cc = x.clone();
     fft2(&mut cc, h, w, true);
@@ -128,7 +134,9 @@ pub fn register(fr: &[Complex64], fc: &[Complex64], h: usize, w: usize, upsample
     let ex: Vec<Complex64> = (0..m)
         .flat_map(|j| {
             let t = tx[j];
-            (0..w).map(move |kx| Complex64::from_polar(1.0, tau * signed(kx, w) as f64 * t / w as f64))
+            (0..w).map(move |kx| {
+                Complex64::from_polar(1.0, tau * signed(kx, w) as f64 * t / w as f64)
+            })
         })
         .collect();
     let mut best = (-1.0, 0usize, 0usize);
@@ -223,7 +231,11 @@ pub fn align(
         };
         let (dy, dx) = register(&fr, &fc, h, w, opts.upsample);
         let mut shifted = if dy.fract() == 0.0 && dx.fract() == 0.0 {
-            let base = if tw { twin(candidate, h, w) } else { candidate.to_vec() };
+            let base = if tw {
+                twin(candidate, h, w)
+            } else {
+                candidate.to_vec()
+            };
             roll(&base, h, w, dy as i64, dx as i64)
         } else {
             let mut f = fc.clone();
@@ -234,7 +246,11 @@ pub fn align(
             f
         };
         // c = <x, ref> / <x, x> (scale) or its phase only
-        let dot: Complex64 = shifted.iter().zip(reference).map(|(x, r)| x.conj() * r).sum();
+        let dot: Complex64 = shifted
+            .iter()
+            .zip(reference)
+            .map(|(x, r)| x.conj() * r)
+            .sum();
         let xx: f64 = shifted.iter().map(|c| c.norm_sqr()).sum();
         let c = if opts.fit_scale && xx > 0.0 {
             dot / xx
@@ -242,7 +258,11 @@ pub fn align(
             Complex64::from_polar(1.0, dot.arg())
         };
         shifted.iter_mut().for_each(|v| *v *= c);
-        let err2: f64 = reference.iter().zip(&shifted).map(|(a, b)| (a - b).norm_sqr()).sum();
+        let err2: f64 = reference
+            .iter()
+            .zip(&shifted)
+            .map(|(a, b)| (a - b).norm_sqr())
+            .sum();
         let error = if ref_norm > 0.0 {
             (err2 / ref_norm).sqrt()
         } else {
@@ -264,7 +284,9 @@ pub fn align(
 
 /// Complex64 copy of a complex32 image.
 pub fn to_c64(v: &[num_complex::Complex32]) -> Vec<Complex64> {
-    v.iter().map(|c| Complex64::new(c.re as f64, c.im as f64)).collect()
+    v.iter()
+        .map(|c| Complex64::new(c.re as f64, c.im as f64))
+        .collect()
 }
 
 /// Complex64 copy of a real image.

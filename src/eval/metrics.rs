@@ -23,7 +23,13 @@ pub struct SupportErrors {
 
 /// False positives and negatives of `estimate` against `ideal` after the alignment of
 /// largest overlap (integer translation and, with `allow_twin`, the flip).
-pub fn support_errors(ideal: &[u8], estimate: &[u8], h: usize, w: usize, allow_twin: bool) -> SupportErrors {
+pub fn support_errors(
+    ideal: &[u8],
+    estimate: &[u8],
+    h: usize,
+    w: usize,
+    allow_twin: bool,
+) -> SupportErrors {
     let (aligned, al) = align_support(ideal, estimate, h, w, allow_twin);
     let mut fp = 0;
     let mut fn_ = 0;
@@ -46,7 +52,13 @@ pub fn support_errors(ideal: &[u8], estimate: &[u8], h: usize, w: usize, allow_t
 /// Normalised error of a reconstruction against the true density after alignment
 /// (sub-pixel translation, twin, and a complex scale: reconstructions live on the scale of
 /// the data, not in electrons): min over t, twin, c of ||rho - c T x|| / ||rho||.
-pub fn density_error(truth: &[Complex64], recon: &[Complex64], h: usize, w: usize, upsample: usize) -> (Vec<Complex64>, Alignment) {
+pub fn density_error(
+    truth: &[Complex64],
+    recon: &[Complex64],
+    h: usize,
+    w: usize,
+    upsample: usize,
+) -> (Vec<Complex64>, Alignment) {
     align(
         truth,
         recon,
@@ -74,7 +86,11 @@ pub fn radial_bins(h: usize, w: usize) -> (Vec<usize>, usize) {
             let fx = signed(x, w) as f64 / w as f64;
             let q = (fy * fy + fx * fx).sqrt();
             let b = (q * m).round() as usize;
-            bins.push(if q <= 0.5 + 1e-12 && b < nb { b } else { usize::MAX });
+            bins.push(if q <= 0.5 + 1e-12 && b < nb {
+                b
+            } else {
+                usize::MAX
+            });
         }
     }
     (bins, nb)
@@ -134,7 +150,12 @@ pub fn prtf_of_aligned(images: &[Vec<Complex64>], h: usize, w: usize) -> RadialC
 
 /// Align `images` to the first one (sub-pixel translation, twin, global phase) and return
 /// the aligned images (the first unchanged) and their alignments.
-pub fn align_all(images: &[Vec<Complex64>], h: usize, w: usize, upsample: usize) -> (Vec<Vec<Complex64>>, Vec<Alignment>) {
+pub fn align_all(
+    images: &[Vec<Complex64>],
+    h: usize,
+    w: usize,
+    upsample: usize,
+) -> (Vec<Vec<Complex64>>, Vec<Alignment>) {
     let reference = &images[0];
     let opts = AlignOptions {
         twin: true,
@@ -165,7 +186,12 @@ pub fn align_all(images: &[Vec<Complex64>], h: usize, w: usize, upsample: usize)
 
 /// The PRTF of several reconstructions of one pattern: aligned to the first (see
 /// [`align_all`]), then [`prtf_of_aligned`]. Also returns the average of the aligned images.
-pub fn prtf(images: &[Vec<Complex64>], h: usize, w: usize, upsample: usize) -> (RadialCurve, Vec<Complex64>) {
+pub fn prtf(
+    images: &[Vec<Complex64>],
+    h: usize,
+    w: usize,
+    upsample: usize,
+) -> (RadialCurve, Vec<Complex64>) {
     let (aligned, _) = align_all(images, h, w, upsample);
     let curve = prtf_of_aligned(&aligned, h, w);
     (curve, average(&aligned))

@@ -48,7 +48,8 @@ impl Truth {
 }
 
 fn has(list: &[(String, Vec<usize>, String)], entry: &str) -> bool {
-    list.iter().any(|(p, _, _)| p.trim_start_matches('/') == entry)
+    list.iter()
+        .any(|(p, _, _)| p.trim_start_matches('/') == entry)
 }
 
 fn shape_err(path: &Path, entry: &str, expected: String, found: Vec<usize>) -> Error {
@@ -114,7 +115,12 @@ pub fn read_truth(path: &Path) -> Result<Truth> {
         } else if v.len() == 1 {
             Some(vec![v[0] as f64 * 1e9; n])
         } else {
-            return Err(shape_err(path, TRUTH_PIXEL_SIZE, format!("({n}) or (1)"), s));
+            return Err(shape_err(
+                path,
+                TRUTH_PIXEL_SIZE,
+                format!("({n}) or (1)"),
+                s,
+            ));
         }
     } else {
         None
@@ -176,7 +182,11 @@ pub fn read_input(path: &Path, label: &str, truth: &Truth) -> Result<Input> {
         if o.shape() != [n, h, w] {
             return Err(shape_err(path, IN_DATA, want3, o.shape().to_vec()));
         }
-        if let Some(i) = o.data.iter().position(|c| !(c.re.is_finite() && c.im.is_finite())) {
+        if let Some(i) = o
+            .data
+            .iter()
+            .position(|c| !(c.re.is_finite() && c.im.is_finite()))
+        {
             return Err(Error::invalid(
                 format!("{}: {IN_DATA}", path.display()),
                 format!("image {} pixel {} is not finite", i / (h * w), i % (h * w)),
@@ -303,7 +313,11 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
     let n = truth.n();
     let (h, w) = truth.hw();
     let l = h * w;
-    let per: Vec<(PatternMetrics, Option<Vec<f64>>, (Option<Vec<u8>>, Option<Vec<f32>>))> = (0..n)
+    let per: Vec<(
+        PatternMetrics,
+        Option<Vec<f64>>,
+        (Option<Vec<u8>>, Option<Vec<f32>>),
+    )> = (0..n)
         .into_par_iter()
         .map(|p| {
             let ideal = truth.support.image(p);
@@ -317,12 +331,19 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
                     } else {
                         s.image(p).to_vec()
                     };
-                    gal.0 = Some(align::roll(&cand, h, w, e.alignment.shift.0, e.alignment.shift.1));
+                    gal.0 = Some(align::roll(
+                        &cand,
+                        h,
+                        w,
+                        e.alignment.shift.0,
+                        e.alignment.shift.1,
+                    ));
                 }
                 e
             });
             let density = input.object.as_ref().map(|o| {
-                let (aligned, al) = metrics::density_error(&rho, &align::to_c64(o.image(p)), h, w, UPSAMPLE);
+                let (aligned, al) =
+                    metrics::density_error(&rho, &align::to_c64(o.image(p)), h, w, UPSAMPLE);
                 if p < gallery {
                     gal.1 = Some(aligned.iter().map(|c| c.norm() as f32).collect());
                 }
@@ -381,11 +402,16 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
                 .collect(),
         }
     });
-    let col = |f: &dyn Fn(&PatternMetrics) -> Option<f64>| -> Vec<f64> { per_pattern.iter().filter_map(f).collect() };
+    let col = |f: &dyn Fn(&PatternMetrics) -> Option<f64>| -> Vec<f64> {
+        per_pattern.iter().filter_map(f).collect()
+    };
     let fps = col(&|m| m.support.map(|s| s.false_positives as f64));
     let fns = col(&|m| m.support.map(|s| s.false_negatives as f64));
     // pixel size of the PRTF average: the mean pixel size (exact when all are equal)
-    let mean_px = truth.pixel_nm.as_ref().map(|v| v.iter().sum::<f64>() / v.len() as f64);
+    let mean_px = truth
+        .pixel_nm
+        .as_ref()
+        .map(|v| v.iter().sum::<f64>() / v.len() as f64);
     let aggregate = Aggregate {
         false_positives: metrics::stats(&fps),
         false_negatives: metrics::stats(&fns),

@@ -74,7 +74,8 @@ pub fn write_png(dest: &Path, size: (u32, u32), rgb: &[u8]) -> Result<()> {
         .map_err(|e| Error::format(dest, format!("PNG: {e}")))?;
     wr.write_image_data(rgb)
         .map_err(|e| Error::format(dest, format!("PNG: {e}")))?;
-    wr.finish().map_err(|e| Error::format(dest, format!("PNG: {e}")))
+    wr.finish()
+        .map_err(|e| Error::format(dest, format!("PNG: {e}")))
 }
 
 /// Two significant digits, plain or scientific.
@@ -130,7 +131,10 @@ pub fn fp_fn_scatter(dest: &Path, series: &[FpFn<'_>]) -> Result<()> {
         let e = perr(dest);
         let (title, rest) = root.split_vertically(40);
         title
-            .titled("Support estimates against the ideal support (after alignment)", font(22.0))
+            .titled(
+                "Support estimates against the ideal support (after alignment)",
+                font(22.0),
+            )
             .map_err(&e)?;
         let (top, bottom) = rest.split_vertically(200);
         let (top_l, _top_r) = top.split_horizontally(780);
@@ -138,7 +142,14 @@ pub fn fp_fn_scatter(dest: &Path, series: &[FpFn<'_>]) -> Result<()> {
         // top: FP histogram (outline per method)
         let fph: Vec<Vec<usize>> = series.iter().map(|s| hist(&s.fp, xmax)).collect();
         let fnh: Vec<Vec<usize>> = series.iter().map(|s| hist(&s.fn_, ymax)).collect();
-        let cmax = fph.iter().chain(&fnh).flatten().copied().max().unwrap_or(1).max(1) as f64;
+        let cmax = fph
+            .iter()
+            .chain(&fnh)
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
         let mut ch = ChartBuilder::on(&top_l)
             .margin_left(10)
             .margin_right(10)
@@ -212,7 +223,10 @@ pub fn fp_fn_scatter(dest: &Path, series: &[FpFn<'_>]) -> Result<()> {
             .draw()
             .map_err(&e)?;
         for (i, h) in fnh.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = step_points(h, ymax, nb).into_iter().map(|(a, b)| (b, a)).collect();
+            let pts: Vec<(f64, f64)> = step_points(h, ymax, nb)
+                .into_iter()
+                .map(|(a, b)| (b, a))
+                .collect();
             ch.draw_series(LineSeries::new(pts, colour(i).stroke_width(2)))
                 .map_err(&e)?;
         }
@@ -232,7 +246,11 @@ fn step_points(h: &[usize], max: f64, nb: usize) -> Vec<(f64, f64)> {
 }
 
 /// PRTF curves (one per method) against spatial frequency, with the 1/e level.
-pub fn prtf_curves(dest: &Path, curves: &[(&str, &RadialCurve, Option<f64>)], pixel_nm: Option<f64>) -> Result<()> {
+pub fn prtf_curves(
+    dest: &Path,
+    curves: &[(&str, &RadialCurve, Option<f64>)],
+    pixel_nm: Option<f64>,
+) -> Result<()> {
     render(dest, (1000, 650), |root| {
         let e = perr(dest);
         let xlab = match pixel_nm {
@@ -240,7 +258,10 @@ pub fn prtf_curves(dest: &Path, curves: &[(&str, &RadialCurve, Option<f64>)], pi
             None => "spatial frequency (cycles per pixel)".to_string(),
         };
         let mut ch = ChartBuilder::on(root)
-            .caption("PRTF over aligned random starts (mean over patterns)", font(22.0))
+            .caption(
+                "PRTF over aligned random starts (mean over patterns)",
+                font(22.0),
+            )
             .margin(15)
             .x_label_area_size(60)
             .y_label_area_size(70)
@@ -271,13 +292,18 @@ pub fn prtf_curves(dest: &Path, curves: &[(&str, &RadialCurve, Option<f64>)], pi
                 .map(|(&f, &v)| (f, v))
                 .collect();
             let lab = match res {
-                Some(r) => format!("{label}: 1/e at {r:.3} cycles/px ({:.1} px full period)", 1.0 / r),
+                Some(r) => format!(
+                    "{label}: 1/e at {r:.3} cycles/px ({:.1} px full period)",
+                    1.0 / r
+                ),
                 None => format!("{label}: does not cross 1/e"),
             };
             ch.draw_series(LineSeries::new(pts, col.stroke_width(2)))
                 .map_err(&e)?
                 .label(lab)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+                });
         }
         ch.configure_series_labels()
             .background_style(WHITE.mix(0.85))
@@ -319,8 +345,14 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
             .collect()
     };
     let qs: Vec<Vec<(f64, f64, f64)>> = series.iter().map(quant).collect();
-    let finite = qs.iter().flatten().flat_map(|&(a, _, c)| [a, c]).filter(|v| v.is_finite());
-    let (lo, hi) = finite.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let finite = qs
+        .iter()
+        .flatten()
+        .flat_map(|&(a, _, c)| [a, c])
+        .filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
     let (lo, hi) = if lo.is_finite() && hi > 0.0 {
         (lo / 1.3, hi * 1.3)
     } else {
@@ -330,7 +362,10 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
     render(dest, (1000, 650), |root| {
         let e = perr(dest);
         let mut ch = ChartBuilder::on(root)
-            .caption("Fourier error during phasing (median over patterns, 10-90 % shaded)", font(22.0))
+            .caption(
+                "Fourier error during phasing (median over patterns, 10-90 % shaded)",
+                font(22.0),
+            )
             .margin(15)
             .x_label_area_size(60)
             .y_label_area_size(80)
@@ -371,11 +406,17 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
                 .filter(|(_, m)| m.1.is_finite())
                 .map(|(j, m)| ((j + 1) as f64, m.1.log10()))
                 .collect();
-            let n = if s.records > 0 { s.values.len() / s.records } else { 0 };
+            let n = if s.records > 0 {
+                s.values.len() / s.records
+            } else {
+                0
+            };
             ch.draw_series(LineSeries::new(med, col.stroke_width(2)))
                 .map_err(&e)?
                 .label(format!("{} (n = {n})", s.label))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+                });
         }
         ch.configure_series_labels()
             .background_style(WHITE.mix(0.85))
@@ -389,8 +430,19 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
 }
 
 /// Histograms of a per-pattern value (one outline per method).
-pub fn value_histogram(dest: &Path, title: &str, xlabel: &str, series: &[(&str, Vec<f64>)]) -> Result<()> {
-    let xmax = nice_max(series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0, f64::max) * 1.02);
+pub fn value_histogram(
+    dest: &Path,
+    title: &str,
+    xlabel: &str,
+    series: &[(&str, Vec<f64>)],
+) -> Result<()> {
+    let xmax = nice_max(
+        series
+            .iter()
+            .flat_map(|s| s.1.iter().copied())
+            .fold(0.0, f64::max)
+            * 1.02,
+    );
     let nb = 25;
     let hs: Vec<Vec<usize>> = series
         .iter()
@@ -422,11 +474,16 @@ pub fn value_histogram(dest: &Path, title: &str, xlabel: &str, series: &[(&str, 
             .map_err(&e)?;
         for (i, ((label, v), h)) in series.iter().zip(&hs).enumerate() {
             let col = colour(i);
-            let med = super::metrics::stats(v).map(|s| s.median).unwrap_or(f64::NAN);
-            ch.draw_series(LineSeries::new(step_points(h, xmax, nb), col.stroke_width(2)))
-                .map_err(&e)?
-                .label(format!("{label} (median {med:.3})"))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
+            let med = super::metrics::stats(v)
+                .map(|s| s.median)
+                .unwrap_or(f64::NAN);
+            ch.draw_series(LineSeries::new(
+                step_points(h, xmax, nb),
+                col.stroke_width(2),
+            ))
+            .map_err(&e)?
+            .label(format!("{label} (median {med:.3})"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
         }
         ch.configure_series_labels()
             .background_style(WHITE.mix(0.85))
@@ -477,11 +534,18 @@ fn tile_colours(t: &Tile) -> Vec<RGBColor> {
             let v: Vec<f64> = if *log {
                 let max = values.iter().copied().fold(0.0f32, f32::max) as f64;
                 let floor = (max * 1e-7).max(f64::MIN_POSITIVE);
-                values.iter().map(|&x| (x as f64).max(floor).log10()).collect()
+                values
+                    .iter()
+                    .map(|&x| (x as f64).max(floor).log10())
+                    .collect()
             } else {
                 values.iter().map(|&x| x as f64).collect()
             };
-            let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
             let span = if hi > lo { hi - lo } else { 1.0 };
             v.iter().map(|&x| viridis((x - lo) / span)).collect()
         }
@@ -540,9 +604,11 @@ pub fn image_grid(
             // two lines of title: split at the first " | "
             let mut lines = t.splitn(2, " | ");
             let l1 = lines.next().unwrap_or("");
-            root.draw(&Text::new(l1.to_string(), (x, 6), font(14.0))).map_err(&e)?;
+            root.draw(&Text::new(l1.to_string(), (x, 6), font(14.0)))
+                .map_err(&e)?;
             if let Some(l2) = lines.next() {
-                root.draw(&Text::new(l2.to_string(), (x, 26), font(14.0))).map_err(&e)?;
+                root.draw(&Text::new(l2.to_string(), (x, 26), font(14.0)))
+                    .map_err(&e)?;
             }
         }
         for (r, row) in rows.iter().enumerate() {
@@ -550,7 +616,8 @@ pub fn image_grid(
             if let Some(lbl) = row_labels.get(r) {
                 let mut ly = y0 as i32 + th as i32 / 2 - 20;
                 for part in lbl.split('\n') {
-                    root.draw(&Text::new(part.to_string(), (6, ly), font(14.0))).map_err(&e)?;
+                    root.draw(&Text::new(part.to_string(), (6, ly), font(14.0)))
+                        .map_err(&e)?;
                     ly += 20;
                 }
             }
@@ -558,8 +625,12 @@ pub fn image_grid(
                 let x0 = left + c as u32 * (tw + pad);
                 let cols = tile_colours(tile);
                 if cols.len() != h * w {
-                    root.draw(&Text::new("n/a".to_string(), (x0 as i32 + 10, y0 as i32 + th as i32 / 2), font(14.0)))
-                        .map_err(&e)?;
+                    root.draw(&Text::new(
+                        "n/a".to_string(),
+                        (x0 as i32 + 10, y0 as i32 + th as i32 / 2),
+                        font(14.0),
+                    ))
+                    .map_err(&e)?;
                     continue;
                 }
                 for y in 0..h {
@@ -568,7 +639,10 @@ pub fn image_grid(
                         for sy in 0..scale {
                             for sx in 0..scale {
                                 root.draw_pixel(
-                                    ((x0 as usize + x * scale + sx) as i32, (y0 as usize + y * scale + sy) as i32),
+                                    (
+                                        (x0 as usize + x * scale + sx) as i32,
+                                        (y0 as usize + y * scale + sy) as i32,
+                                    ),
                                     &col,
                                 )
                                 .map_err(&e)?;
@@ -578,8 +652,12 @@ pub fn image_grid(
                 }
             }
         }
-        root.draw(&Text::new(footer.to_string(), (6, (height - foot + 10) as i32), font(14.0)))
-            .map_err(&e)?;
+        root.draw(&Text::new(
+            footer.to_string(),
+            (6, (height - foot + 10) as i32),
+            font(14.0),
+        ))
+        .map_err(&e)?;
         Ok(())
     })
 }

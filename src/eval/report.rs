@@ -42,7 +42,11 @@ fn remove_previous_report(dir: &Path) -> Result<()> {
 }
 
 /// Write the report into `dir` (replacing a previous report there).
-pub fn write_report(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<serde_json::Value> {
+pub fn write_report(
+    dir: &Path,
+    truth: &Truth,
+    evals: &[InputEvaluation],
+) -> Result<serde_json::Value> {
     if dir.exists() && !(dir.is_dir() && dir.join("metrics.json").is_file()) {
         return Err(Error::Config(format!(
             "{} exists and is not a cdiphase report (no metrics.json): choose another --report folder",
@@ -56,7 +60,11 @@ pub fn write_report(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Res
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -65,7 +73,8 @@ pub fn write_report(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Res
         let json = to_json(truth, evals);
         let figures = write_figures(&tmp, truth, evals)?;
         let text = serde_json::to_string_pretty(&json).map_err(|e| Error::format(&tmp, e))?;
-        std::fs::write(tmp.join("metrics.json"), text).map_err(|e| Error::io(tmp.join("metrics.json"), e))?;
+        std::fs::write(tmp.join("metrics.json"), text)
+            .map_err(|e| Error::io(tmp.join("metrics.json"), e))?;
         std::fs::write(tmp.join("index.html"), index_html(truth, evals, &figures))
             .map_err(|e| Error::io(tmp.join("index.html"), e))?;
         remove_previous_report(dir)?;
@@ -79,7 +88,11 @@ pub fn write_report(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Res
 }
 
 /// (file name, caption) of each figure written.
-fn write_figures(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Vec<(String, String)>> {
+fn write_figures(
+    dir: &Path,
+    truth: &Truth,
+    evals: &[InputEvaluation],
+) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let with_support: Vec<&InputEvaluation> = evals
         .iter()
@@ -90,8 +103,16 @@ fn write_figures(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result
             .iter()
             .map(|e| FpFn {
                 label: &e.label,
-                fp: e.per_pattern.iter().filter_map(|m| m.support.map(|s| s.false_positives as f64)).collect(),
-                fn_: e.per_pattern.iter().filter_map(|m| m.support.map(|s| s.false_negatives as f64)).collect(),
+                fp: e
+                    .per_pattern
+                    .iter()
+                    .filter_map(|m| m.support.map(|s| s.false_positives as f64))
+                    .collect(),
+                fn_: e
+                    .per_pattern
+                    .iter()
+                    .filter_map(|m| m.support.map(|s| s.false_negatives as f64))
+                    .collect(),
             })
             .collect();
         plot::fp_fn_scatter(&dir.join("support_fp_fn.png"), &series)?;
@@ -104,7 +125,11 @@ fn write_figures(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result
         .iter()
         .filter_map(|e| {
             e.prtf.as_ref().map(|c| {
-                let r = e.aggregate.prtf_resolution.filter(|r| r.crossed).map(|r| r.frequency);
+                let r = e
+                    .aggregate
+                    .prtf_resolution
+                    .filter(|r| r.crossed)
+                    .map(|r| r.frequency);
                 (e.label.as_str(), c, r)
             })
         })
@@ -131,13 +156,28 @@ fn write_figures(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result
         })
         .collect();
     if !hist.is_empty() {
-        plot::error_curves(&dir.join("fourier_error.png"), &hist, "record (end of each ER section, or every --error-every iterations)")?;
-        out.push(("fourier_error.png".into(), "Fourier error histories of the best start (figure 7 of the paper).".into()));
+        plot::error_curves(
+            &dir.join("fourier_error.png"),
+            &hist,
+            "record (end of each ER section, or every --error-every iterations)",
+        )?;
+        out.push((
+            "fourier_error.png".into(),
+            "Fourier error histories of the best start (figure 7 of the paper).".into(),
+        ));
     }
     let dens: Vec<(&str, Vec<f64>)> = evals
         .iter()
         .filter(|e| e.per_pattern.iter().any(|m| m.density.is_some()))
-        .map(|e| (e.label.as_str(), e.per_pattern.iter().filter_map(|m| m.density.map(|d| d.error)).collect()))
+        .map(|e| {
+            (
+                e.label.as_str(),
+                e.per_pattern
+                    .iter()
+                    .filter_map(|m| m.density.map(|d| d.error))
+                    .collect(),
+            )
+        })
         .collect();
     if !dens.is_empty() {
         plot::value_histogram(
@@ -146,7 +186,10 @@ fn write_figures(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result
             "||rho - c x|| / ||rho|| (translation, twin and complex scale c fitted)",
             &dens,
         )?;
-        out.push(("density_error.png".into(), "Normalised error of each reconstruction against the true density.".into()));
+        out.push((
+            "density_error.png".into(),
+            "Normalised error of each reconstruction against the true density.".into(),
+        ));
     }
     if let Some(f) = grid(dir, truth, evals)? {
         out.push((f, "Patterns, autocorrelations, truths and estimates (aligned to the truth), like figure 6 of the paper.".into()));
@@ -240,8 +283,12 @@ fn grid(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Option<S
                     Some(o) => {
                         let mo = o.iter().copied().fold(0.0f32, f32::max).max(1e-30);
                         let mr = rho.iter().copied().fold(0.0f32, f32::max).max(1e-30);
-                        let diff: Vec<f32> = o.iter().zip(rho).map(|(&a, &b)| a / mo - b / mr).collect();
-                        row.push(Tile::Map { values: o, log: false });
+                        let diff: Vec<f32> =
+                            o.iter().zip(rho).map(|(&a, &b)| a / mo - b / mr).collect();
+                        row.push(Tile::Map {
+                            values: o,
+                            log: false,
+                        });
                         row.push(Tile::Signed(diff));
                     }
                     None => {
@@ -252,8 +299,15 @@ fn grid(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Option<S
             }
         }
         rows.push(row);
-        let name = truth.names.as_ref().map(|v| v[p].clone()).unwrap_or_default();
-        labels.push(format!("pattern {p}\n{}", name.chars().take(14).collect::<String>()));
+        let name = truth
+            .names
+            .as_ref()
+            .map(|v| v[p].clone())
+            .unwrap_or_default();
+        labels.push(format!(
+            "pattern {p}\n{}",
+            name.chars().take(14).collect::<String>()
+        ));
     }
     plot::image_grid(
         &dir.join("grid.png"),
@@ -268,7 +322,9 @@ fn grid(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Option<S
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn fmt_stats(s: &Option<super::metrics::Stats>, digits: usize) -> String {
@@ -288,7 +344,9 @@ fn fmt_stats(s: &Option<super::metrics::Stats>, digits: usize) -> String {
 fn index_html(truth: &Truth, evals: &[InputEvaluation], figures: &[(String, String)]) -> String {
     let (h, w) = truth.hw();
     let mut s = String::new();
-    s.push_str("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>cdiphase evaluation</title>\n");
+    s.push_str(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>cdiphase evaluation</title>\n",
+    );
     s.push_str("<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px;text-align:right}th{background:#eee}td:first-child{text-align:left}img{max-width:100%;border:1px solid #ccc}figure{margin:1.5em 0}</style></head><body>\n");
     s.push_str(&format!(
         "<h1>cdiphase evaluation</h1>\n<p>Truth: <code>{}</code>, {} patterns of {h} x {w} pixels{}.</p>\n",

@@ -46,7 +46,7 @@ impl Method {
             Method::Autocorrelation => 0.04,
             // a lower threshold keeps the faint rim of the difference set, which the
             // intersection needs to stay a superset of the object
-            Method::TripleIntersection => 0.01,
+            Method::TripleIntersection => 0.001,
             Method::Nn => 0.1,
         }
     }
@@ -101,9 +101,12 @@ pub fn autocorrelations(patterns: &PatternSet) -> Result<Stack<f32>> {
         }
         crate::array::centred_to_native(img, h, w, &mut native);
         match &patterns.mask {
-            Some(m) => {
-                crate::array::centred_to_native(m.image(if m.n == 1 { 0 } else { p }), h, w, &mut nmask)
-            }
+            Some(m) => crate::array::centred_to_native(
+                m.image(if m.n == 1 { 0 } else { p }),
+                h,
+                w,
+                &mut nmask,
+            ),
             None => nmask.iter_mut().for_each(|v| *v = 0),
         }
         let ac = autocorrelation(&native, |i| nmask[i] == 0 && native[i].is_finite(), &plan);

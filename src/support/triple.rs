@@ -73,7 +73,9 @@ pub fn convex_hull(points: &[(i64, i64)]) -> Vec<(i64, i64)> {
             Box::new(p.iter().rev())
         };
         for &q in iter {
-            while hull.len() >= start + 2 && cross(hull[hull.len() - 2], hull[hull.len() - 1], q) <= 0 {
+            while hull.len() >= start + 2
+                && cross(hull[hull.len() - 2], hull[hull.len() - 1], q) <= 0
+            {
                 hull.pop();
             }
             hull.push(q);
