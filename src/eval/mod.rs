@@ -288,6 +288,9 @@ pub struct Aggregate {
     pub prtf_resolution_nm: Option<Stats>,
 }
 
+/// The aligned estimates of one pattern kept for the image grid: (support, |object|).
+pub type GalleryItem = (Option<Vec<u8>>, Option<Vec<f32>>);
+
 /// Everything computed for one input.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct InputEvaluation {
@@ -301,7 +304,7 @@ pub struct InputEvaluation {
     pub fourier_error: Option<(usize, Vec<f32>)>,
     /// Aligned estimates of the first patterns, for the figure grid: (support, |object|).
     #[serde(skip)]
-    pub gallery: Vec<(Option<Vec<u8>>, Option<Vec<f32>>)>,
+    pub gallery: Vec<GalleryItem>,
 }
 
 /// Sub-pixel precision of the density alignments (1/UPSAMPLE pixel).
@@ -313,11 +316,7 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
     let n = truth.n();
     let (h, w) = truth.hw();
     let l = h * w;
-    let per: Vec<(
-        PatternMetrics,
-        Option<Vec<f64>>,
-        (Option<Vec<u8>>, Option<Vec<f32>>),
-    )> = (0..n)
+    let per: Vec<(PatternMetrics, Option<Vec<f64>>, GalleryItem)> = (0..n)
         .into_par_iter()
         .map(|p| {
             let ideal = truth.support.image(p);

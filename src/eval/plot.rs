@@ -328,7 +328,7 @@ pub struct Histories<'a> {
 pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Result<()> {
     let quant = |s: &Histories<'_>| -> Vec<(f64, f64, f64)> {
         let l = s.records;
-        let n = if l > 0 { s.values.len() / l } else { 0 };
+        let n = s.values.len().checked_div(l).unwrap_or(0);
         (0..l)
             .map(|j| {
                 let mut v: Vec<f64> = (0..n)
@@ -406,11 +406,7 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
                 .filter(|(_, m)| m.1.is_finite())
                 .map(|(j, m)| ((j + 1) as f64, m.1.log10()))
                 .collect();
-            let n = if s.records > 0 {
-                s.values.len() / s.records
-            } else {
-                0
-            };
+            let n = s.values.len().checked_div(s.records).unwrap_or(0);
             ch.draw_series(LineSeries::new(med, col.stroke_width(2)))
                 .map_err(&e)?
                 .label(format!("{} (n = {n})", s.label))

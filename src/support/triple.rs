@@ -148,7 +148,9 @@ pub fn triple_intersection(a: &[u8], h: usize, w: usize) -> TripleIntersection {
             .filter(|&p| shifts.iter().all(|&d| inside((p.0 - d.0, p.1 - d.1))))
             .collect()
     };
-    let mut best: Option<(Vec<(i64, i64)>, Vec<(i64, i64)>)> = None;
+    // (pixels of the intersection, shifts used)
+    type Candidate = (Vec<(i64, i64)>, Vec<(i64, i64)>);
+    let mut best: Option<Candidate> = None;
     let k = hull.len();
     if k >= 3 {
         for i in 0..k {
