@@ -158,7 +158,10 @@ fn support_phase_and_evaluate_end_to_end() {
         "prtf.png",
         "fourier_error.png",
         "density_error.png",
-        "grid.png",
+        "grid_0_ac.png",
+        "grid_1_ti.png",
+        "grid_2_nn.png",
+        "grid_3_rec.png",
     ] {
         let m = std::fs::metadata(report.join(f)).unwrap_or_else(|_| panic!("{f} missing"));
         assert!(
@@ -234,7 +237,7 @@ fn support_phase_and_evaluate_end_to_end() {
         q[0]
     );
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
-    assert!(html.contains("grid.png") && html.contains("prtf.png"));
+    assert!(html.contains("grid_3_rec.png") && html.contains("prtf.png"));
 
     // a second run replaces the previous report
     ok(&[

@@ -598,12 +598,23 @@ pub fn image_grid(
         for (c, t) in titles.iter().enumerate() {
             let x = (left + c as u32 * (tw + pad)) as i32;
             // two lines of title: split at the first " | "
+            // (about 8 px per character at 14 px: cut what would run into the next column)
+            let max_chars = ((tw + pad) / 8).max(4) as usize;
+            let fit = |l: &str| -> String {
+                if l.chars().count() <= max_chars {
+                    l.to_string()
+                } else {
+                    let mut t: String = l.chars().take(max_chars - 1).collect();
+                    t.push('…');
+                    t
+                }
+            };
             let mut lines = t.splitn(2, " | ");
             let l1 = lines.next().unwrap_or("");
-            root.draw(&Text::new(l1.to_string(), (x, 6), font(14.0)))
+            root.draw(&Text::new(fit(l1), (x, 6), font(14.0)))
                 .map_err(&e)?;
             if let Some(l2) = lines.next() {
-                root.draw(&Text::new(l2.to_string(), (x, 26), font(14.0)))
+                root.draw(&Text::new(fit(l2), (x, 26), font(14.0)))
                     .map_err(&e)?;
             }
         }

@@ -191,22 +191,49 @@ fn write_figures(
             "Normalised error of each reconstruction against the true density.".into(),
         ));
     }
-    if let Some(f) = grid(dir, truth, evals)? {
-        out.push((f, "Patterns, autocorrelations, truths and estimates (aligned to the truth), like figure 6 of the paper.".into()));
+    // one grid per input (the paper's figure 6 layout), legible at any number of inputs
+    let ac = match &truth.patterns {
+        Some(p) if truth.n() > 0 => Some(crate::support::autocorrelations(p)?),
+        _ => None,
+    };
+    for (i, e) in evals.iter().enumerate() {
+        let safe: String = e
+            .label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let fname = format!("grid_{i}_{safe}.png");
+        if grid(dir, truth, ac.as_ref(), std::slice::from_ref(e), &fname)? {
+            out.push((
+                fname,
+                format!(
+                    "{}: patterns, autocorrelations, truths and the estimates aligned to the truth (figure 6 of the paper).",
+                    e.label
+                ),
+            ));
+        }
     }
     Ok(out)
 }
 
-fn grid(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Option<String>> {
+fn grid(
+    dir: &Path,
+    truth: &Truth,
+    ac: Option<&crate::array::Stack<f32>>,
+    evals: &[InputEvaluation],
+    fname: &str,
+) -> Result<bool> {
     let (h, w) = truth.hw();
     let g = truth.n().min(GALLERY);
     if g == 0 {
-        return Ok(None);
+        return Ok(false);
     }
-    let ac = match &truth.patterns {
-        Some(p) => Some(crate::support::autocorrelations(p)?),
-        None => None,
-    };
     let mut titles: Vec<String> = vec![
         "pattern | (log10 intensity)".into(),
         "autocorrelation | (log10 |IFFT(I)|)".into(),
@@ -234,7 +261,7 @@ fn grid(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Option<S
             },
             None => Tile::Empty,
         });
-        row.push(match &ac {
+        row.push(match ac {
             Some(a) => Tile::Map {
                 values: a.image(p).to_vec(),
                 log: true,
@@ -310,7 +337,7 @@ fn grid(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Option<S
         ));
     }
     plot::image_grid(
-        &dir.join("grid.png"),
+        &dir.join(fname),
         &titles,
         &labels,
         &rows,
@@ -318,7 +345,7 @@ fn grid(dir: &Path, truth: &Truth, evals: &[InputEvaluation]) -> Result<Option<S
         w,
         "support vs ideal: grey = correct, red = false positive, blue = false negative;  recon - truth: each scaled to its maximum, red = too high, blue = too low",
     )?;
-    Ok(Some("grid.png".into()))
+    Ok(true)
 }
 
 fn esc(s: &str) -> String {
