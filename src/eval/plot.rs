@@ -492,6 +492,71 @@ pub fn value_histogram(
     })
 }
 
+/// Empirical cumulative distributions of a per-pattern value (one step line per method):
+/// the fraction of patterns at or below each value. Legible with many methods, where
+/// overlapping histograms are not.
+pub fn value_cdf(
+    dest: &Path,
+    title: &str,
+    xlabel: &str,
+    series: &[(&str, Vec<f64>)],
+) -> Result<()> {
+    let xmax = nice_max(
+        series
+            .iter()
+            .flat_map(|s| s.1.iter().copied())
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+            * 1.02,
+    );
+    render(dest, (1000, 600), |root| {
+        let e = perr(dest);
+        let mut ch = ChartBuilder::on(root)
+            .caption(title, font(22.0))
+            .margin(15)
+            .x_label_area_size(60)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..xmax, 0.0..1.02)
+            .map_err(&e)?;
+        ch.configure_mesh()
+            .x_desc(xlabel)
+            .y_desc("fraction of patterns at or below")
+            .label_style(font(15.0))
+            .axis_desc_style(font(17.0))
+            .draw()
+            .map_err(&e)?;
+        for (i, (label, v)) in series.iter().enumerate() {
+            let col = colour(i);
+            let mut sorted: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let n = sorted.len().max(1) as f64;
+            let mut pts = vec![(0.0, 0.0)];
+            for (k, &x) in sorted.iter().enumerate() {
+                pts.push((x, k as f64 / n));
+                pts.push((x, (k + 1) as f64 / n));
+            }
+            pts.push((xmax, sorted.len() as f64 / n));
+            let med = super::metrics::stats(v)
+                .map(|s| s.median)
+                .unwrap_or(f64::NAN);
+            ch.draw_series(LineSeries::new(pts, col.stroke_width(2)))
+                .map_err(&e)?
+                .label(format!("{label} (median {med:.3}, n = {})", sorted.len()))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
+                });
+        }
+        ch.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(font(15.0))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(&e)?;
+        Ok(())
+    })
+}
+
 /// How a tile of the image grid is coloured.
 pub enum Tile {
     /// Real values, viridis from min to max; `log` takes log10(max(v, tiny)) first.

@@ -180,7 +180,7 @@ fn write_figures(
         })
         .collect();
     if !dens.is_empty() {
-        plot::value_histogram(
+        plot::value_cdf(
             &dir.join("density_error.png"),
             "Normalised density error after alignment",
             "||rho - c x|| / ||rho|| (translation, twin and complex scale c fitted)",
@@ -188,7 +188,7 @@ fn write_figures(
         )?;
         out.push((
             "density_error.png".into(),
-            "Normalised error of each reconstruction against the true density.".into(),
+            "Cumulative distribution of the normalised error of each reconstruction against the true density.".into(),
         ));
     }
     // one grid per input (the paper's figure 6 layout), legible at any number of inputs
