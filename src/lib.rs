@@ -30,8 +30,10 @@ pub mod array;
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod phasing;
 pub mod simulate;
+pub mod support;
 
 pub use error::{Error, Result};

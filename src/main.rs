@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
+mod cli_eval;
+
 #[derive(Parser)]
 #[command(
     name = "cdiphase",
@@ -35,6 +37,10 @@ enum Cmd {
     Bench(BenchArgs),
     /// Show the CPU, its SIMD features and the available backends.
     Info,
+    /// Estimate supports: autocorrelation, triple intersection, or a threshold of a network output.
+    Support(cli_eval::SupportArgs),
+    /// Compare supports and reconstructions with the ground truth: metrics JSON, figures, index.html.
+    Evaluate(cli_eval::EvaluateArgs),
 }
 
 #[derive(Args)]
@@ -216,6 +222,8 @@ fn main() {
         Cmd::Demo(a) => cmd_demo(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Info => cmd_info(),
+        Cmd::Support(a) => cli_eval::cmd_support(a),
+        Cmd::Evaluate(a) => cli_eval::cmd_evaluate(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

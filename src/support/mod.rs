@@ -1,0 +1,179 @@
+//! Support estimation from measured patterns or from network outputs:
+//!
+//! - [`autocorrelation_supports`]: the autocorrelation support, |IFFT(I)| >= T * max (the
+//!   same rule as the phasing starting support, stored centred);
+//! - [`triple_intersection`]: the triple-intersection method of Crimmins et al., which
+//!   intersects shifted copies of the autocorrelation support ([`triple`]);
+//! - [`threshold_supports`]: a threshold of a network estimate (`predict` output).
+//!
+//! Every support returned here is centred (origin at (H/2, W/2)) like every array on disk,
+//! so it can be passed to `cdiphase phase --support`.
+
+pub mod triple;
+
+pub use triple::{triple_intersection, TripleIntersection};
+
+use crate::array::{native_to_centred, Stack};
+use crate::backend::cpu::Plan2d;
+use crate::io::PatternSet;
+use crate::phasing::support::autocorrelation;
+use crate::{Error, Result};
+
+/// Support estimation method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Autocorrelation,
+    TripleIntersection,
+    Nn,
+}
+
+impl Method {
+    /// Parse `autocorrelation`, `triple-intersection` or `nn`.
+    pub fn parse(text: &str) -> Result<Method> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "autocorrelation" | "ac" => Ok(Method::Autocorrelation),
+            "triple-intersection" | "triple" => Ok(Method::TripleIntersection),
+            "nn" => Ok(Method::Nn),
+            other => Err(Error::Config(format!(
+                "unknown support method '{other}': expected autocorrelation, triple-intersection or nn"
+            ))),
+        }
+    }
+
+    /// The default threshold of the method (fraction of the per-pattern maximum).
+    pub fn default_threshold(self) -> f32 {
+        match self {
+            Method::Autocorrelation => 0.04,
+            // a lower threshold keeps the faint rim of the difference set, which the
+            // intersection needs to stay a superset of the object
+            Method::TripleIntersection => 0.001,
+            Method::Nn => 0.1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Autocorrelation => "autocorrelation",
+            Method::TripleIntersection => "triple-intersection",
+            Method::Nn => "nn",
+        }
+    }
+}
+
+/// Check a threshold is a fraction in (0, 1].
+pub fn check_threshold(t: f32) -> Result<()> {
+    if !(t > 0.0 && t <= 1.0) {
+        return Err(Error::Config(format!(
+            "threshold {t} must be in (0, 1] (a fraction of the per-pattern maximum)"
+        )));
+    }
+    Ok(())
+}
+
+/// Centred |autocorrelation| of every pattern (unmeasured pixels set to zero, negative
+/// intensities clipped), as (N,H,W). Patterns are read as stored (centred).
+pub fn autocorrelations(patterns: &PatternSet) -> Result<Stack<f32>> {
+    let st = &patterns.intensities;
+    let (n, h, w) = (st.n, st.h, st.w);
+    let l = h * w;
+    let plan = Plan2d::new(h, w);
+    let mut out = Stack::filled(n, h, w, 0.0f32);
+    let mut native = vec![0.0f32; l];
+    let mut nmask = vec![0u8; l];
+    for p in 0..n {
+        let img = st.image(p);
+        if let Some(i) = img.iter().position(|v| !v.is_finite()) {
+            let masked = patterns
+                .mask
+                .as_ref()
+                .is_some_and(|m| m.image(if m.n == 1 { 0 } else { p })[i] != 0);
+            if !masked {
+                return Err(Error::invalid(
+                    format!("{}:{}", patterns.source.display(), patterns.entry),
+                    format!(
+                        "pattern {p} pixel (y={}, x={}) is {}: mask it or fix the data",
+                        i / w,
+                        i % w,
+                        img[i]
+                    ),
+                ));
+            }
+        }
+        crate::array::centred_to_native(img, h, w, &mut native);
+        match &patterns.mask {
+            Some(m) => crate::array::centred_to_native(
+                m.image(if m.n == 1 { 0 } else { p }),
+                h,
+                w,
+                &mut nmask,
+            ),
+            None => nmask.iter_mut().for_each(|v| *v = 0),
+        }
+        let ac = autocorrelation(&native, |i| nmask[i] == 0 && native[i].is_finite(), &plan);
+        native_to_centred(&ac, h, w, out.image_mut(p));
+    }
+    Ok(out)
+}
+
+/// Threshold each image of a stack at `threshold` times its own maximum (of |v|).
+/// An image whose maximum is not positive gives an empty support.
+pub fn threshold_supports(images: &Stack<f32>, threshold: f32) -> Stack<u8> {
+    let mut out = Stack::filled(images.n, images.h, images.w, 0u8);
+    for p in 0..images.n {
+        let img = images.image(p);
+        let max = img.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        let t = threshold * max;
+        for (o, &v) in out.image_mut(p).iter_mut().zip(img) {
+            *o = (max > 0.0 && v.abs() > t) as u8;
+        }
+    }
+    out
+}
+
+/// Autocorrelation supports of every pattern, centred: |IFFT(I)| >= threshold * max.
+pub fn autocorrelation_supports(patterns: &PatternSet, threshold: f32) -> Result<Stack<u8>> {
+    check_threshold(threshold)?;
+    let ac = autocorrelations(patterns)?;
+    let mut out = Stack::filled(ac.n, ac.h, ac.w, 0u8);
+    for p in 0..ac.n {
+        let img = ac.image(p);
+        let max = img.iter().copied().fold(0.0f32, f32::max);
+        let t = threshold * max;
+        for (o, &v) in out.image_mut(p).iter_mut().zip(img) {
+            *o = (max > 0.0 && v >= t) as u8;
+        }
+    }
+    Ok(out)
+}
+
+/// Estimate the supports of every pattern with `method` (not [`Method::Nn`], which needs a
+/// network output: use [`threshold_supports`]). Returns the supports and, for the triple
+/// intersection, the per-pattern details.
+pub fn estimate_from_patterns(
+    patterns: &PatternSet,
+    method: Method,
+    threshold: f32,
+) -> Result<(Stack<u8>, Vec<Option<TripleIntersection>>)> {
+    check_threshold(threshold)?;
+    match method {
+        Method::Autocorrelation => {
+            let s = autocorrelation_supports(patterns, threshold)?;
+            let n = s.n;
+            Ok((s, vec![None; n]))
+        }
+        Method::TripleIntersection => {
+            let a = autocorrelation_supports(patterns, threshold)?;
+            let mut out = Stack::filled(a.n, a.h, a.w, 0u8);
+            let mut info = Vec::with_capacity(a.n);
+            for p in 0..a.n {
+                let t = triple_intersection(a.image(p), a.h, a.w);
+                out.image_mut(p).copy_from_slice(&t.support);
+                info.push(Some(t));
+            }
+            Ok((out, info))
+        }
+        Method::Nn => Err(Error::Config(
+            "the nn method thresholds a network output (entry_1/image_1/data of `cdiphase predict`), not patterns".into(),
+        )),
+    }
+}
