@@ -6,6 +6,8 @@
 //! emulated backends of the GPU issue implement the same trait.
 
 pub mod cpu;
+pub mod emu;
+pub mod gpu_common;
 
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
@@ -62,10 +64,15 @@ pub fn select(device: Device, threads: Option<usize>) -> Result<Box<dyn Backend>
             reason: "this build has no CUDA backend yet (GPU issue #5); use --device cpu or auto"
                 .into(),
         }),
-        Device::Emu => Err(Error::DeviceUnavailable {
-            device: "emu".into(),
-            reason: "the CUDA emulator backend is not built yet (GPU issue #5); use --device cpu"
-                .into(),
-        }),
+        Device::Emu => Ok(Box::new(emu::EmuBackend::new(emu_order()?))),
+    }
+}
+
+/// The emulator's schedule order: `CDIPHASE_EMU_SCHEDULE` (in-order, reverse, random,
+/// random:SEED), in-order by default.
+fn emu_order() -> Result<emu::ScheduleOrder> {
+    match std::env::var("CDIPHASE_EMU_SCHEDULE") {
+        Ok(v) => v.parse(),
+        Err(_) => Ok(emu::ScheduleOrder::InOrder),
     }
 }
