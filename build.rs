@@ -18,6 +18,9 @@ fn main() {
         .opt_level(2)
         .flag_if_supported("-fno-math-errno")
         .flag_if_supported("-ffp-contract=off")
+        // `#pragma unroll` is for nvcc/NVRTC; kernels take arguments some variants ignore
+        .flag_if_supported("-Wno-unknown-pragmas")
+        .flag_if_supported("-Wno-unused-parameter")
         .warnings(true);
     for s in sources {
         if std::path::Path::new(s).exists() {

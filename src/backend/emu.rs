@@ -36,6 +36,11 @@ extern "C" {
         cfg: *const LaunchCfg,
         params: *mut *mut c_void,
     ) -> c_int;
+    fn cdemu_launch_nn(
+        name: *const c_char,
+        cfg: *const LaunchCfg,
+        params: *mut *mut c_void,
+    ) -> c_int;
     fn cdemu_launch_test(
         name: *const c_char,
         cfg: *const LaunchCfg,
@@ -168,10 +173,7 @@ impl EmuLauncher {
         if kernel.starts_with("cd_test_") {
             Ok(cdemu_launch_test)
         } else if kernel.starts_with("cd_nn_") {
-            Err(Error::Device {
-                device: "emu".into(),
-                msg: format!("{kernel}: the network kernels are not part of this build"),
-            })
+            Ok(cdemu_launch_nn)
         } else {
             Ok(cdemu_launch_phasing)
         }

@@ -37,6 +37,7 @@ impl DevPtr {
 pub enum KArg {
     Ptr(DevPtr),
     I32(i32),
+    I64(i64),
     F32(f32),
 }
 
@@ -55,6 +56,7 @@ impl ParamPack {
             .map(|a| match *a {
                 KArg::Ptr(p) => p.0,
                 KArg::I32(v) => v as u32 as u64,
+                KArg::I64(v) => v as u64,
                 KArg::F32(v) => v.to_bits() as u64,
             })
             .collect();

@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod emu;
 pub mod gpu_common;
+pub mod gpu_nn;
 
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
