@@ -292,3 +292,31 @@ fn single_iterations_agree_to_rounding() {
         }
     }
 }
+
+/// Device selection never panics: without a CUDA driver `--device cuda` is a typed error and
+/// `--device auto` is the CPU with the reason in its description; `--device emu` always works.
+#[test]
+fn device_selection_without_and_with_a_gpu() {
+    use cdiphase::backend::{cuda, select, Device};
+    let emu = select(Device::Emu, None).unwrap();
+    assert_eq!(emu.name(), "emu");
+    let auto = select(Device::Auto, Some(1)).unwrap();
+    match cuda::probe() {
+        Err(reason) => {
+            match select(Device::Cuda, None) {
+                Err(cdiphase::Error::DeviceUnavailable { device, reason: r }) => {
+                    assert_eq!(device, "cuda");
+                    assert!(!r.is_empty());
+                }
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("cuda selected without a driver ({reason})"),
+            }
+            assert_eq!(auto.name(), "cpu");
+            assert!(auto.describe().contains("no GPU"), "{}", auto.describe());
+        }
+        Ok((_, gpus)) if !gpus.is_empty() => {
+            assert_eq!(auto.name(), "cuda");
+        }
+        Ok(_) => {}
+    }
+}
