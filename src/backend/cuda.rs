@@ -140,8 +140,7 @@ fn family_ptx(family: &str, src: &str, cc: (i32, i32)) -> Result<String> {
             return Ok(text);
         }
     }
-    // SAFETY: only tries to open the library.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if !nvrtc_present() {
         return Err(unavailable(
             "the NVRTC library (libnvrtc.so) is missing: install the CUDA toolkit or the \
              nvidia-cuda-nvrtc-cu12 wheel and put its lib/ on LD_LIBRARY_PATH",
@@ -171,6 +170,24 @@ fn family_ptx(family: &str, src: &str, cc: (i32, i32)) -> Result<String> {
         }
     }
     Ok(text)
+}
+
+/// Whether the NVRTC library can be loaded (no GPU needed).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// PTX of kernel family `family` (`phasing` or `nn`) for compute capability `cc`, through
+/// the same NVRTC path (and cache) as the backend. Needs only libnvrtc, no GPU: CI runs it
+/// with the `nvidia-cuda-nvrtc-cu12` wheel's library.
+pub fn compile_family_ptx(family: &str, cc: (i32, i32)) -> Result<String> {
+    let src = FAMILIES
+        .iter()
+        .find(|(n, _)| *n == family)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| Error::Config(format!("no kernel family '{family}'")))?;
+    family_ptx(family, src, cc)
 }
 
 /// Device memory, launches and cuFFT on one GPU.
