@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -124,9 +125,14 @@ struct Worker {
 };
 
 thread_local Worker* tl_worker = nullptr;
+// Owns the calling thread's worker (its fiber stacks are unmapped when the thread exits).
+thread_local std::unique_ptr<Worker> tl_worker_owner;
 
 Worker& worker() {
-    if (!tl_worker) tl_worker = new Worker();  // lives as long as its thread (pool threads never exit)
+    if (!tl_worker) {
+        tl_worker_owner = std::make_unique<Worker>();
+        tl_worker = tl_worker_owner.get();
+    }
     return *tl_worker;
 }
 

@@ -307,7 +307,10 @@ impl Launcher for CudaLauncher {
 
     fn free(&self, p: DevPtr) {
         if self.bind().is_ok() {
-            // SAFETY: `p` came from alloc; the legacy stream orders the free after the work.
+            // Kernels queued on the stream may still use the buffer: wait for them first
+            // (frees are rare: once per buffer per chunk).
+            let _ = drv::ctx::synchronize();
+            // SAFETY: `p` came from alloc and nothing queued uses it any more.
             let _ = unsafe { drv::free_sync(p.0) };
         }
     }
