@@ -45,7 +45,7 @@ fn phase_on_emu_matches_cpu_through_the_cli() {
             "--shrinkwrap",
             "sigma=1,threshold=0.1,every=4",
             "--constraint",
-            "positive",
+            "real",
             "--starts",
             "2",
             "--seed",
