@@ -47,6 +47,9 @@ pub enum Error {
     /// A backend that is not available in this build or on this machine.
     #[error("device '{device}' is not available: {reason}")]
     DeviceUnavailable { device: String, reason: String },
+    /// A device (CUDA or the emulator) failed while running: a launch, copy or FFT error.
+    #[error("device '{device}' failed: {msg}")]
+    Device { device: String, msg: String },
 }
 
 /// Result alias used throughout the library.

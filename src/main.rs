@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
 mod cli_eval;
+mod cli_gpu;
 
 #[derive(Parser)]
 #[command(
@@ -657,9 +658,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         );
     }
     let device: Device = a.device.parse()?;
-    // Only the CPU backend exists in this build; select() reports the others clearly.
-    backend::select(device, Some(1))?;
     let (h, w) = parse_size(&a.size)?;
+    if matches!(device, Device::Cuda | Device::Emu) {
+        return cli_gpu::bench(&a, device, h, w);
+    }
     let r = cdiphase::bench::bench_phasing(&cdiphase::bench::PhasingBench {
         h,
         w,
@@ -702,6 +704,7 @@ fn cmd_info() -> Result<()> {
     println!("cdiphase {}", env!("CARGO_PKG_VERSION"));
     let cpu = backend::cpu::CpuBackend::new(None)?;
     println!("cpu:  available: {}", backend::Backend::describe(&cpu));
+    cli_gpu::info();
     for d in [Device::Cuda, Device::Emu] {
         match backend::select(d, None) {
             Ok(b) => println!("{}: available: {}", b.name(), b.describe()),

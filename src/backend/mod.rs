@@ -6,6 +6,10 @@
 //! emulated backends of the GPU issue implement the same trait.
 
 pub mod cpu;
+pub mod cuda;
+pub mod emu;
+pub mod gpu_common;
+pub mod gpu_nn;
 
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
@@ -56,16 +60,64 @@ impl std::str::FromStr for Device {
 /// Pick a backend. `auto` falls back to the CPU where no other backend is available.
 pub fn select(device: Device, threads: Option<usize>) -> Result<Box<dyn Backend>> {
     match device {
-        Device::Auto | Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(threads)?)),
-        Device::Cuda => Err(Error::DeviceUnavailable {
-            device: "cuda".into(),
-            reason: "this build has no CUDA backend yet (GPU issue #5); use --device cpu or auto"
-                .into(),
+        Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(threads)?)),
+        Device::Auto => match cuda::CudaBackend::new(cuda_ordinal()?) {
+            Ok(b) => Ok(Box::new(b)),
+            Err(e) => Ok(Box::new(AutoCpu {
+                inner: cpu::CpuBackend::new(threads)?,
+                note: e.to_string(),
+            })),
+        },
+        Device::Cuda => Ok(Box::new(cuda::CudaBackend::new(cuda_ordinal()?)?)),
+        Device::Emu => Ok(Box::new(emu::EmuBackend::new(emu_order()?))),
+    }
+}
+
+/// The emulator's schedule order: `CDIPHASE_EMU_SCHEDULE` (in-order, reverse, random,
+/// random:SEED), in-order by default.
+fn emu_order() -> Result<emu::ScheduleOrder> {
+    match std::env::var("CDIPHASE_EMU_SCHEDULE") {
+        Ok(v) => v.parse(),
+        Err(_) => Ok(emu::ScheduleOrder::InOrder),
+    }
+}
+
+/// The GPU `--device cuda` uses: `CDIPHASE_CUDA_DEVICE` (an ordinal), 0 by default.
+pub fn cuda_ordinal() -> Result<usize> {
+    match std::env::var("CDIPHASE_CUDA_DEVICE") {
+        Ok(v) => v.trim().parse().map_err(|_| {
+            Error::Config(format!(
+                "CDIPHASE_CUDA_DEVICE='{v}': expected a GPU ordinal (0, 1, ...)"
+            ))
         }),
-        Device::Emu => Err(Error::DeviceUnavailable {
-            device: "emu".into(),
-            reason: "the CUDA emulator backend is not built yet (GPU issue #5); use --device cpu"
-                .into(),
-        }),
+        Err(_) => Ok(0),
+    }
+}
+
+/// `--device auto` on a machine without a usable GPU: the CPU backend, with the reason in
+/// its description (shown in every run header), so the fallback is never silent.
+struct AutoCpu {
+    inner: cpu::CpuBackend,
+    note: String,
+}
+
+impl Backend for AutoCpu {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} (auto: no GPU used: {})",
+            self.inner.describe(),
+            self.note
+        )
+    }
+    fn run_phasing(
+        &self,
+        problem: &PhasingProblem,
+        program: &Program,
+        progress: Progress<'_>,
+    ) -> Result<PhasingOutput> {
+        self.inner.run_phasing(problem, program, progress)
     }
 }

@@ -1,0 +1,6 @@
+// The phasing kernels compiled for the emulator, with their launch table.
+#include "../phasing.cu"
+
+#define CDEMU_PHASING(X) \
+    X(cd_modulus_project) X(cd_support_update) X(cd_record_errors) X(cd_sw_blur_rows) X(cd_sw_blur_cols) X(cd_sw_threshold)
+CDEMU_FAMILY(phasing, CDEMU_PHASING)

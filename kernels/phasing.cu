@@ -1,0 +1,188 @@
+// Phasing kernels, batched over items = patterns x starts. Every array is item-major and in
+// FFT-native order (origin at pixel 0,0: the centring shift is applied once on the host,
+// never per iteration). complex64 is float2. One iteration is
+//   cuFFT forward (g -> F)  ->  cd_modulus_project (F in place, Fourier-error partials)
+//   -> cuFFT inverse, unscaled (F -> G')  ->  cd_support_update (g, with 1/N and the
+//   constraint fused, real-space error partials).
+// Reductions are two-stage and deterministic: one partial per block, in a fixed order, summed
+// by cd_record_errors (in double) only when the program records.
+//
+// Launch shape of the element-wise kernels: block CD_BLOCK threads, grid (bpi, items);
+// block (bx, item) covers pixels bx*CD_BLOCK + k*bpi*CD_BLOCK of its item (grid-stride), so
+// any L works. Costs below are per launch with P = items * L pixels.
+#include "common.cuh"
+
+// Modulus projection with the mask, fused with the per-item Fourier-error reduction.
+// Measured pixels (amp >= 0) get modulus amp, phase kept (|F| floored at CD_TINY); unmeasured
+// pixels (amp < 0) keep F. With project == 0, F is only measured (final error), not written.
+// partial[item * bpi + bx] = sum over the block's measured pixels of (|F| - amp)^2.
+// amp is per pattern: item / starts.
+// Bytes: 12 P read (F 8, amp 4) + 8 P written (project) ; FLOPs ~12 P (|F|, sqrt, div, 2 mul).
+CD_KERNEL cd_modulus_project(float2* __restrict__ f, const float* __restrict__ amp, int L, int starts,
+                             int project, float* __restrict__ partial) {
+    const int item = blockIdx.y;
+    float2* fi = f + (size_t)item * L;
+    const float* ai = amp + (size_t)(item / starts) * L;
+    float err = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 v = fi[i];
+        const float a = ai[i];
+        if (a >= 0.0f) {
+            const float m = sqrtf(v.x * v.x + v.y * v.y);
+            const float d = m - a;
+            err += d * d;
+            if (project) {
+                const float r = a / fmaxf(m, CD_TINY);
+                fi[i] = make_float2(v.x * r, v.y * r);
+            }
+        }
+    }
+    err = cd_block_sum(err);
+    if (threadIdx.x == 0) partial[(size_t)item * gridDim.x + blockIdx.x] = err;
+}
+
+// Support update fused with the inverse FFT's 1/N (`scale`) and the constraint:
+//   p = scale * G'; where the constraint holds g = p, elsewhere g = a*g + b*p, per component:
+//   constraint 0 (none): both components inside the support;
+//   constraint 1 (real): the real part inside the support, the imaginary part always outside;
+//   constraint 2 (positive): the real part inside the support where Re p >= 0.
+// (a, b) = ER (0, 0), HIO (1, -beta), RAAR (beta, 1 - 2 beta) as in the CPU backend.
+// partial[2 * (item * bpi + bx) + {0, 1}] = block sums of |p|^2 outside the support and of
+// |p|^2 (real-space error = sqrt(outside / total)).
+// Bytes: 17 P read (g 8, G' 8, support 1) + 8 P written; FLOPs ~14 P.
+CD_KERNEL cd_support_update(float2* __restrict__ g, const float2* __restrict__ gp,
+                            const unsigned char* __restrict__ sup, int L, float a, float b,
+                            int constraint, float scale, float* __restrict__ partial) {
+    const int item = blockIdx.y;
+    float2* gi = g + (size_t)item * L;
+    const float2* pi = gp + (size_t)item * L;
+    const unsigned char* si = sup + (size_t)item * L;
+    float out = 0.0f, tot = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 q = pi[i];
+        const float pr = q.x * scale, pm = q.y * scale;
+        const float e = pr * pr + pm * pm;
+        const bool inside = si[i] != 0;
+        out += inside ? 0.0f : e;
+        tot += e;
+        const bool mre = constraint == 2 ? (inside && pr >= 0.0f) : inside;
+        const bool mim = constraint == 0 ? inside : false;
+        const float2 o = gi[i];
+        gi[i] = make_float2(mre ? pr : a * o.x + b * pr, mim ? pm : a * o.y + b * pm);
+    }
+    out = cd_block_sum(out);
+    tot = cd_block_sum(tot);
+    if (threadIdx.x == 0) {
+        const size_t k = (size_t)item * gridDim.x + blockIdx.x;
+        partial[2 * k] = out;
+        partial[2 * k + 1] = tot;
+    }
+}
+
+// Second stage of the error reductions, one thread per item, partials summed in double in
+// block order: fourier[item * records + rec] = sqrt(sum_f / sum_a2[pattern]) (0 if sum_a2 is 0)
+// and, when pr is not null, real[item * records + rec] = sqrt(max(out, 0) / tot) (0 if tot is 0).
+// Bytes: items * (4 bpi_f + 8 bpi_r + 16); FLOPs: items * (bpi_f + 2 bpi_r + 4).
+CD_KERNEL cd_record_errors(const float* __restrict__ pf, int bpi_f, const float* __restrict__ pr, int bpi_r,
+                           const double* __restrict__ sum_a2, int items, int starts, int records, int rec,
+                           float* __restrict__ fourier, float* __restrict__ real) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    double sf = 0.0;
+    for (int k = 0; k < bpi_f; ++k) sf += (double)pf[(size_t)item * bpi_f + k];
+    const double den = sum_a2[item / starts];
+    fourier[(size_t)item * records + rec] = den > 0.0 ? (float)sqrt(sf / den) : 0.0f;
+    if (pr != nullptr) {
+        double so = 0.0, st = 0.0;
+        for (int k = 0; k < bpi_r; ++k) {
+            so += (double)pr[2 * ((size_t)item * bpi_r + k)];
+            st += (double)pr[2 * ((size_t)item * bpi_r + k) + 1];
+        }
+        const double o = so > 0.0 ? so : 0.0;
+        real[(size_t)item * records + rec] = st > 0.0 ? (float)sqrt(o / st) : 0.0f;
+    }
+}
+
+// Shrinkwrap pass 1: |g| and the periodic Gaussian blur along rows, one block per (row, item);
+// the row of |g| and the kernel sit in dynamic shared memory ((w + klen) floats):
+//   tmp[y][x] = sum_j kern[j] |g[y][(x + j - r) mod w]|, r = klen / 2 (any r, also r >= w).
+// Bytes: 8 P read + 4 P written (+ kernel, from cache); FLOPs: (2 klen + 3) P.
+CD_KERNEL cd_sw_blur_rows(const float2* __restrict__ g, int h, int w, const float* __restrict__ kern, int klen,
+                          float* __restrict__ tmp) {
+    CD_DYNAMIC_SHARED(float, sm);
+    float* row = sm;
+    float* k = sm + w;
+    const int y = blockIdx.x, item = blockIdx.y;
+    const size_t base = ((size_t)item * h + y) * w;
+    for (int x = threadIdx.x; x < w; x += blockDim.x) {
+        const float2 v = g[base + x];
+        row[x] = sqrtf(v.x * v.x + v.y * v.y);
+    }
+    for (int j = threadIdx.x; j < klen; j += blockDim.x) k[j] = kern[j];
+    __syncthreads();
+    const int r = klen / 2;
+    for (int x = threadIdx.x; x < w; x += blockDim.x) {
+        int xx = (x - r) % w;
+        if (xx < 0) xx += w;
+        float acc = 0.0f;
+        for (int j = 0; j < klen; ++j) {
+            acc += k[j] * row[xx];
+            if (++xx == w) xx = 0;
+        }
+        tmp[base + x] = acc;
+    }
+}
+
+// Shrinkwrap pass 2: the periodic blur along columns (coalesced: consecutive threads take
+// consecutive x), kernel in dynamic shared memory (klen floats), plus the per-block maximum:
+//   mag[y][x] = sum_j kern[j] tmp[(y + j - r) mod h][x];  pmax[item * bpi + bx] = block max.
+// Grid (bpi, items). Bytes: 4 P read (each value reused klen times from L1/L2) + 4 P written;
+// FLOPs: 2 klen P.
+CD_KERNEL cd_sw_blur_cols(const float* __restrict__ tmp, int h, int w, const float* __restrict__ kern, int klen,
+                          float* __restrict__ mag, float* __restrict__ pmax) {
+    CD_DYNAMIC_SHARED(float, k);
+    for (int j = threadIdx.x; j < klen; j += blockDim.x) k[j] = kern[j];
+    __syncthreads();
+    const int item = blockIdx.y;
+    const int L = h * w;
+    const float* ti = tmp + (size_t)item * L;
+    float* mi = mag + (size_t)item * L;
+    const int r = klen / 2;
+    float mx = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const int y = i / w, x = i - y * w;
+        int yy = (y - r) % h;
+        if (yy < 0) yy += h;
+        float acc = 0.0f;
+        for (int j = 0; j < klen; ++j) {
+            acc += k[j] * ti[(size_t)yy * w + x];
+            if (++yy == h) yy = 0;
+        }
+        mi[i] = acc;
+        mx = fmaxf(mx, acc);
+    }
+    mx = cd_block_max(mx);
+    if (threadIdx.x == 0) pmax[(size_t)item * gridDim.x + blockIdx.x] = mx;
+}
+
+// Shrinkwrap pass 3: every block first reduces its item's block maxima (bpi values), then
+// thresholds: sup = mag >= threshold * max. The support is left unchanged when the maximum
+// is not positive and finite (zero or non-finite object), as on the CPU.
+// Bytes: 4 P read + 1 P written (+ items * bpi * bpi * 4 for the maxima); FLOPs: P.
+CD_KERNEL cd_sw_threshold(const float* __restrict__ mag, int L, const float* __restrict__ pmax, int bpi,
+                          float threshold, unsigned char* __restrict__ sup) {
+    const int item = blockIdx.y;
+    float mx = 0.0f;
+    for (int k = threadIdx.x; k < bpi; k += blockDim.x) mx = fmaxf(mx, pmax[(size_t)item * bpi + k]);
+    mx = cd_block_max(mx);
+    __shared__ float s_max;
+    if (threadIdx.x == 0) s_max = mx;
+    __syncthreads();
+    mx = s_max;
+    if (!(mx > 0.0f && isfinite(mx))) return;
+    const float t = threshold * mx;
+    const float* mi = mag + (size_t)item * L;
+    unsigned char* si = sup + (size_t)item * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)
+        si[i] = mi[i] >= t ? 1 : 0;
+}

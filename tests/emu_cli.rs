@@ -1,0 +1,101 @@
+//! The CLI on the GPU code path: `phase --device emu` gives the CPU's reconstruction (short
+//! program, see tests/emu_phasing.rs for the tolerance), `info` lists emu and the CUDA
+//! state, and `--device cuda` without a GPU fails with a clear message, not a panic.
+
+use cdiphase::io::{self, CxiWriter};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cdiphase"))
+        .args(args)
+        .env_remove("CDIPHASE_EMU_SCHEDULE")
+        .output()
+        .unwrap()
+}
+
+fn write_patterns(dir: &Path, n: usize, h: usize, w: usize) -> std::path::PathBuf {
+    let (p, _) = cdiphase::simulate::synthetic_particles(n, h, w, n, 11);
+    let mut mask = vec![0u8; h * w];
+    mask[(h / 2) * w + w / 2] = 1;
+    let path = dir.join("in.cxi");
+    let mut wr = CxiWriter::new();
+    wr.f32("entry_1/data_1/data", &[n, h, w], &p.intensities.data)
+        .unwrap();
+    wr.u8("entry_1/instrument_1/detector_1/mask", &[h, w], &mask)
+        .unwrap();
+    wr.finish(&path).unwrap();
+    path
+}
+
+#[test]
+fn phase_on_emu_matches_cpu_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_patterns(dir.path(), 2, 27, 34);
+    let mut objs = Vec::new();
+    for device in ["cpu", "emu"] {
+        let out = dir.path().join(format!("{device}.cxi"));
+        let o = run(&[
+            "phase",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--algorithm",
+            "2*(3*HIO + 2*ER)",
+            "--shrinkwrap",
+            "sigma=1,threshold=0.1,every=4",
+            "--constraint",
+            "real",
+            "--starts",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            device,
+            "--quiet",
+        ]);
+        assert!(
+            o.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        objs.push(io::read_object(&out, None).unwrap());
+    }
+    let (a, b) = (&objs[1].data, &objs[0].data);
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).norm_sqr() as f64)
+        .sum();
+    let den: f64 = b.iter().map(|y| y.norm_sqr() as f64).sum();
+    let e = (num / den).sqrt();
+    assert!(e < 1e-4, "emu vs cpu through the CLI: {e}");
+}
+
+#[test]
+fn info_and_device_errors() {
+    let o = run(&["info"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("emu: available"), "{text}");
+    assert!(text.contains("cuda driver"), "{text}");
+    if cdiphase::backend::cuda::probe().is_err() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = write_patterns(dir.path(), 1, 16, 16);
+        let out = dir.path().join("o.cxi");
+        let o = run(&[
+            "phase",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--device",
+            "cuda",
+            "--quiet",
+        ]);
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not available"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "no output file on failure");
+    }
+}

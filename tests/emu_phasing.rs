@@ -1,0 +1,334 @@
+//! Full phasing runs under the emulator (the CUDA kernels and the shared GPU orchestration)
+//! against the CPU backend: fresh random data, odd and non-square sizes, batch 1 and several,
+//! masks, every constraint, shrinkwrap; identical results in every schedule order and with
+//! the batch split into chunks.
+//!
+//! Tolerances: both backends start from the same state and do the same f32 arithmetic in a
+//! different order (FFT algorithm, reduction order), so iterates differ by rounding only:
+//! one iteration agrees to ~1.5e-7 (relative norm), and HIO/RAAR amplify the difference
+//! 2x to 2.5x per iteration (measured: 1e-5 to 1e-3 after 10 HIO, 1e-2 after 20). The full runs here
+//! are therefore short (<= 12 iterations): objects and error histories within 1e-4
+//! (measured ~1e-6..1e-5). A shrinkwrap threshold that lands within rounding of a pixel's
+//! blurred value may flip that pixel, so supports may differ in at most 0.5% of pixels.
+
+use cdiphase::array::{Complex32, Stack};
+use cdiphase::backend::cpu::CpuBackend;
+use cdiphase::backend::emu::{EmuBackend, ScheduleOrder};
+use cdiphase::backend::Backend;
+use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
+use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
+use cdiphase::phasing::schedule::Schedule;
+
+struct Lcg(u64);
+impl Lcg {
+    fn new(tag: &str) -> Lcg {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        eprintln!("{tag}: random seed {t}");
+        Lcg(t | 1)
+    }
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A random compact object per pattern (a blob in the corner around the origin, FFT-native
+/// order), its Fourier amplitudes (DFT through the CPU plan), optional mask, and a support
+/// slightly larger than the object.
+fn problem(
+    rng: &mut Lcg,
+    n: usize,
+    h: usize,
+    w: usize,
+    starts: usize,
+    masked: bool,
+    constraint: Constraint,
+) -> PhasingProblem {
+    let l = h * w;
+    let plan = cdiphase::backend::cpu::Plan2d::new(h, w);
+    let mut work = plan.work();
+    let mut amplitudes = vec![0.0f32; n * l];
+    let mut supports = vec![0u8; n * l];
+    let mut sum_a2 = vec![0.0; n];
+    let mut measured = vec![0; n];
+    for p in 0..n {
+        let ry = (h as f64 * (0.15 + 0.1 * rng.next())).max(1.0);
+        let rx = (w as f64 * (0.15 + 0.1 * rng.next())).max(1.0);
+        let mut obj = vec![Complex32::new(0.0, 0.0); l];
+        for y in 0..h {
+            for x in 0..w {
+                let dy = (if y > h / 2 {
+                    y as f64 - h as f64
+                } else {
+                    y as f64
+                }) / ry;
+                let dx = (if x > w / 2 {
+                    x as f64 - w as f64
+                } else {
+                    x as f64
+                }) / rx;
+                let d = dy * dy + dx * dx;
+                if d < 1.6 {
+                    supports[p * l + y * w + x] = 1;
+                }
+                if d < 1.0 {
+                    let im = if constraint == Constraint::None {
+                        rng.next() - 0.5
+                    } else {
+                        0.0
+                    };
+                    obj[y * w + x] = Complex32::new((0.2 + rng.next()) as f32, im as f32);
+                }
+            }
+        }
+        plan.forward(&mut obj, &mut work);
+        for i in 0..l {
+            let unmeasured = masked && (rng.next() < 0.08 || i == 0);
+            let a = obj[i].norm();
+            amplitudes[p * l + i] = if unmeasured { -1.0 } else { a };
+            if !unmeasured {
+                sum_a2[p] += (a as f64) * (a as f64);
+                measured[p] += 1;
+            }
+        }
+    }
+    PhasingProblem {
+        n,
+        h,
+        w,
+        starts,
+        amplitudes,
+        sum_a2,
+        measured,
+        supports: Stack::from_vec(n, h, w, supports).unwrap(),
+        init: InitObjects::Random {
+            seed: (rng.next() * 1e12) as u64,
+        },
+        constraint,
+        keep_all: true,
+    }
+}
+
+fn rel_c(a: &[Complex32], b: &[Complex32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).norm_sqr() as f64)
+        .sum();
+    let den: f64 = b.iter().map(|y| y.norm_sqr() as f64).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn rel_f(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn compare(tag: &str, emu: &PhasingOutput, cpu: &PhasingOutput) {
+    let eo = rel_c(
+        emu.all_objects.as_ref().unwrap(),
+        cpu.all_objects.as_ref().unwrap(),
+    );
+    let ef = rel_f(&emu.fourier_error, &cpu.fourier_error);
+    // The real-space error is compared as its square, out/tot, absolutely: the CPU forms
+    // `out` as tot - inside, which loses all its digits when out << tot (an object almost
+    // inside its support), where the GPU kernel sums `out` directly.
+    let er = emu
+        .real_error
+        .iter()
+        .zip(&cpu.real_error)
+        .map(|(a, b)| ((a * a) as f64 - (b * b) as f64).abs())
+        .fold(0.0, f64::max);
+    let efin = rel_f(&emu.final_fourier_error, &cpu.final_fourier_error);
+    let (se, sc) = (
+        emu.all_supports.as_ref().unwrap(),
+        cpu.all_supports.as_ref().unwrap(),
+    );
+    let flips = se.iter().zip(sc).filter(|(a, b)| a != b).count();
+    eprintln!(
+        "{tag}: objects {eo:.2e} fourier {ef:.2e} real {er:.2e} final {efin:.2e} support flips {flips}/{}",
+        se.len()
+    );
+    assert_eq!(emu.records, cpu.records);
+    assert_eq!(emu.fourier_error.len(), cpu.fourier_error.len());
+    assert!(emu.fourier_error.iter().all(|e| e.is_finite()));
+    assert!(eo < 1e-3, "{tag}: objects differ by {eo}");
+    assert!(
+        ef < 1e-3 && er < 1e-5 && efin < 1e-3,
+        "{tag}: errors differ ({ef}, {er}, {efin})"
+    );
+    assert!(
+        flips * 200 <= se.len(),
+        "{tag}: {flips} support pixels differ"
+    );
+    if flips == 0 && efin < 1e-4 {
+        assert_eq!(emu.best_start, cpu.best_start, "{tag}: best start");
+    }
+}
+
+/// (patterns, h, w, starts, masked, constraint, schedule, shrinkwrap)
+type Run = (
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+    Constraint,
+    &'static str,
+    Option<&'static str>,
+);
+
+fn program(schedule: &str, sw: Option<&str>, recording: Recording) -> Program {
+    let sw = sw
+        .map(|s| ShrinkwrapConfig::parse(s).unwrap())
+        .unwrap_or_default();
+    Program::compile(&Schedule::parse(schedule).unwrap(), 0.9, &sw, recording).unwrap()
+}
+
+#[test]
+fn emu_matches_cpu_on_full_runs() {
+    let mut rng = Lcg::new("emu-vs-cpu");
+    let cpu = CpuBackend::new(Some(2)).unwrap();
+    let emu = EmuBackend::new(ScheduleOrder::Random(7));
+    let cases: [Run; 4] = [
+        (1, 17, 23, 1, true, Constraint::None, "6*HIO + 3*ER", None),
+        (
+            3,
+            31,
+            20,
+            2,
+            true,
+            Constraint::Real,
+            "2*(3*RAAR + 2*ER) + 2*HIO",
+            Some("sigma=1,threshold=0.1,every=4"),
+        ),
+        (
+            2,
+            24,
+            37,
+            3,
+            false,
+            Constraint::Positive,
+            // ER only: under HIO/RAAR the positivity test Re p >= 0 is discontinuous (a
+            // pixel whose Re p rounds to the other sign takes the other branch, an O(|g|)
+            // jump), so long HIO runs cannot be compared pixel by pixel; one HIO iteration
+            // with positivity is compared in `single_iterations_agree_to_rounding`.
+            "3*ER + 3*ER + 3*ER",
+            Some("sigma=2:1,threshold=0.15,every=3"),
+        ),
+        (1, 1, 9, 2, false, Constraint::None, "5*HIO + 2*ER", None),
+    ];
+    for (n, h, w, k, masked, c, sched, sw) in cases {
+        let pb = problem(&mut rng, n, h, w, k, masked, c);
+        let prog = program(sched, sw, Recording::EndOfErSections);
+        let a = emu.run_phasing(&pb, &prog, &|_| {}).unwrap();
+        let b = cpu.run_phasing(&pb, &prog, &|_| {}).unwrap();
+        compare(&format!("{n}x{k} {h}x{w} {c:?} '{sched}'"), &a, &b);
+        // best-start bookkeeping is consistent with the final errors
+        for p in 0..n {
+            let s = a.best_start[p];
+            let i = p * k + s;
+            let l = h * w;
+            assert_eq!(
+                a.objects.image(p),
+                &a.all_objects.as_ref().unwrap()[i * l..(i + 1) * l]
+            );
+        }
+    }
+}
+
+#[test]
+fn emu_is_identical_across_schedule_orders_and_chunks() {
+    let mut rng = Lcg::new("orders");
+    let pb = problem(&mut rng, 3, 19, 26, 2, true, Constraint::None);
+    let prog = program(
+        "2*(6*HIO + 3*ER)",
+        Some("sigma=1.5,threshold=0.12,every=5"),
+        Recording::Every(4),
+    );
+    let runs: Vec<PhasingOutput> = ScheduleOrder::ALL
+        .iter()
+        .map(|&o| EmuBackend::new(o).run_phasing(&pb, &prog, &|_| {}).unwrap())
+        .collect();
+    // one pattern per chunk
+    let chunked = EmuBackend::with_budget(ScheduleOrder::Reverse, 60_000)
+        .run_phasing(&pb, &prog, &|_| {})
+        .unwrap();
+    for r in runs.iter().skip(1).chain(std::iter::once(&chunked)) {
+        assert_eq!(r.all_objects, runs[0].all_objects);
+        assert_eq!(r.all_supports, runs[0].all_supports);
+        assert_eq!(r.fourier_error, runs[0].fourier_error);
+        assert_eq!(r.real_error, runs[0].real_error);
+        assert_eq!(r.best_start, runs[0].best_start);
+    }
+    // a budget smaller than one pattern is a clear error
+    let e = EmuBackend::with_budget(ScheduleOrder::InOrder, 1000)
+        .run_phasing(&pb, &prog, &|_| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("needs"), "{e}");
+}
+
+/// One iteration of each algorithm under each constraint agrees to f32 rounding: the update
+/// rules are the same. (Over many HIO iterations the two backends' rounding differences grow
+/// 2x to 2.5x per iteration, chaotic dynamics, which is why the full runs above are short.)
+#[test]
+fn single_iterations_agree_to_rounding() {
+    let mut rng = Lcg::new("single");
+    let cpu = CpuBackend::new(Some(2)).unwrap();
+    let emu = EmuBackend::new(ScheduleOrder::InOrder);
+    for c in [Constraint::None, Constraint::Real, Constraint::Positive] {
+        let pb = problem(&mut rng, 3, 31, 20, 2, true, c);
+        for (s, tol) in [
+            ("1*ER", 1e-6),
+            ("1*RAAR", 1e-6),
+            ("1*HIO", 1e-6),
+            ("3*HIO", 1e-4),
+        ] {
+            let prog = program(s, None, Recording::Every(1));
+            let a = emu.run_phasing(&pb, &prog, &|_| {}).unwrap();
+            let b = cpu.run_phasing(&pb, &prog, &|_| {}).unwrap();
+            let eo = rel_c(
+                a.all_objects.as_ref().unwrap(),
+                b.all_objects.as_ref().unwrap(),
+            );
+            let ef = rel_f(&a.fourier_error, &b.fourier_error);
+            eprintln!("{c:?} {s}: objects {eo:.2e} fourier error {ef:.2e}");
+            assert!(eo < tol && ef < tol, "{c:?} {s}: {eo} {ef}");
+        }
+    }
+}
+
+/// Device selection never panics: without a CUDA driver `--device cuda` is a typed error and
+/// `--device auto` is the CPU with the reason in its description; `--device emu` always works.
+#[test]
+fn device_selection_without_and_with_a_gpu() {
+    use cdiphase::backend::{cuda, select, Device};
+    let emu = select(Device::Emu, None).unwrap();
+    assert_eq!(emu.name(), "emu");
+    let auto = select(Device::Auto, Some(1)).unwrap();
+    match cuda::probe() {
+        Err(reason) => {
+            match select(Device::Cuda, None) {
+                Err(cdiphase::Error::DeviceUnavailable { device, reason: r }) => {
+                    assert_eq!(device, "cuda");
+                    assert!(!r.is_empty());
+                }
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("cuda selected without a driver ({reason})"),
+            }
+            assert_eq!(auto.name(), "cpu");
+            assert!(auto.describe().contains("no GPU"), "{}", auto.describe());
+        }
+        Ok((_, gpus)) if !gpus.is_empty() => {
+            assert_eq!(auto.name(), "cuda");
+        }
+        Ok(_) => {}
+    }
+}
