@@ -12,7 +12,8 @@ on 2 cores). Not part of CI, which has no TensorFlow.
 3. A tiny run (32x32, width 0.125, 2 epochs, mse+support, twin-invariant) twice with the
    same seed: identical histories and identical model.h5 weights; the loss decreases; the
    saved model.keras and model.h5 reload and give the same outputs; a run with another seed
-   differs.
+   differs; the numpy float64 forward pass (numpy_ref.py) on the weights read from model.h5
+   with h5py alone matches Keras to 1e-5.
 """
 
 from __future__ import annotations
@@ -152,7 +153,25 @@ def main():
     m_h5 = keras.models.load_model(os.path.join(r1, "model.h5"), compile=False)
     m_k = keras.models.load_model(os.path.join(r1, "model.keras"), compile=False)
     assert np.array_equal(np.asarray(m_h5(x)), np.asarray(m_k(x)))
+    m_plain = keras.models.load_model(os.path.join(r1, "model.keras"))
+    assert np.array_equal(np.asarray(m_plain(x)), np.asarray(m_k(x)))
     print("ok  model.h5 and model.keras reload, identical weights across same-seed runs")
+
+    # the saved .h5 in the layout the converter reads: numpy float64 forward pass from
+    # h5py alone (keras_layout + numpy_ref) against Keras
+    sys.path.insert(0, HERE)
+    import keras_layout
+    import numpy_ref
+
+    with h5py.File(os.path.join(r1, "model.h5"), "r") as f:
+        cfg = json.loads(f.attrs["model_config"])
+    wts = {k: [v.astype(np.float64) for v in vs]
+           for k, vs in keras_layout.read_legacy_h5(os.path.join(r1, "model.h5")).items()}
+    ref = numpy_ref.forward(cfg, wts, x.astype(np.float64))
+    out = np.asarray(m_h5(x), np.float64)
+    e = float(np.max(np.abs(ref - out)) / np.max(np.abs(out)))
+    assert e <= 1e-5, e
+    print(f"ok  numpy_ref on the saved model.h5 matches Keras: rel err {e:.1e}")
     print("all checks passed")
 
 

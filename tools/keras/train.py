@@ -489,6 +489,8 @@ def main(argv=None) -> int:
     print(f"patterns: {n_split} ({h}x{w}); preprocessing {t_cache:.1f} s", flush=True)
 
     import numpy as np
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
