@@ -135,7 +135,7 @@ def main():
     assert h1["loss"] != h3["loss"], "different seeds, identical histories"
     assert h1["loss"][-1] < h1["initial"]["loss"], h1
     print(f"ok  deterministic; loss {h1['initial']['loss']:.5f} -> {h1['loss'][-1]:.5f}")
-    for key in ("mse", "as_stored", "best_of_twin"):
+    for key in ("mse", "mse_zero_output", "mse_train_mean_image", "as_stored", "best_of_twin"):
         assert key in recs[0]["test"], recs[0]["test"]
 
     with h5py.File(os.path.join(r1, "model.h5"), "r") as f1, \

@@ -47,8 +47,9 @@ Outputs in --out: model.keras, model.h5 (best validation weights, early stopping
   --patience), history.csv (loss, val_loss, val_mse per epoch), training.json (data files,
   split, architecture, parameters, recipe, timings, final losses, test-set metrics: MSE and
   support FP/FN with the output thresholded at 0.1 of its maximum against the ideal support,
-  as stored and best of the twin pair; no translation alignment; `mse_zero_output` is the MSE
-  of an all-zero output, for scale). Files are written to a
+  as stored and best of the twin pair; no translation alignment; `mse_zero_output` and
+  `mse_train_mean_image` are the MSE of an all-zero output and of the training-set mean
+  target, for scale: a useful model must beat the second). Files are written to a
   temporary name and renamed.
 
 Deterministic for a given --seed, data and thread count (TF op determinism is enabled).
@@ -340,13 +341,25 @@ def make_sequence(keras, x, y, s, batch: int, seed: int, shuffle: bool):
     return Seq()
 
 
-def evaluate_test(model, x, y, s, batch: int, threshold: float = 0.1):
+def mean_image(y, chunk: int = 256):
+    """The mean target over a split (H,W,1), float64, read in chunks."""
+    import numpy as np
+
+    acc = np.zeros(y.shape[1:], np.float64)
+    for a in range(0, y.shape[0], chunk):
+        acc += np.asarray(y[a:a + chunk], np.float64).sum(axis=0)
+    return acc / y.shape[0]
+
+
+def evaluate_test(model, x, y, s, batch: int, threshold: float = 0.1, mean_train=None):
     """Test metrics: MSE against the target, support FP/FN of (out >= threshold*max(out))
-    against the ideal support, as stored and best of the twin pair (fewest FN, then FP)."""
+    against the ideal support, as stored and best of the twin pair (fewest FN, then FP).
+    Baselines for scale: the MSE of an all-zero output and of the training-set mean target
+    (a network that ignores its input does no better than the latter)."""
     import numpy as np
 
     n = x.shape[0]
-    se, se0, fps, fns, fpt, fnt = 0.0, 0.0, [], [], [], []
+    se, se0, sem, fps, fns, fpt, fnt = 0.0, 0.0, 0.0, [], [], [], []
     for a in range(0, n, batch):
         b = min(n, a + batch)
         out = np.asarray(model.predict(np.asarray(x[a:b]), batch_size=batch, verbose=0),
@@ -354,6 +367,8 @@ def evaluate_test(model, x, y, s, batch: int, threshold: float = 0.1):
         t = np.asarray(y[a:b], np.float64)
         se += float(((out - t) ** 2).sum())
         se0 += float((t ** 2).sum())
+        if mean_train is not None:
+            sem += float(((t - mean_train) ** 2).sum())
         mx = out.reshape(b - a, -1).max(axis=1)
         est = out >= threshold * mx[:, None, None, None]
         sup = np.asarray(s[a:b]) != 0
@@ -373,6 +388,8 @@ def evaluate_test(model, x, y, s, batch: int, threshold: float = 0.1):
         "patterns": int(n),
         "mse": se / (n * x.shape[1] * x.shape[2]),
         "mse_zero_output": se0 / (n * x.shape[1] * x.shape[2]),
+        "mse_train_mean_image": (sem / (n * x.shape[1] * x.shape[2])
+                                 if mean_train is not None else None),
         "threshold": threshold,
         "as_stored": {"mean_fp": float(fps.mean()), "mean_fn": float(fns.mean()),
                       "median_fn": float(np.median(fns)),
@@ -546,7 +563,8 @@ def main(argv=None) -> int:
 
     test = None
     if "test" in arrays:
-        test = evaluate_test(model, *arrays["test"], batch=args.batch)
+        test = evaluate_test(model, *arrays["test"], batch=args.batch,
+                             mean_train=mean_image(arrays["train"][1]))
         print(f"test: {json.dumps(test)}", flush=True)
 
     # Saved from an uncompiled twin with the same layer names and weights: the files hold
