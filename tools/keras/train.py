@@ -44,10 +44,11 @@ Losses (y = target, yh = network output, s = ideal support in {0,1}, per pattern
   The batch loss is the mean over patterns.
 
 Outputs in --out: model.keras, model.h5 (best validation weights, early stopping with
-  --patience), history.csv (loss, val_loss, val_mse per epoch), training.json (data files,
-  split, architecture, parameters, recipe, timings, final losses, test-set metrics: MSE and
-  support FP/FN with the output thresholded at 0.1 of its maximum against the ideal support,
-  as stored and best of the twin pair; no translation alignment; `mse_zero_output` and
+  --patience), history.csv (loss, val_loss, val_mse per epoch), training.json (data files
+  with their sha256 and the simulator's recorded configuration, split, architecture,
+  parameters, recipe, timings, final losses, test-set metrics: MSE and support FP/FN with
+  the output thresholded at 0.1 of its maximum against the ideal support, as stored and
+  best of the twin pair; no translation alignment; `mse_zero_output` and
   `mse_train_mean_image` are the MSE of an all-zero output and of the training-set mean
   target, for scale: a useful model must beat the second). Files are written to a
   temporary name and renamed.
@@ -401,6 +402,31 @@ def evaluate_test(model, x, y, s, batch: int, threshold: float = 0.1, mean_train
     }
 
 
+def sha256_file(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def simulate_config(path: str):
+    """The simulator's recorded configuration (entry_1/process_1/configuration, JSON), or
+    None when the file has none or it is not JSON."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        key = "entry_1/process_1/configuration"
+        if key not in f:
+            return None
+        try:
+            return json.loads(_string(f[key]))
+        except ValueError:
+            return _string(f[key])
+
+
 def write_json_atomic(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -582,7 +608,8 @@ def main(argv=None) -> int:
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "numpy": np.__version__},
         "command": sys.argv,
-        "data": [{"path": os.path.abspath(pth), "patterns": inf[0], "size": [inf[1], inf[2]]}
+        "data": [{"path": os.path.abspath(pth), "patterns": inf[0], "size": [inf[1], inf[2]],
+                  "sha256": sha256_file(pth), "simulate": simulate_config(pth)}
                  for pth, inf in zip(args.data, infos)],
         "split": {"seed": args.seed, "patterns": n_split, "test_structures": test_keys,
                   "val_keys": val_keys, "test_fraction": args.test_fraction,
