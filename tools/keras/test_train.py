@@ -140,9 +140,13 @@ def main():
 
     with h5py.File(os.path.join(r1, "model.h5"), "r") as f1, \
             h5py.File(os.path.join(r2, "model.h5"), "r") as f2:
-        w1, w2 = [], []
-        f1["model_weights"].visititems(lambda n, o: w1.append((n, o[()])) if hasattr(o, "shape") else None)
-        f2["model_weights"].visititems(lambda n, o: w2.append((n, o[()])) if hasattr(o, "shape") else None)
+        def datasets(f):
+            out = []
+            f["model_weights"].visititems(
+                lambda n, o: out.append((n, o[()])) if isinstance(o, h5py.Dataset) else None)
+            return out
+
+        w1, w2 = datasets(f1), datasets(f2)
     # 15 layers with weights (6 Conv2D, 2 Dense, 7 Conv2DTranspose), kernel + bias each
     assert len(w1) == 30 and [n for n, _ in w1] == [n for n, _ in w2]
     assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(w1, w2)), "weights differ"

@@ -113,7 +113,8 @@ def inspect_file(path: str, need_support: bool):
     with f:
         for key in (DATA, DENSITY) + ((SUPPORT,) if need_support else ()):
             if key not in f:
-                raise DataError(f"{path}: missing dataset {key} (is it a `cdiphase simulate` output?)")
+                raise DataError(f"{path}: missing dataset {key} "
+                                "(is it a `cdiphase simulate` output?)")
         d = f[DATA]
         if d.ndim != 3:
             raise DataError(f"{path}: {DATA} has shape {d.shape}, expected (N,H,W)")
@@ -131,14 +132,16 @@ def inspect_file(path: str, need_support: bool):
             structs = _string(f[STRUCTURES]).split("\n")
             idx = f[SINDEX][()]
             if idx.shape != (n,) or idx.min() < 0 or idx.max() >= len(structs):
-                raise DataError(f"{path}: {SINDEX} {idx.shape} does not index {len(structs)} structures")
+                raise DataError(f"{path}: {SINDEX} {idx.shape} does not index "
+                                f"{len(structs)} structures")
             names = [structs[i] for i in idx]
         else:
             raise DataError(f"{path}: missing {NAME} (or {STRUCTURES} + {SINDEX}): "
                             "cannot split by structure")
         has_mask = MASK in f
         if has_mask and f[MASK].shape not in ((h, w), (n, h, w)):
-            raise DataError(f"{path}: {MASK} has shape {f[MASK].shape}, expected {(h, w)} or {(n, h, w)}")
+            raise DataError(f"{path}: {MASK} has shape {f[MASK].shape}, "
+                            f"expected {(h, w)} or {(n, h, w)}")
     return n, h, w, names, has_mask
 
 
@@ -499,7 +502,8 @@ def main(argv=None) -> int:
         if h != w:
             raise DataError(f"{args.data[0]}: patterns are {h}x{w}; the network needs square input")
         if args.input_size is not None and args.input_size != h:
-            raise DataError(f"{args.data[0]}: patterns are {h}x{w}, --input-size is {args.input_size}")
+            raise DataError(f"{args.data[0]}: patterns are {h}x{w}, "
+                            f"--input-size is {args.input_size}")
         if h % 8:
             raise DataError(f"{args.data[0]}: pattern size {h} is not a multiple of 8 "
                             f"(three 2x2 poolings of the {args.arch} architecture)")
