@@ -4,6 +4,8 @@ on 2 cores). Not part of CI, which has no TensorFlow.
 
     .venv/bin/python tools/keras/test_train.py [--cdiphase target/release/cdiphase]
 
+0. --use-mask: masked pixels are 0 in the cached input and the maximum is taken over the
+   measured pixels (train.build_cache against numpy).
 1. Bad input exits 2 with a message naming the file and dataset: missing density, density
    shape mismatch, a size that is not a multiple of 8, --input-size mismatch, sizes that
    differ between files, NaN intensities, a file that is not HDF5.
@@ -14,6 +16,8 @@ on 2 cores). Not part of CI, which has no TensorFlow.
    saved model.keras and model.h5 reload and give the same outputs; a run with another seed
    differs; the numpy float64 forward pass (numpy_ref.py) on the weights read from model.h5
    with h5py alone matches Keras to 1e-5.
+4. The twin-invariant loss scores the centrosymmetric twin (i -> (H - i) mod H, 9x14) of
+   the target exactly like the target itself.
 """
 
 from __future__ import annotations
@@ -111,6 +115,27 @@ def main():
     expect_error(["--data", junk, "--out", out], "junk.cxi", "not an HDF5")
     expect_error(["--data", good, "--out", out, "--test-structures", "nosuch"], "nosuch")
 
+    print("mask")
+    masked = sim("masked.cxi", "--synthetic", "all", "--count", "6", "--size", "32",
+                 "--mask", "beamstop:3,stripe:2")
+    sys.path.insert(0, HERE)
+    import train
+
+    info = train.inspect_file(masked, True)
+    keys = train.pattern_keys(info[3], 0)
+    arrs = train.build_cache([masked], [info], {k: "train" for k in keys},
+                             os.path.join(tmp, "mcache"), "max", True, 4)
+    xm = np.asarray(arrs["train"][0])[..., 0]
+    with h5py.File(masked, "r") as f:
+        m = f["entry_1/instrument_1/detector_1/mask"][()] != 0
+        raw = f["entry_1/data_1/data"][()].astype(np.float64)
+    assert m.any() and not m.all()
+    assert np.all(xm[:, m] == 0), "masked pixels not zeroed"
+    ref = np.where(m, 0.0, raw)
+    ref /= ref.reshape(len(ref), -1).max(1)[:, None, None]
+    assert np.max(np.abs(xm - ref)) <= 1e-6, "mask-then-max preprocessing differs"
+    print(f"ok  --use-mask: {int(m.sum())} masked pixels zeroed, max over measured pixels")
+
     print("2-3. tiny runs")
     common = ["--data", good, syn, "--arch", "compact", "--width", "0.125", "--epochs", "2",
               "--batch", "8", "--loss", "mse+support", "--twin-invariant", "--threads", "2"]
@@ -176,6 +201,28 @@ def main():
     e = float(np.max(np.abs(ref - out)) / np.max(np.abs(out)))
     assert e <= 1e-5, e
     print(f"ok  numpy_ref on the saved model.h5 matches Keras: rel err {e:.1e}")
+
+    # the twin of a centred array: index i -> (H - i) mod H; the twin-invariant loss of an
+    # output equal to the target's twin is 0, the plain loss is not (odd, non-square sizes)
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    yt = rng.random((2, 9, 14, 1)).astype(np.float32)
+    st = (rng.random((2, 9, 14, 1)) > 0.5).astype(np.float32)
+    h_, w_ = yt.shape[1:3]
+    twin = yt[:, (-np.arange(h_)) % h_][:, :, (-np.arange(w_)) % w_]
+    packed = np.concatenate([yt, st], axis=-1)
+    for kind in ("mse", "mse+support"):
+        lt, _ = train.make_losses(tf, kind, 10.0, 0.1, 0.02, 0.1, True)
+        lp, _ = train.make_losses(tf, kind, 10.0, 0.1, 0.02, 0.1, False)
+        a_t = float(lt(packed, twin))
+        a_p = float(lp(packed, twin))
+        b_t = float(lt(packed, yt))
+        assert abs(a_t - b_t) <= 1e-6 * max(1.0, abs(b_t)), (kind, a_t, b_t)
+        assert a_p > a_t + 1e-3, (kind, a_p, a_t)
+    lm, _ = train.make_losses(tf, "mse", 10.0, 0.1, 0.02, 0.1, True)
+    assert float(lm(packed, twin)) <= 1e-12
+    print("ok  twin-invariant loss: the twin scores as the target itself")
     print("all checks passed")
 
 
