@@ -94,7 +94,7 @@ pub fn conv_transpose_weights(
     cout: usize,
     w: DevPtr,
 ) -> Result<()> {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         return Err(Error::Config(format!(
             "a stride-1 transposed convolution with an even kernel ({k}x{k}) has no equivalent 'same' convolution; use conv_transpose2d"
         )));
