@@ -31,6 +31,7 @@ pub mod backend;
 pub mod bench;
 pub mod error;
 pub mod io;
+pub mod nn;
 pub mod phasing;
 pub mod simulate;
 
