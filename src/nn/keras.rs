@@ -525,7 +525,13 @@ fn legacy_weights(h: &H5, root: &str, spec: &ModelSpec) -> Result<BTreeMap<Strin
     for (l, use_bias) in weighted(spec) {
         let g = join(root, &l.name);
         let mut ds = Vec::new();
-        datasets_below(h, &g, &mut ds)?;
+        // `weight_names` (kernel then bias) is authoritative; else search the group
+        match group_attr_strings(h, &g, "weight_names")? {
+            Some(names) if !names.is_empty() => {
+                ds.extend(names.iter().map(|n| join(&g, n)));
+            }
+            _ => datasets_below(h, &g, &mut ds)?,
+        }
         let find = |what: &str| {
             ds.iter().find(|d| {
                 let last = d.rsplit('/').next().unwrap_or("");
@@ -554,12 +560,88 @@ fn legacy_weights(h: &H5, root: &str, spec: &ModelSpec) -> Result<BTreeMap<Strin
     Ok(w)
 }
 
-/// Weights in the Keras 3 layout: `layers/<layer>/vars/0`, `/1`.
+fn group_attr_strings(h: &H5, group: &str, name: &str) -> Result<Option<Vec<String>>> {
+    guard(&h.path, || {
+        let Ok(g) = h.file.group(group) else {
+            return Ok(None);
+        };
+        let attrs = g.attrs().unwrap_or_default();
+        Ok(attrs
+            .get(name)
+            .and_then(|a| a.as_strings().map(|v| v.to_vec())))
+    })
+}
+
+/// Keras's `to_snake_case` of a class name (`Conv2DTranspose` -> `conv2d_transpose`).
+fn snake(class: &str) -> String {
+    let c: Vec<char> = class
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    let mut out = String::new();
+    for (i, &ch) in c.iter().enumerate() {
+        if ch.is_ascii_uppercase() && i > 0 {
+            let prev = c[i - 1];
+            let next_lower = c.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            // (.)([A-Z][a-z]+) and ([a-z])([A-Z])
+            if next_lower || prev.is_ascii_lowercase() {
+                out.push('_');
+            }
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+fn keras_class(op: &Op) -> &'static str {
+    match op {
+        Op::Conv2D { .. } => "Conv2D",
+        Op::Conv2DTranspose { .. } => "Conv2DTranspose",
+        Op::MaxPooling2D { .. } => "MaxPooling2D",
+        Op::UpSampling2D { .. } => "UpSampling2D",
+        Op::Dense { .. } => "Dense",
+        Op::Flatten => "Flatten",
+        Op::Reshape { .. } => "Reshape",
+        Op::Concatenate => "Concatenate",
+        Op::Dropout => "Dropout",
+        Op::Activation { .. } => "Activation",
+    }
+}
+
+/// Weights in the Keras 3 layout: `layers/<key>/vars/0` (kernel), `/1` (bias), where
+/// `<key>` is found through the `name` attribute of `layers/<key>/vars` (Keras 3.12), or
+/// else as Keras makes it: the snake_case class name, made unique in model order.
 fn v3_weights(h: &H5, spec: &ModelSpec) -> Result<BTreeMap<String, Tensor>> {
+    let keys = children(h, "layers")?.map(|(g, _)| g).unwrap_or_default();
+    let mut by_name: std::collections::HashMap<String, String> = Default::default();
+    for k in &keys {
+        if let Some(n) = group_attr_strings(h, &format!("layers/{k}/vars"), "name")? {
+            if let Some(n) = n.first() {
+                by_name.insert(n.clone(), k.clone());
+            }
+        }
+    }
+    if by_name.is_empty() {
+        let mut count: std::collections::HashMap<String, usize> = Default::default();
+        let mut classes = vec!["InputLayer"];
+        classes.extend(spec.layers.iter().map(|l| keras_class(&l.op)));
+        let names = std::iter::once(spec.input_name.clone())
+            .chain(spec.layers.iter().map(|l| l.name.clone()));
+        for (cls, name) in classes.into_iter().zip(names) {
+            let base = snake(cls);
+            let n = count.entry(base.clone()).or_insert(0);
+            let key = if *n == 0 { base } else { format!("{base}_{n}") };
+            *n += 1;
+            by_name.insert(name, key);
+        }
+    }
     let mut w = BTreeMap::new();
-    let available = children(h, "layers")?.map(|(g, _)| g).unwrap_or_default();
     for (l, use_bias) in weighted(spec) {
-        let g = format!("layers/{}/vars", l.name);
+        let key = by_name
+            .get(&l.name)
+            .cloned()
+            .unwrap_or_else(|| l.name.clone());
+        let g = format!("layers/{key}/vars");
         let Some((_, ds)) = children(h, &g)? else {
             return Err(Error::format(
                 &h.path,
@@ -567,7 +649,7 @@ fn v3_weights(h: &H5, spec: &ModelSpec) -> Result<BTreeMap<String, Tensor>> {
                     "layer '{}' ({}): no group '{g}' (the file has layers [{}]; wrong architecture?)",
                     l.name,
                     class_of(&l.op),
-                    available.join(", ")
+                    keys.join(", ")
                 ),
             ));
         };
@@ -576,8 +658,9 @@ fn v3_weights(h: &H5, spec: &ModelSpec) -> Result<BTreeMap<String, Tensor>> {
             return Err(Error::format(
                 &h.path,
                 format!(
-                    "layer '{}': '{g}' holds {} variables, expected {need}",
+                    "layer '{}' ({}): '{g}' holds {} variables, expected {need} (wrong architecture?)",
                     l.name,
+                    class_of(&l.op),
                     ds.len()
                 ),
             ));
