@@ -13,6 +13,7 @@
 //! assert_eq!(out.len(), 2 * 16 * 16);
 //! ```
 
+pub mod bench;
 pub mod cpu;
 pub mod keras;
 pub mod predict;
