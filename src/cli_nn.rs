@@ -241,9 +241,19 @@ pub fn bench_network(b: NetBench) -> Result<()> {
             r.images_per_s, r.ms_per_batch, r.ms_per_batch_median
         );
         println!("GFLOP/s:          {:.1}", r.gflop_per_s);
+        if let (Some(c), Some(sh)) = (r.cpu_s_per_batch, r.cpu_share) {
+            println!(
+                "CPU s/batch:      {c:.2} (share of {} threads: {:.0}%)",
+                r.threads,
+                100.0 * sh
+            );
+        }
         println!("arena per image:  {:.2} MB", r.bytes_per_image / 1e6);
         if let Some(m) = r.peak_rss_bytes {
             println!("peak RSS:         {:.1} MB", m as f64 / 1e6);
+        }
+        for (name, ms, algo) in &r.layers {
+            println!("  {name:22} {ms:9.1} ms/batch  {algo}");
         }
         if let Some(e) = r.fast_max_rel_err {
             println!("fast vs f32:      max rel err {e:.2e}");

@@ -26,8 +26,25 @@ pub struct NetworkBenchResult {
     pub peak_rss_bytes: Option<u64>,
     /// activation arena + thread scratch bytes / batch
     pub bytes_per_image: f64,
+    /// CPU seconds of the process per timed batch (all threads), and that over
+    /// (wall seconds x threads): below 1 when the machine is shared and the threads wait
+    pub cpu_s_per_batch: Option<f64>,
+    pub cpu_share: Option<f64>,
     /// fast mode only: max|fast - f32| / max|f32| on the benchmark's input
     pub fast_max_rel_err: Option<f64>,
+    /// per layer: (name, ms per batch, algorithm), mean over the timed batches
+    pub layers: Vec<(String, f64, String)>,
+}
+
+/// CPU seconds (user + system) of this process so far, from /proc/self/stat.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the parenthesised command name: state is field 3; utime 14, stime 15
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) / 100.0)
 }
 
 /// Peak resident set size (VmHWM) of this process, bytes.
@@ -71,13 +88,27 @@ pub fn bench_network(
     let x = bench_input(&net, batch, 7);
     let mut r = Runner::new(&net, batch, opts)?;
     r.run(&x, batch)?;
+    r.reset_profile();
     let mut times = Vec::new();
+    let cpu0 = process_cpu_seconds();
+    let wall0 = Instant::now();
     for _ in 0..iterations.max(1) {
         let t = Instant::now();
         let y = r.run(&x, batch)?;
         std::hint::black_box(y);
         times.push(t.elapsed().as_secs_f64());
     }
+    let wall = wall0.elapsed().as_secs_f64();
+    let cpu_s_per_batch = match (cpu0, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / times.len() as f64),
+        _ => None,
+    };
+    let cpu_share = cpu_s_per_batch.map(|c| c * times.len() as f64 / (wall * threads as f64));
+    let layers = r
+        .profile()
+        .into_iter()
+        .map(|(n, t, a)| (n, t * 1e3 / times.len() as f64, a.to_string()))
+        .collect();
     let fast_out = r.run(&x, batch)?.to_vec();
     let arena = r.arena_bytes();
     drop(r);
@@ -118,6 +149,9 @@ pub fn bench_network(
         gflop_per_s: net.flop_per_image * batch as f64 / best / 1e9,
         peak_rss_bytes: peak_rss_bytes(),
         bytes_per_image: arena as f64 / batch as f64,
+        cpu_s_per_batch,
+        cpu_share,
         fast_max_rel_err,
+        layers,
     })
 }

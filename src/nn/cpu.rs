@@ -469,7 +469,8 @@ fn conv_step(
     act: Activation,
     mode: Mode,
 ) -> ConvStep {
-    let algo = if s == [1, 1] && cin >= 16 {
+    let force_im2col = std::env::var("CDIPHASE_CONV_ALGO").is_ok_and(|v| v == "im2col");
+    let algo = if s == [1, 1] && cin >= 16 && !force_im2col {
         if mode == Mode::Winograd && kh == 3 && kw == 3 {
             ConvAlgo::Winograd
         } else {
@@ -773,6 +774,8 @@ pub struct Runner<'a> {
     scratch: Vec<Mutex<Vec<f32>>>,
     /// per step: rows per tile (convolutions)
     tile_rows: Vec<usize>,
+    /// per step: seconds spent, summed over runs
+    step_secs: Vec<f64>,
 }
 
 impl<'a> Runner<'a> {
@@ -854,6 +857,7 @@ impl<'a> Runner<'a> {
             slot_of,
             slots,
             scratch,
+            step_secs: vec![0.0; tile_rows.len()],
             tile_rows,
         })
     }
@@ -867,6 +871,33 @@ impl<'a> Runner<'a> {
             .map(|m| m.lock().map(|v| v.len()).unwrap_or(0))
             .sum();
         (a + s) * 4
+    }
+
+    /// Seconds spent in each layer (name, seconds, algorithm), summed over the runs so far.
+    pub fn profile(&self) -> Vec<(String, f64, &'static str)> {
+        self.net
+            .steps
+            .iter()
+            .zip(&self.step_secs)
+            .filter(|(s, _)| !matches!(s.kind, Kind::Alias))
+            .map(|(s, &t)| {
+                let algo = match &s.kind {
+                    Kind::Conv(c) => match c.algo {
+                        ConvAlgo::Shifted => "shifted-gemm",
+                        ConvAlgo::Im2col => "im2col-gemm",
+                        ConvAlgo::Winograd => "winograd",
+                    },
+                    Kind::Dense { .. } => "gemm",
+                    _ => "direct",
+                };
+                (s.name.clone(), t, algo)
+            })
+            .collect()
+    }
+
+    /// Forget the per-layer times.
+    pub fn reset_profile(&mut self) {
+        self.step_secs.iter_mut().for_each(|t| *t = 0.0);
     }
 
     pub fn max_batch(&self) -> usize {
@@ -899,6 +930,7 @@ impl<'a> Runner<'a> {
             if self.opts.poison {
                 out[..olen].fill(f32::NAN);
             }
+            let t0 = std::time::Instant::now();
             let r = {
                 let ins: Vec<&[f32]> = step
                     .inputs
@@ -913,6 +945,7 @@ impl<'a> Runner<'a> {
                 run_step(&ctx, step, &ins, &mut out[..olen], n, self.tile_rows[si])
             };
             self.slots[os] = out;
+            self.step_secs[si] += t0.elapsed().as_secs_f64();
             r?;
         }
         let ol = net.output_len();
