@@ -649,8 +649,8 @@ fn pool_upsample_dense_flatten_reshape_concat_dropout_activation() {
             })
             .collect();
         for v in d1 {
-            for u in 0..4 {
-                want.push(act64(Activation::Tanh, v * d2k[u] as f64).max(0.0));
+            for &k in &d2k[..4] {
+                want.push(act64(Activation::Tanh, v * k as f64).max(0.0));
             }
         }
     }

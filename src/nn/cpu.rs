@@ -507,6 +507,8 @@ fn conv_step(
 
 /// Target bytes of a thread's working set per work item (L2 is 2 MiB per core here).
 const TILE_BYTES: usize = 1 << 20;
+/// Winograd bands: larger, so that each of the 16 GEMMs has enough rows.
+const WINO_BYTES: usize = 4 << 20;
 
 impl ConvStep {
     /// Source pixel of P row j (None: zero row).
@@ -530,7 +532,7 @@ impl ConvStep {
         let per_row = match self.algo {
             ConvAlgo::Shifted => self.wp() * (self.cin + self.cout) * 4,
             ConvAlgo::Im2col => self.wo * (self.kh * self.kw * self.cin + self.cout) * 4,
-            ConvAlgo::Winograd => return winograd::tile_rows(self, batch, threads, TILE_BYTES),
+            ConvAlgo::Winograd => return winograd::tile_rows(self, batch, threads, WINO_BYTES),
         };
         let mut rows = (TILE_BYTES / per_row.max(1)).clamp(1, self.ho);
         // enough items for every thread
@@ -553,6 +555,39 @@ impl ConvStep {
 
     /// One tile: output rows [r0, r0 + rows) of image `x` (h*w*cin) into `out` (rows*wo*cout).
     fn run_tile(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], scratch: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.algo != ConvAlgo::Winograd && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { self.run_tile_avx512(x, r0, rows, out, scratch) };
+            }
+        }
+        self.run_tile_impl(x, r0, rows, out, scratch)
+    }
+
+    /// The copies and the epilogue compiled for AVX-512 (the GEMMs dispatch on their own).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn run_tile_avx512(
+        &self,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        self.run_tile_impl(x, r0, rows, out, sc)
+    }
+
+    #[inline(always)]
+    fn run_tile_impl(
+        &self,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
         match self.algo {
             ConvAlgo::Shifted => self.tile_shifted(x, r0, rows, out, scratch),
             ConvAlgo::Im2col => self.tile_im2col(x, r0, rows, out, scratch),
@@ -561,7 +596,7 @@ impl ConvStep {
     }
 
     /// Copy P row `j`, columns [0, ncols), into `dst` (ncols*cin).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn fill_p_row(&self, x: &[f32], j: usize, ncols: usize, dst: &mut [f32]) {
         let cin = self.cin;
         match self.src_row(j) {
@@ -589,6 +624,7 @@ impl ConvStep {
         }
     }
 
+    #[inline(always)]
     fn tile_shifted(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
         let (cin, cout, kh, kw) = (self.cin, self.cout, self.kh, self.kw);
         let wp = self.wp();
@@ -631,6 +667,7 @@ impl ConvStep {
         }
     }
 
+    #[inline(always)]
     fn tile_im2col(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
         let (cin, cout, kh, kw) = (self.cin, self.cout, self.kh, self.kw);
         let kk = kh * kw * cin;
@@ -677,7 +714,7 @@ impl ConvStep {
 }
 
 /// `o = act(a + bias)`.
-#[inline]
+#[inline(always)]
 fn epilogue(a: &[f32], bias: &[f32], act: Activation, o: &mut [f32]) {
     match act {
         Activation::Relu => {
@@ -698,7 +735,7 @@ fn epilogue(a: &[f32], bias: &[f32], act: Activation, o: &mut [f32]) {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn epilogue_inplace(o: &mut [f32], bias: &[f32], act: Activation) {
     match act {
         Activation::Relu => {

@@ -11,7 +11,7 @@ pub const SPINN_PARAMS: usize = 19_721_217;
 /// The paper's network for an `s x s` input (s a multiple of 8), channel counts scaled by
 /// `width` (1.0: 64/128/256), bottleneck Dense of `128*width` units.
 pub fn spinn(input_size: usize, width: f64, preprocess: Preprocess) -> Result<ModelSpec> {
-    if input_size == 0 || input_size % 8 != 0 {
+    if input_size == 0 || !input_size.is_multiple_of(8) {
         return Err(Error::Config(format!(
             "spinn: input size must be a positive multiple of 8, got {input_size}"
         )));

@@ -60,7 +60,8 @@ pub(crate) fn scratch_len_rows(c: &ConvStep, rows: usize) -> usize {
     (2 * th + 2) * wp2 * c.cin + 16 * th * tw * (c.cin + c.cout)
 }
 
-/// Output rows [r0, r0 + rows) of one image (r0 even).
+/// Output rows [r0, r0 + rows) of one image (r0 even). The transforms are compiled for
+/// AVX-512 too and picked at run time.
 pub(crate) fn tile(
     c: &ConvStep,
     x: &[f32],
@@ -69,6 +70,31 @@ pub(crate) fn tile(
     out: &mut [f32],
     sc: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { tile_avx512(c, x, r0, rows, out, sc) };
+        }
+    }
+    tile_impl(c, x, r0, rows, out, sc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tile_avx512(
+    c: &ConvStep,
+    x: &[f32],
+    r0: usize,
+    rows: usize,
+    out: &mut [f32],
+    sc: &mut [f32],
+) {
+    tile_impl(c, x, r0, rows, out, sc)
+}
+
+#[inline(always)]
+fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
     let (cin, cout) = (c.cin, c.cout);
     let tw = tiles_w(c);
     let th = rows.div_ceil(2);
@@ -80,27 +106,26 @@ pub(crate) fn tile(
     for (jj, dst) in p.chunks_exact_mut(wp2 * cin).enumerate() {
         c.fill_p_row(x, r0 + jj, wp2, dst);
     }
-    // input transform
+    // input transform, 16 channels at a time (fixed-size arrays: vectorised)
     for ty in 0..th {
         for tx in 0..tw {
             let t = ty * tw + tx;
             let at = |i: usize, j: usize| ((2 * ty + i) * wp2 + 2 * tx + j) * cin;
-            for ch in 0..cin {
-                let d = |i: usize, j: usize| p[at(i, j) + ch];
-                let mut tm = [[0.0f32; 4]; 4];
-                for j in 0..4 {
-                    let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
-                    tm[0][j] = d0 - d2;
-                    tm[1][j] = d1 + d2;
-                    tm[2][j] = d2 - d1;
-                    tm[3][j] = d1 - d3;
-                }
-                for (i, r) in tm.iter().enumerate() {
-                    let vv = [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]];
-                    for (j, &val) in vv.iter().enumerate() {
-                        v[((i * 4 + j) * nt + t) * cin + ch] = val;
+            let mut c0 = 0;
+            while c0 < cin {
+                let cb = (cin - c0).min(L);
+                let mut d = [[[0.0f32; L]; 4]; 4];
+                for (i, di) in d.iter_mut().enumerate() {
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        dij[..cb].copy_from_slice(&p[at(i, j) + c0..at(i, j) + c0 + cb]);
                     }
                 }
+                let vv = input_tile(&d);
+                for (e, ve) in vv.iter().enumerate() {
+                    let o = (e * nt + t) * cin + c0;
+                    v[o..o + cb].copy_from_slice(&ve[..cb]);
+                }
+                c0 += cb;
             }
         }
     }
@@ -122,37 +147,92 @@ pub(crate) fn tile(
             );
         }
     }
-    // output transform + bias + activation
-    let mut ybuf = [[0.0f32; 2]; 2];
+    // output transform + bias + activation, 16 channels at a time
     for ty in 0..th {
         for tx in 0..tw {
             let t = ty * tw + tx;
-            for co in 0..cout {
-                let mm = |i: usize, j: usize| m[((i * 4 + j) * nt + t) * cout + co];
-                let mut r = [[0.0f32; 4]; 2];
-                for j in 0..4 {
-                    let (m0, m1, m2, m3) = (mm(0, j), mm(1, j), mm(2, j), mm(3, j));
-                    r[0][j] = m0 + m1 + m2;
-                    r[1][j] = m1 - m2 - m3;
+            let mut c0 = 0;
+            while c0 < cout {
+                let cb = (cout - c0).min(L);
+                let mut mm = [[0.0f32; L]; 16];
+                for (e, me) in mm.iter_mut().enumerate() {
+                    let o = (e * nt + t) * cout + c0;
+                    me[..cb].copy_from_slice(&m[o..o + cb]);
                 }
-                for a in 0..2 {
-                    ybuf[a][0] = r[a][0] + r[a][1] + r[a][2];
-                    ybuf[a][1] = r[a][1] - r[a][2] - r[a][3];
-                }
-                for (a, yr) in ybuf.iter().enumerate() {
+                let y = output_tile(&mm);
+                for (a, ya) in y.iter().enumerate() {
                     let oy = 2 * ty + a;
                     if oy >= rows {
                         continue;
                     }
-                    for (b, &val) in yr.iter().enumerate() {
+                    for (b, yab) in ya.iter().enumerate() {
                         let ox = 2 * tx + b;
                         if ox >= c.wo {
                             continue;
                         }
-                        out[(oy * c.wo + ox) * cout + co] = c.act.apply(val + c.bias[co]);
+                        let o = (oy * c.wo + ox) * cout + c0;
+                        let dst = &mut out[o..o + cb];
+                        for ((dv, &yv), &bv) in
+                            dst.iter_mut().zip(&yab[..cb]).zip(&c.bias[c0..c0 + cb])
+                        {
+                            *dv = c.act.apply(yv + bv);
+                        }
                     }
                 }
+                c0 += cb;
             }
         }
     }
+}
+
+/// Channel block of the transforms.
+const L: usize = 16;
+
+/// `V = B^T d B` for a block of channels; `d[i][j]` is input pixel (i, j).
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn input_tile(d: &[[[f32; L]; 4]; 4]) -> [[f32; L]; 16] {
+    let mut tm = [[[0.0f32; L]; 4]; 4];
+    for j in 0..4 {
+        for l in 0..L {
+            let (d0, d1, d2, d3) = (d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l]);
+            tm[0][j][l] = d0 - d2;
+            tm[1][j][l] = d1 + d2;
+            tm[2][j][l] = d2 - d1;
+            tm[3][j][l] = d1 - d3;
+        }
+    }
+    let mut v = [[0.0f32; L]; 16];
+    for i in 0..4 {
+        for l in 0..L {
+            let (r0, r1, r2, r3) = (tm[i][0][l], tm[i][1][l], tm[i][2][l], tm[i][3][l]);
+            v[i * 4][l] = r0 - r2;
+            v[i * 4 + 1][l] = r1 + r2;
+            v[i * 4 + 2][l] = r2 - r1;
+            v[i * 4 + 3][l] = r1 - r3;
+        }
+    }
+    v
+}
+
+/// `Y = A^T M A` for a block of channels; `m[4*i + j]`.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn output_tile(m: &[[f32; L]; 16]) -> [[[f32; L]; 2]; 2] {
+    let mut r = [[[0.0f32; L]; 4]; 2];
+    for j in 0..4 {
+        for l in 0..L {
+            let (m0, m1, m2, m3) = (m[j][l], m[4 + j][l], m[8 + j][l], m[12 + j][l]);
+            r[0][j][l] = m0 + m1 + m2;
+            r[1][j][l] = m1 - m2 - m3;
+        }
+    }
+    let mut y = [[[0.0f32; L]; 2]; 2];
+    for a in 0..2 {
+        for l in 0..L {
+            y[a][0][l] = r[a][0][l] + r[a][1][l] + r[a][2][l];
+            y[a][1][l] = r[a][1][l] - r[a][2][l] - r[a][3][l];
+        }
+    }
+    y
 }
