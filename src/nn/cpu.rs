@@ -969,11 +969,13 @@ impl<'a> Runner<'a> {
             }
             let t0 = std::time::Instant::now();
             let r = {
-                let ins: Vec<&[f32]> = step
-                    .inputs
-                    .iter()
-                    .map(|&v| &self.slots[self.slot_of[v]][..n * net.value_len[v]])
-                    .collect();
+                let ins = Inputs {
+                    slots: &self.slots,
+                    slot_of: &self.slot_of,
+                    value_len: &net.value_len,
+                    values: &step.inputs,
+                    n,
+                };
                 let ctx = Ctx {
                     pool: &self.pool,
                     scratch: &self.scratch,
@@ -996,15 +998,31 @@ struct Ctx<'r> {
     threads: usize,
 }
 
+/// The input values of a step, read from the arena without collecting them.
+struct Inputs<'r> {
+    slots: &'r [Vec<f32>],
+    slot_of: &'r [usize],
+    value_len: &'r [usize],
+    values: &'r [usize],
+    n: usize,
+}
+
+impl Inputs<'_> {
+    fn get(&self, k: usize) -> &[f32] {
+        let v = self.values[k];
+        &self.slots[self.slot_of[v]][..self.n * self.value_len[v]]
+    }
+}
+
 fn run_step(
     ctx: &Ctx,
     step: &Step,
-    ins: &[&[f32]],
+    ins: &Inputs,
     out: &mut [f32],
     n: usize,
     tile_rows: usize,
 ) -> Result<()> {
-    let x = ins[0];
+    let x = ins.get(0);
     match &step.kind {
         Kind::Conv(c) => {
             let c: &ConvStep = c;
@@ -1148,7 +1166,7 @@ fn run_step(
                         for px in 0..*pixels {
                             let mut off = 0;
                             for (k, &ck) in cs.iter().enumerate() {
-                                let src = &ins[k][(img * pixels + px) * ck..][..ck];
+                                let src = &ins.get(k)[(img * pixels + px) * ck..][..ck];
                                 o[px * ct + off..px * ct + off + ck].copy_from_slice(src);
                                 off += ck;
                             }
