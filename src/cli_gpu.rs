@@ -51,8 +51,8 @@ pub fn bench(a: &BenchArgs, device: Device, h: usize, w: usize) -> Result<()> {
             (&gpu, gpu.launcher())
         }
     };
-    let n = a.batch.max(1);
-    let iters = a.iterations.max(2);
+    let n = a.batch.unwrap_or(256).max(1);
+    let iters = a.iterations.unwrap_or(100).max(2);
     let (patterns, _) = cdiphase::simulate::synthetic_particles(n, h, w, 16, 7);
     let mk = |schedule: String| PhaseConfig {
         schedule,

@@ -32,6 +32,7 @@ pub mod bench;
 pub mod error;
 pub mod eval;
 pub mod io;
+pub mod nn;
 pub mod phasing;
 pub mod simulate;
 pub mod support;

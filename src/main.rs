@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 mod cli_eval;
 mod cli_gpu;
+mod cli_nn;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +43,10 @@ enum Cmd {
     Support(cli_eval::SupportArgs),
     /// Compare supports and reconstructions with the ground truth: metrics JSON, figures, index.html.
     Evaluate(cli_eval::EvaluateArgs),
+    /// Convert a Keras checkpoint (.h5, .keras, .weights.h5) to a safetensors model file.
+    Convert(cli_nn::ConvertArgs),
+    /// Run the encoder-decoder on patterns: network output and support, as CXI.
+    Predict(cli_nn::PredictArgs),
 }
 
 #[derive(Args)]
@@ -192,17 +197,28 @@ struct DemoArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// What to measure (only `phasing` so far).
+    /// What to measure: `phasing` or `network`.
     #[arg(default_value = "phasing")]
     what: String,
+    /// network: model file (default: --arch with random weights).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// network: architecture preset with seeded random weights (spinn, spinn:SIZE[:WIDTH]).
+    #[arg(long)]
+    arch: Option<String>,
+    /// network: the opt-in fast mode (Winograd F(2x2,3x3)); its error against f32 is reported.
+    #[arg(long)]
+    fast: bool,
     /// Pattern size HxW (or one number for square).
     #[arg(long, default_value = "128x128")]
     size: String,
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
-    /// HIO iterations timed per pattern.
-    #[arg(long, default_value_t = 100)]
-    iterations: u64,
+    /// Batch (default: 256 for phasing, 64 for network).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// HIO iterations timed per pattern (phasing, default 100); timed batches (network,
+    /// default 5).
+    #[arg(long)]
+    iterations: Option<u64>,
     #[arg(long)]
     threads: Option<usize>,
     /// Best of this many timed runs.
@@ -225,6 +241,8 @@ fn main() {
         Cmd::Info => cmd_info(),
         Cmd::Support(a) => cli_eval::cmd_support(a),
         Cmd::Evaluate(a) => cli_eval::cmd_evaluate(a),
+        Cmd::Convert(a) => cli_nn::cmd_convert(a),
+        Cmd::Predict(a) => cli_nn::cmd_predict(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");
@@ -651,11 +669,19 @@ fn parse_size(s: &str) -> Result<(usize, usize)> {
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<()> {
+    if a.what == "network" {
+        return cli_nn::bench_network(cli_nn::NetBench {
+            model: a.model.as_deref(),
+            arch: a.arch.as_deref(),
+            batch: a.batch.unwrap_or(64),
+            threads: a.threads,
+            iterations: a.iterations.unwrap_or(5),
+            fast: a.fast,
+            json: a.json,
+        });
+    }
     if a.what != "phasing" {
-        bail!(
-            "bench '{}': only 'phasing' is available in this build",
-            a.what
-        );
+        bail!("bench '{}': expected 'phasing' or 'network'", a.what);
     }
     let device: Device = a.device.parse()?;
     let (h, w) = parse_size(&a.size)?;
@@ -665,8 +691,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let r = cdiphase::bench::bench_phasing(&cdiphase::bench::PhasingBench {
         h,
         w,
-        batch: a.batch.max(1),
-        iterations: a.iterations,
+        batch: a.batch.unwrap_or(256).max(1),
+        iterations: a.iterations.unwrap_or(100),
         threads: a.threads,
         repeat: a.repeat,
     })?;

@@ -1,0 +1,1193 @@
+//! CPU inference: batched NHWC, rayon over (image, row tile) work items, the `gemm` crate for
+//! every convolution and dense layer, bias and activation fused into the GEMM epilogue.
+//!
+//! Convolutions (and transposed convolutions, rewritten as convolutions over a zero-dilated,
+//! padded input with the kernel flipped and its channel axes swapped) read a *virtual padded
+//! input* P: `P[j, i] = X[(j - pt) / dh, (i - pl) / dw]` where the division is exact and in
+//! range, else 0; output `O[y, x] = sum_{dy,dx} P[y*sh + dy, x*sw + dx] . W[dy, dx]`.
+//!
+//! * stride 1 and at least 16 input channels ("shifted GEMM"): a tile of output rows copies
+//!   its rows of P (with the padding columns) into a thread-local buffer of width
+//!   `Wp = Wo + kw - 1`; then each of the kh*kw taps is one GEMM whose left operand is that
+//!   buffer shifted by the tap (`dy*Wp + dx` pixels), accumulating into an output tile of
+//!   width Wp whose last kw-1 columns are discarded by the epilogue. No im2col copy.
+//! * otherwise (stride 2, few input channels): im2col of the tile, one GEMM with
+//!   K = kh*kw*Cin written straight into the output.
+//!
+//! Memory: activations live in an arena of slots assigned once per batch size by liveness
+//! (a chain needs two, skips hold theirs until the Concatenate), plus one scratch buffer per
+//! thread; nothing is allocated per layer in steady state.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::spec::{same_pad_before, Activation, ModelSpec, Op, Padding};
+use super::winograd;
+use crate::{Error, Result};
+
+/// A tensor of f32 values in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A model description with its weights (`layer/kernel`, `layer/bias`, Keras layouts).
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub spec: ModelSpec,
+    pub weights: BTreeMap<String, Tensor>,
+}
+
+impl Model {
+    /// Check every weight the description needs is present with its shape, and no other.
+    pub fn new(spec: ModelSpec, weights: BTreeMap<String, Tensor>) -> Result<Self> {
+        let need = spec.weight_shapes()?;
+        for (name, shape) in &need {
+            match weights.get(name) {
+                None => {
+                    return Err(Error::Config(format!(
+                        "weight '{name}' (shape {shape:?}) is missing"
+                    )))
+                }
+                Some(t) if &t.shape != shape => {
+                    return Err(Error::Shape {
+                        what: format!("weight '{name}'"),
+                        expected: format!("{shape:?}"),
+                        found: t.shape.clone(),
+                    })
+                }
+                Some(t) if t.data.len() != shape.iter().product::<usize>() => {
+                    return Err(Error::Shape {
+                        what: format!("weight '{name}' data"),
+                        expected: format!("{} values", shape.iter().product::<usize>()),
+                        found: vec![t.data.len()],
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = weights.keys().find(|k| !need.iter().any(|(n, _)| n == *k)) {
+            return Err(Error::Config(format!(
+                "weight '{extra}' belongs to no layer of model '{}' (wrong architecture?)",
+                spec.name
+            )));
+        }
+        Ok(Model { spec, weights })
+    }
+
+    /// Deterministic random weights (He-normal-like uniform kernels, small biases), for
+    /// benchmarks and tests.
+    pub fn random(spec: ModelSpec, seed: u64) -> Result<Self> {
+        use rand_xoshiro::rand_core::{Rng, SeedableRng};
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut uni = move || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        let mut weights = BTreeMap::new();
+        for (name, shape) in spec.weight_shapes()? {
+            let n: usize = shape.iter().product();
+            let fan_in = if shape.len() == 4 {
+                if name.contains("transpose") {
+                    shape[0] * shape[1] * shape[3]
+                } else {
+                    shape[0] * shape[1] * shape[2]
+                }
+            } else {
+                shape[0]
+            };
+            // uniform with the He-normal variance 2/fan_in: half-width sqrt(6/fan_in)
+            let scale = if shape.len() == 1 {
+                0.05
+            } else {
+                (6.0 / fan_in.max(1) as f32).sqrt()
+            };
+            let data = (0..n).map(|_| uni() * scale).collect();
+            weights.insert(name, Tensor { shape, data });
+        }
+        Model::new(spec, weights)
+    }
+}
+
+/// How convolutions are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// f32 GEMM (shifted GEMM or im2col), exact up to summation order.
+    #[default]
+    F32,
+    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with >= 16 channels (2.25x fewer
+    /// multiplications; a small accuracy cost, reported by the bench), GEMM for the rest.
+    Winograd,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::F32 => "f32",
+            Mode::Winograd => "winograd-f2x2-3x3",
+        }
+    }
+}
+
+/// Engine options.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub threads: usize,
+    pub mode: Mode,
+    /// Fill the arena with NaN when it is allocated and each layer's output before its kernel
+    /// runs (tests: a kernel that skips an element shows up as NaN).
+    pub poison: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            mode: Mode::F32,
+            poison: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvAlgo {
+    Shifted,
+    Im2col,
+    Winograd,
+}
+
+#[derive(Debug)]
+pub(crate) struct ConvStep {
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// stride over P
+    pub s: [usize; 2],
+    /// dilation of X inside P
+    pub d: [usize; 2],
+    /// offset of X inside P
+    pub pt: usize,
+    pub pl: usize,
+    /// (kh*kw*cin, cout), row-major, cross-correlation over P
+    pub wgt: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub act: Activation,
+    algo: ConvAlgo,
+    /// Winograd-transformed kernel (16, cin, cout)
+    pub wino: Vec<f32>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Conv(Box<ConvStep>),
+    Dense {
+        cin: usize,
+        units: usize,
+        wgt: Vec<f32>,
+        bias: Vec<f32>,
+        act: Activation,
+    },
+    MaxPool {
+        h: usize,
+        w: usize,
+        c: usize,
+        ho: usize,
+        wo: usize,
+        p: [usize; 2],
+        s: [usize; 2],
+        pt: usize,
+        pl: usize,
+    },
+    Up {
+        h: usize,
+        w: usize,
+        c: usize,
+        s: [usize; 2],
+    },
+    /// channel concatenation: per-input channel counts
+    Concat {
+        pixels: usize,
+        cs: Vec<usize>,
+    },
+    Act(Activation),
+    Alias,
+}
+
+#[derive(Debug)]
+struct Step {
+    name: String,
+    kind: Kind,
+    inputs: Vec<usize>,
+    out: usize,
+    /// elements per image of the output value
+    out_len: usize,
+}
+
+/// A compiled network (weights rearranged for the kernels), independent of the batch size.
+#[derive(Debug)]
+pub struct Network {
+    pub spec: ModelSpec,
+    steps: Vec<Step>,
+    /// elements per image of every value
+    value_len: Vec<usize>,
+    output_value: usize,
+    pub output_shape: Vec<usize>,
+    pub params: usize,
+    pub flop_per_image: f64,
+    pub mode: Mode,
+}
+
+impl Network {
+    /// Compile a model: shape inference, kernel rearrangement (Conv2DTranspose flipped and
+    /// transposed), algorithm choice per layer.
+    pub fn new(model: &Model, mode: Mode) -> Result<Network> {
+        let spec = &model.spec;
+        let shapes = spec.shapes()?;
+        let w = |name: &str, sfx: &str| -> Result<&Tensor> {
+            model
+                .weights
+                .get(&format!("{name}/{sfx}"))
+                .ok_or_else(|| Error::Config(format!("weight '{name}/{sfx}' is missing")))
+        };
+        // value id of every node (index into shapes); aliases share their input's value
+        let mut node_value = vec![0usize];
+        let mut value_len = vec![shapes[0].iter().product::<usize>()];
+        let mut steps = Vec::new();
+        for (li, l) in spec.layers.iter().enumerate() {
+            let ins: Vec<usize> = l
+                .inputs
+                .iter()
+                .map(|n| spec.index_of(n).expect("checked by shapes()"))
+                .collect();
+            let in_shape = &shapes[ins[0]];
+            let out_shape = &shapes[li + 1];
+            let out_len: usize = out_shape.iter().product();
+            let in_values: Vec<usize> = ins.iter().map(|&i| node_value[i]).collect();
+            let kind = match &l.op {
+                Op::Conv2D {
+                    kernel,
+                    strides,
+                    padding,
+                    activation,
+                    use_bias,
+                    filters,
+                } => {
+                    let (h, wd, cin) = (in_shape[0], in_shape[1], in_shape[2]);
+                    let (pt, pl) = match padding {
+                        Padding::Same => (
+                            same_pad_before(h, kernel[0], strides[0]),
+                            same_pad_before(wd, kernel[1], strides[1]),
+                        ),
+                        Padding::Valid => (0, 0),
+                    };
+                    let k = w(&l.name, "kernel")?;
+                    let bias = if *use_bias {
+                        w(&l.name, "bias")?.data.clone()
+                    } else {
+                        vec![0.0; *filters]
+                    };
+                    Kind::Conv(Box::new(conv_step(
+                        [h, wd, cin],
+                        [out_shape[0], out_shape[1], *filters],
+                        *kernel,
+                        *strides,
+                        [1, 1],
+                        pt,
+                        pl,
+                        k.data.clone(),
+                        bias,
+                        *activation,
+                        mode,
+                    )))
+                }
+                Op::Conv2DTranspose {
+                    kernel,
+                    strides,
+                    padding,
+                    activation,
+                    use_bias,
+                    filters,
+                } => {
+                    let (h, wd, cin) = (in_shape[0], in_shape[1], in_shape[2]);
+                    let (ho, wo) = (out_shape[0], out_shape[1]);
+                    let (p0, p1) = match padding {
+                        Padding::Same => (
+                            same_pad_before(ho, kernel[0], strides[0]),
+                            same_pad_before(wo, kernel[1], strides[1]),
+                        ),
+                        Padding::Valid => (0, 0),
+                    };
+                    let k = w(&l.name, "kernel")?;
+                    let (kh, kw, co) = (kernel[0], kernel[1], *filters);
+                    // W'[dy,dx,ci,co] = K[kh-1-dy, kw-1-dx, co, ci]
+                    let mut wf = vec![0.0f32; kh * kw * cin * co];
+                    for dy in 0..kh {
+                        for dx in 0..kw {
+                            for ci in 0..cin {
+                                for o in 0..co {
+                                    wf[((dy * kw + dx) * cin + ci) * co + o] =
+                                        k.data[(((kh - 1 - dy) * kw + (kw - 1 - dx)) * co + o)
+                                            * cin
+                                            + ci];
+                                }
+                            }
+                        }
+                    }
+                    let bias = if *use_bias {
+                        w(&l.name, "bias")?.data.clone()
+                    } else {
+                        vec![0.0; co]
+                    };
+                    Kind::Conv(Box::new(conv_step(
+                        [h, wd, cin],
+                        [ho, wo, co],
+                        *kernel,
+                        [1, 1],
+                        *strides,
+                        kh - 1 - p0,
+                        kw - 1 - p1,
+                        wf,
+                        bias,
+                        *activation,
+                        mode,
+                    )))
+                }
+                Op::Dense {
+                    units,
+                    activation,
+                    use_bias,
+                } => {
+                    let cin = *in_shape.last().unwrap();
+                    Kind::Dense {
+                        cin,
+                        units: *units,
+                        wgt: w(&l.name, "kernel")?.data.clone(),
+                        bias: if *use_bias {
+                            w(&l.name, "bias")?.data.clone()
+                        } else {
+                            vec![0.0; *units]
+                        },
+                        act: *activation,
+                    }
+                }
+                Op::MaxPooling2D {
+                    pool,
+                    strides,
+                    padding,
+                } => {
+                    let (h, wd, c) = (in_shape[0], in_shape[1], in_shape[2]);
+                    let (pt, pl) = match padding {
+                        Padding::Same => (
+                            same_pad_before(h, pool[0], strides[0]),
+                            same_pad_before(wd, pool[1], strides[1]),
+                        ),
+                        Padding::Valid => (0, 0),
+                    };
+                    Kind::MaxPool {
+                        h,
+                        w: wd,
+                        c,
+                        ho: out_shape[0],
+                        wo: out_shape[1],
+                        p: *pool,
+                        s: *strides,
+                        pt,
+                        pl,
+                    }
+                }
+                Op::UpSampling2D { size } => Kind::Up {
+                    h: in_shape[0],
+                    w: in_shape[1],
+                    c: in_shape[2],
+                    s: *size,
+                },
+                Op::Concatenate => Kind::Concat {
+                    pixels: out_len / out_shape.last().unwrap(),
+                    cs: ins.iter().map(|&i| *shapes[i].last().unwrap()).collect(),
+                },
+                Op::Activation { activation } => Kind::Act(*activation),
+                Op::Flatten | Op::Reshape { .. } | Op::Dropout => Kind::Alias,
+            };
+            let out = if matches!(kind, Kind::Alias) {
+                in_values[0]
+            } else {
+                value_len.push(out_len);
+                value_len.len() - 1
+            };
+            node_value.push(out);
+            steps.push(Step {
+                name: l.name.clone(),
+                kind,
+                inputs: in_values,
+                out,
+                out_len,
+            });
+        }
+        let oi = spec.index_of(&spec.output).expect("checked by shapes()");
+        Ok(Network {
+            spec: spec.clone(),
+            steps,
+            value_len,
+            output_value: node_value[oi],
+            output_shape: shapes[oi].clone(),
+            params: spec.params()?,
+            flop_per_image: spec.flop_per_image()?,
+            mode,
+        })
+    }
+
+    /// Elements per image of the input.
+    pub fn input_len(&self) -> usize {
+        self.spec.input.iter().product()
+    }
+
+    /// Elements per image of the output.
+    pub fn output_len(&self) -> usize {
+        self.output_shape.iter().product()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_step(
+    [h, w, cin]: [usize; 3],
+    [ho, wo, cout]: [usize; 3],
+    [kh, kw]: [usize; 2],
+    s: [usize; 2],
+    d: [usize; 2],
+    pt: usize,
+    pl: usize,
+    wgt: Vec<f32>,
+    bias: Vec<f32>,
+    act: Activation,
+    mode: Mode,
+) -> ConvStep {
+    let force_im2col = std::env::var("CDIPHASE_CONV_ALGO").is_ok_and(|v| v == "im2col");
+    let algo = if s == [1, 1] && cin >= 16 && !force_im2col {
+        if mode == Mode::Winograd && kh == 3 && kw == 3 {
+            ConvAlgo::Winograd
+        } else {
+            ConvAlgo::Shifted
+        }
+    } else {
+        ConvAlgo::Im2col
+    };
+    let wino = if algo == ConvAlgo::Winograd {
+        winograd::transform_kernel(&wgt, cin, cout)
+    } else {
+        Vec::new()
+    };
+    ConvStep {
+        h,
+        w,
+        cin,
+        ho,
+        wo,
+        cout,
+        kh,
+        kw,
+        s,
+        d,
+        pt,
+        pl,
+        wgt,
+        bias,
+        act,
+        algo,
+        wino,
+    }
+}
+
+/// Target bytes of a thread's working set per work item (L2 is 2 MiB per core here).
+const TILE_BYTES: usize = 1 << 20;
+/// Winograd bands: larger, so that each of the 16 GEMMs has enough rows.
+const WINO_BYTES: usize = 4 << 20;
+
+impl ConvStep {
+    /// Source pixel of P row j (None: zero row).
+    #[inline]
+    fn src_row(&self, j: usize) -> Option<usize> {
+        let r = j.checked_sub(self.pt)?;
+        (r % self.d[0] == 0 && r / self.d[0] < self.h).then_some(r / self.d[0])
+    }
+    #[inline]
+    fn src_col(&self, i: usize) -> Option<usize> {
+        let r = i.checked_sub(self.pl)?;
+        (r % self.d[1] == 0 && r / self.d[1] < self.w).then_some(r / self.d[1])
+    }
+
+    fn wp(&self) -> usize {
+        self.wo + self.kw - 1
+    }
+
+    /// Output rows per work item.
+    fn tile_rows(&self, batch: usize, threads: usize) -> usize {
+        let per_row = match self.algo {
+            ConvAlgo::Shifted => self.wp() * (self.cin + self.cout) * 4,
+            ConvAlgo::Im2col => self.wo * (self.kh * self.kw * self.cin + self.cout) * 4,
+            ConvAlgo::Winograd => return winograd::tile_rows(self, batch, threads, WINO_BYTES),
+        };
+        let mut rows = (TILE_BYTES / per_row.max(1)).clamp(1, self.ho);
+        // enough items for every thread
+        let want = 4 * threads;
+        while rows > 1 && batch * self.ho.div_ceil(rows) < want {
+            rows = rows.div_ceil(2);
+        }
+        rows
+    }
+
+    fn scratch_len(&self, rows: usize) -> usize {
+        match self.algo {
+            ConvAlgo::Shifted => {
+                (rows + self.kh - 1) * self.wp() * self.cin + rows * self.wp() * self.cout
+            }
+            ConvAlgo::Im2col => rows * self.wo * self.kh * self.kw * self.cin,
+            ConvAlgo::Winograd => winograd::scratch_len_rows(self, rows),
+        }
+    }
+
+    /// One tile: output rows [r0, r0 + rows) of image `x` (h*w*cin) into `out` (rows*wo*cout).
+    fn run_tile(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], scratch: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.algo != ConvAlgo::Winograd && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked just above).
+                return unsafe { self.run_tile_avx512(x, r0, rows, out, scratch) };
+            }
+        }
+        self.run_tile_impl(x, r0, rows, out, scratch)
+    }
+
+    /// The copies and the epilogue compiled for AVX-512 (the GEMMs dispatch on their own).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn run_tile_avx512(
+        &self,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        self.run_tile_impl(x, r0, rows, out, sc)
+    }
+
+    #[inline(always)]
+    fn run_tile_impl(
+        &self,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        match self.algo {
+            ConvAlgo::Shifted => self.tile_shifted(x, r0, rows, out, scratch),
+            ConvAlgo::Im2col => self.tile_im2col(x, r0, rows, out, scratch),
+            ConvAlgo::Winograd => winograd::tile(self, x, r0, rows, out, scratch),
+        }
+    }
+
+    /// Copy P row `j`, columns [0, ncols), into `dst` (ncols*cin).
+    #[inline(always)]
+    pub(crate) fn fill_p_row(&self, x: &[f32], j: usize, ncols: usize, dst: &mut [f32]) {
+        let cin = self.cin;
+        match self.src_row(j) {
+            None => dst.fill(0.0),
+            Some(r) => {
+                let row = &x[r * self.w * cin..(r + 1) * self.w * cin];
+                if self.d[1] == 1 {
+                    // zeros, a contiguous copy, zeros
+                    let a = self.pl.min(ncols);
+                    let b = (self.pl + self.w).min(ncols);
+                    dst[..a * cin].fill(0.0);
+                    if b > a {
+                        dst[a * cin..b * cin].copy_from_slice(&row[..(b - a) * cin]);
+                    }
+                    dst[b * cin..].fill(0.0);
+                } else {
+                    for (i, px) in dst.chunks_exact_mut(cin).enumerate() {
+                        match self.src_col(i) {
+                            Some(c) => px.copy_from_slice(&row[c * cin..(c + 1) * cin]),
+                            None => px.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn tile_shifted(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
+        let (cin, cout, kh, kw) = (self.cin, self.cout, self.kh, self.kw);
+        let wp = self.wp();
+        let prow = rows + kh - 1;
+        let (t, rest) = sc.split_at_mut(prow * wp * cin);
+        let acc = &mut rest[..rows * wp * cout];
+        for (jj, dst) in t.chunks_exact_mut(wp * cin).enumerate() {
+            self.fill_p_row(x, r0 + jj, wp, dst);
+        }
+        let m = rows * wp - (kw - 1);
+        for dy in 0..kh {
+            for dx in 0..kw {
+                let tap = dy * kw + dx;
+                // SAFETY: the left operand reads rows [off, off + m) of the (prow*wp, cin)
+                // buffer t, and off + m <= prow*wp; the right operand is tap's (cin, cout)
+                // block of wgt; dst is acc (m <= rows*wp rows of cout).
+                unsafe {
+                    sgemm(
+                        m,
+                        cout,
+                        cin,
+                        acc.as_mut_ptr(),
+                        cout,
+                        tap > 0,
+                        t.as_ptr().add((dy * wp + dx) * cin),
+                        cin,
+                        self.wgt.as_ptr().add(tap * cin * cout),
+                        cout,
+                        Parallelism::None,
+                    );
+                }
+            }
+        }
+        for y in 0..rows {
+            for xo in 0..self.wo {
+                let a = &acc[(y * wp + xo) * cout..(y * wp + xo + 1) * cout];
+                let o = &mut out[(y * self.wo + xo) * cout..(y * self.wo + xo + 1) * cout];
+                epilogue(a, &self.bias, self.act, o);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn tile_im2col(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
+        let (cin, cout, kh, kw) = (self.cin, self.cout, self.kh, self.kw);
+        let kk = kh * kw * cin;
+        let col = &mut sc[..rows * self.wo * kk];
+        for y in 0..rows {
+            for dy in 0..kh {
+                let j = (r0 + y) * self.s[0] + dy;
+                let sr = self.src_row(j);
+                for xo in 0..self.wo {
+                    let base = (y * self.wo + xo) * kk + dy * kw * cin;
+                    for dx in 0..kw {
+                        let dst = &mut col[base + dx * cin..base + (dx + 1) * cin];
+                        match (sr, self.src_col(xo * self.s[1] + dx)) {
+                            (Some(r), Some(c)) => dst.copy_from_slice(
+                                &x[(r * self.w + c) * cin..(r * self.w + c + 1) * cin],
+                            ),
+                            _ => dst.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+        let m = rows * self.wo;
+        // SAFETY: col is (m, kk), wgt is (kk, cout), out is (m, cout), all row-major.
+        unsafe {
+            sgemm(
+                m,
+                cout,
+                kk,
+                out.as_mut_ptr(),
+                cout,
+                false,
+                col.as_ptr(),
+                kk,
+                self.wgt.as_ptr(),
+                cout,
+                Parallelism::None,
+            );
+        }
+        for o in out[..m * cout].chunks_exact_mut(cout) {
+            epilogue_inplace(o, &self.bias, self.act);
+        }
+    }
+}
+
+/// `o = act(a + bias)`.
+#[inline(always)]
+fn epilogue(a: &[f32], bias: &[f32], act: Activation, o: &mut [f32]) {
+    match act {
+        Activation::Relu => {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(bias) {
+                *o = (a + b).max(0.0);
+            }
+        }
+        Activation::Linear => {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(bias) {
+                *o = a + b;
+            }
+        }
+        _ => {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(bias) {
+                *o = act.apply(a + b);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn epilogue_inplace(o: &mut [f32], bias: &[f32], act: Activation) {
+    match act {
+        Activation::Relu => {
+            for (o, &b) in o.iter_mut().zip(bias) {
+                *o = (*o + b).max(0.0);
+            }
+        }
+        _ => {
+            for (o, &b) in o.iter_mut().zip(bias) {
+                *o = act.apply(*o + b);
+            }
+        }
+    }
+}
+
+/// Row-major `C (m,n) [+]= A (m,k) . B (k,n)` with leading dimensions.
+///
+/// # Safety
+/// The pointers must address matrices of the given sizes and leading dimensions.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    par: Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        accumulate,
+        a,
+        1,
+        lda as isize,
+        b,
+        1,
+        ldb as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    );
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// A network ready to run batches of up to `max_batch` images: arena and scratch allocated
+/// once, a rayon pool of `threads` threads.
+pub struct Runner<'a> {
+    net: &'a Network,
+    max_batch: usize,
+    opts: Options,
+    pool: rayon::ThreadPool,
+    /// value -> slot
+    slot_of: Vec<usize>,
+    slots: Vec<Vec<f32>>,
+    scratch: Vec<Mutex<Vec<f32>>>,
+    /// per step: rows per tile (convolutions)
+    tile_rows: Vec<usize>,
+    /// per step: seconds spent, summed over runs
+    step_secs: Vec<f64>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(net: &'a Network, max_batch: usize, opts: Options) -> Result<Runner<'a>> {
+        let max_batch = max_batch.max(1);
+        let threads = opts.threads.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
+        // liveness: last step reading each value (the output lives to the end)
+        let nv = net.value_len.len();
+        let mut last = vec![0usize; nv];
+        for (si, s) in net.steps.iter().enumerate() {
+            for &v in &s.inputs {
+                last[v] = last[v].max(si);
+            }
+        }
+        last[net.output_value] = usize::MAX;
+        let mut slot_of = vec![usize::MAX; nv];
+        let mut slot_len: Vec<usize> = Vec::new();
+        let mut free: Vec<usize> = Vec::new();
+        let take = |len: usize, free: &mut Vec<usize>, slot_len: &mut Vec<usize>| {
+            // best fit: the free slot whose size is closest to len
+            let pick = free
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, &s)| (slot_len[s] as i64 - len as i64).unsigned_abs())
+                .map(|(i, _)| i);
+            match pick {
+                Some(i) => {
+                    let s = free.swap_remove(i);
+                    slot_len[s] = slot_len[s].max(len);
+                    s
+                }
+                None => {
+                    slot_len.push(len);
+                    slot_len.len() - 1
+                }
+            }
+        };
+        slot_of[0] = take(net.value_len[0], &mut free, &mut slot_len);
+        let mut tile_rows = Vec::with_capacity(net.steps.len());
+        let mut scratch_len = 0usize;
+        for (si, s) in net.steps.iter().enumerate() {
+            if !matches!(s.kind, Kind::Alias) {
+                slot_of[s.out] = take(net.value_len[s.out], &mut free, &mut slot_len);
+            }
+            // free the inputs whose last reader is this step
+            for &v in &s.inputs {
+                if last[v] == si && v != s.out && !free.contains(&slot_of[v]) {
+                    // another live value may share the slot only through aliasing (same value)
+                    free.push(slot_of[v]);
+                }
+            }
+            let rows = match &s.kind {
+                Kind::Conv(c) => {
+                    let r = c.tile_rows(max_batch, threads);
+                    scratch_len = scratch_len.max(c.scratch_len(r));
+                    r
+                }
+                _ => 0,
+            };
+            tile_rows.push(rows);
+        }
+        let fill = if opts.poison { f32::NAN } else { 0.0 };
+        let slots = slot_len
+            .iter()
+            .map(|&l| vec![fill; l * max_batch])
+            .collect();
+        let scratch = (0..threads)
+            .map(|_| Mutex::new(vec![fill; scratch_len]))
+            .collect();
+        Ok(Runner {
+            net,
+            max_batch,
+            opts: Options { threads, ..opts },
+            pool,
+            slot_of,
+            slots,
+            scratch,
+            step_secs: vec![0.0; tile_rows.len()],
+            tile_rows,
+        })
+    }
+
+    /// Bytes of the activation arena (all slots) plus the per-thread scratch.
+    pub fn arena_bytes(&self) -> usize {
+        let a: usize = self.slots.iter().map(|s| s.len()).sum();
+        let s: usize = self
+            .scratch
+            .iter()
+            .map(|m| m.lock().map(|v| v.len()).unwrap_or(0))
+            .sum();
+        (a + s) * 4
+    }
+
+    /// Seconds spent in each layer (name, seconds, algorithm), summed over the runs so far.
+    pub fn profile(&self) -> Vec<(String, f64, &'static str)> {
+        self.net
+            .steps
+            .iter()
+            .zip(&self.step_secs)
+            .filter(|(s, _)| !matches!(s.kind, Kind::Alias))
+            .map(|(s, &t)| {
+                let algo = match &s.kind {
+                    Kind::Conv(c) => match c.algo {
+                        ConvAlgo::Shifted => "shifted-gemm",
+                        ConvAlgo::Im2col => "im2col-gemm",
+                        ConvAlgo::Winograd => "winograd",
+                    },
+                    Kind::Dense { .. } => "gemm",
+                    _ => "direct",
+                };
+                (s.name.clone(), t, algo)
+            })
+            .collect()
+    }
+
+    /// Forget the per-layer times.
+    pub fn reset_profile(&mut self) {
+        self.step_secs.iter_mut().for_each(|t| *t = 0.0);
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Run `n` images (`input`: n * H*W*C, NHWC, already preprocessed). Returns the output
+    /// (n * output_len), valid until the next call.
+    pub fn run(&mut self, input: &[f32], n: usize) -> Result<&[f32]> {
+        let net = self.net;
+        let il = net.input_len();
+        if n == 0 || n > self.max_batch || input.len() != n * il {
+            return Err(Error::Shape {
+                what: "network input".into(),
+                expected: format!(
+                    "n * {:?} values with 1 <= n <= {}",
+                    net.spec.input, self.max_batch
+                ),
+                found: vec![input.len()],
+            });
+        }
+        self.slots[self.slot_of[0]][..n * il].copy_from_slice(input);
+        for (si, step) in net.steps.iter().enumerate() {
+            if matches!(step.kind, Kind::Alias) {
+                continue;
+            }
+            let os = self.slot_of[step.out];
+            let mut out = std::mem::take(&mut self.slots[os]);
+            let olen = n * step.out_len;
+            if self.opts.poison {
+                out[..olen].fill(f32::NAN);
+            }
+            let t0 = std::time::Instant::now();
+            let r = {
+                let ins = Inputs {
+                    slots: &self.slots,
+                    slot_of: &self.slot_of,
+                    value_len: &net.value_len,
+                    values: &step.inputs,
+                    n,
+                };
+                let ctx = Ctx {
+                    pool: &self.pool,
+                    scratch: &self.scratch,
+                    threads: self.opts.threads,
+                };
+                run_step(&ctx, step, &ins, &mut out[..olen], n, self.tile_rows[si])
+            };
+            self.slots[os] = out;
+            self.step_secs[si] += t0.elapsed().as_secs_f64();
+            r?;
+        }
+        let ol = net.output_len();
+        Ok(&self.slots[self.slot_of[net.output_value]][..n * ol])
+    }
+}
+
+struct Ctx<'r> {
+    pool: &'r rayon::ThreadPool,
+    scratch: &'r [Mutex<Vec<f32>>],
+    threads: usize,
+}
+
+/// The input values of a step, read from the arena without collecting them.
+struct Inputs<'r> {
+    slots: &'r [Vec<f32>],
+    slot_of: &'r [usize],
+    value_len: &'r [usize],
+    values: &'r [usize],
+    n: usize,
+}
+
+impl Inputs<'_> {
+    fn get(&self, k: usize) -> &[f32] {
+        let v = self.values[k];
+        &self.slots[self.slot_of[v]][..self.n * self.value_len[v]]
+    }
+}
+
+fn run_step(
+    ctx: &Ctx,
+    step: &Step,
+    ins: &Inputs,
+    out: &mut [f32],
+    n: usize,
+    tile_rows: usize,
+) -> Result<()> {
+    let x = ins.get(0);
+    match &step.kind {
+        Kind::Conv(c) => {
+            let c: &ConvStep = c;
+            let in_img = c.h * c.w * c.cin;
+            let out_img = c.ho * c.wo * c.cout;
+            let tiles = c.ho.div_ceil(tile_rows);
+            let optr = SendPtr(out.as_mut_ptr());
+            let failed = ctx.pool.install(|| {
+                (0..n * tiles).into_par_iter().try_for_each(|item| {
+                    let (img, t) = (item / tiles, item % tiles);
+                    let r0 = t * tile_rows;
+                    let rows = tile_rows.min(c.ho - r0);
+                    let xi = &x[img * in_img..(img + 1) * in_img];
+                    let off = img * out_img + r0 * c.wo * c.cout;
+                    let len = rows * c.wo * c.cout;
+                    // SAFETY: work items write disjoint ranges [off, off+len) of `out`
+                    // (distinct (image, row range) pairs), all inside out's n*out_img values.
+                    let o = unsafe { std::slice::from_raw_parts_mut({ optr }.0.add(off), len) };
+                    let ti = rayon::current_thread_index().unwrap_or(0) % ctx.scratch.len();
+                    let mut sc = ctx.scratch[ti].lock().map_err(|_| ())?;
+                    c.run_tile(xi, r0, rows, o, &mut sc);
+                    Ok::<(), ()>(())
+                })
+            });
+            failed.map_err(|_| {
+                Error::Config(format!("layer '{}': a worker thread panicked", step.name))
+            })
+        }
+        Kind::Dense {
+            cin,
+            units,
+            wgt,
+            bias,
+            act,
+        } => {
+            let rows = x.len() / cin;
+            let (cin, units) = (*cin, *units);
+            // split the output columns between threads (m is only the batch)
+            let parts = ctx.threads.min(units.div_ceil(16)).max(1);
+            let chunk = units.div_ceil(parts).div_ceil(16) * 16;
+            let optr = SendPtr(out.as_mut_ptr());
+            ctx.pool.install(|| {
+                (0..units.div_ceil(chunk)).into_par_iter().for_each(|p| {
+                    let c0 = p * chunk;
+                    let nc = chunk.min(units - c0);
+                    // SAFETY: columns [c0, c0+nc) of the (rows, units) output are written by
+                    // this part only; x is (rows, cin), wgt (cin, units).
+                    unsafe {
+                        sgemm(
+                            rows,
+                            nc,
+                            cin,
+                            { optr }.0.add(c0),
+                            units,
+                            false,
+                            x.as_ptr(),
+                            cin,
+                            wgt.as_ptr().add(c0),
+                            units,
+                            Parallelism::None,
+                        );
+                    }
+                });
+                out.par_chunks_mut(units)
+                    .for_each(|o| epilogue_inplace(o, bias, *act));
+            });
+            Ok(())
+        }
+        Kind::MaxPool {
+            h,
+            w,
+            c,
+            ho,
+            wo,
+            p,
+            s,
+            pt,
+            pl,
+        } => {
+            let (h, w, c, ho, wo) = (*h, *w, *c, *ho, *wo);
+            ctx.pool.install(|| {
+                out.par_chunks_mut(ho * wo * c)
+                    .zip(x.par_chunks(h * w * c))
+                    .for_each(|(o, xi)| {
+                        for y in 0..ho {
+                            for xo in 0..wo {
+                                let op = &mut o[(y * wo + xo) * c..(y * wo + xo + 1) * c];
+                                op.fill(f32::NEG_INFINITY);
+                                for py in 0..p[0] {
+                                    let Some(r) = (y * s[0] + py).checked_sub(*pt) else {
+                                        continue;
+                                    };
+                                    if r >= h {
+                                        continue;
+                                    }
+                                    for px in 0..p[1] {
+                                        let Some(q) = (xo * s[1] + px).checked_sub(*pl) else {
+                                            continue;
+                                        };
+                                        if q >= w {
+                                            continue;
+                                        }
+                                        let ip = &xi[(r * w + q) * c..(r * w + q + 1) * c];
+                                        for (a, &b) in op.iter_mut().zip(ip) {
+                                            *a = a.max(b);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    })
+            });
+            Ok(())
+        }
+        Kind::Up { h, w, c, s } => {
+            let (h, w, c) = (*h, *w, *c);
+            let (ho, wo) = (h * s[0], w * s[1]);
+            ctx.pool.install(|| {
+                out.par_chunks_mut(ho * wo * c)
+                    .zip(x.par_chunks(h * w * c))
+                    .for_each(|(o, xi)| {
+                        for y in 0..ho {
+                            let r = y / s[0];
+                            for xo in 0..wo {
+                                let q = xo / s[1];
+                                o[(y * wo + xo) * c..(y * wo + xo + 1) * c]
+                                    .copy_from_slice(&xi[(r * w + q) * c..(r * w + q + 1) * c]);
+                            }
+                        }
+                    })
+            });
+            Ok(())
+        }
+        Kind::Concat { pixels, cs } => {
+            let ct: usize = cs.iter().sum();
+            let per_img = pixels * ct;
+            ctx.pool.install(|| {
+                out.par_chunks_mut(per_img)
+                    .enumerate()
+                    .for_each(|(img, o)| {
+                        for px in 0..*pixels {
+                            let mut off = 0;
+                            for (k, &ck) in cs.iter().enumerate() {
+                                let src = &ins.get(k)[(img * pixels + px) * ck..][..ck];
+                                o[px * ct + off..px * ct + off + ck].copy_from_slice(src);
+                                off += ck;
+                            }
+                        }
+                    })
+            });
+            Ok(())
+        }
+        Kind::Act(a) => {
+            let a = *a;
+            ctx.pool.install(|| {
+                out.par_chunks_mut(4096)
+                    .zip(x.par_chunks(4096))
+                    .for_each(|(o, xi)| {
+                        for (o, &v) in o.iter_mut().zip(xi) {
+                            *o = a.apply(v);
+                        }
+                    })
+            });
+            Ok(())
+        }
+        Kind::Alias => Ok(()),
+    }
+}

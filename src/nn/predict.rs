@@ -1,0 +1,95 @@
+//! Run a model over a stack of diffraction patterns: preprocessing (masked pixels set to 0,
+//! then the model's `max` or `log1p-max` normalisation per pattern), batched inference, and
+//! the support `output > threshold * max(output)` per pattern.
+
+use super::cpu::{Network, Options, Runner};
+use crate::array::Stack;
+use crate::{Error, Result};
+
+/// Network output (N, H, W) and support (N, H, W) of a pattern stack.
+pub struct Prediction {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub output: Vec<f32>,
+    pub support: Vec<u8>,
+}
+
+/// Support of one output image: `v > threshold * max(v)` (nothing when max <= 0).
+pub fn support_of(out: &[f32], threshold: f32, dst: &mut [u8]) {
+    let mx = out.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let t = threshold * mx;
+    for (d, &v) in dst.iter_mut().zip(out) {
+        *d = u8::from(mx > 0.0 && v > t);
+    }
+}
+
+/// Predict every pattern of `patterns` (`mask`: (1 or N, H, W), nonzero = bad pixel).
+/// `progress` is called with the number of patterns done after each batch.
+pub fn predict(
+    net: &Network,
+    patterns: &Stack<f32>,
+    mask: Option<&Stack<u8>>,
+    batch: usize,
+    threshold: f32,
+    opts: Options,
+    progress: &dyn Fn(usize),
+) -> Result<Prediction> {
+    let (n, h, w) = (patterns.n, patterns.h, patterns.w);
+    let [mh, mw, mc] = net.spec.input;
+    if (h, w) != (mh, mw) || mc != 1 {
+        return Err(Error::Shape {
+            what: "patterns".into(),
+            expected: format!("(N, {mh}, {mw}) to match the model input ({mh}, {mw}, {mc})"),
+            found: vec![n, h, w],
+        });
+    }
+    let os = &net.output_shape;
+    if os.len() != 3 || os[2] != 1 {
+        return Err(Error::Shape {
+            what: format!("model '{}' output", net.spec.name),
+            expected: "(H, W, 1) for one image per pattern".into(),
+            found: os.clone(),
+        });
+    }
+    let (oh, ow) = (os[0], os[1]);
+    let batch = batch.clamp(1, n.max(1));
+    let mut runner = Runner::new(net, batch, opts)?;
+    let px = h * w;
+    let mut input = vec![0.0f32; batch * px];
+    let mut output = vec![f32::NAN; n * oh * ow];
+    let mut support = vec![0u8; n * oh * ow];
+    let mut done = 0;
+    while done < n {
+        let b = batch.min(n - done);
+        for i in 0..b {
+            let src = &patterns.data[(done + i) * px..(done + i + 1) * px];
+            let dst = &mut input[i * px..(i + 1) * px];
+            dst.copy_from_slice(src);
+            let m = mask.map(|m| {
+                let j = if m.n == 1 { 0 } else { done + i };
+                &m.data[j * px..(j + 1) * px]
+            });
+            net.spec.preprocess.apply(dst, m);
+        }
+        let out = runner.run(&input[..b * px], b)?;
+        let opx = oh * ow;
+        output[done * opx..(done + b) * opx].copy_from_slice(out);
+        for i in done..done + b {
+            support_of(
+                &output[i * opx..(i + 1) * opx],
+                threshold,
+                &mut support[i * opx..(i + 1) * opx],
+            );
+        }
+        done += b;
+        progress(done);
+    }
+    Ok(Prediction {
+        n,
+        h: oh,
+        w: ow,
+        output,
+        support,
+    })
+}

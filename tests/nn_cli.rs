@@ -1,0 +1,403 @@
+//! The network verbs end to end: `convert` (every Keras format, and its errors), `predict`
+//! feeding `phase` as support and starting object, model-file errors (truncated, wrong
+//! shape, unknown layer, missing tensor), and the safetensors round trip in f32/f16/bf16.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cdiphase::io::CxiWriter;
+use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
+use cdiphase::nn::spec::Preprocess;
+use cdiphase::nn::store::{self, WeightDtype};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cdiphase"))
+        .args(args)
+        .output()
+        .expect("run cdiphase")
+}
+
+fn ok(args: &[&str]) -> Output {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", err(&o));
+    o
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let e = err(&o);
+    assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
+    e
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fixture(model: &str, file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/keras")
+        .join(model)
+        .join(file)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A small spinn model (32x32, 1/8 width) written as a model file.
+fn small_model(dir: &Path) -> PathBuf {
+    let spec = cdiphase::nn::spinn::spinn(32, 0.125, Preprocess::Log1pMax).unwrap();
+    let m = Model::random(spec, 3).unwrap();
+    let p = dir.join("small.safetensors");
+    store::save(&m, WeightDtype::F32, &p).unwrap();
+    p
+}
+
+#[test]
+fn convert_every_format_gives_the_same_model() {
+    let t = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for (file, extra) in [
+        ("model.h5", vec![]),
+        ("model_k2.h5", vec![]),
+        ("model.keras", vec![]),
+        ("model.weights.h5", vec!["--arch-config", "config.json"]),
+        ("weights_k2.h5", vec!["--arch-config", "config_k2.json"]),
+    ] {
+        let out = t.path().join(format!("{file}.safetensors"));
+        let cfg;
+        let mut args = vec!["convert", "--preprocess", "log1p-max", "-o", s(&out)];
+        let inp = fixture("unet", file);
+        args.push(s(&inp));
+        if !extra.is_empty() {
+            cfg = fixture("unet", extra[1]);
+            args.extend(["--arch-config", s(&cfg)]);
+        }
+        ok(&args);
+        outs.push(store::load(&out).unwrap());
+    }
+    for m in &outs[1..] {
+        assert_eq!(m.weights, outs[0].weights);
+        assert_eq!(m.spec.layers, outs[0].spec.layers);
+        assert_eq!(m.spec.preprocess, Preprocess::Log1pMax);
+    }
+}
+
+#[test]
+fn convert_errors_name_the_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("m.safetensors");
+    // weights-only without an architecture
+    let e = fails(&[
+        "convert",
+        s(&fixture("unet", "weights_k2.h5")),
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("--arch"), "{e}");
+    // the wrong architecture: spinn's layers are not in the unet file
+    let e = fails(&[
+        "convert",
+        s(&fixture("unet", "model.weights.h5")),
+        "--arch",
+        "spinn:32",
+        "-o",
+        s(&out),
+    ]);
+    assert!(
+        e.contains("conv2d_") && e.contains("wrong architecture"),
+        "{e}"
+    );
+    // the right topology at the wrong width: a shape mismatch naming the weight
+    let e = fails(&[
+        "convert",
+        s(&fixture("spinn_small", "weights_k2.h5")),
+        "--arch",
+        "spinn:32:0.25",
+        "-o",
+        s(&out),
+    ]);
+    assert!(
+        e.contains("conv2d_1/kernel") && e.contains("expected shape"),
+        "{e}"
+    );
+    // a model of spinn_small's own width converts with the preset
+    ok(&[
+        "convert",
+        s(&fixture("spinn_small", "weights_k2.h5")),
+        "--arch",
+        "spinn:32:0.125",
+        "--dtype",
+        "bf16",
+        "-o",
+        s(&out),
+    ]);
+    // an unknown layer type in a config
+    let cfg = std::fs::read_to_string(fixture("unet", "config.json")).unwrap();
+    let bad = t.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        cfg.replacen("\"Dropout\"", "\"LayerNormalization\"", 1),
+    )
+    .unwrap();
+    let e = fails(&[
+        "convert",
+        s(&fixture("unet", "model.weights.h5")),
+        "--arch-config",
+        s(&bad),
+        "-o",
+        s(&out),
+    ]);
+    assert!(
+        e.contains("LayerNormalization") && e.contains("dropout_1"),
+        "{e}"
+    );
+    // truncated inputs
+    for f in ["model.h5", "model.keras"] {
+        let bytes = std::fs::read(fixture("unet", f)).unwrap();
+        let cut = t.path().join(format!("cut_{f}"));
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let e = fails(&["convert", s(&cut), "-o", s(&out)]);
+        assert!(e.contains("cut_"), "{e}");
+    }
+}
+
+#[test]
+fn model_file_errors_are_clear() {
+    let t = tempfile::tempdir().unwrap();
+    let p = small_model(t.path());
+    let bytes = std::fs::read(&p).unwrap();
+    // truncated
+    let e = store::from_bytes(&p, &bytes[..bytes.len() - 100])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("truncated"), "{e}");
+    let m = store::load(&p).unwrap();
+    // a weight of the wrong shape
+    let mut w = m.weights.clone();
+    w.get_mut("conv2d_3/kernel").unwrap().shape = vec![3, 3, 8, 8, 2];
+    let e = Model::new(m.spec.clone(), w).unwrap_err().to_string();
+    assert!(
+        e.contains("conv2d_3/kernel") && e.contains("[3, 3, 8, 16]"),
+        "{e}"
+    );
+    // a missing tensor
+    let mut w = m.weights.clone();
+    w.remove("dense_2/bias");
+    let e = Model::new(m.spec.clone(), w).unwrap_err().to_string();
+    assert!(e.contains("dense_2/bias") && e.contains("missing"), "{e}");
+    // an unknown layer type in the stored description
+    let json = m
+        .spec
+        .to_json()
+        .replacen("\"MaxPooling2D\"", "\"AvgPooling2D\"", 1);
+    let e = cdiphase::nn::spec::ModelSpec::from_json(&json)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("AvgPooling2D"), "{e}");
+    // a safetensors file that is not a cdiphase model
+    let plain = safetensors::serialize(
+        [(
+            "x",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4])
+                .unwrap(),
+        )],
+        None,
+    )
+    .unwrap();
+    let e = store::from_bytes(Path::new("plain.safetensors"), &plain)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cdiphase.model"), "{e}");
+}
+
+#[test]
+fn safetensors_round_trip_f32_f16_bf16() {
+    let spec = cdiphase::nn::spinn::spinn(16, 0.125, Preprocess::Max).unwrap();
+    let m = Model::random(spec, 11).unwrap();
+    for (dt, tol) in [
+        (WeightDtype::F32, 0.0f32),
+        (WeightDtype::F16, 1.0 / 2048.0),
+        (WeightDtype::Bf16, 1.0 / 256.0),
+    ] {
+        let b = store::to_bytes(&m, dt).unwrap();
+        let r = store::from_bytes(Path::new("mem"), &b).unwrap();
+        assert_eq!(r.spec, m.spec);
+        let mut worst = 0.0f32;
+        for (k, t) in &m.weights {
+            let u = &r.weights[k];
+            assert_eq!(u.shape, t.shape);
+            for (&a, &b) in t.data.iter().zip(&u.data) {
+                worst = worst.max((a - b).abs() / a.abs().max(1e-3));
+            }
+        }
+        assert!(
+            worst <= tol,
+            "{dt:?}: worst relative weight error {worst} > {tol}"
+        );
+        if dt != WeightDtype::F32 {
+            assert!(worst > 0.0, "{dt:?} stored exactly?");
+        }
+    }
+}
+
+/// Patterns of random particles with a masked beamstop, as CXI.
+fn write_patterns(dir: &Path, n: usize, h: usize, w: usize) -> PathBuf {
+    let (p, _) = cdiphase::simulate::synthetic_particles(n, h, w, n, 5);
+    let mut mask = vec![0u8; h * w];
+    mask[(h / 2) * w + w / 2] = 1;
+    let path = dir.join("patterns.cxi");
+    let mut wr = CxiWriter::new();
+    wr.f32("entry_1/data_1/data", &[n, h, w], &p.intensities.data)
+        .unwrap();
+    wr.u8("entry_1/instrument_1/detector_1/mask", &[h, w], &mask)
+        .unwrap();
+    wr.finish(&path).unwrap();
+    path
+}
+
+#[test]
+fn predict_feeds_phase() {
+    let t = tempfile::tempdir().unwrap();
+    let model = small_model(t.path());
+    let n = 5;
+    let inp = write_patterns(t.path(), n, 32, 32);
+    let out = t.path().join("pred.cxi");
+    ok(&[
+        "predict",
+        s(&inp),
+        "--model",
+        s(&model),
+        "-o",
+        s(&out),
+        "--batch",
+        "2",
+        "--threads",
+        "2",
+        "--threshold",
+        "0.2",
+        "--quiet",
+    ]);
+    let (shape, data) = cdiphase::io::read_f32(&out, "entry_1/image_1/data").unwrap();
+    assert_eq!(shape, vec![n, 32, 32]);
+    assert!(data.iter().all(|v| v.is_finite()));
+    let sup = cdiphase::io::read_support(&out, None).unwrap();
+    // the support is output > 0.2 x per-pattern max, recomputed here
+    for i in 0..n {
+        let img = &data[i * 1024..(i + 1) * 1024];
+        let mx = img.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        for (j, &v) in img.iter().enumerate() {
+            assert_eq!(sup.data[i * 1024 + j], u8::from(mx > 0.0 && v > 0.2 * mx));
+        }
+    }
+    // the same result as the library on the same preprocessing (mask -> 0, log1p, / max)
+    let m = store::load(&model).unwrap();
+    let net = Network::new(&m, Mode::F32).unwrap();
+    let ps = cdiphase::io::read_patterns(&inp, None).unwrap();
+    let mut x = ps.intensities.data.clone();
+    let mask = ps.mask.as_ref().unwrap();
+    for p in x.chunks_mut(1024) {
+        Preprocess::Log1pMax.apply(p, Some(&mask.data));
+    }
+    let mut r = Runner::new(
+        &net,
+        n,
+        Options {
+            threads: 1,
+            mode: Mode::F32,
+            poison: true,
+        },
+    )
+    .unwrap();
+    let y = r.run(&x, n).unwrap();
+    let e = y
+        .iter()
+        .zip(&data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(e < 1e-5, "predict CLI vs library: {e}");
+    // the output is a starting support and object for phase
+    let ph = t.path().join("phased.cxi");
+    ok(&[
+        "phase",
+        s(&inp),
+        "-o",
+        s(&ph),
+        "--support",
+        s(&out),
+        "--init",
+        s(&out),
+        "--quiet",
+        "--algorithm",
+        "10*ER",
+    ]);
+    assert!(ph.exists());
+}
+
+#[test]
+fn predict_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let model = small_model(t.path());
+    let inp = write_patterns(t.path(), 2, 24, 32);
+    let out = t.path().join("pred.cxi");
+    let e = fails(&["predict", s(&inp), "--model", s(&model), "-o", s(&out)]);
+    assert!(e.contains("32, 32") && e.contains("24, 32"), "{e}");
+    assert!(!out.exists());
+    let e = fails(&[
+        "predict",
+        s(&inp),
+        "--model",
+        s(&t.path().join("none.safetensors")),
+        "-o",
+        s(&out),
+    ]);
+    assert!(e.contains("none.safetensors"), "{e}");
+    let e = fails(&[
+        "predict",
+        s(&inp),
+        "--model",
+        s(&model),
+        "-o",
+        s(&out),
+        "--device",
+        "cuda",
+    ]);
+    assert!(e.contains("CPU"), "{e}");
+}
+
+#[test]
+fn bench_network_json_keys() {
+    let o = ok(&[
+        "bench",
+        "network",
+        "--arch",
+        "spinn:16:0.125",
+        "--batch",
+        "3",
+        "--threads",
+        "2",
+        "--iterations",
+        "2",
+        "--json",
+        "--fast",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "images_per_s",
+        "ms_per_batch",
+        "batch",
+        "threads",
+        "mode",
+        "params",
+        "gflop_per_image",
+        "peak_rss_bytes",
+        "bytes_per_image",
+    ] {
+        assert!(v.get(k).is_some(), "missing key {k} in {v}");
+    }
+    assert_eq!(v["batch"], 3);
+    assert_eq!(v["mode"], "winograd-f2x2-3x3");
+    assert!(v["fast_max_rel_err"].as_f64().unwrap() < 1e-4);
+}

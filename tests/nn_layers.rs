@@ -1,0 +1,843 @@
+//! Every layer type of the network engine against float64 references written here (naive
+//! loops, Keras definitions), at awkward sizes, batch 1 and 7, by relative norm error.
+
+use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
+use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next() as f32).collect()
+    }
+}
+
+fn act64(a: Activation, x: f64) -> f64 {
+    match a {
+        Activation::Linear => x,
+        Activation::Relu => x.max(0.0),
+        Activation::Tanh => x.tanh(),
+        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+    }
+}
+
+/// TF 'same' leading pad.
+fn pad_before(len: usize, k: usize, s: usize) -> usize {
+    let out = len.div_ceil(s);
+    ((out - 1) * s + k).saturating_sub(len) / 2
+}
+
+/// Keras Conv2D: cross-correlation, kernel (kh,kw,in,out).
+#[allow(clippy::too_many_arguments)]
+fn conv_ref(
+    x: &[f64],
+    n: usize,
+    h: usize,
+    w: usize,
+    ci: usize,
+    k: &[f32],
+    b: &[f32],
+    kh: usize,
+    kw: usize,
+    co: usize,
+    s: [usize; 2],
+    p: Padding,
+    act: Activation,
+) -> (Vec<f64>, usize, usize) {
+    let (ho, wo, pt, pl) = match p {
+        Padding::Same => (
+            h.div_ceil(s[0]),
+            w.div_ceil(s[1]),
+            pad_before(h, kh, s[0]),
+            pad_before(w, kw, s[1]),
+        ),
+        Padding::Valid => ((h - kh) / s[0] + 1, (w - kw) / s[1] + 1, 0, 0),
+    };
+    let mut o = vec![0.0; n * ho * wo * co];
+    for im in 0..n {
+        for y in 0..ho {
+            for xo in 0..wo {
+                for c in 0..co {
+                    let mut acc = b[c] as f64;
+                    for dy in 0..kh {
+                        for dx in 0..kw {
+                            let r = (y * s[0] + dy) as isize - pt as isize;
+                            let q = (xo * s[1] + dx) as isize - pl as isize;
+                            if r < 0 || q < 0 || r >= h as isize || q >= w as isize {
+                                continue;
+                            }
+                            for i in 0..ci {
+                                acc += x[((im * h + r as usize) * w + q as usize) * ci + i]
+                                    * k[((dy * kw + dx) * ci + i) * co + c] as f64;
+                            }
+                        }
+                    }
+                    o[((im * ho + y) * wo + xo) * co + c] = act64(act, acc);
+                }
+            }
+        }
+    }
+    (o, ho, wo)
+}
+
+/// Keras Conv2DTranspose by its scatter definition: kernel (kh,kw,out,in); input pixel i
+/// adds to output o = i*s + t - pad for every tap t. Output length H*s ('same') or
+/// H*s + max(k - s, 0) ('valid'); pad = max(k - s, 0) / 2 ('same') or 0.
+#[allow(clippy::too_many_arguments)]
+fn convt_ref(
+    x: &[f64],
+    n: usize,
+    h: usize,
+    w: usize,
+    ci: usize,
+    k: &[f32],
+    b: &[f32],
+    kh: usize,
+    kw: usize,
+    co: usize,
+    s: [usize; 2],
+    p: Padding,
+    act: Activation,
+) -> (Vec<f64>, usize, usize) {
+    let (ho, wo, pt, pl) = match p {
+        Padding::Same => (
+            h * s[0],
+            w * s[1],
+            kh.saturating_sub(s[0]) / 2,
+            kw.saturating_sub(s[1]) / 2,
+        ),
+        Padding::Valid => (
+            h * s[0] + kh.saturating_sub(s[0]),
+            w * s[1] + kw.saturating_sub(s[1]),
+            0,
+            0,
+        ),
+    };
+    let mut o = vec![0.0; n * ho * wo * co];
+    for im in 0..n {
+        for r in 0..h {
+            for q in 0..w {
+                for dy in 0..kh {
+                    for dx in 0..kw {
+                        let y = (r * s[0] + dy) as isize - pt as isize;
+                        let xo = (q * s[1] + dx) as isize - pl as isize;
+                        if y < 0 || xo < 0 || y >= ho as isize || xo >= wo as isize {
+                            continue;
+                        }
+                        for c in 0..co {
+                            let mut acc = 0.0;
+                            for i in 0..ci {
+                                acc += x[((im * h + r) * w + q) * ci + i]
+                                    * k[((dy * kw + dx) * co + c) * ci + i] as f64;
+                            }
+                            o[((im * ho + y as usize) * wo + xo as usize) * co + c] += acc;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for v in o.chunks_mut(co) {
+        for (c, v) in v.iter_mut().enumerate() {
+            *v = act64(act, *v + b[c] as f64);
+        }
+    }
+    (o, ho, wo)
+}
+
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (&g, &w) in got.iter().zip(want) {
+        assert!(g.is_finite(), "non-finite output {g}");
+        num += (g as f64 - w).powi(2);
+        den += w * w;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn one_layer(input: [usize; 3], op: Op) -> ModelSpec {
+    ModelSpec {
+        name: "t".into(),
+        input_name: "input".into(),
+        input,
+        preprocess: Preprocess::Max,
+        layers: vec![LayerSpec {
+            name: "l".into(),
+            inputs: vec!["input".into()],
+            op,
+        }],
+        output: "l".into(),
+    }
+}
+
+fn run(model: &Model, x: &[f32], n: usize, mode: Mode, threads: usize) -> Vec<f32> {
+    let net = Network::new(model, mode).unwrap();
+    let mut r = Runner::new(
+        &net,
+        n,
+        Options {
+            threads,
+            mode,
+            poison: true,
+        },
+    )
+    .unwrap();
+    r.run(x, n).unwrap().to_vec()
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let mut rng = Rng(1);
+    // (h, w, ci, co, k, stride, padding, act, batch)
+    let cases = [
+        (
+            13,
+            11,
+            3,
+            5,
+            [3, 3],
+            [1, 1],
+            Padding::Same,
+            Activation::Relu,
+            1,
+        ),
+        (
+            17,
+            9,
+            20,
+            7,
+            [3, 3],
+            [1, 1],
+            Padding::Same,
+            Activation::Tanh,
+            7,
+        ), // shifted GEMM
+        (
+            17,
+            9,
+            20,
+            7,
+            [3, 3],
+            [1, 1],
+            Padding::Valid,
+            Activation::Linear,
+            2,
+        ),
+        (
+            11,
+            13,
+            17,
+            6,
+            [5, 2],
+            [1, 1],
+            Padding::Same,
+            Activation::Sigmoid,
+            3,
+        ), // even kw
+        (
+            33,
+            28,
+            1,
+            8,
+            [5, 5],
+            [2, 2],
+            Padding::Same,
+            Activation::Relu,
+            7,
+        ),
+        (
+            12,
+            10,
+            12,
+            16,
+            [3, 3],
+            [2, 2],
+            Padding::Valid,
+            Activation::Relu,
+            1,
+        ),
+        (
+            7,
+            5,
+            16,
+            3,
+            [1, 1],
+            [1, 1],
+            Padding::Same,
+            Activation::Sigmoid,
+            2,
+        ),
+        (
+            19,
+            23,
+            18,
+            4,
+            [3, 3],
+            [2, 1],
+            Padding::Same,
+            Activation::Linear,
+            2,
+        ),
+    ];
+    for (h, w, ci, co, k, s, p, act, n) in cases {
+        let spec = one_layer(
+            [h, w, ci],
+            Op::Conv2D {
+                filters: co,
+                kernel: k,
+                strides: s,
+                padding: p,
+                activation: act,
+                use_bias: true,
+            },
+        );
+        let model = Model::random(spec, 3).unwrap();
+        let x = rng.vec(n * h * w * ci);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let (want, _, _) = conv_ref(
+            &x64,
+            n,
+            h,
+            w,
+            ci,
+            &model.weights["l/kernel"].data,
+            &model.weights["l/bias"].data,
+            k[0],
+            k[1],
+            co,
+            s,
+            p,
+            act,
+        );
+        for threads in [1, 2] {
+            let got = run(&model, &x, n, Mode::F32, threads);
+            let e = rel_err(&got, &want);
+            assert!(
+                e < 1e-5,
+                "conv {h}x{w}x{ci}->{co} k{k:?} s{s:?} {p:?}: rel err {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn conv2d_transpose_matches_scatter_definition() {
+    let mut rng = Rng(2);
+    let cases = [
+        (
+            6,
+            5,
+            12,
+            12,
+            [3, 3],
+            [2, 2],
+            Padding::Same,
+            Activation::Linear,
+            7,
+        ),
+        (
+            5,
+            4,
+            16,
+            8,
+            [5, 5],
+            [2, 2],
+            Padding::Valid,
+            Activation::Relu,
+            1,
+        ),
+        (
+            13,
+            11,
+            20,
+            6,
+            [5, 5],
+            [1, 1],
+            Padding::Same,
+            Activation::Tanh,
+            2,
+        ), // shifted GEMM
+        (
+            13,
+            11,
+            8,
+            4,
+            [3, 3],
+            [1, 1],
+            Padding::Valid,
+            Activation::Relu,
+            3,
+        ),
+        (
+            7,
+            9,
+            17,
+            5,
+            [3, 3],
+            [1, 1],
+            Padding::Same,
+            Activation::Relu,
+            2,
+        ),
+        (
+            7,
+            6,
+            3,
+            2,
+            [2, 2],
+            [2, 2],
+            Padding::Same,
+            Activation::Sigmoid,
+            2,
+        ),
+        (
+            4,
+            5,
+            3,
+            2,
+            [1, 1],
+            [3, 2],
+            Padding::Valid,
+            Activation::Linear,
+            1,
+        ),
+        (
+            5,
+            7,
+            16,
+            3,
+            [4, 3],
+            [3, 2],
+            Padding::Same,
+            Activation::Linear,
+            2,
+        ),
+    ];
+    for (h, w, ci, co, k, s, p, act, n) in cases {
+        let spec = one_layer(
+            [h, w, ci],
+            Op::Conv2DTranspose {
+                filters: co,
+                kernel: k,
+                strides: s,
+                padding: p,
+                activation: act,
+                use_bias: true,
+            },
+        );
+        let shapes = spec.shapes().unwrap();
+        let model = Model::random(spec, 4).unwrap();
+        let x = rng.vec(n * h * w * ci);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let (want, ho, wo) = convt_ref(
+            &x64,
+            n,
+            h,
+            w,
+            ci,
+            &model.weights["l/kernel"].data,
+            &model.weights["l/bias"].data,
+            k[0],
+            k[1],
+            co,
+            s,
+            p,
+            act,
+        );
+        assert_eq!(shapes[1], vec![ho, wo, co]);
+        for threads in [1, 2] {
+            let got = run(&model, &x, n, Mode::F32, threads);
+            let e = rel_err(&got, &want);
+            assert!(
+                e < 1e-5,
+                "convT {h}x{w}x{ci}->{co} k{k:?} s{s:?} {p:?}: rel err {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn winograd_matches_reference_closely() {
+    let mut rng = Rng(3);
+    for (h, w, ci, co, n) in [(13, 11, 16, 5, 1), (16, 16, 32, 32, 7), (9, 17, 24, 1, 2)] {
+        for transpose in [false, true] {
+            let op = |act| {
+                if transpose {
+                    Op::Conv2DTranspose {
+                        filters: co,
+                        kernel: [3, 3],
+                        strides: [1, 1],
+                        padding: Padding::Same,
+                        activation: act,
+                        use_bias: true,
+                    }
+                } else {
+                    Op::Conv2D {
+                        filters: co,
+                        kernel: [3, 3],
+                        strides: [1, 1],
+                        padding: Padding::Same,
+                        activation: act,
+                        use_bias: true,
+                    }
+                }
+            };
+            let model = Model::random(one_layer([h, w, ci], op(Activation::Relu)), 5).unwrap();
+            let x = rng.vec(n * h * w * ci);
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let f = if transpose { convt_ref } else { conv_ref };
+            let (want, _, _) = f(
+                &x64,
+                n,
+                h,
+                w,
+                ci,
+                &model.weights["l/kernel"].data,
+                &model.weights["l/bias"].data,
+                3,
+                3,
+                co,
+                [1, 1],
+                Padding::Same,
+                Activation::Relu,
+            );
+            let got = run(&model, &x, n, Mode::Winograd, 2);
+            let e = rel_err(&got, &want);
+            assert!(
+                e < 1e-5,
+                "winograd {h}x{w}x{ci}->{co} transpose={transpose}: rel err {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pool_upsample_dense_flatten_reshape_concat_dropout_activation() {
+    let mut rng = Rng(4);
+    let (h, w, c, n) = (13, 10, 3, 7);
+    // input -> maxpool(3x2, s 2x2, same) -> a ; input -> up(2x3) -> maxpool 2x3 valid -> b
+    // concat(a', b') needs equal H,W: use pool(2,2 valid) on input (6x5) and up(1x1)... keep
+    // it explicit: a = maxpool 2x2 valid (6x5x3); b = up 2x1 of maxpool 4x2 s(4,2) same
+    // (4x5 -> 8x5? no). Use: b = conv-free path: up(2,1) of maxpool(4,2) on input -> 3x5 ->
+    // 6x5x3. Then concat [a, b, a] -> 6x5x9, dropout, flatten, dense 7 sigmoid, reshape 7x1,
+    // dense 4 tanh (on the last axis), activation relu.
+    let l = |name: &str, inputs: &[&str], op: Op| LayerSpec {
+        name: name.into(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        op,
+    };
+    let spec = ModelSpec {
+        name: "misc".into(),
+        input_name: "input".into(),
+        input: [h, w, c],
+        preprocess: Preprocess::Max,
+        layers: vec![
+            l(
+                "a",
+                &["input"],
+                Op::MaxPooling2D {
+                    pool: [2, 2],
+                    strides: [2, 2],
+                    padding: Padding::Valid,
+                },
+            ),
+            l(
+                "p",
+                &["input"],
+                Op::MaxPooling2D {
+                    pool: [4, 2],
+                    strides: [4, 2],
+                    padding: Padding::Same,
+                },
+            ),
+            l("b", &["p"], Op::UpSampling2D { size: [2, 1] }),
+            l("cat", &["a", "b", "a"], Op::Concatenate),
+            l("drop", &["cat"], Op::Dropout),
+            l("flat", &["drop"], Op::Flatten),
+            l(
+                "d1",
+                &["flat"],
+                Op::Dense {
+                    units: 7,
+                    activation: Activation::Sigmoid,
+                    use_bias: true,
+                },
+            ),
+            l("r", &["d1"], Op::Reshape { target: vec![7, 1] }),
+            l(
+                "d2",
+                &["r"],
+                Op::Dense {
+                    units: 4,
+                    activation: Activation::Tanh,
+                    use_bias: false,
+                },
+            ),
+            l(
+                "act",
+                &["d2"],
+                Op::Activation {
+                    activation: Activation::Relu,
+                },
+            ),
+        ],
+        output: "act".into(),
+    };
+    // 'same' pooling 13 by 4 gives 4 rows, upsampled 8, but a is 6x5: concat must refuse,
+    // naming the layer
+    let err = Model::random(spec.clone(), 1).unwrap_err().to_string();
+    assert!(err.contains("'cat'") && err.contains("[8, 5, 3]"), "{err}");
+    // make them agree: pool 2x2 valid on 13 -> 6; 'p' pool 4x2 valid s(4,2) -> 3x5 -> up 2 -> 6x5
+    let mut spec = spec;
+    spec.layers[1].op = Op::MaxPooling2D {
+        pool: [4, 2],
+        strides: [4, 2],
+        padding: Padding::Valid,
+    };
+    let shapes = spec.shapes().unwrap();
+    assert_eq!(shapes[1], vec![6, 5, 3]);
+    assert_eq!(shapes[2], vec![3, 5, 3]);
+    assert_eq!(shapes[4], vec![6, 5, 9]);
+    let model = Model::random(spec, 6).unwrap();
+    let x = rng.vec(n * h * w * c);
+    let xi = |im: usize, r: usize, q: usize, ch: usize| x[((im * h + r) * w + q) * c + ch] as f64;
+    let pool = |im: usize, r0: usize, q0: usize, ph: usize, pw: usize, ch: usize| {
+        let mut m = f64::NEG_INFINITY;
+        for r in r0..(r0 + ph).min(h) {
+            for q in q0..(q0 + pw).min(w) {
+                m = m.max(xi(im, r, q, ch));
+            }
+        }
+        m
+    };
+    let d1k = &model.weights["d1/kernel"].data;
+    let d1b = &model.weights["d1/bias"].data;
+    let d2k = &model.weights["d2/kernel"].data;
+    let mut want = Vec::new();
+    for im in 0..n {
+        let mut flat: Vec<f64> = Vec::new();
+        for y in 0..6 {
+            for xo in 0..5 {
+                let a: Vec<f64> = (0..c).map(|ch| pool(im, 2 * y, 2 * xo, 2, 2, ch)).collect();
+                let b: Vec<f64> = (0..c)
+                    .map(|ch| pool(im, 4 * (y / 2), 2 * xo, 4, 2, ch))
+                    .collect();
+                flat.extend(&a);
+                flat.extend(&b);
+                flat.extend(&a);
+            }
+        }
+        assert_eq!(flat.len(), 6 * 5 * 9);
+        let d1: Vec<f64> = (0..7)
+            .map(|u| {
+                let s: f64 = flat
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * d1k[i * 7 + u] as f64)
+                    .sum();
+                act64(Activation::Sigmoid, s + d1b[u] as f64)
+            })
+            .collect();
+        for v in d1 {
+            for &k in &d2k[..4] {
+                want.push(act64(Activation::Tanh, v * k as f64).max(0.0));
+            }
+        }
+    }
+    for threads in [1, 2] {
+        let got = run(&model, &x, n, Mode::F32, threads);
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "misc layers: rel err {e}");
+    }
+}
+
+#[test]
+fn upsample_and_pool_exact() {
+    let mut rng = Rng(5);
+    let (h, w, c, n) = (5, 3, 2, 1);
+    let spec = ModelSpec {
+        name: "u".into(),
+        input_name: "input".into(),
+        input: [h, w, c],
+        preprocess: Preprocess::Max,
+        layers: vec![
+            LayerSpec {
+                name: "up".into(),
+                inputs: vec!["input".into()],
+                op: Op::UpSampling2D { size: [3, 2] },
+            },
+            LayerSpec {
+                name: "mp".into(),
+                inputs: vec!["up".into()],
+                op: Op::MaxPooling2D {
+                    pool: [2, 2],
+                    strides: [2, 2],
+                    padding: Padding::Same,
+                },
+            },
+        ],
+        output: "up".into(),
+    };
+    let model = Model::random(spec.clone(), 1).unwrap();
+    let x = rng.vec(n * h * w * c);
+    let got = run(&model, &x, n, Mode::F32, 1);
+    for y in 0..15 {
+        for q in 0..6 {
+            for ch in 0..c {
+                assert_eq!(got[(y * 6 + q) * c + ch], x[((y / 3) * w + q / 2) * c + ch]);
+            }
+        }
+    }
+    // 'same' max pooling of 15x6 by 2: 8x3, the last row pools one row only
+    let mut spec2 = spec;
+    spec2.output = "mp".into();
+    let model = Model::random(spec2, 1).unwrap();
+    let got = run(&model, &x, n, Mode::F32, 2);
+    assert_eq!(got.len(), 8 * 3 * c);
+    for y in 0..8 {
+        for q in 0..3 {
+            for ch in 0..c {
+                let mut m = f32::NEG_INFINITY;
+                for r in 2 * y..(2 * y + 2).min(15) {
+                    for s in 2 * q..2 * q + 2 {
+                        m = m.max(x[((r / 3) * w + s / 2) * c + ch]);
+                    }
+                }
+                assert_eq!(got[(y * 3 + q) * c + ch], m);
+            }
+        }
+    }
+}
+
+#[test]
+fn spinn_small_matches_layer_by_layer_reference() {
+    // the paper's topology at 16x16, 1/8 width: check the chain end to end in float64
+    let spec = cdiphase::nn::spinn::spinn(16, 0.125, Preprocess::Max).unwrap();
+    let model = Model::random(spec.clone(), 9).unwrap();
+    let n = 3;
+    let mut rng = Rng(6);
+    let x: Vec<f32> = (0..n * 256).map(|_| rng.next().abs() as f32).collect();
+    let mut cur: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let mut shape = [16usize, 16, 1];
+    for l in &spec.layers {
+        let kw = |s: &str| &model.weights[&format!("{}/{s}", l.name)].data;
+        match &l.op {
+            Op::Conv2D {
+                filters,
+                activation,
+                ..
+            } => {
+                let (o, ho, wo) = conv_ref(
+                    &cur,
+                    n,
+                    shape[0],
+                    shape[1],
+                    shape[2],
+                    kw("kernel"),
+                    kw("bias"),
+                    3,
+                    3,
+                    *filters,
+                    [1, 1],
+                    Padding::Same,
+                    *activation,
+                );
+                cur = o;
+                shape = [ho, wo, *filters];
+            }
+            Op::Conv2DTranspose {
+                filters,
+                activation,
+                ..
+            } => {
+                let (o, ho, wo) = convt_ref(
+                    &cur,
+                    n,
+                    shape[0],
+                    shape[1],
+                    shape[2],
+                    kw("kernel"),
+                    kw("bias"),
+                    3,
+                    3,
+                    *filters,
+                    [1, 1],
+                    Padding::Same,
+                    *activation,
+                );
+                cur = o;
+                shape = [ho, wo, *filters];
+            }
+            Op::MaxPooling2D { .. } => {
+                let [h, w, c] = shape;
+                let mut o = vec![0.0; n * (h / 2) * (w / 2) * c];
+                for im in 0..n {
+                    for y in 0..h / 2 {
+                        for q in 0..w / 2 {
+                            for ch in 0..c {
+                                let g = |r: usize, s: usize| cur[((im * h + r) * w + s) * c + ch];
+                                o[((im * (h / 2) + y) * (w / 2) + q) * c + ch] = g(2 * y, 2 * q)
+                                    .max(g(2 * y + 1, 2 * q))
+                                    .max(g(2 * y, 2 * q + 1))
+                                    .max(g(2 * y + 1, 2 * q + 1));
+                            }
+                        }
+                    }
+                }
+                cur = o;
+                shape = [h / 2, w / 2, c];
+            }
+            Op::UpSampling2D { .. } => {
+                let [h, w, c] = shape;
+                let mut o = vec![0.0; n * h * w * c * 4];
+                for im in 0..n {
+                    for y in 0..2 * h {
+                        for q in 0..2 * w {
+                            for ch in 0..c {
+                                o[((im * 2 * h + y) * 2 * w + q) * c + ch] =
+                                    cur[((im * h + y / 2) * w + q / 2) * c + ch];
+                            }
+                        }
+                    }
+                }
+                cur = o;
+                shape = [2 * h, 2 * w, c];
+            }
+            Op::Dense {
+                units, activation, ..
+            } => {
+                let din = cur.len() / n;
+                let (k, b) = (kw("kernel"), kw("bias"));
+                let mut o = vec![0.0; n * units];
+                for im in 0..n {
+                    for u in 0..*units {
+                        let s: f64 = (0..din)
+                            .map(|i| cur[im * din + i] * k[i * units + u] as f64)
+                            .sum();
+                        o[im * units + u] = act64(*activation, s + b[u] as f64);
+                    }
+                }
+                cur = o;
+                shape = [1, 1, *units];
+            }
+            Op::Flatten => {}
+            Op::Reshape { target } => shape = [target[0], target[1], target[2]],
+            _ => unreachable!(),
+        }
+    }
+    for (mode, tol) in [(Mode::F32, 1e-5), (Mode::Winograd, 1e-4)] {
+        let got = run(&model, &x, n, mode, 2);
+        let e = rel_err(&got, &cur);
+        assert!(e < tol, "spinn 16x16 {mode:?}: rel err {e}");
+    }
+}
