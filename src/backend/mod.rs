@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod emu;
 pub mod gpu_common;
+pub mod gpu_forward;
 pub mod gpu_nn;
 
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
