@@ -111,13 +111,47 @@ pub struct PredictArgs {
     quiet: bool,
 }
 
-fn device_cpu(s: &str) -> Result<()> {
-    match s.parse::<Device>()? {
-        Device::Auto | Device::Cpu => Ok(()),
-        d => bail!(
-            "--device {d:?}: network inference runs on the CPU in this build (use cpu or auto)"
-        ),
+/// `predict` on the GPU kernels (`emu`: the emulator; `cuda`: a real GPU), through
+/// `gpu_forward::GpuNetwork`. `auto` stays on the CPU for the network until the CUDA path
+/// has been measured on a GPU.
+fn predict_gpu(
+    device: Device,
+    model: &Model,
+    output_shape: &[usize],
+    ps: &io::PatternSet,
+    a: &PredictArgs,
+    progress: &dyn Fn(usize),
+) -> Result<cdiphase::nn::predict::Prediction> {
+    use cdiphase::backend::gpu_common::Launcher;
+    use cdiphase::backend::gpu_forward::GpuNetwork;
+    if a.fast {
+        bail!("--fast (Winograd) exists on the CPU engine only; drop it with --device {device:?}");
     }
+    let emu;
+    let cuda;
+    let launcher: &dyn Launcher = match device {
+        Device::Emu => {
+            emu = cdiphase::backend::emu::EmuLauncher::new(
+                cdiphase::backend::emu::ScheduleOrder::InOrder,
+            );
+            &emu
+        }
+        _ => {
+            cuda = cdiphase::backend::cuda::CudaLauncher::new(cdiphase::backend::cuda_ordinal()?)?;
+            &cuda
+        }
+    };
+    let g = GpuNetwork::new(launcher, model)?;
+    Ok(cdiphase::nn::predict::predict_with(
+        &model.spec,
+        output_shape,
+        &ps.intensities,
+        ps.mask.as_ref(),
+        a.batch,
+        a.threshold,
+        &mut |x, b| g.run(x, b),
+        progress,
+    )?)
 }
 
 fn threads_or_default(t: Option<usize>) -> usize {
@@ -125,7 +159,7 @@ fn threads_or_default(t: Option<usize>) -> usize {
 }
 
 pub fn cmd_predict(a: PredictArgs) -> Result<()> {
-    device_cpu(&a.device)?;
+    let device: Device = a.device.parse()?;
     if !(a.threshold.is_finite() && (0.0..=1.0).contains(&a.threshold)) {
         bail!("--threshold {}: expected a fraction in [0, 1]", a.threshold);
     }
@@ -159,15 +193,23 @@ pub fn cmd_predict(a: PredictArgs) -> Result<()> {
     };
     let pb = crate::progress_bar(st.n as u64, a.quiet, "predict");
     let t = std::time::Instant::now();
-    let p = cdiphase::nn::predict::predict(
-        &net,
-        st,
-        ps.mask.as_ref(),
-        a.batch,
-        a.threshold,
-        opts,
-        &|done| pb.set_position(done as u64),
-    )
+    let p = match device {
+        Device::Emu | Device::Cuda => {
+            predict_gpu(device, &model, &net.output_shape, &ps, &a, &|done| {
+                pb.set_position(done as u64)
+            })
+        }
+        Device::Auto | Device::Cpu => cdiphase::nn::predict::predict(
+            &net,
+            st,
+            ps.mask.as_ref(),
+            a.batch,
+            a.threshold,
+            opts,
+            &|done| pb.set_position(done as u64),
+        )
+        .map_err(Into::into),
+    }
     .with_context(|| format!("model {} on {}", a.model.display(), a.input.display()))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
@@ -187,7 +229,11 @@ pub fn cmd_predict(a: PredictArgs) -> Result<()> {
             net.spec.name,
             net.spec.preprocess,
             a.threshold,
-            mode.name()
+            match device {
+                Device::Emu => "gpu kernels under the emulator",
+                Device::Cuda => "gpu kernels on CUDA",
+                _ => mode.name(),
+            }
         ),
     )?;
     wr.finish(&a.output)

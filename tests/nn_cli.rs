@@ -364,7 +364,57 @@ fn predict_errors() {
         "--device",
         "cuda",
     ]);
-    assert!(e.contains("CPU"), "{e}");
+    assert!(e.to_lowercase().contains("cuda"), "{e}");
+    assert!(!out.exists());
+}
+
+/// `predict --device emu` runs the network through the CUDA kernels under the emulator and
+/// writes the same output and support as the CPU engine (within f32 rounding).
+#[test]
+fn predict_on_emulated_gpu_matches_cpu() {
+    let t = tempfile::tempdir().unwrap();
+    let model = small_model(t.path());
+    let n = 3;
+    let inp = write_patterns(t.path(), n, 32, 32);
+    let (cpu, emu) = (t.path().join("cpu.cxi"), t.path().join("emu.cxi"));
+    for (out, dev) in [(&cpu, "cpu"), (&emu, "emu")] {
+        ok(&[
+            "predict",
+            s(&inp),
+            "--model",
+            s(&model),
+            "-o",
+            s(out),
+            "--batch",
+            "2",
+            "--device",
+            dev,
+            "--quiet",
+        ]);
+    }
+    let (_, a) = cdiphase::io::read_f32(&cpu, "entry_1/image_1/data").unwrap();
+    let (shape, b) = cdiphase::io::read_f32(&emu, "entry_1/image_1/data").unwrap();
+    assert_eq!(shape, vec![n, 32, 32]);
+    let mx = a.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / mx;
+    assert!(err < 1e-5, "emu vs cpu {err}");
+    let e = fails(&[
+        "predict",
+        s(&inp),
+        "--model",
+        s(&model),
+        "-o",
+        s(&emu),
+        "--device",
+        "emu",
+        "--fast",
+    ]);
+    assert!(e.contains("--fast"), "{e}");
 }
 
 #[test]

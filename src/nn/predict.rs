@@ -35,27 +35,44 @@ pub fn predict(
     opts: Options,
     progress: &dyn Fn(usize),
 ) -> Result<Prediction> {
-    let (n, h, w) = (patterns.n, patterns.h, patterns.w);
-    let [mh, mw, mc] = net.spec.input;
-    if (h, w) != (mh, mw) || mc != 1 {
-        return Err(Error::Shape {
-            what: "patterns".into(),
-            expected: format!("(N, {mh}, {mw}) to match the model input ({mh}, {mw}, {mc})"),
-            found: vec![n, h, w],
-        });
-    }
-    let os = &net.output_shape;
-    if os.len() != 3 || os[2] != 1 {
-        return Err(Error::Shape {
-            what: format!("model '{}' output", net.spec.name),
-            expected: "(H, W, 1) for one image per pattern".into(),
-            found: os.clone(),
-        });
-    }
-    let (oh, ow) = (os[0], os[1]);
-    let batch = batch.clamp(1, n.max(1));
+    let batch = batch.clamp(1, patterns.n.max(1));
+    check_shapes(&net.spec, &net.output_shape, patterns)?;
     let mut runner = Runner::new(net, batch, opts)?;
-    let px = h * w;
+    predict_with(
+        &net.spec,
+        &net.output_shape,
+        patterns,
+        mask,
+        batch,
+        threshold,
+        &mut |x, b| runner.run(x, b).map(|o| o.to_vec()),
+        progress,
+    )
+}
+
+/// One engine's forward of `b` preprocessed patterns: `(input, b) -> outputs`.
+pub type RunBatch<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>> + 'a;
+
+/// [`predict`] with any engine: `run(input, b)` maps `b` preprocessed patterns to the
+/// network outputs (the CPU [`Runner`], or the GPU kernels through
+/// [`crate::backend::gpu_forward::GpuNetwork`]). Preprocessing, batching and the supports
+/// are shared.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_with(
+    spec: &super::spec::ModelSpec,
+    output_shape: &[usize],
+    patterns: &Stack<f32>,
+    mask: Option<&Stack<u8>>,
+    batch: usize,
+    threshold: f32,
+    run: &mut RunBatch<'_>,
+    progress: &dyn Fn(usize),
+) -> Result<Prediction> {
+    check_shapes(spec, output_shape, patterns)?;
+    let n = patterns.n;
+    let (oh, ow) = (output_shape[0], output_shape[1]);
+    let batch = batch.clamp(1, n.max(1));
+    let px = patterns.h * patterns.w;
     let mut input = vec![0.0f32; batch * px];
     let mut output = vec![f32::NAN; n * oh * ow];
     let mut support = vec![0u8; n * oh * ow];
@@ -70,11 +87,18 @@ pub fn predict(
                 let j = if m.n == 1 { 0 } else { done + i };
                 &m.data[j * px..(j + 1) * px]
             });
-            net.spec.preprocess.apply(dst, m);
+            spec.preprocess.apply(dst, m);
         }
-        let out = runner.run(&input[..b * px], b)?;
+        let out = run(&input[..b * px], b)?;
         let opx = oh * ow;
-        output[done * opx..(done + b) * opx].copy_from_slice(out);
+        if out.len() != b * opx {
+            return Err(Error::Shape {
+                what: format!("model '{}' output of a batch of {b}", spec.name),
+                expected: format!("{} values", b * opx),
+                found: vec![out.len()],
+            });
+        }
+        output[done * opx..(done + b) * opx].copy_from_slice(&out);
         for i in done..done + b {
             support_of(
                 &output[i * opx..(i + 1) * opx],
@@ -92,4 +116,30 @@ pub fn predict(
         output,
         support,
     })
+}
+
+/// The patterns fit the model input and the model gives one image per pattern.
+fn check_shapes(
+    spec: &super::spec::ModelSpec,
+    output_shape: &[usize],
+    patterns: &Stack<f32>,
+) -> Result<()> {
+    let (n, h, w) = (patterns.n, patterns.h, patterns.w);
+    let [mh, mw, mc] = spec.input;
+    if (h, w) != (mh, mw) || mc != 1 {
+        return Err(Error::Shape {
+            what: "patterns".into(),
+            expected: format!("(N, {mh}, {mw}) to match the model input ({mh}, {mw}, {mc})"),
+            found: vec![n, h, w],
+        });
+    }
+    let os = output_shape;
+    if os.len() != 3 || os[2] != 1 {
+        return Err(Error::Shape {
+            what: format!("model '{}' output", spec.name),
+            expected: "(H, W, 1) for one image per pattern".into(),
+            found: os.to_vec(),
+        });
+    }
+    Ok(())
 }
