@@ -1,9 +1,10 @@
 //! Alignment of a reconstruction to a reference under the trivial ambiguities of phase
 //! retrieval: translation (integer, by FFT cross-correlation), the twin (centrosymmetric
 //! flip + complex conjugate) and a global phase. Float64 throughout (not a hot path).
+//! The DFT, twin and shift are those of [`crate::eval::align`], which adds sub-pixel
+//! registration.
 
 use num_complex::Complex64;
-use rustfft::FftPlanner;
 
 /// The alignment found and the error it leaves.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -18,51 +19,11 @@ pub struct Alignment {
     pub error: f64,
 }
 
-/// In-place unnormalised 2-D DFT of an `h x w` row-major image (float64, row then column
-/// transforms).
-pub fn fft2(data: &mut [Complex64], h: usize, w: usize, inverse: bool) {
-    let mut planner = FftPlanner::<f64>::new();
-    let (rf, cf) = if inverse {
-        (planner.plan_fft_inverse(w), planner.plan_fft_inverse(h))
-    } else {
-        (planner.plan_fft_forward(w), planner.plan_fft_forward(h))
-    };
-    rf.process(data);
-    let mut col = vec![Complex64::new(0.0, 0.0); h];
-    for x in 0..w {
-        for y in 0..h {
-            col[y] = data[y * w + x];
-        }
-        cf.process(&mut col);
-        for y in 0..h {
-            data[y * w + x] = col[y];
-        }
-    }
-}
-
-/// The twin of an image: `conj(g(-r))` (index arithmetic modulo the size, so the result
-/// does not depend on where the origin is stored; the alignment shift absorbs the rest).
-pub fn twin(g: &[Complex64], h: usize, w: usize) -> Vec<Complex64> {
-    let mut out = vec![Complex64::new(0.0, 0.0); h * w];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = g[((h - y) % h) * w + (w - x) % w].conj();
-        }
-    }
-    out
-}
+pub use crate::eval::align::{fft2, twin};
 
 /// Circular shift: `out[y][x] = g[(y - dy) mod h][(x - dx) mod w]`.
 pub fn shift(g: &[Complex64], h: usize, w: usize, dy: i64, dx: i64) -> Vec<Complex64> {
-    let mut out = vec![Complex64::new(0.0, 0.0); h * w];
-    for y in 0..h {
-        let sy = (y as i64 - dy).rem_euclid(h as i64) as usize;
-        for x in 0..w {
-            let sx = (x as i64 - dx).rem_euclid(w as i64) as usize;
-            out[y * w + x] = g[sy * w + sx];
-        }
-    }
-    out
+    crate::eval::align::roll(g, h, w, dy, dx)
 }
 
 /// Align `candidate` to `reference` (both h x w, same storage convention) and return the
