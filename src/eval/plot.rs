@@ -198,13 +198,7 @@ pub fn fp_fn_scatter(dest: &Path, series: &[FpFn<'_>]) -> Result<()> {
             .label(format!("{} (n = {})", s.label, s.fp.len()))
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
         }
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(15.0))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(&e)?;
+        draw_legend(&mut ch, SeriesLabelPosition::UpperRight, dest)?;
         // right: FN histogram, horizontal
         let mut ch = ChartBuilder::on(&right)
             .margin(10)
@@ -232,6 +226,26 @@ pub fn fp_fn_scatter(dest: &Path, series: &[FpFn<'_>]) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The framed legend every figure uses, at `pos`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    ch: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
+    dest: &Path,
+) -> Result<()> {
+    ch.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(font(15.0))
+        .position(pos)
+        .draw()
+        .map_err(perr(dest))
+}
+
+/// A legend marker: a short line in the series colour.
+fn legend_line(col: RGBColor, x: i32, y: i32) -> PathElement<(i32, i32)> {
+    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
 }
 
 fn step_points(h: &[usize], max: f64, nb: usize) -> Vec<(f64, f64)> {
@@ -301,17 +315,9 @@ pub fn prtf_curves(
             ch.draw_series(LineSeries::new(pts, col.stroke_width(2)))
                 .map_err(&e)?
                 .label(lab)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
-                });
+                .legend(move |(x, y)| legend_line(col, x, y));
         }
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(15.0))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(&e)?;
+        draw_legend(&mut ch, SeriesLabelPosition::UpperRight, dest)?;
         Ok(())
     })
 }
@@ -410,17 +416,9 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
             ch.draw_series(LineSeries::new(med, col.stroke_width(2)))
                 .map_err(&e)?
                 .label(format!("{} (n = {n})", s.label))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
-                });
+                .legend(move |(x, y)| legend_line(col, x, y));
         }
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(15.0))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(&e)?;
+        draw_legend(&mut ch, SeriesLabelPosition::UpperRight, dest)?;
         Ok(())
     })
 }
@@ -479,15 +477,9 @@ pub fn value_histogram(
             ))
             .map_err(&e)?
             .label(format!("{label} (median {med:.3})"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3)));
+            .legend(move |(x, y)| legend_line(col, x, y));
         }
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(15.0))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(&e)?;
+        draw_legend(&mut ch, SeriesLabelPosition::UpperRight, dest)?;
         Ok(())
     })
 }
@@ -542,17 +534,9 @@ pub fn value_cdf(
             ch.draw_series(LineSeries::new(pts, col.stroke_width(2)))
                 .map_err(&e)?
                 .label(format!("{label} (median {med:.3}, n = {})", sorted.len()))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(3))
-                });
+                .legend(move |(x, y)| legend_line(col, x, y));
         }
-        ch.configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(font(15.0))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(&e)?;
+        draw_legend(&mut ch, SeriesLabelPosition::LowerRight, dest)?;
         Ok(())
     })
 }
