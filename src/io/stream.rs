@@ -446,8 +446,9 @@ impl StreamWriter {
         walk(&self.objects, 0, idx, "").unwrap_or_default()
     }
 
-    /// The version 2 object header of object `i` (`addrs` empty: placeholder addresses,
-    /// same size).
+    /// The version 2 object header of object `i`. With `addrs` empty the child addresses
+    /// are written as zeros: the header has its final size, which `finish` needs to lay out
+    /// the addresses before it writes the real headers.
     fn header(&self, i: usize, data_addr: &[(u64, u64)], addrs: &[u64]) -> Vec<u8> {
         let o = &self.objects[i];
         let mut msgs: Vec<(u8, Vec<u8>)> = Vec::new();
