@@ -36,6 +36,20 @@ pub fn fft2(data: &mut [Complex64], h: usize, w: usize, inverse: bool) {
     }
 }
 
+/// ||reference - x|| / ||reference||, given `ref_norm` = ||reference||^2 (infinite for an
+/// empty reference).
+pub fn normalised_error(reference: &[Complex64], x: &[Complex64], ref_norm: f64) -> f64 {
+    if ref_norm <= 0.0 {
+        return f64::INFINITY;
+    }
+    let err2: f64 = reference
+        .iter()
+        .zip(x)
+        .map(|(a, b)| (a - b).norm_sqr())
+        .sum();
+    (err2 / ref_norm).sqrt()
+}
+
 /// Centrosymmetric flip `g(-r)` (indices modulo the size).
 pub fn flip<T: Copy>(g: &[T], h: usize, w: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(h * w);
@@ -258,16 +272,7 @@ pub fn align(
             Complex64::from_polar(1.0, dot.arg())
         };
         shifted.iter_mut().for_each(|v| *v *= c);
-        let err2: f64 = reference
-            .iter()
-            .zip(&shifted)
-            .map(|(a, b)| (a - b).norm_sqr())
-            .sum();
-        let error = if ref_norm > 0.0 {
-            (err2 / ref_norm).sqrt()
-        } else {
-            f64::INFINITY
-        };
+        let error = normalised_error(reference, &shifted, ref_norm);
         let al = Alignment {
             shift: (dy, dx),
             twin: tw,

@@ -72,16 +72,7 @@ pub fn align(
         let phase = dot.arg();
         let rot = Complex64::from_polar(1.0, phase);
         shifted.iter_mut().for_each(|c| *c *= rot);
-        let err2: f64 = reference
-            .iter()
-            .zip(&shifted)
-            .map(|(a, b)| (a - b).norm_sqr())
-            .sum();
-        let error = if ref_norm > 0.0 {
-            (err2 / ref_norm).sqrt()
-        } else {
-            f64::INFINITY
-        };
+        let error = crate::eval::align::normalised_error(reference, &shifted, ref_norm);
         let al = Alignment {
             shift: (dy, dx),
             twin: tw,
