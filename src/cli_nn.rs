@@ -104,11 +104,43 @@ pub struct PredictArgs {
     device: String,
     #[arg(long)]
     threads: Option<usize>,
-    /// Winograd F(2x2,3x3) for the 3x3 convolutions (faster, slightly less exact).
-    #[arg(long)]
+    /// CPU kernels: f32 (exact), f32-gemm (the GEMM paths, for comparison), winograd
+    /// (F(2x2,3x3)), bf16 (bf16 products, f32 sums: AMX, else AVX512_BF16), bf16-avx512.
+    #[arg(long, value_enum, default_value_t = NetMode::F32)]
+    mode: NetMode,
+    /// The fastest opt-in mode this CPU has: bf16 on AMX, else winograd.
+    #[arg(long, conflicts_with = "mode")]
     fast: bool,
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// `--mode` of `predict` and `bench network`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetMode {
+    F32,
+    F32Gemm,
+    Winograd,
+    Bf16,
+    Bf16Avx512,
+}
+
+/// The engine mode for `--mode` / `--fast`.
+pub fn engine_mode(mode: NetMode, fast: bool) -> Mode {
+    if fast {
+        return if cdiphase::nn::cpu::amx_available() {
+            Mode::Bf16
+        } else {
+            Mode::Winograd
+        };
+    }
+    match mode {
+        NetMode::F32 => Mode::F32,
+        NetMode::F32Gemm => Mode::Gemm,
+        NetMode::Winograd => Mode::Winograd,
+        NetMode::Bf16 => Mode::Bf16,
+        NetMode::Bf16Avx512 => Mode::Bf16Avx512,
+    }
 }
 
 /// `predict` on the GPU kernels (`emu`: the emulator; `cuda`: a real GPU), through
@@ -124,8 +156,8 @@ fn predict_gpu(
 ) -> Result<cdiphase::nn::predict::Prediction> {
     use cdiphase::backend::gpu_common::Launcher;
     use cdiphase::backend::gpu_forward::GpuNetwork;
-    if a.fast {
-        bail!("--fast (Winograd) exists on the CPU engine only; drop it with --device {device:?}");
+    if a.fast || a.mode != NetMode::F32 {
+        bail!("--fast / --mode select CPU kernels; drop them with --device {device:?}");
     }
     let emu;
     let cuda;
@@ -171,7 +203,7 @@ pub fn cmd_predict(a: PredictArgs) -> Result<()> {
     }
     let model =
         store::load(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
-    let mode = if a.fast { Mode::Winograd } else { Mode::F32 };
+    let mode = engine_mode(a.mode, a.fast);
     let net = Network::new(&model, mode)?;
     let ps = io::read_patterns(&a.input, a.entry.as_deref())
         .with_context(|| format!("reading patterns from {}", a.input.display()))?;
@@ -258,6 +290,7 @@ pub struct NetBench<'a> {
     pub batch: usize,
     pub threads: Option<usize>,
     pub iterations: u64,
+    pub mode: NetMode,
     pub fast: bool,
     pub json: bool,
 }
@@ -268,7 +301,7 @@ pub fn bench_network(b: NetBench) -> Result<()> {
         (None, a) => Model::random(arch_preset(a.unwrap_or("spinn"), Preprocess::Max)?, 1)?,
     };
     let threads = threads_or_default(b.threads);
-    let mode = if b.fast { Mode::Winograd } else { Mode::F32 };
+    let mode = engine_mode(b.mode, b.fast);
     let r =
         cdiphase::nn::bench::bench_network(&model, b.batch, threads, b.iterations as usize, mode)?;
     if b.json {
@@ -302,7 +335,7 @@ pub fn bench_network(b: NetBench) -> Result<()> {
             println!("  {name:22} {ms:9.1} ms/batch  {algo}");
         }
         if let Some(e) = r.fast_max_rel_err {
-            println!("fast vs f32:      max rel err {e:.2e}");
+            println!("{} vs f32:  max rel err {e:.2e}", r.mode);
         }
     }
     Ok(())

@@ -206,8 +206,12 @@ struct BenchArgs {
     /// network: architecture preset with seeded random weights (spinn, spinn:SIZE[:WIDTH]).
     #[arg(long)]
     arch: Option<String>,
-    /// network: the opt-in fast mode (Winograd F(2x2,3x3)); its error against f32 is reported.
-    #[arg(long)]
+    /// network: CPU kernels (f32, f32-gemm, winograd, bf16); a mode other than f32 reports
+    /// its error against f32.
+    #[arg(long, value_enum, default_value_t = cli_nn::NetMode::F32)]
+    mode: cli_nn::NetMode,
+    /// network: the fastest opt-in mode of this CPU (bf16 on AMX, else winograd).
+    #[arg(long, conflicts_with = "mode")]
     fast: bool,
     /// Pattern size HxW (or one number for square).
     #[arg(long, default_value = "128x128")]
@@ -676,6 +680,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             batch: a.batch.unwrap_or(64),
             threads: a.threads,
             iterations: a.iterations.unwrap_or(5),
+            mode: a.mode,
             fast: a.fast,
             json: a.json,
         });

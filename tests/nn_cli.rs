@@ -431,7 +431,8 @@ fn bench_network_json_keys() {
         "--iterations",
         "2",
         "--json",
-        "--fast",
+        "--mode",
+        "winograd",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for k in [
@@ -450,4 +451,27 @@ fn bench_network_json_keys() {
     assert_eq!(v["batch"], 3);
     assert_eq!(v["mode"], "winograd-f2x2-3x3");
     assert!(v["fast_max_rel_err"].as_f64().unwrap() < 1e-4);
+    // --fast: bf16 on AMX where the CPU has it, else Winograd; its error is reported
+    let o = ok(&[
+        "bench",
+        "network",
+        "--arch",
+        "spinn:16:0.125",
+        "--batch",
+        "3",
+        "--threads",
+        "2",
+        "--iterations",
+        "1",
+        "--json",
+        "--fast",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let amx = cdiphase::nn::cpu::amx_available();
+    assert_eq!(v["mode"], if amx { "bf16" } else { "winograd-f2x2-3x3" });
+    let e = v["fast_max_rel_err"].as_f64().unwrap();
+    assert!(
+        e > 0.0 && e < if amx { 0.1 } else { 1e-4 },
+        "--fast error {e}"
+    );
 }

@@ -841,3 +841,204 @@ fn spinn_small_matches_layer_by_layer_reference() {
         assert!(e < tol, "spinn 16x16 {mode:?}: rel err {e}");
     }
 }
+
+/// The direct kernels (f32, bf16, dot) at every tile shape they have: 1, 2 and 4 vectors
+/// of output channels with channel tails, the compile-time channel counts and a runtime
+/// one, a 1-channel input, fewer than 16 outputs (dot kernel, with an input-channel tail),
+/// even and 5x5 kernels, 'valid' padding, transposed stride-2 layers (a dilated P), tiles
+/// that span several rows (narrow images), batch 1 and 5, 1 and 2 threads. Each against
+/// the float64 reference, for `Mode::F32` (direct where the CPU has AVX-512), `Mode::Gemm`
+/// and, where the CPU has AVX512_BF16, `Mode::Bf16`; the layer's algorithm is checked so
+/// that a silent fallback cannot pass for the kernel under test.
+/// (h, w, ci, co, kernel, transpose stride (0: Conv2D), padding, activation, batch)
+type Case = (
+    usize,
+    usize,
+    usize,
+    usize,
+    [usize; 2],
+    usize,
+    Padding,
+    Activation,
+    usize,
+);
+
+#[test]
+fn direct_kernels_match_reference() {
+    let mut rng = Rng(9);
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let bf16 = avx512 && std::arch::is_x86_feature_detected!("avx512bf16");
+    let amx = cdiphase::nn::cpu::amx_available();
+    eprintln!("direct kernels: avx512f {avx512}, avx512bf16 {bf16}, amx {amx}");
+    // (h, w, ci, co, k, transpose stride, padding, act, batch)
+    let cases: &[Case] = &[
+        (
+            13,
+            11,
+            16,
+            16,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Relu,
+            3,
+        ),
+        (9, 17, 20, 33, [3, 3], 0, Padding::Same, Activation::Tanh, 2),
+        (7, 30, 64, 64, [3, 3], 0, Padding::Same, Activation::Relu, 1),
+        (
+            5,
+            6,
+            32,
+            70,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Linear,
+            5,
+        ),
+        (11, 13, 1, 24, [5, 5], 0, Padding::Same, Activation::Relu, 2),
+        (
+            6,
+            5,
+            128,
+            128,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Relu,
+            2,
+        ),
+        (
+            4,
+            4,
+            256,
+            32,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Sigmoid,
+            2,
+        ),
+        (
+            10,
+            9,
+            24,
+            48,
+            [2, 5],
+            0,
+            Padding::Valid,
+            Activation::Relu,
+            2,
+        ),
+        (
+            23,
+            19,
+            48,
+            3,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Sigmoid,
+            2,
+        ),
+        (
+            17,
+            21,
+            40,
+            1,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Linear,
+            1,
+        ),
+        (8, 7, 16, 16, [3, 3], 2, Padding::Same, Activation::Relu, 2),
+        (5, 9, 32, 1, [3, 3], 2, Padding::Same, Activation::Tanh, 3),
+        (6, 6, 17, 19, [3, 3], 1, Padding::Valid, Activation::Relu, 1),
+    ];
+    for &(h, w, ci, co, k, ts, p, act, n) in cases {
+        let op = if ts == 0 {
+            Op::Conv2D {
+                filters: co,
+                kernel: k,
+                strides: [1, 1],
+                padding: p,
+                activation: act,
+                use_bias: true,
+            }
+        } else {
+            Op::Conv2DTranspose {
+                filters: co,
+                kernel: k,
+                strides: [ts, ts],
+                padding: p,
+                activation: act,
+                use_bias: true,
+            }
+        };
+        let model = Model::random(one_layer([h, w, ci], op), 11).unwrap();
+        let x = rng.vec(n * h * w * ci);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let f = if ts == 0 { conv_ref } else { convt_ref };
+        let s = if ts == 0 { [1, 1] } else { [ts, ts] };
+        let (want, _, _) = f(
+            &x64,
+            n,
+            h,
+            w,
+            ci,
+            &model.weights["l/kernel"].data,
+            &model.weights["l/bias"].data,
+            k[0],
+            k[1],
+            co,
+            s,
+            p,
+            act,
+        );
+        let what = format!("{h}x{w}x{ci}->{co} k{k:?} transpose-stride {ts} {p:?} {act:?} n{n}");
+        let mut modes = vec![(Mode::F32, 1e-5), (Mode::Gemm, 1e-5)];
+        if bf16 {
+            modes.push((Mode::Bf16Avx512, 1.5e-2));
+        }
+        if amx || bf16 {
+            modes.push((Mode::Bf16, 1.5e-2));
+        }
+        for (mode, tol) in modes {
+            let net = Network::new(&model, mode).unwrap();
+            for threads in [1, 2] {
+                let mut r = Runner::new(
+                    &net,
+                    n,
+                    Options {
+                        threads,
+                        mode,
+                        poison: true,
+                    },
+                )
+                .unwrap();
+                let got = r.run(&x, n).unwrap().to_vec();
+                let e = rel_err(&got, &want);
+                assert!(e < tol, "{what} {mode:?} threads {threads}: rel err {e}");
+                let algo = r.profile()[0].2;
+                let expect = match mode {
+                    Mode::Gemm => None,
+                    _ if !avx512 => None,
+                    _ if co < 16 => Some("direct-dot"),
+                    Mode::Bf16 if ci >= 16 && amx => Some("amx-bf16"),
+                    Mode::Bf16 | Mode::Bf16Avx512 if ci >= 16 => Some("direct-bf16"),
+                    _ => Some("direct-f32"),
+                };
+                if let Some(a) = expect {
+                    assert_eq!(algo, a, "{what} {mode:?}");
+                } else {
+                    assert!(!algo.starts_with("direct"), "{what} {mode:?}: {algo}");
+                }
+                if algo == "direct-bf16" || algo == "amx-bf16" {
+                    // the inputs and weights really were rounded to bf16
+                    assert!(e > 1e-5, "{what}: bf16 error {e} is f32-exact");
+                }
+            }
+        }
+    }
+}

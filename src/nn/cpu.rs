@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::direct::{self, DirectKind, DirectPack};
 use super::spec::{same_pad_before, Activation, ModelSpec, Op, Padding};
 use super::winograd;
 use crate::{Error, Result};
@@ -110,22 +111,39 @@ impl Model {
     }
 }
 
+/// Does this CPU and kernel run the AMX bf16 kernels (`Mode::Bf16` then uses them)?
+pub fn amx_available() -> bool {
+    direct::amx_available()
+}
+
 /// How convolutions are computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// f32 GEMM (shifted GEMM or im2col), exact up to summation order.
+    /// f32, exact up to summation order: the direct AVX-512 kernels where the CPU has
+    /// AVX-512F (stride-1 layers), the GEMM paths otherwise.
     #[default]
     F32,
+    /// f32 through the GEMM paths only (shifted GEMM or im2col; for comparison).
+    Gemm,
     /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with >= 16 channels (2.25x fewer
     /// multiplications; a small accuracy cost, reported by the bench), GEMM for the rest.
     Winograd,
+    /// bf16 inputs and weights with f32 accumulation for the stride-1 layers with >= 16
+    /// input and output channels, f32 elsewhere: on the AMX tile unit where the CPU has it
+    /// (`tdpbf16ps`), else with AVX512_BF16 (`vdpbf16ps`).
+    Bf16,
+    /// As `Bf16`, always with AVX512_BF16 (`vdpbf16ps`), never AMX (for comparison).
+    Bf16Avx512,
 }
 
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::F32 => "f32",
+            Mode::Gemm => "f32-gemm",
             Mode::Winograd => "winograd-f2x2-3x3",
+            Mode::Bf16 => "bf16",
+            Mode::Bf16Avx512 => "bf16-avx512",
         }
     }
 }
@@ -157,6 +175,7 @@ enum ConvAlgo {
     Shifted,
     Im2col,
     Winograd,
+    Direct,
 }
 
 #[derive(Debug)]
@@ -183,6 +202,8 @@ pub(crate) struct ConvStep {
     algo: ConvAlgo,
     /// Winograd-transformed kernel (16, cin, cout)
     pub wino: Vec<f32>,
+    /// weights packed for the direct kernels
+    direct: Option<DirectPack>,
 }
 
 #[derive(Debug)]
@@ -249,6 +270,15 @@ impl Network {
     /// Compile a model: shape inference, kernel rearrangement (Conv2DTranspose flipped and
     /// transposed), algorithm choice per layer.
     pub fn new(model: &Model, mode: Mode) -> Result<Network> {
+        if (mode == Mode::Bf16 && !direct::available(true) && !direct::amx_available())
+            || (mode == Mode::Bf16Avx512 && !direct::available(true))
+        {
+            return Err(Error::Config(format!(
+                "{} mode needs a CPU with AMX-BF16 or AVX-512F with AVX512_BF16; this one \
+                 lacks them: use f32 or winograd",
+                mode.name()
+            )));
+        }
         let spec = &model.spec;
         let shapes = spec.shapes()?;
         let w = |name: &str, sfx: &str| -> Result<&Tensor> {
@@ -469,16 +499,34 @@ fn conv_step(
     act: Activation,
     mode: Mode,
 ) -> ConvStep {
-    let force_im2col = std::env::var("CDIPHASE_CONV_ALGO").is_ok_and(|v| v == "im2col");
-    let algo = if s == [1, 1] && cin >= 16 && !force_im2col {
-        if mode == Mode::Winograd && kh == 3 && kw == 3 {
-            ConvAlgo::Winograd
+    let force = std::env::var("CDIPHASE_CONV_ALGO").unwrap_or_default();
+    let gemm_only = mode == Mode::Gemm || force == "gemm";
+    let mut dkind = None;
+    let algo = if force == "im2col" {
+        ConvAlgo::Im2col
+    } else if s == [1, 1] && mode == Mode::Winograd && kh == 3 && kw == 3 && cin >= 16 && cout >= 16
+    {
+        ConvAlgo::Winograd
+    } else if s == [1, 1] && !gemm_only && direct::available(false) && (cout >= 16 || cin >= 16) {
+        dkind = Some(if cout < 16 {
+            DirectKind::Dot
+        } else if mode == Mode::Bf16 && cin >= 16 && direct::amx_available() {
+            DirectKind::Amx
+        } else if matches!(mode, Mode::Bf16 | Mode::Bf16Avx512)
+            && cin >= 16
+            && direct::available(true)
+        {
+            DirectKind::Bf16
         } else {
-            ConvAlgo::Shifted
-        }
+            DirectKind::F32
+        });
+        ConvAlgo::Direct
+    } else if s == [1, 1] && cin >= 16 {
+        ConvAlgo::Shifted
     } else {
         ConvAlgo::Im2col
     };
+    let direct = dkind.map(|k| direct::pack(&wgt, &bias, kh * kw, cin, cout, k));
     let wino = if algo == ConvAlgo::Winograd {
         winograd::transform_kernel(&wgt, cin, cout)
     } else {
@@ -502,6 +550,7 @@ fn conv_step(
         act,
         algo,
         wino,
+        direct,
     }
 }
 
@@ -523,7 +572,7 @@ impl ConvStep {
         (r % self.d[1] == 0 && r / self.d[1] < self.w).then_some(r / self.d[1])
     }
 
-    fn wp(&self) -> usize {
+    pub(crate) fn wp(&self) -> usize {
         self.wo + self.kw - 1
     }
 
@@ -533,6 +582,7 @@ impl ConvStep {
             ConvAlgo::Shifted => self.wp() * (self.cin + self.cout) * 4,
             ConvAlgo::Im2col => self.wo * (self.kh * self.kw * self.cin + self.cout) * 4,
             ConvAlgo::Winograd => return winograd::tile_rows(self, batch, threads, WINO_BYTES),
+            ConvAlgo::Direct => self.wp() * (self.cin + self.cout) * 4,
         };
         let mut rows = (TILE_BYTES / per_row.max(1)).clamp(1, self.ho);
         // enough items for every thread
@@ -550,13 +600,23 @@ impl ConvStep {
             }
             ConvAlgo::Im2col => rows * self.wo * self.kh * self.kw * self.cin,
             ConvAlgo::Winograd => winograd::scratch_len_rows(self, rows),
+            ConvAlgo::Direct => direct::scratch_len(self, self.packed(), rows),
         }
+    }
+
+    fn packed(&self) -> &DirectPack {
+        self.direct
+            .as_ref()
+            .expect("direct layers carry packed weights")
     }
 
     /// One tile: output rows [r0, r0 + rows) of image `x` (h*w*cin) into `out` (rows*wo*cout).
     fn run_tile(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], scratch: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
+            if self.algo == ConvAlgo::Direct {
+                return direct::tile(self, self.packed(), x, r0, rows, out, scratch);
+            }
             if self.algo != ConvAlgo::Winograd && std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has AVX-512F (checked just above).
                 return unsafe { self.run_tile_avx512(x, r0, rows, out, scratch) };
@@ -592,6 +652,7 @@ impl ConvStep {
             ConvAlgo::Shifted => self.tile_shifted(x, r0, rows, out, scratch),
             ConvAlgo::Im2col => self.tile_im2col(x, r0, rows, out, scratch),
             ConvAlgo::Winograd => winograd::tile(self, x, r0, rows, out, scratch),
+            ConvAlgo::Direct => direct::tile(self, self.packed(), x, r0, rows, out, scratch),
         }
     }
 
@@ -923,6 +984,12 @@ impl<'a> Runner<'a> {
                         ConvAlgo::Shifted => "shifted-gemm",
                         ConvAlgo::Im2col => "im2col-gemm",
                         ConvAlgo::Winograd => "winograd",
+                        ConvAlgo::Direct => match c.packed().kind {
+                            DirectKind::F32 => "direct-f32",
+                            DirectKind::Bf16 => "direct-bf16",
+                            DirectKind::Dot => "direct-dot",
+                            DirectKind::Amx => "amx-bf16",
+                        },
                     },
                     Kind::Dense { .. } => "gemm",
                     _ => "direct",

@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod cpu;
+mod direct;
 pub mod keras;
 pub mod predict;
 pub mod spec;

@@ -1,0 +1,853 @@
+//! Direct stride-1 convolution over the virtual padded input P with register-blocked
+//! AVX-512 micro-kernels: f32 FMA (`Mode::F32`), and bf16 pairs with `vdpbf16ps`
+//! (`Mode::Bf16`, f32 accumulation).
+//!
+//! A band of output rows copies its rows of P (width `wp = wo + kw - 1`, NHWC) into a
+//! thread buffer. Output pixel `m` of the band (flat over `rows x wp`, the `kw - 1` extra
+//! columns of each row are computed and dropped) reads, at tap `(dy, dx)`, band pixel
+//! `m + dy*wp + dx`: a tile of `MR` consecutive pixels is `MR` consecutive band pixels at
+//! every tap. A micro-kernel holds `MR x NV` vectors of 16 output channels in registers
+//! over the whole reduction (`kh*kw*cin`), broadcasting one input value per pixel and
+//! loading `NV` weight vectors per reduction step, then adds the bias, applies ReLU and
+//! stores straight into the layer output (masked for a channel tail). No accumulation
+//! buffer, no epilogue pass, no GEMM packing. With the common channel counts as
+//! compile-time constants every load address is a register plus a constant displacement.
+//!
+//! Layers with fewer than 16 output channels (the decoder's last layer) use a dot-product
+//! kernel vectorised over the input channels instead.
+
+use super::cpu::ConvStep;
+use super::spec::Activation;
+
+/// Which micro-kernel a direct layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DirectKind {
+    /// f32 FMA, `nv` vectors of 16 output channels per tile
+    F32,
+    /// bf16 input and weights, f32 accumulation (`vdpbf16ps`)
+    Bf16,
+    /// bf16 input and weights, f32 accumulation on the AMX tile unit (`tdpbf16ps`)
+    Amx,
+    /// fewer than 16 output channels: vectorised over input channels
+    Dot,
+}
+
+/// Weights rearranged for the direct kernels.
+#[derive(Debug)]
+pub(crate) struct DirectPack {
+    pub kind: DirectKind,
+    /// vectors of 16 output channels per block (F32, Bf16)
+    pub nv: usize,
+    /// output-channel blocks of `16 * nv`
+    pub ncb: usize,
+    /// F32: `[cb][tap][ci][16*nv]`; Dot: `[co][tap][cin16]` (cin padded to 16)
+    pub w32: Vec<f32>,
+    /// Bf16: `[cb][tap][ci/2][16*nv][2]` (cin padded to even);
+    /// Amx: `[cb32][tap][ci/32][half][16 pairs][16 co][2]` (cin and cout padded to 32)
+    pub w16: Vec<u16>,
+    /// bias padded to `ncb * 16 * nv`
+    pub bias: Vec<f32>,
+}
+
+/// Does this machine run the direct kernels (AVX-512F; bf16 also needs AVX512_BF16)?
+pub(crate) fn available(bf16: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && (!bf16 || std::arch::is_x86_feature_detected!("avx512bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = bf16;
+        false
+    }
+}
+
+/// Does this machine run the AMX bf16 kernel? CPUID says AMX-TILE and AMX-BF16, and the
+/// kernel grants this process the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`,
+/// Linux). Asked once per process.
+pub(crate) fn amx_available() -> bool {
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AMX.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            use std::arch::x86_64::__cpuid_count;
+            let l7 = __cpuid_count(7, 0);
+            let (tile, bf16) = (l7.edx >> 24 & 1 == 1, l7.edx >> 22 & 1 == 1);
+            if !(tile && bf16 && available(false)) {
+                return false;
+            }
+            let ret: i64;
+            // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18) only
+            // asks the kernel to allow the AMX state in this process; rcx and r11 are
+            // clobbered by `syscall`.
+            unsafe {
+                std::arch::asm!(
+                    "syscall",
+                    inlateout("rax") 158i64 => ret,
+                    in("rdi") 0x1023i64,
+                    in("rsi") 18i64,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            ret == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            false
+        }
+    })
+}
+
+/// Vectors per tile for `cout` output channels.
+/// (Measured on the paper's network: 2 vectors x 14 pixels beat 4 x 6 by 5 %, since a
+/// weight vector, streamed from L2, then serves 14 FMAs instead of 6.)
+fn nv_for(cout: usize) -> usize {
+    if cout >= 32 {
+        2
+    } else {
+        1
+    }
+}
+
+/// Largest tile, in pixels (tiles: 28 pixels x 1 vector, 14 x 2; 8 for Dot; 32 for Amx): the
+/// band's zero slack.
+const MR_MAX: usize = 32;
+
+fn bf16_bits(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+/// Pack `wgt` (`(kh*kw*cin, cout)`, row-major, cross-correlation over P).
+pub(crate) fn pack(
+    wgt: &[f32],
+    bias: &[f32],
+    taps: usize,
+    cin: usize,
+    cout: usize,
+    kind: DirectKind,
+) -> DirectPack {
+    match kind {
+        DirectKind::Dot => {
+            let c16 = cin.div_ceil(16) * 16;
+            let mut w32 = vec![0.0f32; cout * taps * c16];
+            for co in 0..cout {
+                for t in 0..taps {
+                    for ci in 0..cin {
+                        w32[(co * taps + t) * c16 + ci] = wgt[(t * cin + ci) * cout + co];
+                    }
+                }
+            }
+            DirectPack {
+                kind,
+                nv: 0,
+                ncb: cout,
+                w32,
+                w16: Vec::new(),
+                bias: bias.to_vec(),
+            }
+        }
+        DirectKind::Amx => {
+            let (kc, ncb) = (cin.div_ceil(32), cout.div_ceil(32));
+            let mut b = vec![0.0f32; ncb * 32];
+            b[..cout].copy_from_slice(bias);
+            let mut w16 = Vec::with_capacity(ncb * taps * kc * 1024);
+            for cb in 0..ncb {
+                for t in 0..taps {
+                    for k in 0..kc {
+                        for half in 0..2 {
+                            for pr in 0..16 {
+                                for j in 0..16 {
+                                    for e in 0..2 {
+                                        let (ci, co) =
+                                            (k * 32 + 2 * pr + e, cb * 32 + half * 16 + j);
+                                        let v = if ci < cin && co < cout {
+                                            wgt[(t * cin + ci) * cout + co]
+                                        } else {
+                                            0.0
+                                        };
+                                        w16.push(bf16_bits(v));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            DirectPack {
+                kind,
+                nv: 2,
+                ncb,
+                w32: Vec::new(),
+                w16,
+                bias: b,
+            }
+        }
+        DirectKind::F32 | DirectKind::Bf16 => {
+            let nv = nv_for(cout);
+            let nb = 16 * nv;
+            let ncb = cout.div_ceil(nb);
+            let mut b = vec![0.0f32; ncb * nb];
+            b[..cout].copy_from_slice(bias);
+            let w = |t: usize, ci: usize, co: usize| -> f32 {
+                if ci < cin && co < cout {
+                    wgt[(t * cin + ci) * cout + co]
+                } else {
+                    0.0
+                }
+            };
+            if kind == DirectKind::F32 {
+                // [cb][tap][ci][nb]: the kernel's reading order
+                let mut w32 = Vec::with_capacity(ncb * taps * cin * nb);
+                for cb in 0..ncb {
+                    for t in 0..taps {
+                        for ci in 0..cin {
+                            for j in 0..nb {
+                                w32.push(w(t, ci, cb * nb + j));
+                            }
+                        }
+                    }
+                }
+                DirectPack {
+                    kind,
+                    nv,
+                    ncb,
+                    w32,
+                    w16: Vec::new(),
+                    bias: b,
+                }
+            } else {
+                let c2 = cin.div_ceil(2);
+                let mut w16 = vec![0u16; ncb * taps * c2 * nb * 2];
+                for cb in 0..ncb {
+                    for t in 0..taps {
+                        for k in 0..c2 {
+                            for j in 0..nb {
+                                for e in 0..2 {
+                                    w16[(((cb * taps + t) * c2 + k) * nb + j) * 2 + e] =
+                                        bf16_bits(w(t, 2 * k + e, cb * nb + j));
+                                }
+                            }
+                        }
+                    }
+                }
+                DirectPack {
+                    kind,
+                    nv,
+                    ncb,
+                    w32: Vec::new(),
+                    w16,
+                    bias: b,
+                }
+            }
+        }
+    }
+}
+
+/// Band pixels (with the zero slack) for `rows` output rows.
+fn band_pixels(c: &ConvStep, rows: usize) -> usize {
+    (rows + c.kh - 1) * c.wp() + MR_MAX
+}
+
+/// f32 elements of scratch for a band of `rows` output rows.
+pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
+    let px = band_pixels(c, rows);
+    match p.kind {
+        DirectKind::F32 | DirectKind::Dot => px * c.cin,
+        // bf16 band (2 per f32 slot, cin padded to even) + one f32 row to convert from
+        DirectKind::Bf16 => px * c.cin.div_ceil(2) + c.wp() * c.cin,
+        // bf16 band (cin padded to 32) + one f32 row + the four 16x16 f32 result tiles
+        DirectKind::Amx => px * c.cin.div_ceil(32) * 16 + c.wp() * c.cin + 4 * 256,
+    }
+}
+
+/// Output rows `[r0, r0 + rows)` of image `x` into `out` (`rows * wo * cout`).
+pub(crate) fn tile(
+    c: &ConvStep,
+    p: &DirectPack,
+    x: &[f32],
+    r0: usize,
+    rows: usize,
+    out: &mut [f32],
+    sc: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(
+            available(p.kind == DirectKind::Bf16),
+            "direct kernels need AVX-512"
+        );
+        assert!(
+            p.kind != DirectKind::Amx || amx_available(),
+            "AMX is not available"
+        );
+        let need = rows * c.wo * c.cout;
+        assert!(out.len() >= need && sc.len() >= scratch_len(c, p, rows));
+        // SAFETY: the CPU features were checked when the layer chose the direct kernels and
+        // again just above; the slices were checked against the band's sizes.
+        unsafe {
+            match p.kind {
+                DirectKind::F32 => x86::tile_f32(c, p, x, r0, rows, out, sc),
+                DirectKind::Dot => x86::tile_dot(c, p, x, r0, rows, out, sc),
+                DirectKind::Bf16 => x86::tile_bf16(c, p, x, r0, rows, out, sc),
+                DirectKind::Amx => x86::tile_amx(c, p, x, r0, rows, out, sc),
+            }
+        }
+        if !matches!(c.act, Activation::Relu | Activation::Linear) {
+            for v in &mut out[..need] {
+                *v = c.act.apply(*v);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (c, p, x, r0, rows, out, sc);
+        unreachable!("direct kernels are chosen only where available() is true");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// the micro-kernels index their register arrays by pixel and vector on purpose
+#[allow(clippy::needless_range_loop)]
+mod x86 {
+    use super::{band_pixels, DirectPack, MR_MAX};
+    use crate::nn::cpu::ConvStep;
+    use crate::nn::spec::Activation;
+    use std::arch::x86_64::*;
+
+    /// The same 512 bits as 32 bf16.
+    #[inline(always)]
+    fn bh(v: __m512i) -> __m512bh {
+        // SAFETY: both are plain 64-byte vectors.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+
+    /// Destination of each pixel of a tile (null: a dropped column or past the band).
+    #[inline(always)]
+    fn dests<const MR: usize>(
+        c: &ConvStep,
+        out: *mut f32,
+        m0: usize,
+        mtot: usize,
+        ch0: usize,
+    ) -> [*mut f32; MR] {
+        let wp = c.wp();
+        let mut d = [std::ptr::null_mut(); MR];
+        let (mut y, mut xx) = (m0 / wp, m0 % wp);
+        for (i, di) in d.iter_mut().enumerate() {
+            if m0 + i < mtot && xx < c.wo {
+                // SAFETY: (y, xx) is an output pixel of the band, inside `out`.
+                *di = unsafe { out.add((y * c.wo + xx) * c.cout + ch0) };
+            }
+            xx += 1;
+            if xx == wp {
+                xx = 0;
+                y += 1;
+            }
+        }
+        d
+    }
+
+    /// Lane masks of the `nv` vectors of block `cb` (the channel tail is masked).
+    #[inline(always)]
+    fn masks<const NV: usize>(cout: usize, ch0: usize) -> [u16; NV] {
+        let mut m = [0u16; NV];
+        for (v, mv) in m.iter_mut().enumerate() {
+            let lanes = cout.saturating_sub(ch0 + 16 * v).min(16);
+            *mv = if lanes == 16 {
+                0xffff
+            } else {
+                ((1u32 << lanes) - 1) as u16
+            };
+        }
+        m
+    }
+
+    /// Bias + ReLU and the (masked) stores of one tile.
+    #[inline(always)]
+    unsafe fn store<const MR: usize, const NV: usize>(
+        acc: &[[__m512; NV]; MR],
+        bias: *const f32,
+        relu: bool,
+        dst: &[*mut f32; MR],
+        mask: &[u16; NV],
+    ) {
+        let mut b = [_mm512_setzero_ps(); NV];
+        for (v, bv) in b.iter_mut().enumerate() {
+            *bv = _mm512_loadu_ps(bias.add(16 * v));
+        }
+        for i in 0..MR {
+            let d = dst[i];
+            if d.is_null() {
+                continue;
+            }
+            for v in 0..NV {
+                let mut r = _mm512_add_ps(acc[i][v], b[v]);
+                if relu {
+                    r = _mm512_max_ps(r, _mm512_setzero_ps());
+                }
+                if mask[v] == 0xffff {
+                    _mm512_storeu_ps(d.add(16 * v), r);
+                } else if mask[v] != 0 {
+                    _mm512_mask_storeu_ps(d.add(16 * v), mask[v], r);
+                }
+            }
+        }
+    }
+
+    /// One f32 tile: `MR` pixels from band pixel `t` on, `NV` vectors of channels.
+    /// `CIN` > 0 fixes the channel count at compile time (`cin` otherwise).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro_f32<const MR: usize, const NV: usize, const CIN: usize>(
+        t: *const f32,
+        cin: usize,
+        offs: &[usize],
+        w: *const f32,
+        bias: *const f32,
+        relu: bool,
+        dst: &[*mut f32; MR],
+        mask: &[u16; NV],
+    ) {
+        let cin = if CIN > 0 { CIN } else { cin };
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut wq = w;
+        for &off in offs {
+            let mut b = t.add(off);
+            for _ in 0..cin {
+                let mut wv = [_mm512_setzero_ps(); NV];
+                for (v, wvv) in wv.iter_mut().enumerate() {
+                    *wvv = _mm512_loadu_ps(wq.add(16 * v));
+                }
+                wq = wq.add(16 * NV);
+                for i in 0..MR {
+                    let a = _mm512_set1_ps(*b.add(i * cin));
+                    for v in 0..NV {
+                        acc[i][v] = _mm512_fmadd_ps(a, wv[v], acc[i][v]);
+                    }
+                }
+                b = b.add(1);
+            }
+        }
+        store(&acc, bias, relu, dst, mask);
+    }
+
+    /// One bf16 tile: like [`micro_f32`] over pairs of input channels (`C2` pairs).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro_bf16<const MR: usize, const NV: usize, const C2: usize>(
+        t: *const u32,
+        c2: usize,
+        offs: &[usize],
+        w: *const u16,
+        bias: *const f32,
+        relu: bool,
+        dst: &[*mut f32; MR],
+        mask: &[u16; NV],
+    ) {
+        let c2 = if C2 > 0 { C2 } else { c2 };
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mut wq = w;
+        for &off in offs {
+            let mut b = t.add(off);
+            for _ in 0..c2 {
+                let mut wv: [__m512bh; NV] = [bh(_mm512_setzero_si512()); NV];
+                for (v, wvv) in wv.iter_mut().enumerate() {
+                    *wvv = bh(_mm512_loadu_si512(wq.add(32 * v) as *const _));
+                }
+                wq = wq.add(32 * NV);
+                for i in 0..MR {
+                    let a = bh(_mm512_set1_epi32(*b.add(i * c2) as i32));
+                    for v in 0..NV {
+                        acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, wv[v]);
+                    }
+                }
+                b = b.add(1);
+            }
+        }
+        store(&acc, bias, relu, dst, mask);
+    }
+
+    fn offsets(c: &ConvStep, px: usize) -> Vec<usize> {
+        let wp = c.wp();
+        let mut o = Vec::with_capacity(c.kh * c.kw);
+        for dy in 0..c.kh {
+            for dx in 0..c.kw {
+                o.push((dy * wp + dx) * px);
+            }
+        }
+        o
+    }
+
+    /// Sweep the tiles of a band: `f(m0, cb)` for every tile start and channel block.
+    #[inline(always)]
+    fn sweep(c: &ConvStep, rows: usize, ncb: usize, mr: usize, mut f: impl FnMut(usize, usize)) {
+        let mtot = (rows - 1) * c.wp() + c.wo;
+        for cb in 0..ncb {
+            let mut m0 = 0;
+            while m0 < mtot {
+                f(m0, cb);
+                m0 += mr;
+            }
+        }
+    }
+
+    macro_rules! dispatch_cin {
+        ($f:ident, $mr:literal, $nv:literal, $cin:expr, $($arg:expr),*) => {
+            match $cin {
+                16 => $f::<$mr, $nv, 16>($($arg),*),
+                32 => $f::<$mr, $nv, 32>($($arg),*),
+                64 => $f::<$mr, $nv, 64>($($arg),*),
+                128 => $f::<$mr, $nv, 128>($($arg),*),
+                256 => $f::<$mr, $nv, 256>($($arg),*),
+                _ => $f::<$mr, $nv, 0>($($arg),*),
+            }
+        };
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_f32(
+        c: &ConvStep,
+        p: &DirectPack,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        let (cin, wp) = (c.cin, c.wp());
+        let prow = rows + c.kh - 1;
+        let band = &mut sc[..band_pixels(c, rows) * cin];
+        for jj in 0..prow {
+            c.fill_p_row(
+                x,
+                r0 + jj,
+                wp,
+                &mut band[jj * wp * cin..(jj + 1) * wp * cin],
+            );
+        }
+        band[prow * wp * cin..].fill(0.0);
+        let offs = offsets(c, cin);
+        let (nv, nb) = (p.nv, 16 * p.nv);
+        let taps = c.kh * c.kw;
+        let relu = c.act == Activation::Relu;
+        let mtot = (rows - 1) * wp + c.wo;
+        let (bp, op) = (band.as_ptr(), out.as_mut_ptr());
+        macro_rules! run {
+            ($mr:literal, $nv:literal) => {
+                sweep(c, rows, p.ncb, $mr, |m0, cb| {
+                    let dst = dests::<$mr>(c, op, m0, mtot, cb * nb);
+                    let mask = masks::<$nv>(c.cout, cb * nb);
+                    let w = p.w32.as_ptr().add(cb * taps * cin * nb);
+                    let b = p.bias.as_ptr().add(cb * nb);
+                    let t = bp.add(m0 * cin);
+                    dispatch_cin!(micro_f32, $mr, $nv, cin, t, cin, &offs, w, b, relu, &dst, &mask);
+                })
+            };
+        }
+        match nv {
+            1 => run!(28, 1),
+            _ => run!(14, 2),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile_bf16(
+        c: &ConvStep,
+        p: &DirectPack,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        let (cin, wp) = (c.cin, c.wp());
+        let c2 = cin.div_ceil(2);
+        let prow = rows + c.kh - 1;
+        let npx = band_pixels(c, rows);
+        let (band, row) = sc.split_at_mut(npx * c2);
+        // the band as bf16 pairs: pixel-major, cin padded to even
+        fill_band_bf16(c, x, r0, prow, 2 * c2, bytemuck::cast_slice_mut(band), row);
+        let offs = offsets(c, c2);
+        let (nv, nb) = (p.nv, 16 * p.nv);
+        let taps = c.kh * c.kw;
+        let relu = c.act == Activation::Relu;
+        let mtot = (rows - 1) * wp + c.wo;
+        let (bp, op) = (band.as_ptr() as *const u32, out.as_mut_ptr());
+        macro_rules! run {
+            ($mr:literal, $nv:literal) => {
+                sweep(c, rows, p.ncb, $mr, |m0, cb| {
+                    let dst = dests::<$mr>(c, op, m0, mtot, cb * nb);
+                    let mask = masks::<$nv>(c.cout, cb * nb);
+                    let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
+                    let b = p.bias.as_ptr().add(cb * nb);
+                    let t = bp.add(m0 * c2);
+                    let k2 = c2 * 2;
+                    // C2 = cin/2 for the common channel counts
+                    match k2 {
+                        32 => micro_bf16::<$mr, $nv, 16>(t, c2, &offs, w, b, relu, &dst, &mask),
+                        64 => micro_bf16::<$mr, $nv, 32>(t, c2, &offs, w, b, relu, &dst, &mask),
+                        128 => micro_bf16::<$mr, $nv, 64>(t, c2, &offs, w, b, relu, &dst, &mask),
+                        256 => micro_bf16::<$mr, $nv, 128>(t, c2, &offs, w, b, relu, &dst, &mask),
+                        _ => micro_bf16::<$mr, $nv, 0>(t, c2, &offs, w, b, relu, &dst, &mask),
+                    }
+                })
+            };
+        }
+        match nv {
+            1 => run!(28, 1),
+            _ => run!(14, 2),
+        }
+    }
+
+    /// The band's P rows as bf16, pixel-major with `cp >= cin` channels (zero padded), and
+    /// zeros after them; `row` is f32 scratch of at least `wp * cin`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn fill_band_bf16(
+        c: &ConvStep,
+        x: &[f32],
+        r0: usize,
+        prow: usize,
+        cp: usize,
+        b16: &mut [u16],
+        row: &mut [f32],
+    ) {
+        let (cin, wp) = (c.cin, c.wp());
+        let row = &mut row[..wp * cin];
+        for jj in 0..prow {
+            c.fill_p_row(x, r0 + jj, wp, row);
+            let dst = &mut b16[jj * wp * cp..(jj + 1) * wp * cp];
+            if cp == cin {
+                convert_bf16(row, dst);
+            } else {
+                for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
+                    convert_bf16(s, &mut d[..cin]);
+                    d[cin..].fill(0);
+                }
+            }
+        }
+        b16[prow * wp * cp..].fill(0);
+    }
+
+    /// The AMX tile configuration: palette 1, all eight tiles 16 rows x 64 bytes.
+    #[repr(C, align(64))]
+    struct TileCfg {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// AMX bf16: tiles of 32 band pixels x 32 output channels in four accumulator tiles
+    /// (tmm0..3: pixel block p, channel half h -> tmm(2p + h)), two A tiles (16 pixels x 32
+    /// input channels, read in place from the band with the pixel stride) and two B tiles
+    /// (32 input x 16 output channels, pairs) per step; a step is one tap and 32 input
+    /// channels. The accumulators go through a 4 KB buffer to the bias/ReLU epilogue.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile_amx(
+        c: &ConvStep,
+        p: &DirectPack,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        let wp = c.wp();
+        let kc = c.cin.div_ceil(32);
+        let cp = 32 * kc;
+        let prow = rows + c.kh - 1;
+        let npx = band_pixels(c, rows);
+        let (band, rest) = sc.split_at_mut(npx * cp / 2);
+        let (row, rest) = rest.split_at_mut(wp * c.cin);
+        fill_band_bf16(c, x, r0, prow, cp, bytemuck::cast_slice_mut(band), row);
+        // the 4 x 16 x 16 f32 result tiles
+        let cbuf = &mut rest[..4 * 256];
+        let offs = offsets(c, cp * 2); // bytes
+        let taps = offs.len();
+        let relu = c.act == Activation::Relu;
+        let mtot = (rows - 1) * wp + c.wo;
+        let bb = band.as_ptr() as *const u8;
+        let stride = cp * 2;
+        let cfg = TileCfg {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+            rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        use std::arch::asm;
+        asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileCfg, options(nostack));
+        for cb in 0..p.ncb {
+            let wcb = p.w16.as_ptr().add(cb * taps * kc * 1024) as *const u8;
+            let bias = p.bias.as_ptr().add(cb * 32);
+            let mask = masks::<2>(c.cout, cb * 32);
+            let mut m0 = 0;
+            while m0 < mtot {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack)
+                );
+                let a0 = bb.add(m0 * stride);
+                let mut wq = wcb;
+                for &off in &offs {
+                    for k in 0..kc {
+                        let a = a0.add(off + 64 * k);
+                        asm!(
+                            "tileloadd tmm4, [{a} + {s}*1]",
+                            "tileloadd tmm5, [{a1} + {s}*1]",
+                            "tileloadd tmm6, [{b} + {s64}*1]",
+                            "tileloadd tmm7, [{b1} + {s64}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a = in(reg) a,
+                            a1 = in(reg) a.add(16 * stride),
+                            s = in(reg) stride,
+                            b = in(reg) wq,
+                            b1 = in(reg) wq.add(1024),
+                            s64 = in(reg) 64usize,
+                            options(nostack)
+                        );
+                        wq = wq.add(2048);
+                    }
+                }
+                let cp_ = cbuf.as_mut_ptr();
+                asm!(
+                    "tilestored [{c0} + {s64}*1], tmm0",
+                    "tilestored [{c1} + {s64}*1], tmm1",
+                    "tilestored [{c2} + {s64}*1], tmm2",
+                    "tilestored [{c3} + {s64}*1], tmm3",
+                    c0 = in(reg) cp_,
+                    c1 = in(reg) cp_.add(256),
+                    c2 = in(reg) cp_.add(512),
+                    c3 = in(reg) cp_.add(768),
+                    s64 = in(reg) 64usize,
+                    options(nostack)
+                );
+                let b = [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))];
+                for pb in 0..2 {
+                    let dst = dests::<16>(c, out.as_mut_ptr(), m0 + 16 * pb, mtot, cb * 32);
+                    for (r, &d) in dst.iter().enumerate() {
+                        if d.is_null() {
+                            continue;
+                        }
+                        for h in 0..2 {
+                            let mut v = _mm512_add_ps(
+                                _mm512_loadu_ps(cp_.add((2 * pb + h) * 256 + 16 * r)),
+                                b[h],
+                            );
+                            if relu {
+                                v = _mm512_max_ps(v, _mm512_setzero_ps());
+                            }
+                            if mask[h] == 0xffff {
+                                _mm512_storeu_ps(d.add(16 * h), v);
+                            } else if mask[h] != 0 {
+                                _mm512_mask_storeu_ps(d.add(16 * h), mask[h], v);
+                            }
+                        }
+                    }
+                }
+                m0 += 32;
+            }
+        }
+        asm!("tilerelease", options(nostack));
+    }
+
+    /// f32 -> bf16, round to nearest even (NaN stays NaN).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn convert_bf16(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_si256(
+                dst.as_mut_ptr().add(i) as *mut __m256i,
+                std::mem::transmute::<__m256bh, __m256i>(v),
+            );
+            i += 16;
+        }
+        for k in i..n {
+            dst[k] = super::bf16_bits(src[k]);
+        }
+    }
+
+    /// Fewer than 16 output channels: per pixel and output channel, a dot product over
+    /// `taps x cin`, 16 input channels per vector, `MR` pixels at a time.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_dot(
+        c: &ConvStep,
+        p: &DirectPack,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        const MR: usize = 8;
+        let (cin, wp) = (c.cin, c.wp());
+        let prow = rows + c.kh - 1;
+        let band = &mut sc[..band_pixels(c, rows) * cin];
+        for jj in 0..prow {
+            c.fill_p_row(
+                x,
+                r0 + jj,
+                wp,
+                &mut band[jj * wp * cin..(jj + 1) * wp * cin],
+            );
+        }
+        band[prow * wp * cin..].fill(0.0);
+        let offs = offsets(c, cin);
+        let taps = offs.len();
+        let c16 = cin.div_ceil(16) * 16;
+        let nblk = c16 / 16;
+        let tail = cin - (nblk - 1) * 16;
+        let tail_mask: u16 = if tail == 16 {
+            0xffff
+        } else {
+            ((1u32 << tail) - 1) as u16
+        };
+        let relu = c.act == Activation::Relu;
+        let mtot = (rows - 1) * wp + c.wo;
+        let (bp, op) = (band.as_ptr(), out.as_mut_ptr());
+        const { assert!(MR <= MR_MAX) };
+        for co in 0..c.cout {
+            let wco = p.w32.as_ptr().add(co * taps * c16);
+            let bias = p.bias[co];
+            let mut m0 = 0;
+            while m0 < mtot {
+                let dst = dests::<MR>(c, op, m0, mtot, co);
+                let mut acc = [_mm512_setzero_ps(); MR];
+                for (t, &off) in offs.iter().enumerate() {
+                    let b = bp.add(m0 * cin + off);
+                    let wt = wco.add(t * c16);
+                    for k in 0..nblk {
+                        let wv = _mm512_loadu_ps(wt.add(16 * k));
+                        let msk = if k + 1 == nblk { tail_mask } else { 0xffff };
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            let xv = _mm512_maskz_loadu_ps(msk, b.add(i * cin + 16 * k));
+                            *a = _mm512_fmadd_ps(xv, wv, *a);
+                        }
+                    }
+                }
+                for i in 0..MR {
+                    if !dst[i].is_null() {
+                        let mut r = _mm512_reduce_add_ps(acc[i]) + bias;
+                        if relu {
+                            r = r.max(0.0);
+                        }
+                        *dst[i] = r;
+                    }
+                }
+                m0 += MR;
+            }
+        }
+    }
+}
