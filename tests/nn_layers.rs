@@ -1042,3 +1042,117 @@ fn direct_kernels_match_reference() {
         }
     }
 }
+
+/// An UpSampling2D read only by a convolution is folded into it (the convolution reads the
+/// small input repeated); the result must equal upsample-then-convolve in float64, for
+/// every convolution algorithm: direct f32, GEMM, Winograd, bf16, im2col (stride 2), a
+/// transposed stride-2 layer (dilated P), uneven factors, batch 1 and 3.
+#[test]
+fn upsampling_fused_into_the_next_convolution() {
+    let mut rng = Rng(21);
+    // (h, w, ci, co, up, conv stride, transpose, mode, tol)
+    let cases = [
+        (5, 7, 16, 32, [2, 2], 1, false, Mode::F32, 1e-5),
+        (6, 4, 20, 24, [2, 3], 1, false, Mode::Gemm, 1e-5),
+        (4, 5, 32, 16, [2, 2], 1, false, Mode::Winograd, 1e-4),
+        (5, 5, 32, 32, [3, 2], 1, true, Mode::F32, 1e-5),
+        (7, 6, 3, 8, [2, 2], 2, false, Mode::F32, 1e-5),
+        (3, 4, 16, 16, [2, 2], 2, true, Mode::F32, 1e-5),
+        (5, 3, 16, 40, [2, 2], 1, false, Mode::Bf16, 1.5e-2),
+    ];
+    let bf16_ok = cdiphase::nn::cpu::amx_available()
+        || (std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16"));
+    for (h, w, ci, co, up, st, transpose, mode, tol) in cases {
+        if mode == Mode::Bf16 && !bf16_ok {
+            continue;
+        }
+        let conv = if transpose {
+            Op::Conv2DTranspose {
+                filters: co,
+                kernel: [3, 3],
+                strides: [st, st],
+                padding: Padding::Same,
+                activation: Activation::Relu,
+                use_bias: true,
+            }
+        } else {
+            Op::Conv2D {
+                filters: co,
+                kernel: [3, 3],
+                strides: [st, st],
+                padding: Padding::Same,
+                activation: Activation::Relu,
+                use_bias: true,
+            }
+        };
+        let spec = ModelSpec {
+            name: "t".into(),
+            input_name: "input".into(),
+            input: [h, w, ci],
+            preprocess: Preprocess::Max,
+            layers: vec![
+                LayerSpec {
+                    name: "up".into(),
+                    inputs: vec!["input".into()],
+                    op: Op::UpSampling2D { size: up },
+                },
+                LayerSpec {
+                    name: "l".into(),
+                    inputs: vec!["up".into()],
+                    op: conv,
+                },
+            ],
+            output: "l".into(),
+        };
+        let model = Model::random(spec, 4).unwrap();
+        let n = if st == 2 { 1 } else { 3 };
+        let x = rng.vec(n * h * w * ci);
+        let (hu, wu) = (h * up[0], w * up[1]);
+        let mut xu = vec![0.0f64; n * hu * wu * ci];
+        for im in 0..n {
+            for y in 0..hu {
+                for q in 0..wu {
+                    for c in 0..ci {
+                        xu[((im * hu + y) * wu + q) * ci + c] =
+                            x[((im * h + y / up[0]) * w + q / up[1]) * ci + c] as f64;
+                    }
+                }
+            }
+        }
+        let f = if transpose { convt_ref } else { conv_ref };
+        let (want, _, _) = f(
+            &xu,
+            n,
+            hu,
+            wu,
+            ci,
+            &model.weights["l/kernel"].data,
+            &model.weights["l/bias"].data,
+            3,
+            3,
+            co,
+            [st, st],
+            Padding::Same,
+            Activation::Relu,
+        );
+        let net = Network::new(&model, mode).unwrap();
+        let mut r = Runner::new(
+            &net,
+            n,
+            Options {
+                threads: 2,
+                mode,
+                poison: true,
+            },
+        )
+        .unwrap();
+        let got = r.run(&x, n).unwrap().to_vec();
+        let e = rel_err(&got, &want);
+        let what = format!("{h}x{w}x{ci} up{up:?} -> {co} s{st} transpose {transpose} {mode:?}");
+        assert!(e < tol, "{what}: rel err {e}");
+        let prof = r.profile();
+        assert_eq!(prof.len(), 1, "{what}: not fused: {prof:?}");
+        assert_eq!(prof[0].0, "up+l", "{what}");
+    }
+}

@@ -192,6 +192,10 @@ pub(crate) struct ConvStep {
     pub s: [usize; 2],
     /// dilation of X inside P
     pub d: [usize; 2],
+    /// nearest-neighbour upsampling of the stored input fused into this layer (an
+    /// UpSampling2D whose only reader this is): X is the stored input repeated `up` times
+    /// along each axis, `h` and `w` are X's (upsampled) size
+    pub up: [usize; 2],
     /// offset of X inside P
     pub pt: usize,
     pub pl: usize,
@@ -462,6 +466,7 @@ impl Network {
             });
         }
         let oi = spec.index_of(&spec.output).expect("checked by shapes()");
+        fuse_upsampling(&mut steps, node_value[oi]);
         Ok(Network {
             spec: spec.clone(),
             steps,
@@ -482,6 +487,39 @@ impl Network {
     /// Elements per image of the output.
     pub fn output_len(&self) -> usize {
         self.output_shape.iter().product()
+    }
+}
+
+/// Fold each UpSampling2D whose output only one convolution reads (and that is not the
+/// network output) into that convolution, which then reads the smaller input directly
+/// ([`ConvStep::up`]): the upsampled tensor is never written. Exact, no numerical change.
+fn fuse_upsampling(steps: &mut Vec<Step>, output_value: usize) {
+    let mut k = 0;
+    while k < steps.len() {
+        let Kind::Up { s, .. } = steps[k].kind else {
+            k += 1;
+            continue;
+        };
+        let v = steps[k].out;
+        let readers: Vec<usize> = (0..steps.len())
+            .filter(|&i| steps[i].inputs.contains(&v))
+            .collect();
+        let fusable = v != output_value
+            && readers.len() == 1
+            && steps[readers[0]].inputs.len() == 1
+            && matches!(&steps[readers[0]].kind, Kind::Conv(c) if c.up == [1, 1]);
+        if !fusable {
+            k += 1;
+            continue;
+        }
+        let up = steps.remove(k);
+        let r = readers[0] - usize::from(readers[0] > k);
+        let conv = &mut steps[r];
+        if let Kind::Conv(c) = &mut conv.kind {
+            c.up = s;
+        }
+        conv.inputs = up.inputs;
+        conv.name = format!("{}+{}", up.name, conv.name);
     }
 }
 
@@ -543,6 +581,7 @@ fn conv_step(
         kw,
         s,
         d,
+        up: [1, 1],
         pt,
         pl,
         wgt,
@@ -560,16 +599,27 @@ const TILE_BYTES: usize = 1 << 20;
 const WINO_BYTES: usize = 4 << 20;
 
 impl ConvStep {
-    /// Source pixel of P row j (None: zero row).
+    /// Row of the stored input that P row j shows (None: zero row).
     #[inline]
     fn src_row(&self, j: usize) -> Option<usize> {
         let r = j.checked_sub(self.pt)?;
-        (r % self.d[0] == 0 && r / self.d[0] < self.h).then_some(r / self.d[0])
+        (r % self.d[0] == 0 && r / self.d[0] < self.h).then_some(r / self.d[0] / self.up[0])
     }
     #[inline]
     fn src_col(&self, i: usize) -> Option<usize> {
         let r = i.checked_sub(self.pl)?;
-        (r % self.d[1] == 0 && r / self.d[1] < self.w).then_some(r / self.d[1])
+        (r % self.d[1] == 0 && r / self.d[1] < self.w).then_some(r / self.d[1] / self.up[1])
+    }
+
+    /// Width of the stored input (before a fused upsampling).
+    #[inline]
+    fn src_w(&self) -> usize {
+        self.w / self.up[1]
+    }
+
+    /// Values per image of the stored input.
+    pub(crate) fn src_len(&self) -> usize {
+        self.h / self.up[0] * self.src_w() * self.cin
     }
 
     pub(crate) fn wp(&self) -> usize {
@@ -663,8 +713,9 @@ impl ConvStep {
         match self.src_row(j) {
             None => dst.fill(0.0),
             Some(r) => {
-                let row = &x[r * self.w * cin..(r + 1) * self.w * cin];
-                if self.d[1] == 1 {
+                let sw = self.src_w();
+                let row = &x[r * sw * cin..(r + 1) * sw * cin];
+                if self.d[1] == 1 && self.up[1] == 1 {
                     // zeros, a contiguous copy, zeros
                     let a = self.pl.min(ncols);
                     let b = (self.pl + self.w).min(ncols);
@@ -742,9 +793,10 @@ impl ConvStep {
                     for dx in 0..kw {
                         let dst = &mut col[base + dx * cin..base + (dx + 1) * cin];
                         match (sr, self.src_col(xo * self.s[1] + dx)) {
-                            (Some(r), Some(c)) => dst.copy_from_slice(
-                                &x[(r * self.w + c) * cin..(r * self.w + c + 1) * cin],
-                            ),
+                            (Some(r), Some(c)) => {
+                                let sw = self.src_w();
+                                dst.copy_from_slice(&x[(r * sw + c) * cin..(r * sw + c + 1) * cin])
+                            }
                             _ => dst.fill(0.0),
                         }
                     }
@@ -1093,7 +1145,7 @@ fn run_step(
     match &step.kind {
         Kind::Conv(c) => {
             let c: &ConvStep = c;
-            let in_img = c.h * c.w * c.cin;
+            let in_img = c.src_len();
             let out_img = c.ho * c.wo * c.cout;
             let tiles = c.ho.div_ceil(tile_rows);
             let optr = SendPtr(out.as_mut_ptr());
