@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
+mod cli_demo;
 mod cli_eval;
 mod cli_gpu;
 mod cli_nn;
@@ -33,8 +34,9 @@ enum Cmd {
     Simulate(SimulateArgs),
     /// Phase retrieval of every pattern of a CXI/HDF5 or .npy file.
     Phase(PhaseArgs),
-    /// Generate particles, phase them, and compare with the truth (a complete example).
-    Demo(DemoArgs),
+    /// The whole pipeline on held-out test structures: simulate, network, supports, phasing
+    /// (network-seeded vs baselines), evaluation report.
+    Demo(cli_demo::DemoArgs),
     /// Measure throughput (patterns x iterations per second) against the FFT floor.
     Bench(BenchArgs),
     /// Show the CPU, its SIMD features and the available backends.
@@ -71,6 +73,10 @@ struct PhaseArgs {
     /// Starting object: random | FILE.cxi | FILE.npy (real or complex, centred).
     #[arg(long, default_value = "random")]
     init: String,
+    /// With a given --init: every start multiplies each pixel by its own 1 + A*(2u-1), u
+    /// uniform, seeded (distinct starts around one estimate). 0: all starts are the object.
+    #[arg(long, default_value_t = 0.0)]
+    init_noise: f32,
     /// Periodic shrinkwrap: sigma=1,threshold=0.1,every=N[,start=I][,stop=I]; ranges a:b ramp.
     #[arg(long)]
     shrinkwrap: Option<String>,
@@ -172,30 +178,6 @@ struct SimulateArgs {
 }
 
 #[derive(Args)]
-struct DemoArgs {
-    /// Output folder (patterns.cxi, reconstruction.cxi, summary.json).
-    #[arg(short, long, default_value = "cdiphase-demo")]
-    out: PathBuf,
-    /// Number of patterns.
-    #[arg(long, default_value_t = 24)]
-    count: usize,
-    /// Pattern size (square).
-    #[arg(long, default_value_t = 128)]
-    size: usize,
-    /// Random starts per pattern.
-    #[arg(long, default_value_t = 4)]
-    starts: usize,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(short, long)]
-    quiet: bool,
-}
-
-#[derive(Args)]
 struct BenchArgs {
     /// What to measure: `phasing` or `network`.
     #[arg(default_value = "phasing")]
@@ -237,20 +219,31 @@ struct BenchArgs {
 
 fn main() {
     let cli = Cli::parse();
-    let r = match cli.cmd {
+    if let Err(e) = dispatch(cli.cmd) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Run a verb in this process from its arguments (without the program name), exactly as
+/// the command line would (the demo chains verbs this way).
+fn run_argv(args: &[String]) -> Result<()> {
+    let argv = std::iter::once("cdiphase".to_string()).chain(args.iter().cloned());
+    let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    dispatch(cli.cmd)
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
         Cmd::Simulate(a) => cmd_simulate(a),
         Cmd::Phase(a) => cmd_phase(a),
-        Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Demo(a) => cli_demo::cmd_demo(a),
         Cmd::Bench(a) => cmd_bench(a),
         Cmd::Info => cmd_info(),
         Cmd::Support(a) => cli_eval::cmd_support(a),
         Cmd::Evaluate(a) => cli_eval::cmd_evaluate(a),
         Cmd::Convert(a) => cli_nn::cmd_convert(a),
         Cmd::Predict(a) => cli_nn::cmd_predict(a),
-    };
-    if let Err(e) = r {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
 }
 
@@ -342,6 +335,9 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
             a.support
         ),
     };
+    if a.init_noise != 0.0 && a.init.eq_ignore_ascii_case("random") {
+        bail!("--init-noise needs a starting object: --init FILE");
+    }
     let init = if a.init.eq_ignore_ascii_case("random") {
         InitSpec::Random
     } else if is_file_spec(&a.init) {
@@ -371,6 +367,7 @@ fn cmd_phase(a: PhaseArgs) -> Result<()> {
         seed: a.seed,
         support,
         init,
+        init_noise: a.init_noise,
         recording: match a.error_every {
             Some(k) => Recording::Every(k),
             None => Recording::EndOfErSections,
@@ -551,97 +548,6 @@ fn cmd_simulate(a: SimulateArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
-    Ok(())
-}
-
-fn cmd_demo(a: DemoArgs) -> Result<()> {
-    use cdiphase::array::Complex32;
-    use cdiphase::phasing::align::aligned_error;
-    let t0 = std::time::Instant::now();
-    if a.count == 0 || a.size < 16 {
-        bail!("--count must be >= 1 and --size >= 16");
-    }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let backend = backend::select(a.device.parse()?, a.threads)?;
-    let (h, w) = (a.size, a.size);
-    let (patterns, truth) = cdiphase::simulate::synthetic_particles(a.count, h, w, a.count, a.seed);
-    let input = a.out.join("patterns.cxi");
-    let mut wr = io::CxiWriter::new();
-    wr.f32(
-        "entry_1/data_1/data",
-        &[a.count, h, w],
-        &patterns.intensities.data,
-    )?;
-    wr.f32("entry_1/sample_1/density", &[a.count, h, w], &truth.data)?;
-    let ideal: Vec<u8> = truth.data.iter().map(|&v| (v > 0.0) as u8).collect();
-    wr.u8("entry_1/sample_1/support", &[a.count, h, w], &ideal)?;
-    wr.string(
-        "entry_1/sample_1/description",
-        "random compact particles (union of discs, smooth density), radius size/4, noise-free",
-    )?;
-    wr.finish(&input)
-        .with_context(|| format!("writing {}", input.display()))?;
-    let patterns = io::read_patterns(&input, None)?;
-    let cfg = PhaseConfig {
-        schedule: "300*(20*HIO + 5*ER) + 100*ER".into(),
-        shrinkwrap: Some(ShrinkwrapConfig::parse(
-            "sigma=1,threshold=0.1,every=25,stop=7000",
-        )?),
-        constraint: Constraint::Positive,
-        starts: a.starts,
-        seed: a.seed,
-        support: SupportSpec::Autocorrelation {
-            threshold: phasing::DEFAULT_AUTOCORRELATION_THRESHOLD,
-        },
-        ..PhaseConfig::default()
-    };
-    let (problem, program) = phasing::prepare(&patterns, &cfg)?;
-    let header = format!(
-        "demo: {} particles {}x{}, {} starts, schedule {} with shrinkwrap, on {}",
-        a.count,
-        h,
-        w,
-        a.starts,
-        cfg.schedule,
-        backend.describe()
-    );
-    let rec = run_with_progress(backend.as_ref(), &problem, &program, a.quiet, &header)?;
-    let out = a.out.join("reconstruction.cxi");
-    rec.write_cxi(&out, &cfg.to_json())?;
-    let fe = rec.best_final_errors();
-    println!(
-        "{:>7} {:>14} {:>14} {:>6}",
-        "pattern", "fourier_error", "error_vs_truth", "twin"
-    );
-    let mut ok = 0;
-    let mut rows = Vec::new();
-    for (p, &fep) in fe.iter().enumerate() {
-        let t: Vec<Complex32> = truth
-            .image(p)
-            .iter()
-            .map(|&v| Complex32::new(v, 0.0))
-            .collect();
-        let al = aligned_error(&t, rec.objects.image(p), h, w);
-        ok += (al.error < 0.05) as usize;
-        println!("{:>7} {:>14.3e} {:>14.4} {:>6}", p, fep, al.error, al.twin);
-        rows.push(serde_json::json!({"pattern": p, "fourier_error": fep, "error_vs_truth": al.error, "twin": al.twin, "shift": al.shift}));
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "{ok} of {} reconstructions within 0.05 of the truth; phasing {:.1} s, total {:.1} s; files in {}",
-        a.count,
-        rec.seconds,
-        secs,
-        a.out.display()
-    );
-    let summary = serde_json::json!({"recovered_below_0.05": ok, "patterns": a.count, "phasing_seconds": rec.seconds, "total_seconds": secs, "device": rec.backend, "per_pattern": rows});
-    let sp = a.out.join("summary.json");
-    let text = serde_json::to_string_pretty(&summary)?;
-    io::write_atomic(&sp, |f| {
-        use std::io::Write;
-        f.write_all(text.as_bytes())
-            .map_err(|e| cdiphase::Error::io(&sp, e))
-    })?;
     Ok(())
 }
 

@@ -98,6 +98,9 @@ pub struct PhaseConfig {
     pub seed: u64,
     pub support: SupportSpec,
     pub init: InitSpec,
+    /// With a given starting object: relative amplitude of the per-start multiplicative
+    /// noise (0: every start is the given object; see [`InitObjects::Given`]).
+    pub init_noise: f32,
     pub recording: Recording,
     pub keep_all: bool,
     /// Clip negative measured intensities to zero instead of failing.
@@ -117,6 +120,7 @@ impl Default for PhaseConfig {
                 threshold: DEFAULT_AUTOCORRELATION_THRESHOLD,
             },
             init: InitSpec::Random,
+            init_noise: 0.0,
             recording: Recording::EndOfErSections,
             keep_all: false,
             clip_negative: false,
@@ -143,6 +147,7 @@ impl PhaseConfig {
                 InitSpec::Random => "random".to_string(),
                 InitSpec::Given(s) => format!("given ({}x{}x{})", s.n, s.h, s.w),
             },
+            "init_noise": self.init_noise,
             "recording": self.recording,
             "keep_all": self.keep_all,
             "clip_negative": self.clip_negative,
@@ -309,7 +314,17 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
                     *d = s * k;
                 }
             }
-            InitObjects::Given(scaled)
+            if !(cfg.init_noise.is_finite() && (0.0..1.0).contains(&cfg.init_noise)) {
+                return Err(Error::invalid(
+                    "--init-noise",
+                    format!("{} is not in [0, 1)", cfg.init_noise),
+                ));
+            }
+            InitObjects::Given {
+                objects: scaled,
+                noise: cfg.init_noise,
+                seed: cfg.seed,
+            }
         }
     };
     Ok((

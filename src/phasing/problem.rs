@@ -15,8 +15,16 @@ pub enum InitObjects {
     /// independent of threading.
     Random { seed: u64 },
     /// Given objects in native order, `n` is 1 (shared) or the number of patterns, used as
-    /// they are (see [`scale_to_data`] for the scaling `prepare` applies).
-    Given(Stack<Complex32>),
+    /// they are (see [`scale_to_data`] for the scaling `prepare` applies) when `noise` is 0.
+    /// With `noise` > 0 every start multiplies each pixel by its own `1 + noise * (2u - 1)`,
+    /// u uniform in [0, 1) and deterministic in (seed, pattern, start): distinct starts
+    /// around one estimate (a network prediction, say), so that starts can be compared and
+    /// averaged (PRTF).
+    Given {
+        objects: Stack<Complex32>,
+        noise: f32,
+        seed: u64,
+    },
 }
 
 /// Everything a backend needs to run a program. All arrays are FFT-native (origin at 0,0).
@@ -76,10 +84,20 @@ impl PhasingProblem {
                     };
                 }
             }
-            InitObjects::Given(st) => {
+            InitObjects::Given {
+                objects: st,
+                noise,
+                seed,
+            } => {
                 // Already scaled to the data by `prepare` (least-squares Fourier modulus fit).
                 let oi = if st.n == 1 { 0 } else { p };
                 obj.copy_from_slice(st.image(oi));
+                if *noise > 0.0 {
+                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(*seed, p, s));
+                    for o in obj.iter_mut() {
+                        *o *= 1.0 + noise * (2.0 * unit(rng.next_u64()) - 1.0);
+                    }
+                }
                 return;
             }
         }

@@ -1,0 +1,515 @@
+//! `cdiphase demo`: the whole pipeline in one command, on structures the bundled network
+//! never saw in training.
+//!
+//! 1. simulate patterns from the bundled test structures (the training run's held-out
+//!    PDB entries, `assets/pdb_test/`), Poisson noise, as the training data were made;
+//! 2. predict densities and supports with the bundled model (`models/spinn_compact/`);
+//! 3. estimate supports the classical ways: autocorrelation and triple intersection;
+//! 4. phase three ways, K starts each, positivity:
+//!    - `circle_random`: circle support + shrinkwrap, random starts (the paper's baseline,
+//!      figure 7 blue);
+//!    - `circle_nn_start`: the same, started from the network's density (each start with
+//!      its own 20 % multiplicative noise, so that starts differ; figure 7 orange);
+//!    - `nn_support`: the network's support as a fixed support, random starts (section 5);
+//! 5. evaluate everything against the truth and write the report (metrics.json, figures,
+//!    index.html), print the summary tables and the convergence comparison, and write
+//!    `summary.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cdiphase::backend;
+use cdiphase::eval::{self, report, InputEvaluation};
+use cdiphase::io;
+use cdiphase::phasing::program::{Constraint, ShrinkwrapConfig};
+use cdiphase::phasing::{self, InitSpec, PhaseConfig, Reconstruction, SupportSpec};
+use clap::Args;
+
+/// The bundled network (issue 7's training run, converted; see models/spinn_compact/README.md).
+const MODEL: &[u8] = include_bytes!("../models/spinn_compact/model.safetensors");
+
+macro_rules! structures {
+    ($($id:literal),* $(,)?) => {
+        &[$(($id, include_bytes!(concat!("../assets/pdb_test/", $id, ".pdb.gz")) as &[u8])),*]
+    };
+}
+
+/// The training run's test structures (never seen in training or validation).
+const STRUCTURES: &[(&str, &[u8])] =
+    structures!("1eteA", "1i8nA", "2a2lA", "2xdgA", "2xr6A", "4dkcA", "4gcnA");
+
+/// Shrinkwrap of the paper's figure 7 (sigma 1, threshold 0.15).
+const SHRINKWRAP: &str = "sigma=1,threshold=0.15,every=50";
+/// The simulator's default particle extent (fraction of the field), as in training.
+const FILL: f64 = 0.45;
+/// Relative noise of the network-seeded starts.
+const INIT_NOISE: f32 = 0.2;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Output folder (inputs, outputs, report/, summary.json).
+    #[arg(short, long, default_value = "cdiphase-demo")]
+    out: PathBuf,
+    /// Number of patterns (the test structures in random orientations).
+    #[arg(long, default_value_t = 24)]
+    count: usize,
+    /// Starts per pattern and phasing method.
+    #[arg(long, default_value_t = 8)]
+    starts: usize,
+    /// Phasing schedule (each method).
+    #[arg(long, default_value = "200*(5*HIO + 5*ER)")]
+    schedule: String,
+    /// Photons per pattern (Poisson noise), as in the training data's noisy half.
+    #[arg(long, default_value_t = 1e8)]
+    photons: f64,
+    /// Model file (default: the bundled model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Network support: output above this fraction of its per-pattern maximum.
+    #[arg(long, default_value_t = 0.1)]
+    nn_threshold: f32,
+    /// Structures (default: the bundled test structures).
+    #[arg(long, num_args = 1..)]
+    pdb: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Phasing device: auto | cpu | cuda | emu (the network runs on the CPU engine).
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// One step's line: what, how long.
+fn step(quiet: bool, t: Instant, what: &str) {
+    if !quiet {
+        eprintln!("[{:6.1} s] {what}", t.elapsed().as_secs_f64());
+    }
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    io::write_atomic(path, |f| {
+        use std::io::Write;
+        f.write_all(bytes).map_err(|e| cdiphase::Error::io(path, e))
+    })
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn cmd_demo(a: DemoArgs) -> Result<()> {
+    let t0 = Instant::now();
+    if a.count == 0 || a.starts < 2 {
+        bail!("--count must be >= 1 and --starts >= 2 (the comparison needs several starts)");
+    }
+    let d = &a.out;
+    std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    let threads: Vec<String> = a
+        .threads
+        .map(|t| vec!["--threads".into(), t.to_string()])
+        .unwrap_or_default();
+    let s = |p: &Path| p.display().to_string();
+
+    // inputs: structures and model
+    let pdb: Vec<PathBuf> = if a.pdb.is_empty() {
+        let sd = d.join("structures");
+        std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;
+        for (id, bytes) in STRUCTURES {
+            write_file(&sd.join(format!("{id}.pdb.gz")), bytes)?;
+        }
+        vec![sd]
+    } else {
+        a.pdb.clone()
+    };
+    let model_path = match &a.model {
+        Some(m) => m.clone(),
+        None => {
+            let m = d.join("model.safetensors");
+            write_file(&m, MODEL)?;
+            m
+        }
+    };
+    let model = cdiphase::nn::store::load(&model_path)
+        .with_context(|| format!("loading model {}", model_path.display()))?;
+    let [mh, mw, _] = model.spec.input;
+    if mh != mw {
+        bail!(
+            "model {}: input {mh}x{mw} is not square",
+            model_path.display()
+        );
+    }
+    let size = mh;
+
+    // 1. simulate
+    let patterns = d.join("patterns.cxi");
+    let mut argv: Vec<String> = vec!["simulate".into(), "--pdb".into()];
+    argv.extend(pdb.iter().map(|p| s(p)));
+    argv.extend(
+        [
+            "--count",
+            &a.count.to_string(),
+            "--size",
+            &size.to_string(),
+            "--noise",
+            "poisson",
+            "--photons",
+            &a.photons.to_string(),
+            "--seed",
+            &a.seed.to_string(),
+            "-q",
+            "-o",
+            &s(&patterns),
+        ]
+        .map(String::from),
+    );
+    argv.extend(threads.iter().cloned());
+    crate::run_argv(&argv).context("demo: simulate")?;
+    step(
+        a.quiet,
+        t0,
+        &format!(
+            "simulated {} patterns {size}x{size} from {} (Poisson, {:.0e} photons)",
+            a.count,
+            pdb.iter().map(|p| s(p)).collect::<Vec<_>>().join(" "),
+            a.photons
+        ),
+    );
+
+    // 2. network
+    let nn = d.join("nn.cxi");
+    let mut argv: Vec<String> = [
+        "predict",
+        &s(&patterns),
+        "--model",
+        &s(&model_path),
+        "-o",
+        &s(&nn),
+        "--threshold",
+        &a.nn_threshold.to_string(),
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.extend(threads.iter().cloned());
+    let tn = Instant::now();
+    crate::run_argv(&argv).context("demo: predict")?;
+    let nn_secs = tn.elapsed().as_secs_f64();
+    step(
+        a.quiet,
+        t0,
+        &format!(
+            "network ({}, {} parameters): {} densities and supports in {:.2} s",
+            model.spec.name,
+            model.spec.params()?,
+            a.count,
+            nn_secs
+        ),
+    );
+
+    // 3. classical supports
+    let mut support_files = Vec::new();
+    for (method, file) in [
+        ("autocorrelation", "autocorrelation.cxi"),
+        ("triple-intersection", "triple_intersection.cxi"),
+    ] {
+        let out = d.join(file);
+        let mut argv: Vec<String> = ["support", &s(&patterns), "-o", &s(&out), "--method", method]
+            .map(String::from)
+            .to_vec();
+        argv.extend(threads.iter().cloned());
+        crate::run_argv(&argv).with_context(|| format!("demo: support {method}"))?;
+        support_files.push(out);
+    }
+    step(
+        a.quiet,
+        t0,
+        "supports: autocorrelation, triple intersection",
+    );
+
+    // 4. phasing
+    let backend = backend::select(a.device.parse()?, a.threads)?;
+    let ps = io::read_patterns(&patterns, None)?;
+    let nn_support = io::read_support(&nn, None)?;
+    let nn_object = io::read_object(&nn, None)?;
+    let radius = (FILL * size as f64 / 2.0 + 1.0) as f32;
+    let base = PhaseConfig {
+        schedule: a.schedule.clone(),
+        beta: 0.9,
+        constraint: Constraint::Positive,
+        starts: a.starts,
+        seed: a.seed,
+        // every start's object, for the PRTF and the average of aligned starts
+        keep_all: true,
+        ..PhaseConfig::default()
+    };
+    let sw = ShrinkwrapConfig::parse(SHRINKWRAP)?;
+    let runs: Vec<(&str, PhaseConfig)> = vec![
+        (
+            "circle_random",
+            PhaseConfig {
+                support: SupportSpec::Circle { radius },
+                shrinkwrap: Some(sw.clone()),
+                ..base.clone()
+            },
+        ),
+        (
+            "circle_nn_start",
+            PhaseConfig {
+                support: SupportSpec::Circle { radius },
+                shrinkwrap: Some(sw.clone()),
+                init: InitSpec::Given(nn_object),
+                init_noise: INIT_NOISE,
+                ..base.clone()
+            },
+        ),
+        (
+            "nn_support",
+            PhaseConfig {
+                support: SupportSpec::Given(nn_support),
+                ..base.clone()
+            },
+        ),
+    ];
+    let mut recs: Vec<(String, PathBuf, Reconstruction)> = Vec::new();
+    let mut iterations = 0;
+    for (name, cfg) in runs {
+        let (problem, program) = phasing::prepare(&ps, &cfg)?;
+        iterations = program.iterations;
+        let header = format!(
+            "phasing {name}: {} patterns x {} starts, {} iterations on {}",
+            ps.intensities.n,
+            cfg.starts,
+            program.iterations,
+            backend.describe()
+        );
+        let rec = crate::run_with_progress(backend.as_ref(), &problem, &program, a.quiet, &header)?;
+        let path = d.join(format!("{name}.cxi"));
+        let mut config = cfg.to_json();
+        config["demo"] = serde_json::json!(name);
+        rec.write_cxi(&path, &config)
+            .with_context(|| format!("writing {}", path.display()))?;
+        step(
+            a.quiet,
+            t0,
+            &format!("phased {name} in {:.1} s", rec.seconds),
+        );
+        recs.push((name.to_string(), path, rec));
+    }
+
+    // 5. evaluation and report
+    let truth = eval::read_truth(&patterns)?;
+    let mut files = vec![nn.clone()];
+    files.extend(support_files);
+    files.extend(recs.iter().map(|(_, p, _)| p.clone()));
+    let labels = eval::labels(&files);
+    let mut evals: Vec<InputEvaluation> = Vec::new();
+    for (p, l) in files.iter().zip(&labels) {
+        let input =
+            eval::read_input(p, l, &truth).with_context(|| format!("reading {}", p.display()))?;
+        evals.push(eval::evaluate_input(&truth, &input, report::GALLERY));
+    }
+    let report_dir = d.join("report");
+    let metrics = report::write_report(&report_dir, &truth, &evals)
+        .with_context(|| format!("writing the report {}", report_dir.display()))?;
+    step(
+        a.quiet,
+        t0,
+        &format!("report: {}", report_dir.join("index.html").display()),
+    );
+
+    let conv = convergence(&recs[0].2, &recs[1].2, iterations);
+    print_summary(&a, &evals, &recs, &conv, iterations);
+    let secs = t0.elapsed().as_secs_f64();
+    println!("total {secs:.1} s; files in {}", d.display());
+    let summary = serde_json::json!({
+        "patterns": a.count,
+        "size": size,
+        "structures": STRUCTURES.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        "photons": a.photons,
+        "starts": a.starts,
+        "schedule": a.schedule,
+        "iterations": iterations,
+        "shrinkwrap": SHRINKWRAP,
+        "circle_radius_px": radius,
+        "nn_start_noise": INIT_NOISE,
+        "nn_threshold": a.nn_threshold,
+        "device": backend.describe(),
+        "network_seconds": nn_secs,
+        "phasing_seconds": recs.iter().map(|(n, _, r)| (n.clone(), r.seconds)).collect::<std::collections::BTreeMap<_, _>>(),
+        "convergence": conv.to_json(),
+        "metrics": metrics,
+        "total_seconds": secs,
+    });
+    let text = serde_json::to_string_pretty(&summary)?;
+    write_file(&d.join("summary.json"), text.as_bytes())?;
+    Ok(())
+}
+
+/// The paper's figure 7 as numbers: how fast, and how consistently, network-seeded starts
+/// reach the Fourier-error level that random starts reach.
+#[derive(Debug)]
+pub struct Convergence {
+    /// Per pattern: the median final Fourier error of the random starts (the level).
+    pub level: Vec<f64>,
+    /// Per pattern: median over starts of the first iteration at or below the level
+    /// (None: fewer than half of the starts got there).
+    pub iters_random: Vec<Option<u64>>,
+    pub iters_nn: Vec<Option<u64>>,
+    /// Per pattern: standard deviation of the final Fourier error over the starts.
+    pub spread_random: Vec<f64>,
+    pub spread_nn: Vec<f64>,
+}
+
+impl Convergence {
+    /// Median over patterns (where both got there) of iterations(random) / iterations(nn).
+    pub fn speedup(&self) -> Option<f64> {
+        let r: Vec<f64> = self
+            .iters_random
+            .iter()
+            .zip(&self.iters_nn)
+            .filter_map(|(a, b)| Some((*a)? as f64 / (*b)? as f64))
+            .collect();
+        eval::metrics::stats(&r).map(|s| s.median)
+    }
+
+    /// Median over patterns of spread(random) / spread(nn).
+    pub fn spread_ratio(&self) -> Option<f64> {
+        let r: Vec<f64> = self
+            .spread_random
+            .iter()
+            .zip(&self.spread_nn)
+            .filter(|(_, &b)| b > 0.0)
+            .map(|(a, b)| a / b)
+            .collect();
+        eval::metrics::stats(&r).map(|s| s.median)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let reached = |v: &[Option<u64>]| v.iter().filter(|x| x.is_some()).count();
+        serde_json::json!({
+            "definition": "level = median final Fourier error of the random starts of a pattern; iterations = median over starts of the first recorded iteration at or below it; speedup = median over patterns of iterations(random) / iterations(nn start); spread = standard deviation over starts of the final Fourier error",
+            "speedup_median": self.speedup(),
+            "spread_ratio_median": self.spread_ratio(),
+            "patterns_reached_random": reached(&self.iters_random),
+            "patterns_reached_nn_start": reached(&self.iters_nn),
+            "level": self.level,
+            "iterations_random": self.iters_random,
+            "iterations_nn_start": self.iters_nn,
+            "spread_random": self.spread_random,
+            "spread_nn_start": self.spread_nn,
+        })
+    }
+}
+
+/// Compare two runs of the same patterns and starts (histories at equal intervals).
+pub fn convergence(random: &Reconstruction, nn: &Reconstruction, iterations: u64) -> Convergence {
+    let n = random.n;
+    let rec = random.records.max(1) as u64;
+    let at = |r: usize| (r as u64 + 1) * iterations / rec;
+    let first_below = |h: &[f32], level: f64| h.iter().position(|&e| (e as f64) <= level).map(at);
+    // median with None as +infinity (lower median)
+    let median_opt = |mut v: Vec<Option<u64>>| -> Option<u64> {
+        v.sort_by_key(|x| x.unwrap_or(u64::MAX));
+        v[(v.len() - 1) / 2]
+    };
+    let std = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    let finals = |r: &Reconstruction, p: usize| -> Vec<f64> {
+        (0..r.starts)
+            .map(|s| r.final_fourier_error[p * r.starts + s] as f64)
+            .collect()
+    };
+    let mut c = Convergence {
+        level: Vec::new(),
+        iters_random: Vec::new(),
+        iters_nn: Vec::new(),
+        spread_random: Vec::new(),
+        spread_nn: Vec::new(),
+    };
+    for p in 0..n {
+        let fr = finals(random, p);
+        let level = eval::metrics::stats(&fr)
+            .map(|s| s.median)
+            .unwrap_or(f64::NAN);
+        let ir = (0..random.starts)
+            .map(|s| first_below(random.history(p, s), level))
+            .collect();
+        let inn = (0..nn.starts)
+            .map(|s| first_below(nn.history(p, s), level))
+            .collect();
+        c.level.push(level);
+        c.iters_random.push(median_opt(ir));
+        c.iters_nn.push(median_opt(inn));
+        c.spread_random.push(std(&fr));
+        c.spread_nn.push(std(&finals(nn, p)));
+    }
+    c
+}
+
+fn print_summary(
+    a: &DemoArgs,
+    evals: &[InputEvaluation],
+    recs: &[(String, PathBuf, Reconstruction)],
+    conv: &Convergence,
+    iterations: u64,
+) {
+    let f = |x: Option<f64>, p: usize| x.map_or("-".to_string(), |v| format!("{v:.p$}"));
+    println!();
+    println!(
+        "Supports against the ideal support ({} patterns of held-out structures):",
+        a.count
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10}",
+        "estimate", "FN <= 2", "mean FP", "mean FN"
+    );
+    for e in evals.iter().take(3) {
+        let ag = &e.aggregate;
+        println!(
+            "{:<22} {:>9}% {:>10} {:>10}",
+            e.label,
+            f(ag.fraction_fn_at_most_2.map(|v| 100.0 * v), 0),
+            f(ag.false_positives.map(|s| s.mean), 1),
+            f(ag.false_negatives.map(|s| s.mean), 1),
+        );
+    }
+    println!();
+    println!(
+        "Phasing, {} starts x {iterations} iterations, positivity (medians over patterns):",
+        a.starts
+    );
+    println!(
+        "{:<22} {:>14} {:>14} {:>10} {:>10}",
+        "method", "Fourier error", "density err", "PRTF 1/e", "seconds"
+    );
+    for (e, (_, _, r)) in evals[3..].iter().zip(recs) {
+        let ag = &e.aggregate;
+        println!(
+            "{:<22} {:>14} {:>14} {:>10} {:>10.1}",
+            e.label,
+            f(ag.final_fourier_error.map(|s| s.median), 4),
+            f(ag.density_error.map(|s| s.median), 3),
+            ag.prtf_resolution.map_or("-".into(), |r| format!(
+                "{}{:.2} px",
+                if r.crossed { "" } else { ">" },
+                r.pixels
+            )),
+            r.seconds
+        );
+    }
+    println!();
+    let reached = |v: &[Option<u64>]| v.iter().filter(|x| x.is_some()).count();
+    println!(
+        "Convergence (paper figure 7): network-seeded starts reach the random starts' final Fourier error {} faster (median over patterns of iterations ratio; {} of {} patterns reached it, random starts {}), with {} smaller spread of the final error across starts.",
+        f(conv.speedup(), 1).to_string() + "x",
+        reached(&conv.iters_nn),
+        conv.level.len(),
+        reached(&conv.iters_random),
+        f(conv.spread_ratio(), 1).to_string() + "x",
+    );
+}
