@@ -34,7 +34,7 @@ reported and cdiphase is listed as missing; the exit status is then non-zero onl
 
 Usage:
     .venv/bin/python benches/compare_nn.py [--batch 64] [--threads 2] [--repeat 5]
-        [--warmup 2] [--iterations 5] [--peers tf,tf-xla,ort,tf-bf16] [--no-cdiphase]
+        [--warmup 2] [--iterations 5] [--rounds 1] [--peers tf,tf-xla,ort,tf-bf16] [--no-cdiphase]
         [--require-cdiphase] [--cdiphase PATH] [--quiet-load L] [--markdown FILE]
         [--json FILE]
 """
@@ -301,6 +301,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed batches per peer")
     p.add_argument("--repeat", type=int, default=5, help="timed batches per peer (median)")
     p.add_argument("--iterations", type=int, default=5, help="cdiphase --iterations")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole sequence of peers this many times, alternating; "
+                        "report each peer's median round")
     p.add_argument("--peers", default="tf,tf-xla,ort,tf-bf16",
                    help="subset of tf,tf-xla,ort,tf-bf16 (default all)")
     p.add_argument("--cdiphase", default=str(DEFAULT_BIN))
@@ -347,16 +350,49 @@ def main(argv=None) -> int:
             except RuntimeError as e:
                 errors["ort"] = f"tf2onnx export failed: {e}"
                 print(f"  ort: {errors['ort']}", file=sys.stderr, flush=True)
-        for k in peers:
-            if k in errors:
+        binary = Path(args.cdiphase)
+        cd_missing = None
+        if not args.no_cdiphase and not (binary.is_file() and os.access(binary, os.X_OK)):
+            cd_missing = f"cdiphase binary not found: {binary} (cargo build --release)"
+        runs: dict = {}
+        # --rounds R: the whole sequence of peers R times, alternating, so that a slow
+        # phase of the machine hits every peer alike; each peer's median round is reported.
+        for rnd in range(args.rounds):
+            if args.rounds > 1:
+                print(f"  round {rnd + 1} of {args.rounds}", flush=True)
+            for k in peers:
+                if k in errors:
+                    continue
+                print(f"  {k} ...", end="", flush=True)
+                try:
+                    r = run_child(k, args, work)
+                    runs.setdefault(k, []).append(r)
+                    print(f" {r['images_per_s']:.2f} images/s", flush=True)
+                except RuntimeError as e:
+                    errors[k] = str(e)
+                    print(f" failed: {str(e).splitlines()[-1][:300]}", flush=True)
+            if args.no_cdiphase or cd_missing:
                 continue
-            print(f"  {k} ...", end="", flush=True)
-            try:
-                rows[k] = run_child(k, args, work)
-                print(f" {rows[k]['images_per_s']:.2f} images/s", flush=True)
-            except RuntimeError as e:
-                errors[k] = str(e)
-                print(f" failed: {str(e).splitlines()[-1][:300]}", flush=True)
+            for fast in (False, True):
+                key = "cdiphase --fast" if fast else "cdiphase"
+                if key in errors:
+                    continue
+                print(f"  {key} ...", end="", flush=True)
+                try:
+                    r = run_cdiphase(binary, args, fast)
+                    runs.setdefault(key, []).append(r)
+                    print(f" {r.get('images_per_s', float('nan')):.2f} images/s", flush=True)
+                except RuntimeError as e:
+                    errors[key] = str(e)
+                    print(" failed", flush=True)
+                    if cd_missing is None:
+                        cd_missing = f"{key}: {str(e).strip()[:600]}"
+        for k, rs in runs.items():
+            order = sorted(rs, key=lambda r: r.get("images_per_s") or 0.0)
+            row = dict(order[(len(order) - 1) // 2])
+            if len(rs) > 1:
+                row["images_per_s_rounds"] = [r.get("images_per_s") for r in rs]
+            rows[k] = row
         ref = np.load(work / "tf.npy") if (work / "tf.npy").is_file() else None
         for k in peers:
             f = work / f"{k}.npy"
@@ -364,25 +400,6 @@ def main(argv=None) -> int:
                 y = np.load(f)
                 rows[k]["rel_err_vs_tf"] = float(np.max(np.abs(y.astype(np.float64) - ref))
                                                  / np.max(np.abs(ref)))
-
-    cd_missing = None
-    if not args.no_cdiphase:
-        binary = Path(args.cdiphase)
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
-            cd_missing = f"cdiphase binary not found: {binary} (cargo build --release)"
-        else:
-            for fast in (False, True):
-                key = "cdiphase --fast" if fast else "cdiphase"
-                print(f"  {key} ...", end="", flush=True)
-                try:
-                    rows[key] = run_cdiphase(binary, args, fast)
-                    print(f" {rows[key].get('images_per_s', float('nan')):.2f} images/s",
-                          flush=True)
-                except RuntimeError as e:
-                    errors[key] = str(e)
-                    print(" failed", flush=True)
-                    if cd_missing is None:
-                        cd_missing = f"{key}: {str(e).strip()[:600]}"
 
     peer_keys = [k for k in ("tf", "tf-xla", "ort") if k in rows]
     best = max((rows[k]["images_per_s"] for k in peer_keys), default=None)
