@@ -1156,3 +1156,149 @@ fn upsampling_fused_into_the_next_convolution() {
         assert_eq!(prof[0].0, "up+l", "{what}");
     }
 }
+
+/// A 2x2 stride-2 max-pooling after a convolution (its only reader) is folded into it; the
+/// result must equal convolve-then-pool in float64 for every algorithm, and a pooling whose
+/// input another layer also reads (a U-Net skip) must not be folded.
+#[test]
+fn pooling_fused_into_the_previous_convolution() {
+    let mut rng = Rng(31);
+    // (h, w, ci, co, conv stride, act, mode, tol)
+    let cases = [
+        (10, 14, 16, 32, 1, Activation::Relu, Mode::F32, 1e-5),
+        (6, 8, 20, 24, 1, Activation::Tanh, Mode::Gemm, 1e-5),
+        (8, 12, 32, 16, 1, Activation::Relu, Mode::Winograd, 1e-4),
+        (12, 10, 1, 8, 1, Activation::Linear, Mode::F32, 1e-5),
+        (12, 16, 3, 16, 2, Activation::Relu, Mode::F32, 1e-5),
+        (14, 6, 16, 40, 1, Activation::Relu, Mode::Bf16, 1.5e-2),
+        (40, 36, 16, 3, 1, Activation::Sigmoid, Mode::F32, 1e-5),
+    ];
+    let bf16_ok = cdiphase::nn::cpu::amx_available()
+        || (std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16"));
+    for (h, w, ci, co, st, act, mode, tol) in cases {
+        if mode == Mode::Bf16 && !bf16_ok {
+            continue;
+        }
+        for skip in [false, true] {
+            let conv = LayerSpec {
+                name: "c".into(),
+                inputs: vec!["input".into()],
+                op: Op::Conv2D {
+                    filters: co,
+                    kernel: [3, 3],
+                    strides: [st, st],
+                    padding: Padding::Same,
+                    activation: act,
+                    use_bias: true,
+                },
+            };
+            let pool = LayerSpec {
+                name: "p".into(),
+                inputs: vec!["c".into()],
+                op: Op::MaxPooling2D {
+                    pool: [2, 2],
+                    strides: [2, 2],
+                    padding: Padding::Valid,
+                },
+            };
+            let mut layers = vec![conv, pool];
+            let mut output = "p".to_string();
+            if skip {
+                // the conv output is also read after the pooling: upsample back and concat
+                layers.push(LayerSpec {
+                    name: "u".into(),
+                    inputs: vec!["p".into()],
+                    op: Op::UpSampling2D { size: [2, 2] },
+                });
+                layers.push(LayerSpec {
+                    name: "cat".into(),
+                    inputs: vec!["u".into(), "c".into()],
+                    op: Op::Concatenate,
+                });
+                output = "cat".into();
+            }
+            let spec = ModelSpec {
+                name: "t".into(),
+                input_name: "input".into(),
+                input: [h, w, ci],
+                preprocess: Preprocess::Max,
+                layers,
+                output,
+            };
+            let model = Model::random(spec, 6).unwrap();
+            let n = 3;
+            let x = rng.vec(n * h * w * ci);
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let (cv, ho, wo) = conv_ref(
+                &x64,
+                n,
+                h,
+                w,
+                ci,
+                &model.weights["c/kernel"].data,
+                &model.weights["c/bias"].data,
+                3,
+                3,
+                co,
+                [st, st],
+                Padding::Same,
+                act,
+            );
+            let (hp, wp) = (ho / 2, wo / 2);
+            let mut pooled = vec![0.0f64; n * hp * wp * co];
+            for im in 0..n {
+                for y in 0..hp {
+                    for q in 0..wp {
+                        for c in 0..co {
+                            let at = |yy: usize, qq: usize| cv[((im * ho + yy) * wo + qq) * co + c];
+                            pooled[((im * hp + y) * wp + q) * co + c] = at(2 * y, 2 * q)
+                                .max(at(2 * y, 2 * q + 1))
+                                .max(at(2 * y + 1, 2 * q))
+                                .max(at(2 * y + 1, 2 * q + 1));
+                        }
+                    }
+                }
+            }
+            let want = if skip {
+                let mut o = vec![0.0f64; n * ho * wo * 2 * co];
+                for im in 0..n {
+                    for y in 0..ho {
+                        for q in 0..wo {
+                            let px = (im * ho + y) * wo + q;
+                            for c in 0..co {
+                                o[px * 2 * co + c] =
+                                    pooled[((im * hp + y / 2) * wp + q / 2) * co + c];
+                                o[px * 2 * co + co + c] = cv[px * co + c];
+                            }
+                        }
+                    }
+                }
+                o
+            } else {
+                pooled
+            };
+            let net = Network::new(&model, mode).unwrap();
+            let mut r = Runner::new(
+                &net,
+                n,
+                Options {
+                    threads: 2,
+                    mode,
+                    poison: true,
+                },
+            )
+            .unwrap();
+            let got = r.run(&x, n).unwrap().to_vec();
+            let e = rel_err(&got, &want);
+            let what = format!("{h}x{w}x{ci} -> {co} s{st} {act:?} {mode:?} skip {skip}");
+            assert!(e < tol, "{what}: rel err {e}");
+            let names: Vec<String> = r.profile().into_iter().map(|p| p.0).collect();
+            if skip {
+                assert!(names.contains(&"c".to_string()), "{what}: fused: {names:?}");
+            } else {
+                assert_eq!(names, ["c+p"], "{what}");
+            }
+        }
+    }
+}

@@ -196,6 +196,9 @@ pub(crate) struct ConvStep {
     /// UpSampling2D whose only reader this is): X is the stored input repeated `up` times
     /// along each axis, `h` and `w` are X's (upsampled) size
     pub up: [usize; 2],
+    /// a 2x2 stride-2 max-pooling fused after this layer (the layer's only reader; `ho`
+    /// and `wo` even): each band is pooled from thread scratch into the (ho/2, wo/2) output
+    pub pool: bool,
     /// offset of X inside P
     pub pt: usize,
     pub pl: usize,
@@ -467,6 +470,7 @@ impl Network {
         }
         let oi = spec.index_of(&spec.output).expect("checked by shapes()");
         fuse_upsampling(&mut steps, node_value[oi]);
+        fuse_pooling(&mut steps, node_value[oi]);
         Ok(Network {
             spec: spec.clone(),
             steps,
@@ -520,6 +524,50 @@ fn fuse_upsampling(steps: &mut Vec<Step>, output_value: usize) {
         }
         conv.inputs = up.inputs;
         conv.name = format!("{}+{}", up.name, conv.name);
+    }
+}
+
+/// Fold each 2x2 stride-2 MaxPooling2D (even input, no padding) whose input only it reads
+/// and a convolution writes into that convolution ([`ConvStep::pool`]): every band is
+/// pooled while it is in cache, and the full-resolution tensor is never written. Exact.
+fn fuse_pooling(steps: &mut Vec<Step>, output_value: usize) {
+    let mut k = 0;
+    while k < steps.len() {
+        let Kind::MaxPool {
+            h, w, p, s, pt, pl, ..
+        } = steps[k].kind
+        else {
+            k += 1;
+            continue;
+        };
+        let v = steps[k].inputs[0];
+        let readers = steps.iter().filter(|st| st.inputs.contains(&v)).count();
+        let writer = steps.iter().position(|st| st.out == v);
+        let fusable = p == [2, 2]
+            && s == [2, 2]
+            && pt == 0
+            && pl == 0
+            && h % 2 == 0
+            && w % 2 == 0
+            && v != output_value
+            && readers == 1
+            && writer.is_some_and(
+                |j| matches!(&steps[j].kind, Kind::Conv(c) if !c.pool && c.ho == h && c.wo == w),
+            );
+        if !fusable {
+            k += 1;
+            continue;
+        }
+        let j = writer.expect("checked");
+        let pool = steps.remove(k);
+        let j = j - usize::from(j > k);
+        let conv = &mut steps[j];
+        if let Kind::Conv(c) = &mut conv.kind {
+            c.pool = true;
+        }
+        conv.out = pool.out;
+        conv.out_len = pool.out_len;
+        conv.name = format!("{}+{}", conv.name, pool.name);
     }
 }
 
@@ -582,6 +630,7 @@ fn conv_step(
         s,
         d,
         up: [1, 1],
+        pool: false,
         pt,
         pl,
         wgt,
@@ -640,10 +689,52 @@ impl ConvStep {
         while rows > 1 && batch * self.ho.div_ceil(rows) < want {
             rows = rows.div_ceil(2);
         }
+        if self.pool && rows % 2 == 1 {
+            // pooled bands need whole row pairs (ho is even)
+            rows += 1;
+        }
         rows
     }
 
+    /// Scratch of one work item: the kernel's, plus the band output when a pooling is fused.
     fn scratch_len(&self, rows: usize) -> usize {
+        self.kernel_scratch_len(rows)
+            + if self.pool {
+                rows * self.wo * self.cout
+            } else {
+                0
+            }
+    }
+
+    /// Output values per image (after a fused pooling).
+    pub(crate) fn out_len(&self) -> usize {
+        let f = if self.pool { 2 } else { 1 };
+        self.ho / f * (self.wo / f) * self.cout
+    }
+
+    /// One work item: output rows [r0, r0 + rows) of image `x`; `out` holds those rows of
+    /// the layer's output, pooled when a pooling is fused (then `rows` is even).
+    fn run_item(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
+        if !self.pool {
+            return self.run_tile(x, r0, rows, out, sc);
+        }
+        let (wo, c) = (self.wo, self.cout);
+        let (ksc, rest) = sc.split_at_mut(self.kernel_scratch_len(rows));
+        let band = &mut rest[..rows * wo * c];
+        self.run_tile(x, r0, rows, band, ksc);
+        for y in 0..rows / 2 {
+            for q in 0..wo / 2 {
+                let o = &mut out[(y * (wo / 2) + q) * c..][..c];
+                let a = &band[((2 * y) * wo + 2 * q) * c..][..2 * c];
+                let b = &band[((2 * y + 1) * wo + 2 * q) * c..][..2 * c];
+                for k in 0..c {
+                    o[k] = a[k].max(a[c + k]).max(b[k].max(b[c + k]));
+                }
+            }
+        }
+    }
+
+    fn kernel_scratch_len(&self, rows: usize) -> usize {
         match self.algo {
             ConvAlgo::Shifted => {
                 (rows + self.kh - 1) * self.wp() * self.cin + rows * self.wp() * self.cout
@@ -1146,7 +1237,8 @@ fn run_step(
         Kind::Conv(c) => {
             let c: &ConvStep = c;
             let in_img = c.src_len();
-            let out_img = c.ho * c.wo * c.cout;
+            let out_img = c.out_len();
+            let pf = if c.pool { 2 } else { 1 };
             let tiles = c.ho.div_ceil(tile_rows);
             let optr = SendPtr(out.as_mut_ptr());
             let failed = ctx.pool.install(|| {
@@ -1155,14 +1247,14 @@ fn run_step(
                     let r0 = t * tile_rows;
                     let rows = tile_rows.min(c.ho - r0);
                     let xi = &x[img * in_img..(img + 1) * in_img];
-                    let off = img * out_img + r0 * c.wo * c.cout;
-                    let len = rows * c.wo * c.cout;
+                    let off = img * out_img + r0 / pf * (c.wo / pf) * c.cout;
+                    let len = rows / pf * (c.wo / pf) * c.cout;
                     // SAFETY: work items write disjoint ranges [off, off+len) of `out`
                     // (distinct (image, row range) pairs), all inside out's n*out_img values.
                     let o = unsafe { std::slice::from_raw_parts_mut({ optr }.0.add(off), len) };
                     let ti = rayon::current_thread_index().unwrap_or(0) % ctx.scratch.len();
                     let mut sc = ctx.scratch[ti].lock().map_err(|_| ())?;
-                    c.run_tile(xi, r0, rows, o, &mut sc);
+                    c.run_item(xi, r0, rows, o, &mut sc);
                     Ok::<(), ()>(())
                 })
             });
