@@ -199,6 +199,8 @@ pub(crate) struct ConvStep {
     /// a 2x2 stride-2 max-pooling fused after this layer (the layer's only reader; `ho`
     /// and `wo` even): each band is pooled from thread scratch into the (ho/2, wo/2) output
     pub pool: bool,
+    /// the fused upsampling computed by sub-pixel classes (direct f32 layers)
+    pub(crate) subpixel: Option<direct::SubPixel>,
     /// offset of X inside P
     pub pt: usize,
     pub pl: usize,
@@ -521,6 +523,9 @@ fn fuse_upsampling(steps: &mut Vec<Step>, output_value: usize) {
         let conv = &mut steps[r];
         if let Kind::Conv(c) = &mut conv.kind {
             c.up = s;
+            if std::env::var("CDIPHASE_NO_SUBPIXEL").is_err() {
+                c.subpixel = c.direct.as_ref().and_then(|p| direct::subpixel(c, p.kind));
+            }
         }
         conv.inputs = up.inputs;
         conv.name = format!("{}+{}", up.name, conv.name);
@@ -631,6 +636,7 @@ fn conv_step(
         d,
         up: [1, 1],
         pool: false,
+        subpixel: None,
         pt,
         pl,
         wgt,
@@ -639,6 +645,14 @@ fn conv_step(
         algo,
         wino,
         direct,
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 
@@ -689,11 +703,15 @@ impl ConvStep {
         while rows > 1 && batch * self.ho.div_ceil(rows) < want {
             rows = rows.div_ceil(2);
         }
-        if self.pool && rows % 2 == 1 {
-            // pooled bands need whole row pairs (ho is even)
-            rows += 1;
-        }
-        rows
+        // pooled bands need whole row pairs, sub-pixel bands whole input rows (ho is a
+        // multiple of both)
+        let m = if self.pool { 2 } else { 1 };
+        let m = if self.subpixel.is_some() {
+            m * self.up[0] / gcd(m, self.up[0])
+        } else {
+            m
+        };
+        rows.div_ceil(m) * m
     }
 
     /// Scratch of one work item: the kernel's, plus the band output when a pooling is fused.
@@ -1128,6 +1146,8 @@ impl<'a> Runner<'a> {
                         ConvAlgo::Im2col => "im2col-gemm",
                         ConvAlgo::Winograd => "winograd",
                         ConvAlgo::Direct => match c.packed().kind {
+                            DirectKind::F32 if c.subpixel.is_some() => "direct-f32-subpixel",
+                            DirectKind::Dot if c.subpixel.is_some() => "direct-dot-subpixel",
                             DirectKind::F32 => "direct-f32",
                             DirectKind::Bf16 => "direct-bf16",
                             DirectKind::Dot => "direct-dot",

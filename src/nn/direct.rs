@@ -246,6 +246,90 @@ pub(crate) fn pack(
     }
 }
 
+/// One sub-pixel class of an upsampling folded into a layer: its taps in band
+/// coordinates (row, column) and its weights (the original taps that read the same input
+/// pixel, summed), packed for the kernel.
+#[derive(Debug)]
+pub(crate) struct SubClass {
+    pub taps: Vec<(usize, usize)>,
+    pub pack: DirectPack,
+}
+
+/// An upsampling by `ConvStep::up` folded into a direct layer, computed by sub-pixel
+/// classes: `classes[a * u1 + b]` makes the outputs (u0*y + a, u1*x + b) from the small
+/// input, padded by `pad` = [top, bottom, left, right] input pixels in the band.
+#[derive(Debug)]
+pub(crate) struct SubPixel {
+    pub pad: [usize; 4],
+    pub classes: Vec<SubClass>,
+}
+
+/// The sub-pixel form of a direct f32 layer that reads its input upsampled by `c.up`
+/// (None where it does not apply: no upsampling, a dilated P, output sizes that are not
+/// multiples of the factors, or a bf16 kernel).
+pub(crate) fn subpixel(c: &ConvStep, kind: DirectKind) -> Option<SubPixel> {
+    let [u0, u1] = c.up;
+    if (u0 == 1 && u1 == 1)
+        || c.d != [1, 1]
+        || c.s != [1, 1]
+        || c.ho % u0 != 0
+        || c.wo % u1 != 0
+        || !matches!(kind, DirectKind::F32 | DirectKind::Dot)
+    {
+        return None;
+    }
+    // per axis and phase a: the input offset of tap d, floor((a + d - pad) / u)
+    let axis = |k: usize, pad: usize, u: usize| -> Vec<Vec<isize>> {
+        (0..u)
+            .map(|a| {
+                (0..k)
+                    .map(|d| (a as isize + d as isize - pad as isize).div_euclid(u as isize))
+                    .collect()
+            })
+            .collect()
+    };
+    let (oy, ox) = (axis(c.kh, c.pt, u0), axis(c.kw, c.pl, u1));
+    let lo = |o: &[Vec<isize>]| o.iter().flatten().copied().min().unwrap_or(0);
+    let hi = |o: &[Vec<isize>]| o.iter().flatten().copied().max().unwrap_or(0);
+    let (pt, pb) = ((-lo(&oy)).max(0) as usize, hi(&oy).max(0) as usize);
+    let (pl, pr) = ((-lo(&ox)).max(0) as usize, hi(&ox).max(0) as usize);
+    let uniq = |v: &[isize]| {
+        let mut u = v.to_vec();
+        u.sort_unstable();
+        u.dedup();
+        u
+    };
+    let (cin, cout) = (c.cin, c.cout);
+    let mut classes = Vec::with_capacity(u0 * u1);
+    for a in 0..u0 {
+        for b in 0..u1 {
+            let (ry, rx) = (uniq(&oy[a]), uniq(&ox[b]));
+            let mut taps = Vec::new();
+            let mut wgt = vec![0.0f32; ry.len() * rx.len() * cin * cout];
+            for (i, &vy) in ry.iter().enumerate() {
+                for (j, &vx) in rx.iter().enumerate() {
+                    let t = i * rx.len() + j;
+                    taps.push(((vy + pt as isize) as usize, (vx + pl as isize) as usize));
+                    for dy in (0..c.kh).filter(|&d| oy[a][d] == vy) {
+                        for dx in (0..c.kw).filter(|&d| ox[b][d] == vx) {
+                            let src = &c.wgt[(dy * c.kw + dx) * cin * cout..][..cin * cout];
+                            for (w, s) in wgt[t * cin * cout..][..cin * cout].iter_mut().zip(src) {
+                                *w += s;
+                            }
+                        }
+                    }
+                }
+            }
+            let pack = pack(&wgt, &c.bias, taps.len(), cin, cout, kind);
+            classes.push(SubClass { taps, pack });
+        }
+    }
+    Some(SubPixel {
+        pad: [pt, pb, pl, pr],
+        classes,
+    })
+}
+
 /// Band pixels (with the zero slack) for `rows` output rows.
 fn band_pixels(c: &ConvStep, rows: usize) -> usize {
     (rows + c.kh - 1) * c.wp() + MR_MAX
@@ -253,6 +337,11 @@ fn band_pixels(c: &ConvStep, rows: usize) -> usize {
 
 /// f32 elements of scratch for a band of `rows` output rows.
 pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
+    if let Some(sp) = &c.subpixel {
+        let [pt, pb, pl, pr] = sp.pad;
+        let prow = rows.div_ceil(c.up[0]) + pt + pb;
+        return (prow * (c.w / c.up[1] + pl + pr) + MR_MAX) * c.cin;
+    }
     let px = band_pixels(c, rows);
     match p.kind {
         DirectKind::F32 | DirectKind::Dot => px * c.cin,
@@ -289,6 +378,10 @@ pub(crate) fn tile(
         // again just above; the slices were checked against the band's sizes.
         unsafe {
             match p.kind {
+                _ if c.subpixel.is_some() => {
+                    let sp = c.subpixel.as_ref().expect("checked");
+                    x86::tile_classes(c, sp, x, r0, rows, out, sc)
+                }
                 DirectKind::F32 => x86::tile_f32(c, p, x, r0, rows, out, sc),
                 DirectKind::Dot => x86::tile_dot(c, p, x, r0, rows, out, sc),
                 DirectKind::Bf16 => x86::tile_bf16(c, p, x, r0, rows, out, sc),
@@ -312,7 +405,7 @@ pub(crate) fn tile(
 // the micro-kernels index their register arrays by pixel and vector on purpose
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::{band_pixels, DirectPack, MR_MAX};
+    use super::{band_pixels, DirectKind, DirectPack, MR_MAX};
     use crate::nn::cpu::ConvStep;
     use crate::nn::spec::Activation;
     use std::arch::x86_64::*;
@@ -324,25 +417,50 @@ mod x86 {
         unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
     }
 
+    /// How the flat pixels of a band map to the layer output: band pixel m = (y, x) with
+    /// y = m / `wpb`, x = m % `wpb`; valid when m < `mtot` and x < `wv`; output pixel
+    /// (y * step[0] + phase[0], x * step[1] + phase[1]).
+    #[derive(Clone, Copy)]
+    pub(super) struct Geom {
+        pub wpb: usize,
+        pub wv: usize,
+        pub mtot: usize,
+        pub step: [usize; 2],
+        pub phase: [usize; 2],
+    }
+
+    impl Geom {
+        /// The plain band of `rows` output rows (P width wp, kw - 1 dropped columns).
+        fn plain(c: &ConvStep, rows: usize) -> Geom {
+            Geom {
+                wpb: c.wp(),
+                wv: c.wo,
+                mtot: (rows - 1) * c.wp() + c.wo,
+                step: [1, 1],
+                phase: [0, 0],
+            }
+        }
+    }
+
     /// Destination of each pixel of a tile (null: a dropped column or past the band).
     #[inline(always)]
     fn dests<const MR: usize>(
         c: &ConvStep,
+        g: &Geom,
         out: *mut f32,
         m0: usize,
-        mtot: usize,
         ch0: usize,
     ) -> [*mut f32; MR] {
-        let wp = c.wp();
         let mut d = [std::ptr::null_mut(); MR];
-        let (mut y, mut xx) = (m0 / wp, m0 % wp);
+        let (mut y, mut xx) = (m0 / g.wpb, m0 % g.wpb);
         for (i, di) in d.iter_mut().enumerate() {
-            if m0 + i < mtot && xx < c.wo {
-                // SAFETY: (y, xx) is an output pixel of the band, inside `out`.
-                *di = unsafe { out.add((y * c.wo + xx) * c.cout + ch0) };
+            if m0 + i < g.mtot && xx < g.wv {
+                let (oy, ox) = (y * g.step[0] + g.phase[0], xx * g.step[1] + g.phase[1]);
+                // SAFETY: (oy, ox) is an output pixel of the band, inside `out`.
+                *di = unsafe { out.add((oy * c.wo + ox) * c.cout + ch0) };
             }
             xx += 1;
-            if xx == wp {
+            if xx == g.wpb {
                 xx = 0;
                 y += 1;
             }
@@ -517,6 +635,26 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
+        let band = fill_band(c, x, r0, rows, sc);
+        let offs = offsets(c, c.cin);
+        sweep_f32(
+            c,
+            p,
+            band.as_ptr(),
+            &offs,
+            &Geom::plain(c, rows),
+            out.as_mut_ptr(),
+        );
+    }
+
+    /// The band's P rows (f32, pixel-major) and the zero slack after them.
+    fn fill_band<'s>(
+        c: &ConvStep,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        sc: &'s mut [f32],
+    ) -> &'s [f32] {
         let (cin, wp) = (c.cin, c.wp());
         let prow = rows + c.kh - 1;
         let band = &mut sc[..band_pixels(c, rows) * cin];
@@ -529,27 +667,100 @@ mod x86 {
             );
         }
         band[prow * wp * cin..].fill(0.0);
-        let offs = offsets(c, cin);
+        band
+    }
+
+    /// Every f32 tile of a band: taps at `offs` (floats from a pixel), weights `p`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sweep_f32(
+        c: &ConvStep,
+        p: &DirectPack,
+        bp: *const f32,
+        offs: &[usize],
+        g: &Geom,
+        op: *mut f32,
+    ) {
+        let cin = c.cin;
         let (nv, nb) = (p.nv, 16 * p.nv);
-        let taps = c.kh * c.kw;
+        let taps = offs.len();
         let relu = c.act == Activation::Relu;
-        let mtot = (rows - 1) * wp + c.wo;
-        let (bp, op) = (band.as_ptr(), out.as_mut_ptr());
         macro_rules! run {
             ($mr:literal, $nv:literal) => {
-                sweep(c, rows, p.ncb, $mr, |m0, cb| {
-                    let dst = dests::<$mr>(c, op, m0, mtot, cb * nb);
+                for cb in 0..p.ncb {
                     let mask = masks::<$nv>(c.cout, cb * nb);
                     let w = p.w32.as_ptr().add(cb * taps * cin * nb);
                     let b = p.bias.as_ptr().add(cb * nb);
-                    let t = bp.add(m0 * cin);
-                    dispatch_cin!(micro_f32, $mr, $nv, cin, t, cin, &offs, w, b, relu, &dst, &mask);
-                })
+                    let mut m0 = 0;
+                    while m0 < g.mtot {
+                        let dst = dests::<$mr>(c, g, op, m0, cb * nb);
+                        let t = bp.add(m0 * cin);
+                        dispatch_cin!(
+                            micro_f32, $mr, $nv, cin, t, cin, offs, w, b, relu, &dst, &mask
+                        );
+                        m0 += $mr;
+                    }
+                }
             };
         }
         match nv {
             1 => run!(28, 1),
             _ => run!(14, 2),
+        }
+    }
+
+    /// Upsampling folded into the layer (`ConvStep::up`), by sub-pixel classes: output
+    /// pixels of one class (oy mod u0, ox mod u1) read the small input through a smaller
+    /// kernel (the taps that land on the same input pixel summed), so the band is the small
+    /// input and a 3x3 layer after a 2x upsampling does 4 taps per output instead of 9.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile_classes(
+        c: &ConvStep,
+        sp: &super::SubPixel,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        let (cin, [u0, u1]) = (c.cin, c.up);
+        let (hs, ws) = (c.h / u0, c.w / u1);
+        let [pt, pb, pl, pr] = sp.pad;
+        let wpb = ws + pl + pr;
+        let (ys0, nrs) = (r0 / u0, rows / u0);
+        let prow = nrs + pt + pb;
+        let band = &mut sc[..(prow * wpb + MR_MAX) * cin];
+        for jj in 0..prow {
+            let dst = &mut band[jj * wpb * cin..(jj + 1) * wpb * cin];
+            match (ys0 + jj).checked_sub(pt).filter(|&r| r < hs) {
+                None => dst.fill(0.0),
+                Some(r) => {
+                    dst[..pl * cin].fill(0.0);
+                    dst[pl * cin..(pl + ws) * cin]
+                        .copy_from_slice(&x[r * ws * cin..(r + 1) * ws * cin]);
+                    dst[(pl + ws) * cin..].fill(0.0);
+                }
+            }
+        }
+        band[prow * wpb * cin..].fill(0.0);
+        for (k, class) in sp.classes.iter().enumerate() {
+            let g = Geom {
+                wpb,
+                wv: ws,
+                mtot: (nrs - 1) * wpb + ws,
+                step: [u0, u1],
+                phase: [k / u1, k % u1],
+            };
+            let offs: Vec<usize> = class
+                .taps
+                .iter()
+                .map(|&(dy, dx)| (dy * wpb + dx) * cin)
+                .collect();
+            match class.pack.kind {
+                DirectKind::Dot => {
+                    sweep_dot(c, &class.pack, band.as_ptr(), &offs, &g, out.as_mut_ptr())
+                }
+                _ => sweep_f32(c, &class.pack, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
+            }
         }
     }
 
@@ -563,7 +774,7 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let (cin, wp) = (c.cin, c.wp());
+        let cin = c.cin;
         let c2 = cin.div_ceil(2);
         let prow = rows + c.kh - 1;
         let npx = band_pixels(c, rows);
@@ -574,12 +785,12 @@ mod x86 {
         let (nv, nb) = (p.nv, 16 * p.nv);
         let taps = c.kh * c.kw;
         let relu = c.act == Activation::Relu;
-        let mtot = (rows - 1) * wp + c.wo;
+        let g = Geom::plain(c, rows);
         let (bp, op) = (band.as_ptr() as *const u32, out.as_mut_ptr());
         macro_rules! run {
             ($mr:literal, $nv:literal) => {
                 sweep(c, rows, p.ncb, $mr, |m0, cb| {
-                    let dst = dests::<$mr>(c, op, m0, mtot, cb * nb);
+                    let dst = dests::<$mr>(c, &g, op, m0, cb * nb);
                     let mask = masks::<$nv>(c.cout, cb * nb);
                     let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
                     let b = p.bias.as_ptr().add(cb * nb);
@@ -669,7 +880,8 @@ mod x86 {
         let offs = offsets(c, cp * 2); // bytes
         let taps = offs.len();
         let relu = c.act == Activation::Relu;
-        let mtot = (rows - 1) * wp + c.wo;
+        let g = Geom::plain(c, rows);
+        let mtot = g.mtot;
         let bb = band.as_ptr() as *const u8;
         let stride = cp * 2;
         let cfg = TileCfg {
@@ -734,7 +946,7 @@ mod x86 {
                 );
                 let b = [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))];
                 for pb in 0..2 {
-                    let dst = dests::<16>(c, out.as_mut_ptr(), m0 + 16 * pb, mtot, cb * 32);
+                    let dst = dests::<16>(c, &g, out.as_mut_ptr(), m0 + 16 * pb, cb * 32);
                     for (r, &d) in dst.iter().enumerate() {
                         if d.is_null() {
                             continue;
@@ -791,20 +1003,29 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
+        let band = fill_band(c, x, r0, rows, sc);
+        let offs = offsets(c, c.cin);
+        sweep_dot(
+            c,
+            p,
+            band.as_ptr(),
+            &offs,
+            &Geom::plain(c, rows),
+            out.as_mut_ptr(),
+        );
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sweep_dot(
+        c: &ConvStep,
+        p: &DirectPack,
+        bp: *const f32,
+        offs: &[usize],
+        g: &Geom,
+        op: *mut f32,
+    ) {
         const MR: usize = 8;
-        let (cin, wp) = (c.cin, c.wp());
-        let prow = rows + c.kh - 1;
-        let band = &mut sc[..band_pixels(c, rows) * cin];
-        for jj in 0..prow {
-            c.fill_p_row(
-                x,
-                r0 + jj,
-                wp,
-                &mut band[jj * wp * cin..(jj + 1) * wp * cin],
-            );
-        }
-        band[prow * wp * cin..].fill(0.0);
-        let offs = offsets(c, cin);
+        let cin = c.cin;
         let taps = offs.len();
         let c16 = cin.div_ceil(16) * 16;
         let nblk = c16 / 16;
@@ -815,15 +1036,13 @@ mod x86 {
             ((1u32 << tail) - 1) as u16
         };
         let relu = c.act == Activation::Relu;
-        let mtot = (rows - 1) * wp + c.wo;
-        let (bp, op) = (band.as_ptr(), out.as_mut_ptr());
         const { assert!(MR <= MR_MAX) };
         for co in 0..c.cout {
             let wco = p.w32.as_ptr().add(co * taps * c16);
             let bias = p.bias[co];
             let mut m0 = 0;
-            while m0 < mtot {
-                let dst = dests::<MR>(c, op, m0, mtot, co);
+            while m0 < g.mtot {
+                let dst = dests::<MR>(c, g, op, m0, co);
                 let mut acc = [_mm512_setzero_ps(); MR];
                 for (t, &off) in offs.iter().enumerate() {
                     let b = bp.add(m0 * cin + off);
