@@ -272,8 +272,8 @@ pub(crate) fn subpixel(c: &ConvStep, kind: DirectKind) -> Option<SubPixel> {
     if (u0 == 1 && u1 == 1)
         || c.d != [1, 1]
         || c.s != [1, 1]
-        || c.ho % u0 != 0
-        || c.wo % u1 != 0
+        || !c.ho.is_multiple_of(u0)
+        || !c.wo.is_multiple_of(u1)
         || !matches!(kind, DirectKind::F32 | DirectKind::Dot)
     {
         return None;
@@ -301,17 +301,17 @@ pub(crate) fn subpixel(c: &ConvStep, kind: DirectKind) -> Option<SubPixel> {
     };
     let (cin, cout) = (c.cin, c.cout);
     let mut classes = Vec::with_capacity(u0 * u1);
-    for a in 0..u0 {
-        for b in 0..u1 {
-            let (ry, rx) = (uniq(&oy[a]), uniq(&ox[b]));
+    for oa in &oy {
+        for ob in &ox {
+            let (ry, rx) = (uniq(oa), uniq(ob));
             let mut taps = Vec::new();
             let mut wgt = vec![0.0f32; ry.len() * rx.len() * cin * cout];
             for (i, &vy) in ry.iter().enumerate() {
                 for (j, &vx) in rx.iter().enumerate() {
                     let t = i * rx.len() + j;
                     taps.push(((vy + pt as isize) as usize, (vx + pl as isize) as usize));
-                    for dy in (0..c.kh).filter(|&d| oy[a][d] == vy) {
-                        for dx in (0..c.kw).filter(|&d| ox[b][d] == vx) {
+                    for dy in (0..c.kh).filter(|&d| oa[d] == vy) {
+                        for dx in (0..c.kw).filter(|&d| ob[d] == vx) {
                             let src = &c.wgt[(dy * c.kw + dx) * cin * cout..][..cin * cout];
                             for (w, s) in wgt[t * cin * cout..][..cin * cout].iter_mut().zip(src) {
                                 *w += s;
