@@ -1059,6 +1059,7 @@ fn upsampling_fused_into_the_next_convolution() {
         (7, 6, 3, 8, [2, 2], 2, false, Mode::F32, 1e-5),
         (3, 4, 16, 16, [2, 2], 2, true, Mode::F32, 1e-5),
         (5, 3, 16, 40, [2, 2], 1, false, Mode::Bf16, 1.5e-2),
+        (7, 4, 40, 33, [2, 3], 1, true, Mode::Bf16, 1.5e-2),
         (9, 6, 16, 3, [2, 2], 1, false, Mode::F32, 1e-5),
         (4, 7, 24, 1, [3, 3], 1, true, Mode::F32, 1e-5),
         (6, 5, 20, 17, [1, 2], 1, false, Mode::F32, 1e-5),
@@ -1158,7 +1159,10 @@ fn upsampling_fused_into_the_next_convolution() {
         assert_eq!(prof.len(), 1, "{what}: not fused: {prof:?}");
         assert_eq!(prof[0].0, "up+l", "{what}");
         // stride-1 f32 layers on the direct kernels take the sub-pixel form
-        if mode == Mode::F32 && st == 1 && std::arch::is_x86_feature_detected!("avx512f") {
+        let amx = cdiphase::nn::cpu::amx_available();
+        if (mode == Mode::F32 && st == 1 && std::arch::is_x86_feature_detected!("avx512f"))
+            || (mode == Mode::Bf16 && amx)
+        {
             assert!(prof[0].2.ends_with("-subpixel"), "{what}: {}", prof[0].2);
         }
     }

@@ -1151,6 +1151,7 @@ impl<'a> Runner<'a> {
                             DirectKind::F32 => "direct-f32",
                             DirectKind::Bf16 => "direct-bf16",
                             DirectKind::Dot => "direct-dot",
+                            DirectKind::Amx if c.subpixel.is_some() => "amx-bf16-subpixel",
                             DirectKind::Amx => "amx-bf16",
                         },
                     },

@@ -266,7 +266,7 @@ pub(crate) struct SubPixel {
 
 /// The sub-pixel form of a direct f32 layer that reads its input upsampled by `c.up`
 /// (None where it does not apply: no upsampling, a dilated P, output sizes that are not
-/// multiples of the factors, or a bf16 kernel).
+/// multiples of the factors, or the AVX512_BF16 kernel).
 pub(crate) fn subpixel(c: &ConvStep, kind: DirectKind) -> Option<SubPixel> {
     let [u0, u1] = c.up;
     if (u0 == 1 && u1 == 1)
@@ -274,7 +274,7 @@ pub(crate) fn subpixel(c: &ConvStep, kind: DirectKind) -> Option<SubPixel> {
         || c.s != [1, 1]
         || !c.ho.is_multiple_of(u0)
         || !c.wo.is_multiple_of(u1)
-        || !matches!(kind, DirectKind::F32 | DirectKind::Dot)
+        || kind == DirectKind::Bf16
     {
         return None;
     }
@@ -340,7 +340,13 @@ pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
     if let Some(sp) = &c.subpixel {
         let [pt, pb, pl, pr] = sp.pad;
         let prow = rows.div_ceil(c.up[0]) + pt + pb;
-        return (prow * (c.w / c.up[1] + pl + pr) + MR_MAX) * c.cin;
+        let wpb = c.w / c.up[1] + pl + pr;
+        let px = prow * wpb + MR_MAX;
+        return match p.kind {
+            // bf16 band (cin padded to 32) + one f32 row + the result tiles
+            DirectKind::Amx => px * c.cin.div_ceil(32) * 16 + wpb * c.cin + 4 * 256,
+            _ => px * c.cin,
+        };
     }
     let px = band_pixels(c, rows);
     match p.kind {
@@ -378,6 +384,10 @@ pub(crate) fn tile(
         // again just above; the slices were checked against the band's sizes.
         unsafe {
             match p.kind {
+                DirectKind::Amx if c.subpixel.is_some() => {
+                    let sp = c.subpixel.as_ref().expect("checked");
+                    x86::tile_classes_amx(c, sp, x, r0, rows, out, sc)
+                }
                 _ if c.subpixel.is_some() => {
                     let sp = c.subpixel.as_ref().expect("checked");
                     x86::tile_classes(c, sp, x, r0, rows, out, sc)
@@ -868,22 +878,108 @@ mod x86 {
         sc: &mut [f32],
     ) {
         let wp = c.wp();
-        let kc = c.cin.div_ceil(32);
-        let cp = 32 * kc;
+        let cp = 32 * c.cin.div_ceil(32);
         let prow = rows + c.kh - 1;
         let npx = band_pixels(c, rows);
         let (band, rest) = sc.split_at_mut(npx * cp / 2);
         let (row, rest) = rest.split_at_mut(wp * c.cin);
         fill_band_bf16(c, x, r0, prow, cp, bytemuck::cast_slice_mut(band), row);
-        // the 4 x 16 x 16 f32 result tiles
-        let cbuf = &mut rest[..4 * 256];
         let offs = offsets(c, cp * 2); // bytes
+        let g = Geom::plain(c, rows);
+        sweep_amx(
+            c,
+            p,
+            band.as_ptr() as *const u8,
+            &offs,
+            &g,
+            out,
+            &mut rest[..4 * 256],
+        );
+    }
+
+    /// Sub-pixel classes (see [`tile_classes`]) on the AMX kernel: a bf16 band of the
+    /// small input, one sweep per class with its taps and summed weights.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile_classes_amx(
+        c: &ConvStep,
+        sp: &super::SubPixel,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        let (cin, [u0, u1]) = (c.cin, c.up);
+        let (hs, ws) = (c.h / u0, c.w / u1);
+        let [pt, pb, pl, pr] = sp.pad;
+        let wpb = ws + pl + pr;
+        let (ys0, nrs) = (r0 / u0, rows / u0);
+        let prow = nrs + pt + pb;
+        let cp = 32 * cin.div_ceil(32);
+        let npx = prow * wpb + MR_MAX;
+        let (band, rest) = sc.split_at_mut(npx * cp / 2);
+        let (row, rest) = rest.split_at_mut(wpb * cin);
+        let b16: &mut [u16] = bytemuck::cast_slice_mut(band);
+        for jj in 0..prow {
+            match (ys0 + jj).checked_sub(pt).filter(|&r| r < hs) {
+                None => row.fill(0.0),
+                Some(r) => {
+                    row[..pl * cin].fill(0.0);
+                    row[pl * cin..(pl + ws) * cin]
+                        .copy_from_slice(&x[r * ws * cin..(r + 1) * ws * cin]);
+                    row[(pl + ws) * cin..].fill(0.0);
+                }
+            }
+            let dst = &mut b16[jj * wpb * cp..(jj + 1) * wpb * cp];
+            for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
+                convert_bf16(s, &mut d[..cin]);
+                d[cin..].fill(0);
+            }
+        }
+        b16[prow * wpb * cp..].fill(0);
+        let cbuf = &mut rest[..4 * 256];
+        for (k, class) in sp.classes.iter().enumerate() {
+            let g = Geom {
+                wpb,
+                wv: ws,
+                mtot: (nrs - 1) * wpb + ws,
+                step: [u0, u1],
+                phase: [k / u1, k % u1],
+            };
+            let offs: Vec<usize> = class
+                .taps
+                .iter()
+                .map(|&(dy, dx)| (dy * wpb + dx) * cp * 2)
+                .collect();
+            sweep_amx(
+                c,
+                &class.pack,
+                band.as_ptr() as *const u8,
+                &offs,
+                &g,
+                out,
+                cbuf,
+            );
+        }
+    }
+
+    /// Every AMX tile of a bf16 band (`cp = 32 * ceil(cin/32)` channels per pixel): taps at
+    /// `offs` (bytes from a pixel), weights `p` in the AMX layout; `cbuf` is 4 x 256 f32.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn sweep_amx(
+        c: &ConvStep,
+        p: &DirectPack,
+        bb: *const u8,
+        offs: &[usize],
+        g: &Geom,
+        out: &mut [f32],
+        cbuf: &mut [f32],
+    ) {
+        let kc = c.cin.div_ceil(32);
         let taps = offs.len();
         let relu = c.act == Activation::Relu;
-        let g = Geom::plain(c, rows);
         let mtot = g.mtot;
-        let bb = band.as_ptr() as *const u8;
-        let stride = cp * 2;
+        let stride = 64 * kc;
         let cfg = TileCfg {
             palette: 1,
             start_row: 0,
@@ -908,7 +1004,7 @@ mod x86 {
                 );
                 let a0 = bb.add(m0 * stride);
                 let mut wq = wcb;
-                for &off in &offs {
+                for &off in offs {
                     for k in 0..kc {
                         let a = a0.add(off + 64 * k);
                         asm!(
@@ -946,7 +1042,7 @@ mod x86 {
                 );
                 let b = [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))];
                 for pb in 0..2 {
-                    let dst = dests::<16>(c, &g, out.as_mut_ptr(), m0 + 16 * pb, cb * 32);
+                    let dst = dests::<16>(c, g, out.as_mut_ptr(), m0 + 16 * pb, cb * 32);
                     for (r, &d) in dst.iter().enumerate() {
                         if d.is_null() {
                             continue;
