@@ -108,50 +108,98 @@ CD_KERNEL cd_nn_convT_weights(const float* __restrict__ wt, int K, int Cin, int 
     w[idx] = wt[(((size_t)(K - 1 - i) * K + (K - 1 - j)) * Cout + co) * Cin + ci];
 }
 
-// Conv2DTranspose, any stride s, 'same' (output H*s x W*s; padding before p = max(K - s, 0) / 2,
-// as TensorFlow), fused bias and activation, direct gather: one thread per output pixel and
-// 8 output channels, weights wt (K, K, Cout, Cin) read through the cache:
-//   y[n,oy,ox,co] = act(bias[co] + sum x[n,iy,ix,ci] wt[i,j,co,ci]) over iy*s + i - p = oy,
-//   ix*s + j - p = ox. Block 256; grid (ceil(N*Ho*Wo / 256), ceil(Cout / 8)).
-// FLOPs: 2 N H W K^2 Cin Cout (the multiply-adds that exist). Bytes: 4 N H W Cin (K/s)^2
-// ceil(Cout/8) reads (cache) + 4 N Ho Wo Cout written.
-CD_KERNEL cd_nn_conv_transpose2d(const float* __restrict__ x, const float* __restrict__ wt,
-                                 const float* __restrict__ bias, float* __restrict__ y, int N, int H, int W,
-                                 int Cin, int Cout, int K, int s, int act) {
-    const int Ho = H * s, Wo = W * s;
+// Conv2D, the general case (what cd_nn_conv2d does not take: strides, 'valid', even or
+// non-square kernels): kernel KH x KW, strides (sy, sx), leading padding (pt, pl) (TF 'same':
+// pad_before = pad_total / 2, the extra row/column after; 'valid': 0), output Ho x Wo, fused
+// bias (may be null) and activation, direct gather (taps outside the input are zero):
+//   y[n,oy,ox,co] = act(bias[co] + sum_{i,j,ci} x[n, oy*sy+i-pt, ox*sx+j-pl, ci] w[i,j,ci,co]).
+// One thread per output pixel and 8 output channels; the 8 weights of a tap and input channel
+// are contiguous (Keras layout (KH, KW, Cin, Cout)) and the same for every thread of the block
+// (broadcast through the cache). Block 256; grid (ceil(N*Ho*Wo / 256), ceil(Cout / 8)).
+// FLOPs: 2 P KH KW Cin Cout, P = N Ho Wo. Bytes: 4 P KH KW Cin ceil(Cout/8) input reads
+// (cache; neighbouring pixels share taps) + 4 KH KW Cin Cout weights (cache) + 4 P Cout
+// written.
+CD_KERNEL cd_nn_conv2d_general(const float* __restrict__ x, const float* __restrict__ w,
+                               const float* __restrict__ bias, float* __restrict__ y, int N, int H, int W,
+                               int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sy, int sx, int pt,
+                               int pl, int act) {
     const long long pix = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (pix >= (long long)N * Ho * Wo) return;
     const int ox = (int)(pix % Wo), oy = (int)((pix / Wo) % Ho), n = (int)(pix / ((long long)Wo * Ho));
     const int co0 = blockIdx.y * CD_CONV_COT;
-    const int pad = (K - s > 0 ? K - s : 0) / 2;
+    const int nco = Cout - co0 < CD_CONV_COT ? Cout - co0 : CD_CONV_COT;
     float acc[CD_CONV_COT];
 #pragma unroll
     for (int o = 0; o < CD_CONV_COT; ++o) acc[o] = 0.0f;
-    for (int i = 0; i < K; ++i) {
-        const int ty = oy + pad - i;
-        if (ty < 0 || ty % s != 0 || ty / s >= H) continue;
-        const int iy = ty / s;
-        for (int j = 0; j < K; ++j) {
-            const int tx = ox + pad - j;
-            if (tx < 0 || tx % s != 0 || tx / s >= W) continue;
-            const int ix = tx / s;
+    for (int i = 0; i < KH; ++i) {
+        const int iy = oy * sy + i - pt;
+        if (iy < 0 || iy >= H) continue;
+        for (int j = 0; j < KW; ++j) {
+            const int ix = ox * sx + j - pl;
+            if (ix < 0 || ix >= W) continue;
             const float* xp = x + (((size_t)n * H + iy) * W + ix) * Cin;
-            const float* wp = wt + ((size_t)i * K + j) * Cout * Cin;
+            const float* wp = w + ((size_t)i * KW + j) * Cin * Cout + co0;
             for (int ci = 0; ci < Cin; ++ci) {
                 const float v = xp[ci];
+                const float* wr = wp + (size_t)ci * Cout;
 #pragma unroll
                 for (int o = 0; o < CD_CONV_COT; ++o) {
-                    const int co = co0 + o;
-                    if (co < Cout) acc[o] += v * wp[(size_t)co * Cin + ci];
+                    if (o < nco) acc[o] += v * wr[o];
                 }
             }
         }
     }
-    float* yo = y + (((size_t)n * Ho + oy) * Wo + ox) * Cout;
+    float* yo = y + (size_t)pix * Cout + co0;
 #pragma unroll
     for (int o = 0; o < CD_CONV_COT; ++o) {
-        const int co = co0 + o;
-        if (co < Cout) yo[co] = cd_act(acc[o] + (bias ? bias[co] : 0.0f), act);
+        if (o < nco) yo[o] = cd_act(acc[o] + (bias ? bias[co0 + o] : 0.0f), act);
+    }
+}
+
+// Conv2DTranspose, any kernel KH x KW, strides (sy, sx), output Ho x Wo with the leading
+// padding (pt, pl) removed at the start (Keras/TF: 'same' Ho = H*sy, pt = max(KH - sy, 0) / 2;
+// 'valid' Ho = H*sy + max(KH - sy, 0), pt = 0; the same per column), fused bias and
+// activation, direct gather: one thread per output pixel and 8 output channels, weights
+// wt (KH, KW, Cout, Cin) read through the cache:
+//   y[n,oy,ox,co] = act(bias[co] + sum x[n,iy,ix,ci] wt[i,j,co,ci]) over iy*sy + i - pt = oy,
+//   ix*sx + j - pl = ox. Block 256; grid (ceil(N*Ho*Wo / 256), ceil(Cout / 8)).
+// FLOPs: 2 N H W KH KW Cin Cout (the multiply-adds that exist). Bytes: 4 N H W Cin
+// (KH/sy)(KW/sx) ceil(Cout/8) reads (cache) + 4 N Ho Wo Cout written.
+CD_KERNEL cd_nn_conv_transpose2d(const float* __restrict__ x, const float* __restrict__ wt,
+                                 const float* __restrict__ bias, float* __restrict__ y, int N, int H, int W,
+                                 int Cin, int Ho, int Wo, int Cout, int KH, int KW, int sy, int sx, int pt,
+                                 int pl, int act) {
+    const long long pix = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (pix >= (long long)N * Ho * Wo) return;
+    const int ox = (int)(pix % Wo), oy = (int)((pix / Wo) % Ho), n = (int)(pix / ((long long)Wo * Ho));
+    const int co0 = blockIdx.y * CD_CONV_COT;
+    const int nco = Cout - co0 < CD_CONV_COT ? Cout - co0 : CD_CONV_COT;
+    float acc[CD_CONV_COT];
+#pragma unroll
+    for (int o = 0; o < CD_CONV_COT; ++o) acc[o] = 0.0f;
+    for (int i = 0; i < KH; ++i) {
+        const int ty = oy + pt - i;
+        if (ty < 0 || ty % sy != 0 || ty / sy >= H) continue;
+        const int iy = ty / sy;
+        for (int j = 0; j < KW; ++j) {
+            const int tx = ox + pl - j;
+            if (tx < 0 || tx % sx != 0 || tx / sx >= W) continue;
+            const int ix = tx / sx;
+            const float* xp = x + (((size_t)n * H + iy) * W + ix) * Cin;
+            const float* wp = wt + (((size_t)i * KW + j) * Cout + co0) * Cin;
+            for (int ci = 0; ci < Cin; ++ci) {
+                const float v = xp[ci];
+#pragma unroll
+                for (int o = 0; o < CD_CONV_COT; ++o) {
+                    if (o < nco) acc[o] += v * wp[(size_t)o * Cin + ci];
+                }
+            }
+        }
+    }
+    float* yo = y + (size_t)pix * Cout + co0;
+#pragma unroll
+    for (int o = 0; o < CD_CONV_COT; ++o) {
+        if (o < nco) yo[o] = cd_act(acc[o] + (bias ? bias[co0 + o] : 0.0f), act);
     }
 }
 
@@ -170,16 +218,42 @@ CD_KERNEL cd_nn_maxpool2(const float* __restrict__ x, float* __restrict__ y, int
     y[q] = fmaxf(fmaxf(p[0], p[C]), fmaxf(p[row], p[row + C]));
 }
 
-// Nearest-neighbour upsampling by an integer factor f (UpSampling2D): y[n,oy,ox,c] =
-// x[n, oy/f, ox/f, c]. Bytes: 4 Q / f^2 read (cache) + 4 Q written, Q = N H f W f C.
-CD_KERNEL cd_nn_upsample(const float* __restrict__ x, float* __restrict__ y, int N, int H, int W, int C, int f) {
-    const int Ho = H * f, Wo = W * f;
+// Max-pooling, the general case: pool PH x PW, strides (sy, sx), leading padding (pt, pl)
+// (TF 'same': pad_before = pad_total / 2; 'valid': 0), output Ho x Wo, NHWC; padding taps are
+// ignored (never a whole window with these rules). One thread per output value, consecutive
+// threads on consecutive channels (coalesced). Bytes: 4 Q PH PW read (cache) + 4 Q written,
+// Q = N Ho Wo C; FLOPs: Q PH PW.
+CD_KERNEL cd_nn_maxpool(const float* __restrict__ x, float* __restrict__ y, int N, int H, int W, int C, int Ho,
+                        int Wo, int PH, int PW, int sy, int sx, int pt, int pl) {
     const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (q >= (long long)N * Ho * Wo * C) return;
     const int c = (int)(q % C);
     const long long r = q / C;
     const int ox = (int)(r % Wo), oy = (int)((r / Wo) % Ho), n = (int)(r / ((long long)Wo * Ho));
-    y[q] = x[(((size_t)n * H + oy / f) * W + ox / f) * C + c];
+    float m = __uint_as_float(0xff800000u);  // -inf
+    for (int i = 0; i < PH; ++i) {
+        const int iy = oy * sy + i - pt;
+        if (iy < 0 || iy >= H) continue;
+        for (int j = 0; j < PW; ++j) {
+            const int ix = ox * sx + j - pl;
+            if (ix < 0 || ix >= W) continue;
+            m = fmaxf(m, x[(((size_t)n * H + iy) * W + ix) * C + c]);
+        }
+    }
+    y[q] = m;
+}
+
+// Nearest-neighbour upsampling by integer factors (fy, fx) (UpSampling2D): y[n,oy,ox,c] =
+// x[n, oy/fy, ox/fx, c]. Bytes: 4 Q / (fy fx) read (cache) + 4 Q written, Q = N H fy W fx C.
+CD_KERNEL cd_nn_upsample(const float* __restrict__ x, float* __restrict__ y, int N, int H, int W, int C, int fy,
+                         int fx) {
+    const int Ho = H * fy, Wo = W * fx;
+    const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= (long long)N * Ho * Wo * C) return;
+    const int c = (int)(q % C);
+    const long long r = q / C;
+    const int ox = (int)(r % Wo), oy = (int)((r / Wo) % Ho), n = (int)(r / ((long long)Wo * Ho));
+    y[q] = x[(((size_t)n * H + oy / fy) * W + ox / fx) * C + c];
 }
 
 // Dense layer as a tiled GEMM over the batch: y[m, n] = act(bias[n] + sum_k x[m, k] w[k, n]),
@@ -208,6 +282,20 @@ CD_KERNEL cd_nn_dense(const float* __restrict__ x, const float* __restrict__ w, 
 CD_KERNEL cd_nn_activate(float* __restrict__ x, long long n, int act) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = cd_act(x[i], act);
+}
+
+// Channel copy with an activation, out of place: y[r*ct + offset + c] = act(x[r*ci + c]) for
+// r < rows, c < ci. Concatenate on the channel axis is one launch per input (ct = the total
+// channels, offset = the channels of the inputs before it, linear); a stand-alone Activation
+// layer is ct = ci, offset 0. One thread per copied value (coalesced reads; writes in runs of
+// ci). Block 256; grid ceil(rows*ci / 256). Bytes: 8 rows ci; FLOPs ~rows ci.
+CD_KERNEL cd_nn_copy_channels(const float* __restrict__ x, float* __restrict__ y, long long rows, int ci, int ct,
+                              int offset, int act) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * ci) return;
+    const long long r = i / ci;
+    const int c = (int)(i % ci);
+    y[r * ct + offset + c] = cd_act(x[i], act);
 }
 
 // Input normalisation: every pattern (`per` values) divided by its maximum, in place (left as

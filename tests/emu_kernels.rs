@@ -557,7 +557,15 @@ fn cuda_backend_nvrtc_compiles_every_family() {
             ),
             (
                 "nn",
-                &["cd_nn_conv2d", "cd_nn_dense", "cd_nn_support_threshold"][..],
+                &[
+                    "cd_nn_conv2d",
+                    "cd_nn_conv2d_general",
+                    "cd_nn_conv_transpose2d",
+                    "cd_nn_maxpool",
+                    "cd_nn_copy_channels",
+                    "cd_nn_dense",
+                    "cd_nn_support_threshold",
+                ][..],
             ),
         ] {
             let ptx = compile_family_ptx(family, cc).unwrap();

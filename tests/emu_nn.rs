@@ -6,7 +6,8 @@
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 use cdiphase::backend::emu::{EmuLauncher, ScheduleOrder};
 use cdiphase::backend::gpu_common::DevBuf;
-use cdiphase::backend::gpu_nn::{self, Act};
+use cdiphase::backend::gpu_nn::{self, Act, ConvGeom};
+use cdiphase::nn::spec::Padding;
 
 struct Lcg(u64);
 impl Lcg {
@@ -378,5 +379,350 @@ fn pooling_upsampling_dense_and_elementwise() {
                 }
             }
         }
+    }
+}
+
+/// TensorFlow's output size and leading padding along one axis, written out here
+/// independently of the library: 'same' out = ceil(in/s), pad_before = pad_total / 2;
+/// 'valid' out = floor((in - k)/s) + 1, no padding.
+fn tf_axis(len: usize, k: usize, s: usize, same: bool) -> (usize, usize) {
+    if same {
+        let out = len.div_ceil(s);
+        (out, ((out - 1) * s + k).saturating_sub(len) / 2)
+    } else {
+        ((len - k) / s + 1, 0)
+    }
+}
+
+/// Conv2D by its definition (gather), Keras (kh,kw,cin,cout) weights, any geometry.
+fn conv_general_ref(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    [n, h, wd, cin]: [usize; 4],
+    cout: usize,
+    g: ConvGeom,
+    a: Act,
+) -> Vec<f64> {
+    let ([kh, kw], [sy, sx], [pt, pl], [ho, wo]) = (g.kernel, g.strides, g.pad, g.out);
+    let mut y = vec![0.0; n * ho * wo * cout];
+    for b0 in 0..n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                for co in 0..cout {
+                    let mut acc = b[co] as f64;
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            let iy = (oy * sy + i) as isize - pt as isize;
+                            let ix = (ox * sx + j) as isize - pl as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                continue;
+                            }
+                            for ci in 0..cin {
+                                acc += x[((b0 * h + iy as usize) * wd + ix as usize) * cin + ci]
+                                    as f64
+                                    * w[((i * kw + j) * cin + ci) * cout + co] as f64;
+                            }
+                        }
+                    }
+                    y[((b0 * ho + oy) * wo + ox) * cout + co] = act(acc, a);
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Conv2DTranspose by its definition (scatter), Keras (kh,kw,cout,cin) weights, any geometry.
+fn convt_general_ref(
+    x: &[f32],
+    wt: &[f32],
+    b: &[f32],
+    [n, h, wd, cin]: [usize; 4],
+    cout: usize,
+    g: ConvGeom,
+    a: Act,
+) -> Vec<f64> {
+    let ([kh, kw], [sy, sx], [pt, pl], [ho, wo]) = (g.kernel, g.strides, g.pad, g.out);
+    let mut y = vec![0.0; n * ho * wo * cout];
+    for b0 in 0..n {
+        for iy in 0..h {
+            for ix in 0..wd {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        let oy = (iy * sy + i) as isize - pt as isize;
+                        let ox = (ix * sx + j) as isize - pl as isize;
+                        if oy < 0 || ox < 0 || oy >= ho as isize || ox >= wo as isize {
+                            continue;
+                        }
+                        for co in 0..cout {
+                            let mut acc = 0.0;
+                            for ci in 0..cin {
+                                acc += x[((b0 * h + iy) * wd + ix) * cin + ci] as f64
+                                    * wt[((i * kw + j) * cout + co) * cin + ci] as f64;
+                            }
+                            y[((b0 * ho + oy as usize) * wo + ox as usize) * cout + co] += acc;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (i, v) in y.iter_mut().enumerate() {
+        *v = act(*v + b[i % cout] as f64, a);
+    }
+    y
+}
+
+/// The general convolution, transposed convolution and max-pooling kernels against float64
+/// references at strided, 'valid', even and non-square geometries (the geometry from
+/// `ConvGeom`, checked against TensorFlow's rules written out above), and the channel copy
+/// (Concatenate, stand-alone Activation) leaving the other channels alone.
+#[test]
+fn general_convolution_pooling_and_channel_copy() {
+    let mut rng = Lcg::new("nn-general");
+    // (shape, cout, kernel, strides, same, act)
+    let convs = [
+        (
+            [2usize, 23, 17, 3],
+            5usize,
+            [4usize, 2usize],
+            [2usize, 3usize],
+            true,
+            Act::Relu,
+        ),
+        ([1, 13, 11, 9], 11, [3, 5], [1, 1], false, Act::Tanh),
+        ([3, 10, 7, 2], 8, [4, 4], [1, 1], true, Act::Sigmoid),
+        ([1, 9, 19, 4], 3, [3, 2], [2, 2], false, Act::Linear),
+        ([2, 8, 17, 1], 17, [2, 1], [3, 4], false, Act::Relu),
+        ([1, 7, 6, 5], 2, [7, 3], [3, 1], true, Act::Tanh),
+    ];
+    for (shape, cout, k, s, same, a) in convs {
+        let [n, h, w, cin] = shape;
+        let padding = if same { Padding::Same } else { Padding::Valid };
+        let g = ConvGeom::conv([h, w], k, s, padding).unwrap();
+        let (ho, pt) = tf_axis(h, k[0], s[0], same);
+        let (wo, pl) = tf_axis(w, k[1], s[1], same);
+        assert_eq!(
+            (g.out, g.pad),
+            ([ho, wo], [pt, pl]),
+            "{shape:?} {k:?} {s:?}"
+        );
+        let x = rng.vec(n * h * w * cin);
+        let wt = rng.vec(k[0] * k[1] * cin * cout);
+        let b = rng.vec(cout);
+        let want = conv_general_ref(&x, &wt, &b, shape, cout, g, a);
+        let want0 = conv_general_ref(&x, &wt, &vec![0.0; cout], shape, cout, g, a);
+        for order in ScheduleOrder::ALL {
+            let l = EmuLauncher::new(order);
+            let xb = DevBuf::from_slice(&l, &x).unwrap();
+            let wb = DevBuf::from_slice(&l, &wt).unwrap();
+            let bb = DevBuf::from_slice(&l, &b).unwrap();
+            let yb = DevBuf::new(&l, want.len() * 4).unwrap();
+            gpu_nn::conv2d_general(&l, xb.ptr, wb.ptr, Some(bb.ptr), yb.ptr, shape, cout, g, a)
+                .unwrap();
+            let e = rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want);
+            assert!(
+                e < 1e-6,
+                "{order:?} conv {shape:?} {k:?} {s:?} same={same}: {e}"
+            );
+            let yb = DevBuf::new(&l, want.len() * 4).unwrap();
+            gpu_nn::conv2d_general(&l, xb.ptr, wb.ptr, None, yb.ptr, shape, cout, g, a).unwrap();
+            assert!(rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want0) < 1e-6);
+        }
+    }
+    // transposed: (shape, cout, kernel, strides, same); Keras: 'same' out = in*s with
+    // max(k - s, 0)/2 removed before, 'valid' out = in*s + max(k - s, 0)
+    let convts = [
+        (
+            [2usize, 5, 7, 3],
+            5usize,
+            [3usize, 2usize],
+            [2usize, 3usize],
+            false,
+        ),
+        ([1, 5, 7, 3], 9, [5, 3], [3, 2], true),
+        ([3, 4, 3, 2], 6, [4, 4], [1, 1], true),
+        ([1, 6, 5, 4], 3, [3, 5], [1, 1], false),
+        ([2, 5, 3, 10], 2, [1, 3], [3, 1], false),
+        ([1, 3, 4, 7], 13, [2, 2], [2, 3], true),
+    ];
+    for (shape, cout, k, s, same) in convts {
+        let [n, h, w, cin] = shape;
+        let padding = if same { Padding::Same } else { Padding::Valid };
+        let g = ConvGeom::conv_transpose([h, w], k, s, padding);
+        let axis = |len: usize, k: usize, s: usize| {
+            if same {
+                (len * s, k.saturating_sub(s) / 2)
+            } else {
+                (len * s + k.saturating_sub(s), 0)
+            }
+        };
+        let (ho, pt) = axis(h, k[0], s[0]);
+        let (wo, pl) = axis(w, k[1], s[1]);
+        assert_eq!(
+            (g.out, g.pad),
+            ([ho, wo], [pt, pl]),
+            "{shape:?} {k:?} {s:?}"
+        );
+        let x = rng.vec(n * h * w * cin);
+        let wt = rng.vec(k[0] * k[1] * cout * cin);
+        let b = rng.vec(cout);
+        let want = convt_general_ref(&x, &wt, &b, shape, cout, g, Act::Tanh);
+        for order in ScheduleOrder::ALL {
+            let l = EmuLauncher::new(order);
+            let xb = DevBuf::from_slice(&l, &x).unwrap();
+            let wb = DevBuf::from_slice(&l, &wt).unwrap();
+            let bb = DevBuf::from_slice(&l, &b).unwrap();
+            let yb = DevBuf::new(&l, want.len() * 4).unwrap();
+            gpu_nn::conv_transpose2d_general(
+                &l,
+                xb.ptr,
+                wb.ptr,
+                Some(bb.ptr),
+                yb.ptr,
+                shape,
+                cout,
+                g,
+                Act::Tanh,
+            )
+            .unwrap();
+            let e = rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want);
+            assert!(
+                e < 1e-6,
+                "{order:?} convT {shape:?} {k:?} {s:?} same={same}: {e}"
+            );
+        }
+    }
+    // max-pooling: (shape, pool, strides, same); padding taps are ignored
+    let pools = [
+        (
+            [2usize, 13, 11, 5],
+            [3usize, 3usize],
+            [2usize, 2usize],
+            true,
+        ),
+        ([1, 13, 11, 3], [2, 3], [1, 2], false),
+        ([3, 7, 5, 9], [2, 2], [2, 2], true),
+        ([1, 17, 4, 2], [4, 2], [4, 2], true),
+        ([2, 9, 8, 1], [1, 3], [3, 1], false),
+    ];
+    for (shape, p, s, same) in pools {
+        let [n, h, w, c] = shape;
+        let padding = if same { Padding::Same } else { Padding::Valid };
+        let g = ConvGeom::conv([h, w], p, s, padding).unwrap();
+        let (ho, pt) = tf_axis(h, p[0], s[0], same);
+        let (wo, pl) = tf_axis(w, p[1], s[1], same);
+        assert_eq!((g.out, g.pad), ([ho, wo], [pt, pl]));
+        let x = rng.vec(n * h * w * c);
+        let mut want = vec![f64::NEG_INFINITY; n * ho * wo * c];
+        for b0 in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    for ch in 0..c {
+                        let o = &mut want[((b0 * ho + oy) * wo + ox) * c + ch];
+                        for i in 0..p[0] {
+                            for j in 0..p[1] {
+                                let iy = (oy * s[0] + i) as isize - pt as isize;
+                                let ix = (ox * s[1] + j) as isize - pl as isize;
+                                if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                    let v = x[((b0 * h + iy as usize) * w + ix as usize) * c + ch];
+                                    *o = o.max(v as f64);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for order in ScheduleOrder::ALL {
+            let l = EmuLauncher::new(order);
+            let xb = DevBuf::from_slice(&l, &x).unwrap();
+            let yb = DevBuf::new(&l, want.len() * 4).unwrap();
+            gpu_nn::maxpool(&l, xb.ptr, yb.ptr, shape, g).unwrap();
+            let got: Vec<f32> = yb.to_vec(want.len()).unwrap();
+            assert_eq!(
+                rel(&got, &want),
+                0.0,
+                "{order:?} pool {shape:?} {p:?} {s:?}"
+            );
+        }
+    }
+    // upsampling by unequal factors
+    let l = EmuLauncher::new(ScheduleOrder::Random(3));
+    let shape = [2usize, 5, 3, 7];
+    let [n, h, w, c] = shape;
+    let x = rng.vec(n * h * w * c);
+    for f in [[3usize, 2usize], [1, 4], [2, 1]] {
+        let (ho, wo) = (h * f[0], w * f[1]);
+        let mut want = vec![0.0f64; n * ho * wo * c];
+        for b0 in 0..n {
+            for y in 0..ho {
+                for xx in 0..wo {
+                    for ch in 0..c {
+                        want[((b0 * ho + y) * wo + xx) * c + ch] =
+                            x[((b0 * h + y / f[0]) * w + xx / f[1]) * c + ch] as f64;
+                    }
+                }
+            }
+        }
+        let xb = DevBuf::from_slice(&l, &x).unwrap();
+        let yb = DevBuf::new(&l, want.len() * 4).unwrap();
+        gpu_nn::upsample2d(&l, xb.ptr, yb.ptr, shape, f).unwrap();
+        assert_eq!(
+            rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want),
+            0.0,
+            "up {f:?}"
+        );
+    }
+    // channel copy: three inputs of 3, 1 and 5 channels into rows of 9 (Concatenate), then
+    // every activation out of place; channels outside the copied range keep their value
+    let rows = 37usize;
+    let cs = [3usize, 1, 5];
+    let ct: usize = cs.iter().sum();
+    let parts: Vec<Vec<f32>> = cs.iter().map(|&ci| rng.vec(rows * ci)).collect();
+    for order in ScheduleOrder::ALL {
+        let l = EmuLauncher::new(order);
+        let yb = DevBuf::new(&l, rows * ct * 4).unwrap();
+        let mut offset = 0;
+        for (p, &ci) in parts.iter().zip(&cs) {
+            let xb = DevBuf::from_slice(&l, p).unwrap();
+            // one input alone leaves the rest of each row as it was (NaN)
+            if offset == 0 {
+                gpu_nn::copy_channels(&l, xb.ptr, yb.ptr, rows, ci, ct, 0, Act::Linear).unwrap();
+                let got: Vec<f32> = yb.to_vec(rows * ct).unwrap();
+                for r in 0..rows {
+                    for c in 0..ct {
+                        let v = got[r * ct + c];
+                        if c < ci {
+                            assert_eq!(v, p[r * ci + c]);
+                        } else {
+                            assert!(v.is_nan(), "row {r} channel {c} overwritten");
+                        }
+                    }
+                }
+            }
+            gpu_nn::copy_channels(&l, xb.ptr, yb.ptr, rows, ci, ct, offset, Act::Linear).unwrap();
+            offset += ci;
+        }
+        let got: Vec<f32> = yb.to_vec(rows * ct).unwrap();
+        let mut want = Vec::new();
+        for r in 0..rows {
+            for (p, &ci) in parts.iter().zip(&cs) {
+                want.extend(p[r * ci..(r + 1) * ci].iter().map(|&v| v as f64));
+            }
+        }
+        assert_eq!(rel(&got, &want), 0.0, "{order:?} concatenate");
+        for a in [Act::Relu, Act::Tanh, Act::Sigmoid, Act::Linear] {
+            let yb2 = DevBuf::new(&l, rows * ct * 4).unwrap();
+            gpu_nn::copy_channels(&l, yb.ptr, yb2.ptr, rows, ct, ct, 0, a).unwrap();
+            let want_a: Vec<f64> = want.iter().map(|&v| act(v, a)).collect();
+            assert!(
+                rel(&yb2.to_vec::<f32>(rows * ct).unwrap(), &want_a) < 1e-6,
+                "{a:?}"
+            );
+        }
+        // a copy that does not fit in the rows is refused
+        assert!(gpu_nn::copy_channels(&l, yb.ptr, yb.ptr, rows, 5, 9, 5, Act::Linear).is_err());
     }
 }

@@ -2,22 +2,34 @@
 //! graph of [`crate::nn`] executed layer by layer through the kernels of [`super::gpu_nn`].
 //!
 //! Weights are uploaded once by [`GpuNetwork::new`] (transposed convolutions at stride 1
-//! are turned into plain convolutions on the device by `cd_nn_convT_weights`); each layer
-//! output gets its own device buffer, which is NaN-poisoned by the emulator's allocator, so
-//! a kernel that leaves an element unwritten shows up in the comparison with the CPU engine.
-//! Flatten, Reshape and Dropout alias their input buffer (channels-last memory does not
-//! change).
+//! with 'same' padding and an odd square kernel are turned into plain convolutions on the
+//! device by `cd_nn_convT_weights`). Every layer output has its own device buffer, kept
+//! across calls of [`GpuNetwork::run`] and sized for the largest batch seen so far (a larger
+//! batch reallocates them all). Fresh buffers are NaN-poisoned by the emulator's allocator,
+//! so on a network's first run (and after each growth) a kernel that leaves an element
+//! unwritten shows up in the comparison with the CPU engine. Flatten, Reshape and Dropout
+//! alias their input buffer (channels-last memory does not change).
 //!
-//! Supported: Conv2D with stride 1, 'same' padding and an odd square kernel;
-//! Conv2DTranspose with 'same' padding (stride 1 with an odd kernel goes through the
-//! convolution kernel, other strides through the direct kernel); 2x2 max-pooling with
-//! stride 2 ('valid', or 'same' on even sizes); nearest upsampling by the same factor on
-//! both axes; Dense; Flatten; Reshape; Dropout. Other layers (strided or 'valid'
-//! convolutions, Concatenate, stand-alone Activation) are refused with an error naming the
-//! layer: the CPU engine runs them.
+//! Supported, with Keras/TensorFlow semantics (padding rules of [`crate::nn::spec`]):
+//! - Conv2D with any kernel (kh x kw), strides (sy, sx) and 'same' or 'valid' padding:
+//!   stride 1 'same' with an odd square kernel (and any 1x1) through the tiled
+//!   `cd_nn_conv2d`, everything else through the direct `cd_nn_conv2d_general`;
+//! - Conv2DTranspose with any kernel, strides and padding: stride 1 'same' odd square through
+//!   `cd_nn_conv2d` on transformed weights, everything else through the direct
+//!   `cd_nn_conv_transpose2d`;
+//! - MaxPooling2D with any pool size, strides and padding (2x2 stride 2 'valid', or 'same' on
+//!   even sizes, through `cd_nn_maxpool2`, the rest through `cd_nn_maxpool`);
+//! - UpSampling2D (nearest) with any factors per axis;
+//! - Concatenate on the channel (last) axis of any number of inputs, and stand-alone
+//!   Activation layers, through the channel copy `cd_nn_copy_channels`;
+//! - Dense (on the last axis); Flatten; Reshape; Dropout.
+//!
+//! That is every layer of [`crate::nn::spec::Op`]; a model the CPU engine accepts runs here.
+
+use std::sync::Mutex;
 
 use super::gpu_common::{DevBuf, Launcher};
-use super::gpu_nn::{self, Act};
+use super::gpu_nn::{self, Act, ConvGeom};
 use crate::nn::cpu::Model;
 use crate::nn::spec::{Activation, Op, Padding};
 use crate::{Error, Result};
@@ -33,6 +45,8 @@ fn act(a: Activation) -> Act {
 
 /// How one layer runs on the device.
 enum Step {
+    /// `cd_nn_conv2d` (stride 1, 'same', odd square kernel); also stride-1 transposed
+    /// convolutions on their transformed weights.
     Conv {
         k: usize,
         cout: usize,
@@ -40,35 +54,67 @@ enum Step {
         weight: usize,
         bias: Option<usize>,
     },
-    ConvT {
-        k: usize,
-        s: usize,
+    /// `cd_nn_conv2d_general`.
+    ConvGeneral {
+        g: ConvGeom,
         cout: usize,
         act: Act,
         weight: usize,
         bias: Option<usize>,
     },
-    Pool,
-    Up(usize),
+    /// `cd_nn_conv_transpose2d` on the Keras weights.
+    ConvT {
+        g: ConvGeom,
+        cout: usize,
+        act: Act,
+        weight: usize,
+        bias: Option<usize>,
+    },
+    /// `cd_nn_maxpool2`.
+    Pool2,
+    /// `cd_nn_maxpool`.
+    Pool(ConvGeom),
+    Up([usize; 2]),
     Dense {
         units: usize,
         act: Act,
         weight: usize,
         bias: Option<usize>,
     },
+    /// Channel concatenation of every input, in order.
+    Concat,
+    /// Stand-alone activation (out of place: the input may have other readers).
+    Activation(Act),
     Alias,
+}
+
+/// One layer: how it runs, the nodes it reads (0 = model input, i + 1 = layer i) and its
+/// output shape without the batch.
+struct Layer {
+    step: Step,
+    inputs: Vec<usize>,
+    out_shape: Vec<usize>,
+}
+
+/// Device buffers of the layer outputs, kept between runs.
+struct Buffers<'a> {
+    /// The batch size they hold.
+    batch: usize,
+    /// The input's buffer and one per layer that is not an alias, in layer order.
+    bufs: Vec<DevBuf<'a>>,
 }
 
 /// A model with its weights on a device, ready to run batches.
 pub struct GpuNetwork<'a> {
     l: &'a dyn Launcher,
-    /// Per layer: the step, the index of its input (0 = model input, i + 1 = layer i) and
-    /// its output shape without the batch.
-    steps: Vec<(Step, usize, Vec<usize>)>,
-    /// Input shape (H, W, C) and the index of the output layer.
+    layers: Vec<Layer>,
+    /// Per node (0 = input, i + 1 = layer i): the index of its buffer in [`Buffers::bufs`].
+    node_buf: Vec<usize>,
+    /// Input shape (H, W, C) and the node of the output layer.
     input: Vec<usize>,
     output: usize,
     weights: Vec<DevBuf<'a>>,
+    buffers: Mutex<Option<Buffers<'a>>>,
 }
 
 impl<'a> GpuNetwork<'a> {
@@ -89,19 +135,33 @@ impl<'a> GpuNetwork<'a> {
                 "layer '{layer}' cannot run on the GPU kernels yet: {why} (the CPU engine runs it)"
             )))
         };
-        let mut steps = Vec::new();
+        let mut layers = Vec::new();
+        let mut node_buf = vec![0usize];
+        let mut nbufs = 1;
         for (i, layer) in spec.layers.iter().enumerate() {
-            if layer.inputs.len() != 1 {
-                return unsupported(&layer.name, "more than one input");
-            }
-            let src = spec.index_of(&layer.inputs[0]).ok_or_else(|| {
-                Error::Config(format!(
-                    "layer '{}' reads '{}', which does not exist",
-                    layer.name, layer.inputs[0]
-                ))
-            })?;
-            let ins = &shapes[src];
             let name = &layer.name;
+            let mut inputs = Vec::with_capacity(layer.inputs.len());
+            for src in &layer.inputs {
+                inputs.push(spec.index_of(src).ok_or_else(|| {
+                    Error::Config(format!(
+                        "layer '{name}' reads '{src}', which does not exist"
+                    ))
+                })?);
+            }
+            let single = !matches!(layer.op, Op::Concatenate);
+            if inputs.is_empty() || (single && inputs.len() != 1) {
+                return unsupported(name, "a layer of this type takes exactly one input");
+            }
+            let ins = &shapes[inputs[0]];
+            let out_shape = &shapes[i + 1];
+            let hw = |what: &str| -> Result<[usize; 2]> {
+                match ins[..] {
+                    [h, w, _] => Ok([h, w]),
+                    _ => Err(Error::Config(format!(
+                        "layer '{name}' ({what}) needs an (H, W, C) input, not {ins:?}"
+                    ))),
+                }
+            };
             let bias_of = |weights: &mut Vec<DevBuf<'a>>, use_bias: bool| {
                 if use_bias {
                     upload(weights, &format!("{name}/bias")).map(Some)
@@ -118,19 +178,32 @@ impl<'a> GpuNetwork<'a> {
                     activation,
                     use_bias,
                 } => {
-                    if *strides != [1, 1] || *padding != Padding::Same {
-                        return unsupported(name, "only stride 1 'same' convolutions");
-                    }
-                    if kernel[0] != kernel[1] || kernel[0] % 2 == 0 {
-                        return unsupported(name, "only odd square kernels");
-                    }
+                    let g = ConvGeom::conv(hw("Conv2D")?, *kernel, *strides, *padding).ok_or_else(
+                        || {
+                            Error::Config(format!(
+                                "layer '{name}': input {ins:?} smaller than the kernel {kernel:?}"
+                            ))
+                        },
+                    )?;
                     let weight = upload(&mut weights, &format!("{name}/kernel"))?;
-                    Step::Conv {
-                        k: kernel[0],
-                        cout: *filters,
-                        act: act(*activation),
-                        weight,
-                        bias: bias_of(&mut weights, *use_bias)?,
+                    let bias = bias_of(&mut weights, *use_bias)?;
+                    let (cout, act) = (*filters, act(*activation));
+                    if gpu_nn::conv2d_tiled_fits(*kernel, *strides, *padding) {
+                        Step::Conv {
+                            k: kernel[0],
+                            cout,
+                            act,
+                            weight,
+                            bias,
+                        }
+                    } else {
+                        Step::ConvGeneral {
+                            g,
+                            cout,
+                            act,
+                            weight,
+                            bias,
+                        }
                     }
                 }
                 Op::Conv2DTranspose {
@@ -141,16 +214,19 @@ impl<'a> GpuNetwork<'a> {
                     activation,
                     use_bias,
                 } => {
-                    if *padding != Padding::Same || strides[0] != strides[1] {
-                        return unsupported(name, "only 'same' transposed convolutions");
-                    }
-                    if kernel[0] != kernel[1] {
-                        return unsupported(name, "only square kernels");
-                    }
-                    let (k, s) = (kernel[0], strides[0]);
+                    let g = ConvGeom::conv_transpose(
+                        hw("Conv2DTranspose")?,
+                        *kernel,
+                        *strides,
+                        *padding,
+                    );
                     let wt = upload(&mut weights, &format!("{name}/kernel"))?;
-                    let weight = if s == 1 && k % 2 == 1 {
-                        let cin = ins[2];
+                    let bias = bias_of(&mut weights, *use_bias)?;
+                    let (cout, act) = (*filters, act(*activation));
+                    if *padding == Padding::Same
+                        && gpu_nn::conv2d_tiled_fits(*kernel, *strides, Padding::Same)
+                    {
+                        let (k, cin) = (kernel[0], ins[2]);
                         let conv = DevBuf::new(l, k * k * cin * filters * 4)?;
                         gpu_nn::conv_transpose_weights(
                             l,
@@ -161,17 +237,21 @@ impl<'a> GpuNetwork<'a> {
                             conv.ptr,
                         )?;
                         weights.push(conv);
-                        weights.len() - 1
+                        Step::Conv {
+                            k,
+                            cout,
+                            act,
+                            weight: weights.len() - 1,
+                            bias,
+                        }
                     } else {
-                        wt
-                    };
-                    Step::ConvT {
-                        k,
-                        s,
-                        cout: *filters,
-                        act: act(*activation),
-                        weight,
-                        bias: bias_of(&mut weights, *use_bias)?,
+                        Step::ConvT {
+                            g,
+                            cout,
+                            act,
+                            weight: wt,
+                            bias,
+                        }
                     }
                 }
                 Op::MaxPooling2D {
@@ -179,18 +259,24 @@ impl<'a> GpuNetwork<'a> {
                     strides,
                     padding,
                 } => {
-                    let even = ins[0] % 2 == 0 && ins[1] % 2 == 0;
-                    if *pool != [2, 2] || *strides != [2, 2] || (*padding == Padding::Same && !even)
+                    let [h, w] = hw("MaxPooling2D")?;
+                    let even = h % 2 == 0 && w % 2 == 0;
+                    if *pool == [2, 2] && *strides == [2, 2] && (*padding == Padding::Valid || even)
                     {
-                        return unsupported(name, "only 2x2 pooling with stride 2");
+                        Step::Pool2
+                    } else {
+                        Step::Pool(
+                            ConvGeom::conv([h, w], *pool, *strides, *padding).ok_or_else(|| {
+                                Error::Config(format!(
+                                    "layer '{name}': input {ins:?} smaller than the pool {pool:?}"
+                                ))
+                            })?,
+                        )
                     }
-                    Step::Pool
                 }
                 Op::UpSampling2D { size } => {
-                    if size[0] != size[1] {
-                        return unsupported(name, "only equal factors on both axes");
-                    }
-                    Step::Up(size[0])
+                    hw("UpSampling2D")?;
+                    Step::Up(*size)
                 }
                 Op::Dense {
                     units,
@@ -206,22 +292,32 @@ impl<'a> GpuNetwork<'a> {
                     }
                 }
                 Op::Flatten | Op::Reshape { .. } | Op::Dropout => Step::Alias,
-                Op::Concatenate => return unsupported(name, "no concatenation kernel"),
-                Op::Activation { .. } => {
-                    return unsupported(name, "stand-alone activations are not fused")
-                }
+                Op::Concatenate => Step::Concat,
+                Op::Activation { activation } => Step::Activation(act(*activation)),
             };
-            steps.push((step, src, shapes[i + 1].clone()));
+            if let Step::Alias = step {
+                node_buf.push(node_buf[inputs[0]]);
+            } else {
+                node_buf.push(nbufs);
+                nbufs += 1;
+            }
+            layers.push(Layer {
+                step,
+                inputs,
+                out_shape: out_shape.clone(),
+            });
         }
         let output = spec
             .index_of(&spec.output)
             .ok_or_else(|| Error::Config(format!("model '{}': no output layer", spec.name)))?;
         Ok(GpuNetwork {
             l,
-            steps,
+            layers,
+            node_buf,
             input: shapes[0].clone(),
             output,
             weights,
+            buffers: Mutex::new(None),
         })
     }
 
@@ -237,77 +333,82 @@ impl<'a> GpuNetwork<'a> {
                 found: vec![input.len()],
             });
         }
-        // buffers[j]: index into `owned` of the value of node j (0 = input)
-        let mut owned: Vec<DevBuf<'_>> = vec![DevBuf::from_slice(l, input)?];
-        let mut node = vec![0usize];
+        let mut guard = self
+            .buffers
+            .lock()
+            .map_err(|_| Error::Config("GpuNetwork: a previous run panicked".into()))?;
+        if guard.as_ref().is_none_or(|b| b.batch < n) {
+            // free the old buffers before allocating the larger ones
+            *guard = None;
+            let mut bufs = vec![DevBuf::new(l, n * per * 4)?];
+            for layer in &self.layers {
+                if !matches!(layer.step, Step::Alias) {
+                    let len: usize = layer.out_shape.iter().product();
+                    bufs.push(DevBuf::new(l, n * len * 4)?);
+                }
+            }
+            *guard = Some(Buffers { batch: n, bufs });
+        }
+        let bufs = &guard.as_ref().expect("allocated above").bufs;
+        bufs[0].upload(input)?;
+        // shapes[j]: the shape of node j (0 = input)
         let mut shapes: Vec<&[usize]> = vec![&self.input];
         let w = |i: usize| self.weights[i].ptr;
-        for (step, src, out_shape) in &self.steps {
-            let x = owned[node[*src]].ptr;
-            let ins = shapes[*src];
-            let out_len = n * out_shape.iter().product::<usize>();
+        let buf = |node: usize| bufs[self.node_buf[node]].ptr;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let out_shape = &layer.out_shape[..];
+            let src = layer.inputs[0];
+            let x = buf(src);
+            let y = buf(li + 1);
+            let ins = shapes[src];
             let nhwc = |s: &[usize]| [n, s[0], s[1], s[2]];
-            if let Step::Alias = step {
-                node.push(node[*src]);
-                shapes.push(out_shape);
-                continue;
-            }
-            let y = DevBuf::new(l, out_len * 4)?;
-            match step {
+            // rows of the channels-last view of a node's values (n x all axes but the last)
+            let rows = |s: &[usize]| n * s[..s.len() - 1].iter().product::<usize>();
+            match &layer.step {
                 Step::Conv {
                     k,
                     cout,
                     act,
                     weight,
                     bias,
-                } => gpu_nn::conv2d(
-                    l,
-                    x,
-                    w(*weight),
-                    bias.map(w),
-                    y.ptr,
-                    nhwc(ins),
-                    *cout,
-                    *k,
-                    *act,
-                )?,
-                Step::ConvT {
-                    k,
-                    s,
+                } => gpu_nn::conv2d(l, x, w(*weight), bias.map(w), y, nhwc(ins), *cout, *k, *act)?,
+                Step::ConvGeneral {
+                    g,
                     cout,
                     act,
                     weight,
                     bias,
-                } => {
-                    if *s == 1 && k % 2 == 1 {
-                        gpu_nn::conv2d(
-                            l,
-                            x,
-                            w(*weight),
-                            bias.map(w),
-                            y.ptr,
-                            nhwc(ins),
-                            *cout,
-                            *k,
-                            *act,
-                        )?
-                    } else {
-                        gpu_nn::conv_transpose2d(
-                            l,
-                            x,
-                            w(*weight),
-                            bias.map(w),
-                            y.ptr,
-                            nhwc(ins),
-                            *cout,
-                            *k,
-                            *s,
-                            *act,
-                        )?
-                    }
-                }
-                Step::Pool => gpu_nn::maxpool2(l, x, y.ptr, nhwc(ins))?,
-                Step::Up(f) => gpu_nn::upsample(l, x, y.ptr, nhwc(ins), *f)?,
+                } => gpu_nn::conv2d_general(
+                    l,
+                    x,
+                    w(*weight),
+                    bias.map(w),
+                    y,
+                    nhwc(ins),
+                    *cout,
+                    *g,
+                    *act,
+                )?,
+                Step::ConvT {
+                    g,
+                    cout,
+                    act,
+                    weight,
+                    bias,
+                } => gpu_nn::conv_transpose2d_general(
+                    l,
+                    x,
+                    w(*weight),
+                    bias.map(w),
+                    y,
+                    nhwc(ins),
+                    *cout,
+                    *g,
+                    *act,
+                )?,
+                Step::Pool2 => gpu_nn::maxpool2(l, x, y, nhwc(ins))?,
+                Step::Pool(g) => gpu_nn::maxpool(l, x, y, nhwc(ins), *g)?,
+                Step::Up(f) => gpu_nn::upsample2d(l, x, y, nhwc(ins), *f)?,
                 Step::Dense {
                     units,
                     act,
@@ -316,15 +417,36 @@ impl<'a> GpuNetwork<'a> {
                 } => {
                     let k = *ins.last().unwrap_or(&1);
                     let m = n * ins.iter().product::<usize>() / k.max(1);
-                    gpu_nn::dense(l, x, w(*weight), bias.map(w), y.ptr, m, k, *units, *act)?
+                    gpu_nn::dense(l, x, w(*weight), bias.map(w), y, m, k, *units, *act)?
                 }
-                Step::Alias => unreachable!("handled above"),
+                Step::Concat => {
+                    let ct = *out_shape.last().unwrap_or(&1);
+                    let mut offset = 0;
+                    for &src in &layer.inputs {
+                        let s = shapes[src];
+                        let ci = *s.last().unwrap_or(&1);
+                        gpu_nn::copy_channels(
+                            l,
+                            buf(src),
+                            y,
+                            rows(s),
+                            ci,
+                            ct,
+                            offset,
+                            Act::Linear,
+                        )?;
+                        offset += ci;
+                    }
+                }
+                Step::Activation(a) => {
+                    let c = *ins.last().unwrap_or(&1);
+                    gpu_nn::copy_channels(l, x, y, rows(ins), c, c, 0, *a)?
+                }
+                Step::Alias => {}
             }
-            owned.push(y);
-            node.push(owned.len() - 1);
             shapes.push(out_shape);
         }
-        let out_shape: usize = shapes[self.output].iter().product();
-        owned[node[self.output]].to_vec(n * out_shape)
+        let out_len: usize = shapes[self.output].iter().product();
+        bufs[self.node_buf[self.output]].to_vec(n * out_len)
     }
 }

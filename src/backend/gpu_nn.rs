@@ -2,6 +2,7 @@
 //! emulator. Tensors are NHWC float32 device buffers; weights in Keras layouts.
 
 use super::gpu_common::{DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED};
+use crate::nn::spec::{conv_out, deconv_out, same_pad_before, Padding};
 use crate::{Error, Result};
 
 /// Activation fused into a layer (codes of `cd_act` in kernels/nn.cu).
@@ -28,6 +29,85 @@ fn linear(n: usize) -> Result<[u32; 3]> {
         return Err(Error::Config(format!("{n} elements exceed one launch")));
     }
     Ok([blocks.max(1) as u32, 1, 1])
+}
+
+/// Where a general convolution, transposed convolution or pooling window reads, per axis
+/// (rows, columns): kernel (or pool) size, strides, leading padding and output size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    /// padding before the first row / column (top, left)
+    pub pad: [usize; 2],
+    /// output rows and columns
+    pub out: [usize; 2],
+}
+
+impl ConvGeom {
+    /// A Conv2D or MaxPooling2D on an `h` x `w` input with TensorFlow's rules ('same': out =
+    /// ceil(in / s), pad_before = pad_total / 2; 'valid': out = floor((in - k) / s) + 1), or
+    /// None when the input is smaller than a 'valid' window.
+    pub fn conv(
+        [h, w]: [usize; 2],
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> Option<ConvGeom> {
+        let ho = conv_out(h, kernel[0], strides[0], padding)?;
+        let wo = conv_out(w, kernel[1], strides[1], padding)?;
+        let pad = match padding {
+            Padding::Same => [
+                same_pad_before(h, kernel[0], strides[0]),
+                same_pad_before(w, kernel[1], strides[1]),
+            ],
+            Padding::Valid => [0, 0],
+        };
+        (ho > 0 && wo > 0).then_some(ConvGeom {
+            kernel,
+            strides,
+            pad,
+            out: [ho, wo],
+        })
+    }
+
+    /// A Conv2DTranspose on an `h` x `w` input with Keras/TensorFlow's rules ('same': out =
+    /// in * s, pad_before = max(k - s, 0) / 2 removed at the start; 'valid': out = in * s +
+    /// max(k - s, 0), no padding).
+    pub fn conv_transpose(
+        [h, w]: [usize; 2],
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> ConvGeom {
+        let out = [
+            deconv_out(h, kernel[0], strides[0], padding),
+            deconv_out(w, kernel[1], strides[1], padding),
+        ];
+        let pad = match padding {
+            Padding::Same => [
+                same_pad_before(out[0], kernel[0], strides[0]),
+                same_pad_before(out[1], kernel[1], strides[1]),
+            ],
+            Padding::Valid => [0, 0],
+        };
+        ConvGeom {
+            kernel,
+            strides,
+            pad,
+            out,
+        }
+    }
+
+    fn args(&self) -> [KArg; 6] {
+        [
+            KArg::I32(self.kernel[0] as i32),
+            KArg::I32(self.kernel[1] as i32),
+            KArg::I32(self.strides[0] as i32),
+            KArg::I32(self.strides[1] as i32),
+            KArg::I32(self.pad[0] as i32),
+            KArg::I32(self.pad[1] as i32),
+        ]
+    }
 }
 
 /// Dynamic shared memory of `cd_nn_conv2d` for a K x K kernel.
@@ -84,6 +164,61 @@ pub fn conv2d(
     )
 }
 
+/// Does `cd_nn_conv2d` (the tiled kernel) run this layer: stride 1, 'same' padding (or a 1x1
+/// kernel), an odd square kernel whose tiles fit in shared memory?
+pub fn conv2d_tiled_fits(kernel: [usize; 2], strides: [usize; 2], padding: Padding) -> bool {
+    let [kh, kw] = kernel;
+    strides == [1, 1]
+        && kh == kw
+        && kh % 2 == 1
+        && (padding == Padding::Same || kh == 1)
+        && conv_shared_bytes(kh) <= MAX_DYN_SHARED
+}
+
+/// Any Conv2D (`cd_nn_conv2d_general`, direct gather): x (n,h,w,cin) -> y (n,ho,wo,cout) with
+/// `g` from [`ConvGeom::conv`], weights (kh,kw,cin,cout), fused bias and activation.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_general(
+    l: &dyn Launcher,
+    x: DevPtr,
+    w: DevPtr,
+    bias: Option<DevPtr>,
+    y: DevPtr,
+    shape: [usize; 4],
+    cout: usize,
+    g: ConvGeom,
+    act: Act,
+) -> Result<()> {
+    let [n, h, wd, cin] = shape;
+    let [ho, wo] = g.out;
+    let mut grid = linear(n * ho * wo)?;
+    grid[1] = cout.div_ceil(CONV_COT) as u32;
+    let mut args = vec![
+        KArg::Ptr(x),
+        KArg::Ptr(w),
+        opt(bias),
+        KArg::Ptr(y),
+        KArg::I32(n as i32),
+        KArg::I32(h as i32),
+        KArg::I32(wd as i32),
+        KArg::I32(cin as i32),
+        KArg::I32(ho as i32),
+        KArg::I32(wo as i32),
+        KArg::I32(cout as i32),
+    ];
+    args.extend(g.args());
+    args.push(KArg::I32(act as i32));
+    l.launch(
+        "cd_nn_conv2d_general",
+        Dims {
+            grid,
+            block: [BLOCK, 1, 1],
+            shmem: 0,
+        },
+        &args,
+    )
+}
+
 /// The convolution weights (k,k,cin,cout) equivalent to a stride-1 'same' Conv2DTranspose
 /// with Keras weights `wt` (k,k,cout,cin), k odd.
 pub fn conv_transpose_weights(
@@ -117,7 +252,7 @@ pub fn conv_transpose_weights(
 }
 
 /// Conv2DTranspose with stride `s`, 'same': x (n,h,w,cin) -> y (n,h*s,w*s,cout), Keras
-/// weights (k,k,cout,cin), direct gather.
+/// weights (k,k,cout,cin), direct gather ([`conv_transpose2d_general`] with a square kernel).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d(
     l: &dyn Launcher,
@@ -131,9 +266,44 @@ pub fn conv_transpose2d(
     s: usize,
     act: Act,
 ) -> Result<()> {
+    let g = ConvGeom::conv_transpose([shape[1], shape[2]], [k, k], [s, s], Padding::Same);
+    conv_transpose2d_general(l, x, wt, bias, y, shape, cout, g, act)
+}
+
+/// Any Conv2DTranspose (`cd_nn_conv_transpose2d`, direct gather): x (n,h,w,cin) -> y
+/// (n,ho,wo,cout) with `g` from [`ConvGeom::conv_transpose`], Keras weights (kh,kw,cout,cin),
+/// fused bias and activation.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_general(
+    l: &dyn Launcher,
+    x: DevPtr,
+    wt: DevPtr,
+    bias: Option<DevPtr>,
+    y: DevPtr,
+    shape: [usize; 4],
+    cout: usize,
+    g: ConvGeom,
+    act: Act,
+) -> Result<()> {
     let [n, h, wd, cin] = shape;
-    let mut grid = linear(n * h * s * wd * s)?;
+    let [ho, wo] = g.out;
+    let mut grid = linear(n * ho * wo)?;
     grid[1] = cout.div_ceil(CONV_COT) as u32;
+    let mut args = vec![
+        KArg::Ptr(x),
+        KArg::Ptr(wt),
+        opt(bias),
+        KArg::Ptr(y),
+        KArg::I32(n as i32),
+        KArg::I32(h as i32),
+        KArg::I32(wd as i32),
+        KArg::I32(cin as i32),
+        KArg::I32(ho as i32),
+        KArg::I32(wo as i32),
+        KArg::I32(cout as i32),
+    ];
+    args.extend(g.args());
+    args.push(KArg::I32(act as i32));
     l.launch(
         "cd_nn_conv_transpose2d",
         Dims {
@@ -141,20 +311,7 @@ pub fn conv_transpose2d(
             block: [BLOCK, 1, 1],
             shmem: 0,
         },
-        &[
-            KArg::Ptr(x),
-            KArg::Ptr(wt),
-            opt(bias),
-            KArg::Ptr(y),
-            KArg::I32(n as i32),
-            KArg::I32(h as i32),
-            KArg::I32(wd as i32),
-            KArg::I32(cin as i32),
-            KArg::I32(cout as i32),
-            KArg::I32(k as i32),
-            KArg::I32(s as i32),
-            KArg::I32(act as i32),
-        ],
+        &args,
     )
 }
 
@@ -179,13 +336,57 @@ pub fn maxpool2(l: &dyn Launcher, x: DevPtr, y: DevPtr, shape: [usize; 4]) -> Re
     )
 }
 
-/// Nearest upsampling by `f`: (n,h,w,c) -> (n,h*f,w*f,c).
+/// Max-pooling, any pool size, strides and padding: (n,h,w,c) -> (n,ho,wo,c) with `g` from
+/// [`ConvGeom::conv`] (kernel = the pool size).
+pub fn maxpool(
+    l: &dyn Launcher,
+    x: DevPtr,
+    y: DevPtr,
+    shape: [usize; 4],
+    g: ConvGeom,
+) -> Result<()> {
+    let [n, h, w, c] = shape;
+    let [ho, wo] = g.out;
+    let mut args = vec![
+        KArg::Ptr(x),
+        KArg::Ptr(y),
+        KArg::I32(n as i32),
+        KArg::I32(h as i32),
+        KArg::I32(w as i32),
+        KArg::I32(c as i32),
+        KArg::I32(ho as i32),
+        KArg::I32(wo as i32),
+    ];
+    args.extend(g.args());
+    l.launch(
+        "cd_nn_maxpool",
+        Dims {
+            grid: linear(n * ho * wo * c)?,
+            block: [BLOCK, 1, 1],
+            shmem: 0,
+        },
+        &args,
+    )
+}
+
+/// Nearest upsampling by `f` on both axes: (n,h,w,c) -> (n,h*f,w*f,c).
 pub fn upsample(l: &dyn Launcher, x: DevPtr, y: DevPtr, shape: [usize; 4], f: usize) -> Result<()> {
+    upsample2d(l, x, y, shape, [f, f])
+}
+
+/// Nearest upsampling by (fy, fx): (n,h,w,c) -> (n,h*fy,w*fx,c).
+pub fn upsample2d(
+    l: &dyn Launcher,
+    x: DevPtr,
+    y: DevPtr,
+    shape: [usize; 4],
+    [fy, fx]: [usize; 2],
+) -> Result<()> {
     let [n, h, w, c] = shape;
     l.launch(
         "cd_nn_upsample",
         Dims {
-            grid: linear(n * h * f * w * f * c)?,
+            grid: linear(n * h * fy * w * fx * c)?,
             block: [BLOCK, 1, 1],
             shmem: 0,
         },
@@ -196,7 +397,46 @@ pub fn upsample(l: &dyn Launcher, x: DevPtr, y: DevPtr, shape: [usize; 4], f: us
             KArg::I32(h as i32),
             KArg::I32(w as i32),
             KArg::I32(c as i32),
-            KArg::I32(f as i32),
+            KArg::I32(fy as i32),
+            KArg::I32(fx as i32),
+        ],
+    )
+}
+
+/// Channel copy with an activation: `y[r*ct + offset + c] = act(x[r*ci + c])` for r < rows,
+/// c < ci (`cd_nn_copy_channels`). One launch per input of a channel Concatenate; with
+/// ct = ci and offset 0 an out-of-place activation.
+#[allow(clippy::too_many_arguments)]
+pub fn copy_channels(
+    l: &dyn Launcher,
+    x: DevPtr,
+    y: DevPtr,
+    rows: usize,
+    ci: usize,
+    ct: usize,
+    offset: usize,
+    act: Act,
+) -> Result<()> {
+    if offset + ci > ct {
+        return Err(Error::Config(format!(
+            "channel copy of {ci} channels at offset {offset} into rows of {ct}"
+        )));
+    }
+    l.launch(
+        "cd_nn_copy_channels",
+        Dims {
+            grid: linear(rows * ci)?,
+            block: [BLOCK, 1, 1],
+            shmem: 0,
+        },
+        &[
+            KArg::Ptr(x),
+            KArg::Ptr(y),
+            KArg::I64(rows as i64),
+            KArg::I32(ci as i32),
+            KArg::I32(ct as i32),
+            KArg::I32(offset as i32),
+            KArg::I32(act as i32),
         ],
     )
 }
