@@ -392,8 +392,7 @@ pub(crate) fn tile(
                     let sp = c.subpixel.as_ref().expect("checked");
                     x86::tile_classes(c, sp, x, r0, rows, out, sc)
                 }
-                DirectKind::F32 => x86::tile_f32(c, p, x, r0, rows, out, sc),
-                DirectKind::Dot => x86::tile_dot(c, p, x, r0, rows, out, sc),
+                DirectKind::F32 | DirectKind::Dot => x86::tile_plain(c, p, x, r0, rows, out, sc),
                 DirectKind::Bf16 => x86::tile_bf16(c, p, x, r0, rows, out, sc),
                 DirectKind::Amx => x86::tile_amx(c, p, x, r0, rows, out, sc),
             }
@@ -635,8 +634,9 @@ mod x86 {
         };
     }
 
+    /// The f32 and dot kernels on a plain band (no sub-pixel classes).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_f32(
+    pub(super) unsafe fn tile_plain(
         c: &ConvStep,
         p: &DirectPack,
         x: &[f32],
@@ -647,14 +647,11 @@ mod x86 {
     ) {
         let band = fill_band(c, x, r0, rows, sc);
         let offs = offsets(c, c.cin);
-        sweep_f32(
-            c,
-            p,
-            band.as_ptr(),
-            &offs,
-            &Geom::plain(c, rows),
-            out.as_mut_ptr(),
-        );
+        let g = Geom::plain(c, rows);
+        match p.kind {
+            DirectKind::Dot => sweep_dot(c, p, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
+            _ => sweep_f32(c, p, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
+        }
     }
 
     /// The band's P rows (f32, pixel-major) and the zero slack after them.
@@ -718,6 +715,29 @@ mod x86 {
         }
     }
 
+    /// Row `r` of the small input (zeros outside it) with the sub-pixel band's left and
+    /// right padding, f32 pixel-major, into `dst` (`(pl + ws + pr) * cin`).
+    fn fill_src_row(
+        c: &ConvStep,
+        sp: &super::SubPixel,
+        x: &[f32],
+        r: Option<usize>,
+        dst: &mut [f32],
+    ) {
+        let cin = c.cin;
+        let (hs, ws) = (c.h / c.up[0], c.w / c.up[1]);
+        let pl = sp.pad[2];
+        match r.filter(|&r| r < hs) {
+            None => dst.fill(0.0),
+            Some(r) => {
+                dst[..pl * cin].fill(0.0);
+                dst[pl * cin..(pl + ws) * cin]
+                    .copy_from_slice(&x[r * ws * cin..(r + 1) * ws * cin]);
+                dst[(pl + ws) * cin..].fill(0.0);
+            }
+        }
+    }
+
     /// Upsampling folded into the layer (`ConvStep::up`), by sub-pixel classes: output
     /// pixels of one class (oy mod u0, ox mod u1) read the small input through a smaller
     /// kernel (the taps that land on the same input pixel summed), so the band is the small
@@ -733,7 +753,7 @@ mod x86 {
         sc: &mut [f32],
     ) {
         let (cin, [u0, u1]) = (c.cin, c.up);
-        let (hs, ws) = (c.h / u0, c.w / u1);
+        let ws = c.w / u1;
         let [pt, pb, pl, pr] = sp.pad;
         let wpb = ws + pl + pr;
         let (ys0, nrs) = (r0 / u0, rows / u0);
@@ -741,15 +761,7 @@ mod x86 {
         let band = &mut sc[..(prow * wpb + MR_MAX) * cin];
         for jj in 0..prow {
             let dst = &mut band[jj * wpb * cin..(jj + 1) * wpb * cin];
-            match (ys0 + jj).checked_sub(pt).filter(|&r| r < hs) {
-                None => dst.fill(0.0),
-                Some(r) => {
-                    dst[..pl * cin].fill(0.0);
-                    dst[pl * cin..(pl + ws) * cin]
-                        .copy_from_slice(&x[r * ws * cin..(r + 1) * ws * cin]);
-                    dst[(pl + ws) * cin..].fill(0.0);
-                }
-            }
+            fill_src_row(c, sp, x, (ys0 + jj).checked_sub(pt), dst);
         }
         band[prow * wpb * cin..].fill(0.0);
         for (k, class) in sp.classes.iter().enumerate() {
@@ -910,7 +922,7 @@ mod x86 {
         sc: &mut [f32],
     ) {
         let (cin, [u0, u1]) = (c.cin, c.up);
-        let (hs, ws) = (c.h / u0, c.w / u1);
+        let ws = c.w / u1;
         let [pt, pb, pl, pr] = sp.pad;
         let wpb = ws + pl + pr;
         let (ys0, nrs) = (r0 / u0, rows / u0);
@@ -921,15 +933,7 @@ mod x86 {
         let (row, rest) = rest.split_at_mut(wpb * cin);
         let b16: &mut [u16] = bytemuck::cast_slice_mut(band);
         for jj in 0..prow {
-            match (ys0 + jj).checked_sub(pt).filter(|&r| r < hs) {
-                None => row.fill(0.0),
-                Some(r) => {
-                    row[..pl * cin].fill(0.0);
-                    row[pl * cin..(pl + ws) * cin]
-                        .copy_from_slice(&x[r * ws * cin..(r + 1) * ws * cin]);
-                    row[(pl + ws) * cin..].fill(0.0);
-                }
-            }
+            fill_src_row(c, sp, x, (ys0 + jj).checked_sub(pt), row);
             let dst = &mut b16[jj * wpb * cp..(jj + 1) * wpb * cp];
             for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
                 convert_bf16(s, &mut d[..cin]);
@@ -1089,28 +1093,6 @@ mod x86 {
 
     /// Fewer than 16 output channels: per pixel and output channel, a dot product over
     /// `taps x cin`, 16 input channels per vector, `MR` pixels at a time.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_dot(
-        c: &ConvStep,
-        p: &DirectPack,
-        x: &[f32],
-        r0: usize,
-        rows: usize,
-        out: &mut [f32],
-        sc: &mut [f32],
-    ) {
-        let band = fill_band(c, x, r0, rows, sc);
-        let offs = offsets(c, c.cin);
-        sweep_dot(
-            c,
-            p,
-            band.as_ptr(),
-            &offs,
-            &Geom::plain(c, rows),
-            out.as_mut_ptr(),
-        );
-    }
-
     #[target_feature(enable = "avx512f")]
     unsafe fn sweep_dot(
         c: &ConvStep,
