@@ -367,3 +367,24 @@ fn bad_inputs_fail_without_partial_output() {
     fails(&["support", p(&ac), "-o", p(&out)], "entry_1/data_1/data");
     assert!(!out.exists());
 }
+
+/// `support --method nn` and `predict` threshold a network output by the same rule (signed
+/// `v > t * max v`): negative values of any size are not support.
+#[test]
+fn nn_support_rule_matches_predict() {
+    use cdiphase::array::Stack;
+    let (h, w) = (5, 7);
+    let mut v: Vec<f32> = (0..2 * h * w)
+        .map(|i| ((i * 37 % 11) as f32 - 4.0) / 6.0)
+        .collect();
+    v[3] = -0.95; // large negative: |v| above the threshold, v below
+    let st = Stack::from_vec(2, h, w, v.clone()).unwrap();
+    let s = cdiphase::support::threshold_supports(&st, 0.3);
+    for p in 0..2 {
+        let mut want = vec![0u8; h * w];
+        cdiphase::nn::predict::support_of(&v[p * h * w..(p + 1) * h * w], 0.3, &mut want);
+        assert_eq!(s.image(p), &want[..]);
+        assert!(want.iter().any(|&x| x == 1) && want.iter().any(|&x| x == 0));
+    }
+    assert_eq!(s.image(0)[3], 0);
+}

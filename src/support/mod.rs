@@ -115,17 +115,15 @@ pub fn autocorrelations(patterns: &PatternSet) -> Result<Stack<f32>> {
     Ok(out)
 }
 
-/// Threshold each image of a stack at `threshold` times its own maximum (of |v|).
-/// An image whose maximum is not positive gives an empty support.
+/// Threshold each image of a stack at `threshold` times its own maximum: `v > threshold *
+/// max(v)`, signed, the rule `predict` applies ([`crate::nn::predict::support_of`]), so
+/// that the same output gives the same support either way (negative network outputs, a
+/// tanh's undershoot, are never support). An image whose maximum is not positive gives an
+/// empty support.
 pub fn threshold_supports(images: &Stack<f32>, threshold: f32) -> Stack<u8> {
     let mut out = Stack::filled(images.n, images.h, images.w, 0u8);
     for p in 0..images.n {
-        let img = images.image(p);
-        let max = img.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
-        let t = threshold * max;
-        for (o, &v) in out.image_mut(p).iter_mut().zip(img) {
-            *o = (max > 0.0 && v.abs() > t) as u8;
-        }
+        crate::nn::predict::support_of(images.image(p), threshold, out.image_mut(p));
     }
     out
 }
