@@ -384,7 +384,7 @@ fn nn_support_rule_matches_predict() {
         let mut want = vec![0u8; h * w];
         cdiphase::nn::predict::support_of(&v[p * h * w..(p + 1) * h * w], 0.3, &mut want);
         assert_eq!(s.image(p), &want[..]);
-        assert!(want.iter().any(|&x| x == 1) && want.iter().any(|&x| x == 0));
+        assert!(want.contains(&1) && want.contains(&0));
     }
     assert_eq!(s.image(0)[3], 0);
 }
