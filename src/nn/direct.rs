@@ -715,6 +715,57 @@ mod x86 {
         }
     }
 
+    /// The band of a sub-pixel tile: output rows [r0, r0 + rows) are input rows
+    /// [ys0, ys0 + nrs) of every class; the band holds `prow` padded input rows of `wpb`
+    /// pixels, starting `pt` rows above ys0.
+    struct SubBand {
+        ws: usize,
+        wpb: usize,
+        ys0: usize,
+        nrs: usize,
+        prow: usize,
+        pt: usize,
+    }
+
+    impl SubBand {
+        fn new(c: &ConvStep, sp: &super::SubPixel, r0: usize, rows: usize) -> SubBand {
+            let [pt, pb, pl, pr] = sp.pad;
+            let ws = c.w / c.up[1];
+            let nrs = rows / c.up[0];
+            SubBand {
+                ws,
+                wpb: ws + pl + pr,
+                ys0: r0 / c.up[0],
+                nrs,
+                prow: nrs + pt + pb,
+                pt,
+            }
+        }
+
+        /// Class `k`'s output geometry and tap offsets (`px` units per band pixel).
+        fn class(
+            &self,
+            c: &ConvStep,
+            k: usize,
+            class: &super::SubClass,
+            px: usize,
+        ) -> (Geom, Vec<usize>) {
+            let g = Geom {
+                wpb: self.wpb,
+                wv: self.ws,
+                mtot: (self.nrs - 1) * self.wpb + self.ws,
+                step: c.up,
+                phase: [k / c.up[1], k % c.up[1]],
+            };
+            let offs = class
+                .taps
+                .iter()
+                .map(|&(dy, dx)| (dy * self.wpb + dx) * px)
+                .collect();
+            (g, offs)
+        }
+    }
+
     /// Row `r` of the small input (zeros outside it) with the sub-pixel band's left and
     /// right padding, f32 pixel-major, into `dst` (`(pl + ws + pr) * cin`).
     fn fill_src_row(
@@ -752,31 +803,17 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let (cin, [u0, u1]) = (c.cin, c.up);
-        let ws = c.w / u1;
-        let [pt, pb, pl, pr] = sp.pad;
-        let wpb = ws + pl + pr;
-        let (ys0, nrs) = (r0 / u0, rows / u0);
-        let prow = nrs + pt + pb;
-        let band = &mut sc[..(prow * wpb + MR_MAX) * cin];
-        for jj in 0..prow {
+        let cin = c.cin;
+        let sb = SubBand::new(c, sp, r0, rows);
+        let wpb = sb.wpb;
+        let band = &mut sc[..(sb.prow * wpb + MR_MAX) * cin];
+        for jj in 0..sb.prow {
             let dst = &mut band[jj * wpb * cin..(jj + 1) * wpb * cin];
-            fill_src_row(c, sp, x, (ys0 + jj).checked_sub(pt), dst);
+            fill_src_row(c, sp, x, (sb.ys0 + jj).checked_sub(sb.pt), dst);
         }
-        band[prow * wpb * cin..].fill(0.0);
+        band[sb.prow * wpb * cin..].fill(0.0);
         for (k, class) in sp.classes.iter().enumerate() {
-            let g = Geom {
-                wpb,
-                wv: ws,
-                mtot: (nrs - 1) * wpb + ws,
-                step: [u0, u1],
-                phase: [k / u1, k % u1],
-            };
-            let offs: Vec<usize> = class
-                .taps
-                .iter()
-                .map(|&(dy, dx)| (dy * wpb + dx) * cin)
-                .collect();
+            let (g, offs) = sb.class(c, k, class, cin);
             match class.pack.kind {
                 DirectKind::Dot => {
                     sweep_dot(c, &class.pack, band.as_ptr(), &offs, &g, out.as_mut_ptr())
@@ -851,17 +888,23 @@ mod x86 {
         let row = &mut row[..wp * cin];
         for jj in 0..prow {
             c.fill_p_row(x, r0 + jj, wp, row);
-            let dst = &mut b16[jj * wp * cp..(jj + 1) * wp * cp];
-            if cp == cin {
-                convert_bf16(row, dst);
-            } else {
-                for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
-                    convert_bf16(s, &mut d[..cin]);
-                    d[cin..].fill(0);
-                }
-            }
+            row_to_bf16(row, cin, cp, &mut b16[jj * wp * cp..(jj + 1) * wp * cp]);
         }
         b16[prow * wp * cp..].fill(0);
+    }
+
+    /// A row of f32 pixels (`cin` channels) as bf16 pixels of `cp >= cin` channels, the
+    /// padding channels zero.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn row_to_bf16(row: &[f32], cin: usize, cp: usize, dst: &mut [u16]) {
+        if cp == cin {
+            convert_bf16(row, dst);
+        } else {
+            for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
+                convert_bf16(s, &mut d[..cin]);
+                d[cin..].fill(0);
+            }
+        }
     }
 
     /// The AMX tile configuration: palette 1, all eight tiles 16 rows x 64 bytes.
@@ -921,40 +964,27 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let (cin, [u0, u1]) = (c.cin, c.up);
-        let ws = c.w / u1;
-        let [pt, pb, pl, pr] = sp.pad;
-        let wpb = ws + pl + pr;
-        let (ys0, nrs) = (r0 / u0, rows / u0);
-        let prow = nrs + pt + pb;
+        let cin = c.cin;
+        let sb = SubBand::new(c, sp, r0, rows);
         let cp = 32 * cin.div_ceil(32);
-        let npx = prow * wpb + MR_MAX;
+        let npx = sb.prow * sb.wpb + MR_MAX;
         let (band, rest) = sc.split_at_mut(npx * cp / 2);
-        let (row, rest) = rest.split_at_mut(wpb * cin);
+        let (row, rest) = rest.split_at_mut(sb.wpb * cin);
         let b16: &mut [u16] = bytemuck::cast_slice_mut(band);
-        for jj in 0..prow {
-            fill_src_row(c, sp, x, (ys0 + jj).checked_sub(pt), row);
-            let dst = &mut b16[jj * wpb * cp..(jj + 1) * wpb * cp];
-            for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
-                convert_bf16(s, &mut d[..cin]);
-                d[cin..].fill(0);
-            }
+        for jj in 0..sb.prow {
+            fill_src_row(c, sp, x, (sb.ys0 + jj).checked_sub(sb.pt), row);
+            row_to_bf16(
+                row,
+                cin,
+                cp,
+                &mut b16[jj * sb.wpb * cp..(jj + 1) * sb.wpb * cp],
+            );
         }
-        b16[prow * wpb * cp..].fill(0);
+        b16[sb.prow * sb.wpb * cp..].fill(0);
         let cbuf = &mut rest[..4 * 256];
         for (k, class) in sp.classes.iter().enumerate() {
-            let g = Geom {
-                wpb,
-                wv: ws,
-                mtot: (nrs - 1) * wpb + ws,
-                step: [u0, u1],
-                phase: [k / u1, k % u1],
-            };
-            let offs: Vec<usize> = class
-                .taps
-                .iter()
-                .map(|&(dy, dx)| (dy * wpb + dx) * cp * 2)
-                .collect();
+            // byte offsets: cp bf16 per pixel
+            let (g, offs) = sb.class(c, k, class, cp * 2);
             sweep_amx(
                 c,
                 &class.pack,
