@@ -181,6 +181,20 @@ fn one_layer(input: [usize; 3], op: Op) -> ModelSpec {
 }
 
 fn run(model: &Model, x: &[f32], n: usize, mode: Mode, threads: usize) -> Vec<f32> {
+    run_profiled(model, x, n, mode, threads).0
+}
+
+/// Layer (name, algorithm) pairs of a run.
+type Profile = Vec<(String, &'static str)>;
+
+/// Run `n` inputs on a NaN-poisoned arena; the output and the layers' (name, algorithm).
+fn run_profiled(
+    model: &Model,
+    x: &[f32],
+    n: usize,
+    mode: Mode,
+    threads: usize,
+) -> (Vec<f32>, Profile) {
     let net = Network::new(model, mode).unwrap();
     let mut r = Runner::new(
         &net,
@@ -192,7 +206,9 @@ fn run(model: &Model, x: &[f32], n: usize, mode: Mode, threads: usize) -> Vec<f3
         },
     )
     .unwrap();
-    r.run(x, n).unwrap().to_vec()
+    let y = r.run(x, n).unwrap().to_vec();
+    let prof = r.profile().into_iter().map(|(l, _, a)| (l, a)).collect();
+    (y, prof)
 }
 
 #[test]
@@ -1005,22 +1021,11 @@ fn direct_kernels_match_reference() {
             modes.push((Mode::Bf16, 1.5e-2));
         }
         for (mode, tol) in modes {
-            let net = Network::new(&model, mode).unwrap();
             for threads in [1, 2] {
-                let mut r = Runner::new(
-                    &net,
-                    n,
-                    Options {
-                        threads,
-                        mode,
-                        poison: true,
-                    },
-                )
-                .unwrap();
-                let got = r.run(&x, n).unwrap().to_vec();
+                let (got, prof) = run_profiled(&model, &x, n, mode, threads);
                 let e = rel_err(&got, &want);
                 assert!(e < tol, "{what} {mode:?} threads {threads}: rel err {e}");
-                let algo = r.profile()[0].2;
+                let algo = prof[0].1;
                 let expect = match mode {
                     Mode::Gemm => None,
                     _ if !avx512 => None,
@@ -1140,22 +1145,10 @@ fn upsampling_fused_into_the_next_convolution() {
             Padding::Same,
             Activation::Relu,
         );
-        let net = Network::new(&model, mode).unwrap();
-        let mut r = Runner::new(
-            &net,
-            n,
-            Options {
-                threads: 2,
-                mode,
-                poison: true,
-            },
-        )
-        .unwrap();
-        let got = r.run(&x, n).unwrap().to_vec();
+        let (got, prof) = run_profiled(&model, &x, n, mode, 2);
         let e = rel_err(&got, &want);
         let what = format!("{h}x{w}x{ci} up{up:?} -> {co} s{st} transpose {transpose} {mode:?}");
         assert!(e < tol, "{what}: rel err {e}");
-        let prof = r.profile();
         assert_eq!(prof.len(), 1, "{what}: not fused: {prof:?}");
         assert_eq!(prof[0].0, "up+l", "{what}");
         // stride-1 f32 layers on the direct kernels take the sub-pixel form
@@ -1163,7 +1156,7 @@ fn upsampling_fused_into_the_next_convolution() {
         if (mode == Mode::F32 && st == 1 && std::arch::is_x86_feature_detected!("avx512f"))
             || (mode == Mode::Bf16 && amx)
         {
-            assert!(prof[0].2.ends_with("-subpixel"), "{what}: {}", prof[0].2);
+            assert!(prof[0].1.ends_with("-subpixel"), "{what}: {}", prof[0].1);
         }
     }
 }
@@ -1289,22 +1282,11 @@ fn pooling_fused_into_the_previous_convolution() {
             } else {
                 pooled
             };
-            let net = Network::new(&model, mode).unwrap();
-            let mut r = Runner::new(
-                &net,
-                n,
-                Options {
-                    threads: 2,
-                    mode,
-                    poison: true,
-                },
-            )
-            .unwrap();
-            let got = r.run(&x, n).unwrap().to_vec();
+            let (got, prof) = run_profiled(&model, &x, n, mode, 2);
             let e = rel_err(&got, &want);
             let what = format!("{h}x{w}x{ci} -> {co} s{st} {act:?} {mode:?} skip {skip}");
             assert!(e < tol, "{what}: rel err {e}");
-            let names: Vec<String> = r.profile().into_iter().map(|p| p.0).collect();
+            let names: Vec<String> = prof.into_iter().map(|p| p.0).collect();
             if skip {
                 assert!(names.contains(&"c".to_string()), "{what}: fused: {names:?}");
             } else {
