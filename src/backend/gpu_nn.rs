@@ -23,12 +23,17 @@ fn opt(p: Option<DevPtr>) -> KArg {
     KArg::Ptr(p.unwrap_or(DevPtr::NULL))
 }
 
-fn linear(n: usize) -> Result<[u32; 3]> {
+/// A one-dimensional launch of `n` threads in blocks of `BLOCK`, no shared memory.
+fn linear(n: usize) -> Result<Dims> {
     let blocks = n.div_ceil(BLOCK as usize);
     if blocks > u32::MAX as usize {
         return Err(Error::Config(format!("{n} elements exceed one launch")));
     }
-    Ok([blocks.max(1) as u32, 1, 1])
+    Ok(Dims {
+        grid: [blocks.max(1) as u32, 1, 1],
+        block: [BLOCK, 1, 1],
+        shmem: 0,
+    })
 }
 
 /// Where a general convolution, transposed convolution or pooling window reads, per axis
@@ -189,10 +194,39 @@ pub fn conv2d_general(
     g: ConvGeom,
     act: Act,
 ) -> Result<()> {
+    gather_conv(
+        l,
+        "cd_nn_conv2d_general",
+        x,
+        w,
+        bias,
+        y,
+        shape,
+        cout,
+        g,
+        act,
+    )
+}
+
+/// The launch shared by the two direct-gather kernels (same parameter list): one thread
+/// per output pixel (grid x) and group of `CONV_COT` output channels (grid y).
+#[allow(clippy::too_many_arguments)]
+fn gather_conv(
+    l: &dyn Launcher,
+    kernel: &str,
+    x: DevPtr,
+    w: DevPtr,
+    bias: Option<DevPtr>,
+    y: DevPtr,
+    shape: [usize; 4],
+    cout: usize,
+    g: ConvGeom,
+    act: Act,
+) -> Result<()> {
     let [n, h, wd, cin] = shape;
     let [ho, wo] = g.out;
-    let mut grid = linear(n * ho * wo)?;
-    grid[1] = cout.div_ceil(CONV_COT) as u32;
+    let mut dims = linear(n * ho * wo)?;
+    dims.grid[1] = cout.div_ceil(CONV_COT) as u32;
     let mut args = vec![
         KArg::Ptr(x),
         KArg::Ptr(w),
@@ -208,15 +242,7 @@ pub fn conv2d_general(
     ];
     args.extend(g.args());
     args.push(KArg::I32(act as i32));
-    l.launch(
-        "cd_nn_conv2d_general",
-        Dims {
-            grid,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
-        &args,
-    )
+    l.launch(kernel, dims, &args)
 }
 
 /// The convolution weights (k,k,cin,cout) equivalent to a stride-1 'same' Conv2DTranspose
@@ -236,11 +262,7 @@ pub fn conv_transpose_weights(
     }
     l.launch(
         "cd_nn_convT_weights",
-        Dims {
-            grid: linear(k * k * cin * cout)?,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
+        linear(k * k * cin * cout)?,
         &[
             KArg::Ptr(wt),
             KArg::I32(k as i32),
@@ -285,33 +307,17 @@ pub fn conv_transpose2d_general(
     g: ConvGeom,
     act: Act,
 ) -> Result<()> {
-    let [n, h, wd, cin] = shape;
-    let [ho, wo] = g.out;
-    let mut grid = linear(n * ho * wo)?;
-    grid[1] = cout.div_ceil(CONV_COT) as u32;
-    let mut args = vec![
-        KArg::Ptr(x),
-        KArg::Ptr(wt),
-        opt(bias),
-        KArg::Ptr(y),
-        KArg::I32(n as i32),
-        KArg::I32(h as i32),
-        KArg::I32(wd as i32),
-        KArg::I32(cin as i32),
-        KArg::I32(ho as i32),
-        KArg::I32(wo as i32),
-        KArg::I32(cout as i32),
-    ];
-    args.extend(g.args());
-    args.push(KArg::I32(act as i32));
-    l.launch(
+    gather_conv(
+        l,
         "cd_nn_conv_transpose2d",
-        Dims {
-            grid,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
-        &args,
+        x,
+        wt,
+        bias,
+        y,
+        shape,
+        cout,
+        g,
+        act,
     )
 }
 
@@ -320,11 +326,7 @@ pub fn maxpool2(l: &dyn Launcher, x: DevPtr, y: DevPtr, shape: [usize; 4]) -> Re
     let [n, h, w, c] = shape;
     l.launch(
         "cd_nn_maxpool2",
-        Dims {
-            grid: linear(n * (h / 2) * (w / 2) * c)?,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
+        linear(n * (h / 2) * (w / 2) * c)?,
         &[
             KArg::Ptr(x),
             KArg::Ptr(y),
@@ -358,15 +360,7 @@ pub fn maxpool(
         KArg::I32(wo as i32),
     ];
     args.extend(g.args());
-    l.launch(
-        "cd_nn_maxpool",
-        Dims {
-            grid: linear(n * ho * wo * c)?,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
-        &args,
-    )
+    l.launch("cd_nn_maxpool", linear(n * ho * wo * c)?, &args)
 }
 
 /// Nearest upsampling by `f` on both axes: (n,h,w,c) -> (n,h*f,w*f,c).
@@ -385,11 +379,7 @@ pub fn upsample2d(
     let [n, h, w, c] = shape;
     l.launch(
         "cd_nn_upsample",
-        Dims {
-            grid: linear(n * h * fy * w * fx * c)?,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
+        linear(n * h * fy * w * fx * c)?,
         &[
             KArg::Ptr(x),
             KArg::Ptr(y),
@@ -424,11 +414,7 @@ pub fn copy_channels(
     }
     l.launch(
         "cd_nn_copy_channels",
-        Dims {
-            grid: linear(rows * ci)?,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
+        linear(rows * ci)?,
         &[
             KArg::Ptr(x),
             KArg::Ptr(y),
@@ -478,11 +464,7 @@ pub fn dense(
 pub fn activate(l: &dyn Launcher, x: DevPtr, n: usize, act: Act) -> Result<()> {
     l.launch(
         "cd_nn_activate",
-        Dims {
-            grid: linear(n)?,
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
+        linear(n)?,
         &[KArg::Ptr(x), KArg::I64(n as i64), KArg::I32(act as i32)],
     )
 }
