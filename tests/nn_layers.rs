@@ -971,6 +971,44 @@ fn direct_kernels_match_reference() {
         (8, 7, 16, 16, [3, 3], 2, Padding::Same, Activation::Relu, 2),
         (5, 9, 32, 1, [3, 3], 2, Padding::Same, Activation::Tanh, 3),
         (6, 6, 17, 19, [3, 3], 1, Padding::Valid, Activation::Relu, 1),
+        // even widths >= 14: the f32 kernel's compact tiles, which wrap from one row to the
+        // next after K = 2, 4, ..., 12 pixels (16 wide: every K), runtime and compile-time
+        // channel counts, a channel tail, a band ending inside a tile
+        (9, 16, 20, 40, [3, 3], 0, Padding::Same, Activation::Relu, 2),
+        (
+            5,
+            22,
+            256,
+            64,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Relu,
+            1,
+        ),
+        (
+            7,
+            14,
+            128,
+            32,
+            [3, 3],
+            0,
+            Padding::Same,
+            Activation::Linear,
+            3,
+        ),
+        (6, 18, 32, 48, [3, 3], 1, Padding::Same, Activation::Relu, 2),
+        (
+            4,
+            20,
+            16,
+            32,
+            [3, 3],
+            0,
+            Padding::Valid,
+            Activation::Relu,
+            2,
+        ),
     ];
     for &(h, w, ci, co, k, ts, p, act, n) in cases {
         let op = if ts == 0 {
@@ -1068,6 +1106,9 @@ fn upsampling_fused_into_the_next_convolution() {
         (9, 6, 16, 3, [2, 2], 1, false, Mode::F32, 1e-5),
         (4, 7, 24, 1, [3, 3], 1, true, Mode::F32, 1e-5),
         (6, 5, 20, 17, [1, 2], 1, false, Mode::F32, 1e-5),
+        // sub-pixel classes 16 and 14 wide: compact tiles
+        (5, 16, 32, 40, [2, 2], 1, true, Mode::F32, 1e-5),
+        (3, 14, 64, 32, [2, 2], 1, false, Mode::F32, 1e-5),
     ];
     let bf16_ok = cdiphase::nn::cpu::amx_available()
         || (std::arch::is_x86_feature_detected!("avx512f")

@@ -1,0 +1,105 @@
+//! One 3x3 'same' convolution layer of the CPU engine in f32, timed alone, for kernel
+//! work: `cargo run --release --example conv_layer -- H W CIN COUT [BATCH] [THREADS]
+//! [REPEAT] [conv|up|pool|spinn]` (`up`: an UpSampling2D before it, `pool`: a 2x2
+//! MaxPooling2D after it, `spinn`: the paper's whole network instead, sizes ignored, with
+//! its per-layer times). Prints the best of REPEAT runs. The machine's speed drifts by tens
+//! of percent between seconds here, so compare two kernels by alternating them, not by
+//! two separate runs.
+use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
+use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: usize| a.get(i).map_or(d, |s| s.parse().expect("a number"));
+    let (h, w, cin, cout) = (num(0, 32), num(1, 32), num(2, 256), num(3, 256));
+    let (batch, threads, repeat) = (num(4, 16), num(5, 1), num(6, 5));
+    let kind = a.get(7).map_or("conv", |s| s.as_str());
+    let conv = Op::Conv2D {
+        filters: cout,
+        kernel: [3, 3],
+        strides: [1, 1],
+        padding: Padding::Same,
+        activation: Activation::Relu,
+        use_bias: true,
+    };
+    let mut layers = Vec::new();
+    let mut prev = "input".to_string();
+    let mut push = |name: &str, op: Op, layers: &mut Vec<LayerSpec>| {
+        layers.push(LayerSpec {
+            name: name.into(),
+            inputs: vec![prev.clone()],
+            op,
+        });
+        prev = name.into();
+    };
+    let mut flop_hw = h * w;
+    match kind {
+        "up" => {
+            push("up", Op::UpSampling2D { size: [2, 2] }, &mut layers);
+            flop_hw *= 4;
+            push("c", conv, &mut layers);
+        }
+        "pool" => {
+            push("c", conv, &mut layers);
+            push(
+                "p",
+                Op::MaxPooling2D {
+                    pool: [2, 2],
+                    strides: [2, 2],
+                    padding: Padding::Valid,
+                },
+                &mut layers,
+            );
+        }
+        _ => push("c", conv, &mut layers),
+    }
+    let spec = ModelSpec {
+        name: "layer".into(),
+        input_name: "input".into(),
+        input: [h, w, cin],
+        preprocess: Preprocess::Max,
+        output: layers.last().expect("a layer").name.clone(),
+        layers,
+    };
+    let (spec, flop_hw) = if kind == "spinn" {
+        (
+            cdiphase::nn::spinn::spinn(128, 1.0, Preprocess::Max).expect("spinn"),
+            7.32e9 / (9 * cin * cout * 2) as f64, // the network's FLOPs per image
+        )
+    } else {
+        (spec, flop_hw as f64)
+    };
+    let model = Model::random(spec, 1).expect("model");
+    let net = Network::new(&model, Mode::F32).expect("network");
+    let opts = Options {
+        threads,
+        mode: Mode::F32,
+        poison: false,
+    };
+    let mut r = Runner::new(&net, batch, opts).expect("runner");
+    let x = cdiphase::nn::bench::bench_input(&net, batch, 1);
+    r.run(&x, batch).expect("run");
+    let flop = flop_hw * (9 * cin * cout * 2 * batch) as f64;
+    let names: Vec<String> = r.profile().into_iter().map(|p| p.0).collect();
+    let mut best = f64::MAX;
+    let mut layers = vec![f64::MAX; names.len()];
+    for _ in 0..repeat {
+        r.reset_profile();
+        let t = std::time::Instant::now();
+        std::hint::black_box(r.run(&x, batch).expect("run").len());
+        best = best.min(t.elapsed().as_secs_f64());
+        for (m, p) in layers.iter_mut().zip(r.profile()) {
+            *m = m.min(p.1);
+        }
+    }
+    println!(
+        "{kind} {h}x{w} {cin}->{cout} batch {batch} threads {threads}: {:.2} ms, {:.1} GFLOP/s",
+        best * 1e3,
+        flop / best / 1e9
+    );
+    if names.len() > 1 {
+        for (n, t) in names.iter().zip(&layers) {
+            println!("  {n:40} {:8.1} ms (best)", t * 1e3);
+        }
+    }
+}
