@@ -70,36 +70,58 @@ fn main() {
         (spec, flop_hw as f64)
     };
     let model = Model::random(spec, 1).expect("model");
-    let net = Network::new(&model, Mode::F32).expect("network");
+    // AB_ENV=NAME: a second network compiled with the environment variable NAME set (the
+    // engine's A/B switches, e.g. CDIPHASE_NO_SUBPIXEL), run alternately with the first
+    let mut nets = vec![Network::new(&model, Mode::F32).expect("network")];
+    if let Ok(var) = std::env::var("AB_ENV") {
+        std::env::set_var(&var, "1");
+        nets.push(Network::new(&model, Mode::F32).expect("network"));
+        std::env::remove_var(&var);
+    }
     let opts = Options {
         threads,
         mode: Mode::F32,
         poison: false,
     };
-    let mut r = Runner::new(&net, batch, opts).expect("runner");
-    let x = cdiphase::nn::bench::bench_input(&net, batch, 1);
-    r.run(&x, batch).expect("run");
+    let mut runners: Vec<Runner> = nets
+        .iter()
+        .map(|n| Runner::new(n, batch, opts).expect("runner"))
+        .collect();
+    let x = cdiphase::nn::bench::bench_input(&nets[0], batch, 1);
     let flop = flop_hw * (9 * cin * cout * 2 * batch) as f64;
-    let names: Vec<String> = r.profile().into_iter().map(|p| p.0).collect();
-    let mut best = f64::MAX;
-    let mut layers = vec![f64::MAX; names.len()];
-    for _ in 0..repeat {
-        r.reset_profile();
-        let t = std::time::Instant::now();
-        std::hint::black_box(r.run(&x, batch).expect("run").len());
-        best = best.min(t.elapsed().as_secs_f64());
-        for (m, p) in layers.iter_mut().zip(r.profile()) {
-            *m = m.min(p.1);
+    let mut best = vec![f64::MAX; runners.len()];
+    let mut layers: Vec<Vec<(String, f64)>> = vec![Vec::new(); runners.len()];
+    for rep in 0..=repeat {
+        for (k, r) in runners.iter_mut().enumerate() {
+            r.reset_profile();
+            let t = std::time::Instant::now();
+            std::hint::black_box(r.run(&x, batch).expect("run").len());
+            let e = t.elapsed().as_secs_f64();
+            if rep == 0 {
+                continue; // warm-up
+            }
+            best[k] = best[k].min(e);
+            let prof = r.profile();
+            if layers[k].is_empty() {
+                layers[k] = prof.iter().map(|p| (p.0.clone(), p.1)).collect();
+            }
+            for (m, p) in layers[k].iter_mut().zip(&prof) {
+                m.1 = m.1.min(p.1);
+            }
         }
     }
-    println!(
-        "{kind} {h}x{w} {cin}->{cout} batch {batch} threads {threads}: {:.2} ms, {:.1} GFLOP/s",
-        best * 1e3,
-        flop / best / 1e9
-    );
-    if names.len() > 1 {
-        for (n, t) in names.iter().zip(&layers) {
-            println!("  {n:40} {:8.1} ms (best)", t * 1e3);
+    for (k, b) in best.iter().enumerate() {
+        let what = if k == 0 { "" } else { " (AB_ENV set)" };
+        println!(
+            "{kind} {h}x{w} {cin}->{cout} batch {batch} threads {threads}{what}: {:.2} ms, \
+             {:.1} GFLOP/s",
+            b * 1e3,
+            flop / b / 1e9
+        );
+        if layers[k].len() > 1 {
+            for (n, t) in &layers[k] {
+                println!("  {n:40} {:8.1} ms (best)", t * 1e3);
+            }
         }
     }
 }

@@ -1336,3 +1336,212 @@ fn pooling_fused_into_the_previous_convolution() {
         }
     }
 }
+
+/// A cheap first convolution (kh*kw*cin <= 27) whose output only the next plain direct
+/// convolution reads is computed inside that one's bands (`ConvStep::pre`): the result must
+/// equal the two layers in float64, the layer list must show the fusion, and a producer
+/// that is too expensive, or whose output a skip connection also reads, stays a layer.
+#[test]
+fn cheap_convolution_fused_into_the_next() {
+    let mut rng = Rng(41);
+    // (h, w, ci, c1, co, consumer padding, pool after, act of the first, skip, fused)
+    let cases = [
+        (
+            14,
+            18,
+            1,
+            24,
+            40,
+            Padding::Same,
+            true,
+            Activation::Relu,
+            false,
+            true,
+        ),
+        (
+            11,
+            16,
+            3,
+            32,
+            32,
+            Padding::Same,
+            false,
+            Activation::Tanh,
+            false,
+            true,
+        ),
+        (
+            10,
+            15,
+            2,
+            16,
+            33,
+            Padding::Valid,
+            false,
+            Activation::Relu,
+            false,
+            true,
+        ),
+        (
+            5,
+            7,
+            1,
+            16,
+            16,
+            Padding::Same,
+            false,
+            Activation::Linear,
+            false,
+            true,
+        ),
+        (
+            9,
+            13,
+            4,
+            16,
+            20,
+            Padding::Same,
+            false,
+            Activation::Relu,
+            false,
+            false,
+        ),
+        (
+            8,
+            14,
+            1,
+            16,
+            32,
+            Padding::Same,
+            false,
+            Activation::Relu,
+            true,
+            false,
+        ),
+    ];
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    for (h, w, ci, c1, co, pad, pool, act, skip, fused) in cases {
+        let conv = |name: &str, input: &str, filters, padding, activation| LayerSpec {
+            name: name.into(),
+            inputs: vec![input.into()],
+            op: Op::Conv2D {
+                filters,
+                kernel: [3, 3],
+                strides: [1, 1],
+                padding,
+                activation,
+                use_bias: true,
+            },
+        };
+        let mut layers = vec![
+            conv("a", "input", c1, Padding::Same, act),
+            conv("b", "a", co, pad, Activation::Relu),
+        ];
+        let mut output = "b".to_string();
+        if pool {
+            layers.push(LayerSpec {
+                name: "p".into(),
+                inputs: vec!["b".into()],
+                op: Op::MaxPooling2D {
+                    pool: [2, 2],
+                    strides: [2, 2],
+                    padding: Padding::Valid,
+                },
+            });
+            output = "p".into();
+        }
+        if skip {
+            layers.push(LayerSpec {
+                name: "cat".into(),
+                inputs: vec!["b".into(), "a".into()],
+                op: Op::Concatenate,
+            });
+            output = "cat".into();
+        }
+        let spec = ModelSpec {
+            name: "t".into(),
+            input_name: "input".into(),
+            input: [h, w, ci],
+            preprocess: Preprocess::Max,
+            layers,
+            output,
+        };
+        let model = Model::random(spec, 8).unwrap();
+        let n = 3;
+        let x = rng.vec(n * h * w * ci);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let wt = |k: &str| &model.weights[k].data;
+        let (a, _, _) = conv_ref(
+            &x64,
+            n,
+            h,
+            w,
+            ci,
+            wt("a/kernel"),
+            wt("a/bias"),
+            3,
+            3,
+            c1,
+            [1, 1],
+            Padding::Same,
+            act,
+        );
+        let (b, hb, wb) = conv_ref(
+            &a,
+            n,
+            h,
+            w,
+            c1,
+            wt("b/kernel"),
+            wt("b/bias"),
+            3,
+            3,
+            co,
+            [1, 1],
+            pad,
+            Activation::Relu,
+        );
+        let want: Vec<f64> = if pool {
+            let (hp, wp) = (hb / 2, wb / 2);
+            let mut o = vec![0.0; n * hp * wp * co];
+            for im in 0..n {
+                for y in 0..hp {
+                    for q in 0..wp {
+                        for c in 0..co {
+                            let at = |yy: usize, qq: usize| b[((im * hb + yy) * wb + qq) * co + c];
+                            o[((im * hp + y) * wp + q) * co + c] = at(2 * y, 2 * q)
+                                .max(at(2 * y, 2 * q + 1))
+                                .max(at(2 * y + 1, 2 * q))
+                                .max(at(2 * y + 1, 2 * q + 1));
+                        }
+                    }
+                }
+            }
+            o
+        } else if skip {
+            let px = n * h * w;
+            let mut o = Vec::with_capacity(px * (co + c1));
+            for p in 0..px {
+                o.extend_from_slice(&b[p * co..(p + 1) * co]);
+                o.extend_from_slice(&a[p * c1..(p + 1) * c1]);
+            }
+            o
+        } else {
+            b
+        };
+        let what = format!("{h}x{w}x{ci} -> {c1} -> {co} {pad:?} pool {pool} skip {skip}");
+        for threads in [1, 2] {
+            let (got, prof) = run_profiled(&model, &x, n, Mode::F32, threads);
+            let e = rel_err(&got, &want);
+            assert!(e < 1e-5, "{what} threads {threads}: rel err {e}");
+            let names: Vec<String> = prof.iter().map(|p| p.0.clone()).collect();
+            let first = if pool { "a+b+p" } else { "a+b" };
+            if fused && avx512 {
+                assert_eq!(names[0], first, "{what}: {names:?}");
+                assert_eq!(prof[0].1, "direct-f32", "{what}");
+            } else {
+                assert_eq!(names[0], "a", "{what}: fused: {names:?}");
+            }
+        }
+    }
+}

@@ -201,6 +201,10 @@ pub(crate) struct ConvStep {
     pub pool: bool,
     /// the fused upsampling computed by sub-pixel classes (direct f32 layers)
     pub(crate) subpixel: Option<direct::SubPixel>,
+    /// a cheap convolution fused before this one (its output's only reader, see
+    /// [`fuse_producers`]): each band computes the rows of X it needs from the producer's
+    /// input, in cache, and X itself is never stored
+    pub(crate) pre: Option<Box<ConvStep>>,
     /// offset of X inside P
     pub pt: usize,
     pub pl: usize,
@@ -473,6 +477,9 @@ impl Network {
         let oi = spec.index_of(&spec.output).expect("checked by shapes()");
         fuse_upsampling(&mut steps, node_value[oi]);
         fuse_pooling(&mut steps, node_value[oi]);
+        if std::env::var("CDIPHASE_NO_PRODUCER_FUSION").is_err() {
+            fuse_producers(&mut steps, node_value[oi]);
+        }
         Ok(Network {
             spec: spec.clone(),
             steps,
@@ -576,6 +583,65 @@ fn fuse_pooling(steps: &mut Vec<Step>, output_value: usize) {
     }
 }
 
+/// Largest `kh * kw * cin` of a convolution computed inside the next one
+/// ([`fuse_producers`]): such a layer does few FLOPs per value it writes, so writing and
+/// re-reading its output costs more than computing the few rows two bands share twice.
+const PRODUCER_MAX_REDUCTION: usize = 27;
+
+/// Fold each cheap direct f32 convolution (stride 1, a reduction of at most
+/// [`PRODUCER_MAX_REDUCTION`], nothing else fused into it) whose output only one plain
+/// direct f32 convolution reads into that reader ([`ConvStep::pre`]). On the paper's
+/// network this is conv2d_1 (1 -> 64 channels at 128x128): its 4 MB per image were written
+/// to memory and read back by conv2d_2. Exact: the same kernel computes the same rows.
+fn fuse_producers(steps: &mut Vec<Step>, output_value: usize) {
+    let mut k = 0;
+    while k < steps.len() {
+        let Kind::Conv(c) = &steps[k].kind else {
+            k += 1;
+            continue;
+        };
+        let plain_f32 = |c: &ConvStep| {
+            c.algo == ConvAlgo::Direct
+                && c.packed().kind == DirectKind::F32
+                && c.s == [1, 1]
+                && c.d == [1, 1]
+                && c.up == [1, 1]
+                && c.subpixel.is_none()
+                && c.pre.is_none()
+        };
+        let v = steps[k].inputs[0];
+        let readers = steps.iter().filter(|st| st.inputs.contains(&v)).count();
+        let writer = steps.iter().position(|st| st.out == v);
+        let fusable = plain_f32(c)
+            && steps[k].inputs.len() == 1
+            && v != output_value
+            && readers == 1
+            && writer.is_some_and(|j| {
+                matches!(&steps[j].kind, Kind::Conv(p) if plain_f32(p)
+                    && !p.pool
+                    && p.kh * p.kw * p.cin <= PRODUCER_MAX_REDUCTION
+                    && (p.ho, p.wo, p.cout) == (c.h, c.w, c.cin))
+            });
+        if !fusable {
+            k += 1;
+            continue;
+        }
+        let j = writer.expect("checked");
+        let prod = steps.remove(j);
+        let k2 = k - usize::from(k > j);
+        let Kind::Conv(p) = prod.kind else {
+            unreachable!("checked")
+        };
+        let cons = &mut steps[k2];
+        if let Kind::Conv(c) = &mut cons.kind {
+            c.pre = Some(p);
+        }
+        cons.inputs = prod.inputs;
+        cons.name = format!("{}+{}", prod.name, cons.name);
+        k = k2 + 1;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn conv_step(
     [h, w, cin]: [usize; 3],
@@ -637,6 +703,7 @@ fn conv_step(
         up: [1, 1],
         pool: false,
         subpixel: None,
+        pre: None,
         pt,
         pl,
         wgt,
@@ -680,9 +747,17 @@ impl ConvStep {
         self.w / self.up[1]
     }
 
-    /// Values per image of the stored input.
+    /// Values per image of the stored input (the producer's input when one is fused).
     pub(crate) fn src_len(&self) -> usize {
-        self.h / self.up[0] * self.src_w() * self.cin
+        match &self.pre {
+            Some(p) => p.src_len(),
+            None => self.h / self.up[0] * self.src_w() * self.cin,
+        }
+    }
+
+    /// Scratch of this layer's kernel when it runs as a fused producer of `rows` rows.
+    pub(crate) fn producer_scratch_len(&self, rows: usize) -> usize {
+        rows * self.wo * self.cout + self.kernel_scratch_len(rows)
     }
 
     pub(crate) fn wp(&self) -> usize {
@@ -763,7 +838,7 @@ impl ConvStep {
         }
     }
 
-    fn packed(&self) -> &DirectPack {
+    pub(crate) fn packed(&self) -> &DirectPack {
         self.direct
             .as_ref()
             .expect("direct layers carry packed weights")

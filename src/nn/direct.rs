@@ -349,8 +349,12 @@ pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
         };
     }
     let px = band_pixels(c, rows);
+    let pre = c
+        .pre
+        .as_ref()
+        .map_or(0, |q| q.producer_scratch_len(rows + c.kh - 1));
     match p.kind {
-        DirectKind::F32 | DirectKind::Dot => px * c.cin,
+        DirectKind::F32 | DirectKind::Dot => px * c.cin + pre,
         // bf16 band (2 per f32 slot, cin padded to even) + one f32 row to convert from
         DirectKind::Bf16 => px * c.cin.div_ceil(2) + c.wp() * c.cin,
         // bf16 band (cin padded to 32) + one f32 row + the four 16x16 f32 result tiles
@@ -714,7 +718,9 @@ mod x86 {
         }
     }
 
-    /// The band's P rows (f32, pixel-major) and the zero slack after them.
+    /// The band's P rows (f32, pixel-major) and the zero slack after them. With a fused
+    /// producer ([`ConvStep::pre`]) the rows of X are computed here from `x`, the
+    /// producer's input, in the scratch after the band.
     fn fill_band<'s>(
         c: &ConvStep,
         x: &[f32],
@@ -724,14 +730,41 @@ mod x86 {
     ) -> &'s [f32] {
         let (cin, wp) = (c.cin, c.wp());
         let prow = rows + c.kh - 1;
-        let band = &mut sc[..band_pixels(c, rows) * cin];
-        for jj in 0..prow {
-            c.fill_p_row(
-                x,
-                r0 + jj,
-                wp,
-                &mut band[jj * wp * cin..(jj + 1) * wp * cin],
-            );
+        let (band, rest) = sc.split_at_mut(band_pixels(c, rows) * cin);
+        match c.pre.as_deref() {
+            None => {
+                for jj in 0..prow {
+                    c.fill_p_row(
+                        x,
+                        r0 + jj,
+                        wp,
+                        &mut band[jj * wp * cin..(jj + 1) * wp * cin],
+                    );
+                }
+            }
+            Some(q) => {
+                // the rows of X that P rows [r0, r0 + prow) show
+                let ra = r0.max(c.pt) - c.pt;
+                let rb = (r0 + prow).saturating_sub(c.pt).min(c.h);
+                let (xr, qsc) = rest.split_at_mut(prow * q.wo * q.cout);
+                if rb > ra {
+                    super::tile(q, q.packed(), x, ra, rb - ra, xr, qsc);
+                }
+                let (a, b) = (c.pl.min(wp), (c.pl + c.w).min(wp));
+                let rl = c.w * cin;
+                for jj in 0..prow {
+                    let dst = &mut band[jj * wp * cin..(jj + 1) * wp * cin];
+                    match (r0 + jj).checked_sub(c.pt).filter(|&r| r < c.h) {
+                        None => dst.fill(0.0),
+                        Some(r) => {
+                            let row = &xr[(r - ra) * rl..(r - ra + 1) * rl];
+                            dst[..a * cin].fill(0.0);
+                            dst[a * cin..b * cin].copy_from_slice(&row[..(b - a) * cin]);
+                            dst[b * cin..].fill(0.0);
+                        }
+                    }
+                }
+            }
         }
         band[prow * wp * cin..].fill(0.0);
         band
