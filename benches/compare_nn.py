@@ -26,7 +26,9 @@ images_per_s, of the best batch, is kept as images_per_s_best in the JSON output
 "CPU s/batch": user+sys time of all the peer's threads per timed batch (median); near
 threads x wall time when the peer had its cores to itself, well under it on a loaded
 machine. Ratios ("vs fastest f32 peer"): images/s over the fastest f32 peer (tf, tf-xla, ort) of the
-same run.
+same run. With --rounds R > 1 the script also prints every round's images/s and the paired
+ratios: each round's cdiphase figure over the fastest f32 peer of that same round, and
+their median (steadier than the ratio of medians where the machine's speed drifts).
 
 If the cdiphase binary or its `bench network` verb is missing, the peers are still
 reported and cdiphase is listed as missing; the exit status is then non-zero only with
@@ -401,6 +403,27 @@ def main(argv=None) -> int:
                 rows[k]["rel_err_vs_tf"] = float(np.max(np.abs(y.astype(np.float64) - ref))
                                                  / np.max(np.abs(ref)))
 
+    # Paired ratios: each round's cdiphase (or tf-bf16) figure over the fastest f32 peer of
+    # the same round. Adjacent measurements share the machine's state (its speed drifts by
+    # tens of percent between minutes), so the median of these ratios is steadier than the
+    # ratio of the medians.
+    f32_keys = [k for k in ("tf", "tf-xla", "ort") if k in runs]
+    paired: dict = {}
+    per_round = []
+    if args.rounds > 1 and f32_keys:
+        for i in range(args.rounds):
+            per_round.append({k: rs[i].get("images_per_s") for k, rs in runs.items()
+                              if len(rs) > i})
+        for key in ("cdiphase", "cdiphase --fast", "tf-bf16"):
+            rat = []
+            for rd in per_round:
+                peer = [rd[k] for k in f32_keys if rd.get(k)]
+                if rd.get(key) and peer:
+                    rat.append(rd[key] / max(peer))
+            if rat:
+                paired[key] = {"per_round": rat, "median": statistics.median(rat),
+                               "min": min(rat), "max": max(rat)}
+
     peer_keys = [k for k in ("tf", "tf-xla", "ort") if k in rows]
     best = max((rows[k]["images_per_s"] for k in peer_keys), default=None)
     best_name = max(peer_keys, key=lambda k: rows[k]["images_per_s"]) if peer_keys else None
@@ -436,7 +459,18 @@ def main(argv=None) -> int:
         notes.append(f"{k} failed: {e.strip().splitlines()[-1][:300] if e.strip() else e}")
     if cd_missing:
         notes.append(f"cdiphase missing: {cd_missing.splitlines()[0]}")
+    for key, pr in paired.items():
+        notes.append(f"paired, {key} / fastest f32 peer of the same round: "
+                     + ", ".join(f"{v:.2f}" for v in pr["per_round"])
+                     + f"; median {pr['median']:.2f}x (min {pr['min']:.2f}, max {pr['max']:.2f})")
     table = "\n".join(lines)
+    if per_round:
+        keys = [k for k in runs]
+        rl = ["| round | " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in
+                                                                 range(len(keys) + 1)) + "|"]
+        for i, rd in enumerate(per_round):
+            rl.append(f"| {i + 1} | " + " | ".join(_f(rd.get(k), 2) for k in keys) + " |")
+        table += "\n\nimages/s per round:\n\n" + "\n".join(rl)
     print()
     print(table)
     print()
@@ -448,7 +482,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "command": cmdline, "batch": args.batch,
-             "threads": args.threads, "results": rows, "errors": errors,
+             "threads": args.threads, "results": rows, "paired_ratios": paired,
+             "per_round": per_round, "errors": errors,
              "cdiphase_missing": cd_missing}, indent=1) + "\n")
     if not peer_keys:
         return 1
