@@ -1338,9 +1338,10 @@ fn pooling_fused_into_the_previous_convolution() {
 }
 
 /// A cheap first convolution (kh*kw*cin <= 27) whose output only the next plain direct
-/// convolution reads is computed inside that one's bands (`ConvStep::pre`): the result must
-/// equal the two layers in float64, the layer list must show the fusion, and a producer
-/// that is too expensive, or whose output a skip connection also reads, stays a layer.
+/// convolution reads is computed inside that one's bands (`ConvStep::pre`), for an f32 and
+/// a bf16/AMX reader: the result must equal the two layers in float64, the layer list must
+/// show the fusion, and a producer that is too expensive, or whose output a skip
+/// connection also reads, stays a layer.
 #[test]
 fn cheap_convolution_fused_into_the_next() {
     let mut rng = Rng(41);
@@ -1420,6 +1421,8 @@ fn cheap_convolution_fused_into_the_next() {
         ),
     ];
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    let bf16_ok = cdiphase::nn::cpu::amx_available()
+        || (avx512 && std::arch::is_x86_feature_detected!("avx512bf16"));
     for (h, w, ci, c1, co, pad, pool, act, skip, fused) in cases {
         let conv = |name: &str, input: &str, filters, padding, activation| LayerSpec {
             name: name.into(),
@@ -1530,17 +1533,29 @@ fn cheap_convolution_fused_into_the_next() {
             b
         };
         let what = format!("{h}x{w}x{ci} -> {c1} -> {co} {pad:?} pool {pool} skip {skip}");
-        for threads in [1, 2] {
-            let (got, prof) = run_profiled(&model, &x, n, Mode::F32, threads);
-            let e = rel_err(&got, &want);
-            assert!(e < 1e-5, "{what} threads {threads}: rel err {e}");
-            let names: Vec<String> = prof.iter().map(|p| p.0.clone()).collect();
-            let first = if pool { "a+b+p" } else { "a+b" };
-            if fused && avx512 {
-                assert_eq!(names[0], first, "{what}: {names:?}");
-                assert_eq!(prof[0].1, "direct-f32", "{what}");
-            } else {
-                assert_eq!(names[0], "a", "{what}: fused: {names:?}");
+        // the reader on the f32 kernel, and on the bf16 one (AMX where there is one)
+        let mut modes = vec![(Mode::F32, 1e-5)];
+        if bf16_ok {
+            modes.push((Mode::Bf16, 1.5e-2));
+        }
+        for (mode, tol) in modes {
+            for threads in [1, 2] {
+                let (got, prof) = run_profiled(&model, &x, n, mode, threads);
+                let e = rel_err(&got, &want);
+                assert!(e < tol, "{what} {mode:?} threads {threads}: rel err {e}");
+                let names: Vec<String> = prof.iter().map(|p| p.0.clone()).collect();
+                let first = if pool { "a+b+p" } else { "a+b" };
+                if fused && avx512 {
+                    assert_eq!(names[0], first, "{what} {mode:?}: {names:?}");
+                    let algo = match mode {
+                        Mode::F32 => "direct-f32",
+                        _ if cdiphase::nn::cpu::amx_available() => "amx-bf16",
+                        _ => "direct-bf16",
+                    };
+                    assert_eq!(prof[0].1, algo, "{what} {mode:?}");
+                } else {
+                    assert_eq!(names[0], "a", "{what} {mode:?}: fused: {names:?}");
+                }
             }
         }
     }

@@ -590,9 +590,10 @@ const PRODUCER_MAX_REDUCTION: usize = 27;
 
 /// Fold each cheap direct f32 convolution (stride 1, a reduction of at most
 /// [`PRODUCER_MAX_REDUCTION`], nothing else fused into it) whose output only one plain
-/// direct f32 convolution reads into that reader ([`ConvStep::pre`]). On the paper's
-/// network this is conv2d_1 (1 -> 64 channels at 128x128): its 4 MB per image were written
-/// to memory and read back by conv2d_2. Exact: the same kernel computes the same rows.
+/// direct convolution (stride 1, no upsampling; f32, bf16 or AMX) reads into that reader
+/// ([`ConvStep::pre`]). On the paper's network this is conv2d_1 (1 -> 64 channels at
+/// 128x128): its 4 MB per image were written to memory and read back by conv2d_2. Exact:
+/// the same kernel computes the same rows.
 fn fuse_producers(steps: &mut Vec<Step>, output_value: usize) {
     let mut k = 0;
     while k < steps.len() {
@@ -600,9 +601,8 @@ fn fuse_producers(steps: &mut Vec<Step>, output_value: usize) {
             k += 1;
             continue;
         };
-        let plain_f32 = |c: &ConvStep| {
+        let plain = |c: &ConvStep| {
             c.algo == ConvAlgo::Direct
-                && c.packed().kind == DirectKind::F32
                 && c.s == [1, 1]
                 && c.d == [1, 1]
                 && c.up == [1, 1]
@@ -612,12 +612,13 @@ fn fuse_producers(steps: &mut Vec<Step>, output_value: usize) {
         let v = steps[k].inputs[0];
         let readers = steps.iter().filter(|st| st.inputs.contains(&v)).count();
         let writer = steps.iter().position(|st| st.out == v);
-        let fusable = plain_f32(c)
+        let fusable = plain(c)
             && steps[k].inputs.len() == 1
             && v != output_value
             && readers == 1
             && writer.is_some_and(|j| {
-                matches!(&steps[j].kind, Kind::Conv(p) if plain_f32(p)
+                matches!(&steps[j].kind, Kind::Conv(p) if plain(p)
+                    && matches!(p.packed().kind, DirectKind::F32 | DirectKind::Dot)
                     && !p.pool
                     && p.kh * p.kw * p.cin <= PRODUCER_MAX_REDUCTION
                     && (p.ho, p.wo, p.cout) == (c.h, c.w, c.cin))

@@ -348,17 +348,76 @@ pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
             _ => px * c.cin,
         };
     }
+    kernel_scratch_len(c, p, rows)
+        + c.pre
+            .as_ref()
+            .map_or(0, |q| q.producer_scratch_len(rows + c.kh - 1))
+}
+
+/// The plain kernels' own scratch for a band of `rows` output rows (without a fused
+/// producer's, which follows it).
+fn kernel_scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
     let px = band_pixels(c, rows);
-    let pre = c
-        .pre
-        .as_ref()
-        .map_or(0, |q| q.producer_scratch_len(rows + c.kh - 1));
     match p.kind {
-        DirectKind::F32 | DirectKind::Dot => px * c.cin + pre,
+        DirectKind::F32 | DirectKind::Dot => px * c.cin,
         // bf16 band (2 per f32 slot, cin padded to even) + one f32 row to convert from
         DirectKind::Bf16 => px * c.cin.div_ceil(2) + c.wp() * c.cin,
         // bf16 band (cin padded to 32) + one f32 row + the four 16x16 f32 result tiles
         DirectKind::Amx => px * c.cin.div_ceil(32) * 16 + c.wp() * c.cin + 4 * 256,
+    }
+}
+
+/// Where the P rows of a plain band come from: the stored input `x`, or, with a fused
+/// producer ([`ConvStep::pre`]), rows `[ra, ..)` of X that [`BandRows::new`] computed from
+/// `x`, the producer's input, into scratch.
+pub(crate) struct BandRows<'a> {
+    c: &'a ConvStep,
+    x: &'a [f32],
+    xr: Option<(&'a [f32], usize)>,
+}
+
+impl<'a> BandRows<'a> {
+    /// The rows of X that P rows `[r0, r0 + prow)` show: computed by the producer into
+    /// `sc` when there is one (`sc`: at least `producer_scratch_len(prow)`).
+    fn new(c: &'a ConvStep, x: &'a [f32], r0: usize, prow: usize, sc: &'a mut [f32]) -> Self {
+        let Some(q) = c.pre.as_deref() else {
+            return BandRows { c, x, xr: None };
+        };
+        let ra = r0.max(c.pt) - c.pt;
+        let rb = (r0 + prow).saturating_sub(c.pt).min(c.h);
+        let (xr, qsc) = sc.split_at_mut(prow * q.wo * q.cout);
+        if rb > ra {
+            tile(q, q.packed(), x, ra, rb - ra, xr, qsc);
+        }
+        BandRows {
+            c,
+            x,
+            xr: Some((xr, ra)),
+        }
+    }
+
+    /// P row `j`, columns `[0, ncols)`, into `dst` (`ncols * cin`).
+    #[inline(always)]
+    fn fill(&self, j: usize, ncols: usize, dst: &mut [f32]) {
+        let c = self.c;
+        let Some((xr, ra)) = self.xr else {
+            return c.fill_p_row(self.x, j, ncols, dst);
+        };
+        // a fused producer implies stride 1, no dilation and no upsampling: X row r is
+        // P row pt + r, X column q is P column pl + q
+        match j.checked_sub(c.pt).filter(|&r| r < c.h) {
+            None => dst.fill(0.0),
+            Some(r) => {
+                let cin = c.cin;
+                let row = &xr[(r - ra) * c.w * cin..(r - ra + 1) * c.w * cin];
+                let (a, b) = (c.pl.min(ncols), (c.pl + c.w).min(ncols));
+                dst[..a * cin].fill(0.0);
+                if b > a {
+                    dst[a * cin..b * cin].copy_from_slice(&row[..(b - a) * cin]);
+                }
+                dst[b * cin..].fill(0.0);
+            }
+        }
     }
 }
 
@@ -396,9 +455,17 @@ pub(crate) fn tile(
                     let sp = c.subpixel.as_ref().expect("checked");
                     x86::tile_classes(c, sp, x, r0, rows, out, sc)
                 }
-                DirectKind::F32 | DirectKind::Dot => x86::tile_plain(c, p, x, r0, rows, out, sc),
-                DirectKind::Bf16 => x86::tile_bf16(c, p, x, r0, rows, out, sc),
-                DirectKind::Amx => x86::tile_amx(c, p, x, r0, rows, out, sc),
+                _ => {
+                    let (sc, psc) = sc.split_at_mut(kernel_scratch_len(c, p, rows));
+                    let src = BandRows::new(c, x, r0, rows + c.kh - 1, psc);
+                    match p.kind {
+                        DirectKind::F32 | DirectKind::Dot => {
+                            x86::tile_plain(c, p, &src, r0, rows, out, sc)
+                        }
+                        DirectKind::Bf16 => x86::tile_bf16(c, p, &src, r0, rows, out, sc),
+                        DirectKind::Amx => x86::tile_amx(c, p, &src, r0, rows, out, sc),
+                    }
+                }
             }
         }
         if !matches!(c.act, Activation::Relu | Activation::Linear) {
@@ -418,7 +485,7 @@ pub(crate) fn tile(
 // the micro-kernels index their register arrays by pixel and vector on purpose
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::{band_pixels, DirectKind, DirectPack, MR_MAX};
+    use super::{band_pixels, BandRows, DirectKind, DirectPack, MR_MAX};
     use crate::nn::cpu::ConvStep;
     use crate::nn::spec::Activation;
     use std::arch::x86_64::*;
@@ -703,13 +770,13 @@ mod x86 {
     pub(super) unsafe fn tile_plain(
         c: &ConvStep,
         p: &DirectPack,
-        x: &[f32],
+        src: &BandRows,
         r0: usize,
         rows: usize,
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let band = fill_band(c, x, r0, rows, sc);
+        let band = fill_band(c, src, r0, rows, sc);
         let offs = offsets(c, c.cin);
         let g = Geom::plain(c, rows);
         match p.kind {
@@ -718,53 +785,19 @@ mod x86 {
         }
     }
 
-    /// The band's P rows (f32, pixel-major) and the zero slack after them. With a fused
-    /// producer ([`ConvStep::pre`]) the rows of X are computed here from `x`, the
-    /// producer's input, in the scratch after the band.
+    /// The band's P rows (f32, pixel-major) and the zero slack after them.
     fn fill_band<'s>(
         c: &ConvStep,
-        x: &[f32],
+        src: &BandRows,
         r0: usize,
         rows: usize,
         sc: &'s mut [f32],
     ) -> &'s [f32] {
         let (cin, wp) = (c.cin, c.wp());
         let prow = rows + c.kh - 1;
-        let (band, rest) = sc.split_at_mut(band_pixels(c, rows) * cin);
-        match c.pre.as_deref() {
-            None => {
-                for jj in 0..prow {
-                    c.fill_p_row(
-                        x,
-                        r0 + jj,
-                        wp,
-                        &mut band[jj * wp * cin..(jj + 1) * wp * cin],
-                    );
-                }
-            }
-            Some(q) => {
-                // the rows of X that P rows [r0, r0 + prow) show
-                let ra = r0.max(c.pt) - c.pt;
-                let rb = (r0 + prow).saturating_sub(c.pt).min(c.h);
-                let (xr, qsc) = rest.split_at_mut(prow * q.wo * q.cout);
-                if rb > ra {
-                    super::tile(q, q.packed(), x, ra, rb - ra, xr, qsc);
-                }
-                let (a, b) = (c.pl.min(wp), (c.pl + c.w).min(wp));
-                let rl = c.w * cin;
-                for jj in 0..prow {
-                    let dst = &mut band[jj * wp * cin..(jj + 1) * wp * cin];
-                    match (r0 + jj).checked_sub(c.pt).filter(|&r| r < c.h) {
-                        None => dst.fill(0.0),
-                        Some(r) => {
-                            let row = &xr[(r - ra) * rl..(r - ra + 1) * rl];
-                            dst[..a * cin].fill(0.0);
-                            dst[a * cin..b * cin].copy_from_slice(&row[..(b - a) * cin]);
-                            dst[b * cin..].fill(0.0);
-                        }
-                    }
-                }
-            }
+        let band = &mut sc[..band_pixels(c, rows) * cin];
+        for jj in 0..prow {
+            src.fill(r0 + jj, wp, &mut band[jj * wp * cin..(jj + 1) * wp * cin]);
         }
         band[prow * wp * cin..].fill(0.0);
         band
@@ -989,7 +1022,7 @@ mod x86 {
     pub(super) unsafe fn tile_bf16(
         c: &ConvStep,
         p: &DirectPack,
-        x: &[f32],
+        src: &BandRows,
         r0: usize,
         rows: usize,
         out: &mut [f32],
@@ -1001,7 +1034,15 @@ mod x86 {
         let npx = band_pixels(c, rows);
         let (band, row) = sc.split_at_mut(npx * c2);
         // the band as bf16 pairs: pixel-major, cin padded to even
-        fill_band_bf16(c, x, r0, prow, 2 * c2, bytemuck::cast_slice_mut(band), row);
+        fill_band_bf16(
+            c,
+            src,
+            r0,
+            prow,
+            2 * c2,
+            bytemuck::cast_slice_mut(band),
+            row,
+        );
         let offs = offsets(c, c2);
         let (nv, nb) = (p.nv, 16 * p.nv);
         let taps = c.kh * c.kw;
@@ -1039,7 +1080,7 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn fill_band_bf16(
         c: &ConvStep,
-        x: &[f32],
+        src: &BandRows,
         r0: usize,
         prow: usize,
         cp: usize,
@@ -1049,7 +1090,7 @@ mod x86 {
         let (cin, wp) = (c.cin, c.wp());
         let row = &mut row[..wp * cin];
         for jj in 0..prow {
-            c.fill_p_row(x, r0 + jj, wp, row);
+            src.fill(r0 + jj, wp, row);
             row_to_bf16(row, cin, cp, &mut b16[jj * wp * cp..(jj + 1) * wp * cp]);
         }
         b16[prow * wp * cp..].fill(0);
@@ -1088,7 +1129,7 @@ mod x86 {
     pub(super) unsafe fn tile_amx(
         c: &ConvStep,
         p: &DirectPack,
-        x: &[f32],
+        src: &BandRows,
         r0: usize,
         rows: usize,
         out: &mut [f32],
@@ -1100,7 +1141,7 @@ mod x86 {
         let npx = band_pixels(c, rows);
         let (band, rest) = sc.split_at_mut(npx * cp / 2);
         let (row, rest) = rest.split_at_mut(wp * c.cin);
-        fill_band_bf16(c, x, r0, prow, cp, bytemuck::cast_slice_mut(band), row);
+        fill_band_bf16(c, src, r0, prow, cp, bytemuck::cast_slice_mut(band), row);
         let offs = offsets(c, cp * 2); // bytes
         let g = Geom::plain(c, rows);
         sweep_amx(
