@@ -153,6 +153,26 @@ fn convt_ref(
     (o, ho, wo)
 }
 
+/// 2x2 stride-2 max pooling of `n` images (h x w x c, h and w even), float64.
+fn maxpool2_ref(v: &[f64], n: usize, h: usize, w: usize, c: usize) -> Vec<f64> {
+    let (hp, wp) = (h / 2, w / 2);
+    let mut o = vec![0.0f64; n * hp * wp * c];
+    for im in 0..n {
+        for y in 0..hp {
+            for q in 0..wp {
+                for k in 0..c {
+                    let at = |yy: usize, qq: usize| v[((im * h + yy) * w + qq) * c + k];
+                    o[((im * hp + y) * wp + q) * c + k] = at(2 * y, 2 * q)
+                        .max(at(2 * y, 2 * q + 1))
+                        .max(at(2 * y + 1, 2 * q))
+                        .max(at(2 * y + 1, 2 * q + 1));
+                }
+            }
+        }
+    }
+    o
+}
+
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len());
     let mut num = 0.0;
@@ -1291,20 +1311,7 @@ fn pooling_fused_into_the_previous_convolution() {
                 act,
             );
             let (hp, wp) = (ho / 2, wo / 2);
-            let mut pooled = vec![0.0f64; n * hp * wp * co];
-            for im in 0..n {
-                for y in 0..hp {
-                    for q in 0..wp {
-                        for c in 0..co {
-                            let at = |yy: usize, qq: usize| cv[((im * ho + yy) * wo + qq) * co + c];
-                            pooled[((im * hp + y) * wp + q) * co + c] = at(2 * y, 2 * q)
-                                .max(at(2 * y, 2 * q + 1))
-                                .max(at(2 * y + 1, 2 * q))
-                                .max(at(2 * y + 1, 2 * q + 1));
-                        }
-                    }
-                }
-            }
+            let pooled = maxpool2_ref(&cv, n, ho, wo, co);
             let want = if skip {
                 let mut o = vec![0.0f64; n * ho * wo * 2 * co];
                 for im in 0..n {
@@ -1505,22 +1512,7 @@ fn cheap_convolution_fused_into_the_next() {
             Activation::Relu,
         );
         let want: Vec<f64> = if pool {
-            let (hp, wp) = (hb / 2, wb / 2);
-            let mut o = vec![0.0; n * hp * wp * co];
-            for im in 0..n {
-                for y in 0..hp {
-                    for q in 0..wp {
-                        for c in 0..co {
-                            let at = |yy: usize, qq: usize| b[((im * hb + yy) * wb + qq) * co + c];
-                            o[((im * hp + y) * wp + q) * co + c] = at(2 * y, 2 * q)
-                                .max(at(2 * y, 2 * q + 1))
-                                .max(at(2 * y + 1, 2 * q))
-                                .max(at(2 * y + 1, 2 * q + 1));
-                        }
-                    }
-                }
-            }
-            o
+            maxpool2_ref(&b, n, hb, wb, co)
         } else if skip {
             let px = n * h * w;
             let mut o = Vec::with_capacity(px * (co + c1));
