@@ -1029,6 +1029,31 @@ fn direct_kernels_match_reference() {
             Activation::Relu,
             2,
         ),
+        // wide kernels: a wrapping last tile reads 12 + kw - 1 pixels into the band's zero
+        // slack (32 pixels), so kw = 19 is the widest that runs compact, and kw = 21 takes
+        // the flat tiling
+        (
+            3,
+            20,
+            16,
+            32,
+            [3, 19],
+            0,
+            Padding::Same,
+            Activation::Relu,
+            2,
+        ),
+        (
+            3,
+            24,
+            16,
+            32,
+            [1, 21],
+            0,
+            Padding::Same,
+            Activation::Relu,
+            1,
+        ),
     ];
     for &(h, w, ci, co, k, ts, p, act, n) in cases {
         let op = if ts == 0 {

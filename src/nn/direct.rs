@@ -824,9 +824,11 @@ mod x86 {
         let (nv, nb) = (p.nv, 16 * p.nv);
         let taps = offs.len();
         let relu = c.act == Activation::Relu;
-        let compact = nv == 2 && g.wv.is_multiple_of(2) && g.wv >= 14;
+        const MR: usize = 14;
+        // a last tile that wraps reads up to MR - 2 + kw - 1 pixels into the band's zero
+        // slack (the flat tiling at most MR - 2): it must fit
+        let compact = nv == 2 && g.wv.is_multiple_of(2) && g.wv >= MR && MR - 2 + c.kw - 1 < MR_MAX;
         if compact {
-            const MR: usize = 14;
             let nrows = (g.mtot - g.wv) / g.wpb + 1;
             let ntot = nrows * g.wv;
             let gap = (g.wpb - g.wv) * cin;
