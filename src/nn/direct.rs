@@ -548,35 +548,6 @@ mod x86 {
         d
     }
 
-    /// Destinations of a compact tile: valid pixels `n0 .. n0 + MR` of the band (row-major
-    /// over the valid width `wv`), null past `ntot`.
-    #[inline(always)]
-    fn dests_compact<const MR: usize>(
-        c: &ConvStep,
-        g: &Geom,
-        out: *mut f32,
-        n0: usize,
-        ntot: usize,
-        ch0: usize,
-    ) -> [*mut f32; MR] {
-        let mut d = [std::ptr::null_mut(); MR];
-        let (mut y, mut xx) = (n0 / g.wv, n0 % g.wv);
-        for (i, di) in d.iter_mut().enumerate() {
-            if n0 + i >= ntot {
-                break;
-            }
-            let (oy, ox) = (y * g.step[0] + g.phase[0], xx * g.step[1] + g.phase[1]);
-            // SAFETY: (oy, ox) is an output pixel of the band, inside `out`.
-            *di = unsafe { out.add((oy * c.wo + ox) * c.cout + ch0) };
-            xx += 1;
-            if xx == g.wv {
-                xx = 0;
-                y += 1;
-            }
-        }
-        d
-    }
-
     /// Lane masks of the `nv` vectors of block `cb` (the channel tail is masked).
     #[inline(always)]
     fn masks<const NV: usize>(cout: usize, ch0: usize) -> [u16; NV] {
@@ -832,6 +803,12 @@ mod x86 {
             let nrows = (g.mtot - g.wv) / g.wpb + 1;
             let ntot = nrows * g.wv;
             let gap = (g.wpb - g.wv) * cin;
+            // the destinations of compact pixels: a band without dropped columns
+            let gc = Geom {
+                wpb: g.wv,
+                mtot: ntot,
+                ..*g
+            };
             for cb in 0..p.ncb {
                 let mask = masks::<2>(c.cout, cb * nb);
                 let w = p.w32.as_ptr().add(cb * taps * cin * nb);
@@ -839,7 +816,7 @@ mod x86 {
                 let mut n0 = 0;
                 while n0 < ntot {
                     let (y, x0) = (n0 / g.wv, n0 % g.wv);
-                    let dst = dests_compact::<MR>(c, g, op, n0, ntot, cb * nb);
+                    let dst = dests::<MR>(c, &gc, op, n0, cb * nb);
                     let t = bp.add((y * g.wpb + x0) * cin);
                     macro_rules! go {
                         ($k:literal) => {
