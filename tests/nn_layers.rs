@@ -1370,87 +1370,25 @@ fn pooling_fused_into_the_previous_convolution() {
 }
 
 /// A cheap first convolution (kh*kw*cin <= 27) whose output only the next plain direct
-/// convolution reads is computed inside that one's bands (`ConvStep::pre`), for an f32 and
-/// a bf16/AMX reader: the result must equal the two layers in float64, the layer list must
+/// convolution reads is computed inside that one's bands (`ConvStep::pre`), for an f32, a
+/// bf16/AMX and a dot-product (< 16 outputs) reader: the result must equal the two layers in float64, the layer list must
 /// show the fusion, and a producer that is too expensive, or whose output a skip
 /// connection also reads, stays a layer.
 #[test]
 fn cheap_convolution_fused_into_the_next() {
     let mut rng = Rng(41);
     // (h, w, ci, c1, co, consumer padding, pool after, act of the first, skip, fused)
+    #[rustfmt::skip]
     let cases = [
-        (
-            14,
-            18,
-            1,
-            24,
-            40,
-            Padding::Same,
-            true,
-            Activation::Relu,
-            false,
-            true,
-        ),
-        (
-            11,
-            16,
-            3,
-            32,
-            32,
-            Padding::Same,
-            false,
-            Activation::Tanh,
-            false,
-            true,
-        ),
-        (
-            10,
-            15,
-            2,
-            16,
-            33,
-            Padding::Valid,
-            false,
-            Activation::Relu,
-            false,
-            true,
-        ),
-        (
-            5,
-            7,
-            1,
-            16,
-            16,
-            Padding::Same,
-            false,
-            Activation::Linear,
-            false,
-            true,
-        ),
-        (
-            9,
-            13,
-            4,
-            16,
-            20,
-            Padding::Same,
-            false,
-            Activation::Relu,
-            false,
-            false,
-        ),
-        (
-            8,
-            14,
-            1,
-            16,
-            32,
-            Padding::Same,
-            false,
-            Activation::Relu,
-            true,
-            false,
-        ),
+        (14, 18, 1, 24, 40, Padding::Same, true, Activation::Relu, false, true),
+        (11, 16, 3, 32, 32, Padding::Same, false, Activation::Tanh, false, true),
+        (10, 15, 2, 16, 33, Padding::Valid, false, Activation::Relu, false, true),
+        (5, 7, 1, 16, 16, Padding::Same, false, Activation::Linear, false, true),
+        // a dot-product reader (fewer than 16 outputs)
+        (9, 12, 1, 16, 3, Padding::Same, false, Activation::Relu, false, true),
+        // not fused: a reduction of 36; the producer's output also read by a skip
+        (9, 13, 4, 16, 20, Padding::Same, false, Activation::Relu, false, false),
+        (8, 14, 1, 16, 32, Padding::Same, false, Activation::Relu, true, false),
     ];
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     let bf16_ok = cdiphase::nn::cpu::amx_available()
@@ -1565,6 +1503,7 @@ fn cheap_convolution_fused_into_the_next() {
                 if fused && avx512 {
                     assert_eq!(names[0], first, "{what} {mode:?}: {names:?}");
                     let algo = match mode {
+                        _ if co < 16 => "direct-dot",
                         Mode::F32 => "direct-f32",
                         _ if cdiphase::nn::cpu::amx_available() => "amx-bf16",
                         _ => "direct-bf16",
