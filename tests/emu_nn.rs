@@ -47,7 +47,8 @@ fn act(v: f64, a: Act) -> f64 {
     }
 }
 
-/// 'same' stride-1 cross-correlation, Keras (k,k,cin,cout) weights.
+/// 'same' stride-1 cross-correlation, Keras (k,k,cin,cout) weights: [`conv_general_ref`]
+/// with the padding (k - 1) / 2 before.
 fn conv_ref(
     x: &[f32],
     w: &[f32],
@@ -57,36 +58,19 @@ fn conv_ref(
     k: usize,
     a: Act,
 ) -> Vec<f64> {
-    let p = (k as isize - 1) / 2;
-    let mut y = vec![0.0; n * h * wd * cout];
-    for b0 in 0..n {
-        for oy in 0..h {
-            for ox in 0..wd {
-                for co in 0..cout {
-                    let mut acc = b[co] as f64;
-                    for i in 0..k {
-                        for j in 0..k {
-                            let iy = oy as isize + i as isize - p;
-                            let ix = ox as isize + j as isize - p;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                continue;
-                            }
-                            for ci in 0..cin {
-                                acc += x[((b0 * h + iy as usize) * wd + ix as usize) * cin + ci]
-                                    as f64
-                                    * w[((i * k + j) * cin + ci) * cout + co] as f64;
-                            }
-                        }
-                    }
-                    y[((b0 * h + oy) * wd + ox) * cout + co] = act(acc, a);
-                }
-            }
-        }
-    }
-    y
+    let p = (k - 1) / 2;
+    let g = ConvGeom {
+        kernel: [k, k],
+        strides: [1, 1],
+        pad: [p, p],
+        out: [h, wd],
+    };
+    conv_general_ref(x, w, b, [n, h, wd, cin], cout, g, a)
 }
 
-/// Conv2DTranspose by its definition (scatter), Keras (k,k,cout,cin) weights, 'same'.
+/// Conv2DTranspose by its definition (scatter), Keras (k,k,cout,cin) weights, 'same':
+/// [`convt_general_ref`] with output (h*s, w*s) and (k - s) / 2 cropped before.
+#[allow(clippy::too_many_arguments)]
 fn convt_ref(
     x: &[f32],
     wt: &[f32],
@@ -97,36 +81,14 @@ fn convt_ref(
     s: usize,
     a: Act,
 ) -> Vec<f64> {
-    let (ho, wo) = (h * s, wd * s);
-    let pad = (k.saturating_sub(s) / 2) as isize;
-    let mut y = vec![0.0; n * ho * wo * cout];
-    for b0 in 0..n {
-        for iy in 0..h {
-            for ix in 0..wd {
-                for i in 0..k {
-                    for j in 0..k {
-                        let oy = (iy * s + i) as isize - pad;
-                        let ox = (ix * s + j) as isize - pad;
-                        if oy < 0 || ox < 0 || oy >= ho as isize || ox >= wo as isize {
-                            continue;
-                        }
-                        for co in 0..cout {
-                            let mut acc = 0.0;
-                            for ci in 0..cin {
-                                acc += x[((b0 * h + iy) * wd + ix) * cin + ci] as f64
-                                    * wt[((i * k + j) * cout + co) * cin + ci] as f64;
-                            }
-                            y[((b0 * ho + oy as usize) * wo + ox as usize) * cout + co] += acc;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (i, v) in y.iter_mut().enumerate() {
-        *v = act(*v + b[i % cout] as f64, a);
-    }
-    y
+    let p = k.saturating_sub(s) / 2;
+    let g = ConvGeom {
+        kernel: [k, k],
+        strides: [s, s],
+        pad: [p, p],
+        out: [h * s, wd * s],
+    };
+    convt_general_ref(x, wt, b, [n, h, wd, cin], cout, g, a)
 }
 
 #[test]
