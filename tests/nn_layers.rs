@@ -186,17 +186,47 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 }
 
 fn one_layer(input: [usize; 3], op: Op) -> ModelSpec {
+    model_spec(input, vec![layer("l", &["input"], op)], "l")
+}
+
+fn layer(name: &str, inputs: &[&str], op: Op) -> LayerSpec {
+    LayerSpec {
+        name: name.into(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        op,
+    }
+}
+
+/// A model "t" on an input named "input", max preprocessing.
+fn model_spec(input: [usize; 3], layers: Vec<LayerSpec>, output: &str) -> ModelSpec {
     ModelSpec {
         name: "t".into(),
         input_name: "input".into(),
         input,
         preprocess: Preprocess::Max,
-        layers: vec![LayerSpec {
-            name: "l".into(),
-            inputs: vec!["input".into()],
-            op,
-        }],
-        output: "l".into(),
+        layers,
+        output: output.into(),
+    }
+}
+
+/// A 3x3 convolution with bias.
+fn conv3(filters: usize, strides: usize, padding: Padding, activation: Activation) -> Op {
+    Op::Conv2D {
+        filters,
+        kernel: [3, 3],
+        strides: [strides, strides],
+        padding,
+        activation,
+        use_bias: true,
+    }
+}
+
+/// A 2x2 stride-2 'valid' max pooling.
+fn pool2() -> Op {
+    Op::MaxPooling2D {
+        pool: [2, 2],
+        strides: [2, 2],
+        padding: Padding::Valid,
     }
 }
 
@@ -567,11 +597,7 @@ fn pool_upsample_dense_flatten_reshape_concat_dropout_activation() {
     // (4x5 -> 8x5? no). Use: b = conv-free path: up(2,1) of maxpool(4,2) on input -> 3x5 ->
     // 6x5x3. Then concat [a, b, a] -> 6x5x9, dropout, flatten, dense 7 sigmoid, reshape 7x1,
     // dense 4 tanh (on the last axis), activation relu.
-    let l = |name: &str, inputs: &[&str], op: Op| LayerSpec {
-        name: name.into(),
-        inputs: inputs.iter().map(|s| s.to_string()).collect(),
-        op,
-    };
+    let l = layer;
     let spec = ModelSpec {
         name: "misc".into(),
         input_name: "input".into(),
@@ -1172,34 +1198,13 @@ fn upsampling_fused_into_the_next_convolution() {
                 use_bias: true,
             }
         } else {
-            Op::Conv2D {
-                filters: co,
-                kernel: [3, 3],
-                strides: [st, st],
-                padding: Padding::Same,
-                activation: Activation::Relu,
-                use_bias: true,
-            }
+            conv3(co, st, Padding::Same, Activation::Relu)
         };
-        let spec = ModelSpec {
-            name: "t".into(),
-            input_name: "input".into(),
-            input: [h, w, ci],
-            preprocess: Preprocess::Max,
-            layers: vec![
-                LayerSpec {
-                    name: "up".into(),
-                    inputs: vec!["input".into()],
-                    op: Op::UpSampling2D { size: up },
-                },
-                LayerSpec {
-                    name: "l".into(),
-                    inputs: vec!["up".into()],
-                    op: conv,
-                },
-            ],
-            output: "l".into(),
-        };
+        let layers = vec![
+            layer("up", &["input"], Op::UpSampling2D { size: up }),
+            layer("l", &["up"], conv),
+        ];
+        let spec = model_spec([h, w, ci], layers, "l");
         let model = Model::random(spec, 4).unwrap();
         let n = if st == 2 { 1 } else { 3 };
         let x = rng.vec(n * h * w * ci);
@@ -1271,51 +1276,18 @@ fn pooling_fused_into_the_previous_convolution() {
             continue;
         }
         for skip in [false, true] {
-            let conv = LayerSpec {
-                name: "c".into(),
-                inputs: vec!["input".into()],
-                op: Op::Conv2D {
-                    filters: co,
-                    kernel: [3, 3],
-                    strides: [st, st],
-                    padding: Padding::Same,
-                    activation: act,
-                    use_bias: true,
-                },
-            };
-            let pool = LayerSpec {
-                name: "p".into(),
-                inputs: vec!["c".into()],
-                op: Op::MaxPooling2D {
-                    pool: [2, 2],
-                    strides: [2, 2],
-                    padding: Padding::Valid,
-                },
-            };
-            let mut layers = vec![conv, pool];
-            let mut output = "p".to_string();
+            let mut layers = vec![
+                layer("c", &["input"], conv3(co, st, Padding::Same, act)),
+                layer("p", &["c"], pool2()),
+            ];
+            let mut output = "p";
             if skip {
                 // the conv output is also read after the pooling: upsample back and concat
-                layers.push(LayerSpec {
-                    name: "u".into(),
-                    inputs: vec!["p".into()],
-                    op: Op::UpSampling2D { size: [2, 2] },
-                });
-                layers.push(LayerSpec {
-                    name: "cat".into(),
-                    inputs: vec!["u".into(), "c".into()],
-                    op: Op::Concatenate,
-                });
-                output = "cat".into();
+                layers.push(layer("u", &["p"], Op::UpSampling2D { size: [2, 2] }));
+                layers.push(layer("cat", &["u", "c"], Op::Concatenate));
+                output = "cat";
             }
-            let spec = ModelSpec {
-                name: "t".into(),
-                input_name: "input".into(),
-                input: [h, w, ci],
-                preprocess: Preprocess::Max,
-                layers,
-                output,
-            };
+            let spec = model_spec([h, w, ci], layers, output);
             let model = Model::random(spec, 6).unwrap();
             let n = 3;
             let x = rng.vec(n * h * w * ci);
@@ -1394,51 +1366,20 @@ fn cheap_convolution_fused_into_the_next() {
     let bf16_ok = cdiphase::nn::cpu::amx_available()
         || (avx512 && std::arch::is_x86_feature_detected!("avx512bf16"));
     for (h, w, ci, c1, co, pad, pool, act, skip, fused) in cases {
-        let conv = |name: &str, input: &str, filters, padding, activation| LayerSpec {
-            name: name.into(),
-            inputs: vec![input.into()],
-            op: Op::Conv2D {
-                filters,
-                kernel: [3, 3],
-                strides: [1, 1],
-                padding,
-                activation,
-                use_bias: true,
-            },
-        };
         let mut layers = vec![
-            conv("a", "input", c1, Padding::Same, act),
-            conv("b", "a", co, pad, Activation::Relu),
+            layer("a", &["input"], conv3(c1, 1, Padding::Same, act)),
+            layer("b", &["a"], conv3(co, 1, pad, Activation::Relu)),
         ];
-        let mut output = "b".to_string();
+        let mut output = "b";
         if pool {
-            layers.push(LayerSpec {
-                name: "p".into(),
-                inputs: vec!["b".into()],
-                op: Op::MaxPooling2D {
-                    pool: [2, 2],
-                    strides: [2, 2],
-                    padding: Padding::Valid,
-                },
-            });
-            output = "p".into();
+            layers.push(layer("p", &["b"], pool2()));
+            output = "p";
         }
         if skip {
-            layers.push(LayerSpec {
-                name: "cat".into(),
-                inputs: vec!["b".into(), "a".into()],
-                op: Op::Concatenate,
-            });
-            output = "cat".into();
+            layers.push(layer("cat", &["b", "a"], Op::Concatenate));
+            output = "cat";
         }
-        let spec = ModelSpec {
-            name: "t".into(),
-            input_name: "input".into(),
-            input: [h, w, ci],
-            preprocess: Preprocess::Max,
-            layers,
-            output,
-        };
+        let spec = model_spec([h, w, ci], layers, output);
         let model = Model::random(spec, 8).unwrap();
         let n = 3;
         let x = rng.vec(n * h * w * ci);
