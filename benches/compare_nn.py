@@ -362,32 +362,23 @@ def main(argv=None) -> int:
         for rnd in range(args.rounds):
             if args.rounds > 1:
                 print(f"  round {rnd + 1} of {args.rounds}", flush=True)
-            for k in peers:
-                if k in errors:
-                    continue
-                print(f"  {k} ...", end="", flush=True)
-                try:
-                    r = run_child(k, args, work)
-                    runs.setdefault(k, []).append(r)
-                    print(f" {r['images_per_s']:.2f} images/s", flush=True)
-                except RuntimeError as e:
-                    errors[k] = str(e)
-                    print(f" failed: {str(e).splitlines()[-1][:300]}", flush=True)
-            if args.no_cdiphase or cd_missing:
-                continue
-            for fast in (False, True):
-                key = "cdiphase --fast" if fast else "cdiphase"
+            jobs = [(k, lambda k=k: run_child(k, args, work)) for k in peers]
+            if not (args.no_cdiphase or cd_missing):
+                jobs += [("cdiphase", lambda: run_cdiphase(binary, args, False)),
+                         ("cdiphase --fast", lambda: run_cdiphase(binary, args, True))]
+            for key, job in jobs:
                 if key in errors:
                     continue
                 print(f"  {key} ...", end="", flush=True)
                 try:
-                    r = run_cdiphase(binary, args, fast)
+                    r = job()
                     runs.setdefault(key, []).append(r)
                     print(f" {r.get('images_per_s', float('nan')):.2f} images/s", flush=True)
                 except RuntimeError as e:
                     errors[key] = str(e)
-                    print(" failed", flush=True)
-                    if cd_missing is None:
+                    print(f" failed: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else e}",
+                          flush=True)
+                    if key.startswith("cdiphase") and cd_missing is None:
                         cd_missing = f"{key}: {str(e).strip()[:600]}"
         for k, rs in runs.items():
             order = sorted(rs, key=lambda r: r.get("images_per_s") or 0.0)
