@@ -32,11 +32,9 @@ fn main() {
         });
         prev = name.into();
     };
-    let mut flop_hw = h * w;
     match kind {
         "up" => {
             push("up", Op::UpSampling2D { size: [2, 2] }, &mut layers);
-            flop_hw *= 4;
             push("c", conv, &mut layers);
         }
         "pool" => {
@@ -61,13 +59,10 @@ fn main() {
         output: layers.last().expect("a layer").name.clone(),
         layers,
     };
-    let (spec, flop_hw) = if kind == "spinn" {
-        (
-            cdiphase::nn::spinn::spinn(128, 1.0, Preprocess::Max).expect("spinn"),
-            7.32e9 / (9 * cin * cout * 2) as f64, // the network's FLOPs per image
-        )
+    let spec = if kind == "spinn" {
+        cdiphase::nn::spinn::spinn(128, 1.0, Preprocess::Max).expect("spinn")
     } else {
-        (spec, flop_hw as f64)
+        spec
     };
     let model = Model::random(spec, 1).expect("model");
     // AB_ENV=NAME: a second network compiled with the environment variable NAME set (the
@@ -88,7 +83,8 @@ fn main() {
         .map(|n| Runner::new(n, batch, opts).expect("runner"))
         .collect();
     let x = cdiphase::nn::bench::bench_input(&nets[0], batch, 1);
-    let flop = flop_hw * (9 * cin * cout * 2 * batch) as f64;
+    // the layers' nominal FLOPs (as `bench network` counts them)
+    let flop = nets[0].flop_per_image * batch as f64;
     let mut best = vec![f64::MAX; runners.len()];
     let mut layers: Vec<Vec<(String, f64)>> = vec![Vec::new(); runners.len()];
     for rep in 0..=repeat {
