@@ -4,13 +4,13 @@
 # intersection on the same patterns, scored by `cdiphase evaluate` (sub-pixel alignment,
 # twin), for noise-free and Poisson-noisy patterns.
 # Usage: scripts/model_card_eval.sh MODEL OUT_DIR
-# Env: PDB (assets/pdb_test: the training run's 7 test structures), COUNT (140 per noise
+# Env: PDB (assets/pdb/heldout.txt: the training run's 7 test structures), COUNT (140 per noise
 #      level: 20 orientations per structure), BIN (target/release/cdiphase), THREADS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:?usage: model_card_eval.sh MODEL OUT_DIR}
 OUT=${2:?usage: model_card_eval.sh MODEL OUT_DIR}
-PDB=${PDB:-assets/pdb_test}
+PDB=${PDB:-assets/pdb/heldout.txt}
 COUNT=${COUNT:-140}
 BIN=${BIN:-target/release/cdiphase}
 THREADS=${THREADS:-2}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's comparisons (sections 4-6) on patterns simulated from ../shared/data/pdb:
+# The paper's comparisons (sections 4-6) on patterns simulated from assets/pdb (the bundled structures):
 #   1. support estimates against the ideal support (figure 4): autocorrelation vs triple
 #      intersection, on clean and on beamstop-masked data;
 #   2. phasing with different starting supports (figures 5 and 7): ideal, autocorrelation,
@@ -7,7 +7,7 @@
 #      K random starts each: Fourier error histories, density error after alignment, PRTF.
 # Usage: scripts/paper_comparisons.sh [OUT_DIR]   (default results/paper_comparisons)
 # Environment: COUNT (32), SIZE (128), STARTS (8), SCHEDULE ("200*(5*HIO + 5*ER)"),
-#              PHOTONS (1e8), THREADS (2), PDB (../shared/data/pdb), BIN (target/release/cdiphase),
+#              PHOTONS (1e8), THREADS (2), PDB (assets/pdb), BIN (target/release/cdiphase),
 #              REUSE=1 keeps phasing outputs already in OUT/data (the simulation is seeded).
 # About 5 minutes of CPU (user) time with the defaults: 2.5 minutes on 2 idle cores.
 set -euo pipefail
@@ -19,7 +19,7 @@ STARTS=${STARTS:-8}
 SCHEDULE=${SCHEDULE:-"200*(5*HIO + 5*ER)"}
 PHOTONS=${PHOTONS:-1e8}
 THREADS=${THREADS:-2}
-PDB=${PDB:-../shared/data/pdb}
+PDB=${PDB:-assets/pdb}
 BIN=${BIN:-target/release/cdiphase}
 REUSE=${REUSE:-0}
 FILL=0.45
@@ -106,7 +106,7 @@ def load(name):
     return json.load(open(f"{out}/{name}/metrics.json"))
 def st(s, d=1):
     return "-" if s is None else f"{s['mean']:.{d}f} / {s['median']:.{d}f}"
-lines = [f"Run: {count} patterns {size}x{size} from ../shared/data/pdb, Poisson noise at {photons} photons, "
+lines = [f"Run: {count} patterns {size}x{size} from assets/pdb, Poisson noise at {photons} photons, "
          f"{secs} of wall time in all on this machine.", ""]
 for rep, title in [("supports_clean", "noise-free patterns"), ("supports", f"Poisson noise at {photons} photons"),
                    ("supports_beamstop", f"Poisson noise, beamstop of radius 3 px masked")]:

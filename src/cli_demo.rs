@@ -2,7 +2,7 @@
 //! never saw in training.
 //!
 //! 1. simulate patterns from the bundled test structures (the training run's held-out
-//!    PDB entries, `assets/pdb_test/`), Poisson noise, as the training data were made;
+//!    PDB entries, `assets/pdb/`, listed in `heldout.txt`), Poisson noise, as the training data were made;
 //! 2. predict densities and supports with the bundled model (`models/spinn_compact/`);
 //! 3. estimate supports the classical ways: autocorrelation and triple intersection;
 //! 4. phase three ways, K starts each, positivity:
@@ -31,7 +31,7 @@ const MODEL: &[u8] = include_bytes!("../models/spinn_compact/model.safetensors")
 
 macro_rules! structures {
     ($($id:literal),* $(,)?) => {
-        &[$(($id, include_bytes!(concat!("../assets/pdb_test/", $id, ".pdb.gz")) as &[u8])),*]
+        &[$(($id, include_bytes!(concat!("../assets/pdb/", $id, ".pdb.gz")) as &[u8])),*]
     };
 }
 

@@ -333,7 +333,7 @@ fn help_and_info() {
 #[test]
 fn simulate_then_phase_with_the_ideal_support() {
     let dir = tempfile::tempdir().unwrap();
-    let pdb = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pdb/1dx5I.pdb.gz");
+    let pdb = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/pdb/1dx5I.pdb.gz");
     let sim = dir.path().join("sim.cxi");
     let o = run(&[
         "simulate",

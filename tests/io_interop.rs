@@ -20,7 +20,7 @@ fn script() -> PathBuf {
     manifest_dir().join("tools/interop/h5py_interop.py")
 }
 
-const SETUP: &str = "set CDIPHASE_PYTHON to a Python with numpy and h5py, or create the venv: \
+const SETUP: &str = "run the tests with scripts/test.sh (it creates the pinned venv), set CDIPHASE_PYTHON to a Python with numpy and h5py, or create the venv: \
      `python3 -m venv .venv && .venv/bin/pip install numpy==2.1.3 h5py==3.12.1` (in the crate root)";
 
 /// The Python interpreter, checked to import numpy and h5py; panics with setup help otherwise.

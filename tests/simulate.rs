@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn pdb_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/pdb")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/pdb")
 }
 
 fn one_structure() -> Structure {

@@ -3,7 +3,7 @@
 #
 #   tools/keras/make_training_data.sh OUT_DIR [SCALE]
 #
-# Env: CDIPHASE (default target/release/cdiphase), PDB (default ../shared/data/pdb),
+# Env: CDIPHASE (default target/release/cdiphase), PDB (default assets/pdb, the bundled structures),
 #      SIZE (default 128), THREADS (default 2).
 # SCALE multiplies every count (default 1; 0.05 for a smoke set of about 320 patterns).
 # Writes four CXI files (at SCALE 1 about 6,400 patterns, 0.8 GB):
@@ -19,7 +19,7 @@ scale=${2:-1}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cdiphase=${CDIPHASE:-$root/target/release/cdiphase}
-pdb=${PDB:-$root/../shared/data/pdb}
+pdb=${PDB:-$root/assets/pdb}
 size=${SIZE:-128}
 threads=${THREADS:-2}
 [ -x "$cdiphase" ] || { echo "make_training_data.sh: $cdiphase not found (cargo build --release, or CDIPHASE=...)" >&2; exit 2; }

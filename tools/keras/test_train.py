@@ -59,9 +59,7 @@ def main():
     import h5py
     import numpy as np
 
-    pdb = os.path.join(ROOT, "..", "shared", "data", "pdb")
-    if not os.path.isdir(pdb):
-        pdb = "/work/shared/data/pdb"
+    pdb = os.path.join(ROOT, "assets", "pdb")
     tmp = tempfile.mkdtemp(prefix="test_train_")
 
     def sim(name, *extra):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the paper's encoder-decoder (or its width-scaled compact variant) on simulated CXI.
 
-    cdiphase simulate --pdb ../shared/data/pdb --count 2000 -o pdb.cxi
+    cdiphase simulate --pdb assets/pdb --count 2000 -o pdb.cxi
     cdiphase simulate --synthetic all --count 3000 --seed 1 -o syn.cxi
     python tools/keras/train.py --data pdb.cxi syn.cxi --out runs/compact \
         --arch compact --width 0.25 --epochs 20
