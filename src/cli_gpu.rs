@@ -149,6 +149,12 @@ pub fn info() {
                 );
             }
         }
-        Err(e) => println!("cuda driver: none ({e})"),
+        Err(_) => println!("cuda driver: none"),
+    }
+    for (lib, found) in cdiphase::backend::cuda_libs::report() {
+        match found {
+            Ok(l) => println!("  {:14} {l}", lib.file()),
+            Err(e) => println!("  {:14} missing: {e}", lib.file()),
+        }
     }
 }

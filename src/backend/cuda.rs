@@ -1,8 +1,8 @@
 //! `--device cuda`: the kernels of `kernels/*.cu` on an NVIDIA GPU through cudarc (driver,
 //! NVRTC and cuFFT, all loaded at run time: the crate builds and runs with no CUDA present).
 //!
-//! - The driver library is looked for (`is_culib_present`) before any call that would touch
-//!   it; without it, `--device cuda` is a typed [`Error::DeviceUnavailable`] and `--device
+//! - The driver library is looked for ([`super::cuda_libs`]: CUDA 12 and 13 names, override
+//!   variables, well-known folders) before any call that would touch it; without it, `--device cuda` is a typed [`Error::DeviceUnavailable`] and `--device
 //!   auto` uses the CPU.
 //! - NVRTC compiles each kernel family at first use for the device's compute capability; the
 //!   PTX is cached on disk per architecture and source hash
@@ -15,6 +15,7 @@
 //! This backend has not been run here: no machine of the project has a GPU. It compiles,
 //! and the kernels and orchestration it runs are the ones the emulator tests.
 
+use super::cuda_libs::CudaLib;
 use super::gpu_common::{self, DevPtr, Dims, KArg, Launcher, ParamPack};
 use super::{Backend, Progress};
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
@@ -61,10 +62,9 @@ pub struct GpuInfo {
 /// The CUDA driver version and GPUs, or why there are none. Never panics: the driver library
 /// is looked for before anything is called in it.
 pub fn probe() -> std::result::Result<(String, Vec<GpuInfo>), String> {
-    // SAFETY: only tries to open the library.
-    if !unsafe { dsys::is_culib_present() } {
-        return Err("no CUDA driver library (libcuda.so) found".into());
-    }
+    // The driver library is looked for (and preloaded if found off the loader path) before
+    // anything is called in it: cudarc would panic without it.
+    super::cuda_libs::locate(CudaLib::Driver)?;
     drv::init().map_err(|e| format!("cuInit failed: {e:?}"))?;
     let mut v = 0i32;
     // SAFETY: the driver is loaded and initialised; v is a valid out pointer.
@@ -140,12 +140,7 @@ fn family_ptx(family: &str, src: &str, cc: (i32, i32)) -> Result<String> {
             return Ok(text);
         }
     }
-    if !nvrtc_present() {
-        return Err(unavailable(
-            "the NVRTC library (libnvrtc.so) is missing: install the CUDA toolkit or the \
-             nvidia-cuda-nvrtc-cu12 wheel and put its lib/ on LD_LIBRARY_PATH",
-        ));
-    }
+    super::cuda_libs::locate(CudaLib::Nvrtc).map_err(unavailable)?;
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(Box::leak(arch.clone().into_boxed_str())),
         options: NVRTC_OPTIONS.iter().map(|s| s.to_string()).collect(),
@@ -174,13 +169,12 @@ fn family_ptx(family: &str, src: &str, cc: (i32, i32)) -> Result<String> {
 
 /// Whether the NVRTC library can be loaded (no GPU needed).
 pub fn nvrtc_present() -> bool {
-    // SAFETY: only tries to open the library.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    super::cuda_libs::locate(CudaLib::Nvrtc).is_ok()
 }
 
 /// PTX of kernel family `family` (`phasing` or `nn`) for compute capability `cc`, through
 /// the same NVRTC path (and cache) as the backend. Needs only libnvrtc, no GPU: CI runs it
-/// with the `nvidia-cuda-nvrtc-cu12` wheel's library.
+/// with the `nvidia-cuda-nvrtc-cu12` wheel's library (CUDA 13's works too).
 pub fn compile_family_ptx(family: &str, cc: (i32, i32)) -> Result<String> {
     let src = FAMILIES
         .iter()
@@ -208,13 +202,7 @@ impl CudaLauncher {
             .into_iter()
             .find(|g| g.ordinal == ordinal)
             .ok_or_else(|| unavailable(format!("no GPU with ordinal {ordinal}")))?;
-        // SAFETY: only tries to open the library.
-        if !unsafe { cudarc::cufft::sys::is_culib_present() } {
-            return Err(unavailable(
-                "the cuFFT library (libcufft.so) is missing: install the CUDA toolkit or the \
-                 nvidia-cufft-cu12 wheel and put its lib/ on LD_LIBRARY_PATH",
-            ));
-        }
+        super::cuda_libs::locate(CudaLib::Cufft).map_err(unavailable)?;
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| unavailable(format!("cannot create a context on GPU {ordinal}: {e:?}")))?;
         Ok(CudaLauncher {

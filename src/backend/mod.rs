@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod cuda_libs;
 pub mod emu;
 pub mod gpu_common;
 pub mod gpu_forward;
