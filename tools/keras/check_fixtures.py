@@ -35,6 +35,54 @@ def _relerr(a, ref) -> float:
     return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
 
 
+def check_names_dir(d: Path, meta: dict) -> dict:
+    """spinn_names/: every file loads in Keras into a model built with other names
+    (Keras's own loaders match by order) and reproduces output.npy; read with h5py by the
+    matching rule of keras_layout.match_weights, every file gives the same weights under
+    the preset's names (config.json) and under its own (named_config.json)."""
+    import keras
+    import tf_keras
+
+    import make_fixtures as mf
+
+    raw = np.load(d / "input.npy")
+    ref = np.load(d / "output.npy")
+    x = spinn.preprocess(raw, meta["preprocessing"])
+    errs = {}
+
+    def run(m):
+        return np.asarray(m(x, training=False), np.float32)
+
+    for fn in mf.NAMES_FILES:
+        if fn.startswith("tf2_"):
+            m = mf.build_names_model(tf_keras)  # preset names; load_weights goes by order
+        else:
+            m = mf.build_names_model(keras)
+        if fn == "k3_offset.h5":
+            errs[f"{fn} (load_model)"] = _relerr(run(keras.models.load_model(d / fn)), ref)
+        else:
+            m.load_weights(d / fn)
+            errs[f"{fn} (load_weights)"] = _relerr(run(m), ref)
+    m = keras.models.model_from_json((d / "named_config.json").read_text())
+    m.load_weights(d / "named.weights.h5")
+    errs["named_config.json + named.weights.h5"] = _relerr(run(m), ref)
+
+    cfg = json.loads((d / "config.json").read_text())
+    first, _ = keras_layout.match_weights(d / "named.weights.h5", cfg)
+    for fn in mf.NAMES_FILES:
+        mp, how = keras_layout.match_weights(d / fn, cfg)
+        if how != "order" or sorted(mp) != sorted(first) or any(
+                len(mp[k]) != len(first[k]) or not all(np.array_equal(a, b) for a, b in
+                                                        zip(mp[k], first[k])) for k in mp):
+            raise RuntimeError(f"{d}/{fn}: weights matched by {how} differ from "
+                               "named.weights.h5's")
+    own, how = keras_layout.match_weights(
+        d / "named.weights.h5", json.loads((d / "named_config.json").read_text()))
+    if how != "name":
+        raise RuntimeError(f"{d}/named.weights.h5 + named_config.json matched by {how}")
+    return errs
+
+
 def check_dir(d: Path) -> dict:
     """Return {file: rel err} for every reload; raises on a missing file or a layout
     mismatch."""
@@ -43,6 +91,8 @@ def check_dir(d: Path) -> dict:
 
     d = Path(d)
     meta = json.loads((d / "meta.json").read_text())
+    if meta.get("kind") == "names":
+        return check_names_dir(d, meta)
     raw = np.load(d / "input.npy")
     ref = np.load(d / "output.npy")
     if raw.dtype != np.float32 or raw.ndim != 3 or list(raw.shape) != meta["input_shape"]:

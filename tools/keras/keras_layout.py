@@ -15,6 +15,13 @@ Formats:
       layer name; the layer name is the attribute layers/<key>/vars.attrs["name"] (Keras
       3.12), and keras3_keys(config) gives the same mapping from the architecture.
   .keras: an uncompressed (stored) zip of metadata.json, config.json, model.weights.h5.
+
+Matching a file's layers to an architecture (match_weights; the rule of cdiphase convert):
+  by name when every layer with weights of the architecture is in the file under its own
+  name; else by order, as Keras's own loaders do: Keras 3 files within each class, by the
+  number of the group key (conv2d, conv2d_1, ...: model order per class, whatever the
+  layer names); legacy files in the model order of layer_names (the layers with weights).
+  Counts and shapes must agree.
 """
 
 from __future__ import annotations
@@ -94,6 +101,78 @@ def read_keras3_weights_h5(path, config: dict | None = None) -> dict:
         return _read_keras3(f, config)
 
 
+WEIGHTED = ("Conv2D", "Conv2DTranspose", "Dense")
+
+
+def _split_key(key: str):
+    """conv2d_transpose_3 -> ("conv2d_transpose", 3); conv2d -> ("conv2d", 0)."""
+    m = re.fullmatch(r"(.+)_(\d+)", key)
+    return (m.group(1), int(m.group(2))) if m else (key, 0)
+
+
+def file_layers(path):
+    """(layers, keras3, ordered): the layers with weights of a .h5 / .weights.h5 file in
+    the order its layout defines, each {"group", "name" (or None), "class" (Keras 3
+    group key's class part, else None), "arrays"}."""
+    out = []
+    with h5py.File(path, "r") as f:
+        if "layers" in f and "model_weights" not in f:
+            for key in f["layers"]:
+                v = f["layers"][key].get("vars")
+                if v is None or not len(v):
+                    continue
+                base, n = _split_key(key)
+                name = _s(v.attrs["name"]) if "name" in v.attrs else None
+                out.append({"group": f"layers/{key}/vars", "name": name, "class": base,
+                            "n": n, "arrays": [np.asarray(v[str(i)])
+                                               for i in range(len(v))]})
+            out.sort(key=lambda d: (d["class"], d["n"]))
+            return out, True, True
+        root = f["model_weights"] if "model_weights" in f else f
+        ordered = "layer_names" in root.attrs
+        names = [_s(n) for n in root.attrs["layer_names"]] if ordered else list(root)
+        for ln in names:
+            g = root[ln]
+            wn = [_s(n) for n in g.attrs.get("weight_names", [])]
+            if wn:
+                out.append({"group": g.name.lstrip("/"), "name": ln, "class": None,
+                            "arrays": [np.asarray(g[n]) for n in wn]})
+        return out, False, ordered
+
+
+def match_weights(path, config: dict):
+    """({layer name of config: [arrays]}, "name" or "order"): the file's weights assigned
+    to the architecture's layers by the rule in this module's docstring."""
+    layers, keras3, ordered = file_layers(path)
+    wl = [(ly["config"]["name"], ly["class_name"]) for ly in config["config"]["layers"]
+          if ly["class_name"] in WEIGHTED]
+    by_name = {d["name"]: d for d in layers if d["name"] is not None}
+    if wl and all(n in by_name for n, _ in wl):
+        extra = set(by_name) - {n for n, _ in wl}
+        if extra or len(by_name) != len(layers):
+            raise RuntimeError(f"{path}: weights of layers not in the architecture: {extra}")
+        return {n: by_name[n]["arrays"] for n, _ in wl}, "name"
+    if keras3:
+        spec, got = {}, {}
+        for n, c in wl:
+            spec.setdefault(to_snake_case(c), []).append(n)
+        for d in layers:
+            got.setdefault(d["class"], []).append(d)
+        counts = ({c: len(v) for c, v in spec.items()}, {c: len(v) for c, v in got.items()})
+        if counts[0] != counts[1]:
+            raise RuntimeError(f"{path}: per-class counts differ: architecture {counts[0]}, "
+                               f"file {counts[1]}")
+        pairs = [(n, d) for c, names in spec.items() for n, d in zip(names, got[c])]
+    else:
+        if not ordered:
+            raise RuntimeError(f"{path}: no layer_names: the layer order is unknown")
+        if len(layers) != len(wl):
+            raise RuntimeError(f"{path}: {len(layers)} layers with weights, the "
+                               f"architecture {len(wl)}")
+        pairs = [(n, d) for (n, _), d in zip(wl, layers)]
+    return {n: d["arrays"] for n, d in pairs}, "order"
+
+
 def read_keras_zip(path):
     """(config dict, {layer name: [arrays]}) from a .keras file."""
     with zipfile.ZipFile(path) as z:
@@ -139,11 +218,15 @@ def dump(path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_layout(d: Path) -> None:
+def write_layout(d: Path, files=("model.h5", "model_k2.h5", "weights_k2.h5",
+                                  "model.weights.h5")) -> None:
     d = Path(d)
     parts = []
-    for fn in ("model.h5", "model_k2.h5", "weights_k2.h5", "model.weights.h5"):
+    for fn in files:
         parts.append(f"=== {fn}\n" + dump(d / fn))
+    if not (d / "model.keras").exists():
+        (d / "layout.txt").write_text("\n".join(parts))
+        return
     with zipfile.ZipFile(d / "model.keras") as z:
         info = ", ".join(f"{i.filename} ({'stored' if i.compress_type == 0 else 'deflated'}, "
                          f"{i.file_size} B)" for i in z.infolist())

@@ -19,6 +19,14 @@ writes:
 then reloads every file (tools/keras/check_fixtures.py does the same on its own) and
 fails if any output differs from output.npy by more than 1e-6 relative.
 
+A fourth directory, spinn_names/, holds the paper's topology at 16x16, width 1/16 (the
+`--arch spinn:16:0.0625` preset), one set of seeded weights saved under the layer names
+real training scripts leave (see NAMES_FILES): Keras's default names in a fresh process
+and after other models were built in the same process (TF 2.x `tf_keras` legacy
+save_weights and Keras 3), and explicit names unlike the preset's. The fresh-process
+files are written by child processes (`--worker tf2|k3`), so no model built here offsets
+their names.
+
 Usage: .venv/bin/python tools/keras/make_fixtures.py [--out tests/data/keras] [--only NAME]
 """
 
@@ -64,6 +72,161 @@ FIXTURES = {
         "U-Net-like: Concatenate skips, Dropout, MaxPool, Conv2DTranspose stride 2 (deep "
         "level) and UpSampling2D (top level), tanh output"),
 }
+
+
+# spinn_names/: the fixture of the default-name rule (cdiphase convert --arch matches by
+# order when the names differ). name -> (fixture file, what it is)
+NAMES_DIR = "spinn_names"
+NAMES_SIZE, NAMES_WIDTH, NAMES_ARCH = 16, 1 / 16, "spinn:16:0.0625"
+NAMES_PREP, NAMES_WSEED, NAMES_ISEED = "max", 104, 204
+NAMES_FILES = {
+    "tf2_fresh_weights.h5": "tf_keras (TF 2.x Keras) save_weights, legacy HDF5, in a fresh "
+                            "process: default names conv2d, conv2d_1, ..., dense, dense_1, "
+                            "conv2d_transpose, ... (the paper's training script)",
+    "tf2_offset_weights.h5": "tf_keras save_weights after another model was built in the same "
+                             "process: default names numbered on (conv2d_6, ...)",
+    "k3_fresh.weights.h5": "Keras 3 save_weights in a fresh process: default names conv2d, "
+                           "conv2d_1, ... (the issue's failing case)",
+    "k3_offset.weights.h5": "Keras 3 save_weights after another model was built in the same "
+                            "process: default names numbered on (conv2d_6, ...)",
+    "k3_offset.h5": "Keras 3 model.save legacy HDF5 of the offset-named model (model_weights "
+                    "with layer_names; also has model_config)",
+    "named.weights.h5": "Keras 3 save_weights, explicit names unlike the preset's (enc1, "
+                        "pool1, fc1, dec1, ...); architecture with those names: "
+                        "named_config.json",
+}
+
+
+def build_names_model(K, names=None, name="spinn_names"):
+    return spinn.build_spinn(K, input_size=NAMES_SIZE, width=NAMES_WIDTH, names=names,
+                             name=name)
+
+
+def custom_names():
+    """Explicit layer names unlike the preset's: enc1.., pool1.., flat1, fc1.., dec1.."""
+    short = {"input": "patterns", "conv2d": "enc", "max_pooling2d": "pool", "flatten": "flat",
+             "dense": "fc", "reshape": "unflat", "conv2d_transpose": "dec",
+             "up_sampling2d": "up"}
+    counts: dict[str, int] = {}
+
+    def nm(kind: str) -> str:
+        counts[kind] = counts.get(kind, 0) + 1
+        return f"{short[kind]}{counts[kind]}"
+    return nm
+
+
+def worker(kind: str, tmp: Path) -> int:
+    """Child process: build the names model with Keras default names (fresh), set the
+    weights from tmp/weights.npz, save; build another model, build again (names offset),
+    save; write each Keras output of tmp/x.npy and the layer names."""
+    K = __import__("tf_keras" if kind == "tf2" else "keras")
+    weights = list(np.load(tmp / "weights.npz").values())
+    x = np.load(tmp / "x.npy")
+    report = {}
+    for variant in ("fresh", "offset"):
+        # "offset": the fresh model built first numbers the default names on
+        m = build_names_model(K, names=spinn.keras_default_names, name=None)
+        m.set_weights(weights)
+        first_conv = next(ly.name for ly in m.layers if type(ly).__name__ == "Conv2D")
+        want_first = "conv2d" if variant == "fresh" else "conv2d_6"
+        if first_conv != want_first:
+            raise RuntimeError(f"{kind} {variant}: first Conv2D is named {first_conv!r}, "
+                               f"expected {want_first!r}")
+        if kind == "tf2":
+            fn = f"tf2_{variant}_weights.h5"
+            m.save_weights(tmp / fn)
+        else:
+            fn = f"k3_{variant}.weights.h5"
+            m.save_weights(tmp / fn)
+            if variant == "offset":
+                m.save(tmp / "k3_offset.h5")
+        np.save(tmp / f"y_{kind}_{variant}.npy", run_model(m, x))
+        report[fn] = [ly.name for ly in m.layers]
+    (tmp / f"names_{kind}.json").write_text(json.dumps(report))
+    return 0
+
+
+def make_names(outdir: Path) -> dict:
+    import subprocess
+    import tempfile
+
+    import keras
+
+    keras.utils.set_random_seed(NAMES_WSEED)
+    ref = build_names_model(keras)  # the preset's names (spinn.py)
+    ref.set_weights(spinn.random_weights(ref, seed=NAMES_WSEED))
+    raw = spinn.diffraction_patterns(N_PATTERNS, NAMES_SIZE, NAMES_SIZE, seed=NAMES_ISEED)
+    x = spinn.preprocess(raw, NAMES_PREP)
+    factor = spinn.calibrate_output(ref, x, target_std=1.0)
+    weights = ref.get_weights()
+    y = run_model(ref, x)
+
+    if outdir.exists():
+        shutil.rmtree(outdir)
+    outdir.mkdir(parents=True)
+    errs = {}
+    layer_names = {}
+    with tempfile.TemporaryDirectory(prefix="cdiphase-fixtures-") as t:
+        tmp = Path(t)
+        np.savez(tmp / "weights.npz", *weights)
+        np.save(tmp / "x.npy", x)
+        for kind in ("tf2", "k3"):
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", kind,
+                            str(tmp)], check=True)
+            for variant in ("fresh", "offset"):
+                errs[f"{kind} {variant} (Keras, in the saving process)"] = relerr(
+                    np.load(tmp / f"y_{kind}_{variant}.npy"), y)
+            layer_names.update(json.loads((tmp / f"names_{kind}.json").read_text()))
+        for fn in NAMES_FILES:
+            if fn != "named.weights.h5":
+                shutil.copy(tmp / fn, outdir / fn)
+    layer_names["k3_offset.h5"] = layer_names["k3_offset.weights.h5"]
+
+    named = build_names_model(keras, names=custom_names())
+    named.set_weights(weights)
+    errs["named (Keras)"] = relerr(run_model(named, x), y)
+    named.save_weights(outdir / "named.weights.h5")
+    (outdir / "named_config.json").write_text(named.to_json(indent=1) + "\n")
+    layer_names["named.weights.h5"] = [ly.name for ly in named.layers]
+    (outdir / "config.json").write_text(ref.to_json(indent=1) + "\n")
+    np.save(outdir / "input.npy", raw)
+    np.save(outdir / "output.npy", y)
+
+    meta = {
+        "model": NAMES_DIR,
+        "kind": "names",
+        "description": "the paper's topology at 16x16, channels /16 (4/8/16), Dense 8 then "
+                       "Dense 2*2*16=64, one set of weights saved under Keras default and "
+                       "explicit layer names",
+        "arch": NAMES_ARCH,
+        "preprocessing": NAMES_PREP,
+        "input_shape": list(raw.shape),
+        "network_input_shape": list(x.shape),
+        "output_shape": list(y.shape),
+        "params": int(ref.count_params()),
+        "weight_seed": NAMES_WSEED,
+        "input_seed": NAMES_ISEED,
+        "last_layer_scale": factor,
+        "relerr_definition": "max|y - output.npy| / max|output.npy|",
+        "keras_rel_err": errs,
+        "output_stats": {"min": float(y.min()), "max": float(y.max()),
+                         "mean": float(y.mean()), "std": float(y.std()),
+                         "std_across_patterns": float(y.std(axis=0).mean())},
+        "layer_names": layer_names,
+        "versions": versions(),
+        "files": dict(NAMES_FILES, **{
+            "config.json": "Keras 3 model.to_json() with the preset's names (spinn.py), "
+                           "the --arch-config of every file",
+            "named_config.json": "Keras 3 model.to_json() of the explicitly named model",
+            "layout.txt": "every HDF5 group/dataset/attribute of the .h5 files",
+            "input.npy": "raw intensities (N,H,W) float32",
+            "output.npy": "Keras 3 output of preprocess(input) (N,H,W,1) float32, the same "
+                          "for every file",
+        }),
+    }
+    (outdir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    keras_layout.write_layout(outdir, files=tuple(NAMES_FILES))
+    return meta
 
 
 def versions() -> dict:
@@ -181,12 +344,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(ROOT / "tests" / "data" / "keras"))
     p.add_argument("--only", default=None, help="comma-separated subset of " +
-                   ",".join(FIXTURES))
+                   ",".join([*FIXTURES, NAMES_DIR]))
+    p.add_argument("--worker", nargs=2, metavar=("KIND", "DIR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    names = list(FIXTURES) if not args.only else args.only.split(",")
+    if args.worker:
+        return worker(args.worker[0], Path(args.worker[1]))
+    known = [*FIXTURES, NAMES_DIR]
+    names = known if not args.only else args.only.split(",")
     for n in names:
-        if n not in FIXTURES:
-            print(f"error: unknown fixture {n!r}; known: {', '.join(FIXTURES)}",
+        if n not in known:
+            print(f"error: unknown fixture {n!r}; known: {', '.join(known)}",
                   file=sys.stderr)
             return 2
     out = Path(args.out)
@@ -194,8 +361,12 @@ def main(argv=None) -> int:
 
     worst = 0.0
     for n in names:
-        meta = make_one(n, out / n)
-        errs = check_fixtures.check_dir(out / n)
+        if n == NAMES_DIR:
+            meta = make_names(out / n)
+            errs = dict(meta["keras_rel_err"], **check_fixtures.check_dir(out / n))
+        else:
+            meta = make_one(n, out / n)
+            errs = check_fixtures.check_dir(out / n)
         s = meta["output_stats"]
         print(f"{n}: params {meta['params']}, input {meta['input_shape']} "
               f"-> output {meta['output_shape']}, preprocessing {meta['preprocessing']}, "

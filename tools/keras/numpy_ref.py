@@ -8,7 +8,9 @@ Run as a script it checks those semantics against the committed Keras outputs:
     .venv/bin/python tools/keras/numpy_ref.py      # every fixture, every config
 
 and prints max|numpy - keras| / max|keras| per fixture (float32 Keras vs float64 here,
-so about 1e-7..1e-6).
+so about 1e-7..1e-6). For spinn_names/ (weights under Keras default or other names) the
+weights of every file are assigned to config.json's layers by keras_layout.match_weights,
+the name-or-order rule of `cdiphase convert --arch/--arch-config`.
 """
 
 from __future__ import annotations
@@ -151,18 +153,31 @@ def main() -> int:
         meta = json.loads((d / "meta.json").read_text())
         x = spinn.preprocess(np.load(d / "input.npy"), meta["preprocessing"])
         ref = np.load(d / "output.npy").astype(np.float64)
-        for cfg_file, wts in (("config.json", keras_layout.read_legacy_h5(d / "model.h5")),
-                              ("config_k2.json",
-                               keras_layout.read_legacy_h5(d / "model_k2.h5"))):
+        if meta.get("kind") == "names":
+            # every weight file under the preset's names, matched by order (and the named
+            # one under its own names): keras_layout.match_weights, cdiphase's rule
+            files = [f for f in meta["files"] if f.endswith(".h5")]
+            cases = [(f"config.json + {f}", "config.json", d / f) for f in files]
+            cases.append(("named_config.json + named.weights.h5", "named_config.json",
+                          d / "named.weights.h5"))
+        else:
+            cases = [("config.json", "config.json", d / "model.h5"),
+                     ("config_k2.json", "config_k2.json", d / "model_k2.h5")]
+        for label, cfg_file, wfile in cases:
             cfg = json.loads((d / cfg_file).read_text())
+            if meta.get("kind") == "names":
+                wts, _ = keras_layout.match_weights(wfile, cfg)
+            else:
+                wts = keras_layout.read_legacy_h5(wfile)
             w64 = {k: [a.astype(np.float64) for a in v] for k, v in wts.items()}
             y = forward(cfg, w64, x.astype(np.float64))
             if y.shape != ref.shape:
-                print(f"{d.name} {cfg_file}: shape {y.shape} != {ref.shape}")
+                print(f"{d.name} {label}: shape {y.shape} != {ref.shape}")
                 return 1
             e = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
             worst = max(worst, e)
-            print(f"{d.name:12s} {cfg_file:15s} numpy float64 vs Keras float32: rel err {e:.2e}")
+            print(f"{d.name:12s} {label:40s} numpy float64 vs Keras float32: "
+                  f"rel err {e:.2e}")
     ok = worst <= 1e-5
     print(("OK" if ok else "FAIL") + f": worst {worst:.2e} (limit 1e-5)")
     return 0 if ok else 1

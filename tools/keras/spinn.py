@@ -24,7 +24,8 @@ Builders:
         sigmoid/linear/tanh activations and a 2-channel output.
 
 Layer names are explicit and deterministic ("conv2d_1", ...), independent of how many
-models were built before in the same process.
+models were built before in the same process; build_spinn(..., names=keras_default_names)
+leaves them to Keras instead (the paper's script), for the default-name fixtures.
 """
 
 from __future__ import annotations
@@ -49,8 +50,15 @@ def _ch(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
 
+def keras_default_names(kind: str) -> None:
+    """A `names` argument for build_spinn: pass no layer name, so Keras picks its
+    default ("conv2d", "conv2d_1", ... in a fresh process; numbered on from whatever the
+    process built before), as the paper's training script does."""
+    return None
+
+
 def build_spinn(K, input_size: int = 128, width: float = 1.0, bottleneck: int | None = None,
-                kernel: int = 3, name: str = "spinn"):
+                kernel: int = 3, name: str | None = "spinn", names=None):
     """The paper's encoder-decoder (DESIGN.md section 4), optionally width-scaled.
 
     Input (S, S, 1), channels-last, 'same' padding, stride 1, ReLU unless noted:
@@ -59,17 +67,21 @@ def build_spinn(K, input_size: int = 128, width: float = 1.0, bottleneck: int | 
     Conv2DTranspose 256 x2, UpSampling2D 2 | Conv2DTranspose 128 x2, UpSampling2D 2 |
     Conv2DTranspose 64 x2, UpSampling2D 2 | Conv2DTranspose 1, tanh.
     Channel counts are multiplied by `width`; S must be a multiple of 8.
+    `names`: kind ("conv2d", "input", ...) -> layer name, called once per layer in model
+    order; default: the deterministic "<kind>_<n>" names (input "input") that the
+    `--arch spinn` preset of cdiphase uses; `keras_default_names` leaves naming to Keras.
     """
     if input_size % 8 != 0:
         raise ValueError(f"input_size must be a multiple of 8, got {input_size}")
     L = K.layers
-    nm = _Namer()
+    nm = names if names is not None else _Namer()
     c1, c2, c3 = _ch(64, width), _ch(128, width), _ch(256, width)
     bott = bottleneck if bottleneck is not None else _ch(128, width)
     s8 = input_size // 8
     k = (kernel, kernel)
 
-    inp = K.Input(shape=(input_size, input_size, 1), name="input")
+    inp = K.Input(shape=(input_size, input_size, 1),
+                  name="input" if names is None else nm("input"))
     x = inp
     for c in (c1, c2, c3):
         for _ in range(2):
