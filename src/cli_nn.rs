@@ -20,7 +20,8 @@ pub struct ConvertArgs {
     #[arg(short, long)]
     output: PathBuf,
     /// Architecture preset for weights-only files: `spinn` (the paper's network, 128x128)
-    /// or `spinn:SIZE[:WIDTH]`.
+    /// or `spinn:SIZE[:WIDTH]`. Layers are matched by name, or by order when the file's
+    /// names differ (Keras default names such as conv2d, conv2d_1, ...).
     #[arg(long, conflicts_with = "arch_config")]
     arch: Option<String>,
     /// Architecture from a Keras model JSON (`model.to_json()` or a .keras config.json).
@@ -64,8 +65,15 @@ pub fn cmd_convert(a: ConvertArgs) -> Result<()> {
         ),
         (None, None) => Arch::FromFile,
     };
-    let model = keras::convert(&a.input, arch, pre)
+    let (model, matching) = keras::convert_matched(&a.input, arch, pre)
         .with_context(|| format!("converting {}", a.input.display()))?;
+    if matching == keras::Matching::ByOrder {
+        eprintln!(
+            "{}: layer names differ from the architecture's; weights matched by layer \
+             order, as Keras's load_weights does, and checked by shape",
+            a.input.display()
+        );
+    }
     store::save(&model, dtype, &a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
     eprintln!(

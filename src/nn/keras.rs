@@ -9,6 +9,16 @@
 //! * Keras 3 `.keras`: a zip with `config.json` and `model.weights.h5`.
 //!
 //! Weights-only files need the architecture from elsewhere (`--arch spinn` or a config).
+//!
+//! Weights are assigned to the architecture's layers by name when every layer with weights
+//! is in the file under its own name; otherwise by order, as Keras's own loaders do
+//! ([`Matching::ByOrder`]): Keras 3 files by class and model order (the group keys
+//! `conv2d`, `conv2d_1`, ... are numbered per class in model order, whatever the layer
+//! names), legacy files in the model order of the `layer_names` attribute. That is what
+//! loads files whose layers carry Keras's default names (`conv2d`, `conv2d_1`, ... in a
+//! fresh TF 2.x session; Keras 3 numbers on from whatever the process built before) into
+//! `--arch spinn`, whose names are `conv2d_1`, .... Counts and shapes are checked per
+//! layer either way; a mismatch names the layer, the file's group and both shapes.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -482,14 +492,6 @@ fn datasets_below(h: &H5, group: &str, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn read_tensor(h: &H5, entry: &str) -> Result<Tensor> {
-    let d = h
-        .try_dataset(entry)?
-        .ok_or_else(|| Error::format(&h.path, format!("no dataset '{entry}'")))?;
-    let (shape, data) = h.read_f32(entry, &d)?;
-    Ok(Tensor { shape, data })
-}
-
 fn root_attr_string(h: &H5, name: &str) -> Result<Option<String>> {
     guard(&h.path, || {
         let attrs = h.file.root().attrs().unwrap_or_default();
@@ -518,57 +520,153 @@ fn class_of(op: &Op) -> &'static str {
     }
 }
 
-/// Weights in the legacy layout: `<root>/<layer>/**/kernel[:0]`, `bias[:0]`.
-fn legacy_weights(h: &H5, root: &str, spec: &ModelSpec) -> Result<BTreeMap<String, Tensor>> {
-    let mut w = BTreeMap::new();
-    let available = children(h, root)?.map(|(g, _)| g).unwrap_or_default();
-    for (l, use_bias) in weighted(spec) {
-        let g = join(root, &l.name);
+/// A string-list attribute of a group (`""` or `"/"`: the root), joining the chunks
+/// `name0`, `name1`, ... that Keras writes for attributes over 64 KB.
+fn group_attr_strings(h: &H5, group: &str, name: &str) -> Result<Option<Vec<String>>> {
+    guard(&h.path, || {
+        let g = if group.is_empty() || group == "/" {
+            h.file.root()
+        } else {
+            match h.file.group(group) {
+                Ok(g) => g,
+                Err(_) => return Ok(None),
+            }
+        };
+        let attrs = g.attrs().unwrap_or_default();
+        if let Some(a) = attrs.get(name) {
+            return Ok(a.as_strings().map(|v| v.to_vec()));
+        }
+        let mut out: Option<Vec<String>> = None;
+        for i in 0.. {
+            match attrs
+                .get(&format!("{name}{i}"))
+                .and_then(|a| a.as_strings())
+            {
+                Some(v) => out.get_or_insert_with(Vec::new).extend_from_slice(v),
+                None => break,
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// A layer with weights, as the file holds it.
+#[derive(Debug)]
+struct FileLayer {
+    /// Its group in the file (`model_weights/conv2d_3`, `layers/conv2d_2/vars`).
+    group: String,
+    /// The layer name the file records: a legacy layer group's name, or the `name`
+    /// attribute of a Keras 3 `vars` group (absent before Keras 3.x wrote it).
+    name: Option<String>,
+    /// Keras 3: the group key's class part (`conv2d_transpose`) and its number (0 for the
+    /// bare key, then 1, 2, ...), which Keras assigns in model order per class.
+    class_key: Option<(String, usize)>,
+    /// Every weight dataset (full paths), in the file's order.
+    datasets: Vec<String>,
+    kernel: Option<String>,
+    bias: Option<String>,
+}
+
+/// The layers with weights of a file, in the order its layout defines.
+struct FileWeights {
+    layers: Vec<FileLayer>,
+    /// Keras 3 layout (groups keyed by class), else legacy (groups named by layer).
+    keras3: bool,
+    /// Legacy: the order comes from the `layer_names` attribute (false: it was missing).
+    ordered: bool,
+}
+
+/// Legacy layout (`<root>/<layer>/**/kernel[:0]`, `bias[:0]`): the layer groups in the
+/// order of `<root>`'s `layer_names` attribute (model order), those holding weights.
+fn legacy_layers(h: &H5, root: &str) -> Result<FileWeights> {
+    let (names, ordered) = match group_attr_strings(h, root, "layer_names")? {
+        Some(n) => (n, true),
+        None => (
+            children(h, root)?.map(|(g, _)| g).unwrap_or_default(),
+            false,
+        ),
+    };
+    let mut layers = Vec::new();
+    for name in names {
+        let g = join(root, &name);
         let mut ds = Vec::new();
         // `weight_names` (kernel then bias) is authoritative; else search the group
         match group_attr_strings(h, &g, "weight_names")? {
-            Some(names) if !names.is_empty() => {
-                ds.extend(names.iter().map(|n| join(&g, n)));
-            }
+            Some(w) if !w.is_empty() => ds.extend(w.iter().map(|n| join(&g, n))),
             _ => datasets_below(h, &g, &mut ds)?,
         }
-        let find = |what: &str| {
-            ds.iter().find(|d| {
-                let last = d.rsplit('/').next().unwrap_or("");
-                last == what || last.strip_suffix(":0") == Some(what)
-            })
-        };
-        let kernel = find("kernel").ok_or_else(|| {
-            Error::format(
-                &h.path,
-                format!(
-                    "layer '{}' ({}): no kernel under '{g}' (the file has layer groups [{}]; wrong architecture?)",
-                    l.name,
-                    class_of(&l.op),
-                    available.join(", ")
-                ),
-            )
-        })?;
-        w.insert(format!("{}/kernel", l.name), read_tensor(h, kernel)?);
-        if use_bias {
-            let b = find("bias").ok_or_else(|| {
-                Error::format(&h.path, format!("layer '{}': no bias under '{g}'", l.name))
-            })?;
-            w.insert(format!("{}/bias", l.name), read_tensor(h, b)?);
+        if ds.is_empty() {
+            continue;
         }
+        let find = |what: &str| {
+            ds.iter()
+                .find(|d| {
+                    let last = d.rsplit('/').next().unwrap_or("");
+                    last == what || last.strip_suffix(":0") == Some(what)
+                })
+                .cloned()
+        };
+        layers.push(FileLayer {
+            kernel: find("kernel"),
+            bias: find("bias"),
+            group: g,
+            name: Some(name),
+            class_key: None,
+            datasets: ds,
+        });
     }
-    Ok(w)
+    Ok(FileWeights {
+        layers,
+        keras3: false,
+        ordered,
+    })
 }
 
-fn group_attr_strings(h: &H5, group: &str, name: &str) -> Result<Option<Vec<String>>> {
-    guard(&h.path, || {
-        let Ok(g) = h.file.group(group) else {
-            return Ok(None);
+/// `conv2d_transpose_3` -> (`conv2d_transpose`, 3); `conv2d` -> (`conv2d`, 0).
+fn split_key(key: &str) -> (String, usize) {
+    if let Some((base, n)) = key.rsplit_once('_') {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = n.parse() {
+                return (base.to_string(), n);
+            }
+        }
+    }
+    (key.to_string(), 0)
+}
+
+/// Keras 3 layout: `layers/<key>/vars/0` (kernel), `/1` (bias). `<key>` is the layer's
+/// snake_case class name made unique in model order (`conv2d`, `conv2d_1`, ...), whatever
+/// the layer's name; the name is the `name` attribute of `vars`. Sorted by class, then
+/// by the key's number: model order within each class.
+fn v3_layers(h: &H5) -> Result<FileWeights> {
+    let keys = children(h, "layers")?.map(|(g, _)| g).unwrap_or_default();
+    let mut layers = Vec::new();
+    for k in keys {
+        let g = format!("layers/{k}/vars");
+        let Some((_, mut ds)) = children(h, &g)? else {
+            continue;
         };
-        let attrs = g.attrs().unwrap_or_default();
-        Ok(attrs
-            .get(name)
-            .and_then(|a| a.as_strings().map(|v| v.to_vec())))
+        if ds.is_empty() {
+            continue;
+        }
+        // variables "0", "1", ... in numeric order; anything else after them
+        ds.sort_by_key(|d| (d.parse::<usize>().unwrap_or(usize::MAX), d.clone()));
+        let name = group_attr_strings(h, &g, "name")?.and_then(|v| v.into_iter().next());
+        let has = |d: &str| ds.iter().any(|x| x == d).then(|| format!("{g}/{d}"));
+        layers.push(FileLayer {
+            kernel: has("0"),
+            bias: if ds.len() >= 2 { has("1") } else { None },
+            datasets: ds.iter().map(|d| format!("{g}/{d}")).collect(),
+            class_key: Some(split_key(&k)),
+            name,
+            group: g,
+        });
+    }
+    layers.sort_by(|a, b| a.class_key.cmp(&b.class_key));
+    Ok(FileWeights {
+        layers,
+        keras3: true,
+        ordered: true,
     })
 }
 
@@ -593,102 +691,311 @@ fn snake(class: &str) -> String {
     out
 }
 
-fn keras_class(op: &Op) -> &'static str {
-    match op {
-        Op::Conv2D { .. } => "Conv2D",
-        Op::Conv2DTranspose { .. } => "Conv2DTranspose",
-        Op::MaxPooling2D { .. } => "MaxPooling2D",
-        Op::UpSampling2D { .. } => "UpSampling2D",
-        Op::Dense { .. } => "Dense",
-        Op::Flatten => "Flatten",
-        Op::Reshape { .. } => "Reshape",
-        Op::Concatenate => "Concatenate",
-        Op::Dropout => "Dropout",
-        Op::Activation { .. } => "Activation",
+/// How the weights of a file were assigned to the architecture's layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching {
+    /// Every layer with weights found under its own name (the file's names are the
+    /// architecture's).
+    ByName,
+    /// By position, as Keras's own loaders do: within each layer class in model order
+    /// (Keras 3 `.weights.h5` / `.keras`, from the group keys), or in the model order of
+    /// the layers with weights (legacy `.h5`, from `layer_names`). Used when the file's
+    /// layer names are not the architecture's (Keras default names such as `conv2d`,
+    /// `conv2d_1`, ..., which depend on what the saving process built before).
+    ByOrder,
+}
+
+fn nth(i: usize) -> String {
+    let suffix = match (i % 10, i % 100) {
+        (1, n) if n != 11 => "st",
+        (2, n) if n != 12 => "nd",
+        (3, n) if n != 13 => "rd",
+        _ => "th",
+    };
+    format!("{i}{suffix}")
+}
+
+fn describe(f: &FileLayer) -> String {
+    match &f.name {
+        Some(n) if !f.group.ends_with(&format!("/{n}")) && f.group != *n => {
+            format!("'{}' (layer '{n}' in the file)", f.group)
+        }
+        _ => format!("'{}'", f.group),
     }
 }
 
-/// Weights in the Keras 3 layout: `layers/<key>/vars/0` (kernel), `/1` (bias), where
-/// `<key>` is found through the `name` attribute of `layers/<key>/vars` (Keras 3.12), or
-/// else as Keras makes it: the snake_case class name, made unique in model order.
-fn v3_weights(h: &H5, spec: &ModelSpec) -> Result<BTreeMap<String, Tensor>> {
-    let keys = children(h, "layers")?.map(|(g, _)| g).unwrap_or_default();
-    let mut by_name: std::collections::HashMap<String, String> = Default::default();
-    for k in &keys {
-        if let Some(n) = group_attr_strings(h, &format!("layers/{k}/vars"), "name")? {
-            if let Some(n) = n.first() {
-                by_name.insert(n.clone(), k.clone());
-            }
-        }
-    }
-    if by_name.is_empty() {
-        let mut count: std::collections::HashMap<String, usize> = Default::default();
-        let mut classes = vec!["InputLayer"];
-        classes.extend(spec.layers.iter().map(|l| keras_class(&l.op)));
-        let names = std::iter::once(spec.input_name.clone())
-            .chain(spec.layers.iter().map(|l| l.name.clone()));
-        for (cls, name) in classes.into_iter().zip(names) {
-            let base = snake(cls);
-            let n = count.entry(base.clone()).or_insert(0);
-            let key = if *n == 0 { base } else { format!("{base}_{n}") };
-            *n += 1;
-            by_name.insert(name, key);
-        }
-    }
-    let mut w = BTreeMap::new();
-    for (l, use_bias) in weighted(spec) {
-        let key = by_name
-            .get(&l.name)
-            .cloned()
-            .unwrap_or_else(|| l.name.clone());
-        let g = format!("layers/{key}/vars");
-        let Some((_, ds)) = children(h, &g)? else {
-            return Err(Error::format(
-                &h.path,
-                format!(
-                    "layer '{}' ({}): no group '{g}' (the file has layers [{}]; wrong architecture?)",
-                    l.name,
-                    class_of(&l.op),
-                    keys.join(", ")
-                ),
-            ));
-        };
-        let need = if use_bias { 2 } else { 1 };
-        if ds.len() != need {
-            return Err(Error::format(
-                &h.path,
-                format!(
-                    "layer '{}' ({}): '{g}' holds {} variables, expected {need} (wrong architecture?)",
-                    l.name,
-                    class_of(&l.op),
-                    ds.len()
-                ),
-            ));
-        }
-        w.insert(
-            format!("{}/kernel", l.name),
-            read_tensor(h, &format!("{g}/0"))?,
-        );
-        if use_bias {
-            w.insert(
-                format!("{}/bias", l.name),
-                read_tensor(h, &format!("{g}/1"))?,
-            );
-        }
-    }
-    Ok(w)
+/// A layer of the architecture and the file's layer holding its weights.
+struct Pair<'a, 'b> {
+    layer: &'a LayerSpec,
+    use_bias: bool,
+    file: &'b FileLayer,
+    /// How they were matched, for messages.
+    how: String,
 }
 
-/// Weights from an open HDF5 file of any of the supported layouts.
-fn weights_from_h5(h: &H5, spec: &ModelSpec) -> Result<BTreeMap<String, Tensor>> {
-    let top = children(h, "/")?.map(|(g, _)| g).unwrap_or_default();
-    if top.iter().any(|g| g == "model_weights") {
-        legacy_weights(h, "model_weights", spec)
-    } else if top.iter().any(|g| g == "layers") {
-        v3_weights(h, spec)
+/// Pair every layer of `spec` that has weights with a layer of the file: by name when
+/// every name is in the file, else by order (see [`Matching`]). Counts must agree.
+fn assign<'a, 'b>(
+    h: &H5,
+    spec: &'a ModelSpec,
+    fw: &'b FileWeights,
+) -> Result<(Vec<Pair<'a, 'b>>, Matching)> {
+    let wl = weighted(spec);
+    let by_name: std::collections::HashMap<&str, &FileLayer> = fw
+        .layers
+        .iter()
+        .filter_map(|f| f.name.as_deref().map(|n| (n, f)))
+        .collect();
+    let all_named = wl
+        .iter()
+        .all(|(l, _)| by_name.contains_key(l.name.as_str()));
+    let place = if fw.keras3 {
+        "under 'layers/'"
     } else {
-        legacy_weights(h, "/", spec)
+        "in the file"
+    };
+    if all_named && !wl.is_empty() {
+        let used: std::collections::HashSet<&str> =
+            wl.iter().map(|(l, _)| l.name.as_str()).collect();
+        let extra: Vec<String> = fw
+            .layers
+            .iter()
+            .filter(|f| !f.name.as_deref().is_some_and(|n| used.contains(n)))
+            .map(describe)
+            .collect();
+        if !extra.is_empty() {
+            return Err(Error::format(
+                &h.path,
+                format!(
+                    "the file holds weights of layers the architecture '{}' does not have: {} \
+                     (wrong architecture?)",
+                    spec.name,
+                    extra.join(", ")
+                ),
+            ));
+        }
+        let pairs = wl
+            .into_iter()
+            .map(|(l, b)| Pair {
+                layer: l,
+                use_bias: b,
+                file: by_name[l.name.as_str()],
+                how: "matched by name".to_string(),
+            })
+            .collect();
+        return Ok((pairs, Matching::ByName));
     }
+    let mut pairs = Vec::new();
+    if fw.keras3 {
+        // within each class (the key's class part: snake_case of the class name), in
+        // model order
+        let mut spec_by: BTreeMap<String, usize> = BTreeMap::new();
+        for (l, _) in &wl {
+            *spec_by.entry(snake(class_of(&l.op))).or_default() += 1;
+        }
+        let mut file_by: BTreeMap<String, Vec<&FileLayer>> = BTreeMap::new();
+        for f in &fw.layers {
+            let c = f
+                .class_key
+                .as_ref()
+                .map(|k| k.0.clone())
+                .unwrap_or_default();
+            file_by.entry(c).or_default().push(f);
+        }
+        let counts_differ = spec_by
+            .iter()
+            .any(|(c, n)| file_by.get(c).map_or(0, |f| f.len()) != *n)
+            || file_by.keys().any(|c| !spec_by.contains_key(c));
+        if counts_differ {
+            let list = |m: Vec<(String, usize)>| {
+                m.iter()
+                    .map(|(c, n)| format!("{n} {c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(Error::format(
+                &h.path,
+                format!(
+                    "the layer names differ from the architecture's, so the weights are matched \
+                     by order within each layer class, and the counts differ: the architecture \
+                     '{}' has {} layers with weights, the file {} {place} (wrong architecture?)",
+                    spec.name,
+                    list(spec_by.iter().map(|(c, n)| (c.clone(), *n)).collect()),
+                    list(file_by.iter().map(|(c, v)| (c.clone(), v.len())).collect()),
+                ),
+            ));
+        }
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (l, b) in &wl {
+            let c = snake(class_of(&l.op));
+            let n = file_by[&c].len();
+            let i = seen.entry(c.clone()).or_default();
+            let f = file_by[&c][*i];
+            *i += 1;
+            let i = *i;
+            pairs.push(Pair {
+                layer: l,
+                use_bias: *b,
+                file: f,
+                how: format!(
+                    "matched by order: the {} of {n} {} layers",
+                    nth(i),
+                    class_of(&l.op)
+                ),
+            });
+        }
+    } else {
+        if !fw.ordered {
+            return Err(Error::format(
+                &h.path,
+                format!(
+                    "the file's layer names [{}] are not the architecture's, and without a \
+                     'layer_names' attribute the layer order is unknown: cannot match the weights",
+                    fw.layers
+                        .iter()
+                        .filter_map(|f| f.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        if fw.layers.len() != wl.len() {
+            return Err(Error::format(
+                &h.path,
+                format!(
+                    "the layer names differ from the architecture's, so the weights are matched \
+                     in model order ('layer_names'), and the counts differ: the architecture '{}' \
+                     has {} layers with weights ({}), the file {} ({}) (wrong architecture?)",
+                    spec.name,
+                    wl.len(),
+                    wl.iter()
+                        .map(|(l, _)| l.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    fw.layers.len(),
+                    fw.layers
+                        .iter()
+                        .filter_map(|f| f.name.as_deref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let n = wl.len();
+        for (i, ((l, b), f)) in wl.iter().zip(&fw.layers).enumerate() {
+            pairs.push(Pair {
+                layer: l,
+                use_bias: *b,
+                file: f,
+                how: format!(
+                    "matched by order: the {} of {n} layers with weights",
+                    nth(i + 1)
+                ),
+            });
+        }
+    }
+    Ok((pairs, Matching::ByOrder))
+}
+
+/// Read a weight whose shape the architecture fixes, naming both shapes on a mismatch.
+fn read_checked(
+    h: &H5,
+    entry: &str,
+    want: &[usize],
+    what: &str,
+    context: &dyn Fn() -> String,
+) -> Result<Tensor> {
+    let d = h
+        .try_dataset(entry)?
+        .ok_or_else(|| Error::format(&h.path, format!("{}: no dataset '{entry}'", context())))?;
+    let shape: Vec<usize> = guard(&h.path, || {
+        d.shape()
+            .map(|s| s.into_iter().map(|x| x as usize).collect())
+            .map_err(|e| Error::format(&h.path, format!("shape of '{entry}': {e}")))
+    })?;
+    if shape != want {
+        return Err(Error::format(
+            &h.path,
+            format!(
+                "{}: {what} shape {shape:?} in the file ('{entry}'), {want:?} in the \
+                 architecture (wrong architecture or size?)",
+                context()
+            ),
+        ));
+    }
+    let (shape, data) = h.read_f32(entry, &d)?;
+    Ok(Tensor { shape, data })
+}
+
+/// Weights from an open HDF5 file of any of the supported layouts, keyed `<layer>/kernel`
+/// and `<layer>/bias` by the architecture's layer names.
+fn weights_from_h5(h: &H5, spec: &ModelSpec) -> Result<(BTreeMap<String, Tensor>, Matching)> {
+    let top = children(h, "/")?.map(|(g, _)| g).unwrap_or_default();
+    let fw = if top.iter().any(|g| g == "model_weights") {
+        legacy_layers(h, "model_weights")?
+    } else if top.iter().any(|g| g == "layers") {
+        v3_layers(h)?
+    } else {
+        legacy_layers(h, "/")?
+    };
+    let want: std::collections::HashMap<String, Vec<usize>> =
+        spec.weight_shapes()?.into_iter().collect();
+    let (pairs, matching) = assign(h, spec, &fw)?;
+    let mut w = BTreeMap::new();
+    for Pair {
+        layer: l,
+        use_bias,
+        file: f,
+        how,
+    } in pairs
+    {
+        let context = || {
+            format!(
+                "layer '{}' ({}) <- {} ({how})",
+                l.name,
+                class_of(&l.op),
+                describe(f)
+            )
+        };
+        let kernel = f.kernel.as_deref().ok_or_else(|| {
+            Error::format(
+                &h.path,
+                format!(
+                    "{}: no kernel among its weights [{}] (wrong architecture?)",
+                    context(),
+                    f.datasets.join(", ")
+                ),
+            )
+        })?;
+        let need = if use_bias { 2 } else { 1 };
+        if f.datasets.len() != need || (use_bias && f.bias.is_none()) {
+            return Err(Error::format(
+                &h.path,
+                format!(
+                    "{}: the file holds {} weights [{}], the architecture expects {need} \
+                     ({}; wrong architecture?)",
+                    context(),
+                    f.datasets.len(),
+                    f.datasets.join(", "),
+                    if use_bias {
+                        "kernel and bias"
+                    } else {
+                        "kernel, no bias"
+                    }
+                ),
+            ));
+        }
+        let shape_of = |k: &str| want.get(k).cloned().unwrap_or_default();
+        let kname = format!("{}/kernel", l.name);
+        let t = read_checked(h, kernel, &shape_of(&kname), "kernel", &context)?;
+        w.insert(kname, t);
+        if let (true, Some(b)) = (use_bias, f.bias.as_deref()) {
+            let bname = format!("{}/bias", l.name);
+            let t = read_checked(h, b, &shape_of(&bname), "bias", &context)?;
+            w.insert(bname, t);
+        }
+    }
+    Ok((w, matching))
 }
 
 /// Where the architecture comes from when converting.
@@ -702,6 +1009,15 @@ pub enum Arch {
 
 /// Convert a Keras checkpoint (`.h5`, `.keras`, `.weights.h5`) to a [`Model`].
 pub fn convert(path: &Path, arch: Arch, preprocess: Preprocess) -> Result<Model> {
+    convert_matched(path, arch, preprocess).map(|(m, _)| m)
+}
+
+/// [`convert`], also telling how the file's layers were matched to the architecture's.
+pub fn convert_matched(
+    path: &Path,
+    arch: Arch,
+    preprocess: Preprocess,
+) -> Result<(Model, Matching)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let is_zip = bytes.starts_with(b"PK\x03\x04");
     let (spec, weights) = if is_zip {
@@ -760,5 +1076,53 @@ pub fn convert(path: &Path, arch: Arch, preprocess: Preprocess) -> Result<Model>
         let w = weights_from_h5(&h, &spec)?;
         (spec, w)
     };
-    Model::new(spec, weights).map_err(|e| Error::format(path, e))
+    let (weights, matching) = weights;
+    let model = Model::new(spec, weights).map_err(|e| Error::format(path, e))?;
+    Ok((model, matching))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keras3_keys_sort_in_model_order_per_class() {
+        assert_eq!(split_key("conv2d"), ("conv2d".into(), 0));
+        assert_eq!(split_key("conv2d_10"), ("conv2d".into(), 10));
+        assert_eq!(
+            split_key("conv2d_transpose"),
+            ("conv2d_transpose".into(), 0)
+        );
+        assert_eq!(
+            split_key("conv2d_transpose_2"),
+            ("conv2d_transpose".into(), 2)
+        );
+        assert_eq!(split_key("up_sampling2d"), ("up_sampling2d".into(), 0));
+        // numeric, not lexicographic: conv2d_2 before conv2d_10
+        let mut k: Vec<_> = ["conv2d_10", "conv2d_2", "conv2d", "conv2d_1"]
+            .iter()
+            .map(|k| split_key(k))
+            .collect();
+        k.sort();
+        let n: Vec<usize> = k.iter().map(|k| k.1).collect();
+        assert_eq!(n, [0, 1, 2, 10]);
+        assert_eq!(snake("Conv2DTranspose"), "conv2d_transpose");
+        assert_eq!(snake("MaxPooling2D"), "max_pooling2d");
+        assert_eq!(snake("Dense"), "dense");
+    }
+
+    #[test]
+    fn ordinals() {
+        let s: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111]
+            .iter()
+            .map(|&i| nth(i))
+            .collect();
+        assert_eq!(
+            s,
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd",
+                "101st", "111th"
+            ]
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The paper's encoder-decoder (DESIGN.md section 4) as a [`ModelSpec`], with the layer
 //! names of `tools/keras/spinn.py` (`conv2d_1`, ..., `conv2d_transpose_7`), so that
-//! weights-only Keras files load by name with `--arch spinn`.
+//! weights-only Keras files of that script load by name with `--arch spinn`; files with
+//! other names (Keras defaults) load by order (`keras::Matching`).
 
 use super::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
 use crate::{Error, Result};
