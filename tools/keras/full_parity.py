@@ -6,7 +6,10 @@ Steps (in a temporary directory, kept with --keep DIR):
  1. build spinn (tools/keras/spinn.py) with Keras 3, He-normal random weights (seed), last
     layer calibrated (spinn.calibrate_output) so the tanh output is not saturated;
  2. save it as model.h5 (Keras 3 legacy), model.keras, model.weights.h5 (save_weights) and,
-    with the same weights, model_k2.h5 (Keras 2, tf_keras);
+    with the same weights, model_k2.h5 (Keras 2, tf_keras); and, with Keras's default layer
+    names (conv2d, conv2d_1, ...; the paper's training script), from a fresh child process:
+    fresh.weights.h5 (Keras 3 save_weights) and fresh_k2_weights.h5 (tf_keras save_weights,
+    legacy HDF5), both converted with --arch spinn (layers matched by order);
  3. N diffraction-like patterns (128x128) -> input.cxi at entry_1/data_1/data (N,H,W) f32;
     Keras output of preprocess(input) (N,128,128,1);
  4. per format: cdiphase convert FILE -o FMT.safetensors --preprocess PREP
@@ -19,7 +22,8 @@ cdiphase command failed (its stderr is printed); 3 the Keras side failed.
 
 Usage:
     .venv/bin/python tools/keras/full_parity.py [--n 4] [--seed 7] [--tol 1e-4]
-        [--formats h5,keras,weights,k2] [--preprocessing max|log1p-max]
+        [--formats h5,keras,weights,k2,weights_fresh,k2_weights_fresh]
+        [--preprocessing max|log1p-max]
         [--cdiphase target/release/cdiphase] [--keep DIR] [--json FILE]
         [--convert-arg=--flag ...] [--predict-arg=--flag ...]
 """
@@ -51,7 +55,33 @@ FORMATS = {
     "keras": ("model.keras", [], "Keras 3 .keras zip"),
     "weights": ("model.weights.h5", ["--arch", "spinn"], "Keras 3 save_weights + --arch spinn"),
     "k2": ("model_k2.h5", [], "Keras 2 (tf_keras) legacy .h5, kernel:0 names"),
+    "weights_fresh": ("fresh.weights.h5", ["--arch", "spinn"],
+                      "Keras 3 save_weights, default names, fresh process"),
+    "k2_weights_fresh": ("fresh_k2_weights.h5", ["--arch", "spinn"],
+                         "tf_keras save_weights (legacy), default names"),
 }
+# formats written by a fresh child process (--child KIND DIR): Keras module, file
+FRESH = {"weights_fresh": ("keras", "fresh.weights.h5"),
+         "k2_weights_fresh": ("tf_keras", "fresh_k2_weights.h5")}
+
+
+def child(kind: str, work: Path) -> int:
+    """A fresh process: build spinn with Keras's default layer names, set the weights of
+    work/weights.npz, save_weights. The first Conv2D must be named "conv2d"."""
+    import numpy as np
+
+    import spinn
+
+    mod, fname = FRESH[kind]
+    K = __import__(mod)
+    m = spinn.build_spinn(K, names=spinn.keras_default_names, name=None)
+    first = next(ly.name for ly in m.layers if type(ly).__name__ == "Conv2D")
+    if first != "conv2d":
+        raise RuntimeError(f"{kind}: first Conv2D named {first!r}, expected 'conv2d'")
+    with np.load(work / "weights.npz") as z:
+        m.set_weights([z[k] for k in z.files])
+    m.save_weights(work / fname)
+    return 0
 
 
 class CdiphaseError(RuntimeError):
@@ -106,6 +136,15 @@ def build_keras_side(work: Path, n: int, seed: int, prep: str, formats: list[str
         if e > 1e-6:
             raise RuntimeError(f"Keras 2 and Keras 3 builds differ: rel err {e:.3g}")
         m2.save(work / "model_k2.h5")
+    fresh = [f for f in formats if f in FRESH]
+    if fresh:
+        import subprocess
+
+        np.savez(work / "weights.npz", *m3.get_weights())
+        for f in fresh:
+            subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", f,
+                            str(work)], check=True)
+        (work / "weights.npz").unlink()
 
     with h5py.File(work / "input.cxi", "w") as f:
         f.create_dataset("entry_1/data_1/data", data=raw)
@@ -150,7 +189,10 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="per cdiphase command, s")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep the files")
     p.add_argument("--json", metavar="FILE", help="write the results to FILE")
+    p.add_argument("--child", nargs=2, metavar=("FORMAT", "DIR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child:
+        return child(args.child[0], Path(args.child[1]))
 
     formats = [f for f in args.formats.split(",") if f]
     bad = [f for f in formats if f not in FORMATS]
