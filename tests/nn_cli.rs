@@ -110,7 +110,8 @@ fn convert_errors_name_the_problem() {
         e.contains("conv2d_") && e.contains("wrong architecture"),
         "{e}"
     );
-    // the right topology at the wrong width: a shape mismatch naming the weight
+    // the right topology at the wrong width: a shape mismatch naming the layer and both
+    // shapes
     let e = fails(&[
         "convert",
         s(&fixture("spinn_small", "weights_k2.h5")),
@@ -120,7 +121,9 @@ fn convert_errors_name_the_problem() {
         s(&out),
     ]);
     assert!(
-        e.contains("conv2d_1/kernel") && e.contains("expected shape"),
+        e.contains("layer 'conv2d_1' (Conv2D)")
+            && e.contains("kernel shape [3, 3, 1, 8] in the file")
+            && e.contains("[3, 3, 1, 16] in the architecture"),
         "{e}"
     );
     // a model of spinn_small's own width converts with the preset
