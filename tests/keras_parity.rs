@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cdiphase::nn::cpu::{Mode, Network, Options, Runner};
+use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::keras::{config_from_file, convert, Arch};
 use cdiphase::nn::spec::Preprocess;
 use cdiphase::nn::store::{self, WeightDtype};

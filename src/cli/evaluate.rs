@@ -1,134 +1,11 @@
-//! The `support` and `evaluate` verbs.
+//! `cdiphase evaluate`: supports, densities, histories and PRTF against the ground truth of
+//! a simulation; metrics JSON, figures and index.html.
 
-use anyhow::{bail, Context, Result};
-use cdiphase::array::Stack;
+use super::set_threads;
+use anyhow::{Context, Result};
 use cdiphase::eval::{self, report};
-use cdiphase::io;
-use cdiphase::support::{self, Method};
 use clap::Args;
 use std::path::PathBuf;
-
-#[derive(Args)]
-pub struct SupportArgs {
-    /// Input: patterns (CXI/HDF5 entry_1/data_1/data, or .npy) for autocorrelation and
-    /// triple-intersection; a `cdiphase predict` output (entry_1/image_1/data) for nn.
-    pub input: PathBuf,
-    /// Output CXI file with entry_1/image_1/support (N,H,W) uint8, centred (written atomically).
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// autocorrelation | triple-intersection | nn.
-    #[arg(long, default_value = "autocorrelation")]
-    pub method: String,
-    /// Fraction of the per-pattern maximum (default: 0.04 autocorrelation, 0.001 for the
-    /// autocorrelation of the triple intersection, 0.1 nn).
-    #[arg(long)]
-    pub threshold: Option<f32>,
-    /// Dataset of the input (default entry_1/data_1/data, or entry_1/image_1/data for nn).
-    #[arg(long)]
-    pub entry: Option<String>,
-    /// CPU threads (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Print a JSON summary on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
-
-pub fn cmd_support(a: SupportArgs) -> Result<()> {
-    set_threads(a.threads)?;
-    let method = Method::parse(&a.method)?;
-    let threshold = a.threshold.unwrap_or(method.default_threshold());
-    support::check_threshold(threshold)?;
-    let (supports, details): (Stack<u8>, Vec<Option<support::TripleIntersection>>) = match method {
-        Method::Nn => {
-            let entry = a.entry.clone().unwrap_or_else(|| eval::IN_DATA.to_string());
-            let (shape, v) = io::read_f32(&a.input, &entry)
-                .with_context(|| format!("reading the network output of {}", a.input.display()))?;
-            let (n, h, w) = match *shape.as_slice() {
-                [n, h, w] => (n, h, w),
-                [h, w] => (1, h, w),
-                _ => bail!(
-                    "{}: dataset '{entry}' has shape {shape:?}, expected (N,H,W) or (H,W)",
-                    a.input.display()
-                ),
-            };
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                bail!(
-                    "{}: dataset '{entry}' value {i} is not finite",
-                    a.input.display()
-                );
-            }
-            let st = Stack::from_vec(n, h, w, v)?;
-            let s = support::threshold_supports(&st, threshold);
-            (s, vec![None; n])
-        }
-        _ => {
-            let p = io::read_patterns(&a.input, a.entry.as_deref())
-                .with_context(|| format!("reading patterns from {}", a.input.display()))?;
-            support::estimate_from_patterns(&p, method, threshold)
-                .with_context(|| format!("estimating supports of {}", a.input.display()))?
-        }
-    };
-    let empty: Vec<usize> = (0..supports.n)
-        .filter(|&i| supports.image(i).iter().all(|&v| v == 0))
-        .collect();
-    if !empty.is_empty() {
-        bail!(
-            "{}: the {} support of pattern(s) {:?} is empty (threshold {threshold}): nothing written",
-            a.input.display(),
-            method.name(),
-            &empty[..empty.len().min(10)]
-        );
-    }
-    let config = serde_json::json!({
-        "program": "cdiphase support",
-        "version": env!("CARGO_PKG_VERSION"),
-        "input": a.input.display().to_string(),
-        "method": method.name(),
-        "threshold": threshold,
-    });
-    let mut f = io::CxiWriter::new();
-    f.string("cxi_version", "150")?;
-    f.u8(
-        "entry_1/image_1/support",
-        &[supports.n, supports.h, supports.w],
-        &supports.data,
-    )?;
-    f.string(
-        "entry_1/image_1/process_1/configuration",
-        &config.to_string(),
-    )?;
-    f.finish(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    let areas: Vec<usize> = (0..supports.n)
-        .map(|i| supports.image(i).iter().filter(|&&v| v != 0).count())
-        .collect();
-    if a.json {
-        let summary = serde_json::json!({
-            "input": a.input.display().to_string(),
-            "output": a.output.display().to_string(),
-            "method": method.name(),
-            "threshold": threshold,
-            "patterns": supports.n,
-            "height": supports.h,
-            "width": supports.w,
-            "support_pixels": areas,
-            "triple_intersection": details,
-        });
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        let mut s = areas.clone();
-        s.sort_unstable();
-        eprintln!(
-            "{} {} supports (threshold {threshold}), median {} pixels -> {}",
-            supports.n,
-            method.name(),
-            s[s.len() / 2],
-            a.output.display()
-        );
-    }
-    Ok(())
-}
 
 #[derive(Args)]
 pub struct EvaluateArgs {
@@ -149,7 +26,7 @@ pub struct EvaluateArgs {
     pub json: bool,
 }
 
-pub fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+pub fn run(a: EvaluateArgs) -> Result<()> {
     set_threads(a.threads)?;
     let truth = eval::read_truth(&a.truth)
         .with_context(|| format!("reading the ground truth {}", a.truth.display()))?;
@@ -193,19 +70,6 @@ pub fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
             eprintln!("{}", parts.join("  "));
         }
         eprintln!("report: {}", a.report.join("index.html").display());
-    }
-    Ok(())
-}
-
-fn set_threads(t: Option<usize>) -> Result<()> {
-    if let Some(t) = t {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // a second initialisation (tests calling twice) is harmless
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global();
     }
     Ok(())
 }

@@ -1,85 +1,13 @@
-//! CLI verbs of the network: `convert`, `predict`, and the body of `bench network`.
+//! `cdiphase predict`: the network over a pattern file, output and support as CXI.
 
-use std::path::{Path, PathBuf};
-
+use super::{engine_mode, progress_bar, same_file, threads_or_default, NetMode};
 use anyhow::{bail, Context, Result};
+use cdiphase::backend::cpu::nn::{Network, Options};
 use cdiphase::backend::Device;
 use cdiphase::io;
-use cdiphase::nn::cpu::{Mode, Model, Network, Options};
-use cdiphase::nn::keras::{self, Arch};
-use cdiphase::nn::spec::Preprocess;
-use cdiphase::nn::store::{self, WeightDtype};
+use cdiphase::nn::{store, Model};
 use clap::Args;
-
-#[derive(Args)]
-pub struct ConvertArgs {
-    /// Keras checkpoint: legacy .h5 (Keras 2 or 3), Keras 3 .keras, .weights.h5, or a
-    /// weights-only save_weights file (then give --arch or --arch-config).
-    input: PathBuf,
-    /// Output model file (safetensors, written atomically).
-    #[arg(short, long)]
-    output: PathBuf,
-    /// Architecture preset for weights-only files: `spinn` (the paper's network, 128x128)
-    /// or `spinn:SIZE[:WIDTH]`.
-    #[arg(long, conflicts_with = "arch_config")]
-    arch: Option<String>,
-    /// Architecture from a Keras model JSON (`model.to_json()` or a .keras config.json).
-    #[arg(long)]
-    arch_config: Option<PathBuf>,
-    /// Weight storage type: f32, f16 or bf16 (always computed in f32).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Input preprocessing stored with the model: max (x / max) or log1p-max.
-    #[arg(long, default_value = "max")]
-    preprocess: String,
-}
-
-/// Parse `spinn`, `spinn:SIZE` or `spinn:SIZE:WIDTH`.
-pub fn arch_preset(s: &str, pre: Preprocess) -> Result<cdiphase::nn::ModelSpec> {
-    let mut it = s.split(':');
-    match it.next() {
-        Some("spinn") => {
-            let size = match it.next() {
-                Some(v) => v.parse().with_context(|| format!("--arch '{s}': size"))?,
-                None => 128,
-            };
-            let width = match it.next() {
-                Some(v) => v.parse().with_context(|| format!("--arch '{s}': width"))?,
-                None => 1.0,
-            };
-            Ok(cdiphase::nn::spinn::spinn(size, width, pre)?)
-        }
-        _ => bail!("--arch '{s}': unknown preset (known: spinn, spinn:SIZE[:WIDTH])"),
-    }
-}
-
-pub fn cmd_convert(a: ConvertArgs) -> Result<()> {
-    let pre: Preprocess = a.preprocess.parse()?;
-    let dtype: WeightDtype = a.dtype.parse()?;
-    let arch = match (&a.arch, &a.arch_config) {
-        (Some(s), _) => Arch::Given(arch_preset(s, pre)?),
-        (None, Some(p)) => Arch::Given(
-            keras::config_from_file(p, pre)
-                .with_context(|| format!("reading the architecture from {}", p.display()))?,
-        ),
-        (None, None) => Arch::FromFile,
-    };
-    let model = keras::convert(&a.input, arch, pre)
-        .with_context(|| format!("converting {}", a.input.display()))?;
-    store::save(&model, dtype, &a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    eprintln!(
-        "{}: model '{}', {} layers, {} parameters, input {:?}, preprocessing {:?}, {:?} weights",
-        a.output.display(),
-        model.spec.name,
-        model.spec.layers.len(),
-        model.spec.params()?,
-        model.spec.input,
-        model.spec.preprocess,
-        dtype
-    );
-    Ok(())
-}
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct PredictArgs {
@@ -115,34 +43,6 @@ pub struct PredictArgs {
     quiet: bool,
 }
 
-/// `--mode` of `predict` and `bench network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NetMode {
-    F32,
-    F32Gemm,
-    Winograd,
-    Bf16,
-    Bf16Avx512,
-}
-
-/// The engine mode for `--mode` / `--fast`.
-pub fn engine_mode(mode: NetMode, fast: bool) -> Mode {
-    if fast {
-        return if cdiphase::nn::cpu::amx_available() {
-            Mode::Bf16
-        } else {
-            Mode::Winograd
-        };
-    }
-    match mode {
-        NetMode::F32 => Mode::F32,
-        NetMode::F32Gemm => Mode::Gemm,
-        NetMode::Winograd => Mode::Winograd,
-        NetMode::Bf16 => Mode::Bf16,
-        NetMode::Bf16Avx512 => Mode::Bf16Avx512,
-    }
-}
-
 /// `predict` on the GPU kernels (`emu`: the emulator; `cuda`: a real GPU), through
 /// `gpu_forward::GpuNetwork`. `auto` stays on the CPU for the network until the CUDA path
 /// has been measured on a GPU.
@@ -154,8 +54,8 @@ fn predict_gpu(
     a: &PredictArgs,
     progress: &dyn Fn(usize),
 ) -> Result<cdiphase::nn::predict::Prediction> {
-    use cdiphase::backend::gpu_common::Launcher;
-    use cdiphase::backend::gpu_forward::GpuNetwork;
+    use cdiphase::backend::gpu::launcher::Launcher;
+    use cdiphase::backend::gpu::network::GpuNetwork;
     if a.fast || a.mode != NetMode::F32 {
         bail!("--fast / --mode select CPU kernels; drop them with --device {device:?}");
     }
@@ -163,13 +63,15 @@ fn predict_gpu(
     let cuda;
     let launcher: &dyn Launcher = match device {
         Device::Emu => {
-            emu = cdiphase::backend::emu::EmuLauncher::new(
-                cdiphase::backend::emu::ScheduleOrder::InOrder,
+            emu = cdiphase::backend::gpu::emu::EmuLauncher::new(
+                cdiphase::backend::gpu::emu::ScheduleOrder::InOrder,
             );
             &emu
         }
         _ => {
-            cuda = cdiphase::backend::cuda::CudaLauncher::new(cdiphase::backend::cuda_ordinal()?)?;
+            cuda = cdiphase::backend::gpu::cuda::CudaLauncher::new(
+                cdiphase::backend::cuda_ordinal()?,
+            )?;
             &cuda
         }
     };
@@ -186,16 +88,12 @@ fn predict_gpu(
     )?)
 }
 
-fn threads_or_default(t: Option<usize>) -> usize {
-    t.unwrap_or_else(|| Options::default().threads).max(1)
-}
-
-pub fn cmd_predict(a: PredictArgs) -> Result<()> {
+pub fn run(a: PredictArgs) -> Result<()> {
     let device: Device = a.device.parse()?;
     if !(a.threshold.is_finite() && (0.0..=1.0).contains(&a.threshold)) {
         bail!("--threshold {}: expected a fraction in [0, 1]", a.threshold);
     }
-    if crate::same_file(&a.input, &a.output) {
+    if same_file(&a.input, &a.output) {
         bail!(
             "output {} is the input file: refusing to overwrite it",
             a.output.display()
@@ -223,7 +121,7 @@ pub fn cmd_predict(a: PredictArgs) -> Result<()> {
         mode,
         poison: false,
     };
-    let pb = crate::progress_bar(st.n as u64, a.quiet, "predict");
+    let pb = progress_bar(st.n as u64, a.quiet, "predict");
     let t = std::time::Instant::now();
     let p = match device {
         Device::Emu | Device::Cuda => {
@@ -279,64 +177,6 @@ pub fn cmd_predict(a: PredictArgs) -> Result<()> {
             p.n as f64 / secs,
             opts.threads
         );
-    }
-    Ok(())
-}
-
-/// Options of `bench network` (fields of the shared `bench` verb).
-pub struct NetBench<'a> {
-    pub model: Option<&'a Path>,
-    pub arch: Option<&'a str>,
-    pub batch: usize,
-    pub threads: Option<usize>,
-    pub iterations: u64,
-    pub mode: NetMode,
-    pub fast: bool,
-    pub json: bool,
-}
-
-pub fn bench_network(b: NetBench) -> Result<()> {
-    let model = match (b.model, b.arch) {
-        (Some(p), _) => store::load(p).with_context(|| format!("loading model {}", p.display()))?,
-        (None, a) => Model::random(arch_preset(a.unwrap_or("spinn"), Preprocess::Max)?, 1)?,
-    };
-    let threads = threads_or_default(b.threads);
-    let mode = engine_mode(b.mode, b.fast);
-    let r =
-        cdiphase::nn::bench::bench_network(&model, b.batch, threads, b.iterations as usize, mode)?;
-    if b.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!(
-            "model:            {} ({} parameters, {:.2} GFLOP/image)",
-            r.model, r.params, r.gflop_per_image
-        );
-        println!(
-            "batch x threads:  {} x {} ({} mode, {} timed batches)",
-            r.batch, r.threads, r.mode, r.iterations
-        );
-        println!(
-            "images/s:         {:.2} (best batch {:.1} ms, median {:.1} ms)",
-            r.images_per_s, r.ms_per_batch, r.ms_per_batch_median
-        );
-        println!("GFLOP/s:          {:.1}", r.gflop_per_s);
-        if let (Some(c), Some(sh)) = (r.cpu_s_per_batch, r.cpu_share) {
-            println!(
-                "CPU s/batch:      {c:.2} (share of {} threads: {:.0}%)",
-                r.threads,
-                100.0 * sh
-            );
-        }
-        println!("arena per image:  {:.2} MB", r.bytes_per_image / 1e6);
-        if let Some(m) = r.peak_rss_bytes {
-            println!("peak RSS:         {:.1} MB", m as f64 / 1e6);
-        }
-        for (name, ms, algo) in &r.layers {
-            println!("  {name:22} {ms:9.1} ms/batch  {algo}");
-        }
-        if let Some(e) = r.fast_max_rel_err {
-            println!("{} vs f32:  max rel err {e:.2e}", r.mode);
-        }
     }
     Ok(())
 }
