@@ -9,8 +9,8 @@ mod common;
 
 use cdiphase::array::Complex32;
 use cdiphase::backend::gpu::emu::{EmuLauncher, ScheduleOrder};
-use cdiphase::backend::gpu::kernels::phasing::{blocks_per_item, gaussian_kernel, PhasingKernels};
 use cdiphase::backend::gpu::launcher::{DevBuf, DevPtr, Dims, KArg, Launcher};
+use cdiphase::backend::gpu::phasing::{blocks_per_item, gaussian_kernel, PhasingKernels};
 use cdiphase::phasing::program::Constraint;
 use common::refs::rel;
 use common::Lcg;

@@ -7,8 +7,8 @@
 mod common;
 
 use cdiphase::backend::gpu::emu::{EmuLauncher, ScheduleOrder};
-use cdiphase::backend::gpu::kernels::nn::{self as gpu_nn, Act, ConvGeom};
 use cdiphase::backend::gpu::launcher::DevBuf;
+use cdiphase::backend::gpu::nn_kernels::{self as gpu_nn, Act, ConvGeom};
 use cdiphase::nn::spec::Padding;
 use common::refs::rel_err as rel;
 use common::Lcg;

@@ -2,7 +2,7 @@
 //! packed as `cuLaunchKernel`'s `void**` parameter array, launch shapes, and the
 //! [`Launcher`] trait (memory, copies, launches, batched 2-D FFTs) that CUDA
 //! ([`super::cuda`]) and the emulator ([`super::emu`]) implement. The typed per-kernel
-//! wrappers are in [`super::kernels`].
+//! wrappers are in [`super::phasing`] and [`super::nn_kernels`].
 
 use crate::array::Complex32;
 use crate::{Error, Result};
