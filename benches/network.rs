@@ -1,8 +1,9 @@
 //! Criterion benches of the network engine: one 3x3 convolution layer (64 -> 64 channels at
 //! 64x64, both algorithms) and the paper's full network at batch 4 (f32 and Winograd).
 
-use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
+use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
+use cdiphase::nn::Model;
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 
@@ -37,7 +38,7 @@ fn bench(g: &mut BenchmarkGroup<WallTime>, name: &str, model: &Model, batch: usi
         poison: false,
     };
     let mut r = Runner::new(&net, batch, opts).unwrap();
-    let x = cdiphase::nn::bench::bench_input(&net, batch, 1);
+    let x = cdiphase::bench::network::bench_input(&net, batch, 1);
     g.throughput(Throughput::Elements(batch as u64));
     g.bench_function(name, |b| {
         b.iter(|| std::hint::black_box(r.run(&x, batch).unwrap().len()))
@@ -57,7 +58,7 @@ fn network(c: &mut Criterion) {
         Mode::Winograd,
     );
     let spinn = Model::random(
-        cdiphase::nn::spinn::spinn(128, 1.0, Preprocess::Max).unwrap(),
+        cdiphase::nn::presets::spinn(128, 1.0, Preprocess::Max).unwrap(),
         1,
     )
     .unwrap();

@@ -3,7 +3,8 @@
 //! `cargo bench --bench phasing`. The peer comparison is benches/compare_phasing.py.
 
 use cdiphase::array::Complex32;
-use cdiphase::backend::cpu::{CpuBackend, Plan2d};
+use cdiphase::backend::cpu::CpuBackend;
+use cdiphase::fft::Plan2d;
 use cdiphase::phasing::{prepare, run_prepared, PhaseConfig, SupportSpec};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rayon::prelude::*;
@@ -38,10 +39,10 @@ fn phasing(c: &mut Criterion) {
                 b.iter(|| {
                     backend.install(|| {
                         data.par_chunks_mut(size * size).for_each_init(
-                            || plan.work(),
-                            |work, img| {
+                            || plan.scratch(),
+                            |scratch, img| {
                                 for _ in 0..iters {
-                                    plan.fft_pair_unscaled(img, work)
+                                    plan.fft_pair_unscaled(img, scratch)
                                 }
                             },
                         )

@@ -5,8 +5,9 @@
 //! its per-layer times). Prints the best of REPEAT runs. The machine's speed drifts by tens
 //! of percent between seconds here, so compare two kernels by alternating them, not by
 //! two separate runs.
-use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
+use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
+use cdiphase::nn::Model;
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -60,7 +61,7 @@ fn main() {
         layers,
     };
     let spec = if kind == "spinn" {
-        cdiphase::nn::spinn::spinn(128, 1.0, Preprocess::Max).expect("spinn")
+        cdiphase::nn::presets::spinn(128, 1.0, Preprocess::Max).expect("spinn")
     } else {
         spec
     };
@@ -82,7 +83,7 @@ fn main() {
         .iter()
         .map(|n| Runner::new(n, batch, opts).expect("runner"))
         .collect();
-    let x = cdiphase::nn::bench::bench_input(&nets[0], batch, 1);
+    let x = cdiphase::bench::network::bench_input(&nets[0], batch, 1);
     // the layers' nominal FLOPs (as `bench network` counts them)
     let flop = nets[0].flop_per_image * batch as f64;
     let mut best = vec![f64::MAX; runners.len()];

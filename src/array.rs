@@ -88,6 +88,15 @@ pub fn native_to_centred<T: Copy>(inp: &[T], h: usize, w: usize, out: &mut [T]) 
     roll_to_origin(inp, h, w, h - h / 2, w - w / 2, out)
 }
 
+/// Signed coordinate of native index `i` on an axis of length `n` (0, 1, .., -2, -1).
+pub fn signed(i: usize, n: usize) -> i64 {
+    if i < n.div_ceil(2) {
+        i as i64
+    } else {
+        i as i64 - n as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,9 +31,11 @@ pub mod backend;
 pub mod bench;
 pub mod error;
 pub mod eval;
+pub mod fft;
 pub mod io;
 pub mod nn;
 pub mod phasing;
+pub mod rng;
 pub mod simulate;
 pub mod support;
 

@@ -2,18 +2,13 @@
 //! inputs, determinism, and clear failures (non-zero exit, message naming the file / entry /
 //! shape, no partial output) on bad input.
 
+mod common;
+
 use cdiphase::array::Complex32;
 use cdiphase::io::{self, CxiWriter};
+use common::cli::{run, stderr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cdiphase"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run cdiphase")
-}
+use std::process::Output;
 
 /// `cdiphase phase INPUT -o OUT --quiet EXTRA...`, which must succeed.
 fn phase_ok(input: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -28,10 +23,6 @@ fn phase_ok(input: &Path, out: &Path, extra: &[&str]) -> Output {
     let o = run(&args);
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
     o
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Patterns of `n` random particles at h x w, with a central beamstop of radius 2 masked.

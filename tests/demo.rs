@@ -2,13 +2,15 @@
 //! runs (simulate from the bundled test structures, the bundled network, supports, three
 //! phasing methods, evaluation), the report and summary are complete and consistent.
 
-use std::process::Command;
+mod common;
+
+use common::cli::bin;
 
 #[test]
 fn demo_runs_the_whole_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let o = Command::new(env!("CARGO_BIN_EXE_cdiphase"))
+    let o = bin()
         .args([
             "demo",
             "-o",
@@ -92,7 +94,7 @@ fn demo_runs_the_whole_pipeline() {
 #[test]
 fn demo_refuses_a_single_start() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cdiphase"))
+    let o = bin()
         .args(["demo", "-o", dir.path().to_str().unwrap(), "--starts", "1"])
         .output()
         .unwrap();

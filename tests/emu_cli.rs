@@ -2,12 +2,14 @@
 //! program, see tests/emu_phasing.rs for the tolerance), `info` lists emu and the CUDA
 //! state, and `--device cuda` without a GPU fails with a clear message, not a panic.
 
+mod common;
+
 use cdiphase::io::{self, CxiWriter};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cdiphase"))
+    common::cli::bin()
         .args(args)
         .env_remove("CDIPHASE_EMU_SCHEDULE")
         .output()
@@ -79,7 +81,7 @@ fn info_and_device_errors() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("emu: available"), "{text}");
     assert!(text.contains("cuda driver"), "{text}");
-    if cdiphase::backend::cuda::probe().is_err() {
+    if cdiphase::backend::gpu::cuda::probe().is_err() {
         let dir = tempfile::tempdir().unwrap();
         let input = write_patterns(dir.path(), 1, 16, 16);
         let out = dir.path().join("o.cxi");

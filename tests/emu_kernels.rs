@@ -5,37 +5,15 @@
 //! warp shuffles, votes and atomics match their definitions.
 
 #![allow(clippy::needless_range_loop)]
+mod common;
+
 use cdiphase::array::Complex32;
-use cdiphase::backend::emu::{EmuLauncher, ScheduleOrder};
-use cdiphase::backend::gpu_common::{
-    blocks_per_item, gaussian_kernel, DevBuf, DevPtr, Dims, KArg, Launcher, PhasingKernels,
-};
+use cdiphase::backend::gpu::emu::{EmuLauncher, ScheduleOrder};
+use cdiphase::backend::gpu::launcher::{DevBuf, DevPtr, Dims, KArg, Launcher};
+use cdiphase::backend::gpu::phasing::{blocks_per_item, gaussian_kernel, PhasingKernels};
 use cdiphase::phasing::program::Constraint;
-
-struct Lcg(u64);
-impl Lcg {
-    fn new(tag: &str) -> Lcg {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("{tag}: random seed {t}");
-        Lcg(t | 1)
-    }
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-300)).sqrt()
-}
+use common::refs::rel;
+use common::Lcg;
 
 fn cflat(v: &[Complex32]) -> Vec<f64> {
     v.iter().flat_map(|c| [c.re as f64, c.im as f64]).collect()
@@ -539,11 +517,11 @@ fn emulated_fft_matches_a_dft() {
 /// typed error instead.
 #[test]
 fn cuda_backend_nvrtc_compiles_every_family() {
-    use cdiphase::backend::cuda::compile_family_ptx;
+    use cdiphase::backend::gpu::cuda::compile_family_ptx;
     let dir = tempfile::tempdir().unwrap();
     // No other test of this binary reads XDG_CACHE_HOME.
     std::env::set_var("XDG_CACHE_HOME", dir.path());
-    if !cdiphase::backend::cuda::nvrtc_present() {
+    if !cdiphase::backend::gpu::cuda::nvrtc_present() {
         // scripts/test.sh (the README's test command, and CI) provides libnvrtc: there a
         // missing one is a failure, never a silent skip.
         assert!(

@@ -7,11 +7,12 @@
 
 use std::path::PathBuf;
 
-use cdiphase::backend::emu::{EmuLauncher, ScheduleOrder};
-use cdiphase::backend::gpu_forward::GpuNetwork;
-use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
+use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
+use cdiphase::backend::gpu::emu::{EmuLauncher, ScheduleOrder};
+use cdiphase::backend::gpu::network::GpuNetwork;
 use cdiphase::nn::keras::{convert, Arch};
 use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
+use cdiphase::nn::Model;
 
 fn dir(model: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

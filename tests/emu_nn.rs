@@ -4,39 +4,14 @@
 //! poisoned (NaN), so an element a kernel forgets to write fails the comparison.
 
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
-use cdiphase::backend::emu::{EmuLauncher, ScheduleOrder};
-use cdiphase::backend::gpu_common::DevBuf;
-use cdiphase::backend::gpu_nn::{self, Act, ConvGeom};
+mod common;
+
+use cdiphase::backend::gpu::emu::{EmuLauncher, ScheduleOrder};
+use cdiphase::backend::gpu::launcher::DevBuf;
+use cdiphase::backend::gpu::nn_kernels::{self as gpu_nn, Act, ConvGeom};
 use cdiphase::nn::spec::Padding;
-
-struct Lcg(u64);
-impl Lcg {
-    fn new(tag: &str) -> Lcg {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("{tag}: random seed {t}");
-        Lcg(t | 1)
-    }
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (self.next() * 2.0 - 1.0) as f32).collect()
-    }
-}
-
-fn rel(a: &[f32], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - y).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-300)).sqrt()
-}
+use common::refs::rel_err as rel;
+use common::Lcg;
 
 fn act(v: f64, a: Act) -> f64 {
     match a {

@@ -11,32 +11,16 @@
 //! (measured ~1e-6..1e-5). A shrinkwrap threshold that lands within rounding of a pixel's
 //! blurred value may flip that pixel, so supports may differ in at most 0.5% of pixels.
 
+mod common;
+
 use cdiphase::array::{Complex32, Stack};
 use cdiphase::backend::cpu::CpuBackend;
-use cdiphase::backend::emu::{EmuBackend, ScheduleOrder};
+use cdiphase::backend::gpu::emu::{EmuBackend, ScheduleOrder};
 use cdiphase::backend::Backend;
 use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::Schedule;
-
-struct Lcg(u64);
-impl Lcg {
-    fn new(tag: &str) -> Lcg {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        eprintln!("{tag}: random seed {t}");
-        Lcg(t | 1)
-    }
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use common::Lcg;
 
 /// A random compact object per pattern (a blob in the corner around the origin, FFT-native
 /// order), its Fourier amplitudes (DFT through the CPU plan), optional mask, and a support
@@ -51,8 +35,8 @@ fn problem(
     constraint: Constraint,
 ) -> PhasingProblem {
     let l = h * w;
-    let plan = cdiphase::backend::cpu::Plan2d::new(h, w);
-    let mut work = plan.work();
+    let plan = cdiphase::fft::Plan2d::new(h, w);
+    let mut scratch = plan.scratch();
     let mut amplitudes = vec![0.0f32; n * l];
     let mut supports = vec![0u8; n * l];
     let mut sum_a2 = vec![0.0; n];
@@ -87,7 +71,7 @@ fn problem(
                 }
             }
         }
-        plan.forward(&mut obj, &mut work);
+        plan.forward(&mut obj, &mut scratch);
         for i in 0..l {
             let unmeasured = masked && (rng.next() < 0.08 || i == 0);
             let a = obj[i].norm();
@@ -309,7 +293,8 @@ fn single_iterations_agree_to_rounding() {
 /// `--device auto` is the CPU with the reason in its description; `--device emu` always works.
 #[test]
 fn device_selection_without_and_with_a_gpu() {
-    use cdiphase::backend::{cuda, select, Device};
+    use cdiphase::backend::gpu::cuda;
+    use cdiphase::backend::{select, Device};
     let emu = select(Device::Emu, None).unwrap();
     assert_eq!(emu.name(), "emu");
     let auto = select(Device::Auto, Some(1)).unwrap();

@@ -1,6 +1,8 @@
 //! Alignment, support metrics, PRTF and triple intersection against float64 references
 //! written here.
 
+mod common;
+
 use cdiphase::array::Stack;
 use cdiphase::eval::align::{align, align_support, flip, roll, twin, AlignOptions};
 use cdiphase::eval::metrics::{
@@ -8,6 +10,7 @@ use cdiphase::eval::metrics::{
 };
 use cdiphase::io::PatternSet;
 use cdiphase::support::{self, Method};
+use common::refs::dft2;
 use num_complex::Complex64;
 
 struct Rng(u64);
@@ -34,22 +37,12 @@ fn signed(i: usize, n: usize) -> i64 {
 
 /// Naive float64 2-D DFT (sign -1 forward, +1 inverse with 1/N).
 fn dft(g: &[Complex64], h: usize, w: usize, inverse: bool) -> Vec<Complex64> {
-    let s = if inverse { 1.0 } else { -1.0 };
-    let tau = std::f64::consts::TAU;
-    let mut out = vec![Complex64::new(0.0, 0.0); h * w];
-    for ky in 0..h {
-        for kx in 0..w {
-            let mut acc = Complex64::new(0.0, 0.0);
-            for y in 0..h {
-                for x in 0..w {
-                    let ph = s * tau * ((ky * y) as f64 / h as f64 + (kx * x) as f64 / w as f64);
-                    acc += g[y * w + x] * Complex64::from_polar(1.0, ph);
-                }
-            }
-            out[ky * w + kx] = if inverse { acc / (h * w) as f64 } else { acc };
-        }
+    if inverse {
+        let n = (h * w) as f64;
+        dft2(g, h, w, 1.0).into_iter().map(|c| c / n).collect()
+    } else {
+        dft2(g, h, w, -1.0)
     }
-    out
 }
 
 fn compact(h: usize, w: usize, rng: &mut Rng) -> Vec<Complex64> {

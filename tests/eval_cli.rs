@@ -1,32 +1,14 @@
 //! `cdiphase support` and `cdiphase evaluate` end to end: simulate, estimate supports,
 //! phase briefly, evaluate; and the failures (non-zero exit, no partial output).
 
+mod common;
+
 use cdiphase::io::{self, CxiWriter};
+use common::cli::ok;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cdiphase"))
-        .args(args)
-        .output()
-        .expect("run cdiphase")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
 
 fn fails(args: &[&str], needle: &str) -> String {
-    let o = run(args);
-    let e = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "{args:?} should fail");
-    assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
+    let e = common::cli::fails(args);
     assert!(e.contains(needle), "{args:?}: '{needle}' not in: {e}");
     e
 }

@@ -6,10 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use cdiphase::nn::cpu::{Mode, Network, Options, Runner};
+use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::keras::{config_from_file, convert_matched, Arch, Matching};
 use cdiphase::nn::spec::Preprocess;
-use cdiphase::nn::spinn::spinn;
+use cdiphase::nn::presets::spinn;
 use cdiphase::nn::store::{self, WeightDtype};
 
 fn dir(model: &str) -> PathBuf {

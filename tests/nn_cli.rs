@@ -2,38 +2,16 @@
 //! feeding `phase` as support and starting object, model-file errors (truncated, wrong
 //! shape, unknown layer, missing tensor), and the safetensors round trip in f32/f16/bf16.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::io::CxiWriter;
-use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
 use cdiphase::nn::spec::Preprocess;
 use cdiphase::nn::store::{self, WeightDtype};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cdiphase"))
-        .args(args)
-        .output()
-        .expect("run cdiphase")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = run(args);
-    assert!(o.status.success(), "{args:?}: {}", err(&o));
-    o
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(!o.status.success(), "{args:?} should fail");
-    let e = err(&o);
-    assert!(!e.contains("panicked"), "{args:?} panicked: {e}");
-    e
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use cdiphase::nn::Model;
+use common::cli::{fails, ok};
 
 fn fixture(model: &str, file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,7 +26,7 @@ fn s(p: &Path) -> &str {
 
 /// A small spinn model (32x32, 1/8 width) written as a model file.
 fn small_model(dir: &Path) -> PathBuf {
-    let spec = cdiphase::nn::spinn::spinn(32, 0.125, Preprocess::Log1pMax).unwrap();
+    let spec = cdiphase::nn::presets::spinn(32, 0.125, Preprocess::Log1pMax).unwrap();
     let m = Model::random(spec, 3).unwrap();
     let p = dir.join("small.safetensors");
     store::save(&m, WeightDtype::F32, &p).unwrap();
@@ -218,7 +196,7 @@ fn model_file_errors_are_clear() {
 
 #[test]
 fn safetensors_round_trip_f32_f16_bf16() {
-    let spec = cdiphase::nn::spinn::spinn(16, 0.125, Preprocess::Max).unwrap();
+    let spec = cdiphase::nn::presets::spinn(16, 0.125, Preprocess::Max).unwrap();
     let m = Model::random(spec, 11).unwrap();
     for (dt, tol) in [
         (WeightDtype::F32, 0.0f32),
@@ -470,7 +448,7 @@ fn bench_network_json_keys() {
         "--fast",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let amx = cdiphase::nn::cpu::amx_available();
+    let amx = cdiphase::backend::cpu::nn::amx_available();
     assert_eq!(v["mode"], if amx { "bf16" } else { "winograd-f2x2-3x3" });
     let e = v["fast_max_rel_err"].as_f64().unwrap();
     assert!(

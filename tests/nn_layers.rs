@@ -1,8 +1,12 @@
 //! Every layer type of the network engine against float64 references written here (naive
 //! loops, Keras definitions), at awkward sizes, batch 1 and 7, by relative norm error.
 
-use cdiphase::nn::cpu::{Mode, Model, Network, Options, Runner};
+mod common;
+
+use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
+use cdiphase::nn::Model;
+use common::refs::rel_err;
 
 struct Rng(u64);
 impl Rng {
@@ -171,18 +175,6 @@ fn maxpool2_ref(v: &[f64], n: usize, h: usize, w: usize, c: usize) -> Vec<f64> {
         }
     }
     o
-}
-
-fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let mut num = 0.0;
-    let mut den = 0.0;
-    for (&g, &w) in got.iter().zip(want) {
-        assert!(g.is_finite(), "non-finite output {g}");
-        num += (g as f64 - w).powi(2);
-        den += w * w;
-    }
-    (num / den.max(1e-300)).sqrt()
 }
 
 fn one_layer(input: [usize; 3], op: Op) -> ModelSpec {
@@ -784,7 +776,7 @@ fn upsample_and_pool_exact() {
 #[test]
 fn spinn_small_matches_layer_by_layer_reference() {
     // the paper's topology at 16x16, 1/8 width: check the chain end to end in float64
-    let spec = cdiphase::nn::spinn::spinn(16, 0.125, Preprocess::Max).unwrap();
+    let spec = cdiphase::nn::presets::spinn(16, 0.125, Preprocess::Max).unwrap();
     let model = Model::random(spec.clone(), 9).unwrap();
     let n = 3;
     let mut rng = Rng(6);
@@ -930,7 +922,7 @@ fn direct_kernels_match_reference() {
     let mut rng = Rng(9);
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
     let bf16 = avx512 && std::arch::is_x86_feature_detected!("avx512bf16");
-    let amx = cdiphase::nn::cpu::amx_available();
+    let amx = cdiphase::backend::cpu::nn::amx_available();
     eprintln!("direct kernels: avx512f {avx512}, avx512bf16 {bf16}, amx {amx}");
     // (h, w, ci, co, k, transpose stride, padding, act, batch)
     let cases: &[Case] = &[
@@ -1181,7 +1173,7 @@ fn upsampling_fused_into_the_next_convolution() {
         (5, 16, 32, 40, [2, 2], 1, true, Mode::F32, 1e-5),
         (3, 14, 64, 32, [2, 2], 1, false, Mode::F32, 1e-5),
     ];
-    let bf16_ok = cdiphase::nn::cpu::amx_available()
+    let bf16_ok = cdiphase::backend::cpu::nn::amx_available()
         || (std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16"));
     for (h, w, ci, co, up, st, transpose, mode, tol) in cases {
@@ -1243,7 +1235,7 @@ fn upsampling_fused_into_the_next_convolution() {
         assert_eq!(prof.len(), 1, "{what}: not fused: {prof:?}");
         assert_eq!(prof[0].0, "up+l", "{what}");
         // stride-1 f32 layers on the direct kernels take the sub-pixel form
-        let amx = cdiphase::nn::cpu::amx_available();
+        let amx = cdiphase::backend::cpu::nn::amx_available();
         if (mode == Mode::F32 && st == 1 && std::arch::is_x86_feature_detected!("avx512f"))
             || (mode == Mode::Bf16 && amx)
         {
@@ -1268,7 +1260,7 @@ fn pooling_fused_into_the_previous_convolution() {
         (14, 6, 16, 40, 1, Activation::Relu, Mode::Bf16, 1.5e-2),
         (40, 36, 16, 3, 1, Activation::Sigmoid, Mode::F32, 1e-5),
     ];
-    let bf16_ok = cdiphase::nn::cpu::amx_available()
+    let bf16_ok = cdiphase::backend::cpu::nn::amx_available()
         || (std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16"));
     for (h, w, ci, co, st, act, mode, tol) in cases {
@@ -1363,7 +1355,7 @@ fn cheap_convolution_fused_into_the_next() {
         (8, 14, 1, 16, 32, Padding::Same, false, Activation::Relu, true, false),
     ];
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-    let bf16_ok = cdiphase::nn::cpu::amx_available()
+    let bf16_ok = cdiphase::backend::cpu::nn::amx_available()
         || (avx512 && std::arch::is_x86_feature_detected!("avx512bf16"));
     for (h, w, ci, c1, co, pad, pool, act, skip, fused) in cases {
         let mut layers = vec![
@@ -1446,7 +1438,7 @@ fn cheap_convolution_fused_into_the_next() {
                     let algo = match mode {
                         _ if co < 16 => "direct-dot",
                         Mode::F32 => "direct-f32",
-                        _ if cdiphase::nn::cpu::amx_available() => "amx-bf16",
+                        _ if cdiphase::backend::cpu::nn::amx_available() => "amx-bf16",
                         _ => "direct-bf16",
                     };
                     assert_eq!(prof[0].1, algo, "{what} {mode:?}");

@@ -4,61 +4,19 @@
 //! every constraint. Plus invariants: projection idempotence, Parseval, mask behaviour.
 
 #![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+mod common;
+
 use cdiphase::array::{Complex32, Stack};
-use cdiphase::backend::cpu::{modulus_project, CpuBackend, Plan2d};
+use cdiphase::backend::cpu::phasing::modulus_project;
+use cdiphase::backend::cpu::CpuBackend;
 use cdiphase::backend::Backend;
+use cdiphase::fft::Plan2d;
 use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::{Algorithm, Schedule, Step};
+use common::refs::dft2;
+use common::Lcg;
 use num_complex::Complex64;
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-fn fresh_seed(tag: &str) -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("{tag}: random seed {t}");
-    t
-}
-
-/// Naive DFT along one axis of a 2-D array, float64; `sign` -1 forward, +1 inverse.
-fn dft_axis(x: &[Complex64], h: usize, w: usize, sign: f64, rows: bool) -> Vec<Complex64> {
-    let mut out = vec![Complex64::new(0.0, 0.0); h * w];
-    let n = if rows { w } else { h };
-    let tw: Vec<Complex64> = (0..n)
-        .map(|k| Complex64::from_polar(1.0, sign * std::f64::consts::TAU * k as f64 / n as f64))
-        .collect();
-    for y in 0..h {
-        for x0 in 0..w {
-            let mut acc = Complex64::new(0.0, 0.0);
-            for j in 0..n {
-                let (v, k) = if rows {
-                    (x[y * w + j], x0 * j)
-                } else {
-                    (x[j * w + x0], y * j)
-                };
-                acc += v * tw[k % n];
-            }
-            out[y * w + x0] = acc;
-        }
-    }
-    out
-}
-
-fn dft2(x: &[Complex64], h: usize, w: usize, sign: f64) -> Vec<Complex64> {
-    dft_axis(&dft_axis(x, h, w, sign, true), h, w, sign, false)
-}
 
 /// The reference modulus projection P_M g and the error sum (|F| - A)^2 over measured.
 fn ref_project(g: &[Complex64], amp: &[f32], h: usize, w: usize) -> (Vec<Complex64>, f64) {
@@ -270,7 +228,7 @@ fn check_against_reference(
     masked: bool,
     c: Constraint,
 ) {
-    let mut rng = Lcg(fresh_seed(schedule));
+    let mut rng = Lcg::new(schedule);
     let problem = random_problem(&mut rng, n, h, w, starts, masked, c);
     let its = flat_iterations(&Schedule::parse(schedule).unwrap());
     let l = h * w;
@@ -389,11 +347,11 @@ fn random_c32(rng: &mut Lcg, n: usize) -> Vec<Complex32> {
 
 #[test]
 fn modulus_projection_is_idempotent_and_respects_the_mask() {
-    let mut rng = Lcg(fresh_seed("idempotence"));
+    let mut rng = Lcg::new("idempotence");
     let (h, w) = (23, 10);
     let l = h * w;
     let plan = Plan2d::new(h, w);
-    let mut work = plan.work();
+    let mut scratch = plan.scratch();
     let g = random_c32(&mut rng, l);
     let amp: Vec<f32> = (0..l)
         .map(|_| {
@@ -405,19 +363,19 @@ fn modulus_projection_is_idempotent_and_respects_the_mask() {
         })
         .collect();
     let project = |x: &[Complex32],
-                   work: &mut cdiphase::backend::cpu::Work|
+                   scratch: &mut cdiphase::fft::Scratch|
      -> (Vec<Complex32>, Vec<Complex32>) {
         let mut f = x.to_vec();
-        plan.forward(&mut f, work);
+        plan.forward(&mut f, scratch);
         let before = f.clone();
         modulus_project(&mut f, &amp, 1.0);
         let after = f.clone();
-        plan.inverse(&mut f, work);
+        plan.inverse(&mut f, scratch);
         let _ = before;
         (f, after)
     };
-    let (p1, f1) = project(&g, &mut work);
-    let (p2, _) = project(&p1, &mut work);
+    let (p1, f1) = project(&g, &mut scratch);
+    let (p2, _) = project(&p1, &mut scratch);
     let num: f32 = p1.iter().zip(&p2).map(|(a, b)| (a - b).norm_sqr()).sum();
     let den: f32 = p1.iter().map(|a| a.norm_sqr()).sum();
     assert!(
@@ -427,7 +385,7 @@ fn modulus_projection_is_idempotent_and_respects_the_mask() {
     );
     // measured pixels have the target modulus; unmeasured keep the computed value
     let mut fg = g.clone();
-    plan.forward(&mut fg, &mut work);
+    plan.forward(&mut fg, &mut scratch);
     for i in 0..l {
         if amp[i] >= 0.0 {
             assert!(
@@ -447,13 +405,13 @@ fn modulus_projection_is_idempotent_and_respects_the_mask() {
 
 #[test]
 fn parseval_and_fft_pair_against_naive_dft() {
-    let mut rng = Lcg(fresh_seed("parseval"));
+    let mut rng = Lcg::new("parseval");
     for &(h, w) in &[(31usize, 7usize), (128, 128), (1, 5), (64, 96)] {
         let plan = Plan2d::new(h, w);
-        let mut work = plan.work();
+        let mut scratch = plan.scratch();
         let g = random_c32(&mut rng, h * w);
         let mut f = g.clone();
-        plan.forward(&mut f, &mut work);
+        plan.forward(&mut f, &mut scratch);
         let e_real: f64 = g.iter().map(|c| c.norm_sqr() as f64).sum();
         let e_four: f64 = f.iter().map(|c| c.norm_sqr() as f64).sum::<f64>() / (h * w) as f64;
         assert!(
@@ -468,7 +426,7 @@ fn parseval_and_fft_pair_against_naive_dft() {
             let r = dft2(&g64, h, w, -1.0);
             assert!(rel_err(&f, &r) < 1e-5, "forward FFT vs DFT {h}x{w}");
         }
-        plan.inverse(&mut f, &mut work);
+        plan.inverse(&mut f, &mut scratch);
         let e: f64 = rel_err(
             &f,
             &g.iter()
@@ -482,7 +440,7 @@ fn parseval_and_fft_pair_against_naive_dft() {
 /// Shrinkwrap against a float64 periodic blur + threshold written here.
 #[test]
 fn shrinkwrap_matches_float64_reference() {
-    let mut rng = Lcg(fresh_seed("shrinkwrap"));
+    let mut rng = Lcg::new("shrinkwrap");
     let (h, w) = (19, 26);
     let l = h * w;
     let mut problem = random_problem(&mut rng, 1, h, w, 1, false, Constraint::None);
@@ -490,7 +448,7 @@ fn shrinkwrap_matches_float64_reference() {
         1,
         h,
         w,
-        cdiphase::phasing::support::circle_support(h, w, 6.0),
+        cdiphase::support::native::circle_support(h, w, 6.0),
     )
     .unwrap();
     let backend = CpuBackend::new(Some(1)).unwrap();
@@ -555,7 +513,7 @@ fn shrinkwrap_matches_float64_reference() {
 /// object, support, histories and final error, whatever the number of lanes.
 #[test]
 fn lanes_give_bit_identical_results() {
-    let mut rng = Lcg(fresh_seed("lanes"));
+    let mut rng = Lcg::new("lanes");
     for &(h, w) in &[(37usize, 29usize), (64, 64)] {
         let problem = random_problem(&mut rng, 1, h, w, 1, true, Constraint::None);
         let sched = Schedule::parse("5*HIO + SW + 3*RAAR + 2*ER + SW + 4*HIO").unwrap();

@@ -2,10 +2,13 @@
 //! an autocorrelation starting support with shrinkwrap must come back to a normalised error
 //! < 0.05 after alignment (translation, twin, global phase) in at least 18 of 20.
 
+mod common;
+
 use cdiphase::array::{Complex32, Stack};
-use cdiphase::backend::cpu::{CpuBackend, Plan2d};
+use cdiphase::backend::cpu::CpuBackend;
+use cdiphase::eval::align::aligned_error;
+use cdiphase::fft::Plan2d;
 use cdiphase::io::PatternSet;
-use cdiphase::phasing::align::aligned_error;
 use cdiphase::phasing::program::{Constraint, ShrinkwrapConfig};
 use cdiphase::phasing::{phase, PhaseConfig, SupportSpec};
 use cdiphase::simulate::{far_field_intensity, random_compact_object};
@@ -15,16 +18,7 @@ fn recovers_18_of_20_random_compact_objects() {
     let (h, w) = (64usize, 64usize);
     let n = 20;
     let plan = Plan2d::new(h, w);
-    let seed0 = std::env::var("CDIPHASE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        });
-    eprintln!("object seed {seed0} (set CDIPHASE_TEST_SEED to repeat)");
+    let seed0 = common::seed("recovery objects");
     let mut truth = Vec::new();
     let mut data = Vec::new();
     for i in 0..n {

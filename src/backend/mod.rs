@@ -2,16 +2,14 @@
 //! a backend that owns its buffers and works batched over patterns x starts x H x W. No
 //! per-pixel callbacks cross the seam: a backend receives whole arrays and whole programs.
 //!
-//! Backends: `cpu` (this module's [`cpu::CpuBackend`], rustfft + rayon). The CUDA and
-//! emulated backends of the GPU issue implement the same trait.
+//! Backends, one folder per device: [`cpu`] ([`cpu::CpuBackend`]: rustfft + rayon, and the
+//! CPU network engine) and [`gpu`] (the CUDA backend and its host emulator, one
+//! orchestration over the same kernels).
 
 pub mod cpu;
-pub mod cuda;
-pub mod cuda_libs;
-pub mod emu;
-pub mod gpu_common;
-pub mod gpu_forward;
-pub mod gpu_nn;
+pub mod gpu;
+
+use gpu::{cuda, emu};
 
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;

@@ -8,31 +8,22 @@
 //! it). Translations are circular.
 
 use num_complex::Complex64;
-use rustfft::FftPlanner;
 
-use crate::phasing::support::signed;
+use crate::array::signed;
+use crate::fft::Plan2d;
 
 const ZERO: Complex64 = Complex64::new(0.0, 0.0);
 
-/// Unnormalised 2-D DFT in place (forward: exp(-2 pi i k r / N); inverse: exp(+...)).
+/// Unnormalised 2-D DFT in place (forward: exp(-2 pi i k r / N); inverse: exp(+...)),
+/// float64, through the crate's [`Plan2d`].
 pub fn fft2(data: &mut [Complex64], h: usize, w: usize, inverse: bool) {
     assert_eq!(data.len(), h * w);
-    let mut planner = FftPlanner::<f64>::new();
-    let (rf, cf) = if inverse {
-        (planner.plan_fft_inverse(w), planner.plan_fft_inverse(h))
+    let plan = Plan2d::<f64>::new(h, w);
+    let mut scratch = plan.scratch();
+    if inverse {
+        plan.inverse_unscaled(data, &mut scratch)
     } else {
-        (planner.plan_fft_forward(w), planner.plan_fft_forward(h))
-    };
-    rf.process(data);
-    let mut col = vec![ZERO; h];
-    for x in 0..w {
-        for y in 0..h {
-            col[y] = data[y * w + x];
-        }
-        cf.process(&mut col);
-        for y in 0..h {
-            data[y * w + x] = col[y];
-        }
+        plan.forward(data, &mut scratch)
     }
 }
 
@@ -287,6 +278,25 @@ pub fn align(
     best.expect("at least one candidate")
 }
 
+/// Normalised error of `candidate` against `reference` (complex64 images) after alignment
+/// by integer translation, the twin and a global phase ([`align`] with the default
+/// [`AlignOptions`]).
+pub fn aligned_error(
+    reference: &[num_complex::Complex32],
+    candidate: &[num_complex::Complex32],
+    h: usize,
+    w: usize,
+) -> Alignment {
+    align(
+        &to_c64(reference),
+        &to_c64(candidate),
+        h,
+        w,
+        AlignOptions::default(),
+    )
+    .1
+}
+
 /// Complex64 copy of a complex32 image.
 pub fn to_c64(v: &[num_complex::Complex32]) -> Vec<Complex64> {
     v.iter()
@@ -368,4 +378,36 @@ pub fn align_support(
         }
     }
     best.expect("at least one candidate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovers_shift_twin_and_phase() {
+        let (h, w) = (13, 10);
+        let mut s = 7u64;
+        let mut rnd = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut r = vec![Complex64::new(0.0, 0.0); h * w];
+        for y in 2..6 {
+            for x in 1..5 {
+                r[y * w + x] = Complex64::new(rnd(), rnd() - 0.5);
+            }
+        }
+        for tw in [false, true] {
+            let mut c = if tw { twin(&r, h, w) } else { r.clone() };
+            c = roll(&c, h, w, 3, -2);
+            let ph = Complex64::from_polar(1.0, 1.234);
+            c.iter_mut().for_each(|v| *v *= ph);
+            let (_, al) = align(&r, &c, h, w, AlignOptions::default());
+            assert!(al.error < 1e-12, "{al:?}");
+            assert_eq!(al.twin, tw);
+        }
+    }
 }

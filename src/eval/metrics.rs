@@ -4,7 +4,7 @@
 use num_complex::Complex64;
 
 use super::align::{align, align_support, fft2, AlignOptions, Alignment, SupportAlignment};
-use crate::phasing::support::signed;
+use crate::array::signed;
 
 /// A support compared with the ideal support after alignment (the paper's figure 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

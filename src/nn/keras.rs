@@ -26,7 +26,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::cpu::{Model, Tensor};
+use super::model::{Model, Tensor};
 use super::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
 use crate::io::hdf5::{guard, H5};
 use crate::{Error, Result};

@@ -2,8 +2,8 @@
 //! then the model's `max` or `log1p-max` normalisation per pattern), batched inference, and
 //! the support `output > threshold * max(output)` per pattern.
 
-use super::cpu::{Network, Options, Runner};
 use crate::array::Stack;
+use crate::backend::cpu::nn::{Network, Options, Runner};
 use crate::{Error, Result};
 
 /// Network output (N, H, W) and support (N, H, W) of a pattern stack.
@@ -55,7 +55,7 @@ pub type RunBatch<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>> + 'a;
 
 /// [`predict`] with any engine: `run(input, b)` maps `b` preprocessed patterns to the
 /// network outputs (the CPU [`Runner`], or the GPU kernels through
-/// [`crate::backend::gpu_forward::GpuNetwork`]). Preprocessing, batching and the supports
+/// [`crate::backend::gpu::network::GpuNetwork`]). Preprocessing, batching and the supports
 /// are shared.
 #[allow(clippy::too_many_arguments)]
 pub fn predict_with(

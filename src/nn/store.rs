@@ -8,7 +8,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use super::cpu::{Model, Tensor};
+use super::model::{Model, Tensor};
 use super::spec::ModelSpec;
 use crate::{Error, Result};
 

@@ -2,16 +2,15 @@
 //! starting supports and objects), execution on a backend, and the reconstruction it
 //! returns (centred, as stored on disk).
 
-pub mod align;
 pub mod problem;
 pub mod program;
 pub mod schedule;
-pub mod support;
 
 use crate::array::{centred_to_native, Complex32, Stack};
-use crate::backend::cpu::Plan2d;
 use crate::backend::{Backend, Progress};
+use crate::fft::Plan2d;
 use crate::io::PatternSet;
+use crate::support::native as support;
 use crate::{Error, Result};
 use problem::{InitObjects, PhasingOutput, PhasingProblem};
 use program::{Constraint, Program, Recording, ShrinkwrapConfig};

@@ -4,6 +4,8 @@
 
 use super::program::Constraint;
 use crate::array::{Complex32, Stack};
+use crate::fft::Plan2d;
+use crate::rng::{item_seed, unit};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -117,21 +119,6 @@ impl PhasingProblem {
     }
 }
 
-/// The 64-bit seed of item (p, s): SplitMix64 of the user seed mixed with the item index.
-pub fn item_seed(seed: u64, p: usize, s: usize) -> u64 {
-    let mut z = seed
-        .wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(1 + p as u64))
-        .wrapping_add(0xD1B5_4A32_D192_ED03u64.wrapping_mul(1 + s as u64));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Uniform in [0, 1) from 24 random bits.
-pub fn unit(x: u64) -> f32 {
-    (x >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
-}
-
 /// What a backend returns. Arrays are native order.
 #[derive(Clone, Debug)]
 pub struct PhasingOutput {
@@ -159,14 +146,9 @@ pub struct PhasingOutput {
 /// sum |F| A / sum |F|^2. Maps a starting object in arbitrary units (a network output
 /// normalised to 1, say) onto the scale of the data, and leaves a reconstruction of the same
 /// data unchanged (s ~ 1).
-pub fn scale_to_data(
-    obj: &[Complex32],
-    amplitude: &[f32],
-    plan: &crate::backend::cpu::Plan2d,
-) -> f32 {
+pub fn scale_to_data(obj: &[Complex32], amplitude: &[f32], plan: &Plan2d) -> f32 {
     let mut f = obj.to_vec();
-    let mut work = plan.work();
-    plan.forward(&mut f, &mut work);
+    plan.forward(&mut f, &mut plan.scratch());
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (c, &a) in f.iter().zip(amplitude) {
         if a >= 0.0 {

@@ -34,9 +34,9 @@
 use super::structure::Structure;
 use super::synthetic::SyntheticConfig;
 use crate::array::{centred_to_native, native_to_centred, Complex32, Stack};
-use crate::backend::cpu::Plan2d;
+use crate::fft::Plan2d;
 use crate::io::stream::{Dtype, StreamId, StreamWriter};
-use crate::phasing::problem::item_seed;
+use crate::rng::item_seed;
 use crate::{Error, Result};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -681,7 +681,7 @@ pub fn simulate_chunks(
             .for_each_init(
                 || {
                     (
-                        plan.work(),
+                        plan.scratch(),
                         vec![Complex32::new(0.0, 0.0); hw],
                         vec![Complex32::new(0.0, 0.0); hw],
                         vec![0f32; hw],
@@ -1120,16 +1120,16 @@ fn band_energies(a: &[Complex32], b: &[Complex32], h: usize, w: usize, q_cut: f6
             .iter()
             .map(|c| num_complex::Complex64::new(c.re as f64, c.im as f64))
             .collect();
-        crate::phasing::align::fft2(&mut d, h, w, false);
+        crate::eval::align::fft2(&mut d, h, w, false);
         d
     };
     let fa = fft(a);
     let fb = fft(b);
     let mut e = [0.0; 4];
     for y in 0..h {
-        let qy = crate::phasing::support::signed(y, h) as f64;
+        let qy = crate::array::signed(y, h) as f64;
         for x in 0..w {
-            let qx = crate::phasing::support::signed(x, w) as f64;
+            let qx = crate::array::signed(x, w) as f64;
             let i = y * w + x;
             let q = (qy * qy + qx * qx).sqrt();
             if q < q_cut {
@@ -1154,8 +1154,8 @@ pub fn phasing_check_with(
     pcfg: &crate::phasing::PhaseConfig,
 ) -> Result<Vec<CheckResult>> {
     use crate::backend::cpu::CpuBackend;
+    use crate::eval::align::{align, AlignOptions};
     use crate::io::PatternSet;
-    use crate::phasing::align::align;
     use crate::phasing::{phase, PhaseConfig, SupportSpec};
     let out = simulate(structures, sim, &|_| {})?;
     let patterns = PatternSet {
@@ -1189,7 +1189,13 @@ pub fn phasing_check_with(
                     .map(|c| num_complex::Complex64::new(c.re as f64, c.im as f64))
                     .collect()
             };
-            let (aligned, al) = align(&c64(&truth), &c64(rec.objects.image(i)), h, w, true);
+            let (aligned, al) = align(
+                &c64(&truth),
+                &c64(rec.objects.image(i)),
+                h,
+                w,
+                AlignOptions::default(),
+            );
             let aligned: Vec<Complex32> = aligned
                 .iter()
                 .map(|c| Complex32::new(c.re as f32, c.im as f32))

@@ -19,8 +19,8 @@ pub use structure::{collect_structures, read_structure, Atom, ReadOptions, Struc
 pub use synthetic::{ParticleKind, SyntheticConfig};
 
 use crate::array::{centred_to_native, native_to_centred, Complex32};
-use crate::backend::cpu::Plan2d;
-use crate::phasing::problem::{item_seed, unit};
+use crate::fft::Plan2d;
+use crate::rng::{item_seed, unit};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
@@ -88,8 +88,7 @@ pub fn random_compact_object(h: usize, w: usize, radius: f32, seed: u64) -> Vec<
 pub fn far_field_intensity(density: &[Complex32], h: usize, w: usize, plan: &Plan2d) -> Vec<f32> {
     let mut native = vec![Complex32::new(0.0, 0.0); h * w];
     centred_to_native(density, h, w, &mut native);
-    let mut work = plan.work();
-    plan.forward(&mut native, &mut work);
+    plan.forward(&mut native, &mut plan.scratch());
     let mag: Vec<f32> = native.iter().map(|c| c.norm_sqr()).collect();
     let mut out = vec![0.0f32; h * w];
     native_to_centred(&mag, h, w, &mut out);

@@ -21,7 +21,7 @@
 //! same whatever the thread count or the other particles.
 
 use super::structure::{Atom, Structure};
-use crate::phasing::problem::item_seed;
+use crate::rng::item_seed;
 use crate::{Error, Result};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;

@@ -9,15 +9,16 @@
 //! Every support returned here is centred (origin at (H/2, W/2)) like every array on disk,
 //! so it can be passed to `cdiphase phase --support`.
 
+pub mod native;
 pub mod triple;
 
 pub use triple::{triple_intersection, TripleIntersection};
 
 use crate::array::{native_to_centred, Stack};
-use crate::backend::cpu::Plan2d;
+use crate::fft::Plan2d;
 use crate::io::PatternSet;
-use crate::phasing::support::autocorrelation;
 use crate::{Error, Result};
+use native::autocorrelation;
 
 /// Support estimation method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use super::cpu::{Mode, Model, Network, Options, Runner};
+use crate::backend::cpu::nn::{Mode, Network, Options, Runner};
+use crate::nn::Model;
 use crate::Result;
 
 /// What was measured (the JSON keys are relied on by benches/ scripts).

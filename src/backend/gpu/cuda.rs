@@ -16,8 +16,8 @@
 //! and the kernels and orchestration it runs are the ones the emulator tests.
 
 use super::cuda_libs::CudaLib;
-use super::gpu_common::{self, DevPtr, Dims, KArg, Launcher, ParamPack};
-use super::{Backend, Progress};
+use super::launcher::{DevPtr, Dims, KArg, Launcher, ParamPack};
+use crate::backend::{Backend, Progress};
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
 use crate::{Error, Result};
@@ -28,10 +28,10 @@ use std::sync::{Arc, Mutex};
 
 /// The kernel families, their embedded sources and their kernels.
 const FAMILIES: [(&str, &str); 2] = [
-    ("phasing", include_str!("../../kernels/phasing.cu")),
-    ("nn", include_str!("../../kernels/nn.cu")),
+    ("phasing", include_str!("../../../kernels/phasing.cu")),
+    ("nn", include_str!("../../../kernels/nn.cu")),
 ];
-const COMMON: &str = include_str!("../../kernels/common.cuh");
+const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// NVRTC options (besides the architecture); tools/gpu/compile_check.py uses the same.
 const NVRTC_OPTIONS: [&str; 2] = ["--std=c++17", "-lineinfo"];
@@ -327,7 +327,7 @@ impl Launcher for CudaLauncher {
         let mut pack = ParamPack::new(args);
         let n = args.len();
         // SAFETY: `pack` holds one 8-byte slot per argument in the kernel's order (the
-        // launch helpers in gpu_common / gpu_nn mirror the kernel signatures); cuLaunchKernel
+        // launch helpers in phasing.rs / nn_kernels.rs mirror the kernel signatures); cuLaunchKernel
         // copies the values before returning.
         unsafe {
             let params = std::slice::from_raw_parts_mut(pack.params(), n);
@@ -455,7 +455,7 @@ impl Backend for CudaBackend {
         program: &Program,
         progress: Progress<'_>,
     ) -> Result<PhasingOutput> {
-        let out = gpu_common::run_phasing(&self.launcher, problem, program, progress)?;
+        let out = super::phasing::run_phasing(&self.launcher, problem, program, progress)?;
         self.launcher.synchronize()?;
         Ok(out)
     }

@@ -1,7 +1,7 @@
-//! The orchestration shared by the CUDA backend and the emulator: the [`Launcher`] seam
-//! (memory, copies, kernel launches with `cuLaunchKernel`'s `void**` parameter array, batched
-//! 2-D FFTs) and the phasing run written once against it. The kernels are `kernels/*.cu`;
-//! on CUDA they run on the GPU with cuFFT, under the emulator as host C++ with rustfft.
+//! The phasing run of the GPU backends, written once against the [`Launcher`] seam: CUDA
+//! runs it on the GPU with cuFFT, the emulator as host C++ with rustfft. The kernels are
+//! `kernels/phasing.cu`, launched through their typed wrappers ([`PhasingKernels`], one
+//! method per kernel: launch shape and argument list).
 //!
 //! A phasing run keeps every (pattern, start) item of a chunk on the device for the whole
 //! program: per iteration two batched FFTs and two kernels (`cd_modulus_project`,
@@ -10,187 +10,16 @@
 //! between the upload of the starting state and the download of the results. Batches larger
 //! than the device's memory budget are processed in chunks of whole patterns.
 
+use super::launcher::{DevBuf, DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED, MAX_ITEMS};
 use crate::array::{Complex32, Stack};
+use crate::backend::Progress;
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::{Constraint, Op, Program};
 use crate::phasing::schedule::Algorithm;
 use crate::{Error, Result};
-use std::ffi::c_void;
 
-use super::Progress;
-
-/// A device address (a `CUdeviceptr` on CUDA, a host address under the emulator).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DevPtr(pub u64);
-
-impl DevPtr {
-    /// The null pointer (a kernel's optional array that is absent).
-    pub const NULL: DevPtr = DevPtr(0);
-    /// The address `bytes` further on.
-    pub fn offset(self, bytes: usize) -> DevPtr {
-        DevPtr(self.0 + bytes as u64)
-    }
-}
-
-/// One kernel argument.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum KArg {
-    Ptr(DevPtr),
-    I32(i32),
-    I64(i64),
-    F32(f32),
-}
-
-/// The kernel parameters as `cuLaunchKernel` takes them: `params()[i]` points at argument i.
-pub struct ParamPack {
-    slots: Vec<u64>,
-    ptrs: Vec<*mut c_void>,
-}
-
-impl ParamPack {
-    /// Pack the arguments (each in its own 8-byte slot, little-endian, so a 4-byte argument
-    /// is read from the start of its slot).
-    pub fn new(args: &[KArg]) -> ParamPack {
-        let slots: Vec<u64> = args
-            .iter()
-            .map(|a| match *a {
-                KArg::Ptr(p) => p.0,
-                KArg::I32(v) => v as u32 as u64,
-                KArg::I64(v) => v as u64,
-                KArg::F32(v) => v.to_bits() as u64,
-            })
-            .collect();
-        let mut pack = ParamPack {
-            slots,
-            ptrs: Vec::new(),
-        };
-        let base = pack.slots.as_mut_ptr();
-        // SAFETY: `i` is in bounds of `slots`, which is never resized after this point.
-        pack.ptrs = (0..pack.slots.len())
-            .map(|i| unsafe { base.add(i) } as *mut c_void)
-            .collect();
-        pack
-    }
-
-    /// The `void**` array.
-    pub fn params(&mut self) -> *mut *mut c_void {
-        self.ptrs.as_mut_ptr()
-    }
-}
-
-/// A launch shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dims {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    pub shmem: u32,
-}
-
-/// What the phasing orchestration needs from a device.
-pub trait Launcher: Send + Sync {
-    /// `cuda` or `emu`.
-    fn name(&self) -> &'static str;
-    /// Allocate `bytes` of device memory, filled with 0xFF bytes (NaN as f32) so that a kernel
-    /// reading memory nobody wrote gives NaN.
-    fn alloc(&self, bytes: usize) -> Result<DevPtr>;
-    /// Free an allocation made by [`Launcher::alloc`].
-    fn free(&self, p: DevPtr);
-    fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
-    fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()>;
-    /// Launch `kernel` (its plain `extern "C"` name) and wait for it.
-    fn launch(&self, kernel: &str, dims: Dims, args: &[KArg]) -> Result<()>;
-    /// A batched 2-D complex-to-complex FFT plan of `batch` contiguous h x w images.
-    fn fft_plan(&self, h: usize, w: usize, batch: usize) -> Result<u64>;
-    /// Unnormalised forward or inverse FFT (in place when `input == output`).
-    fn fft(&self, plan: u64, input: DevPtr, output: DevPtr, forward: bool) -> Result<()>;
-    fn fft_destroy(&self, plan: u64);
-    /// Device memory one chunk of a run may use, in bytes.
-    fn memory_budget(&self) -> usize;
-}
-
-/// A device allocation freed on drop.
-pub struct DevBuf<'a> {
-    l: &'a dyn Launcher,
-    pub ptr: DevPtr,
-    pub bytes: usize,
-}
-
-impl<'a> DevBuf<'a> {
-    pub fn new(l: &'a dyn Launcher, bytes: usize) -> Result<DevBuf<'a>> {
-        let ptr = l.alloc(bytes.max(1))?;
-        Ok(DevBuf { l, ptr, bytes })
-    }
-    /// Allocate and upload a slice of plain values.
-    pub fn from_slice<T: Plain>(l: &'a dyn Launcher, v: &[T]) -> Result<DevBuf<'a>> {
-        let b = DevBuf::new(l, std::mem::size_of_val(v))?;
-        l.upload(b.ptr, as_bytes(v))?;
-        Ok(b)
-    }
-    pub fn upload<T: Plain>(&self, v: &[T]) -> Result<()> {
-        check_len(std::mem::size_of_val(v), self.bytes)?;
-        self.l.upload(self.ptr, as_bytes(v))
-    }
-    pub fn download<T: Plain>(&self, v: &mut [T]) -> Result<()> {
-        check_len(std::mem::size_of_val(v), self.bytes)?;
-        self.l.download(self.ptr, as_bytes_mut(v))
-    }
-    /// Download into a new vector of `n` values.
-    pub fn to_vec<T: Plain + Default + Clone>(&self, n: usize) -> Result<Vec<T>> {
-        let mut v = vec![T::default(); n];
-        self.download(&mut v)?;
-        Ok(v)
-    }
-    pub fn arg(&self) -> KArg {
-        KArg::Ptr(self.ptr)
-    }
-}
-
-impl Drop for DevBuf<'_> {
-    fn drop(&mut self) {
-        self.l.free(self.ptr);
-    }
-}
-
-fn check_len(bytes: usize, cap: usize) -> Result<()> {
-    if bytes > cap {
-        return Err(Error::Config(format!(
-            "device copy of {bytes} bytes into a {cap}-byte buffer"
-        )));
-    }
-    Ok(())
-}
-
-/// Types that are plain bytes (no padding, no pointers): safe to copy to and from a device.
-///
-/// # Safety
-/// Every bit pattern of the right size must be a valid value and the type has no padding.
-pub unsafe trait Plain: Copy {}
-unsafe impl Plain for u8 {}
-unsafe impl Plain for i32 {}
-unsafe impl Plain for u32 {}
-unsafe impl Plain for f32 {}
-unsafe impl Plain for f64 {}
-unsafe impl Plain for Complex32 {}
-
-pub fn as_bytes<T: Plain>(v: &[T]) -> &[u8] {
-    // SAFETY: T is Plain (no padding), the length covers exactly the slice.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
-pub fn as_bytes_mut<T: Plain>(v: &mut [T]) -> &mut [u8] {
-    // SAFETY: T is Plain: every byte pattern is a valid T.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
-}
-
-/// Threads per block of the element-wise kernels (CD_BLOCK in kernels/common.cuh).
-pub const BLOCK: u32 = 256;
 /// Most blocks per item of the element-wise kernels (they stride over larger images).
 pub const MAX_BLOCKS_PER_ITEM: usize = 64;
-/// Most items per launch (grid.y limit of CUDA).
-pub const MAX_ITEMS: usize = 65_535;
-/// Dynamic shared memory a launch may use without opting in (48 KiB on every CUDA GPU).
-pub const MAX_DYN_SHARED: usize = 48 * 1024;
-
 /// Blocks per item of the element-wise kernels for images of `l` pixels.
 pub fn blocks_per_item(l: usize) -> usize {
     l.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS_PER_ITEM)

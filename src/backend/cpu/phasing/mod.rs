@@ -1,4 +1,4 @@
-//! The CPU backend: rustfft (AVX/SSE chosen at run time) and rayon across (pattern, start)
+//! The CPU phasing engine: rustfft (AVX/SSE chosen at run time) and rayon across (pattern, start)
 //! items. Each item runs the whole program with its buffers in cache (128x128 complex64 is
 //! 128 KiB): one fused row pass (inverse row FFTs, support update, forward row FFTs of the
 //! next iterate) and one fused column pass (gather 8 columns = one cache line per row,
@@ -8,163 +8,50 @@
 
 mod kernels;
 
-use super::{Backend, Progress};
+use super::CpuBackend;
 use crate::array::{Complex32, Stack};
+use crate::backend::Progress;
+use crate::fft::{Plan2d, COL_BLOCK};
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::{Op, Program};
 use crate::{Error, Result};
 use rayon::prelude::*;
-use rustfft::{Fft, FftPlanner};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 pub use kernels::{
     fourier_residual, modulus_project, modulus_project_portable, support_update,
     support_update_portable,
 };
 
-/// Columns gathered per block in the column pass (8 complex64 = one 64-byte cache line).
-const COL_BLOCK: usize = 8;
 /// Rows per block in the row pass.
 const ROW_BLOCK: usize = 8;
 
-/// The CPU backend. Owns a rayon thread pool.
-pub struct CpuBackend {
-    pool: rayon::ThreadPool,
-}
-
-impl CpuBackend {
-    /// A backend with `threads` worker threads (default: all available cores).
-    pub fn new(threads: Option<usize>) -> Result<Self> {
-        let n = threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        if n == 0 {
-            return Err(Error::Config("--threads must be at least 1".into()));
-        }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("cdiphase-cpu-{i}"))
-            .build()
-            .map_err(|e| Error::Config(format!("cannot start {n} threads: {e}")))?;
-        Ok(CpuBackend { pool })
-    }
-
-    /// Number of worker threads.
-    pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
-    }
-
-    /// Run `f` inside this backend's thread pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
-}
-
-/// The FFT plans of one image size.
-#[derive(Clone)]
-pub struct Plan2d {
-    pub h: usize,
-    pub w: usize,
-    row_f: Arc<dyn Fft<f32>>,
-    row_i: Arc<dyn Fft<f32>>,
-    col_f: Arc<dyn Fft<f32>>,
-    col_i: Arc<dyn Fft<f32>>,
-    scratch_len: usize,
-}
-
-impl Plan2d {
-    pub fn new(h: usize, w: usize) -> Self {
-        let mut planner = FftPlanner::<f32>::new();
-        let row_f = planner.plan_fft_forward(w);
-        let row_i = planner.plan_fft_inverse(w);
-        let col_f = planner.plan_fft_forward(h);
-        let col_i = planner.plan_fft_inverse(h);
-        let scratch_len = [&row_f, &row_i, &col_f, &col_i]
-            .iter()
-            .map(|f| f.get_inplace_scratch_len())
-            .max()
-            .unwrap_or(0);
-        Plan2d {
-            h,
-            w,
-            row_f,
-            row_i,
-            col_f,
-            col_i,
-            scratch_len,
-        }
-    }
-
-    /// Work buffers for one item with one lane. They start poisoned with NaN, so a kernel
-    /// that reads an element it did not write first turns the result into NaN and fails the
-    /// tests.
-    pub fn work(&self) -> Work {
-        self.work_lanes(1)
-    }
-
-    /// Work buffers for one item processed by `lanes` threads together.
-    pub fn work_lanes(&self, lanes: usize) -> Work {
-        let l = self.h * self.w;
-        let nan = Complex32::new(f32::NAN, f32::NAN);
-        Work {
-            u: vec![nan; l],
-            lanes: (0..lanes.max(1))
-                .map(|_| Lane {
-                    col: vec![nan; COL_BLOCK * self.h],
-                    old: vec![nan; COL_BLOCK * self.h],
-                    rowbuf: vec![nan; self.w],
-                    scratch: vec![nan; self.scratch_len.max(1)],
-                })
-                .collect(),
-            active: vec![true; self.h],
-            coef_a: vec![f32::NAN; 2 * self.h],
-            coef_b: vec![f32::NAN; 2 * self.h],
-            n_active: self.h,
-            col_partials: vec![(f64::NAN, f64::NAN); self.w.div_ceil(COL_BLOCK)],
-            row_partials: vec![f64::NAN; self.h.div_ceil(ROW_BLOCK)],
-            mag: vec![f32::NAN; l],
-            tmp: vec![f32::NAN; l],
-            kernel: Vec::new(),
-        }
-    }
-
-    /// Unnormalised forward 2-D FFT in place (native order), `work.u` as a temporary.
-    pub fn forward(&self, data: &mut [Complex32], work: &mut Work) {
-        self.transform(data, work, true)
-    }
-
-    /// Inverse 2-D FFT in place, scaled by 1/(HW).
-    pub fn inverse(&self, data: &mut [Complex32], work: &mut Work) {
-        self.transform(data, work, false);
-        let s = 1.0 / (self.h * self.w) as f32;
-        data.iter_mut().for_each(|c| *c *= s);
-    }
-
-    /// Forward then inverse 2-D FFT, unscaled: the FFT floor of one phasing iteration,
-    /// with the same row + column-block layout the phasing passes use.
-    pub fn fft_pair_unscaled(&self, data: &mut [Complex32], work: &mut Work) {
-        self.transform(data, work, true);
-        self.transform(data, work, false);
-    }
-
-    fn transform(&self, data: &mut [Complex32], work: &mut Work, forward: bool) {
-        let (row, col) = if forward {
-            (&self.row_f, &self.col_f)
-        } else {
-            (&self.row_i, &self.col_i)
-        };
-        let lane = &mut work.lanes[0];
-        row.process_with_scratch(data, &mut lane.scratch);
-        let (h, w) = (self.h, self.w);
-        for c0 in (0..w).step_by(COL_BLOCK) {
-            let nb = COL_BLOCK.min(w - c0);
-            let colbuf = &mut lane.col[..nb * h];
-            gather(data, w, h, c0, nb, colbuf);
-            col.process_with_scratch(colbuf, &mut lane.scratch);
-            scatter(colbuf, w, h, c0, nb, data);
-        }
+/// Work buffers for one item processed by `lanes` threads together (one in batch mode).
+/// They start poisoned with NaN, so a kernel that reads an element it did not write first
+/// turns the result into NaN and fails the tests.
+fn work_lanes(plan: &Plan2d, lanes: usize) -> Work {
+    let (h, w) = (plan.h, plan.w);
+    let l = h * w;
+    let nan = Complex32::new(f32::NAN, f32::NAN);
+    Work {
+        u: vec![nan; l],
+        lanes: (0..lanes.max(1))
+            .map(|_| Lane {
+                col: vec![nan; COL_BLOCK * h],
+                old: vec![nan; COL_BLOCK * h],
+                rowbuf: vec![nan; w],
+                scratch: vec![nan; plan.fft_scratch_len()],
+            })
+            .collect(),
+        active: vec![true; h],
+        coef_a: vec![f32::NAN; 2 * h],
+        coef_b: vec![f32::NAN; 2 * h],
+        n_active: h,
+        col_partials: vec![(f64::NAN, f64::NAN); w.div_ceil(COL_BLOCK)],
+        row_partials: vec![f64::NAN; h.div_ceil(ROW_BLOCK)],
+        mag: vec![f32::NAN; l],
+        tmp: vec![f32::NAN; l],
+        kernel: Vec::new(),
     }
 }
 
@@ -178,7 +65,7 @@ unsafe impl Sync for SharedRows {}
 
 /// The buffers of one thread working on an item: a gathered column block, its copy, a row
 /// and the FFT scratch.
-pub struct Lane {
+struct Lane {
     col: Vec<Complex32>,
     /// Copy of a gathered column block before its FFT (rows outside the support).
     old: Vec<Complex32>,
@@ -188,7 +75,7 @@ pub struct Lane {
 
 /// The buffers of one item in flight: shared arrays and one [`Lane`] per thread working on
 /// it (one in batch mode, several when there are fewer items than threads).
-pub struct Work {
+struct Work {
     u: Vec<Complex32>,
     lanes: Vec<Lane>,
     /// Rows holding support pixels, and their number.
@@ -206,8 +93,6 @@ pub struct Work {
     tmp: Vec<f32>,
     kernel: Vec<f32>,
 }
-
-use kernels::{gather, scatter};
 
 /// The state of one (pattern, start) item.
 struct Item<'a> {
@@ -305,12 +190,12 @@ impl Item<'_> {
         let c0 = bi * COL_BLOCK;
         let nb = COL_BLOCK.min(w - c0);
         let colbuf = &mut lane.col[..nb * h];
-        kernels::gather_raw(rows.0, w, h, c0, nb, colbuf);
+        crate::fft::gather_raw(rows.0, w, h, c0, nb, colbuf);
         if keep_old {
             lane.old[..nb * h].copy_from_slice(colbuf);
         }
         self.plan
-            .col_f
+            .cols(true)
             .process_with_scratch(colbuf, &mut lane.scratch);
         let amp = &self.at[c0 * h..(c0 + nb) * h];
         let (mut err, mut energy) = (0.0f64, 0.0f64);
@@ -321,13 +206,13 @@ impl Item<'_> {
                 energy += en as f64;
             }
             self.plan
-                .col_i
+                .cols(false)
                 .process_with_scratch(colbuf, &mut lane.scratch);
             if partial {
                 // rows without support pixels: a*old + b*W*new (ER: zero)
                 kernels::combine_rows(colbuf, &lane.old[..nb * h], coef_a, coef_b, h, keep_old);
             }
-            kernels::scatter_raw(colbuf, w, h, c0, nb, rows.0);
+            crate::fft::scatter_raw(colbuf, w, h, c0, nb, rows.0);
         } else {
             for (cb, ab) in colbuf.chunks_exact(h).zip(amp.chunks_exact(h)) {
                 err += kernels::fourier_residual(cb, ab) as f64;
@@ -413,11 +298,11 @@ impl Item<'_> {
             let span = r * w..e * w;
             let uu = &mut u[span.clone()];
             let gg = &mut g[span.clone()];
-            self.plan.row_i.process_with_scratch(uu, scratch);
+            self.plan.rows(false).process_with_scratch(uu, scratch);
             let (o, t) = support_update(gg, uu, &s[span], a, b, self.constraint);
             inside += (t - o) as f64;
             uu.copy_from_slice(gg);
-            self.plan.row_f.process_with_scratch(uu, scratch);
+            self.plan.rows(true).process_with_scratch(uu, scratch);
             r = e;
         }
         inside
@@ -434,7 +319,9 @@ impl Item<'_> {
             let lane = &mut work.lanes[0];
             let row = &mut lane.rowbuf[..w];
             row.copy_from_slice(&work.u[r * w..(r + 1) * w]);
-            self.plan.row_i.process_with_scratch(row, &mut lane.scratch);
+            self.plan
+                .rows(false)
+                .process_with_scratch(row, &mut lane.scratch);
             for (d, v) in g[r * w..(r + 1) * w].iter_mut().zip(row.iter()) {
                 *d = v * inv;
             }
@@ -464,7 +351,7 @@ impl Item<'_> {
         let (h, w) = (self.plan.h, self.plan.w);
         work.u.copy_from_slice(g);
         self.plan
-            .row_f
+            .rows(true)
             .process_with_scratch(&mut work.u, &mut work.lanes[0].scratch);
         work.n_active = mark_support_rows(s, w, &mut work.active);
         let mut rec = 0;
@@ -532,16 +419,11 @@ fn better(e: f32, s: usize, than: &(f32, usize)) -> bool {
     (key(e), s) < (key(than.0), than.1)
 }
 
-impl Backend for CpuBackend {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-
-    fn describe(&self) -> String {
-        format!("CPU, {} threads, {}", self.threads(), cpu_features())
-    }
-
-    fn run_phasing(
+impl CpuBackend {
+    /// Run a compiled program on every (pattern, start) item of `problem` in this backend's
+    /// pool: items in parallel, or, with fewer items than threads, every thread on each item
+    /// in turn.
+    pub(super) fn run_phasing_items(
         &self,
         problem: &PhasingProblem,
         program: &Program,
@@ -609,7 +491,7 @@ impl Backend for CpuBackend {
             let results: Vec<ItemResult> = if n * k < threads {
                 // Fewer items than threads: every thread works on each item in turn
                 // (column blocks and row blocks shared out), one item after the other.
-                let mut work = plan.work_lanes(threads);
+                let mut work = work_lanes(&plan, threads);
                 let (mut g, mut s) = poisoned();
                 (0..n * k)
                     .map(|item| process(&mut work, &mut g, &mut s, item))
@@ -620,7 +502,7 @@ impl Backend for CpuBackend {
                     .map_init(
                         || {
                             let (g, s) = poisoned();
-                            (plan.work(), g, s)
+                            (work_lanes(&plan, 1), g, s)
                         },
                         |(work, g, s), item| process(work, g, s, item),
                     )
@@ -667,33 +549,5 @@ impl Backend for CpuBackend {
                 records,
             })
         })
-    }
-}
-
-/// The SIMD features rustfft and our loops can use on this CPU.
-pub fn cpu_features() -> String {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let mut f = Vec::new();
-        for (name, on) in [
-            ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
-            ("avx", std::arch::is_x86_feature_detected!("avx")),
-            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
-            ("fma", std::arch::is_x86_feature_detected!("fma")),
-            ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
-        ] {
-            if on {
-                f.push(name);
-            }
-        }
-        format!("x86_64 [{}]", f.join(" "))
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        "aarch64 [neon]".to_string()
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        std::env::consts::ARCH.to_string()
     }
 }

@@ -8,7 +8,7 @@
 
 use gemm::Parallelism;
 
-use super::cpu::{sgemm, ConvStep};
+use super::{sgemm, ConvStep};
 
 /// `U[e, ci, co]` (e = 4*i + j) from the cross-correlation kernel `wgt[(dy*3+dx), ci, co]`.
 pub(crate) fn transform_kernel(wgt: &[f32], cin: usize, cout: usize) -> Vec<f32> {

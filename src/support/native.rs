@@ -1,7 +1,9 @@
-//! Starting supports: autocorrelation threshold, circle, or given.
+//! Supports of single images in FFT-native order (origin at (0, 0)): the autocorrelation
+//! threshold and the circle that phasing starts from, and the check that a support is not
+//! empty. The batch functions of [`crate::support`] return centred stacks built on these.
 
-use crate::array::{Complex32, Stack};
-use crate::backend::cpu::Plan2d;
+use crate::array::{signed, Complex32, Stack};
+use crate::fft::Plan2d;
 use crate::{Error, Result};
 
 /// Support of the autocorrelation of pattern `intensity` (native order, unmeasured pixels
@@ -33,8 +35,7 @@ pub fn autocorrelation(
         .enumerate()
         .map(|(i, &v)| Complex32::new(if measured(i) { v.max(0.0) } else { 0.0 }, 0.0))
         .collect();
-    let mut work = plan.work();
-    plan.inverse(&mut buf, &mut work);
+    plan.inverse(&mut buf, &mut plan.scratch());
     buf.iter().map(|c| c.norm()).collect()
 }
 
@@ -50,15 +51,6 @@ pub fn circle_support(h: usize, w: usize, radius: f32) -> Vec<u8> {
         }
     }
     s
-}
-
-/// Signed coordinate of native index `i` on an axis of length `n` (0, 1, .., -2, -1).
-pub fn signed(i: usize, n: usize) -> i64 {
-    if i < n.div_ceil(2) {
-        i as i64
-    } else {
-        i as i64 - n as i64
-    }
 }
 
 /// Check that each support image of a stack is non-empty.

@@ -1,5 +1,5 @@
 //! A whole network forward on a GPU [`Launcher`] (real CUDA or the emulator): the model
-//! graph of [`crate::nn`] executed layer by layer through the kernels of [`super::gpu_nn`].
+//! graph of [`crate::nn`] executed layer by layer through the kernels of [`super::nn_kernels`].
 //!
 //! Weights are uploaded once by [`GpuNetwork::new`] (transposed convolutions at stride 1
 //! with 'same' padding and an odd square kernel are turned into plain convolutions on the
@@ -28,9 +28,9 @@
 
 use std::sync::Mutex;
 
-use super::gpu_common::{DevBuf, Launcher};
-use super::gpu_nn::{self, Act, ConvGeom};
-use crate::nn::cpu::Model;
+use super::launcher::{DevBuf, Launcher};
+use super::nn_kernels::{self as gpu_nn, Act, ConvGeom};
+use crate::nn::model::Model;
 use crate::nn::spec::{Activation, Op, Padding};
 use crate::{Error, Result};
 

@@ -16,8 +16,8 @@
 //! Layers with fewer than 16 output channels (the decoder's last layer) use a dot-product
 //! kernel vectorised over the input channels instead.
 
-use super::cpu::ConvStep;
-use super::spec::Activation;
+use super::ConvStep;
+use crate::nn::spec::Activation;
 
 /// Which micro-kernel a direct layer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,8 +485,8 @@ pub(crate) fn tile(
 // the micro-kernels index their register arrays by pixel and vector on purpose
 #[allow(clippy::needless_range_loop)]
 mod x86 {
+    use super::super::ConvStep;
     use super::{band_pixels, BandRows, DirectKind, DirectPack, MR_MAX};
-    use crate::nn::cpu::ConvStep;
     use crate::nn::spec::Activation;
     use std::arch::x86_64::*;
 

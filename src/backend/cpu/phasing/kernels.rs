@@ -227,96 +227,6 @@ fn update_generic<const C: u8>(g: &mut [f32], p: &[f32], s: &[u8], a: f32, b: f3
     )
 }
 
-/// Copy columns `c0..c0+nb` of the row-major `h x w` image `data` into `col`, column after
-/// column (`col[b*h + r] = data[r*w + c0 + b]`). (An AVX2 4x4-transpose version measured
-/// no faster here: the loads are whole cache lines already and the stores stream.)
-#[inline]
-pub fn gather(data: &[Complex32], w: usize, h: usize, c0: usize, nb: usize, col: &mut [Complex32]) {
-    assert!(data.len() >= h * w);
-    // SAFETY: `data` holds h * w values and is borrowed for the call.
-    unsafe { gather_raw(data.as_ptr(), w, h, c0, nb, col) }
-}
-
-/// The inverse of [`gather`]: `data[r*w + c0 + b] = col[b*h + r]`.
-#[inline]
-pub fn scatter(
-    col: &[Complex32],
-    w: usize,
-    h: usize,
-    c0: usize,
-    nb: usize,
-    data: &mut [Complex32],
-) {
-    assert!(data.len() >= h * w);
-    // SAFETY: `data` holds h * w values and is borrowed mutably for the call.
-    unsafe { scatter_raw(col, w, h, c0, nb, data.as_mut_ptr()) }
-}
-
-/// [`gather`] from a raw row-major buffer of `h * w` values.
-///
-/// # Safety
-/// `data` points at `h * w` valid values and no other thread writes columns
-/// `c0..c0+nb` during the call; `c0 + nb <= w`.
-pub unsafe fn gather_raw(
-    data: *const Complex32,
-    w: usize,
-    h: usize,
-    c0: usize,
-    nb: usize,
-    col: &mut [Complex32],
-) {
-    assert!(col.len() >= nb * h && c0 + nb <= w);
-    let col = col.as_mut_ptr();
-    // A full block gets its own copy of the loop with the trip count known (unrolled).
-    if nb == 8 {
-        copy_block(h, 8, |r, b| (data.add(r * w + c0 + b), col.add(b * h + r)));
-    } else {
-        copy_block(h, nb, |r, b| (data.add(r * w + c0 + b), col.add(b * h + r)));
-    }
-}
-
-/// [`scatter`] into a raw row-major buffer of `h * w` values.
-///
-/// # Safety
-/// As for [`gather_raw`], and no other thread reads or writes columns `c0..c0+nb`.
-pub unsafe fn scatter_raw(
-    col: &[Complex32],
-    w: usize,
-    h: usize,
-    c0: usize,
-    nb: usize,
-    data: *mut Complex32,
-) {
-    assert!(col.len() >= nb * h && c0 + nb <= w);
-    if nb == 8 {
-        copy_block(h, 8, |r, b| {
-            (col.as_ptr().add(b * h + r), data.add(r * w + c0 + b))
-        });
-    } else {
-        copy_block(h, nb, |r, b| {
-            (col.as_ptr().add(b * h + r), data.add(r * w + c0 + b))
-        });
-    }
-}
-
-/// `*dst = *src` for every (row r < h, column b < nb) with the addresses `at(r, b)` gives.
-///
-/// # Safety
-/// Every address `at` returns must be valid for the access.
-#[inline(always)]
-unsafe fn copy_block(
-    h: usize,
-    nb: usize,
-    at: impl Fn(usize, usize) -> (*const Complex32, *mut Complex32),
-) {
-    for r in 0..h {
-        for b in 0..nb {
-            let (src, dst) = at(r, b);
-            *dst = *src;
-        }
-    }
-}
-
 /// For a gathered block (columns of length `h`): `col = ca*old + cb*col` element-wise
 /// along each column, with per-row coefficients given twice (for re and im): `ca`, `cb` of
 /// length 2h. Without `keep_old`, `col = cb*col`. Plain f32 loops that LLVM vectorises.
@@ -598,35 +508,6 @@ mod tests {
             .collect();
         let s = (0..n).map(|_| (r() > 0.0) as u8).collect();
         (f, a, s)
-    }
-
-    #[test]
-    fn gather_scatter_round_trip_all_shapes() {
-        for &(h, w) in &[
-            (8usize, 16usize),
-            (12, 8),
-            (5, 11),
-            (16, 19),
-            (4, 8),
-            (128, 128),
-        ] {
-            let data: Vec<Complex32> = (0..h * w)
-                .map(|i| Complex32::new(i as f32, -(i as f32)))
-                .collect();
-            let mut back = vec![Complex32::new(f32::NAN, f32::NAN); h * w];
-            let mut col = vec![Complex32::new(f32::NAN, f32::NAN); 8 * h];
-            for c0 in (0..w).step_by(8) {
-                let nb = 8.min(w - c0);
-                gather(&data, w, h, c0, nb, &mut col);
-                for b in 0..nb {
-                    for r in 0..h {
-                        assert_eq!(col[b * h + r], data[r * w + c0 + b], "{h}x{w} c0={c0}");
-                    }
-                }
-                scatter(&col, w, h, c0, nb, &mut back);
-            }
-            assert_eq!(back, data, "{h}x{w}");
-        }
     }
 
     /// The dispatched (AVX2 where present) kernels agree with the portable ones at every

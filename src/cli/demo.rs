@@ -27,11 +27,11 @@ use cdiphase::phasing::{self, InitSpec, PhaseConfig, Reconstruction, SupportSpec
 use clap::Args;
 
 /// The bundled network (issue 7's training run, converted; see models/spinn_compact/README.md).
-const MODEL: &[u8] = include_bytes!("../models/spinn_compact/model.safetensors");
+const MODEL: &[u8] = include_bytes!("../../models/spinn_compact/model.safetensors");
 
 macro_rules! structures {
     ($($id:literal),* $(,)?) => {
-        &[$(($id, include_bytes!(concat!("../assets/pdb/", $id, ".pdb.gz")) as &[u8])),*]
+        &[$(($id, include_bytes!(concat!("../../assets/pdb/", $id, ".pdb.gz")) as &[u8])),*]
     };
 }
 
@@ -98,7 +98,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     .with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn cmd_demo(a: DemoArgs) -> Result<()> {
+pub fn run(a: DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     if a.count == 0 || a.starts < 2 {
         bail!("--count must be >= 1 and --starts >= 2 (the comparison needs several starts)");
@@ -285,7 +285,7 @@ pub fn cmd_demo(a: DemoArgs) -> Result<()> {
             program.iterations,
             backend.describe()
         );
-        let rec = crate::run_with_progress(backend.as_ref(), &problem, &program, a.quiet, &header)?;
+        let rec = super::run_with_progress(backend.as_ref(), &problem, &program, a.quiet, &header)?;
         let path = d.join(format!("{name}.cxi"));
         let mut config = cfg.to_json();
         config["demo"] = serde_json::json!(name);

@@ -2,9 +2,11 @@
 //! one run on the same data, threads and buffers. Timings are wall-clock; nothing here is
 //! asserted (see benches/compare_phasing.py for the peer comparison).
 
+use super::best_of;
 use crate::array::Complex32;
-use crate::backend::cpu::{CpuBackend, Plan2d};
+use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
+use crate::fft::Plan2d;
 use crate::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
 use crate::phasing::schedule::Schedule;
 use crate::phasing::{prepare, run_prepared, PhaseConfig, SupportSpec};
@@ -47,14 +49,6 @@ pub struct PhasingBenchResult {
     pub paper_schedule_us_per_pattern_iteration: f64,
     /// Patterns per second for the paper's full 10,000 + 10,000 iteration run, extrapolated.
     pub paper_run_patterns_per_second: f64,
-}
-
-fn best_of<F: FnMut() -> Result<f64>>(repeat: usize, mut f: F) -> Result<f64> {
-    let mut best = f64::INFINITY;
-    for _ in 0..repeat.max(1) {
-        best = best.min(f()?);
-    }
-    Ok(best)
 }
 
 /// Run the benchmark.
@@ -122,10 +116,10 @@ pub fn bench_phasing(cfg: &PhasingBench) -> Result<PhasingBenchResult> {
         let t = Instant::now();
         backend.install(|| {
             data.par_chunks_mut(h * w).for_each_init(
-                || plan.work(),
-                |work, img| {
+                || plan.scratch(),
+                |scratch, img| {
                     for _ in 0..iters {
-                        plan.fft_pair_unscaled(img, work);
+                        plan.fft_pair_unscaled(img, scratch);
                     }
                 },
             )

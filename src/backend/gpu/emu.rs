@@ -1,18 +1,18 @@
 //! `--device emu`: the CUDA kernels of `kernels/*.cu`, compiled as host C++ by build.rs
 //! through the shim in `kernels/emu/`, run on the CPU with the CUDA execution model (blocks
 //! on OS threads, CUDA threads as fibers, barriers and warp intrinsics as fiber yields). The
-//! orchestration is the CUDA backend's ([`super::gpu_common`]); only cuFFT is replaced by
+//! orchestration is the CUDA backend's ([`super::phasing`]); only cuFFT is replaced by
 //! rustfft. Anyone can debug the GPU path here without a GPU, and the schedule order
 //! (in-order, reverse, seeded random) exposes missing barriers.
 
-use super::gpu_common::{self, DevPtr, Dims, KArg, Launcher, ParamPack};
-use super::{Backend, Progress};
+use super::launcher::{DevPtr, Dims, KArg, Launcher, ParamPack};
 use crate::array::Complex32;
+use crate::backend::{Backend, Progress};
+use crate::fft::Plan2d;
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
 use crate::{Error, Result};
 use rayon::prelude::*;
-use rustfft::{Fft, FftPlanner};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,13 +98,10 @@ impl std::str::FromStr for ScheduleOrder {
     }
 }
 
-/// The 2-D FFT plans of the emulator (rustfft rows, then columns through a transpose).
+/// A batched 2-D FFT plan of the emulator: the crate's [`Plan2d`] over `batch` images.
 struct EmuFft {
-    h: usize,
-    w: usize,
+    plan: Plan2d,
     batch: usize,
-    row: [Arc<dyn Fft<f32>>; 2],
-    col: [Arc<dyn Fft<f32>>; 2],
 }
 
 /// Device memory, launches and FFTs of the emulator.
@@ -256,13 +253,9 @@ impl Launcher for EmuLauncher {
     }
 
     fn fft_plan(&self, h: usize, w: usize, batch: usize) -> Result<u64> {
-        let mut planner = FftPlanner::<f32>::new();
         let plan = EmuFft {
-            h,
-            w,
+            plan: Plan2d::new(h, w),
             batch,
-            row: [planner.plan_fft_forward(w), planner.plan_fft_inverse(w)],
-            col: [planner.plan_fft_forward(h), planner.plan_fft_inverse(h)],
         };
         let id = self.next_plan.fetch_add(1, Ordering::Relaxed);
         self.plans
@@ -280,7 +273,7 @@ impl Launcher for EmuLauncher {
             .get(&plan)
             .cloned()
             .ok_or_else(|| self.device_err(format!("no FFT plan {plan}")))?;
-        let (h, w) = (p.h, p.w);
+        let (h, w) = (p.plan.h, p.plan.w);
         let total = p.batch * h * w;
         if self.check_ptr(input)? < total * 8 || self.check_ptr(output)? < total * 8 {
             return Err(self.device_err("FFT buffer smaller than its plan".into()));
@@ -295,28 +288,17 @@ impl Launcher for EmuLauncher {
         // SAFETY: `output` holds `total` complex values (checked) and nothing else touches
         // them during this synchronous call.
         let data = unsafe { std::slice::from_raw_parts_mut(output.0 as *mut Complex32, total) };
-        let d = if forward { 0 } else { 1 };
-        data.par_chunks_mut(h * w).for_each(|img| {
-            let mut scratch = vec![
-                Complex32::new(0.0, 0.0);
-                p.row[d]
-                    .get_inplace_scratch_len()
-                    .max(p.col[d].get_inplace_scratch_len())
-            ];
-            p.row[d].process_with_scratch(img, &mut scratch);
-            let mut t = vec![Complex32::new(0.0, 0.0); h * w];
-            for r in 0..h {
-                for c in 0..w {
-                    t[c * h + r] = img[r * w + c];
+        // unnormalised both ways, as cuFFT
+        data.par_chunks_mut(h * w).for_each_init(
+            || p.plan.scratch(),
+            |scratch, img| {
+                if forward {
+                    p.plan.forward(img, scratch)
+                } else {
+                    p.plan.inverse_unscaled(img, scratch)
                 }
-            }
-            p.col[d].process_with_scratch(&mut t, &mut scratch);
-            for c in 0..w {
-                for r in 0..h {
-                    img[r * w + c] = t[c * h + r];
-                }
-            }
-        });
+            },
+        );
         Ok(())
     }
 
@@ -383,6 +365,6 @@ impl Backend for EmuBackend {
         program: &Program,
         progress: Progress<'_>,
     ) -> Result<PhasingOutput> {
-        gpu_common::run_phasing(&self.launcher, problem, program, progress)
+        super::phasing::run_phasing(&self.launcher, problem, program, progress)
     }
 }

@@ -1,7 +1,7 @@
 //! Launch shapes of the network kernels (`kernels/nn.cu`), shared by the CUDA backend and the
 //! emulator. Tensors are NHWC float32 device buffers; weights in Keras layouts.
 
-use super::gpu_common::{DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED};
+use crate::backend::gpu::launcher::{DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED};
 use crate::nn::spec::{conv_out, deconv_out, same_pad_before, Padding};
 use crate::{Error, Result};
 

@@ -1,0 +1,115 @@
+//! `bench phasing --device cuda|emu`: HIO throughput of a GPU backend against its own batched
+//! FFT floor. Timings are wall-clock on whatever device runs them; the emulator's are CPU
+//! timings of the emulated kernels (useful only as ratios between kernels, never as a GPU
+//! figure).
+
+use super::best_of;
+use crate::array::Complex32;
+use crate::backend::gpu::cuda::CudaBackend;
+use crate::backend::gpu::emu::{EmuBackend, ScheduleOrder};
+use crate::backend::gpu::launcher::{as_bytes_mut, DevBuf, Launcher};
+use crate::backend::{Backend, Device};
+use crate::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
+use crate::phasing::{prepare, run_prepared, PhaseConfig, SupportSpec};
+use crate::{Error, Result};
+use std::time::Instant;
+
+/// The figures of `bench phasing` on a GPU backend.
+#[derive(Debug, serde::Serialize)]
+pub struct GpuBench {
+    pub device: String,
+    pub h: usize,
+    pub w: usize,
+    pub batch: usize,
+    pub iterations: u64,
+    /// HIO iterations (two batched FFTs + modulus + support update), microseconds per pattern
+    /// per iteration, set-up excluded.
+    pub hio_us_per_pattern_iteration: f64,
+    /// One batched forward + inverse FFT (cuFFT, or rustfft under emu), per pattern.
+    pub fft_pair_us_per_pattern: f64,
+    /// hio / fft pair: the cost of the kernels over the FFT floor.
+    pub ratio_hio_to_fft_pair: f64,
+}
+
+/// `bench phasing` on `Device::Cuda` or `Device::Emu`: `batch` synthetic patterns of `h x w`,
+/// `iterations` HIO iterations (at least 2), best of `repeat`.
+pub fn bench_gpu_phasing(
+    device: Device,
+    h: usize,
+    w: usize,
+    batch: usize,
+    iterations: u64,
+    repeat: usize,
+) -> Result<GpuBench> {
+    let (emu, gpu);
+    let (be, launcher): (&dyn Backend, &dyn Launcher) = match device {
+        Device::Emu => {
+            emu = EmuBackend::new(ScheduleOrder::InOrder);
+            (&emu, emu.launcher())
+        }
+        Device::Cuda => {
+            gpu = CudaBackend::new(crate::backend::cuda_ordinal()?)?;
+            (&gpu, gpu.launcher())
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "the GPU phasing bench runs on cuda or emu, not {other:?}"
+            )))
+        }
+    };
+    let n = batch.max(1);
+    let iters = iterations.max(2);
+    let (patterns, _) = crate::simulate::synthetic_particles(n, h, w, 16, 7);
+    let mk = |schedule: String| PhaseConfig {
+        schedule,
+        shrinkwrap: Some(ShrinkwrapConfig::default()),
+        constraint: Constraint::None,
+        support: SupportSpec::Circle {
+            radius: (h.min(w) / 4) as f32 + 2.0,
+        },
+        recording: Recording::EndOfErSections,
+        ..PhaseConfig::default()
+    };
+    let noop = |_: u64| {};
+    let (p1, prog1) = prepare(&patterns, &mk("1*HIO".into()))?;
+    let (pi, progi) = prepare(&patterns, &mk(format!("{iters}*HIO")))?;
+    run_prepared(be, &p1, &prog1, &noop)?;
+    let t1 = best_of(repeat, || {
+        let t = Instant::now();
+        run_prepared(be, &p1, &prog1, &noop)?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let ti = best_of(repeat, || {
+        let t = Instant::now();
+        run_prepared(be, &pi, &progi, &noop)?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let hio = ((ti - t1) / (iters - 1) as f64).max(0.0);
+    // FFT floor: the same batched plan, forward + inverse in place.
+    let l = h * w;
+    let buf = DevBuf::from_slice(launcher, &vec![Complex32::new(1.0, 0.5); n * l])?;
+    let plan = launcher.fft_plan(h, w, n)?;
+    let mut one = [Complex32::new(0.0, 0.0)];
+    let pair = best_of(repeat, || {
+        let t = Instant::now();
+        for _ in 0..iters {
+            launcher.fft(plan, buf.ptr, buf.ptr, true)?;
+            launcher.fft(plan, buf.ptr, buf.ptr, false)?;
+        }
+        // a copy back waits for the queued work (CUDA launches are asynchronous)
+        launcher.download(buf.ptr, as_bytes_mut(&mut one))?;
+        Ok(t.elapsed().as_secs_f64() / iters as f64)
+    });
+    launcher.fft_destroy(plan);
+    let pair = pair?;
+    Ok(GpuBench {
+        device: be.describe(),
+        h,
+        w,
+        batch: n,
+        iterations: iters,
+        hio_us_per_pattern_iteration: hio * 1e6 / n as f64,
+        fft_pair_us_per_pattern: pair * 1e6 / n as f64,
+        ratio_hio_to_fft_pair: if pair > 0.0 { hio / pair } else { f64::NAN },
+    })
+}

@@ -1,0 +1,207 @@
+//! `cdiphase phase`: phase retrieval of every pattern of a file.
+
+use super::{is_file_spec, run_with_progress, same_file, RunArgs};
+use anyhow::{bail, Context, Result};
+use cdiphase::backend::{self, Device};
+use cdiphase::io;
+use cdiphase::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
+use cdiphase::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct PhaseArgs {
+    /// Input patterns: CXI/HDF5 (entry_1/data_1/data, (N,H,W) or (H,W)) or .npy.
+    pub input: PathBuf,
+    /// Output CXI file (written atomically).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Dataset path of the intensities in the input (default entry_1/data_1/data).
+    #[arg(long)]
+    pub entry: Option<String>,
+    /// Schedule, e.g. "2000*(5*HIO + 5*ER)", "100*(SW + 50*HIO) + 200*ER", "RAAR(0.8)**500".
+    #[arg(long, default_value = "2000*(5*HIO + 5*ER)")]
+    pub algorithm: String,
+    /// Feedback parameter of HIO / relaxation of RAAR.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta: f32,
+    /// Starting support: autocorrelation[:THRESHOLD] | circle:RADIUS | FILE.cxi | FILE.npy.
+    #[arg(long, default_value = "autocorrelation")]
+    pub support: String,
+    /// Starting object: random | FILE.cxi | FILE.npy (real or complex, centred).
+    #[arg(long, default_value = "random")]
+    pub init: String,
+    /// With a given --init: every start multiplies each pixel by its own 1 + A*(2u-1), u
+    /// uniform, seeded (distinct starts around one estimate). 0: all starts are the object.
+    #[arg(long, default_value_t = 0.0)]
+    pub init_noise: f32,
+    /// Periodic shrinkwrap: sigma=1,threshold=0.1,every=N[,start=I][,stop=I]; ranges a:b ramp.
+    #[arg(long)]
+    pub shrinkwrap: Option<String>,
+    /// Real-space constraint: none | real | positive.
+    #[arg(long, default_value = "none")]
+    pub constraint: String,
+    /// Random starts per pattern; the best by final Fourier error is kept.
+    #[arg(long, default_value_t = 1)]
+    pub starts: usize,
+    /// Seed of the random starting objects.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Record the Fourier error every K iterations (default: at the end of each ER section).
+    #[arg(long)]
+    pub error_every: Option<u64>,
+    /// Also write every start to entry_1/image_2 (N,K,H,W).
+    #[arg(long)]
+    pub keep_all: bool,
+    /// Clip negative measured intensities to zero instead of failing.
+    #[arg(long)]
+    pub clip_negative: bool,
+    /// auto | cpu | cuda | emu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub fn run(a: PhaseArgs) -> Result<()> {
+    if same_file(&a.input, &a.output) {
+        bail!(
+            "output {} is the input file: refusing to overwrite it",
+            a.output.display()
+        );
+    }
+    let device: Device = a.device.parse()?;
+    let backend = backend::select(device, a.run.threads)?;
+    let patterns = io::read_patterns(&a.input, a.entry.as_deref())
+        .with_context(|| format!("reading patterns from {}", a.input.display()))?;
+    let st = &patterns.intensities;
+    let fits = |what: &str, file: &str, n: usize, h: usize, w: usize| -> Result<()> {
+        if h != st.h || w != st.w || (n != 1 && n != st.n) {
+            bail!(
+                "{what} {file}: {n} image(s) of {h}x{w} do not match the {} patterns of {}x{} in {} \
+                 (expected one {}x{} image, or {})",
+                st.n,
+                st.h,
+                st.w,
+                a.input.display(),
+                st.h,
+                st.w,
+                st.n
+            );
+        }
+        Ok(())
+    };
+    let support = match SupportSpec::parse_builtin(&a.support)? {
+        Some(s) => s,
+        None if is_file_spec(&a.support) => {
+            let s = io::read_support(Path::new(&a.support), None)
+                .with_context(|| format!("reading --support {}", a.support))?;
+            fits("--support", &a.support, s.n, s.h, s.w)?;
+            SupportSpec::Given(s)
+        }
+        None => bail!(
+            "--support '{}': expected autocorrelation[:THRESHOLD], circle:RADIUS, or a .cxi/.h5/.npy file",
+            a.support
+        ),
+    };
+    if a.init_noise != 0.0 && a.init.eq_ignore_ascii_case("random") {
+        bail!("--init-noise needs a starting object: --init FILE");
+    }
+    let init = if a.init.eq_ignore_ascii_case("random") {
+        InitSpec::Random
+    } else if is_file_spec(&a.init) {
+        let o = io::read_object(Path::new(&a.init), None)
+            .with_context(|| format!("reading --init {}", a.init))?;
+        fits("--init", &a.init, o.n, o.h, o.w)?;
+        InitSpec::Given(o)
+    } else {
+        bail!(
+            "--init '{}': expected random or a .cxi/.h5/.npy file",
+            a.init
+        );
+    };
+    let shrinkwrap = a
+        .shrinkwrap
+        .as_deref()
+        .map(ShrinkwrapConfig::parse)
+        .transpose()
+        .context("--shrinkwrap")?;
+    let constraint: Constraint = a.constraint.parse()?;
+    let cfg = PhaseConfig {
+        schedule: a.algorithm.clone(),
+        beta: a.beta,
+        shrinkwrap,
+        constraint,
+        starts: a.starts,
+        seed: a.seed,
+        support,
+        init,
+        init_noise: a.init_noise,
+        recording: match a.error_every {
+            Some(k) => Recording::Every(k),
+            None => Recording::EndOfErSections,
+        },
+        keep_all: a.keep_all,
+        clip_negative: a.clip_negative,
+    };
+    let (problem, program) = phasing::prepare(&patterns, &cfg)
+        .with_context(|| format!("preparing {}", a.input.display()))?;
+    let header = format!(
+        "phasing {} patterns of {}x{} x {} starts, {} iterations each on {}",
+        st.n,
+        st.h,
+        st.w,
+        cfg.starts,
+        program.iterations,
+        backend.describe()
+    );
+    let rec = run_with_progress(backend.as_ref(), &problem, &program, a.run.quiet, &header)?;
+    let mut config = cfg.to_json();
+    config["input"] = serde_json::json!(a.input.display().to_string());
+    config["entry"] = serde_json::json!(patterns.entry);
+    config["device"] = serde_json::json!(rec.backend);
+    if let SupportSpec::Given(_) = cfg.support {
+        config["support"] = serde_json::json!(a.support);
+    }
+    if let InitSpec::Given(_) = cfg.init {
+        config["init"] = serde_json::json!(a.init);
+    }
+    rec.write_cxi(&a.output, &config)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    let fe = rec.best_final_errors();
+    let mut sorted = fe.clone();
+    sorted.sort_by(|x, y| x.total_cmp(y));
+    let median = sorted[sorted.len() / 2];
+    let rate = (st.n * cfg.starts) as f64 * program.iterations as f64 / rec.seconds;
+    if !a.run.quiet {
+        eprintln!(
+            "done in {:.2} s ({:.0} pattern-iterations/s); final Fourier error median {:.3e}, min {:.3e}, max {:.3e}; wrote {}",
+            rec.seconds,
+            rate,
+            median,
+            sorted[0],
+            sorted[sorted.len() - 1],
+            a.output.display()
+        );
+    }
+    if a.run.json {
+        let summary = serde_json::json!({
+            "input": a.input.display().to_string(),
+            "output": a.output.display().to_string(),
+            "patterns": st.n,
+            "height": st.h,
+            "width": st.w,
+            "starts": cfg.starts,
+            "iterations": program.iterations,
+            "seconds": rec.seconds,
+            "pattern_iterations_per_second": rate,
+            "device": rec.backend,
+            "best_start": rec.best_start,
+            "final_fourier_error": fe,
+            "final_fourier_error_median": median,
+            "configuration": config,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
+}
