@@ -36,6 +36,7 @@ pub mod io;
 pub mod nn;
 pub mod phasing;
 pub mod rng;
+pub mod selftest;
 pub mod simulate;
 pub mod support;
 

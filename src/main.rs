@@ -41,6 +41,9 @@ enum Cmd {
     Convert(cli::convert::ConvertArgs),
     /// Run the encoder-decoder on patterns: network output and support, as CXI.
     Predict(cli::predict::PredictArgs),
+    /// Check every kernel of a device (phasing and network) against float64 references,
+    /// then a short phasing run and whole network forwards; non-zero exit on any failure.
+    Selftest(cli::selftest::SelftestArgs),
 }
 
 fn main() {
@@ -70,5 +73,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Evaluate(a) => cli::evaluate::run(a),
         Cmd::Convert(a) => cli::convert::run(a),
         Cmd::Predict(a) => cli::predict::run(a),
+        Cmd::Selftest(a) => cli::selftest::run(a),
     }
 }

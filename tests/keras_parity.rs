@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::keras::{config_from_file, convert_matched, Arch, Matching};
-use cdiphase::nn::spec::Preprocess;
 use cdiphase::nn::presets::spinn;
+use cdiphase::nn::spec::Preprocess;
 use cdiphase::nn::store::{self, WeightDtype};
 
 fn dir(model: &str) -> PathBuf {

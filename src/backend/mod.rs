@@ -75,7 +75,7 @@ pub fn select(device: Device, threads: Option<usize>) -> Result<Box<dyn Backend>
 
 /// The emulator's schedule order: `CDIPHASE_EMU_SCHEDULE` (in-order, reverse, random,
 /// random:SEED), in-order by default.
-fn emu_order() -> Result<emu::ScheduleOrder> {
+pub fn emu_order() -> Result<emu::ScheduleOrder> {
     match std::env::var("CDIPHASE_EMU_SCHEDULE") {
         Ok(v) => v.parse(),
         Err(_) => Ok(emu::ScheduleOrder::InOrder),

@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod info;
 pub mod phase;
 pub mod predict;
+pub mod selftest;
 pub mod simulate;
 pub mod support;
 
