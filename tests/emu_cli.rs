@@ -101,3 +101,31 @@ fn info_and_device_errors() {
         assert!(!out.exists(), "no output file on failure");
     }
 }
+
+/// `bench network --device emu` runs the network on the emulated kernels and reports its
+/// figures as JSON (the command users run with `--device cuda`).
+#[test]
+fn network_bench_on_the_gpu_path() {
+    let o = run(&[
+        "bench",
+        "network",
+        "--device",
+        "emu",
+        "--arch",
+        "spinn:16:0.0625",
+        "--batch",
+        "2",
+        "--iterations",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["batch"], 2);
+    assert_eq!(v["iterations"], 2);
+    assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["device"].as_str().unwrap().contains("emulator"));
+    let o = run(&["bench", "network", "--device", "emu", "--fast"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("CPU kernels"));
+}

@@ -113,3 +113,91 @@ pub fn bench_gpu_phasing(
         ratio_hio_to_fft_pair: if pair > 0.0 { hio / pair } else { f64::NAN },
     })
 }
+
+/// The figures of `bench network` on a GPU backend.
+#[derive(Debug, serde::Serialize)]
+pub struct GpuNetBench {
+    pub device: String,
+    pub model: String,
+    pub params: usize,
+    pub gflop_per_image: f64,
+    pub batch: usize,
+    pub iterations: usize,
+    /// Images per second of the best batch: upload of the preprocessed batch, every layer on
+    /// the device, download of the output (what `predict` does per batch).
+    pub images_per_s: f64,
+    pub ms_per_batch: f64,
+    pub ms_per_batch_median: f64,
+    pub gflop_per_s: f64,
+}
+
+/// `bench network` on `Device::Cuda` or `Device::Emu`: `iterations` timed batches of `batch`
+/// random inputs after one warm-up batch (which allocates the device buffers and, on CUDA,
+/// compiles the kernels).
+pub fn bench_gpu_network(
+    device: Device,
+    model: &crate::nn::Model,
+    batch: usize,
+    iterations: usize,
+) -> Result<GpuNetBench> {
+    use crate::backend::gpu::network::GpuNetwork;
+    let (emu, gpu);
+    let (be, launcher): (&dyn Backend, &dyn Launcher) = match device {
+        Device::Emu => {
+            emu = EmuBackend::new(ScheduleOrder::InOrder);
+            (&emu, emu.launcher())
+        }
+        Device::Cuda => {
+            gpu = CudaBackend::new(crate::backend::cuda_ordinal()?)?;
+            (&gpu, gpu.launcher())
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "the GPU network bench runs on cuda or emu, not {other:?}"
+            )))
+        }
+    };
+    let n = batch.max(1);
+    let per: usize = model.spec.input.iter().product();
+    let flop = crate::backend::cpu::nn::Network::new(model, crate::backend::cpu::nn::Mode::F32)?
+        .flop_per_image;
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let x: Vec<f32> = (0..n * per)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    let g = GpuNetwork::new(launcher, model)?;
+    g.run(&x, n)?; // warm-up
+    let mut times = Vec::with_capacity(iterations.max(1));
+    for _ in 0..iterations.max(1) {
+        let t = Instant::now();
+        let y = g.run(&x, n)?;
+        times.push(t.elapsed().as_secs_f64());
+        if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Config(format!(
+                "network output {i} is {} on {}",
+                y[i],
+                be.describe()
+            )));
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let best = times[0];
+    let median = times[times.len() / 2];
+    Ok(GpuNetBench {
+        device: be.describe(),
+        model: model.spec.name.clone(),
+        params: model.weights.values().map(|t| t.data.len()).sum(),
+        gflop_per_image: flop / 1e9,
+        batch: n,
+        iterations: times.len(),
+        images_per_s: n as f64 / best,
+        ms_per_batch: best * 1e3,
+        ms_per_batch_median: median * 1e3,
+        gflop_per_s: flop * n as f64 / best / 1e9,
+    })
+}

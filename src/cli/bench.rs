@@ -51,6 +51,10 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.what == "network" {
+        let device: Device = a.device.parse()?;
+        if matches!(device, Device::Cuda | Device::Emu) {
+            return bench_gpu_network(&a, device);
+        }
         return bench_network(NetBench {
             model: a.model.as_deref(),
             arch: a.arch.as_deref(),
@@ -195,6 +199,46 @@ fn bench_gpu(a: &BenchArgs, device: Device, h: usize, w: usize) -> Result<()> {
         );
         if device == Device::Emu {
             println!("(emulator: CPU timings of the emulated kernels, not a GPU figure)");
+        }
+    }
+    Ok(())
+}
+
+/// `bench network --device cuda|emu`.
+fn bench_gpu_network(a: &BenchArgs, device: Device) -> Result<()> {
+    if a.fast || a.mode != NetMode::F32 {
+        bail!("--fast / --mode select CPU kernels; drop them with --device {device:?}");
+    }
+    let model = match (a.model.as_deref(), a.arch.as_deref()) {
+        (Some(p), _) => store::load(p).with_context(|| format!("loading model {}", p.display()))?,
+        (None, arch) => Model::random(arch_preset(arch.unwrap_or("spinn"), Preprocess::Max)?, 1)?,
+    };
+    let r = cdiphase::bench::gpu::bench_gpu_network(
+        device,
+        &model,
+        a.batch.unwrap_or(64),
+        a.iterations.unwrap_or(5) as usize,
+    )
+    .context("GPU network bench")?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("device:           {}", r.device);
+        println!(
+            "model:            {} ({} parameters, {:.2} GFLOP/image)",
+            r.model, r.params, r.gflop_per_image
+        );
+        println!(
+            "batch:            {} ({} timed batches)",
+            r.batch, r.iterations
+        );
+        println!(
+            "images/s:         {:.1} (best batch {:.2} ms, median {:.2} ms; transfers included)",
+            r.images_per_s, r.ms_per_batch, r.ms_per_batch_median
+        );
+        println!("GFLOP/s:          {:.0}", r.gflop_per_s);
+        if device == Device::Emu {
+            println!("(emulator: CPU time of the emulated kernels, not a GPU figure)");
         }
     }
     Ok(())
