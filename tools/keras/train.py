@@ -53,7 +53,9 @@ Outputs in --out: model.keras, model.h5 (best validation weights, early stopping
   target, for scale: a useful model must beat the second). Files are written to a
   temporary name and renamed.
 
-Deterministic for a given --seed, data and thread count (TF op determinism is enabled).
+Backends: Keras 3 on TensorFlow (the pinned venv; deterministic for a given --seed, data
+and thread count: TF op determinism is enabled), or on torch / JAX (KERAS_BACKEND=torch|jax,
+e.g. on a GPU machine: tools/keras/gpu_train.sh). The losses use keras.ops only.
 Exit status: 0 ok, 2 bad input (missing dataset, shape mismatch, wrong size, bad split).
 """
 
@@ -275,21 +277,23 @@ def conv_flops(model) -> int:
     return int(total)
 
 
-def make_losses(tf, kind: str, gamma: float, theta: float, tau: float, lam: float,
+def make_losses(ops, kind: str, gamma: float, theta: float, tau: float, lam: float,
                 twin: bool):
-    """Loss on y_true packed as (..., 2): channel 0 the target, channel 1 the support."""
+    """Loss on y_true packed as (..., 2): channel 0 the target, channel 1 the support.
+    Written with `keras.ops` (passed as `ops`), so it runs on every Keras backend
+    (TensorFlow here, torch or JAX on a GPU machine)."""
 
     def flip(t):  # centred arrays: index i -> (H - i) mod H on both axes
-        return tf.roll(tf.reverse(t, axis=[1, 2]), shift=[1, 1], axis=[1, 2])
+        return ops.roll(ops.flip(t, axis=(1, 2)), shift=(1, 1), axis=(1, 2))
 
     def mse(y, yh):
-        return tf.reduce_mean(tf.square(yh - y), axis=[1, 2, 3])
+        return ops.mean(ops.square(yh - y), axis=(1, 2, 3))
 
     def sup(y, s, yh):
-        p = tf.sigmoid((yh - theta) / tau)
-        fp = tf.reduce_sum((1.0 - s) * p * tf.nn.relu(yh), axis=[1, 2, 3])
-        fn = tf.reduce_sum(s * (1.0 - p) * y, axis=[1, 2, 3])
-        norm = tf.reduce_sum(s * y, axis=[1, 2, 3]) + 1e-6
+        p = ops.sigmoid((yh - theta) / tau)
+        fp = ops.sum((1.0 - s) * p * ops.relu(yh), axis=(1, 2, 3))
+        fn = ops.sum(s * (1.0 - p) * y, axis=(1, 2, 3))
+        norm = ops.sum(s * y, axis=(1, 2, 3)) + 1e-6
         return (fp + gamma * fn) / norm
 
     def per_pattern(y, s, yh):
@@ -304,11 +308,11 @@ def make_losses(tf, kind: str, gamma: float, theta: float, tau: float, lam: floa
         s = y_true[..., 1:2]
         v = per_pattern(y, s, y_pred)
         if twin:
-            v = tf.minimum(v, per_pattern(flip(y), flip(s), y_pred))
-        return tf.reduce_mean(v)
+            v = ops.minimum(v, per_pattern(flip(y), flip(s), y_pred))
+        return ops.mean(v)
 
     def target_mse(y_true, y_pred):
-        return tf.reduce_mean(tf.square(y_pred - y_true[..., 0:1]))
+        return ops.mean(ops.square(y_pred - y_true[..., 0:1]))
 
     loss.__name__ = f"loss_{kind}"
     target_mse.__name__ = "mse"
@@ -449,6 +453,8 @@ def parse_args(argv=None):
                    help="spinn: the paper's network (width 1); compact: width --width")
     p.add_argument("--width", type=float, default=None,
                    help=f"channel scale (compact default {COMPACT_WIDTH}; spinn: 1)")
+    p.add_argument("--bottleneck", type=int, default=None,
+                   help="units of the first Dense (default 128 x width; the paper: 128)")
     p.add_argument("--input-size", type=int, default=None,
                    help="required pattern size (default: the data's)")
     p.add_argument("--preprocessing", choices=("max", "log1p-max"), default="max")
@@ -469,10 +475,17 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--patience", type=int, default=4, help="early stopping on val_loss")
+    p.add_argument("--lr-patience", type=int, default=0,
+                   help="halve the learning rate after this many epochs without a better "
+                        "val_loss (0: constant rate)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: stop after the epoch that would let the next one overrun "
+                        "(the best validation weights are kept), for runs on borrowed time")
     p.add_argument("--max-steps", type=int, default=None,
                    help="limit the training batches per epoch (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="TF intra-op threads")
+    p.add_argument("--threads", type=int, default=2,
+                   help="intra-op threads (TensorFlow and torch backends)")
     p.add_argument("--chunk", type=int, default=256, help="patterns read per HDF5 read")
     p.add_argument("--keep-cache", action="store_true")
     a = p.parse_args(argv)
@@ -538,22 +551,45 @@ def main(argv=None) -> int:
     import numpy as np
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
     from spinn import build_spinn
 
-    keras.utils.set_random_seed(args.seed)
-    tf.config.experimental.enable_op_determinism()
+    backend = keras.backend.backend()
+    versions = {"keras": keras.__version__, "numpy": np.__version__, "backend": backend}
+    device = "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    model = build_spinn(keras, input_size=h, width=args.width,
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        versions["tensorflow"] = tf.__version__
+    elif backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            # TF32 tensor cores for the dense layers too (convolutions use them by default)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            device = torch.cuda.get_device_name(0)
+        else:
+            torch.set_num_threads(args.threads)
+    elif backend == "jax":
+        import jax
+
+        versions["jax"] = jax.__version__
+        device = str(jax.devices()[0])
+    keras.utils.set_random_seed(args.seed)
+    if backend == "tensorflow":
+        tf.config.experimental.enable_op_determinism()
+    print(f"keras {keras.__version__} on {backend} ({device})", flush=True)
+
+    model = build_spinn(keras, input_size=h, width=args.width, bottleneck=args.bottleneck,
                         name="spinn" if args.arch == "spinn" else "spinn_compact")
     flops = conv_flops(model)
-    loss, target_mse = make_losses(tf, args.loss, args.fn_weight, args.support_threshold,
-                                   args.support_temperature, args.support_weight,
-                                   args.twin_invariant)
+    loss, target_mse = make_losses(keras.ops, args.loss, args.fn_weight,
+                                   args.support_threshold, args.support_temperature,
+                                   args.support_weight, args.twin_invariant)
     model.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss, metrics=[target_mse])
     print(f"model {model.name}: width {args.width}, {model.count_params():,} parameters, "
           f"{flops / 1e9:.3f} GFLOP forward per pattern", flush=True)
@@ -572,14 +608,41 @@ def main(argv=None) -> int:
         def on_epoch_end(self, epoch, logs=None):
             self.times.append(time.time() - self.t)
 
+    class Best(keras.callbacks.Callback):
+        """Keeps the weights of the best val_loss and restores them at the end, however
+        training stops (early stopping, the time budget or the last epoch); with
+        --time-budget, stops when the next epoch would overrun it."""
+
+        def __init__(self):
+            super().__init__()
+            self.best, self.weights, self.stopped_by_budget = float("inf"), None, False
+
+        def on_epoch_end(self, epoch, logs=None):
+            v = float((logs or {}).get("val_loss", float("inf")))
+            if v < self.best:
+                self.best, self.weights = v, self.model.get_weights()
+            if args.time_budget is not None and timer.times:
+                spent = time.time() - t_start
+                if spent + max(timer.times) * 1.1 > args.time_budget:
+                    self.stopped_by_budget = True
+                    self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.weights is not None:
+                self.model.set_weights(self.weights)
+
     timer = Timer()
+    best = Best()
     csv_tmp = os.path.join(args.out, "history.csv.tmp")
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
-                                      restore_best_weights=True),
-        keras.callbacks.CSVLogger(csv_tmp),
         timer,
+        best,
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience),
+        keras.callbacks.CSVLogger(csv_tmp),
     ]
+    if args.lr_patience > 0:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=args.lr_patience, min_lr=1e-6))
     # initial losses (epoch 0) so the record shows the decrease
     init_train = model.evaluate(tr, verbose=0, steps=args.max_steps, return_dict=True)
     init_val = model.evaluate(va, verbose=0, return_dict=True)
@@ -599,7 +662,8 @@ def main(argv=None) -> int:
 
     # Saved from an uncompiled twin with the same layer names and weights: the files hold
     # the architecture and weights only (no optimizer state, no custom loss to deserialise).
-    clean = build_spinn(keras, input_size=h, width=args.width, name=model.name)
+    clean = build_spinn(keras, input_size=h, width=args.width, bottleneck=args.bottleneck,
+                        name=model.name)
     clean.set_weights(model.get_weights())
     for name in ("model.keras", "model.h5"):
         tmp = os.path.join(args.out, "tmp-" + name)
@@ -609,8 +673,8 @@ def main(argv=None) -> int:
     steps = len(tr) if args.max_steps is None else min(args.max_steps, len(tr))
     record = {
         "tool": "tools/keras/train.py",
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "numpy": np.__version__},
+        "versions": versions,
+        "device": device,
         "command": sys.argv,
         "data": [{"path": os.path.abspath(pth), "patterns": inf[0], "size": [inf[1], inf[2]],
                   "sha256": sha256_file(pth), "simulate": simulate_config(pth)}
@@ -624,6 +688,7 @@ def main(argv=None) -> int:
                           "target": "|density| / max |density| per pattern"},
         "architecture": {"builder": "spinn.build_spinn", "arch": args.arch,
                          "width": args.width, "input_size": h,
+                         "bottleneck": args.bottleneck or max(1, round(128 * args.width)),
                          "params": int(model.count_params()),
                          "forward_gflop_per_pattern": flops / 1e9,
                          "output": "tanh, (S,S,1), centred like the density"},
@@ -634,7 +699,10 @@ def main(argv=None) -> int:
                      "twin_invariant": args.twin_invariant, "optimizer": "Adam",
                      "lr": args.lr, "batch": args.batch, "epochs_max": args.epochs,
                      "epochs_run": len(h_["loss"]), "best_epoch": best_epoch,
-                     "patience": args.patience, "steps_per_epoch": steps,
+                     "patience": args.patience, "lr_patience": args.lr_patience,
+                     "time_budget_s": args.time_budget,
+                     "stopped_by_time_budget": best.stopped_by_budget,
+                     "steps_per_epoch": steps,
                      "threads": args.threads},
         "history": {"initial": {"loss": init_train["loss"], "val_loss": init_val["loss"]},
                     **h_},
