@@ -284,7 +284,9 @@ def make_losses(ops, kind: str, gamma: float, theta: float, tau: float, lam: flo
     (TensorFlow here, torch or JAX on a GPU machine)."""
 
     def flip(t):  # centred arrays: index i -> (H - i) mod H on both axes
-        return ops.roll(ops.flip(t, axis=(1, 2)), shift=(1, 1), axis=(1, 2))
+        # one axis per call: Keras 3.12's TensorFlow flip takes a single axis
+        t = ops.flip(ops.flip(t, axis=1), axis=2)
+        return ops.roll(ops.roll(t, shift=1, axis=1), shift=1, axis=2)
 
     def mse(y, yh):
         return ops.mean(ops.square(yh - y), axis=(1, 2, 3))
