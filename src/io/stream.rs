@@ -272,6 +272,11 @@ impl StreamWriter {
 
     /// [`write_rows_raw`](Self::write_rows_raw) for `f32` data.
     pub fn write_rows_f32(&mut self, id: StreamId, first: usize, data: &[f32]) -> Result<()> {
+        if cfg!(target_endian = "little") {
+            // the file is little-endian: the memory is already the bytes (no copy; the
+            // byte-by-byte conversion made the simulator's writer its bottleneck)
+            return self.write_rows_raw(id, first, bytemuck::cast_slice(data));
+        }
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.write_rows_raw(id, first, &bytes)
     }
