@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Simulate diffraction patterns (with ground truth) from PDB/mmCIF structures.
-    Simulate(cli::simulate::SimulateArgs),
+    Simulate(Box<cli::simulate::SimulateArgs>),
     /// Phase retrieval of every pattern of a CXI/HDF5 or .npy file.
     Phase(cli::phase::PhaseArgs),
     /// The whole pipeline on held-out test structures: simulate, network, supports, phasing
@@ -64,7 +64,7 @@ fn run_argv(args: &[String]) -> Result<()> {
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Simulate(a) => cli::simulate::run(a),
+        Cmd::Simulate(a) => cli::simulate::run(*a),
         Cmd::Phase(a) => cli::phase::run(a),
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Bench(a) => cli::bench::run(a),

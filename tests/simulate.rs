@@ -550,6 +550,7 @@ fn pdb_plain_gz_and_errors() {
         &ReadOptions {
             skip_waters: false,
             skip_hydrogens: false,
+            ..ReadOptions::default()
         },
     )
     .unwrap();

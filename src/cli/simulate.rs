@@ -1,10 +1,16 @@
-//! `cdiphase simulate`: diffraction patterns with their ground truth, from structures or
-//! synthetic particles.
+//! `cdiphase simulate`: diffraction patterns with their ground truth, from structures,
+//! assemblies of them or synthetic particles, in the default geometry (`--fill`) or a fixed
+//! pixel size (`--pixel-size`, `--preset paper`).
 
-use super::{parse_size, progress_bar, RunArgs};
 use anyhow::{bail, Context, Result};
+use cdiphase::simulate::{
+    self as sim, AssemblyConfig, AtomModel, Centring, Chains, IdealSupport, MaskSpec, Noise,
+    ReadOptions, SimConfig,
+};
 use clap::Args;
 use std::path::PathBuf;
+
+use super::{parse_size, progress_bar, RunArgs};
 
 #[derive(Args)]
 pub struct SimulateArgs {
@@ -18,15 +24,30 @@ pub struct SimulateArgs {
     /// Residues per synthetic particle, MIN:MAX (rings: MIN/2..MAX/2 per subunit).
     #[arg(long, default_value = "150:1200")]
     pub residues: String,
+    /// K assemblies of 2-3 of the structures (random orientations, placed in contact
+    /// without overlap, seeded) instead of the structures themselves; patterns cycle over
+    /// them; each is named asm<k>-<id>+<id>[+<id>].
+    #[arg(long, conflicts_with = "synthetic")]
+    pub assemblies: Option<usize>,
+    /// Parts per assembly, MIN:MAX.
+    #[arg(long, default_value = "2:3", requires = "assemblies")]
+    pub assembly_parts: String,
+    /// Chains of each structure file: all (the whole entry) | first.
+    #[arg(long, default_value = "all")]
+    pub chains: String,
     /// Output CXI file (written atomically).
     #[arg(short, long)]
     pub output: PathBuf,
     /// Number of patterns (cycling over the structures, a random orientation each).
     #[arg(long, default_value_t = 100)]
     pub count: usize,
-    /// Pattern size: N for N x N, or HxW.
-    #[arg(long, default_value = "128")]
-    pub size: String,
+    /// Preset geometry: `paper` = 128x128, 0.2333 nm pixels, 3.5 Å, molmap ideal support,
+    /// bounding box centred, supersampling 2, noise-free (the flags below override it).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Pattern size: N for N x N, or HxW [default: 128].
+    #[arg(long)]
+    pub size: Option<String>,
     /// Total photons per pattern (default: raw |F|^2 of the density in electrons).
     #[arg(long)]
     pub photons: Option<f64>,
@@ -34,24 +55,49 @@ pub struct SimulateArgs {
     /// fluence * r_e^2 * (pixel solid angle) * |F|^2 (uses the wavelength, 0.2 nm).
     #[arg(long, conflicts_with = "photons")]
     pub fluence: Option<f64>,
-    /// none | poisson.
-    #[arg(long, default_value = "none")]
-    pub noise: String,
+    /// none | poisson [default: none].
+    #[arg(long)]
+    pub noise: Option<String>,
     /// Missing data: none | stripe:ROWS | beamstop:RADIUS | gaps:WIDTH[xPANELS], comma-separated.
     #[arg(long, default_value = "none")]
     pub mask: String,
-    /// Resolution of the Gaussian blur of the atoms, Å (Chimera molmap-like).
-    #[arg(long, default_value_t = 3.5)]
-    pub resolution: f64,
+    /// Resolution of the Gaussian blur of the atoms, Å (Chimera molmap: sigma = 0.225 x
+    /// resolution) [default: 3.5].
+    #[arg(long)]
+    pub resolution: Option<f64>,
     /// Atom model: gaussian (Z electrons, molmap) | cromer-mann (form factors, then blurred).
     #[arg(long, default_value = "gaussian")]
     pub atoms: String,
-    /// Particle maximum extent as a fraction of the field (0.5 = oversampling 2).
-    #[arg(long, default_value_t = 0.45)]
-    pub fill: f64,
-    /// Ideal support: density above this fraction of the pattern's density maximum.
-    #[arg(long, default_value_t = cdiphase::simulate::SimConfig::default().support_threshold)]
-    pub support_threshold: f64,
+    /// Particle maximum extent as a fraction of the field (0.5 = oversampling 2); sets the
+    /// pixel size per structure [default: 0.45].
+    #[arg(long, conflicts_with = "pixel_size")]
+    pub fill: Option<f64>,
+    /// A fixed real-space pixel size for every structure, nm, instead of --fill (the paper:
+    /// 0.2333). Structures whose density does not fit the field are skipped with a warning.
+    #[arg(long)]
+    pub pixel_size: Option<f64>,
+    /// Render on a grid K times finer per axis and sum K x K blocks (anti-aliasing)
+    /// [default: 1 with --fill; with --pixel-size the smallest K putting the fine grid at
+    /// or below resolution/3, molmap's grid: 2 at 0.2333 nm and 3.5 Å].
+    #[arg(long)]
+    pub supersample: Option<usize>,
+    /// Ideal support: threshold[:T] (density > T x its maximum, T = --support-threshold) |
+    /// molmap[:RANGE] (Gaussians cut on a box of RANGE = 5 sigma as Chimera's molmap;
+    /// support = density > 0) [default: threshold].
+    #[arg(long)]
+    pub ideal_support: Option<String>,
+    /// Ideal support threshold (threshold rule): a fraction of the pattern's density maximum
+    /// [default: 0.025].
+    #[arg(long)]
+    pub support_threshold: Option<f64>,
+    /// Centre of each projection at (H/2, W/2): centroid | bbox (bounding box of the
+    /// projected atoms) [default: centroid].
+    #[arg(long)]
+    pub centre: Option<String>,
+    /// With --pixel-size: the largest density extent allowed, as a fraction of the field
+    /// (0.5 guarantees oversampling 2) [default: 1].
+    #[arg(long)]
+    pub max_extent: Option<f64>,
     /// Keep water molecules.
     #[arg(long)]
     pub keep_waters: bool,
@@ -64,43 +110,107 @@ pub struct SimulateArgs {
     pub run: RunArgs,
 }
 
-pub fn run(a: SimulateArgs) -> Result<()> {
-    use cdiphase::simulate::{self as sim, AtomModel, MaskSpec, Noise, ReadOptions, SimConfig};
-    let (h, w) = parse_size(&a.size)?;
-    let noise = match a.noise.to_ascii_lowercase().as_str() {
-        "none" => Noise::None,
-        "poisson" => Noise::Poisson,
-        other => bail!("--noise '{other}': expected none or poisson"),
+fn parse_range(s: &str, flag: &str) -> Result<(usize, usize)> {
+    let (a, b) = s.split_once(':').unwrap_or((s, s));
+    let p = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .with_context(|| format!("{flag} '{s}': expected MIN:MAX (whole numbers)"))
     };
-    if noise == Noise::Poisson && a.photons.is_none() && a.fluence.is_none() {
+    Ok((p(a)?, p(b)?))
+}
+
+/// The configuration: the preset (or the defaults), then every flag given.
+pub fn config_from_args(a: &SimulateArgs) -> Result<SimConfig> {
+    let mut cfg = match a.preset.as_deref().map(|p| p.trim().to_ascii_lowercase()) {
+        None => SimConfig::default(),
+        Some(p) if p == "paper" => SimConfig::paper(),
+        Some(p) => bail!("--preset '{p}': expected paper"),
+    };
+    cfg.count = a.count;
+    cfg.seed = a.seed;
+    if let Some(s) = &a.size {
+        cfg.size = parse_size(s)?;
+    }
+    if let Some(n) = &a.noise {
+        cfg.noise = match n.to_ascii_lowercase().as_str() {
+            "none" => Noise::None,
+            "poisson" => Noise::Poisson,
+            other => bail!("--noise '{other}': expected none or poisson"),
+        };
+    }
+    if cfg.noise == Noise::Poisson && a.photons.is_none() && a.fluence.is_none() {
         bail!(
             "--noise poisson needs --photons (the expected total count per pattern) or --fluence"
         );
     }
-    let cfg = SimConfig {
-        size: (h, w),
-        count: a.count,
-        resolution: a.resolution,
-        atoms: AtomModel::parse(&a.atoms)?,
-        fill: a.fill,
-        photons: a.photons,
-        fluence: a.fluence,
-        noise,
-        mask: MaskSpec::parse(&a.mask)?,
-        support_threshold: a.support_threshold,
-        seed: a.seed,
-        synthetic: match &a.synthetic {
-            Some(kinds) => Some(sim::SyntheticConfig {
-                kinds: sim::ParticleKind::parse_list(kinds)?,
-                residues: parse_residues(&a.residues)?,
-            }),
-            None => None,
-        },
-        ..SimConfig::default()
+    if a.photons.is_some() || a.fluence.is_some() {
+        cfg.photons = a.photons;
+        cfg.fluence = a.fluence;
+    }
+    cfg.mask = MaskSpec::parse(&a.mask)?;
+    if let Some(r) = a.resolution {
+        cfg.resolution = r;
+    }
+    cfg.atoms = AtomModel::parse(&a.atoms)?;
+    if let Some(f) = a.fill {
+        cfg.fill = f;
+        cfg.pixel_size_nm = None;
+    }
+    if let Some(p) = a.pixel_size {
+        cfg.pixel_size_nm = Some(p);
+    }
+    if a.supersample.is_some() {
+        cfg.supersample = a.supersample;
+    } else if a.preset.is_some()
+        && (a.pixel_size.is_some() || a.fill.is_some() || a.resolution.is_some())
+    {
+        // the preset's factor was chosen for its own pixel size and resolution
+        cfg.supersample = None;
+    }
+    if let Some(t) = a.support_threshold {
+        cfg.support_threshold = t;
+    }
+    if let Some(rule) = &a.ideal_support {
+        let (r, t) = IdealSupport::parse(rule)?;
+        cfg.ideal_support = r;
+        if let Some(t) = t {
+            if a.support_threshold.is_some_and(|s| s != t) {
+                bail!("--ideal-support {rule} and --support-threshold disagree: give one");
+            }
+            cfg.support_threshold = t;
+        }
+    }
+    if let Some(c) = &a.centre {
+        cfg.centre = Centring::parse(c)?;
+    }
+    if let Some(m) = a.max_extent {
+        cfg.max_extent = m;
+    }
+    cfg.synthetic = match &a.synthetic {
+        Some(kinds) => Some(sim::SyntheticConfig {
+            kinds: sim::ParticleKind::parse_list(kinds)?,
+            residues: parse_range(&a.residues, "--residues")?,
+        }),
+        None => None,
     };
+    cfg.assemblies = match a.assemblies {
+        Some(k) => Some(AssemblyConfig {
+            count: k,
+            parts: parse_range(&a.assembly_parts, "--assembly-parts")?,
+        }),
+        None => None,
+    };
+    Ok(cfg)
+}
+
+pub fn run(a: SimulateArgs) -> Result<()> {
+    let cfg = config_from_args(&a)?;
+    let (h, w) = cfg.size;
     let opts = ReadOptions {
         skip_waters: !a.keep_waters,
         skip_hydrogens: !a.keep_hydrogens,
+        chains: Chains::parse(&a.chains)?,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.run.threads.unwrap_or(0))
@@ -125,20 +235,50 @@ pub fn run(a: SimulateArgs) -> Result<()> {
                 .join(", ")
         );
     }
+    let read = structures.len();
+    let (structures, too_large) = pool.install(|| sim::fitting_structures(structures, &cfg));
+    for (name, e) in &too_large {
+        eprintln!("warning: skipped {name}: {e}");
+    }
+    if structures.is_empty() && cfg.synthetic.is_none() {
+        bail!(
+            "none of the {read} structures fits the field of {}x{} pixels of {} nm (see the warnings above)",
+            h,
+            w,
+            cfg.pixel_size_nm.unwrap_or(0.0)
+        );
+    }
     let read_s = t0.elapsed().as_secs_f64();
     if !a.run.quiet {
-        match &a.synthetic {
-            Some(k) => eprintln!(
-                "simulating {} patterns of {h}x{w}, one synthetic particle ({k}) each",
+        let geometry = match cfg.pixel_size_nm {
+            Some(p) => format!(
+                "{p} nm pixels (field {:.1} nm), supersampling {}",
+                p * h.min(w) as f64,
+                cfg.supersample_for(p * 10.0)
+            ),
+            None => format!("particle extent {} of the field", cfg.fill),
+        };
+        match (&a.synthetic, &cfg.assemblies) {
+            (Some(k), _) => eprintln!(
+                "simulating {} patterns of {h}x{w}, one synthetic particle ({k}) each; {geometry}",
                 a.count
             ),
-            None => eprintln!(
-                "simulating {} patterns of {}x{} from {} structures ({} unreadable)",
+            (None, Some(ac)) => eprintln!(
+                "simulating {} patterns of {h}x{w} from {} assemblies of {}-{} of {} structures; {geometry}",
+                a.count,
+                ac.count,
+                ac.parts.0,
+                ac.parts.1,
+                structures.len()
+            ),
+            (None, None) => eprintln!(
+                "simulating {} patterns of {}x{} from {} structures ({} unreadable, {} too large); {geometry}",
                 a.count,
                 h,
                 w,
                 structures.len(),
-                failed.len()
+                failed.len(),
+                too_large.len()
             ),
         }
     }
@@ -152,10 +292,11 @@ pub fn run(a: SimulateArgs) -> Result<()> {
         .with_context(|| format!("simulating into {}", a.output.display()))?;
     pb.finish_and_clear();
     let total = t0.elapsed().as_secs_f64();
+    let rate = a.count as f64 / rep.total_seconds.max(1e-9);
     if !a.run.quiet {
         eprintln!(
-            "done in {total:.2} s (read {read_s:.2} s, simulate and write {:.2} s, of which the \
-             writer thread was busy {:.2} s); wrote {}",
+            "done in {total:.2} s (read {read_s:.2} s, simulate and write {:.2} s = {rate:.0} \
+             patterns/s, of which the writer thread was busy {:.2} s); wrote {}",
             rep.total_seconds,
             rep.write_seconds,
             a.output.display()
@@ -169,21 +310,13 @@ pub fn run(a: SimulateArgs) -> Result<()> {
             "width": w,
             "structures": structures.len(),
             "unreadable": failed.iter().map(|(p, e)| serde_json::json!({"file": p.display().to_string(), "error": e.to_string()})).collect::<Vec<_>>(),
+            "too_large": too_large.iter().map(|(n, e)| serde_json::json!({"structure": n, "error": e.to_string()})).collect::<Vec<_>>(),
             "seconds": {"total": total, "read": read_s, "simulate_and_write": rep.total_seconds, "write_busy": rep.write_seconds},
+            "patterns_per_second": rate,
             "cpu_seconds": rep.timings,
             "configuration": cfg.to_json(),
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     Ok(())
-}
-
-fn parse_residues(s: &str) -> Result<(usize, usize)> {
-    let (a, b) = s.split_once(':').unwrap_or((s, s));
-    let p = |t: &str| {
-        t.trim()
-            .parse::<usize>()
-            .with_context(|| format!("--residues '{s}': expected MIN:MAX (whole numbers)"))
-    };
-    Ok((p(a)?, p(b)?))
 }

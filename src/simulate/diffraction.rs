@@ -31,6 +31,8 @@
 //! 7. ideal support: `density > support_threshold * max(density)` (default 2.5%; see
 //!    [`SimConfig::support_threshold`]).
 
+use super::assembly::{self, Assembly, AssemblyConfig};
+use super::geometry::{auto_supersample, diameter, Centring, IdealSupport, MOLMAP_CUTOFF_RANGE};
 use super::structure::Structure;
 use super::synthetic::SyntheticConfig;
 use crate::array::{centred_to_native, native_to_centred, Complex32, Stack};
@@ -197,6 +199,10 @@ impl MaskSpec {
     }
 }
 
+/// The paper's real-space pixel size, nm: molmap's default grid at 3.5 Å (1.167 Å), binned
+/// 2 x 2.
+pub const PAPER_PIXEL_NM: f64 = 0.2333;
+
 /// Simulation parameters.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SimConfig {
@@ -228,6 +234,23 @@ pub struct SimConfig {
     /// Synthetic protein-like particles instead of structures: pattern `i` shows particle
     /// `i` of [`SyntheticConfig::particle`] (seeded with `seed`), each one different.
     pub synthetic: Option<SyntheticConfig>,
+    /// Assemblies of 2-3 of the structures instead of the structures themselves: pattern
+    /// `i` shows assembly `i % count` (see [`super::assembly`]).
+    pub assemblies: Option<AssemblyConfig>,
+    /// Which pixels make the ideal support (and where the Gaussians are truncated).
+    pub ideal_support: IdealSupport,
+    /// The density is rendered on a grid this many times finer per axis and summed over
+    /// each block of K x K fine pixels (anti-aliasing). None: 1 with `fill`, and with
+    /// `pixel_size_nm` the smallest K that puts the fine grid at or below resolution / 3
+    /// (Chimera molmap's default grid spacing; 2 in the paper's geometry).
+    pub supersample: Option<usize>,
+    /// Where the projection is centred: the centroid (default) or the bounding box.
+    pub centre: Centring,
+    /// With `pixel_size_nm`: the largest extent of the density (atoms' reach included),
+    /// as a fraction of the field's N - 1 pixels (N = min(H, W)). A structure beyond it is
+    /// refused ([`check_fit`]). Default 1: the density never crosses the field's edge;
+    /// 0.5 guarantees oversampling 2.
+    pub max_extent: f64,
     /// X-ray wavelength, nm (geometry metadata). Default 0.2 nm.
     pub wavelength_nm: f64,
     /// Sample-detector distance, m (geometry metadata). Default 0.7 m.
@@ -250,6 +273,11 @@ impl Default for SimConfig {
             support_threshold: 0.025,
             seed: 0,
             synthetic: None,
+            assemblies: None,
+            ideal_support: IdealSupport::Threshold,
+            supersample: None,
+            centre: Centring::Centroid,
+            max_extent: 1.0,
             wavelength_nm: 0.2,
             detector_distance_m: 0.7,
         }
@@ -257,9 +285,43 @@ impl Default for SimConfig {
 }
 
 impl SimConfig {
-    /// Gaussian sigma in Å (Chimera molmap: resolution / (pi sqrt 2)).
+    /// The paper's geometry (DESIGN.md section 6; its data script `chimera_simulate.py`):
+    /// 128 x 128 pixels of 0.2333 nm (Chimera molmap at 3.5 Å on its default 1.167 Å grid,
+    /// summed along the beam, binned 2 x 2: supersampling 2), a 299 Å field, molmap's
+    /// extent as the ideal support (Gaussians cut at 5 sigma, support = density > 0), the
+    /// bounding box of the projected atoms centred, noise-free |F|^2. The geometry metadata
+    /// is the paper's Condor set-up: 8 keV (0.155 nm), 0.3 m.
+    pub fn paper() -> SimConfig {
+        SimConfig {
+            size: (128, 128),
+            resolution: 3.5,
+            pixel_size_nm: Some(PAPER_PIXEL_NM),
+            ideal_support: IdealSupport::Molmap {
+                cutoff_range: MOLMAP_CUTOFF_RANGE,
+            },
+            supersample: Some(2),
+            centre: Centring::BoundingBox,
+            noise: Noise::None,
+            photons: None,
+            fluence: None,
+            wavelength_nm: 1.239_842 / 8.0,
+            detector_distance_m: 0.3,
+            ..SimConfig::default()
+        }
+    }
+
+    /// Gaussian sigma in Å (Chimera molmap: resolution / (pi sqrt 2) = 0.225 resolution).
     pub fn sigma(&self) -> f64 {
         self.resolution / (std::f64::consts::PI * std::f64::consts::SQRT_2)
+    }
+
+    /// The supersampling factor used for a real-space pixel of `pixel_a` Å.
+    pub fn supersample_for(&self, pixel_a: f64) -> usize {
+        match (self.supersample, self.pixel_size_nm) {
+            (Some(k), _) => k,
+            (None, Some(_)) => auto_supersample(pixel_a, self.resolution),
+            (None, None) => 1,
+        }
     }
 
     fn validate(&self, structures: &[Structure]) -> Result<()> {
@@ -290,6 +352,23 @@ impl SimConfig {
         if let Some(p) = self.pixel_size_nm {
             if !(p > 0.0 && p.is_finite()) {
                 return bad(format!("pixel size {p} nm must be positive"));
+            }
+        }
+        if let Some(k) = self.supersample {
+            if !(1..=16).contains(&k) {
+                return bad(format!("supersampling {k} must be in 1..=16"));
+            }
+        }
+        if !(self.max_extent > 0.0 && self.max_extent <= 1.0) {
+            return bad(format!(
+                "maximum extent {} must be in (0, 1] (a fraction of the field)",
+                self.max_extent
+            ));
+        }
+        if let Some(a) = &self.assemblies {
+            a.validate()?;
+            if self.synthetic.is_some() {
+                return bad("give either assemblies or synthetic particles, not both".into());
             }
         }
         if let Some(p) = self.photons {
@@ -325,9 +404,26 @@ impl SimConfig {
             "centred at (H/2, W/2); intensities |unnormalised forward DFT of the projected \
              density|^2; density in electrons per pixel, atoms as in 'atoms' blurred by sigma_angstrom; rows = y, columns = x, \
              beam along z; orientation quaternion [w,x,y,z] rotates the centroid-centred atoms \
-             (active); mask nonzero = unmeasured; support = density > support_threshold * max"
+             (active); mask nonzero = unmeasured; support = see support_rule; \
+             the density is sampled on a grid `supersample` times finer per axis and \
+             summed over each block; each Gaussian is truncated on a box of \
+             cutoff_sigmas standard deviations per axis"
         );
+        v["support_rule"] = serde_json::json!(self.support_rule());
+        v["cutoff_sigmas"] = serde_json::json!(self.ideal_support.cutoff_sigmas());
         v
+    }
+
+    /// The ideal support rule in words (stored with the data).
+    pub fn support_rule(&self) -> String {
+        match self.ideal_support {
+            IdealSupport::Threshold => {
+                format!("density > {} * max(density)", self.support_threshold)
+            }
+            IdealSupport::Molmap { cutoff_range } => format!(
+                "density > 0 (molmap extent: Gaussians truncated at {cutoff_range} sigma per axis)"
+            ),
+        }
     }
 }
 
@@ -435,10 +531,19 @@ pub fn centroid(s: &Structure) -> [f64; 3] {
 type Group = (f64, Vec<([f64; 3], f64)>);
 
 /// Structure prepared for projection: centred atom positions (f64, Å) grouped by the
-/// variance of the Gaussian they are splatted with, and the pixel size.
+/// variance of the Gaussian they are splatted with, the pixel size, and the largest
+/// distance of an atom centre from the centroid.
 struct Prepared {
     groups: Vec<Group>,
     pixel_a: f64,
+    radius: f64,
+}
+
+impl Prepared {
+    /// Standard deviation of the widest Gaussian, Å.
+    fn widest_sigma(&self) -> f64 {
+        self.groups.iter().map(|g| g.0).fold(0.0, f64::max).sqrt()
+    }
 }
 
 fn prepare(s: &Structure, cfg: &SimConfig) -> Prepared {
@@ -477,62 +582,313 @@ fn prepare(s: &Structure, cfg: &SimConfig) -> Prepared {
             d / (cfg.fill * h.min(w) as f64)
         }
     };
-    Prepared { groups, pixel_a }
-}
-
-/// Splat the rotated atoms' Gaussians into a zeroed centred `h x w` grid.
-fn project(p: &Prepared, rot: &[[f64; 3]; 3], h: usize, w: usize, out: &mut [f32]) {
-    for (var, atoms) in &p.groups {
-        splat(atoms, p.pixel_a, rot, var.sqrt(), h, w, out);
+    Prepared {
+        groups,
+        pixel_a,
+        radius: rmax,
     }
 }
 
-/// Splat Gaussians of standard deviation `sigma_a` (Å) at the rotated `atoms`.
+/// An assembly prepared for projection from its parts' prepared structures (the parts'
+/// atoms moved into the assembly's frame, grouped by variance).
+fn prepare_assembly(asm: &Assembly, parts: &[Prepared], pixel_a: f64) -> Prepared {
+    let mut groups: Vec<Group> = Vec::new();
+    for part in &asm.parts {
+        for (var, atoms) in &parts[part.structure].groups {
+            let g = match groups
+                .iter()
+                .position(|(v, _)| v.to_bits() == var.to_bits())
+            {
+                Some(k) => k,
+                None => {
+                    groups.push((*var, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.extend(atoms.iter().map(|(p, e)| {
+                let r = rotate(&part.rotation, p);
+                (
+                    [
+                        r[0] + part.offset[0],
+                        r[1] + part.offset[1],
+                        r[2] + part.offset[2],
+                    ],
+                    *e,
+                )
+            }));
+        }
+    }
+    Prepared {
+        groups,
+        pixel_a,
+        radius: asm.radius,
+    }
+}
+
+/// How the density is sampled: `ss` x `ss` fine pixels per pixel, Gaussians truncated on a
+/// box of `cut` standard deviations per axis, centred on the centroid or the bounding box.
+#[derive(Clone, Copy, Debug)]
+struct Render {
+    ss: usize,
+    cut: f64,
+    bbox: bool,
+}
+
+impl Render {
+    fn new(cfg: &SimConfig, pixel_a: f64) -> Render {
+        Render {
+            ss: cfg.supersample_for(pixel_a),
+            cut: cfg.ideal_support.cutoff_sigmas(),
+            bbox: cfg.centre == Centring::BoundingBox,
+        }
+    }
+}
+
+/// Splat the rotated atoms' Gaussians into a zeroed centred `h x w` grid.
+fn project(p: &Prepared, rot: &[[f64; 3]; 3], r: Render, h: usize, w: usize, out: &mut [f32]) {
+    let off = if r.bbox {
+        let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
+        for (_, atoms) in &p.groups {
+            for (pos, _) in atoms {
+                for d in 0..2 {
+                    let v = rot[d][0] * pos[0] + rot[d][1] * pos[1] + rot[d][2] * pos[2];
+                    lo[d] = lo[d].min(v);
+                    hi[d] = hi[d].max(v);
+                }
+            }
+        }
+        if lo[0].is_finite() {
+            [0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1])]
+        } else {
+            [0.0; 2]
+        }
+    } else {
+        [0.0; 2]
+    };
+    for (var, atoms) in &p.groups {
+        splat(atoms, p.pixel_a, rot, var.sqrt(), r, off, h, w, out);
+    }
+}
+
+/// Splat Gaussians of standard deviation `sigma_a` (Å) at the rotated `atoms`, minus
+/// `off` (Å, in the detector plane), each truncated on a box of `r.cut` standard deviations
+/// per axis, sampled at the centres of a grid `r.ss` times finer than the output and
+/// summed over each `ss x ss` block (electrons per output pixel). Fine pixel `i` (of
+/// `ss * w`) has its centre at output coordinate `(i + 1/2) / ss - 1/2`, so a block's
+/// centre is its output pixel's. The Gaussian is separable, so the block sums are products
+/// of per-axis block sums: exactly the fine grid binned, at the cost of the coarse grid.
+#[allow(clippy::too_many_arguments)]
 fn splat(
     atoms: &[([f64; 3], f64)],
     pixel_a: f64,
     rot: &[[f64; 3]; 3],
     sigma_a: f64,
+    r: Render,
+    off: [f64; 2],
     h: usize,
     w: usize,
     out: &mut [f32],
 ) {
-    let s = sigma_a / pixel_a;
+    let ss = r.ss.max(1);
+    let ssf = ss as f64;
+    let s = sigma_a / pixel_a * ssf;
     let inv2s2 = 1.0 / (2.0 * s * s);
     let norm1 = 1.0 / ((std::f64::consts::TAU).sqrt() * s);
-    let radius = s * (2.0 * (1e7f64).ln()).sqrt();
+    let radius = s * r.cut;
     let (cy, cx) = ((h / 2) as f64, (w / 2) as f64);
-    let mut gx = Vec::with_capacity(2 * radius as usize + 3);
-    let mut gy = Vec::with_capacity(2 * radius as usize + 3);
+    let (fw, fh) = ((ss * w) as i64, (ss * h) as i64);
+    let cap = 2 * radius as usize + 3;
+    let mut gx: Vec<f32> = Vec::with_capacity(cap);
+    let mut gy: Vec<f32> = Vec::with_capacity(cap);
+    let mut acc: Vec<f64> = Vec::with_capacity(cap);
     for (pos, e) in atoms {
-        let r = rotate(rot, pos);
-        let x = cx + r[0] / pixel_a;
-        let y = cy + r[1] / pixel_a;
+        let rx = rot[0][0] * pos[0] + rot[0][1] * pos[1] + rot[0][2] * pos[2];
+        let ry = rot[1][0] * pos[0] + rot[1][1] * pos[1] + rot[1][2] * pos[2];
+        let x = cx + (rx - off[0]) / pixel_a;
+        let y = cy + (ry - off[1]) / pixel_a;
+        // fine-grid coordinates of the atom (the output grid when ss = 1)
+        let (x, y) = if ss == 1 {
+            (x, y)
+        } else {
+            (ssf * (x + 0.5) - 0.5, ssf * (y + 0.5) - 0.5)
+        };
         let x0 = (x - radius).ceil().max(0.0) as i64;
-        let x1 = ((x + radius).floor() as i64).min(w as i64 - 1);
+        let x1 = ((x + radius).floor() as i64).min(fw - 1);
         let y0 = (y - radius).ceil().max(0.0) as i64;
-        let y1 = ((y + radius).floor() as i64).min(h as i64 - 1);
+        let y1 = ((y + radius).floor() as i64).min(fh - 1);
         if x1 < x0 || y1 < y0 {
             continue;
         }
-        gx.clear();
-        gx.extend((x0..=x1).map(|i| {
-            let d = i as f64 - x;
-            (norm1 * (-d * d * inv2s2).exp()) as f32
-        }));
-        gy.clear();
-        gy.extend((y0..=y1).map(|j| {
-            let d = j as f64 - y;
-            (e * norm1 * (-d * d * inv2s2).exp()) as f32
-        }));
-        let (x0, y0) = (x0 as usize, y0 as usize);
+        let (cx0, cy0) = if ss == 1 {
+            gx.clear();
+            gx.extend((x0..=x1).map(|i| {
+                let d = i as f64 - x;
+                (norm1 * (-d * d * inv2s2).exp()) as f32
+            }));
+            gy.clear();
+            gy.extend((y0..=y1).map(|j| {
+                let d = j as f64 - y;
+                (e * norm1 * (-d * d * inv2s2).exp()) as f32
+            }));
+            (x0 as usize, y0 as usize)
+        } else {
+            let sum_blocks =
+                |a: i64, b: i64, c: f64, k: f64, acc: &mut Vec<f64>, g: &mut Vec<f32>| {
+                    let (b0, b1) = (a / ss as i64, b / ss as i64);
+                    acc.clear();
+                    acc.resize((b1 - b0 + 1) as usize, 0.0);
+                    for i in a..=b {
+                        let d = i as f64 - c;
+                        acc[(i / ss as i64 - b0) as usize] += (-d * d * inv2s2).exp();
+                    }
+                    g.clear();
+                    g.extend(acc.iter().map(|&v| (k * v) as f32));
+                    b0 as usize
+                };
+            let bx = sum_blocks(x0, x1, x, norm1, &mut acc, &mut gx);
+            let by = sum_blocks(y0, y1, y, e * norm1, &mut acc, &mut gy);
+            (bx, by)
+        };
         for (dj, &vy) in gy.iter().enumerate() {
-            let row = &mut out[(y0 + dj) * w + x0..(y0 + dj) * w + x0 + gx.len()];
+            let row = &mut out[(cy0 + dj) * w + cx0..(cy0 + dj) * w + cx0 + gx.len()];
             for (o, &vx) in row.iter_mut().zip(&gx) {
                 *o += vy * vx;
             }
         }
     }
+}
+
+/// The extent that a structure's density needs in the field, Å, in any orientation: the
+/// largest projected extent of its atom centres (the diameter with bounding-box centring,
+/// twice the largest distance from the centroid with centroid centring) plus the reach of
+/// the truncated Gaussians on both sides and a pixel for the binning.
+pub fn needed_extent_a(s: &Structure, cfg: &SimConfig) -> f64 {
+    let p = prepare(s, cfg);
+    let core = match cfg.centre {
+        Centring::BoundingBox => diameter(s),
+        Centring::Centroid => 2.0 * p.radius,
+    };
+    core + reach_both_sides(&p, cfg)
+}
+
+/// The reach of the density beyond the atom centres on both sides, Å. With the molmap
+/// rule, the truncation of the widest Gaussian (the support is everything it reaches);
+/// with the threshold rule, that of the resolution's Gaussian: the wider Cromer-Mann terms
+/// carry little density, and their far tails may be cut at the field's edge.
+fn reach_both_sides(p: &Prepared, cfg: &SimConfig) -> f64 {
+    let sigma = match cfg.ideal_support {
+        IdealSupport::Molmap { .. } => p.widest_sigma(),
+        IdealSupport::Threshold => cfg.sigma(),
+    };
+    2.0 * cfg.ideal_support.cutoff_sigmas() * sigma + 2.0 * p.pixel_a
+}
+
+/// The room in the field, Å: `max_extent` of N - 1 pixels (N = min(H, W); the centre is
+/// at pixel N/2, so N - 1 pixels is twice the room on its short side).
+pub fn field_room_a(cfg: &SimConfig, pixel_a: f64) -> f64 {
+    let (h, w) = cfg.size;
+    cfg.max_extent * (h.min(w) as f64 - 1.0) * pixel_a
+}
+
+/// Check that a structure fits the field of a fixed pixel size (always true without one,
+/// where the pixel size is made to fit): an [`Error::InvalidData`] naming the structure,
+/// its extent and the field otherwise.
+pub fn check_fit(s: &Structure, cfg: &SimConfig) -> Result<()> {
+    let Some(px_nm) = cfg.pixel_size_nm else {
+        return Ok(());
+    };
+    let need = needed_extent_a(s, cfg);
+    let room = field_room_a(cfg, px_nm * 10.0);
+    if need > room {
+        let (h, w) = cfg.size;
+        return Err(Error::invalid(
+            format!("structure {}", s.name),
+            format!(
+                "its density spans up to {:.1} nm in some orientation, more than the {:.1} nm \
+                 allowed in the {h}x{w} field of {px_nm} nm pixels (max extent {}): skipped",
+                need / 10.0,
+                room / 10.0,
+                cfg.max_extent
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Split `structures` into those that fit the field ([`check_fit`]) and the errors of those
+/// that do not (in order).
+pub fn fitting_structures(
+    structures: Vec<Structure>,
+    cfg: &SimConfig,
+) -> (Vec<Structure>, Vec<(String, Error)>) {
+    let checks: Vec<Result<()>> = structures.par_iter().map(|s| check_fit(s, cfg)).collect();
+    let mut keep = Vec::new();
+    let mut skipped = Vec::new();
+    for (s, c) in structures.into_iter().zip(checks) {
+        match c {
+            Ok(()) => keep.push(s),
+            Err(e) => skipped.push((s.name.clone(), e)),
+        }
+    }
+    (keep, skipped)
+}
+
+/// Attempts at drawing a synthetic particle or an assembly that fits the field.
+const FIT_ATTEMPTS: u64 = 64;
+
+/// Whether a prepared object (synthetic particle, assembly) fits in every orientation:
+/// twice its radius bounds its projected extent.
+fn prepared_fits(p: &Prepared, cfg: &SimConfig) -> bool {
+    cfg.pixel_size_nm.is_none()
+        || 2.0 * p.radius + reach_both_sides(p, cfg) <= field_room_a(cfg, p.pixel_a)
+}
+
+/// Synthetic particle `i`, drawn again (same kind and name) until it fits the field.
+fn fitting_particle(sc: &SyntheticConfig, cfg: &SimConfig, i: usize) -> Result<(String, Prepared)> {
+    for attempt in 0..FIT_ATTEMPTS {
+        let st = sc.particle_attempt(cfg.seed, i, attempt);
+        let p = prepare(&st, cfg);
+        if prepared_fits(&p, cfg) {
+            return Ok((st.name, p));
+        }
+    }
+    Err(Error::invalid(
+        format!("synthetic particle {i}"),
+        format!(
+            "none of {FIT_ATTEMPTS} draws fits the field of {} nm pixels: lower the residue range",
+            cfg.pixel_size_nm.unwrap_or(0.0)
+        ),
+    ))
+}
+
+/// Build the assemblies, each drawn again until it fits the field.
+fn build_assemblies(
+    structures: &[Structure],
+    prepared: &[Prepared],
+    cfg: &SimConfig,
+    ac: &AssemblyConfig,
+) -> Result<Vec<Assembly>> {
+    let pixel_a = cfg.pixel_size_nm.map(|p| p * 10.0);
+    (0..ac.count)
+        .into_par_iter()
+        .map(|k| {
+            for attempt in 0..FIT_ATTEMPTS {
+                let a = assembly::build(structures, ac, cfg.seed, k, attempt);
+                let px = pixel_a.unwrap_or(1.0);
+                if prepared_fits(&prepare_assembly(&a, prepared, px), cfg) {
+                    return Ok(a);
+                }
+            }
+            Err(Error::invalid(
+                format!("assembly {k}"),
+                format!(
+                    "none of {FIT_ATTEMPTS} draws of {}-{} structures fits the field: \
+                     use smaller structures, fewer parts or a larger field",
+                    ac.parts.0, ac.parts.1
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// Poisson deviate (inversion for small means, Hörmann's PTRS above 10).
@@ -655,7 +1011,17 @@ pub fn simulate_chunks(
     let n = cfg.count;
     let hw = h * w;
     let chunk = chunk.max(1);
+    if cfg.synthetic.is_none() {
+        for s in structures {
+            check_fit(s, cfg)?;
+        }
+    }
     let prepared: Vec<Prepared> = structures.par_iter().map(|s| prepare(s, cfg)).collect();
+    let assemblies: Vec<Assembly> = match &cfg.assemblies {
+        Some(ac) => build_assemblies(structures, &prepared, cfg, ac)?,
+        None => Vec::new(),
+    };
+    let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
     let mut mask = Stack::filled(1, h, w, 0u8);
     cfg.mask.apply(h, w, &mut mask.data);
     let plan = Plan2d::new(h, w);
@@ -691,25 +1057,54 @@ pub fn simulate_chunks(
                     let i = first + k;
                     let t0 = Instant::now();
                     let owned;
-                    let p = match &cfg.synthetic {
-                        Some(sc) => {
-                            let st = sc.particle(cfg.seed, i);
-                            *name = st.name.clone();
-                            owned = prepare(&st, cfg);
+                    let p = match (&cfg.synthetic, assemblies.is_empty()) {
+                        (Some(sc), _) => match fitting_particle(sc, cfg, i) {
+                            Ok((n, p)) => {
+                                *name = n;
+                                owned = p;
+                                &owned
+                            }
+                            Err(e) => {
+                                failed
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(e);
+                                return;
+                            }
+                        },
+                        (None, false) => {
+                            let a = &assemblies[i % assemblies.len()];
+                            *name = a.name.clone();
+                            let pixel_a = match cfg.pixel_size_nm {
+                                Some(px) => px * 10.0,
+                                None => {
+                                    (2.0 * a.radius).max(cfg.sigma()) / (cfg.fill * h.min(w) as f64)
+                                }
+                            };
+                            owned = prepare_assembly(a, &prepared, pixel_a);
                             &owned
                         }
-                        None => {
+                        (None, true) => {
                             *name = structures[i % structures.len()].name.clone();
                             &prepared[i % prepared.len()]
                         }
                     };
                     *pix = p.pixel_a;
                     let rot = rotation_matrix(&orientation[i]);
-                    project(p, &rot, h, w, dens);
-                    let max = dens.iter().fold(0f32, |m, &v| m.max(v));
-                    let thr = (cfg.support_threshold * max as f64) as f32;
-                    for (s, &d) in sup.iter_mut().zip(dens.iter()) {
-                        *s = (d > thr) as u8;
+                    project(p, &rot, Render::new(cfg, p.pixel_a), h, w, dens);
+                    match cfg.ideal_support {
+                        IdealSupport::Threshold => {
+                            let max = dens.iter().fold(0f32, |m, &v| m.max(v));
+                            let thr = (cfg.support_threshold * max as f64) as f32;
+                            for (s, &d) in sup.iter_mut().zip(dens.iter()) {
+                                *s = (d > thr) as u8;
+                            }
+                        }
+                        IdealSupport::Molmap { .. } => {
+                            for (s, &d) in sup.iter_mut().zip(dens.iter()) {
+                                *s = (d > 0.0) as u8;
+                            }
+                        }
                     }
                     t_proj.fetch_add(ns(t0), Ordering::Relaxed);
                     let t1 = Instant::now();
@@ -729,6 +1124,9 @@ pub fn simulate_chunks(
                     progress(1);
                 },
             );
+        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
         all_names.extend(names.iter().cloned());
         all_pixel_a.extend_from_slice(&pixel_a);
         sink(SimChunk {
@@ -749,7 +1147,15 @@ pub fn simulate_chunks(
         orientation,
         names: all_names,
         structure_index: (0..n)
-            .map(|i| if cfg.synthetic.is_some() { i } else { i % s })
+            .map(|i| {
+                if cfg.synthetic.is_some() {
+                    i
+                } else if !assemblies.is_empty() {
+                    i % assemblies.len()
+                } else {
+                    i % s
+                }
+            })
             .collect(),
         pixel_size_nm: all_pixel_a.iter().map(|a| a / 10.0).collect(),
         timings: SimTimings {
@@ -860,11 +1266,7 @@ impl SimCxi {
             "units",
             "electrons per pixel, centred",
         )?;
-        f.attr_string(
-            "entry_1/sample_1/support",
-            "rule",
-            &format!("density > {} * max(density)", cfg.support_threshold),
-        )?;
+        f.attr_string("entry_1/sample_1/support", "rule", &cfg.support_rule())?;
         Ok(SimCxi {
             w: f,
             data,

@@ -5,17 +5,22 @@
 //! [`form_factors`] holds the Cromer-Mann tables, and [`diffraction`] projects atoms in
 //! random orientations and computes the patterns.
 
+pub mod assembly;
 pub mod diffraction;
 pub mod form_factors;
+pub mod geometry;
 pub mod structure;
 pub mod synthetic;
 
+pub use assembly::AssemblyConfig;
 pub use diffraction::{
-    chunk_for, phasing_check, phasing_check_with, random_quaternion, rotation_matrix, simulate,
-    simulate_chunks, simulate_to_cxi, write_cxi, AtomModel, CheckResult, MaskSpec, Noise, SimChunk,
-    SimConfig, SimMeta, SimOutput, SimTimings, StreamReport,
+    check_fit, chunk_for, field_room_a, fitting_structures, needed_extent_a, phasing_check,
+    phasing_check_with, random_quaternion, rotation_matrix, simulate, simulate_chunks,
+    simulate_to_cxi, write_cxi, AtomModel, CheckResult, MaskSpec, Noise, SimChunk, SimConfig,
+    SimMeta, SimOutput, SimTimings, StreamReport, PAPER_PIXEL_NM,
 };
-pub use structure::{collect_structures, read_structure, Atom, ReadOptions, Structure};
+pub use geometry::{Centring, IdealSupport};
+pub use structure::{collect_structures, read_structure, Atom, Chains, ReadOptions, Structure};
 pub use synthetic::{ParticleKind, SyntheticConfig};
 
 use crate::array::{centred_to_native, native_to_centred, Complex32};

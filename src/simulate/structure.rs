@@ -35,6 +35,30 @@ pub struct Structure {
     pub unknown_elements: usize,
 }
 
+/// Which chains of a file to read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Chains {
+    /// Every chain of the first model: the whole entry (default).
+    #[default]
+    All,
+    /// Only the chain of the first atom kept (PDB column 22; mmCIF `auth_asym_id`, else
+    /// `label_asym_id`), with its ligands.
+    First,
+}
+
+impl Chains {
+    /// `all` or `first`.
+    pub fn parse(text: &str) -> Result<Chains> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(Chains::All),
+            "first" => Ok(Chains::First),
+            other => Err(Error::Config(format!(
+                "chains '{other}': expected all or first"
+            ))),
+        }
+    }
+}
+
 /// What to leave out while reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadOptions {
@@ -42,6 +66,8 @@ pub struct ReadOptions {
     pub skip_waters: bool,
     /// Skip hydrogen and deuterium atoms. Default true.
     pub skip_hydrogens: bool,
+    /// Every chain (default) or the first one.
+    pub chains: Chains,
 }
 
 impl Default for ReadOptions {
@@ -49,6 +75,7 @@ impl Default for ReadOptions {
         ReadOptions {
             skip_waters: true,
             skip_hydrogens: true,
+            chains: Chains::All,
         }
     }
 }
@@ -122,10 +149,21 @@ struct Builder<'a> {
     opts: &'a ReadOptions,
     atoms: Vec<Atom>,
     unknown: usize,
+    /// The chain of the first atom kept (for [`Chains::First`]).
+    first_chain: Option<String>,
 }
 
-impl Builder<'_> {
-    fn push(&mut self, pos: [f64; 3], element: &str, resname: &str) {
+impl<'a> Builder<'a> {
+    fn new(opts: &'a ReadOptions) -> Self {
+        Builder {
+            opts,
+            atoms: Vec::new(),
+            unknown: 0,
+            first_chain: None,
+        }
+    }
+
+    fn push(&mut self, pos: [f64; 3], element: &str, resname: &str, chain: &str) {
         if self.opts.skip_waters && is_water(resname) {
             return;
         }
@@ -133,6 +171,13 @@ impl Builder<'_> {
         let z = atomic_number(&el);
         if self.opts.skip_hydrogens && z == Some(1) {
             return;
+        }
+        if self.opts.chains == Chains::First {
+            match &self.first_chain {
+                None => self.first_chain = Some(chain.to_string()),
+                Some(c) if c != chain => return,
+                _ => {}
+            }
         }
         let z = match z {
             Some(z) => z,
@@ -160,11 +205,7 @@ fn col(line: &str, a: usize, b: usize) -> &str {
 }
 
 fn parse_pdb(path: &Path, text: &str, opts: &ReadOptions) -> Result<(Vec<Atom>, usize)> {
-    let mut b = Builder {
-        opts,
-        atoms: Vec::new(),
-        unknown: 0,
-    };
+    let mut b = Builder::new(opts);
     let mut models = 0;
     for (lineno, line) in text.lines().enumerate() {
         if line.starts_with("MODEL") {
@@ -203,7 +244,7 @@ fn parse_pdb(path: &Path, text: &str, opts: &ReadOptions) -> Result<(Vec<Atom>, 
         } else {
             element_from_atom_name(col(line, 13, 16))
         };
-        b.push(pos, &element, col(line, 18, 20));
+        b.push(pos, &element, col(line, 18, 20), col(line, 22, 22));
     }
     Ok((b.atoms, b.unknown))
 }
@@ -245,11 +286,7 @@ fn cif_tokens(line: &str, out: &mut Vec<String>) {
 }
 
 fn parse_cif(path: &Path, text: &str, opts: &ReadOptions) -> Result<(Vec<Atom>, usize)> {
-    let mut b = Builder {
-        opts,
-        atoms: Vec::new(),
-        unknown: 0,
-    };
+    let mut b = Builder::new(opts);
     let lines: Vec<&str> = text.lines().collect();
     let mut i = 0;
     // Find the loop whose headers are _atom_site.*
@@ -296,6 +333,7 @@ fn parse_cif(path: &Path, text: &str, opts: &ReadOptions) -> Result<(Vec<Atom>, 
     let i_alt = find(&["label_alt_id"]);
     let i_res = find(&["label_comp_id", "auth_comp_id"]);
     let i_model = find(&["pdbx_PDB_model_num"]);
+    let i_chain = find(&["auth_asym_id", "label_asym_id"]);
     let ncol = headers.len();
     let mut tokens: Vec<String> = Vec::new();
     let mut first_model: Option<String> = None;
@@ -362,7 +400,7 @@ fn parse_cif(path: &Path, text: &str, opts: &ReadOptions) -> Result<(Vec<Atom>, 
                     .collect();
                 normalise_symbol(&letters)
             };
-            b.push(pos, &element, get(i_res));
+            b.push(pos, &element, get(i_res), get(i_chain));
         }
         i += 1;
     }

@@ -116,8 +116,20 @@ impl SyntheticConfig {
 
     /// Particle `index` of the family seeded by `seed`.
     pub fn particle(&self, seed: u64, index: usize) -> Structure {
+        self.particle_attempt(seed, index, 0)
+    }
+
+    /// Another draw of particle `index` (same kind, same name), from the random stream
+    /// `attempt` (0 is [`SyntheticConfig::particle`]): used when a particle does not fit
+    /// the field of a fixed pixel size.
+    pub fn particle_attempt(&self, seed: u64, index: usize, attempt: u64) -> Structure {
         let kind = self.kinds[index % self.kinds.len()];
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(seed, index, 7));
+        let stream = if attempt == 0 {
+            7
+        } else {
+            1000 + attempt as usize
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(seed, index, stream));
         let (a, b) = self.residues;
         let n = a + (rng.next_u64() % (b - a + 1) as u64) as usize;
         let mut s = synthetic_particle(kind, n, &mut rng);
