@@ -69,6 +69,9 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             }
             eprintln!("{}", parts.join("  "));
         }
+        if let Some(t) = report::support_table(&evals) {
+            eprint!("{t}");
+        }
         eprintln!("report: {}", a.report.join("index.html").display());
     }
     Ok(())

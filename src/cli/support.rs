@@ -1,5 +1,6 @@
-//! `cdiphase support`: supports from patterns (autocorrelation, triple intersection) or
-//! from a network output (threshold).
+//! `cdiphase support`: supports from patterns (autocorrelation, triple intersection), from
+//! a network output (threshold), or the baselines thresholded the same way (the training
+//! set's mean image, the oracle).
 
 use super::set_threads;
 use anyhow::{bail, Context, Result};
@@ -18,9 +19,22 @@ pub struct SupportArgs {
     /// Output CXI file with entry_1/image_1/support (N,H,W) uint8, centred (written atomically).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// autocorrelation | triple-intersection | nn.
+    /// autocorrelation | triple-intersection | nn | mean-image (the training set's mean
+    /// target, needs --from) | oracle (the input's true density blurred by --sigma px,
+    /// twin-averaged: the ceiling of a network).
     #[arg(long, default_value = "autocorrelation")]
     pub method: String,
+    /// mean-image: the training set, a `cdiphase simulate` output (entry_1/sample_1/density,
+    /// read in blocks: any size).
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    /// oracle: the Gaussian blur of the true density, in pixels (the network's resolution).
+    #[arg(long)]
+    pub sigma: Option<f64>,
+    /// oracle: average | none: average the blurred density with its centrosymmetric twin
+    /// (what a network trained with plain MSE can at best output) or not.
+    #[arg(long, default_value = "average")]
+    pub twin: String,
     /// Fraction of the per-pattern maximum (default: 0.04 autocorrelation, 0.001 for the
     /// autocorrelation of the triple intersection, 0.1 nn).
     #[arg(long)]
@@ -41,7 +55,64 @@ pub fn run(a: SupportArgs) -> Result<()> {
     let method = Method::parse(&a.method)?;
     let threshold = a.threshold.unwrap_or(method.default_threshold());
     support::check_threshold(threshold)?;
+    if a.from.is_some() && method != Method::MeanImage {
+        bail!("--from is for --method mean-image");
+    }
+    if a.sigma.is_some() && method != Method::Oracle {
+        bail!("--sigma is for --method oracle");
+    }
+    // the image thresholded, for the methods that make one (written as entry_1/image_1/data)
+    let mut image: Option<Stack<f32>> = None;
+    let mut extra = serde_json::json!({});
     let (supports, details): (Stack<u8>, Vec<Option<support::TripleIntersection>>) = match method {
+        Method::MeanImage => {
+            let from = a.from.as_ref().context(
+                "--method mean-image needs --from TRAIN.cxi (a `cdiphase simulate` output)",
+            )?;
+            let (mean, used) = support::baselines::mean_image(from)
+                .with_context(|| format!("averaging the densities of {}", from.display()))?;
+            let shape = eval::pattern_shape(&a.input)
+                .with_context(|| format!("reading {}", a.input.display()))?;
+            let (n, h, w) = shape;
+            if (h, w) != (mean.h, mean.w) {
+                bail!(
+                    "{}: {}x{} patterns, but the mean image of {} is {}x{}",
+                    a.input.display(),
+                    h,
+                    w,
+                    from.display(),
+                    mean.h,
+                    mean.w
+                );
+            }
+            let mut st = Stack::filled(n, h, w, 0f32);
+            for p in 0..n {
+                st.image_mut(p).copy_from_slice(&mean.data);
+            }
+            extra =
+                serde_json::json!({"from": from.display().to_string(), "images_averaged": used});
+            let s = support::threshold_supports(&st, threshold);
+            image = Some(st);
+            (s, vec![None; n])
+        }
+        Method::Oracle => {
+            let sigma = a
+                .sigma
+                .context("--method oracle needs --sigma PX (the blur, in pixels)")?;
+            let twin = match a.twin.to_ascii_lowercase().as_str() {
+                "average" => true,
+                "none" => false,
+                other => bail!("--twin '{other}': expected average or none"),
+            };
+            let truth = eval::read_truth(&a.input)
+                .with_context(|| format!("reading the ground truth of {}", a.input.display()))?;
+            let st = support::baselines::oracle(&truth.density, sigma, twin)?;
+            extra = serde_json::json!({"sigma_px": sigma, "twin_average": twin});
+            let s = support::threshold_supports(&st, threshold);
+            let n = st.n;
+            image = Some(st);
+            (s, vec![None; n])
+        }
         Method::Nn => {
             let entry = a.entry.clone().unwrap_or_else(|| eval::IN_DATA.to_string());
             let (shape, v) = io::read_f32(&a.input, &entry)
@@ -82,13 +153,16 @@ pub fn run(a: SupportArgs) -> Result<()> {
             &empty[..empty.len().min(10)]
         );
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "program": "cdiphase support",
         "version": env!("CARGO_PKG_VERSION"),
         "input": a.input.display().to_string(),
         "method": method.name(),
         "threshold": threshold,
     });
+    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
     let mut f = io::CxiWriter::new();
     f.string("cxi_version", "150")?;
     f.u8(
@@ -96,6 +170,9 @@ pub fn run(a: SupportArgs) -> Result<()> {
         &[supports.n, supports.h, supports.w],
         &supports.data,
     )?;
+    if let Some(img) = &image {
+        f.f32("entry_1/image_1/data", &[img.n, img.h, img.w], &img.data)?;
+    }
     f.string(
         "entry_1/image_1/process_1/configuration",
         &config.to_string(),

@@ -289,3 +289,190 @@ pub fn stats(values: &[f64]) -> Option<Stats> {
         max: v[n - 1],
     })
 }
+
+/// A statistic with its bootstrap confidence interval.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Interval {
+    /// The statistic on all patterns.
+    pub estimate: f64,
+    /// The interval's bounds (percentile bootstrap).
+    pub low: f64,
+    pub high: f64,
+}
+
+/// Group index per item from labels (items sharing a label share a group), groups numbered
+/// in order of first appearance. Returns the indices and the number of groups.
+pub fn group_ids(labels: &[String]) -> (Vec<usize>, usize) {
+    let mut map: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let ids = labels
+        .iter()
+        .map(|l| {
+            let k = map.len();
+            *map.entry(l.as_str()).or_insert(k)
+        })
+        .collect();
+    (ids, map.len())
+}
+
+/// Percentile bootstrap over groups (a cluster bootstrap: the structures, not the patterns,
+/// are the independent units). Each of the `resamples` draws takes `G` groups uniformly
+/// with replacement (G = number of groups) and evaluates `stat` on the values of every item
+/// of the drawn groups (a group drawn twice counts twice). The interval is the
+/// ((1 - level) / 2, (1 + level) / 2) quantiles of the sorted draws, by nearest rank:
+/// sorted[floor(B (1 - level) / 2)] and sorted[ceil(B (1 + level) / 2) - 1]. Deterministic
+/// in `seed`. `groups[i]` is the group of `values[i]`, numbered 0..G.
+pub fn bootstrap_ci(
+    groups: &[usize],
+    values: &[f64],
+    stat: &dyn Fn(&[f64]) -> f64,
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Interval {
+    use rand_xoshiro::rand_core::{Rng, SeedableRng};
+    assert_eq!(groups.len(), values.len());
+    let estimate = stat(values);
+    let g = groups.iter().map(|&k| k + 1).max().unwrap_or(0);
+    if g == 0 || resamples == 0 {
+        return Interval {
+            estimate,
+            low: estimate,
+            high: estimate,
+        };
+    }
+    let mut members: Vec<Vec<f64>> = vec![Vec::new(); g];
+    for (&k, &v) in groups.iter().zip(values) {
+        members[k].push(v);
+    }
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut draws = Vec::with_capacity(resamples);
+    let mut sample = Vec::with_capacity(values.len() * 2);
+    for _ in 0..resamples {
+        sample.clear();
+        for _ in 0..g {
+            let k = (rng.next_u64() % g as u64) as usize;
+            sample.extend_from_slice(&members[k]);
+        }
+        draws.push(stat(&sample));
+    }
+    draws.sort_by(|a, b| a.total_cmp(b));
+    let b = resamples as f64;
+    let lo = ((b * (1.0 - level) / 2.0).floor() as usize).min(resamples - 1);
+    let hi = ((b * (1.0 + level) / 2.0).ceil() as usize)
+        .saturating_sub(1)
+        .min(resamples - 1);
+    Interval {
+        estimate,
+        low: draws[lo],
+        high: draws[hi],
+    }
+}
+
+/// Mean of the values (NaN when empty).
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Median of the values (the mean of the middle two for an even count; NaN when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => s[n / 2],
+        _ => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Share of the values below `limit` (strictly) or at most `limit`.
+pub fn share(v: &[f64], limit: f64, strict: bool) -> f64 {
+    let k = v
+        .iter()
+        .filter(|&&x| if strict { x < limit } else { x <= limit })
+        .count();
+    k as f64 / v.len() as f64
+}
+
+/// The paper's support figures of merit for one input, with bootstrap intervals over the
+/// structures (see [`support_summary`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SupportSummary {
+    pub patterns: usize,
+    /// Independent units of the bootstrap: distinct source ids (`entry_1/sample_1/name`),
+    /// or the patterns when the truth has no names.
+    pub groups: usize,
+    pub grouping: String,
+    /// Share of patterns with FN < 2 (the paper's "less than 2 false negative pixels").
+    pub fn_below_2: Interval,
+    /// Share of patterns with FN <= 2.
+    pub fn_at_most_2: Interval,
+    pub fn_mean: Interval,
+    pub fp_mean: Interval,
+    pub fp_median: Interval,
+    /// Mean over patterns of FP / (pixels of the ideal support).
+    pub fp_over_ideal_mean: Interval,
+    /// Mean FP / mean ideal-support pixels (a ratio of means).
+    pub fp_over_ideal_of_means: f64,
+    pub ideal_size_mean: f64,
+    pub ideal_size_median: f64,
+    pub estimate_size_median: f64,
+    /// Bootstrap resamples and confidence level.
+    pub resamples: usize,
+    pub level: f64,
+}
+
+/// Bootstrap resamples of [`support_summary`].
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+/// Confidence level of [`support_summary`].
+pub const CONFIDENCE: f64 = 0.95;
+
+/// The support figures of merit of the paper's protocol (FN and FP after the alignment of
+/// largest overlap, translation and twin: [`support_errors`]) over the patterns, with a
+/// 95 % percentile bootstrap over `groups` ([`bootstrap_ci`], 2000 resamples, fixed seed).
+/// `None` without patterns.
+pub fn support_summary(
+    errors: &[SupportErrors],
+    groups: &[usize],
+    grouping: &str,
+) -> Option<SupportSummary> {
+    if errors.is_empty() {
+        return None;
+    }
+    assert_eq!(errors.len(), groups.len());
+    let fns: Vec<f64> = errors.iter().map(|e| e.false_negatives as f64).collect();
+    let fps: Vec<f64> = errors.iter().map(|e| e.false_positives as f64).collect();
+    let ideal: Vec<f64> = errors.iter().map(|e| e.ideal_size as f64).collect();
+    let est: Vec<f64> = errors.iter().map(|e| e.estimate_size as f64).collect();
+    let rel: Vec<f64> = errors
+        .iter()
+        .map(|e| e.false_positives as f64 / (e.ideal_size.max(1)) as f64)
+        .collect();
+    let ci = |v: &[f64], f: &dyn Fn(&[f64]) -> f64, salt: u64| {
+        bootstrap_ci(
+            groups,
+            v,
+            f,
+            BOOTSTRAP_RESAMPLES,
+            CONFIDENCE,
+            0x5EED_0013 ^ salt,
+        )
+    };
+    Some(SupportSummary {
+        patterns: errors.len(),
+        groups: groups.iter().map(|&k| k + 1).max().unwrap_or(0),
+        grouping: grouping.to_string(),
+        fn_below_2: ci(&fns, &|v| share(v, 2.0, true), 1),
+        fn_at_most_2: ci(&fns, &|v| share(v, 2.0, false), 2),
+        fn_mean: ci(&fns, &mean, 3),
+        fp_mean: ci(&fps, &mean, 4),
+        fp_median: ci(&fps, &median, 5),
+        fp_over_ideal_mean: ci(&rel, &mean, 6),
+        fp_over_ideal_of_means: mean(&fps) / mean(&ideal).max(f64::MIN_POSITIVE),
+        ideal_size_mean: mean(&ideal),
+        ideal_size_median: median(&ideal),
+        estimate_size_median: median(&est),
+        resamples: BOOTSTRAP_RESAMPLES,
+        level: CONFIDENCE,
+    })
+}

@@ -60,6 +60,27 @@ fn shape_err(path: &Path, entry: &str, expected: String, found: Vec<usize>) -> E
     }
 }
 
+/// The (N, H, W) of the patterns of `path` (`entry_1/data_1/data`, else the simulated
+/// densities `entry_1/sample_1/density`), without reading them.
+pub fn pattern_shape(path: &Path) -> Result<(usize, usize, usize)> {
+    let list = io::list_datasets(path)?;
+    for e in [io::DEFAULT_DATA_ENTRY, TRUTH_DENSITY] {
+        if let Some((_, s, _)) = list.iter().find(|(p, _, _)| p.trim_start_matches('/') == e) {
+            return match *s.as_slice() {
+                [n, h, w] => Ok((n, h, w)),
+                [h, w] => Ok((1, h, w)),
+                _ => Err(shape_err(path, e, "(N,H,W) or (H,W)".into(), s.clone())),
+            };
+        }
+    }
+    Err(Error::MissingEntry {
+        path: path.to_path_buf(),
+        entry: format!("{}' or '{TRUTH_DENSITY}", io::DEFAULT_DATA_ENTRY),
+        hint: "the patterns (or the simulated densities) set the number and size of the supports"
+            .into(),
+    })
+}
+
 /// Read the ground truth of `path` (density and ideal support are required).
 pub fn read_truth(path: &Path) -> Result<Truth> {
     let list = io::list_datasets(path)?;
@@ -277,8 +298,13 @@ pub struct PatternMetrics {
 pub struct Aggregate {
     pub false_positives: Option<Stats>,
     pub false_negatives: Option<Stats>,
-    /// Fraction of patterns with at most 2 false negatives (the paper's figure of merit).
+    /// Fraction of patterns with at most 2 false negatives.
     pub fraction_fn_at_most_2: Option<f64>,
+    /// Fraction of patterns with fewer than 2 false negatives (the paper's words: "less
+    /// than 2 false negative pixels").
+    pub fraction_fn_below_2: Option<f64>,
+    /// The paper's support protocol with bootstrap intervals over the structures.
+    pub support_summary: Option<metrics::SupportSummary>,
     pub density_error: Option<Stats>,
     pub final_fourier_error: Option<Stats>,
     pub average_error: Option<Stats>,
@@ -414,8 +440,26 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
     let aggregate = Aggregate {
         false_positives: metrics::stats(&fps),
         false_negatives: metrics::stats(&fns),
-        fraction_fn_at_most_2: (!fns.is_empty())
-            .then(|| fns.iter().filter(|&&v| v <= 2.0).count() as f64 / fns.len() as f64),
+        fraction_fn_at_most_2: (!fns.is_empty()).then(|| metrics::share(&fns, 2.0, false)),
+        fraction_fn_below_2: (!fns.is_empty()).then(|| metrics::share(&fns, 2.0, true)),
+        support_summary: {
+            let errs: Vec<SupportErrors> = per_pattern.iter().filter_map(|m| m.support).collect();
+            let labels: Vec<String> = per_pattern
+                .iter()
+                .filter(|m| m.support.is_some())
+                .map(|m| match &m.name {
+                    Some(n) => n.clone(),
+                    None => format!("#{}", m.index),
+                })
+                .collect();
+            let (ids, _) = metrics::group_ids(&labels);
+            let grouping = if truth.names.is_some() {
+                "source id (entry_1/sample_1/name)"
+            } else {
+                "pattern (the truth has no entry_1/sample_1/name)"
+            };
+            metrics::support_summary(&errs, &ids, grouping)
+        },
         density_error: metrics::stats(&col(&|m| m.density.map(|d| d.error))),
         final_fourier_error: metrics::stats(&col(&|m| m.final_fourier_error)),
         average_error: metrics::stats(&col(&|m| m.average_error)),

@@ -75,6 +75,54 @@ pub(crate) fn open(path: &Path) -> Result<H5> {
     })
 }
 
+/// See [`crate::io::for_each_rows_f32`]: the file is opened for streaming reads (no
+/// whole-file buffer) and read `rows` rows at a time.
+pub(crate) fn for_each_rows_f32(
+    path: &Path,
+    entry: &str,
+    rows: usize,
+    f: &mut crate::io::RowsSink<'_>,
+) -> Result<Vec<usize>> {
+    let file = guard(path, || {
+        hdf5_pure::File::open_streaming(path).map_err(|e| match e {
+            hdf5_pure::Error::Io(io) => Error::io(path, io),
+            e => h5err(path, "not a readable HDF5 file", e),
+        })
+    })?;
+    let d = guard(path, || {
+        file.dataset(entry).map_err(|e| {
+            if is_not_found(&e) {
+                Error::MissingEntry {
+                    path: path.to_path_buf(),
+                    entry: entry.to_string(),
+                    hint: "not in the file".into(),
+                }
+            } else {
+                h5err(path, &format!("cannot open dataset '{entry}'"), e)
+            }
+        })
+    })?;
+    let shape: Vec<usize> = guard(path, || {
+        d.shape()
+            .map(|s| s.into_iter().map(|x| x as usize).collect())
+            .map_err(|e| h5err(path, &format!("shape of '{entry}'"), e))
+    })?;
+    let n = shape.first().copied().unwrap_or(1);
+    let row: usize = shape.iter().skip(1).product::<usize>().max(1);
+    let mut first = 0;
+    while first < n {
+        let k = rows.min(n - first);
+        let v = guard(path, || {
+            d.read_f32_rows(first as u64, k as u64)
+                .map_err(|e| h5err(path, &format!("reading rows {first}.. of '{entry}'"), e))
+        })?;
+        check_len(path, entry, &[k, row], v.len())?;
+        f(&shape, first, &v)?;
+        first += k;
+    }
+    Ok(shape)
+}
+
 fn is_not_found(e: &hdf5_pure::Error) -> bool {
     matches!(
         e,

@@ -231,6 +231,32 @@ pub fn read_f32(path: &Path, entry: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     }
 }
 
+/// What [`for_each_rows_f32`] calls per block: `(shape of the dataset, first row, values)`.
+pub type RowsSink<'a> = dyn FnMut(&[usize], usize, &[f32]) -> Result<()> + 'a;
+
+/// Read the real dataset `entry` of an HDF5 file block by block without loading the file:
+/// `f(shape, first_row, values)` is called for consecutive windows of at most `rows` rows
+/// along the first axis (each row whole). Returns the dataset's shape. Memory is bounded by
+/// the window, so a training set of many GB can be averaged.
+pub fn for_each_rows_f32(
+    path: &Path,
+    entry: &str,
+    rows: usize,
+    f: &mut RowsSink<'_>,
+) -> Result<Vec<usize>> {
+    match format_of(path)? {
+        Format::Npy => {
+            let (shape, v) = read_f32(path, entry)?;
+            let row: usize = shape.iter().skip(1).product::<usize>().max(1);
+            for (k, block) in v.chunks(row * rows.max(1)).enumerate() {
+                f(&shape, k * rows.max(1), block)?;
+            }
+            Ok(shape)
+        }
+        Format::Hdf5 => hdf5::for_each_rows_f32(path, &bare(entry), rows.max(1), f),
+    }
+}
+
 /// A string dataset of an HDF5 file (such as `entry_1/sample_1/name`), its elements joined
 /// by newlines.
 pub fn read_string(path: &Path, entry: &str) -> Result<String> {

@@ -4,11 +4,14 @@
 //!   same rule as the phasing starting support, stored centred);
 //! - [`triple_intersection`]: the triple-intersection method of Crimmins et al., which
 //!   intersects shifted copies of the autocorrelation support ([`triple`]);
-//! - [`threshold_supports`]: a threshold of a network estimate (`predict` output).
+//! - [`threshold_supports`]: a threshold of a network estimate (`predict` output);
+//! - [`baselines`]: the training-set mean image and the oracle (the true density at the
+//!   network's resolution, twin-averaged), thresholded like a network output.
 //!
 //! Every support returned here is centred (origin at (H/2, W/2)) like every array on disk,
 //! so it can be passed to `cdiphase phase --support`.
 
+pub mod baselines;
 pub mod native;
 pub mod triple;
 
@@ -26,6 +29,10 @@ pub enum Method {
     Autocorrelation,
     TripleIntersection,
     Nn,
+    /// The training set's mean target image ([`baselines::mean_image`]).
+    MeanImage,
+    /// The true density blurred and twin-averaged ([`baselines::oracle`]).
+    Oracle,
 }
 
 impl Method {
@@ -35,8 +42,11 @@ impl Method {
             "autocorrelation" | "ac" => Ok(Method::Autocorrelation),
             "triple-intersection" | "triple" => Ok(Method::TripleIntersection),
             "nn" => Ok(Method::Nn),
+            "mean-image" | "mean" => Ok(Method::MeanImage),
+            "oracle" => Ok(Method::Oracle),
             other => Err(Error::Config(format!(
-                "unknown support method '{other}': expected autocorrelation, triple-intersection or nn"
+                "unknown support method '{other}': expected autocorrelation, triple-intersection, \
+                 nn, mean-image or oracle"
             ))),
         }
     }
@@ -48,7 +58,7 @@ impl Method {
             // a lower threshold keeps the faint rim of the difference set, which the
             // intersection needs to stay a superset of the object
             Method::TripleIntersection => 0.001,
-            Method::Nn => 0.1,
+            Method::Nn | Method::MeanImage | Method::Oracle => 0.1,
         }
     }
 
@@ -57,6 +67,8 @@ impl Method {
             Method::Autocorrelation => "autocorrelation",
             Method::TripleIntersection => "triple-intersection",
             Method::Nn => "nn",
+            Method::MeanImage => "mean-image",
+            Method::Oracle => "oracle",
         }
     }
 }
@@ -171,8 +183,10 @@ pub fn estimate_from_patterns(
             }
             Ok((out, info))
         }
-        Method::Nn => Err(Error::Config(
-            "the nn method thresholds a network output (entry_1/image_1/data of `cdiphase predict`), not patterns".into(),
-        )),
+        Method::Nn | Method::MeanImage | Method::Oracle => Err(Error::Config(format!(
+            "the {} method thresholds an image (a network output, the mean image, the oracle), \
+             not patterns",
+            method.name()
+        ))),
     }
 }

@@ -1,0 +1,159 @@
+//! Reference supports for judging a network (issue 13): what an estimate that ignores its
+//! input achieves, and what a perfect network at a given resolution could reach.
+//!
+//! - [`mean_image`]: the training set's mean target, the mean over its ground-truth
+//!   densities each divided by its own maximum (the network's target |density| / max). A
+//!   network trained with MSE that learnt nothing from its input outputs this image.
+//! - [`oracle`]: the true density blurred by a Gaussian of `sigma` pixels (the network's
+//!   resolution) and, by default, averaged with its centrosymmetric twin: a diffraction
+//!   pattern cannot tell a density from its twin, so a network trained with plain MSE can
+//!   at best output their average. It shows the ceiling of any such network.
+//!
+//! Both are thresholded like a network output (> T x the image's maximum, T = 0.1).
+
+use std::path::Path;
+
+use crate::array::Stack;
+use crate::{Error, Result};
+
+/// The densities of a simulation (`cdiphase simulate` output).
+pub const DENSITY_ENTRY: &str = "entry_1/sample_1/density";
+
+/// The mean over the densities of `from` (`entry_1/sample_1/density`, (N,H,W)), each taken
+/// as |density| / max(|density|) (images whose maximum is 0 are skipped), read 256 at a
+/// time without loading the file. Returns the (H, W) image, centred like the densities,
+/// and the number of images averaged.
+pub fn mean_image(from: &Path) -> Result<(Stack<f32>, usize)> {
+    let mut acc: Vec<f64> = Vec::new();
+    let mut used = 0usize;
+    let what = || format!("{}: dataset '{DENSITY_ENTRY}'", from.display());
+    let shape = crate::io::for_each_rows_f32(from, DENSITY_ENTRY, 256, &mut |shape, _, block| {
+        let hw = match *shape {
+            [_, h, w] if h * w > 0 => h * w,
+            _ => {
+                return Err(Error::Shape {
+                    what: what(),
+                    expected: "(N,H,W)".into(),
+                    found: shape.to_vec(),
+                })
+            }
+        };
+        acc.resize(hw, 0.0);
+        for img in block.chunks(hw) {
+            if let Some(i) = img.iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid(
+                    what(),
+                    format!("image {} value {i} is not finite", used),
+                ));
+            }
+            let max = img.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if max <= 0.0 {
+                continue;
+            }
+            for (a, &v) in acc.iter_mut().zip(img) {
+                *a += (v.abs() / max) as f64;
+            }
+            used += 1;
+        }
+        Ok(())
+    })
+    .map_err(|e| match e {
+        Error::MissingEntry { path, entry, .. } => Error::MissingEntry {
+            path,
+            entry,
+            hint: "the mean image needs the ground truth of `cdiphase simulate`".into(),
+        },
+        e => e,
+    })?;
+    let (h, w) = match *shape.as_slice() {
+        [_, h, w] => (h, w),
+        _ => {
+            return Err(Error::Shape {
+                what: what(),
+                expected: "(N,H,W)".into(),
+                found: shape,
+            })
+        }
+    };
+    if used == 0 {
+        return Err(Error::invalid(
+            what(),
+            "no image with a positive maximum to average",
+        ));
+    }
+    let data = acc.iter().map(|&a| (a / used as f64) as f32).collect();
+    Ok((Stack::from_vec(1, h, w, data)?, used))
+}
+
+/// Separable Gaussian blur of an `h x w` image with standard deviation `sigma` pixels,
+/// truncated at 4 sigma, zero outside the image (no wrap-around). `sigma = 0` copies.
+pub fn gaussian_blur(img: &[f32], h: usize, w: usize, sigma: f64) -> Vec<f64> {
+    let src: Vec<f64> = img.iter().map(|&v| v as f64).collect();
+    if sigma <= 0.0 {
+        return src;
+    }
+    let r = (4.0 * sigma).ceil() as i64;
+    let k: Vec<f64> = (-r..=r)
+        .map(|d| (-(d * d) as f64 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let ks: f64 = k.iter().sum();
+    let k: Vec<f64> = k.iter().map(|v| v / ks).collect();
+    let mut tmp = vec![0.0f64; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0.0;
+            for (t, kv) in k.iter().enumerate() {
+                let xx = x as i64 + t as i64 - r;
+                if (0..w as i64).contains(&xx) {
+                    s += kv * src[y * w + xx as usize];
+                }
+            }
+            tmp[y * w + x] = s;
+        }
+    }
+    let mut out = vec![0.0f64; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0.0;
+            for (t, kv) in k.iter().enumerate() {
+                let yy = y as i64 + t as i64 - r;
+                if (0..h as i64).contains(&yy) {
+                    s += kv * tmp[yy as usize * w + x];
+                }
+            }
+            out[y * w + x] = s;
+        }
+    }
+    out
+}
+
+/// The oracle images of the densities (N,H,W), centred: |density| blurred by `sigma` px,
+/// averaged with its centrosymmetric twin (index (H - y) % H, (W - x) % W, the flip about
+/// the centre (H/2, W/2)) when `twin_average`, divided by its maximum.
+pub fn oracle(density: &Stack<f32>, sigma: f64, twin_average: bool) -> Result<Stack<f32>> {
+    if !(sigma >= 0.0 && sigma.is_finite() && sigma <= 64.0) {
+        return Err(Error::Config(format!(
+            "oracle sigma {sigma} px must be in [0, 64]"
+        )));
+    }
+    let (n, h, w) = (density.n, density.h, density.w);
+    let mut out = Stack::filled(n, h, w, 0f32);
+    for p in 0..n {
+        let abs: Vec<f32> = density.image(p).iter().map(|v| v.abs()).collect();
+        let b = gaussian_blur(&abs, h, w, sigma);
+        let img: Vec<f64> = if twin_average {
+            let t = crate::eval::align::flip(&b, h, w);
+            b.iter().zip(&t).map(|(a, c)| 0.5 * (a + c)).collect()
+        } else {
+            b
+        };
+        let max = img.iter().fold(0f64, |m, &v| m.max(v));
+        let o = out.image_mut(p);
+        if max > 0.0 {
+            for (d, v) in o.iter_mut().zip(&img) {
+                *d = (v / max) as f32;
+            }
+        }
+    }
+    Ok(out)
+}
