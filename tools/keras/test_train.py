@@ -202,8 +202,9 @@ def main():
 
     # the twin of a centred array: index i -> (H - i) mod H; the twin-invariant loss of an
     # output equal to the target's twin is 0, the plain loss is not (odd, non-square sizes)
-    import tensorflow as tf
+    import keras
 
+    ops = keras.ops
     rng = np.random.default_rng(5)
     yt = rng.random((2, 9, 14, 1)).astype(np.float32)
     st = (rng.random((2, 9, 14, 1)) > 0.5).astype(np.float32)
@@ -211,14 +212,14 @@ def main():
     twin = yt[:, (-np.arange(h_)) % h_][:, :, (-np.arange(w_)) % w_]
     packed = np.concatenate([yt, st], axis=-1)
     for kind in ("mse", "mse+support"):
-        lt, _ = train.make_losses(tf, kind, 10.0, 0.1, 0.02, 0.1, True)
-        lp, _ = train.make_losses(tf, kind, 10.0, 0.1, 0.02, 0.1, False)
+        lt, _ = train.make_losses(ops, kind, 10.0, 0.1, 0.02, 0.1, True)
+        lp, _ = train.make_losses(ops, kind, 10.0, 0.1, 0.02, 0.1, False)
         a_t = float(lt(packed, twin))
         a_p = float(lp(packed, twin))
         b_t = float(lt(packed, yt))
         assert abs(a_t - b_t) <= 1e-6 * max(1.0, abs(b_t)), (kind, a_t, b_t)
         assert a_p > a_t + 1e-3, (kind, a_p, a_t)
-    lm, _ = train.make_losses(tf, "mse", 10.0, 0.1, 0.02, 0.1, True)
+    lm, _ = train.make_losses(ops, "mse", 10.0, 0.1, 0.02, 0.1, True)
     assert float(lm(packed, twin)) <= 1e-12
     print("ok  twin-invariant loss: the twin scores as the target itself")
     print("all checks passed")

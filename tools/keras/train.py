@@ -646,7 +646,9 @@ def main(argv=None) -> int:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=args.lr_patience, min_lr=1e-6))
     # initial losses (epoch 0) so the record shows the decrease
-    init_train = model.evaluate(tr, verbose=0, steps=args.max_steps, return_dict=True)
+    # (on at most 50 training batches: a full pass costs a third of an epoch)
+    init_steps = min(len(tr), args.max_steps or 50, 50)
+    init_train = model.evaluate(tr, verbose=0, steps=init_steps, return_dict=True)
     init_val = model.evaluate(va, verbose=0, return_dict=True)
     print(f"before training: loss {init_train['loss']:.5f}, val_loss {init_val['loss']:.5f}",
           flush=True)
