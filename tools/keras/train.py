@@ -490,6 +490,9 @@ def parse_args(argv=None):
                    help="intra-op threads (TensorFlow and torch backends)")
     p.add_argument("--chunk", type=int, default=256, help="patterns read per HDF5 read")
     p.add_argument("--keep-cache", action="store_true")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoint (written after every epoch) when it "
+                        "exists and matches this run's data, architecture and recipe")
     a = p.parse_args(argv)
     if a.width is None:
         a.width = 1.0 if a.arch == "spinn" else COMPACT_WIDTH
@@ -599,64 +602,145 @@ def main(argv=None) -> int:
     tr = make_sequence(keras, *arrays["train"], args.batch, args.seed, True)
     va = make_sequence(keras, *arrays["val"], args.batch, args.seed, False)
 
-    class Timer(keras.callbacks.Callback):
+    ckpt = os.path.join(args.out, "checkpoint")
+    fingerprint = {
+        "data": [[os.path.abspath(pth), os.path.getsize(pth)] for pth in args.data],
+        "arch": args.arch, "width": args.width, "bottleneck": args.bottleneck,
+        "batch": args.batch, "loss": args.loss, "fn_weight": args.fn_weight,
+        "support_threshold": args.support_threshold,
+        "support_temperature": args.support_temperature,
+        "support_weight": args.support_weight, "twin_invariant": args.twin_invariant,
+        "seed": args.seed, "preprocessing": args.preprocessing, "use_mask": args.use_mask,
+        "split": [n_split, args.test_structures, args.test_fraction, args.val_fraction],
+        "backend": backend,
+    }
+    state = {"epoch": 0, "best": float("inf"), "best_epoch": 0, "wait": 0, "lr_wait": 0,
+             "lr": args.lr, "history": {}, "epoch_times": [], "runs": [], "init": None}
+    if args.resume and os.path.exists(os.path.join(ckpt, "state.json")):
+        with open(os.path.join(ckpt, "state.json")) as f:
+            saved = json.load(f)
+        if saved.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            print(f"train.py: error: {ckpt} was written by a different run (data, "
+                  "architecture, recipe or split differ); use another --out or drop --resume",
+                  file=sys.stderr)
+            return 2
+        state = saved["state"]
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(ckpt, "weights.weights.h5"))
+        with np.load(os.path.join(ckpt, "optimizer.npz")) as z:
+            values = [z[f"v{i}"] for i in range(len(z.files))]
+        if len(values) != len(model.optimizer.variables):
+            print(f"train.py: error: {ckpt}: optimizer state does not match the model",
+                  file=sys.stderr)
+            return 2
+        for var, val in zip(model.optimizer.variables, values):
+            var.assign(val)
+        print(f"resumed from {ckpt}: {state['epoch']} epochs done, best val_loss "
+              f"{state['best']:.5f} (epoch {state['best_epoch']}), lr {state['lr']:.2e}",
+              flush=True)
+    elif args.resume:
+        print(f"no checkpoint in {ckpt}: starting afresh", flush=True)
+    model.optimizer.learning_rate.assign(state["lr"])
+
+    def save_checkpoint(best_weights):
+        """Weights, optimizer state and the run's state, each written to a temporary name
+        and renamed, so a run killed at any point resumes from the last whole epoch."""
+        os.makedirs(ckpt, exist_ok=True)
+        tmp = os.path.join(ckpt, "tmp.weights.h5")
+        model.save_weights(tmp)
+        os.replace(tmp, os.path.join(ckpt, "weights.weights.h5"))
+        if best_weights is not None:
+            keep = model.get_weights()
+            model.set_weights(best_weights)
+            model.save_weights(tmp)
+            os.replace(tmp, os.path.join(ckpt, "best.weights.h5"))
+            model.set_weights(keep)
+        tmp = os.path.join(ckpt, "tmp-optimizer.npz")
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"v{i}": np.asarray(keras.ops.convert_to_numpy(v))
+                           for i, v in enumerate(model.optimizer.variables)})
+        os.replace(tmp, os.path.join(ckpt, "optimizer.npz"))
+        write_json_atomic(os.path.join(ckpt, "state.json"),
+                          {"fingerprint": fingerprint, "state": state})
+
+    class Run(keras.callbacks.Callback):
+        """The epoch loop's bookkeeping, resumable: epoch times, the best val_loss and its
+        weights (restored at the end however training stops), early stopping (--patience),
+        halving the learning rate (--lr-patience), the time budget (stop when the next
+        epoch would overrun it) and a checkpoint after every epoch."""
+
         def __init__(self):
             super().__init__()
-            self.times = []
+            self.best_weights, self.stopped_by_budget, self.times = None, False, []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
             self.times.append(time.time() - self.t)
-
-    class Best(keras.callbacks.Callback):
-        """Keeps the weights of the best val_loss and restores them at the end, however
-        training stops (early stopping, the time budget or the last epoch); with
-        --time-budget, stops when the next epoch would overrun it."""
-
-        def __init__(self):
-            super().__init__()
-            self.best, self.weights, self.stopped_by_budget = float("inf"), None, False
-
-        def on_epoch_end(self, epoch, logs=None):
-            v = float((logs or {}).get("val_loss", float("inf")))
-            if v < self.best:
-                self.best, self.weights = v, self.model.get_weights()
-            if args.time_budget is not None and timer.times:
+            state["epoch_times"].append(self.times[-1])
+            state["epoch"] = epoch + 1
+            logs["learning_rate"] = state["lr"]
+            for k, v in logs.items():
+                state["history"].setdefault(k, []).append(float(v))
+            v = float(logs.get("val_loss", float("inf")))
+            if v < state["best"]:
+                state.update(best=v, best_epoch=epoch + 1, wait=0, lr_wait=0)
+                self.best_weights = self.model.get_weights()
+            else:
+                state["wait"] += 1
+                state["lr_wait"] += 1
+                if args.lr_patience > 0 and state["lr_wait"] >= args.lr_patience:
+                    state["lr"] = max(state["lr"] * 0.5, 1e-6)
+                    state["lr_wait"] = 0
+                    self.model.optimizer.learning_rate.assign(state["lr"])
+                    print(f"learning rate -> {state['lr']:.2e}", flush=True)
+                if state["wait"] >= args.patience:
+                    self.model.stop_training = True
+            if args.time_budget is not None:
                 spent = time.time() - t_start
-                if spent + max(timer.times) * 1.1 > args.time_budget:
+                if spent + max(self.times) * 1.1 > args.time_budget:
                     self.stopped_by_budget = True
                     self.model.stop_training = True
+            save_checkpoint(self.best_weights)
 
         def on_train_end(self, logs=None):
-            if self.weights is not None:
-                self.model.set_weights(self.weights)
+            if self.best_weights is None and os.path.exists(
+                    os.path.join(ckpt, "best.weights.h5")):
+                self.model.load_weights(os.path.join(ckpt, "best.weights.h5"))
+            elif self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
 
-    timer = Timer()
-    best = Best()
-    csv_tmp = os.path.join(args.out, "history.csv.tmp")
-    callbacks = [
-        timer,
-        best,
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience),
-        keras.callbacks.CSVLogger(csv_tmp),
-    ]
-    if args.lr_patience > 0:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=args.lr_patience, min_lr=1e-6))
-    # initial losses (epoch 0) so the record shows the decrease
-    # (on at most 50 training batches: a full pass costs a third of an epoch)
-    init_steps = min(len(tr), args.max_steps or 50, 50)
-    init_train = model.evaluate(tr, verbose=0, steps=init_steps, return_dict=True)
-    init_val = model.evaluate(va, verbose=0, return_dict=True)
-    print(f"before training: loss {init_train['loss']:.5f}, val_loss {init_val['loss']:.5f}",
-          flush=True)
-    hist = model.fit(tr, validation_data=va, epochs=args.epochs, callbacks=callbacks,
-                     steps_per_epoch=args.max_steps, verbose=2, shuffle=False)
-    os.replace(csv_tmp, os.path.join(args.out, "history.csv"))
-    h_ = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-    best_epoch = int(np.argmin(h_["val_loss"])) + 1
+    run = Run()
+    if state["init"] is None:
+        # initial losses (epoch 0) so the record shows the decrease
+        # (on at most 50 training batches: a full pass costs a third of an epoch)
+        init_steps = min(len(tr), args.max_steps or 50, 50)
+        init_train = model.evaluate(tr, verbose=0, steps=init_steps, return_dict=True)
+        init_val = model.evaluate(va, verbose=0, return_dict=True)
+        state["init"] = {"loss": float(init_train["loss"]), "val_loss": float(init_val["loss"])}
+    print(f"before training: loss {state['init']['loss']:.5f}, "
+          f"val_loss {state['init']['val_loss']:.5f}", flush=True)
+    state["runs"].append({"started_epoch": state["epoch"], "device": device})
+    if state["epoch"] < args.epochs and state["wait"] < args.patience:
+        tr.epoch = state["epoch"]
+        tr.order = tr._order()
+        model.fit(tr, validation_data=va, epochs=args.epochs, initial_epoch=state["epoch"],
+                  callbacks=[run], steps_per_epoch=args.max_steps, verbose=2, shuffle=False)
+    else:
+        run.on_train_end()
+    state["runs"][-1]["ended_epoch"] = state["epoch"]
+    save_checkpoint(run.best_weights)
+    h_ = state["history"]
+    keys = [k for k in ("loss", "mse", "val_loss", "val_mse", "learning_rate") if k in h_]
+    tmp = os.path.join(args.out, "history.csv.tmp")
+    with open(tmp, "w") as f:
+        f.write("epoch," + ",".join(keys) + "\n")
+        for e in range(len(h_.get("loss", []))):
+            f.write(f"{e}," + ",".join(repr(h_[k][e]) for k in keys) + "\n")
+    os.replace(tmp, os.path.join(args.out, "history.csv"))
+    best_epoch = state["best_epoch"]
 
     test = None
     if "test" in arrays:
@@ -702,21 +786,22 @@ def main(argv=None) -> int:
                      "support_weight": args.support_weight,
                      "twin_invariant": args.twin_invariant, "optimizer": "Adam",
                      "lr": args.lr, "batch": args.batch, "epochs_max": args.epochs,
-                     "epochs_run": len(h_["loss"]), "best_epoch": best_epoch,
+                     "epochs_run": len(h_.get("loss", [])), "best_epoch": best_epoch,
                      "patience": args.patience, "lr_patience": args.lr_patience,
                      "time_budget_s": args.time_budget,
-                     "stopped_by_time_budget": best.stopped_by_budget,
+                     "stopped_by_time_budget": run.stopped_by_budget,
+                     "runs": state["runs"],
                      "steps_per_epoch": steps,
                      "threads": args.threads},
-        "history": {"initial": {"loss": init_train["loss"], "val_loss": init_val["loss"]},
-                    **h_},
+        "history": {"initial": state["init"], **h_},
         "final": {"loss": h_["loss"][-1], "val_loss": h_["val_loss"][-1],
                   "best_val_loss": min(h_["val_loss"])},
         "test": test,
         # per training pattern: epochs after the first (which traces the graph), validation
         # included
-        "timings_s": {"preprocess": t_cache, "epochs": timer.times,
-                      "per_train_pattern": float(np.median(timer.times[1:] or timer.times))
+        "timings_s": {"preprocess": t_cache, "epochs": state["epoch_times"],
+                      "per_train_pattern": float(np.median(state["epoch_times"][1:]
+                                                           or state["epoch_times"] or [0.0]))
                       / min(steps * args.batch, n_split["train"]),
                       "total": time.time() - t_start},
         "outputs": ["model.keras", "model.h5", "history.csv", "training.json"],
