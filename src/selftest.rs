@@ -27,7 +27,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::launcher::{DevBuf, Launcher};
 use crate::backend::gpu::network::GpuNetwork;
 use crate::backend::gpu::{nn_kernels as gpu_nn, phasing as gpu_phasing};
-use crate::backend::Backend;
+use crate::backend::PhasingOps;
 use crate::fft::Plan2d;
 use crate::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
 use crate::nn::Model;
@@ -98,8 +98,8 @@ impl Target<'_> {
     fn forward(&self, m: &Model, x: &[f32], n: usize) -> Result<Vec<f32>> {
         match self {
             Target::Cpu(b) => {
-                let net = Network::new(m, Mode::F32)?;
-                let mut r = Runner::new(
+                let net = Network::with_features(m, Mode::F32, b.features())?;
+                let mut r = Runner::with_pool(
                     &net,
                     n,
                     NnOptions {
@@ -107,6 +107,7 @@ impl Target<'_> {
                         mode: Mode::F32,
                         poison: true,
                     },
+                    b.pool().clone(),
                 )?;
                 Ok(r.run(x, n)?.to_vec())
             }
@@ -137,7 +138,7 @@ impl Target<'_> {
                 let run = || -> Result<Vec<Complex32>> {
                     let a = DevBuf::from_slice(*lch, x)?;
                     let b = DevBuf::new(*lch, std::mem::size_of_val(x))?;
-                    lch.fft(plan, a.ptr, b.ptr, forward)?;
+                    lch.fft(plan, a.ptr(), b.ptr(), forward)?;
                     let mut y: Vec<Complex32> = b.to_vec(x.len())?;
                     if !forward {
                         let s = 1.0 / l as f32;
@@ -590,6 +591,7 @@ fn ref_program(pb: &PhasingProblem, prog: &Program) -> Vec<RefItem> {
                         beta,
                         count,
                         record,
+                        ..
                     } => {
                         for i in 0..count {
                             ref_iterate(
@@ -1295,8 +1297,8 @@ fn network_checks(t: &Target, o: Options, rng: &mut Xoshiro256PlusPlus, out: &mu
                 v[per..2 * per].iter_mut().for_each(|x| *x = 0.0);
                 let vb = DevBuf::from_slice(*l, &v)?;
                 let sb = DevBuf::new(*l, pats * per)?;
-                gpu_nn::support_threshold(*l, vb.ptr, pats, per, 0.3, sb.ptr)?;
-                gpu_nn::normalize_max(*l, vb.ptr, pats, per)?;
+                gpu_nn::support_threshold(*l, &vb, pats, per, 0.3, &sb)?;
+                gpu_nn::normalize_max(*l, &vb, pats, per)?;
                 let got: Vec<f32> = vb.to_vec(pats * per)?;
                 let sup: Vec<u8> = sb.to_vec(pats * per)?;
                 let mut want = Vec::with_capacity(v.len());

@@ -129,3 +129,54 @@ fn network_bench_on_the_gpu_path() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("CPU kernels"));
 }
+
+/// `predict` and `phase` take their device from the one `backend::select`: with `--device
+/// emu` both run on the emulated GPU and their run headers name it, and `--device auto`
+/// gives both verbs the same backend, whose description states what auto chose and why.
+#[test]
+fn predict_and_phase_share_the_device_choice() {
+    use cdiphase::backend::{select, Device};
+    use cdiphase::nn::spec::Preprocess;
+    use cdiphase::nn::store::{self, WeightDtype};
+    use cdiphase::nn::Model;
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_patterns(dir.path(), 2, 32, 32);
+    let model = dir.path().join("small.safetensors");
+    let spec = cdiphase::nn::presets::spinn(32, 0.125, Preprocess::Max).unwrap();
+    store::save(&Model::random(spec, 3).unwrap(), WeightDtype::F32, &model).unwrap();
+    let auto = select(Device::Auto, Some(1)).unwrap().describe();
+    assert!(
+        auto.contains("(auto: "),
+        "auto does not say what it chose: {auto}"
+    );
+    for (device, want) in [
+        ("emu", "CUDA emulator: kernels/*.cu"),
+        ("auto", auto.as_str()),
+    ] {
+        for verb in ["predict", "phase"] {
+            let out = dir.path().join(format!("{verb}-{device}.cxi"));
+            let mut args = vec![
+                verb,
+                input.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--device",
+                device,
+                "--threads",
+                "1",
+            ];
+            if verb == "predict" {
+                args.extend(["--model", model.to_str().unwrap()]);
+            } else {
+                args.extend(["--algorithm", "2*ER", "--starts", "1"]);
+            }
+            let o = run(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{verb} --device {device}: {err}");
+            assert!(
+                err.contains(want),
+                "{verb} --device {device}: the run header does not name '{want}':\n{err}"
+            );
+        }
+    }
+}

@@ -24,20 +24,24 @@ fn block_reduce(l: &EmuLauncher, x: &[f32], racy: bool) -> Vec<f32> {
     let nb = n.div_ceil(256);
     let xb = DevBuf::from_slice(l, x).unwrap();
     let out = DevBuf::new(l, nb * 4).unwrap();
-    l.launch(
-        "cd_test_block_reduce",
-        Dims {
-            grid: [nb as u32, 1, 1],
-            block: [256, 1, 1],
-            shmem: 0,
-        },
-        &[
-            xb.arg(),
-            KArg::I32(n as i32),
-            KArg::I32(racy as i32),
-            out.arg(),
-        ],
-    )
+    // SAFETY: the test kernel reads the n values of xb and writes one value per block (nb)
+    // into out, both allocations of this launcher of those sizes.
+    unsafe {
+        l.launch(
+            "cd_test_block_reduce",
+            Dims {
+                grid: [nb as u32, 1, 1],
+                block: [256, 1, 1],
+                shmem: 0,
+            },
+            &[
+                xb.arg(),
+                KArg::I32(n as i32),
+                KArg::I32(racy as i32),
+                out.arg(),
+            ],
+        )
+    }
     .unwrap();
     out.to_vec(nb).unwrap()
 }
@@ -86,15 +90,19 @@ fn warp_intrinsics_and_atomics() {
         let l = EmuLauncher::new(order);
         let xb = DevBuf::from_slice(&l, &x).unwrap();
         let out = DevBuf::new(&l, n * 5 * 4).unwrap();
-        l.launch(
-            "cd_test_warp",
-            Dims {
-                grid: [blocks as u32, 1, 1],
-                block: [threads as u32, 1, 1],
-                shmem: 0,
-            },
-            &[xb.arg(), out.arg()],
-        )
+        // SAFETY: one thread per value of xb (n of them) reads its value and writes 5 values
+        // into out (n * 5 floats), both allocations of this launcher.
+        unsafe {
+            l.launch(
+                "cd_test_warp",
+                Dims {
+                    grid: [blocks as u32, 1, 1],
+                    block: [threads as u32, 1, 1],
+                    shmem: 0,
+                },
+                &[xb.arg(), out.arg()],
+            )
+        }
         .unwrap();
         let o: Vec<f32> = out.to_vec(n * 5).unwrap();
         for i in 0..n {
@@ -119,15 +127,19 @@ fn warp_intrinsics_and_atomics() {
         let sum = DevBuf::from_slice(&l, &[0.0f32]).unwrap();
         let cnt = DevBuf::from_slice(&l, &[0i32]).unwrap();
         let mx = DevBuf::from_slice(&l, &[i32::MIN]).unwrap();
-        l.launch(
-            "cd_test_atomics",
-            Dims {
-                grid: [4, 1, 1],
-                block: [256, 1, 1],
-                shmem: 0,
-            },
-            &[yb.arg(), KArg::I32(m), sum.arg(), cnt.arg(), mx.arg()],
-        )
+        // SAFETY: the kernel reads the m values of yb and updates the single values of sum,
+        // cnt and mx, all allocations of this launcher of those sizes.
+        unsafe {
+            l.launch(
+                "cd_test_atomics",
+                Dims {
+                    grid: [4, 1, 1],
+                    block: [256, 1, 1],
+                    shmem: 0,
+                },
+                &[yb.arg(), KArg::I32(m), sum.arg(), cnt.arg(), mx.arg()],
+            )
+        }
         .unwrap();
         let s: Vec<f32> = sum.to_vec(1).unwrap();
         let c: Vec<i32> = cnt.to_vec(1).unwrap();
@@ -151,12 +163,13 @@ fn emulator_reports_bad_launches() {
         block: [2048, 1, 1],
         shmem: 0,
     };
-    let e = l
-        .launch("cd_test_warp", dims, &[out.arg(), out.arg()])
-        .unwrap_err();
+    // SAFETY: refused before any kernel runs (a block of 2048 threads); the same holds for
+    // the unknown kernel and the address outside every allocation below.
+    let e = unsafe { l.launch("cd_test_warp", dims, &[out.arg(), out.arg()]) }.unwrap_err();
     assert!(e.to_string().contains("invalid launch"), "{e}");
-    let e = l
-        .launch(
+    // SAFETY: see above.
+    let e = unsafe {
+        l.launch(
             "cd_no_such_kernel",
             Dims {
                 block: [32, 1, 1],
@@ -164,10 +177,12 @@ fn emulator_reports_bad_launches() {
             },
             &[],
         )
-        .unwrap_err();
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("no kernel"), "{e}");
-    let e = l
-        .launch(
+    // SAFETY: see above.
+    let e = unsafe {
+        l.launch(
             "cd_test_warp",
             Dims {
                 block: [32, 1, 1],
@@ -175,7 +190,8 @@ fn emulator_reports_bad_launches() {
             },
             &[KArg::Ptr(DevPtr(8)), out.arg()],
         )
-        .unwrap_err();
+    }
+    .unwrap_err();
     assert!(e.to_string().contains("allocation"), "{e}");
 }
 
@@ -254,7 +270,7 @@ fn modulus_projection_and_fourier_error() {
             let pf = DevBuf::new(&lch, items * k.bpi * 4).unwrap();
             for project in [false, true] {
                 fb.upload(&f).unwrap();
-                k.modulus(fb.ptr, ab.ptr, project, pf.ptr).unwrap();
+                k.modulus(&fb, &ab, project, &pf).unwrap();
                 let got: Vec<Complex32> = fb.to_vec(items * l).unwrap();
                 let want = if project { rf.clone() } else { cflat(&f) };
                 let e = rel(&cflat(&got), &want);
@@ -330,7 +346,7 @@ fn support_update_rules_and_real_space_error() {
                     let pb = DevBuf::from_slice(&lch, &gp).unwrap();
                     let sb = DevBuf::from_slice(&lch, &sup).unwrap();
                     let pr = DevBuf::new(&lch, items * k.bpi * 8).unwrap();
-                    k.update(gb.ptr, pb.ptr, sb.ptr, a, b, constraint, scale, pr.ptr)
+                    k.update(&gb, &pb, &sb, a, b, constraint, scale, &pr)
                         .unwrap();
                     let got: Vec<Complex32> = gb.to_vec(items * l).unwrap();
                     let e = rel(&cflat(&got), &want);
@@ -350,7 +366,7 @@ fn support_update_rules_and_real_space_error() {
                     let sab = DevBuf::from_slice(&lch, &sa).unwrap();
                     let hf = DevBuf::new(&lch, items * 3 * 4).unwrap();
                     let hr = DevBuf::new(&lch, items * 3 * 4).unwrap();
-                    k.record(pfb.ptr, pr.ptr, sab.ptr, 3, 1, hf.ptr, hr.ptr)
+                    k.record(&pfb, Some(&pr), &sab, 3, 1, &hf, Some(&hr))
                         .unwrap();
                     let hfv: Vec<f32> = hf.to_vec(items * 3).unwrap();
                     let hrv: Vec<f32> = hr.to_vec(items * 3).unwrap();
@@ -432,21 +448,13 @@ fn shrinkwrap_passes() {
             let gb = DevBuf::from_slice(&lch, &g).unwrap();
             let sb = DevBuf::from_slice(&lch, &sup0).unwrap();
             let kb = DevBuf::from_slice(&lch, &kern).unwrap();
-            let tmp = DevBuf::new(&lch, items * l * 4).unwrap();
-            let mag = DevBuf::new(&lch, items * l * 4).unwrap();
+            // the row blur, then the column blur (mag) in the second half
+            let scratch = DevBuf::new(&lch, 2 * items * l * 4).unwrap();
             let pmax = DevBuf::new(&lch, items * blocks_per_item(l) * 4).unwrap();
-            k.shrinkwrap(
-                gb.ptr,
-                sb.ptr,
-                kb.ptr,
-                kern.len(),
-                threshold,
-                tmp.ptr,
-                mag.ptr,
-                pmax.ptr,
-            )
-            .unwrap();
-            let gm: Vec<f32> = mag.to_vec(items * l).unwrap();
+            k.shrinkwrap(&gb, &sb, &kb, kern.len(), threshold, &scratch, &pmax)
+                .unwrap();
+            let sc: Vec<f32> = scratch.to_vec(2 * items * l).unwrap();
+            let gm = &sc[items * l..];
             let gmf: Vec<f64> = gm.iter().map(|&v| v as f64).collect();
             let e = rel(&gmf[..3 * l], &want_mag[..3 * l]);
             assert!(e < 1e-6, "{order:?} {h}x{w} sigma {sigma}: blur {e}");
@@ -483,7 +491,7 @@ fn emulated_fft_matches_a_dft() {
     let b = DevBuf::new(&lch, batch * l * 8).unwrap();
     let plan = lch.fft_plan(h, w, batch).unwrap();
     for forward in [true, false] {
-        lch.fft(plan, a.ptr, b.ptr, forward).unwrap();
+        lch.fft(plan, a.ptr(), b.ptr(), forward).unwrap();
         let got: Vec<Complex32> = b.to_vec(batch * l).unwrap();
         let sign = if forward { -1.0 } else { 1.0 };
         let mut want = Vec::new();

@@ -90,7 +90,7 @@ fn conv2d_fused_bias_activation() {
                 DevBuf::from_slice(&l, &b).unwrap(),
             );
             let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::conv2d(&l, xb.ptr, wb.ptr, Some(bb.ptr), yb.ptr, shape, cout, k, a).unwrap();
+            gpu_nn::conv2d(&l, &xb, &wb, Some(&bb), &yb, shape, cout, k, a).unwrap();
             let got: Vec<f32> = yb.to_vec(want.len()).unwrap();
             let e = rel(&got, &want);
             assert!(e < 1e-6, "{order:?} {shape:?} k{k} {a:?}: {e}");
@@ -114,20 +114,9 @@ fn transposed_convolutions() {
             let wtb = DevBuf::from_slice(&l, &wt).unwrap();
             let bb = DevBuf::from_slice(&l, &b).unwrap();
             let wc = DevBuf::new(&l, wt.len() * 4).unwrap();
-            gpu_nn::conv_transpose_weights(&l, wtb.ptr, k, cin, cout, wc.ptr).unwrap();
+            gpu_nn::conv_transpose_weights(&l, &wtb, k, cin, cout, &wc).unwrap();
             let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::conv2d(
-                &l,
-                xb.ptr,
-                wc.ptr,
-                Some(bb.ptr),
-                yb.ptr,
-                shape,
-                cout,
-                k,
-                Act::Relu,
-            )
-            .unwrap();
+            gpu_nn::conv2d(&l, &xb, &wc, Some(&bb), &yb, shape, cout, k, Act::Relu).unwrap();
             let got: Vec<f32> = yb.to_vec(want.len()).unwrap();
             let e = rel(&got, &want);
             assert!(
@@ -136,19 +125,8 @@ fn transposed_convolutions() {
             );
             // the direct kernel agrees at stride 1 too
             let yd = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::conv_transpose2d(
-                &l,
-                xb.ptr,
-                wtb.ptr,
-                Some(bb.ptr),
-                yd.ptr,
-                shape,
-                cout,
-                k,
-                1,
-                Act::Relu,
-            )
-            .unwrap();
+            gpu_nn::conv_transpose2d(&l, &xb, &wtb, Some(&bb), &yd, shape, cout, k, 1, Act::Relu)
+                .unwrap();
             let got: Vec<f32> = yd.to_vec(want.len()).unwrap();
             assert!(rel(&got, &want) < 1e-6, "{order:?} direct stride 1");
         }
@@ -170,19 +148,8 @@ fn transposed_convolutions() {
             let wtb = DevBuf::from_slice(&l, &wt).unwrap();
             let bb = DevBuf::from_slice(&l, &b).unwrap();
             let yd = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::conv_transpose2d(
-                &l,
-                xb.ptr,
-                wtb.ptr,
-                Some(bb.ptr),
-                yd.ptr,
-                shape,
-                cout,
-                k,
-                s,
-                Act::Tanh,
-            )
-            .unwrap();
+            gpu_nn::conv_transpose2d(&l, &xb, &wtb, Some(&bb), &yd, shape, cout, k, s, Act::Tanh)
+                .unwrap();
             let got: Vec<f32> = yd.to_vec(want.len()).unwrap();
             let e = rel(&got, &want);
             assert!(e < 1e-6, "{order:?} stride {s} {shape:?} k{k}: {e}");
@@ -191,7 +158,7 @@ fn transposed_convolutions() {
     // an even kernel has no stride-1 weight transform: a clear error
     let l = EmuLauncher::new(ScheduleOrder::InOrder);
     let d = DevBuf::new(&l, 64).unwrap();
-    assert!(gpu_nn::conv_transpose_weights(&l, d.ptr, 2, 1, 1, d.ptr).is_err());
+    assert!(gpu_nn::conv_transpose_weights(&l, &d, 2, 1, 1, &d).is_err());
 }
 
 #[test]
@@ -220,7 +187,7 @@ fn pooling_upsampling_dense_and_elementwise() {
         }
         let xb = DevBuf::from_slice(&l, &x).unwrap();
         let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-        gpu_nn::maxpool2(&l, xb.ptr, yb.ptr, shape).unwrap();
+        gpu_nn::maxpool2(&l, &xb, &yb, shape).unwrap();
         assert_eq!(rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want), 0.0);
         // nearest upsampling by 2 and 3
         for f in [2usize, 3] {
@@ -236,7 +203,7 @@ fn pooling_upsampling_dense_and_elementwise() {
                 }
             }
             let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::upsample(&l, xb.ptr, yb.ptr, shape, f).unwrap();
+            gpu_nn::upsample(&l, &xb, &yb, shape, f).unwrap();
             assert_eq!(rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want), 0.0);
         }
         // dense: sizes that are not multiples of the 16x16 tiles, batch 1 and several
@@ -264,12 +231,12 @@ fn pooling_upsampling_dense_and_elementwise() {
                 DevBuf::from_slice(&l, &bm).unwrap(),
             );
             let yb = DevBuf::new(&l, m * nn * 4).unwrap();
-            gpu_nn::dense(&l, xb.ptr, wb.ptr, Some(bb.ptr), yb.ptr, m, k, nn, a).unwrap();
+            gpu_nn::dense(&l, &xb, &wb, Some(&bb), &yb, m, k, nn, a).unwrap();
             let e = rel(&yb.to_vec::<f32>(m * nn).unwrap(), &want);
             assert!(e < 1e-6, "{order:?} dense {m}x{k}x{nn}: {e}");
             // and without a bias
             let yb = DevBuf::new(&l, m * nn * 4).unwrap();
-            gpu_nn::dense(&l, xb.ptr, wb.ptr, None, yb.ptr, m, k, nn, Act::Linear).unwrap();
+            gpu_nn::dense(&l, &xb, &wb, None, &yb, m, k, nn, Act::Linear).unwrap();
             let mut want0 = vec![0.0f64; m * nn];
             for i in 0..m {
                 for j in 0..nn {
@@ -284,7 +251,7 @@ fn pooling_upsampling_dense_and_elementwise() {
         let v = rng.vec(1001);
         for a in [Act::Relu, Act::Tanh, Act::Sigmoid, Act::Linear] {
             let vb = DevBuf::from_slice(&l, &v).unwrap();
-            gpu_nn::activate(&l, vb.ptr, v.len(), a).unwrap();
+            gpu_nn::activate(&l, &vb, v.len(), a).unwrap();
             let want: Vec<f64> = v.iter().map(|&x| act(x as f64, a)).collect();
             assert!(rel(&vb.to_vec::<f32>(v.len()).unwrap(), &want) < 1e-6);
         }
@@ -294,8 +261,8 @@ fn pooling_upsampling_dense_and_elementwise() {
         v[per..2 * per].iter_mut().for_each(|x| *x = 0.0);
         let vb = DevBuf::from_slice(&l, &v).unwrap();
         let sb = DevBuf::new(&l, pats * per).unwrap();
-        gpu_nn::support_threshold(&l, vb.ptr, pats, per, 0.3, sb.ptr).unwrap();
-        gpu_nn::normalize_max(&l, vb.ptr, pats, per).unwrap();
+        gpu_nn::support_threshold(&l, &vb, pats, per, 0.3, &sb).unwrap();
+        gpu_nn::normalize_max(&l, &vb, pats, per).unwrap();
         let got: Vec<f32> = vb.to_vec(pats * per).unwrap();
         let sup: Vec<u8> = sb.to_vec(pats * per).unwrap();
         for p in 0..pats {
@@ -456,15 +423,14 @@ fn general_convolution_pooling_and_channel_copy() {
             let wb = DevBuf::from_slice(&l, &wt).unwrap();
             let bb = DevBuf::from_slice(&l, &b).unwrap();
             let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::conv2d_general(&l, xb.ptr, wb.ptr, Some(bb.ptr), yb.ptr, shape, cout, g, a)
-                .unwrap();
+            gpu_nn::conv2d_general(&l, &xb, &wb, Some(&bb), &yb, shape, cout, g, a).unwrap();
             let e = rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want);
             assert!(
                 e < 1e-6,
                 "{order:?} conv {shape:?} {k:?} {s:?} same={same}: {e}"
             );
             let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::conv2d_general(&l, xb.ptr, wb.ptr, None, yb.ptr, shape, cout, g, a).unwrap();
+            gpu_nn::conv2d_general(&l, &xb, &wb, None, &yb, shape, cout, g, a).unwrap();
             assert!(rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want0) < 1e-6);
         }
     }
@@ -514,10 +480,10 @@ fn general_convolution_pooling_and_channel_copy() {
             let yb = DevBuf::new(&l, want.len() * 4).unwrap();
             gpu_nn::conv_transpose2d_general(
                 &l,
-                xb.ptr,
-                wb.ptr,
-                Some(bb.ptr),
-                yb.ptr,
+                &xb,
+                &wb,
+                Some(&bb),
+                &yb,
                 shape,
                 cout,
                 g,
@@ -576,7 +542,7 @@ fn general_convolution_pooling_and_channel_copy() {
             let l = EmuLauncher::new(order);
             let xb = DevBuf::from_slice(&l, &x).unwrap();
             let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-            gpu_nn::maxpool(&l, xb.ptr, yb.ptr, shape, g).unwrap();
+            gpu_nn::maxpool(&l, &xb, &yb, shape, g).unwrap();
             let got: Vec<f32> = yb.to_vec(want.len()).unwrap();
             assert_eq!(
                 rel(&got, &want),
@@ -605,7 +571,7 @@ fn general_convolution_pooling_and_channel_copy() {
         }
         let xb = DevBuf::from_slice(&l, &x).unwrap();
         let yb = DevBuf::new(&l, want.len() * 4).unwrap();
-        gpu_nn::upsample2d(&l, xb.ptr, yb.ptr, shape, f).unwrap();
+        gpu_nn::upsample2d(&l, &xb, &yb, shape, f).unwrap();
         assert_eq!(
             rel(&yb.to_vec::<f32>(want.len()).unwrap(), &want),
             0.0,
@@ -626,7 +592,7 @@ fn general_convolution_pooling_and_channel_copy() {
             let xb = DevBuf::from_slice(&l, p).unwrap();
             // one input alone leaves the rest of each row as it was (NaN)
             if offset == 0 {
-                gpu_nn::copy_channels(&l, xb.ptr, yb.ptr, rows, ci, ct, 0, Act::Linear).unwrap();
+                gpu_nn::copy_channels(&l, &xb, &yb, rows, ci, ct, 0, Act::Linear).unwrap();
                 let got: Vec<f32> = yb.to_vec(rows * ct).unwrap();
                 for r in 0..rows {
                     for c in 0..ct {
@@ -639,7 +605,7 @@ fn general_convolution_pooling_and_channel_copy() {
                     }
                 }
             }
-            gpu_nn::copy_channels(&l, xb.ptr, yb.ptr, rows, ci, ct, offset, Act::Linear).unwrap();
+            gpu_nn::copy_channels(&l, &xb, &yb, rows, ci, ct, offset, Act::Linear).unwrap();
             offset += ci;
         }
         let got: Vec<f32> = yb.to_vec(rows * ct).unwrap();
@@ -652,7 +618,7 @@ fn general_convolution_pooling_and_channel_copy() {
         assert_eq!(rel(&got, &want), 0.0, "{order:?} concatenate");
         for a in [Act::Relu, Act::Tanh, Act::Sigmoid, Act::Linear] {
             let yb2 = DevBuf::new(&l, rows * ct * 4).unwrap();
-            gpu_nn::copy_channels(&l, yb.ptr, yb2.ptr, rows, ct, ct, 0, a).unwrap();
+            gpu_nn::copy_channels(&l, &yb, &yb2, rows, ct, ct, 0, a).unwrap();
             let want_a: Vec<f64> = want.iter().map(|&v| act(v, a)).collect();
             assert!(
                 rel(&yb2.to_vec::<f32>(rows * ct).unwrap(), &want_a) < 1e-6,
@@ -660,6 +626,6 @@ fn general_convolution_pooling_and_channel_copy() {
             );
         }
         // a copy that does not fit in the rows is refused
-        assert!(gpu_nn::copy_channels(&l, yb.ptr, yb.ptr, rows, 5, 9, 5, Act::Linear).is_err());
+        assert!(gpu_nn::copy_channels(&l, &yb, &yb, rows, 5, 9, 5, Act::Linear).is_err());
     }
 }

@@ -16,7 +16,7 @@ mod common;
 use cdiphase::array::{Complex32, Stack};
 use cdiphase::backend::cpu::CpuBackend;
 use cdiphase::backend::gpu::emu::{EmuBackend, ScheduleOrder};
-use cdiphase::backend::Backend;
+use cdiphase::backend::PhasingOps;
 use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::Schedule;

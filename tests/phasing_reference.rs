@@ -9,7 +9,7 @@ mod common;
 use cdiphase::array::{Complex32, Stack};
 use cdiphase::backend::cpu::phasing::modulus_project;
 use cdiphase::backend::cpu::CpuBackend;
-use cdiphase::backend::Backend;
+use cdiphase::backend::PhasingOps;
 use cdiphase::fft::Plan2d;
 use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};

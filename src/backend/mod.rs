@@ -1,16 +1,21 @@
-//! The backend seam. Algorithms are written once (as a compiled [`Program`]) and executed by
-//! a backend that owns its buffers and works batched over patterns x starts x H x W. No
-//! per-pixel callbacks cross the seam: a backend receives whole arrays and whole programs.
+//! The backend seam. A backend is one device with both op families of the crate, written
+//! as supertraits (one per family, as burn does): [`PhasingOps`] runs a compiled phasing
+//! [`Program`] on a whole batch, [`NetworkOps`] loads a [`Model`] once and runs its forward
+//! on batches ([`Forward`]), keeping the device's buffers between batches. Algorithms and
+//! models are written once and cross the seam whole: no per-pixel callbacks, the backend
+//! owns its buffers and works batched over patterns x starts x H x W.
 //!
-//! Backends, one folder per device: [`cpu`] ([`cpu::CpuBackend`]: rustfft + rayon, and the
-//! CPU network engine) and [`gpu`] (the CUDA backend and its host emulator, one
-//! orchestration over the same kernels).
+//! Devices, one folder each: [`cpu`] ([`cpu::CpuBackend`]: one rayon pool and the
+//! instruction sets detected once, the phasing and the network engines) and [`gpu`] (the
+//! CUDA backend and its host emulator, one orchestration over the same kernels). [`select`]
+//! picks one for every verb, and `auto` says in [`Backend::describe`] what it chose and why.
 
 pub mod cpu;
 pub mod gpu;
 
 use gpu::{cuda, emu};
 
+use crate::nn::model::Model;
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
 use crate::{Error, Result};
@@ -18,12 +23,8 @@ use crate::{Error, Result};
 /// Progress callback: called with the number of (item x iteration) units just completed.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
-/// A compute backend.
-pub trait Backend: Send + Sync {
-    /// Short name (`cpu`, `cuda`, `emu`).
-    fn name(&self) -> &'static str;
-    /// Human-readable description of the device (CPU features, thread count, GPU name).
-    fn describe(&self) -> String;
+/// Phasing: a compiled program over every (pattern, start) item of a prepared problem.
+pub trait PhasingOps {
     /// Run a compiled phasing program on every (pattern, start) item of `problem`.
     fn run_phasing(
         &self,
@@ -31,6 +32,80 @@ pub trait Backend: Send + Sync {
         program: &Program,
         progress: Progress<'_>,
     ) -> Result<PhasingOutput>;
+}
+
+/// How a network's convolutions are computed. The CPU engine runs every mode; the GPU
+/// kernels are f32 ([`Mode::F32`]) only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// f32, exact up to summation order: the direct AVX-512 kernels where the CPU has
+    /// AVX-512F (stride-1 layers), the GEMM paths otherwise.
+    #[default]
+    F32,
+    /// f32 through the GEMM paths only (shifted GEMM or im2col; for comparison).
+    Gemm,
+    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with >= 16 channels (2.25x fewer
+    /// multiplications; a small accuracy cost, reported by the bench), GEMM for the rest.
+    Winograd,
+    /// bf16 inputs and weights with f32 accumulation for the stride-1 layers with >= 16
+    /// input and output channels, f32 elsewhere: on the AMX tile unit where the CPU has it
+    /// (`tdpbf16ps`), else with AVX512_BF16 (`vdpbf16ps`).
+    Bf16,
+    /// As `Bf16`, always with AVX512_BF16 (`vdpbf16ps`), never AMX (for comparison).
+    Bf16Avx512,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::F32 => "f32",
+            Mode::Gemm => "f32-gemm",
+            Mode::Winograd => "winograd-f2x2-3x3",
+            Mode::Bf16 => "bf16",
+            Mode::Bf16Avx512 => "bf16-avx512",
+        }
+    }
+}
+
+/// How a network runs on a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetOptions {
+    /// The kernels ([`Mode::F32`] on the GPU backends, which refuse the others).
+    pub mode: Mode,
+    /// Fill the device's work buffers with NaN before each layer writes them (tests: a
+    /// kernel that skips an element shows up as NaN).
+    pub poison: bool,
+}
+
+/// A model loaded on a device: its weights in the device's layouts and the buffers of its
+/// layers, kept from one batch to the next.
+pub trait Forward: Send {
+    /// The output of one image (without the batch axis), channels last.
+    fn output_shape(&self) -> &[usize];
+    /// Run `n` preprocessed images (`n` x H x W x C, channels last) and return the output
+    /// layer's values (`n` x its shape).
+    fn forward(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>>;
+}
+
+/// The network: a [`Model`] loaded once, then forwards on batches.
+pub trait NetworkOps {
+    /// Load `model` for batches of up to `max_batch` images (a GPU grows its buffers when
+    /// a larger batch comes).
+    fn load_network<'a>(
+        &'a self,
+        model: &Model,
+        max_batch: usize,
+        opts: NetOptions,
+    ) -> Result<Box<dyn Forward + 'a>>;
+}
+
+/// A compute backend: one device with both op families.
+pub trait Backend: PhasingOps + NetworkOps + Send + Sync {
+    /// Short name (`cpu`, `cuda`, `emu`).
+    fn name(&self) -> &'static str;
+    /// Human-readable description of the device (CPU features, thread count, GPU name);
+    /// under `--device auto` it ends with what was chosen and why.
+    fn describe(&self) -> String;
 }
 
 /// Device selection as spelled on the command line.
@@ -57,15 +132,19 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Pick a backend. `auto` falls back to the CPU where no other backend is available.
+/// Pick the backend of a run, the same for every verb. `auto` takes the GPU where one is
+/// usable and the CPU otherwise, and its description says which and why.
 pub fn select(device: Device, threads: Option<usize>) -> Result<Box<dyn Backend>> {
     match device {
         Device::Cpu => Ok(Box::new(cpu::CpuBackend::new(threads)?)),
         Device::Auto => match cuda::CudaBackend::new(cuda_ordinal()?) {
-            Ok(b) => Ok(Box::new(b)),
-            Err(e) => Ok(Box::new(AutoCpu {
+            Ok(b) => Ok(Box::new(Auto {
+                inner: b,
+                why: "a usable CUDA GPU".into(),
+            })),
+            Err(e) => Ok(Box::new(Auto {
                 inner: cpu::CpuBackend::new(threads)?,
-                note: e.to_string(),
+                why: format!("no GPU used: {e}"),
             })),
         },
         Device::Cuda => Ok(Box::new(cuda::CudaBackend::new(cuda_ordinal()?)?)),
@@ -94,24 +173,14 @@ pub fn cuda_ordinal() -> Result<usize> {
     }
 }
 
-/// `--device auto` on a machine without a usable GPU: the CPU backend, with the reason in
-/// its description (shown in every run header), so the fallback is never silent.
-struct AutoCpu {
-    inner: cpu::CpuBackend,
-    note: String,
+/// The backend `--device auto` chose, with why in its description (shown in every run
+/// header of every verb), so the choice is never silent.
+struct Auto<B> {
+    inner: B,
+    why: String,
 }
 
-impl Backend for AutoCpu {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn describe(&self) -> String {
-        format!(
-            "{} (auto: no GPU used: {})",
-            self.inner.describe(),
-            self.note
-        )
-    }
+impl<B: Backend> PhasingOps for Auto<B> {
     fn run_phasing(
         &self,
         problem: &PhasingProblem,
@@ -119,5 +188,25 @@ impl Backend for AutoCpu {
         progress: Progress<'_>,
     ) -> Result<PhasingOutput> {
         self.inner.run_phasing(problem, program, progress)
+    }
+}
+
+impl<B: Backend> NetworkOps for Auto<B> {
+    fn load_network<'a>(
+        &'a self,
+        model: &Model,
+        max_batch: usize,
+        opts: NetOptions,
+    ) -> Result<Box<dyn Forward + 'a>> {
+        self.inner.load_network(model, max_batch, opts)
+    }
+}
+
+impl<B: Backend> Backend for Auto<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn describe(&self) -> String {
+        format!("{} (auto: {})", self.inner.describe(), self.why)
     }
 }

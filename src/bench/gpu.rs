@@ -93,11 +93,11 @@ pub fn bench_gpu_phasing(
     let pair = best_of(repeat, || {
         let t = Instant::now();
         for _ in 0..iters {
-            launcher.fft(plan, buf.ptr, buf.ptr, true)?;
-            launcher.fft(plan, buf.ptr, buf.ptr, false)?;
+            launcher.fft(plan, buf.ptr(), buf.ptr(), true)?;
+            launcher.fft(plan, buf.ptr(), buf.ptr(), false)?;
         }
         // a copy back waits for the queued work (CUDA launches are asynchronous)
-        launcher.download(buf.ptr, as_bytes_mut(&mut one))?;
+        launcher.download(buf.ptr(), as_bytes_mut(&mut one))?;
         Ok(t.elapsed().as_secs_f64() / iters as f64)
     });
     launcher.fft_destroy(plan);

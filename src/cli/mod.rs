@@ -150,15 +150,10 @@ pub fn threads_or_default(t: Option<usize>) -> usize {
     t.unwrap_or_else(|| Options::default().threads).max(1)
 }
 
+/// `--threads` of the verbs that run in rayon's global pool (support, evaluate).
 pub fn set_threads(t: Option<usize>) -> Result<()> {
-    if let Some(t) = t {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // a second initialisation (tests calling twice) is harmless
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global();
+    if t.is_some() {
+        backend::cpu::init_global_pool(t)?;
     }
     Ok(())
 }

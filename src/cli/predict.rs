@@ -1,11 +1,10 @@
 //! `cdiphase predict`: the network over a pattern file, output and support as CXI.
 
-use super::{engine_mode, progress_bar, same_file, threads_or_default, NetMode};
+use super::{engine_mode, progress_bar, same_file, NetMode};
 use anyhow::{bail, Context, Result};
-use cdiphase::backend::cpu::nn::{Network, Options};
-use cdiphase::backend::Device;
+use cdiphase::backend::{self, Device, NetOptions};
 use cdiphase::io;
-use cdiphase::nn::{store, Model};
+use cdiphase::nn::store;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -43,51 +42,6 @@ pub struct PredictArgs {
     quiet: bool,
 }
 
-/// `predict` on the GPU kernels (`emu`: the emulator; `cuda`: a real GPU), through
-/// `gpu_forward::GpuNetwork`. `auto` stays on the CPU for the network until the CUDA path
-/// has been measured on a GPU.
-fn predict_gpu(
-    device: Device,
-    model: &Model,
-    output_shape: &[usize],
-    ps: &io::PatternSet,
-    a: &PredictArgs,
-    progress: &dyn Fn(usize),
-) -> Result<cdiphase::nn::predict::Prediction> {
-    use cdiphase::backend::gpu::launcher::Launcher;
-    use cdiphase::backend::gpu::network::GpuNetwork;
-    if a.fast || a.mode != NetMode::F32 {
-        bail!("--fast / --mode select CPU kernels; drop them with --device {device:?}");
-    }
-    let emu;
-    let cuda;
-    let launcher: &dyn Launcher = match device {
-        Device::Emu => {
-            emu = cdiphase::backend::gpu::emu::EmuLauncher::new(
-                cdiphase::backend::gpu::emu::ScheduleOrder::InOrder,
-            );
-            &emu
-        }
-        _ => {
-            cuda = cdiphase::backend::gpu::cuda::CudaLauncher::new(
-                cdiphase::backend::cuda_ordinal()?,
-            )?;
-            &cuda
-        }
-    };
-    let g = GpuNetwork::new(launcher, model)?;
-    Ok(cdiphase::nn::predict::predict_with(
-        &model.spec,
-        output_shape,
-        &ps.intensities,
-        ps.mask.as_ref(),
-        a.batch,
-        a.threshold,
-        &mut |x, b| g.run(x, b),
-        progress,
-    )?)
-}
-
 pub fn run(a: PredictArgs) -> Result<()> {
     let device: Device = a.device.parse()?;
     if !(a.threshold.is_finite() && (0.0..=1.0).contains(&a.threshold)) {
@@ -102,7 +56,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let model =
         store::load(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
     let mode = engine_mode(a.mode, a.fast);
-    let net = Network::new(&model, mode)?;
+    // the same device choice as `phase`: `auto` is the GPU where one is usable
+    let backend = backend::select(device, a.threads)?;
     let ps = io::read_patterns(&a.input, a.entry.as_deref())
         .with_context(|| format!("reading patterns from {}", a.input.display()))?;
     let st = &ps.intensities;
@@ -116,30 +71,38 @@ pub fn run(a: PredictArgs) -> Result<()> {
             i % st.w
         );
     }
-    let opts = Options {
-        threads: threads_or_default(a.threads),
+    let on_cpu = backend.name() == "cpu";
+    let kernels = if on_cpu {
+        mode.name()
+    } else {
+        "f32 gpu kernels"
+    };
+    if !a.quiet {
+        eprintln!(
+            "predicting {} patterns of {}x{} with network '{}' ({kernels}) on {}",
+            st.n,
+            st.h,
+            st.w,
+            model.spec.name,
+            backend.describe()
+        );
+    }
+    let opts = NetOptions {
         mode,
         poison: false,
     };
     let pb = progress_bar(st.n as u64, a.quiet, "predict");
     let t = std::time::Instant::now();
-    let p = match device {
-        Device::Emu | Device::Cuda => {
-            predict_gpu(device, &model, &net.output_shape, &ps, &a, &|done| {
-                pb.set_position(done as u64)
-            })
-        }
-        Device::Auto | Device::Cpu => cdiphase::nn::predict::predict(
-            &net,
-            st,
-            ps.mask.as_ref(),
-            a.batch,
-            a.threshold,
-            opts,
-            &|done| pb.set_position(done as u64),
-        )
-        .map_err(Into::into),
-    }
+    let p = cdiphase::nn::predict::predict(
+        backend.as_ref(),
+        &model,
+        st,
+        ps.mask.as_ref(),
+        a.batch,
+        a.threshold,
+        opts,
+        &|done| pb.set_position(done as u64),
+    )
     .with_context(|| format!("model {} on {}", a.model.display(), a.input.display()))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
@@ -156,12 +119,12 @@ pub fn run(a: PredictArgs) -> Result<()> {
         &format!(
             "cdiphase predict: network '{}' ({:?} preprocessing, masked pixels set to 0), \
              support = output > {} x per-pattern max, mode {}",
-            net.spec.name,
-            net.spec.preprocess,
+            model.spec.name,
+            model.spec.preprocess,
             a.threshold,
-            match device {
-                Device::Emu => "gpu kernels under the emulator",
-                Device::Cuda => "gpu kernels on CUDA",
+            match backend.name() {
+                "emu" => "gpu kernels under the emulator",
+                "cuda" => "gpu kernels on CUDA",
                 _ => mode.name(),
             }
         ),
@@ -169,13 +132,17 @@ pub fn run(a: PredictArgs) -> Result<()> {
     wr.finish(&a.output)
         .with_context(|| format!("writing {}", a.output.display()))?;
     if !a.quiet {
+        let on = if on_cpu {
+            format!("{} threads", backend::cpu::thread_count(a.threads)?)
+        } else {
+            format!("on {}", backend.name())
+        };
         eprintln!(
-            "{}: {} patterns in {:.2} s ({:.1} images/s, {} threads)",
+            "{}: {} patterns in {:.2} s ({:.1} images/s, {on})",
             a.output.display(),
             p.n,
             secs,
             p.n as f64 / secs,
-            opts.threads
         );
     }
     Ok(())

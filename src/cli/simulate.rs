@@ -212,9 +212,8 @@ pub fn run(a: SimulateArgs) -> Result<()> {
         skip_hydrogens: !a.keep_hydrogens,
         chains: Chains::parse(&a.chains)?,
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(a.run.threads.unwrap_or(0))
-        .build()
+    // --threads 0 meant rayon's default (all cores), as no --threads does
+    let pool = cdiphase::backend::cpu::thread_pool(a.run.threads.filter(|&t| t > 0))
         .context("starting the thread pool")?;
     let t0 = std::time::Instant::now();
     let (structures, failed) = if cfg.synthetic.is_some() {

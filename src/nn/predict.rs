@@ -1,9 +1,11 @@
-//! Run a model over a stack of diffraction patterns: preprocessing (masked pixels set to 0,
-//! then the model's `max` or `log1p-max` normalisation per pattern), batched inference, and
-//! the support `output > threshold * max(output)` per pattern.
+//! Run a model over a stack of diffraction patterns on any backend: preprocessing (masked
+//! pixels set to 0, then the model's `max` or `log1p-max` normalisation per pattern),
+//! batched forwards through [`NetworkOps`](crate::backend::NetworkOps), and the support
+//! `output > threshold * max(output)` per pattern.
 
 use crate::array::Stack;
-use crate::backend::cpu::nn::{Network, Options, Runner};
+use crate::backend::{Backend, NetOptions};
+use crate::nn::model::Model;
 use crate::{Error, Result};
 
 /// Network output (N, H, W) and support (N, H, W) of a pattern stack.
@@ -24,28 +26,37 @@ pub fn support_of(out: &[f32], threshold: f32, dst: &mut [u8]) {
     }
 }
 
-/// Predict every pattern of `patterns` (`mask`: (1 or N, H, W), nonzero = bad pixel).
-/// `progress` is called with the number of patterns done after each batch.
+/// Predict every pattern of `patterns` (`mask`: (1 or N, H, W), nonzero = bad pixel) with
+/// `model` loaded on `backend`, `batch` patterns per forward. `progress` is called with
+/// the number of patterns done after each batch.
+#[allow(clippy::too_many_arguments)]
 pub fn predict(
-    net: &Network,
+    backend: &dyn Backend,
+    model: &Model,
     patterns: &Stack<f32>,
     mask: Option<&Stack<u8>>,
     batch: usize,
     threshold: f32,
-    opts: Options,
+    opts: NetOptions,
     progress: &dyn Fn(usize),
 ) -> Result<Prediction> {
     let batch = batch.clamp(1, patterns.n.max(1));
-    check_shapes(&net.spec, &net.output_shape, patterns)?;
-    let mut runner = Runner::new(net, batch, opts)?;
+    let spec = &model.spec;
+    let shapes = spec.shapes()?;
+    let out = spec
+        .index_of(&spec.output)
+        .ok_or_else(|| Error::Config(format!("model '{}': no output layer", spec.name)))?;
+    check_shapes(spec, &shapes[out], patterns)?;
+    let mut net = backend.load_network(model, batch, opts)?;
+    let output_shape = net.output_shape().to_vec();
     predict_with(
-        &net.spec,
-        &net.output_shape,
+        &model.spec,
+        &output_shape,
         patterns,
         mask,
         batch,
         threshold,
-        &mut |x, b| runner.run(x, b).map(|o| o.to_vec()),
+        &mut |x, b| net.forward(x, b),
         progress,
     )
 }
@@ -53,10 +64,9 @@ pub fn predict(
 /// One engine's forward of `b` preprocessed patterns: `(input, b) -> outputs`.
 pub type RunBatch<'a> = dyn FnMut(&[f32], usize) -> Result<Vec<f32>> + 'a;
 
-/// [`predict`] with any engine: `run(input, b)` maps `b` preprocessed patterns to the
-/// network outputs (the CPU [`Runner`], or the GPU kernels through
-/// [`crate::backend::gpu::network::GpuNetwork`]). Preprocessing, batching and the supports
-/// are shared.
+/// [`predict`] with any forward: `run(input, b)` maps `b` preprocessed patterns to the
+/// network outputs (a [`crate::backend::Forward`], or anything else). Preprocessing,
+/// batching and the supports are shared.
 #[allow(clippy::too_many_arguments)]
 pub fn predict_with(
     spec: &super::spec::ModelSpec,

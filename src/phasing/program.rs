@@ -137,13 +137,37 @@ pub enum Recording {
     Every(u64),
 }
 
+/// The support-update rule of an iteration: where the constraint holds the iterate becomes
+/// g' = P_M g; elsewhere `a * g + b * g'`. Every backend reads it from the program, so a
+/// rule's coefficients are written once, in [`Update::of`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Update {
+    pub a: f32,
+    pub b: f32,
+}
+
+impl Update {
+    /// ER (0, 0); HIO (1, -beta); RAAR (beta, 1 - 2 beta).
+    pub fn of(alg: Algorithm, beta: f32) -> Update {
+        let (a, b) = match alg {
+            Algorithm::ER => (0.0, 0.0),
+            Algorithm::HIO => (1.0, -beta),
+            Algorithm::RAAR => (beta, 1.0 - 2.0 * beta),
+        };
+        Update { a, b }
+    }
+}
+
 /// One operation of a compiled program.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Op {
     /// `count` iterations; when `record` the errors of the last one enter the history.
+    /// `update` is the rule of `alg` at `beta` (the backends execute `update`; `alg` and
+    /// `beta` name it).
     Iterate {
         alg: Algorithm,
         beta: f32,
+        update: Update,
         count: u64,
         record: bool,
     },
@@ -279,6 +303,7 @@ fn push_iter(ops: &mut Vec<Op>, alg: Algorithm, beta: f32, count: u64, record: b
         beta: b,
         count: c,
         record: r,
+        ..
     }) = ops.last_mut()
     {
         if *a == alg && *b == beta && !*r {
@@ -290,6 +315,7 @@ fn push_iter(ops: &mut Vec<Op>, alg: Algorithm, beta: f32, count: u64, record: b
     ops.push(Op::Iterate {
         alg,
         beta,
+        update: Update::of(alg, beta),
         count,
         record,
     });

@@ -17,7 +17,8 @@
 
 use super::cuda_libs::CudaLib;
 use super::launcher::{DevPtr, Dims, KArg, Launcher, ParamPack};
-use crate::backend::{Backend, Progress};
+use crate::backend::{Backend, Forward, NetOptions, NetworkOps, PhasingOps, Progress};
+use crate::nn::model::Model;
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
 use crate::{Error, Result};
@@ -276,7 +277,11 @@ impl CudaLauncher {
     }
 }
 
-impl Launcher for CudaLauncher {
+// SAFETY: `alloc` returns a `cuMemAlloc` allocation of the requested size, freed only by
+// `free`; `launch` runs the named kernel of the NVRTC-compiled `kernels/*.cu` with exactly
+// the given arguments and waits for nothing else (errors surface at the next synchronising
+// copy, as documented in NOTES.md).
+unsafe impl Launcher for CudaLauncher {
     fn name(&self) -> &'static str {
         "cuda"
     }
@@ -321,14 +326,15 @@ impl Launcher for CudaLauncher {
         })
     }
 
-    fn launch(&self, kernel: &str, dims: Dims, args: &[KArg]) -> Result<()> {
+    unsafe fn launch(&self, kernel: &str, dims: Dims, args: &[KArg]) -> Result<()> {
         self.bind()?;
         let f = self.function(kernel)?;
         let mut pack = ParamPack::new(args);
         let n = args.len();
-        // SAFETY: `pack` holds one 8-byte slot per argument in the kernel's order (the
-        // launch helpers in phasing.rs / nn_kernels.rs mirror the kernel signatures); cuLaunchKernel
-        // copies the values before returning.
+        // SAFETY: `pack` holds one 8-byte slot per argument in the kernel's order (the typed
+        // wrappers in phasing.rs / nn_kernels.rs mirror the kernel signatures); cuLaunchKernel
+        // copies the values before returning; the pointer arguments address allocations as
+        // large as the kernel touches (this function's contract).
         unsafe {
             let params = std::slice::from_raw_parts_mut(pack.params(), n);
             drv::launch_kernel(
@@ -448,7 +454,9 @@ impl Backend for CudaBackend {
             i.memory_bytes as f64 / (1u64 << 30) as f64
         )
     }
+}
 
+impl PhasingOps for CudaBackend {
     fn run_phasing(
         &self,
         problem: &PhasingProblem,
@@ -458,5 +466,16 @@ impl Backend for CudaBackend {
         let out = super::phasing::run_phasing(&self.launcher, problem, program, progress)?;
         self.launcher.synchronize()?;
         Ok(out)
+    }
+}
+
+impl NetworkOps for CudaBackend {
+    fn load_network<'a>(
+        &'a self,
+        model: &Model,
+        max_batch: usize,
+        opts: NetOptions,
+    ) -> Result<Box<dyn Forward + 'a>> {
+        super::network::load(&self.launcher, model, max_batch, opts)
     }
 }

@@ -7,8 +7,9 @@
 
 use super::launcher::{DevPtr, Dims, KArg, Launcher, ParamPack};
 use crate::array::Complex32;
-use crate::backend::{Backend, Progress};
+use crate::backend::{Backend, Forward, NetOptions, NetworkOps, PhasingOps, Progress};
 use crate::fft::Plan2d;
+use crate::nn::model::Model;
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
 use crate::phasing::program::Program;
 use crate::{Error, Result};
@@ -177,7 +178,10 @@ impl EmuLauncher {
     }
 }
 
-impl Launcher for EmuLauncher {
+// SAFETY: `alloc` returns the address of a host vector of at least the requested bytes,
+// kept alive in `mem` until `free`; `launch` runs the named kernel of the C++ build of
+// `kernels/*.cu` with exactly the given arguments and returns when every block finished.
+unsafe impl Launcher for EmuLauncher {
     fn name(&self) -> &'static str {
         "emu"
     }
@@ -217,7 +221,7 @@ impl Launcher for EmuLauncher {
         Ok(())
     }
 
-    fn launch(&self, kernel: &str, dims: Dims, args: &[KArg]) -> Result<()> {
+    unsafe fn launch(&self, kernel: &str, dims: Dims, args: &[KArg]) -> Result<()> {
         for a in args {
             if let KArg::Ptr(p) = a {
                 self.check_ptr(*p)?;
@@ -235,8 +239,9 @@ impl Launcher for EmuLauncher {
         };
         let name = CString::new(kernel).map_err(|_| self.device_err("bad kernel name".into()))?;
         let mut pack = ParamPack::new(args);
-        // SAFETY: every pointer argument is null or inside a live allocation; the kernels'
-        // index ranges are the orchestration's responsibility (and are what the tests check).
+        // SAFETY: every pointer argument is null or inside a live allocation (checked above),
+        // with room for what the kernel touches (this function's contract, which the typed
+        // wrappers check); `pack` holds one slot per argument in the kernel's order.
         let st = unsafe { f(name.as_ptr(), &cfg, pack.params()) };
         match st {
             CDEMU_OK => Ok(()),
@@ -358,7 +363,9 @@ impl Backend for EmuBackend {
             self.launcher.order
         )
     }
+}
 
+impl PhasingOps for EmuBackend {
     fn run_phasing(
         &self,
         problem: &PhasingProblem,
@@ -366,5 +373,16 @@ impl Backend for EmuBackend {
         progress: Progress<'_>,
     ) -> Result<PhasingOutput> {
         super::phasing::run_phasing(&self.launcher, problem, program, progress)
+    }
+}
+
+impl NetworkOps for EmuBackend {
+    fn load_network<'a>(
+        &'a self,
+        model: &Model,
+        max_batch: usize,
+        opts: NetOptions,
+    ) -> Result<Box<dyn Forward + 'a>> {
+        super::network::load(&self.launcher, model, max_batch, opts)
     }
 }

@@ -30,6 +30,7 @@ use std::sync::Mutex;
 
 use super::launcher::{DevBuf, Launcher};
 use super::nn_kernels::{self as gpu_nn, Act, ConvGeom};
+use crate::backend::{Forward, Mode, NetOptions};
 use crate::nn::model::Model;
 use crate::nn::spec::{Activation, Op, Padding};
 use crate::{Error, Result};
@@ -113,6 +114,8 @@ pub struct GpuNetwork<'a> {
     /// Input shape (H, W, C) and the node of the output layer.
     input: Vec<usize>,
     output: usize,
+    /// The output node's shape (without the batch).
+    output_shape: Vec<usize>,
     weights: Vec<DevBuf<'a>>,
     buffers: Mutex<Option<Buffers<'a>>>,
 }
@@ -228,14 +231,7 @@ impl<'a> GpuNetwork<'a> {
                     {
                         let (k, cin) = (kernel[0], ins[2]);
                         let conv = DevBuf::new(l, k * k * cin * filters * 4)?;
-                        gpu_nn::conv_transpose_weights(
-                            l,
-                            weights[wt].ptr,
-                            k,
-                            cin,
-                            *filters,
-                            conv.ptr,
-                        )?;
+                        gpu_nn::conv_transpose_weights(l, &weights[wt], k, cin, *filters, &conv)?;
                         weights.push(conv);
                         Step::Conv {
                             k,
@@ -316,6 +312,7 @@ impl<'a> GpuNetwork<'a> {
             node_buf,
             input: shapes[0].clone(),
             output,
+            output_shape: shapes[output].clone(),
             weights,
             buffers: Mutex::new(None),
         })
@@ -353,8 +350,8 @@ impl<'a> GpuNetwork<'a> {
         bufs[0].upload(input)?;
         // shapes[j]: the shape of node j (0 = input)
         let mut shapes: Vec<&[usize]> = vec![&self.input];
-        let w = |i: usize| self.weights[i].ptr;
-        let buf = |node: usize| bufs[self.node_buf[node]].ptr;
+        let w = |i: usize| &self.weights[i];
+        let buf = |node: usize| &bufs[self.node_buf[node]];
         for (li, layer) in self.layers.iter().enumerate() {
             let out_shape = &layer.out_shape[..];
             let src = layer.inputs[0];
@@ -449,4 +446,33 @@ impl<'a> GpuNetwork<'a> {
         let out_len: usize = shapes[self.output].iter().product();
         bufs[self.node_buf[self.output]].to_vec(n * out_len)
     }
+}
+
+impl Forward for GpuNetwork<'_> {
+    fn output_shape(&self) -> &[usize] {
+        &self.output_shape
+    }
+    fn forward(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.run(input, n)
+    }
+}
+
+/// [`crate::backend::NetworkOps::load_network`] of the GPU backends: the kernels are f32,
+/// so any other mode is refused. Buffers are allocated by the first batch (NaN-poisoned by
+/// the emulator, whatever `opts.poison`) and kept.
+pub fn load<'a>(
+    l: &'a dyn Launcher,
+    model: &Model,
+    _max_batch: usize,
+    opts: NetOptions,
+) -> Result<Box<dyn Forward + 'a>> {
+    if opts.mode != Mode::F32 {
+        return Err(Error::Config(format!(
+            "the {} backend runs the network in f32 only; mode {} selects CPU kernels (drop \
+             --mode/--fast, or use --device cpu)",
+            l.name(),
+            opts.mode.name()
+        )));
+    }
+    Ok(Box::new(GpuNetwork::new(l, model)?))
 }

@@ -1,7 +1,13 @@
-//! Launch shapes of the network kernels (`kernels/nn.cu`), shared by the CUDA backend and the
-//! emulator. Tensors are NHWC float32 device buffers; weights in Keras layouts.
+//! The typed wrappers of the network kernels (`kernels/nn.cu`), shared by the CUDA backend
+//! and the emulator: one safe function per kernel, with its launch shape and argument list.
+//! Tensors are NHWC float32 device buffers ([`DevBuf`]); weights in Keras layouts. Each
+//! wrapper checks every buffer against the values the kernel reads or writes for the given
+//! shape (and the counts against the kernels' 32-bit indices) before it launches, which is
+//! the contract of the `unsafe` [`Launcher::launch`].
 
-use crate::backend::gpu::launcher::{DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED};
+use crate::backend::gpu::launcher::{
+    int_arg, DevBuf, DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED,
+};
 use crate::nn::spec::{conv_out, deconv_out, same_pad_before, Padding};
 use crate::{Error, Result};
 
@@ -19,8 +25,37 @@ const CONV_CIT: usize = 8;
 const CONV_COT: usize = 8;
 const GEMM_T: usize = 16;
 
-fn opt(p: Option<DevPtr>) -> KArg {
-    KArg::Ptr(p.unwrap_or(DevPtr::NULL))
+/// An optional array argument (null when absent).
+fn opt(b: Option<&DevBuf>) -> KArg {
+    KArg::Ptr(b.map_or(DevPtr::NULL, DevBuf::ptr))
+}
+
+/// Check an f32 buffer of `n` values for argument `what` of `kernel`.
+fn f32s(l: &dyn Launcher, b: &DevBuf, n: usize, kernel: &str, what: &str) -> Result<()> {
+    b.check::<f32>(l, n, &format!("{kernel} {what}"))
+}
+
+/// [`f32s`] for an optional buffer.
+fn opt_f32s(
+    l: &dyn Launcher,
+    b: Option<&DevBuf>,
+    n: usize,
+    kernel: &str,
+    what: &str,
+) -> Result<()> {
+    b.map_or(Ok(()), |b| f32s(l, b, n, kernel, what))
+}
+
+/// The element count `a * b * ...` of a tensor, checked against overflow.
+fn count(dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::Config(format!("tensor {dims:?} is too large")))
+}
+
+/// Integer kernel arguments: each must fit an `int`.
+fn ints(v: &[(usize, &str)]) -> Result<Vec<KArg>> {
+    v.iter().map(|&(x, what)| int_arg(x, what)).collect()
 }
 
 /// A one-dimensional launch of `n` threads in blocks of `BLOCK`, no shared memory.
@@ -103,15 +138,15 @@ impl ConvGeom {
         }
     }
 
-    fn args(&self) -> [KArg; 6] {
-        [
-            KArg::I32(self.kernel[0] as i32),
-            KArg::I32(self.kernel[1] as i32),
-            KArg::I32(self.strides[0] as i32),
-            KArg::I32(self.strides[1] as i32),
-            KArg::I32(self.pad[0] as i32),
-            KArg::I32(self.pad[1] as i32),
-        ]
+    fn args(&self) -> Result<Vec<KArg>> {
+        ints(&[
+            (self.kernel[0], "kernel rows"),
+            (self.kernel[1], "kernel columns"),
+            (self.strides[0], "row stride"),
+            (self.strides[1], "column stride"),
+            (self.pad[0], "top padding"),
+            (self.pad[1], "left padding"),
+        ])
     }
 }
 
@@ -126,15 +161,16 @@ pub fn conv_shared_bytes(k: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     l: &dyn Launcher,
-    x: DevPtr,
-    w: DevPtr,
-    bias: Option<DevPtr>,
-    y: DevPtr,
+    x: &DevBuf,
+    w: &DevBuf,
+    bias: Option<&DevBuf>,
+    y: &DevBuf,
     shape: [usize; 4],
     cout: usize,
     k: usize,
     act: Act,
 ) -> Result<()> {
+    const K: &str = "cd_nn_conv2d";
     let [n, h, wd, cin] = shape;
     let shmem = conv_shared_bytes(k);
     if shmem > MAX_DYN_SHARED {
@@ -142,31 +178,33 @@ pub fn conv2d(
             "a {k}x{k} convolution kernel needs {shmem} bytes of shared memory (limit {MAX_DYN_SHARED})"
         )));
     }
-    l.launch(
-        "cd_nn_conv2d",
-        Dims {
-            grid: [
-                wd.div_ceil(CONV_TS) as u32,
-                h.div_ceil(CONV_TS) as u32,
-                (n * cout.div_ceil(CONV_COT)) as u32,
-            ],
-            block: [CONV_TS as u32, CONV_TS as u32, 1],
-            shmem: shmem as u32,
-        },
-        &[
-            KArg::Ptr(x),
-            KArg::Ptr(w),
-            opt(bias),
-            KArg::Ptr(y),
-            KArg::I32(n as i32),
-            KArg::I32(h as i32),
-            KArg::I32(wd as i32),
-            KArg::I32(cin as i32),
-            KArg::I32(cout as i32),
-            KArg::I32(k as i32),
-            KArg::I32(act as i32),
+    f32s(l, x, count(&[n, h, wd, cin])?, K, "x")?;
+    f32s(l, w, count(&[k, k, cin, cout])?, K, "weights")?;
+    opt_f32s(l, bias, cout, K, "bias")?;
+    f32s(l, y, count(&[n, h, wd, cout])?, K, "y")?;
+    let mut args = vec![x.arg(), w.arg(), opt(bias), y.arg()];
+    args.extend(ints(&[
+        (n, "batch"),
+        (h, "height"),
+        (wd, "width"),
+        (cin, "input channels"),
+        (cout, "output channels"),
+        (k, "kernel size"),
+    ])?);
+    args.push(KArg::I32(act as i32));
+    let dims = Dims {
+        grid: [
+            wd.div_ceil(CONV_TS) as u32,
+            h.div_ceil(CONV_TS) as u32,
+            u32::try_from(n * cout.div_ceil(CONV_COT))
+                .map_err(|_| Error::Config(format!("{K}: batch x channel groups too large")))?,
         ],
-    )
+        block: [CONV_TS as u32, CONV_TS as u32, 1],
+        shmem: shmem as u32,
+    };
+    // SAFETY: x, w, bias, y were checked above against what the kernel reads and writes
+    // for this shape (x and y n*h*w channels, w k*k*cin*cout, bias cout), on this launcher.
+    unsafe { l.launch(K, dims, &args) }
 }
 
 /// Does `cd_nn_conv2d` (the tiled kernel) run this layer: stride 1, 'same' padding (or a 1x1
@@ -185,10 +223,10 @@ pub fn conv2d_tiled_fits(kernel: [usize; 2], strides: [usize; 2], padding: Paddi
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_general(
     l: &dyn Launcher,
-    x: DevPtr,
-    w: DevPtr,
-    bias: Option<DevPtr>,
-    y: DevPtr,
+    x: &DevBuf,
+    w: &DevBuf,
+    bias: Option<&DevBuf>,
+    y: &DevBuf,
     shape: [usize; 4],
     cout: usize,
     g: ConvGeom,
@@ -214,10 +252,10 @@ pub fn conv2d_general(
 fn gather_conv(
     l: &dyn Launcher,
     kernel: &str,
-    x: DevPtr,
-    w: DevPtr,
-    bias: Option<DevPtr>,
-    y: DevPtr,
+    x: &DevBuf,
+    w: &DevBuf,
+    bias: Option<&DevBuf>,
+    y: &DevBuf,
     shape: [usize; 4],
     cout: usize,
     g: ConvGeom,
@@ -225,52 +263,65 @@ fn gather_conv(
 ) -> Result<()> {
     let [n, h, wd, cin] = shape;
     let [ho, wo] = g.out;
+    // the kernels read inside the input only (taps outside it are padding)
+    f32s(l, x, count(&[n, h, wd, cin])?, kernel, "x")?;
+    f32s(
+        l,
+        w,
+        count(&[g.kernel[0], g.kernel[1], cin, cout])?,
+        kernel,
+        "weights",
+    )?;
+    opt_f32s(l, bias, cout, kernel, "bias")?;
+    f32s(l, y, count(&[n, ho, wo, cout])?, kernel, "y")?;
     let mut dims = linear(n * ho * wo)?;
     dims.grid[1] = cout.div_ceil(CONV_COT) as u32;
-    let mut args = vec![
-        KArg::Ptr(x),
-        KArg::Ptr(w),
-        opt(bias),
-        KArg::Ptr(y),
-        KArg::I32(n as i32),
-        KArg::I32(h as i32),
-        KArg::I32(wd as i32),
-        KArg::I32(cin as i32),
-        KArg::I32(ho as i32),
-        KArg::I32(wo as i32),
-        KArg::I32(cout as i32),
-    ];
-    args.extend(g.args());
+    let mut args = vec![x.arg(), w.arg(), opt(bias), y.arg()];
+    args.extend(ints(&[
+        (n, "batch"),
+        (h, "height"),
+        (wd, "width"),
+        (cin, "input channels"),
+        (ho, "output height"),
+        (wo, "output width"),
+        (cout, "output channels"),
+    ])?);
+    args.extend(g.args()?);
     args.push(KArg::I32(act as i32));
-    l.launch(kernel, dims, &args)
+    // SAFETY: x (n,h,w,cin), the weights (kh,kw,cin,cout), bias (cout) and y (n,ho,wo,cout)
+    // were checked above, on this launcher; the kernel reads the input only at in-range
+    // pixels.
+    unsafe { l.launch(kernel, dims, &args) }
 }
 
 /// The convolution weights (k,k,cin,cout) equivalent to a stride-1 'same' Conv2DTranspose
 /// with Keras weights `wt` (k,k,cout,cin), k odd.
 pub fn conv_transpose_weights(
     l: &dyn Launcher,
-    wt: DevPtr,
+    wt: &DevBuf,
     k: usize,
     cin: usize,
     cout: usize,
-    w: DevPtr,
+    w: &DevBuf,
 ) -> Result<()> {
+    const K: &str = "cd_nn_convT_weights";
     if k.is_multiple_of(2) {
         return Err(Error::Config(format!(
             "a stride-1 transposed convolution with an even kernel ({k}x{k}) has no equivalent 'same' convolution; use conv_transpose2d"
         )));
     }
-    l.launch(
-        "cd_nn_convT_weights",
-        linear(k * k * cin * cout)?,
-        &[
-            KArg::Ptr(wt),
-            KArg::I32(k as i32),
-            KArg::I32(cin as i32),
-            KArg::I32(cout as i32),
-            KArg::Ptr(w),
-        ],
-    )
+    let len = count(&[k, k, cin, cout])?;
+    f32s(l, wt, len, K, "Keras weights")?;
+    f32s(l, w, len, K, "weights")?;
+    let mut args = vec![wt.arg()];
+    args.extend(ints(&[
+        (k, "kernel size"),
+        (cin, "input channels"),
+        (cout, "output channels"),
+    ])?);
+    args.push(w.arg());
+    // SAFETY: both weight buffers hold k*k*cin*cout values (checked above, this launcher).
+    unsafe { l.launch(K, linear(len)?, &args) }
 }
 
 /// Conv2DTranspose with stride `s`, 'same': x (n,h,w,cin) -> y (n,h*s,w*s,cout), Keras
@@ -278,10 +329,10 @@ pub fn conv_transpose_weights(
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d(
     l: &dyn Launcher,
-    x: DevPtr,
-    wt: DevPtr,
-    bias: Option<DevPtr>,
-    y: DevPtr,
+    x: &DevBuf,
+    wt: &DevBuf,
+    bias: Option<&DevBuf>,
+    y: &DevBuf,
     shape: [usize; 4],
     cout: usize,
     k: usize,
@@ -298,10 +349,10 @@ pub fn conv_transpose2d(
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_general(
     l: &dyn Launcher,
-    x: DevPtr,
-    wt: DevPtr,
-    bias: Option<DevPtr>,
-    y: DevPtr,
+    x: &DevBuf,
+    wt: &DevBuf,
+    bias: Option<&DevBuf>,
+    y: &DevBuf,
     shape: [usize; 4],
     cout: usize,
     g: ConvGeom,
@@ -322,75 +373,88 @@ pub fn conv_transpose2d_general(
 }
 
 /// 2x2 max-pooling, stride 2, 'valid': (n,h,w,c) -> (n,h/2,w/2,c).
-pub fn maxpool2(l: &dyn Launcher, x: DevPtr, y: DevPtr, shape: [usize; 4]) -> Result<()> {
+pub fn maxpool2(l: &dyn Launcher, x: &DevBuf, y: &DevBuf, shape: [usize; 4]) -> Result<()> {
+    const K: &str = "cd_nn_maxpool2";
     let [n, h, w, c] = shape;
-    l.launch(
-        "cd_nn_maxpool2",
-        linear(n * (h / 2) * (w / 2) * c)?,
-        &[
-            KArg::Ptr(x),
-            KArg::Ptr(y),
-            KArg::I32(n as i32),
-            KArg::I32(h as i32),
-            KArg::I32(w as i32),
-            KArg::I32(c as i32),
-        ],
-    )
+    let out = count(&[n, h / 2, w / 2, c])?;
+    f32s(l, x, count(&[n, h, w, c])?, K, "x")?;
+    f32s(l, y, out, K, "y")?;
+    let mut args = vec![x.arg(), y.arg()];
+    args.extend(ints(&[
+        (n, "batch"),
+        (h, "height"),
+        (w, "width"),
+        (c, "channels"),
+    ])?);
+    // SAFETY: x (n,h,w,c) and y (n,h/2,w/2,c) were checked above, on this launcher.
+    unsafe { l.launch(K, linear(out)?, &args) }
 }
 
 /// Max-pooling, any pool size, strides and padding: (n,h,w,c) -> (n,ho,wo,c) with `g` from
 /// [`ConvGeom::conv`] (kernel = the pool size).
 pub fn maxpool(
     l: &dyn Launcher,
-    x: DevPtr,
-    y: DevPtr,
+    x: &DevBuf,
+    y: &DevBuf,
     shape: [usize; 4],
     g: ConvGeom,
 ) -> Result<()> {
+    const K: &str = "cd_nn_maxpool";
     let [n, h, w, c] = shape;
     let [ho, wo] = g.out;
-    let mut args = vec![
-        KArg::Ptr(x),
-        KArg::Ptr(y),
-        KArg::I32(n as i32),
-        KArg::I32(h as i32),
-        KArg::I32(w as i32),
-        KArg::I32(c as i32),
-        KArg::I32(ho as i32),
-        KArg::I32(wo as i32),
-    ];
-    args.extend(g.args());
-    l.launch("cd_nn_maxpool", linear(n * ho * wo * c)?, &args)
+    let out = count(&[n, ho, wo, c])?;
+    f32s(l, x, count(&[n, h, w, c])?, K, "x")?;
+    f32s(l, y, out, K, "y")?;
+    let mut args = vec![x.arg(), y.arg()];
+    args.extend(ints(&[
+        (n, "batch"),
+        (h, "height"),
+        (w, "width"),
+        (c, "channels"),
+        (ho, "output height"),
+        (wo, "output width"),
+    ])?);
+    args.extend(g.args()?);
+    // SAFETY: x (n,h,w,c) and y (n,ho,wo,c) were checked above, on this launcher; windows
+    // read the input only at in-range pixels.
+    unsafe { l.launch(K, linear(out)?, &args) }
 }
 
 /// Nearest upsampling by `f` on both axes: (n,h,w,c) -> (n,h*f,w*f,c).
-pub fn upsample(l: &dyn Launcher, x: DevPtr, y: DevPtr, shape: [usize; 4], f: usize) -> Result<()> {
+pub fn upsample(
+    l: &dyn Launcher,
+    x: &DevBuf,
+    y: &DevBuf,
+    shape: [usize; 4],
+    f: usize,
+) -> Result<()> {
     upsample2d(l, x, y, shape, [f, f])
 }
 
 /// Nearest upsampling by (fy, fx): (n,h,w,c) -> (n,h*fy,w*fx,c).
 pub fn upsample2d(
     l: &dyn Launcher,
-    x: DevPtr,
-    y: DevPtr,
+    x: &DevBuf,
+    y: &DevBuf,
     shape: [usize; 4],
     [fy, fx]: [usize; 2],
 ) -> Result<()> {
+    const K: &str = "cd_nn_upsample";
     let [n, h, w, c] = shape;
-    l.launch(
-        "cd_nn_upsample",
-        linear(n * h * fy * w * fx * c)?,
-        &[
-            KArg::Ptr(x),
-            KArg::Ptr(y),
-            KArg::I32(n as i32),
-            KArg::I32(h as i32),
-            KArg::I32(w as i32),
-            KArg::I32(c as i32),
-            KArg::I32(fy as i32),
-            KArg::I32(fx as i32),
-        ],
-    )
+    let out = count(&[n, h, fy, w, fx, c])?;
+    f32s(l, x, count(&[n, h, w, c])?, K, "x")?;
+    f32s(l, y, out, K, "y")?;
+    let mut args = vec![x.arg(), y.arg()];
+    args.extend(ints(&[
+        (n, "batch"),
+        (h, "height"),
+        (w, "width"),
+        (c, "channels"),
+        (fy, "row factor"),
+        (fx, "column factor"),
+    ])?);
+    // SAFETY: x (n,h,w,c) and y (n,h*fy,w*fx,c) were checked above, on this launcher.
+    unsafe { l.launch(K, linear(out)?, &args) }
 }
 
 /// Channel copy with an activation: `y[r*ct + offset + c] = act(x[r*ci + c])` for r < rows,
@@ -399,110 +463,117 @@ pub fn upsample2d(
 #[allow(clippy::too_many_arguments)]
 pub fn copy_channels(
     l: &dyn Launcher,
-    x: DevPtr,
-    y: DevPtr,
+    x: &DevBuf,
+    y: &DevBuf,
     rows: usize,
     ci: usize,
     ct: usize,
     offset: usize,
     act: Act,
 ) -> Result<()> {
+    const K: &str = "cd_nn_copy_channels";
     if offset + ci > ct {
         return Err(Error::Config(format!(
             "channel copy of {ci} channels at offset {offset} into rows of {ct}"
         )));
     }
-    l.launch(
-        "cd_nn_copy_channels",
-        linear(rows * ci)?,
-        &[
-            KArg::Ptr(x),
-            KArg::Ptr(y),
-            KArg::I64(rows as i64),
-            KArg::I32(ci as i32),
-            KArg::I32(ct as i32),
-            KArg::I32(offset as i32),
-            KArg::I32(act as i32),
-        ],
-    )
+    f32s(l, x, count(&[rows, ci])?, K, "x")?;
+    f32s(l, y, count(&[rows, ct])?, K, "y")?;
+    let mut args = vec![x.arg(), y.arg(), KArg::I64(rows as i64)];
+    args.extend(ints(&[
+        (ci, "channels"),
+        (ct, "output channels"),
+        (offset, "offset"),
+    ])?);
+    args.push(KArg::I32(act as i32));
+    // SAFETY: x (rows, ci) and y (rows, ct) were checked above, on this launcher, and
+    // offset + ci <= ct.
+    unsafe { l.launch(K, linear(rows * ci)?, &args) }
 }
 
 /// Dense layer: x (m,k) -> y (m,n) with weights (k,n), fused bias and activation.
 #[allow(clippy::too_many_arguments)]
 pub fn dense(
     l: &dyn Launcher,
-    x: DevPtr,
-    w: DevPtr,
-    bias: Option<DevPtr>,
-    y: DevPtr,
+    x: &DevBuf,
+    w: &DevBuf,
+    bias: Option<&DevBuf>,
+    y: &DevBuf,
     m: usize,
     k: usize,
     n: usize,
     act: Act,
 ) -> Result<()> {
-    l.launch(
-        "cd_nn_dense",
-        Dims {
-            grid: [n.div_ceil(GEMM_T) as u32, m.div_ceil(GEMM_T) as u32, 1],
-            block: [GEMM_T as u32, GEMM_T as u32, 1],
-            shmem: 0,
-        },
-        &[
-            KArg::Ptr(x),
-            KArg::Ptr(w),
-            opt(bias),
-            KArg::Ptr(y),
-            KArg::I32(m as i32),
-            KArg::I32(k as i32),
-            KArg::I32(n as i32),
-            KArg::I32(act as i32),
-        ],
-    )
+    const K: &str = "cd_nn_dense";
+    f32s(l, x, count(&[m, k])?, K, "x")?;
+    f32s(l, w, count(&[k, n])?, K, "weights")?;
+    opt_f32s(l, bias, n, K, "bias")?;
+    f32s(l, y, count(&[m, n])?, K, "y")?;
+    let mut args = vec![x.arg(), w.arg(), opt(bias), y.arg()];
+    args.extend(ints(&[(m, "rows"), (k, "inputs"), (n, "units")])?);
+    args.push(KArg::I32(act as i32));
+    let dims = Dims {
+        grid: [n.div_ceil(GEMM_T) as u32, m.div_ceil(GEMM_T) as u32, 1],
+        block: [GEMM_T as u32, GEMM_T as u32, 1],
+        shmem: 0,
+    };
+    // SAFETY: x (m,k), the weights (k,n), bias (n) and y (m,n) were checked above, on this
+    // launcher.
+    unsafe { l.launch(K, dims, &args) }
 }
 
-/// Activation in place over `n` values.
-pub fn activate(l: &dyn Launcher, x: DevPtr, n: usize, act: Act) -> Result<()> {
-    l.launch(
-        "cd_nn_activate",
-        linear(n)?,
-        &[KArg::Ptr(x), KArg::I64(n as i64), KArg::I32(act as i32)],
-    )
+/// Activation in place over the first `n` values of `x`.
+pub fn activate(l: &dyn Launcher, x: &DevBuf, n: usize, act: Act) -> Result<()> {
+    const K: &str = "cd_nn_activate";
+    f32s(l, x, n, K, "x")?;
+    let args = [x.arg(), KArg::I64(n as i64), KArg::I32(act as i32)];
+    // SAFETY: x holds n values (checked above, this launcher).
+    unsafe { l.launch(K, linear(n)?, &args) }
+}
+
+/// One block per pattern: `patterns` blocks of `BLOCK` threads.
+fn per_pattern(patterns: usize) -> Result<Dims> {
+    Ok(Dims {
+        grid: [
+            u32::try_from(patterns)
+                .map_err(|_| Error::Config(format!("{patterns} patterns exceed one launch")))?,
+            1,
+            1,
+        ],
+        block: [BLOCK, 1, 1],
+        shmem: 0,
+    })
 }
 
 /// Divide each of `patterns` patterns of `per` values by its maximum, in place.
-pub fn normalize_max(l: &dyn Launcher, x: DevPtr, patterns: usize, per: usize) -> Result<()> {
-    l.launch(
-        "cd_nn_normalize_max",
-        Dims {
-            grid: [patterns as u32, 1, 1],
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
-        &[KArg::Ptr(x), KArg::I32(per as i32)],
-    )
+pub fn normalize_max(l: &dyn Launcher, x: &DevBuf, patterns: usize, per: usize) -> Result<()> {
+    const K: &str = "cd_nn_normalize_max";
+    f32s(l, x, count(&[patterns, per])?, K, "x")?;
+    let args = [x.arg(), int_arg(per, "values per pattern")?];
+    // SAFETY: x holds patterns * per values (checked above, this launcher).
+    unsafe { l.launch(K, per_pattern(patterns)?, &args) }
 }
 
 /// Support masks (u8) of `patterns` network outputs: value >= frac * the pattern's maximum.
 pub fn support_threshold(
     l: &dyn Launcher,
-    x: DevPtr,
+    x: &DevBuf,
     patterns: usize,
     per: usize,
     frac: f32,
-    out: DevPtr,
+    out: &DevBuf,
 ) -> Result<()> {
-    l.launch(
-        "cd_nn_support_threshold",
-        Dims {
-            grid: [patterns as u32, 1, 1],
-            block: [BLOCK, 1, 1],
-            shmem: 0,
-        },
-        &[
-            KArg::Ptr(x),
-            KArg::I32(per as i32),
-            KArg::F32(frac),
-            KArg::Ptr(out),
-        ],
-    )
+    const K: &str = "cd_nn_support_threshold";
+    let len = count(&[patterns, per])?;
+    f32s(l, x, len, K, "x")?;
+    out.check::<u8>(l, len, &format!("{K} support"))?;
+    let args = [
+        x.arg(),
+        int_arg(per, "values per pattern")?,
+        KArg::F32(frac),
+        out.arg(),
+    ];
+    // SAFETY: x (patterns * per f32) and out (patterns * per u8) were checked above, on
+    // this launcher.
+    unsafe { l.launch(K, per_pattern(patterns)?, &args) }
 }

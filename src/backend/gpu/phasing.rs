@@ -10,12 +10,13 @@
 //! between the upload of the starting state and the download of the results. Batches larger
 //! than the device's memory budget are processed in chunks of whole patterns.
 
-use super::launcher::{DevBuf, DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED, MAX_ITEMS};
+use super::launcher::{
+    int_arg, DevBuf, DevPtr, Dims, KArg, Launcher, BLOCK, MAX_DYN_SHARED, MAX_ITEMS,
+};
 use crate::array::{Complex32, Stack};
 use crate::backend::Progress;
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
-use crate::phasing::program::{Constraint, Op, Program};
-use crate::phasing::schedule::Algorithm;
+use crate::phasing::program::{Constraint, Op, Program, Update};
 use crate::{Error, Result};
 
 /// Most blocks per item of the element-wise kernels (they stride over larger images).
@@ -23,15 +24,6 @@ pub const MAX_BLOCKS_PER_ITEM: usize = 64;
 /// Blocks per item of the element-wise kernels for images of `l` pixels.
 pub fn blocks_per_item(l: usize) -> usize {
     l.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS_PER_ITEM)
-}
-
-/// The support-update rule `g' inside, a*g + b*g' outside` as (a, b), as in the CPU backend.
-pub fn coefficients(alg: Algorithm, beta: f32) -> (f32, f32) {
-    match alg {
-        Algorithm::ER => (0.0, 0.0),
-        Algorithm::HIO => (1.0, -beta),
-        Algorithm::RAAR => (beta, 1.0 - 2.0 * beta),
-    }
 }
 
 /// Constraint code of the kernels.
@@ -65,7 +57,10 @@ fn dims(grid: [u32; 3], block: u32, shmem: usize) -> Dims {
     }
 }
 
-/// The device buffers and launch shapes of one chunk of items.
+/// The typed wrappers of the phasing kernels for one chunk of `items` (pattern, start)
+/// items of h x w pixels: launch shapes, argument lists and the checks of every buffer
+/// against what the kernel reads and writes (the contract of the `unsafe`
+/// [`Launcher::launch`]).
 pub struct PhasingKernels<'a> {
     pub l: &'a dyn Launcher,
     pub h: usize,
@@ -91,100 +86,171 @@ impl<'a> PhasingKernels<'a> {
         [self.bpi as u32, self.items as u32, 1]
     }
 
-    /// `cd_modulus_project` on `f` (items x L complex), partials into `pf` (items x bpi).
-    pub fn modulus(&self, f: DevPtr, amp: DevPtr, project: bool, pf: DevPtr) -> Result<()> {
-        self.l.launch(
-            "cd_modulus_project",
-            dims(self.grid(), BLOCK, 0),
-            &[
-                KArg::Ptr(f),
-                KArg::Ptr(amp),
-                KArg::I32((self.h * self.w) as i32),
-                KArg::I32(self.starts as i32),
-                KArg::I32(project as i32),
-                KArg::Ptr(pf),
-            ],
-        )
+    /// Pixels per image.
+    fn len(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// The launch sizes fit the kernels: items and starts as grid dimensions, counts as
+    /// 32-bit indices.
+    fn check_shape(&self, kernel: &str) -> Result<()> {
+        let l = self.len();
+        if self.items == 0
+            || self.items > MAX_ITEMS
+            || self.starts == 0
+            || !self.items.is_multiple_of(self.starts)
+            || l > i32::MAX as usize
+        {
+            return Err(Error::Config(format!(
+                "{kernel}: {} items of {} starts of {}x{} do not fit one launch",
+                self.items, self.starts, self.h, self.w
+            )));
+        }
+        Ok(())
+    }
+
+    /// Check `b` holds `n` values of `T` for argument `what` of `kernel`.
+    fn buf<T>(&self, b: &DevBuf, n: usize, kernel: &str, what: &str) -> Result<()> {
+        b.check::<T>(self.l, n, &format!("{kernel} {what}"))
+    }
+
+    /// `cd_modulus_project` on `f` (items x L complex) with the amplitudes `amp` (patterns
+    /// x L), partials into `pf` (items x bpi).
+    pub fn modulus(&self, f: &DevBuf, amp: &DevBuf, project: bool, pf: &DevBuf) -> Result<()> {
+        const K: &str = "cd_modulus_project";
+        self.check_shape(K)?;
+        let (l, items) = (self.len(), self.items);
+        self.buf::<Complex32>(f, items * l, K, "f")?;
+        self.buf::<f32>(amp, items / self.starts * l, K, "amplitudes")?;
+        self.buf::<f32>(pf, items * self.bpi, K, "partials")?;
+        let args = [
+            f.arg(),
+            amp.arg(),
+            KArg::I32(l as i32),
+            KArg::I32(self.starts as i32),
+            KArg::I32(project as i32),
+            pf.arg(),
+        ];
+        // SAFETY: f (items x L complex), amp (items/starts x L) and pf (items x bpi, one per
+        // block of the grid) were checked above, on this launcher; L fits an int.
+        unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args) }
     }
 
     /// `cd_support_update`, partials into `pr` (items x bpi x 2).
     #[allow(clippy::too_many_arguments)]
     pub fn update(
         &self,
-        g: DevPtr,
-        gp: DevPtr,
-        sup: DevPtr,
+        g: &DevBuf,
+        gp: &DevBuf,
+        sup: &DevBuf,
         a: f32,
         b: f32,
         constraint: Constraint,
         scale: f32,
-        pr: DevPtr,
+        pr: &DevBuf,
     ) -> Result<()> {
-        self.l.launch(
-            "cd_support_update",
-            dims(self.grid(), BLOCK, 0),
-            &[
-                KArg::Ptr(g),
-                KArg::Ptr(gp),
-                KArg::Ptr(sup),
-                KArg::I32((self.h * self.w) as i32),
-                KArg::F32(a),
-                KArg::F32(b),
-                KArg::I32(constraint_code(constraint)),
-                KArg::F32(scale),
-                KArg::Ptr(pr),
-            ],
-        )
+        const K: &str = "cd_support_update";
+        self.check_shape(K)?;
+        let (l, items) = (self.len(), self.items);
+        self.buf::<Complex32>(g, items * l, K, "g")?;
+        self.buf::<Complex32>(gp, items * l, K, "g'")?;
+        self.buf::<u8>(sup, items * l, K, "support")?;
+        self.buf::<f32>(pr, items * self.bpi * 2, K, "partials")?;
+        let args = [
+            g.arg(),
+            gp.arg(),
+            sup.arg(),
+            KArg::I32(l as i32),
+            KArg::F32(a),
+            KArg::F32(b),
+            KArg::I32(constraint_code(constraint)),
+            KArg::F32(scale),
+            pr.arg(),
+        ];
+        // SAFETY: g, g' (items x L complex), sup (items x L) and pr (items x bpi x 2) were
+        // checked above, on this launcher.
+        unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args) }
     }
 
-    /// `cd_record_errors`: entry `rec` of the `records`-long histories.
+    /// `cd_record_errors`: entry `rec` of the `records`-long histories `fourier` and (with
+    /// the real-space partials `pr`) `real`.
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
-        pf: DevPtr,
-        pr: DevPtr,
-        sum_a2: DevPtr,
+        pf: &DevBuf,
+        pr: Option<&DevBuf>,
+        sum_a2: &DevBuf,
         records: usize,
         rec: usize,
-        fourier: DevPtr,
-        real: DevPtr,
+        fourier: &DevBuf,
+        real: Option<&DevBuf>,
     ) -> Result<()> {
-        let bpi_r = if pr == DevPtr::NULL { 0 } else { self.bpi };
-        self.l.launch(
-            "cd_record_errors",
-            dims([(self.items as u32).div_ceil(128), 1, 1], 128, 0),
-            &[
-                KArg::Ptr(pf),
-                KArg::I32(self.bpi as i32),
-                KArg::Ptr(pr),
-                KArg::I32(bpi_r as i32),
-                KArg::Ptr(sum_a2),
-                KArg::I32(self.items as i32),
-                KArg::I32(self.starts as i32),
-                KArg::I32(records as i32),
-                KArg::I32(rec as i32),
-                KArg::Ptr(fourier),
-                KArg::Ptr(real),
-            ],
-        )
+        const K: &str = "cd_record_errors";
+        self.check_shape(K)?;
+        let items = self.items;
+        if rec >= records || records > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "{K}: entry {rec} of {records}-long histories"
+            )));
+        }
+        self.buf::<f32>(pf, items * self.bpi, K, "Fourier partials")?;
+        self.buf::<f64>(sum_a2, items / self.starts, K, "sum of A^2")?;
+        self.buf::<f32>(fourier, items * records, K, "Fourier history")?;
+        let (pr, real) = match (pr, real) {
+            (Some(pr), Some(real)) => {
+                self.buf::<f32>(pr, items * self.bpi * 2, K, "real-space partials")?;
+                self.buf::<f32>(real, items * records, K, "real-space history")?;
+                (Some(pr), Some(real))
+            }
+            (None, _) => (None, None),
+            (Some(_), None) => {
+                return Err(Error::Config(format!(
+                    "{K}: real-space partials without a history to record them in"
+                )))
+            }
+        };
+        let bpi_r = if pr.is_some() { self.bpi } else { 0 };
+        let args = [
+            pf.arg(),
+            KArg::I32(self.bpi as i32),
+            KArg::Ptr(pr.map_or(DevPtr::NULL, DevBuf::ptr)),
+            KArg::I32(bpi_r as i32),
+            sum_a2.arg(),
+            KArg::I32(items as i32),
+            KArg::I32(self.starts as i32),
+            KArg::I32(records as i32),
+            KArg::I32(rec as i32),
+            fourier.arg(),
+            KArg::Ptr(real.map_or(DevPtr::NULL, DevBuf::ptr)),
+        ];
+        // SAFETY: pf (items x bpi), sum_a2 (items/starts doubles), fourier (items x records)
+        // and, when given, pr (items x bpi x 2) and real (items x records) were checked
+        // above, on this launcher; the kernel skips real when pr is null.
+        unsafe {
+            self.l
+                .launch(K, dims([(items as u32).div_ceil(128), 1, 1], 128, 0), &args)
+        }
     }
 
-    /// The three shrinkwrap passes: `tmp` and `mag` are items x L floats each (they may live
-    /// in the FFT buffer, which is free between iterations), `pmax` items x bpi, `kern` the
-    /// uploaded Gaussian of `klen` taps.
+    /// The three shrinkwrap passes on iterate `g` into support `sup`: `scratch` holds
+    /// 2 x items x L floats (|g| blurred along rows, then along columns; the FFT buffer,
+    /// which is free between iterations, serves), `pmax` items x bpi, `kern` the uploaded
+    /// Gaussian of `klen` taps.
     #[allow(clippy::too_many_arguments)]
     pub fn shrinkwrap(
         &self,
-        g: DevPtr,
-        sup: DevPtr,
-        kern: DevPtr,
+        g: &DevBuf,
+        sup: &DevBuf,
+        kern: &DevBuf,
         klen: usize,
         threshold: f32,
-        tmp: DevPtr,
-        mag: DevPtr,
-        pmax: DevPtr,
+        scratch: &DevBuf,
+        pmax: &DevBuf,
     ) -> Result<()> {
+        const K: &str = "shrinkwrap";
+        self.check_shape(K)?;
         let (h, w) = (self.h, self.w);
+        let (l, items) = (self.len(), self.items);
         let row_shmem = (w + klen) * 4;
         if row_shmem > MAX_DYN_SHARED {
             return Err(Error::Config(format!(
@@ -193,44 +259,64 @@ impl<'a> PhasingKernels<'a> {
                 self.l.name()
             )));
         }
+        self.buf::<Complex32>(g, items * l, K, "g")?;
+        self.buf::<u8>(sup, items * l, K, "support")?;
+        self.buf::<f32>(kern, klen, K, "Gaussian")?;
+        self.buf::<f32>(scratch, 2 * items * l, K, "scratch")?;
+        self.buf::<f32>(pmax, items * self.bpi, K, "block maxima")?;
+        let klen_arg = int_arg(klen, "blur taps")?;
+        let (tmp, mag) = (scratch.ptr(), scratch.ptr().offset(items * l * 4));
         let row_threads = (w.div_ceil(32) * 32).min(BLOCK as usize) as u32;
-        self.l.launch(
-            "cd_sw_blur_rows",
-            dims([h as u32, self.items as u32, 1], row_threads, row_shmem),
-            &[
-                KArg::Ptr(g),
-                KArg::I32(h as i32),
-                KArg::I32(w as i32),
-                KArg::Ptr(kern),
-                KArg::I32(klen as i32),
-                KArg::Ptr(tmp),
-            ],
-        )?;
-        self.l.launch(
-            "cd_sw_blur_cols",
-            dims(self.grid(), BLOCK, klen * 4),
-            &[
-                KArg::Ptr(tmp),
-                KArg::I32(h as i32),
-                KArg::I32(w as i32),
-                KArg::Ptr(kern),
-                KArg::I32(klen as i32),
-                KArg::Ptr(mag),
-                KArg::Ptr(pmax),
-            ],
-        )?;
-        self.l.launch(
-            "cd_sw_threshold",
-            dims(self.grid(), BLOCK, 0),
-            &[
-                KArg::Ptr(mag),
-                KArg::I32((h * w) as i32),
-                KArg::Ptr(pmax),
-                KArg::I32(self.bpi as i32),
-                KArg::F32(threshold),
-                KArg::Ptr(sup),
-            ],
-        )
+        // SAFETY: g (items x L complex), kern (klen) and the first half of scratch (tmp,
+        // items x L floats) were checked above, on this launcher; the row and the kernel fit
+        // the dynamic shared memory asked for.
+        unsafe {
+            self.l.launch(
+                "cd_sw_blur_rows",
+                dims([h as u32, items as u32, 1], row_threads, row_shmem),
+                &[
+                    g.arg(),
+                    KArg::I32(h as i32),
+                    KArg::I32(w as i32),
+                    kern.arg(),
+                    klen_arg,
+                    KArg::Ptr(tmp),
+                ],
+            )?;
+        }
+        // SAFETY: tmp and mag (the two halves of scratch, items x L floats each), kern
+        // (klen) and pmax (items x bpi, one per block) were checked above, on this launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_blur_cols",
+                dims(self.grid(), BLOCK, klen * 4),
+                &[
+                    KArg::Ptr(tmp),
+                    KArg::I32(h as i32),
+                    KArg::I32(w as i32),
+                    kern.arg(),
+                    klen_arg,
+                    KArg::Ptr(mag),
+                    pmax.arg(),
+                ],
+            )?;
+        }
+        // SAFETY: mag (items x L floats), pmax (items x bpi) and sup (items x L) were
+        // checked above, on this launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_threshold",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    KArg::Ptr(mag),
+                    KArg::I32(l as i32),
+                    pmax.arg(),
+                    KArg::I32(self.bpi as i32),
+                    KArg::F32(threshold),
+                    sup.arg(),
+                ],
+            )
+        }
     }
 }
 
@@ -372,20 +458,25 @@ fn run_chunk(
     for op in &program.ops {
         match *op {
             Op::Iterate {
-                alg,
-                beta,
+                update: Update { a, b },
                 count,
                 record,
+                ..
             } => {
-                let (a, b) = coefficients(alg, beta);
                 for it in 0..count {
-                    launcher.fft(plan.id, g.ptr, f.ptr, true)?;
-                    lk.modulus(f.ptr, amp.ptr, true, pf.ptr)?;
-                    launcher.fft(plan.id, f.ptr, f.ptr, false)?;
-                    lk.update(g.ptr, f.ptr, s.ptr, a, b, problem.constraint, scale, pr.ptr)?;
+                    launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
+                    lk.modulus(&f, &amp, true, &pf)?;
+                    launcher.fft(plan.id, f.ptr(), f.ptr(), false)?;
+                    lk.update(&g, &f, &s, a, b, problem.constraint, scale, &pr)?;
                     if record && it + 1 == count {
                         lk.record(
-                            pf.ptr, pr.ptr, sum_a2.ptr, records, rec, hist_f.ptr, hist_r.ptr,
+                            &pf,
+                            Some(&pr),
+                            &sum_a2,
+                            records,
+                            rec,
+                            &hist_f,
+                            Some(&hist_r),
                         )?;
                         rec += 1;
                     }
@@ -396,33 +487,15 @@ fn run_chunk(
                 let kern = gaussian_kernel(sigma);
                 let kb = DevBuf::from_slice(launcher, &kern)?;
                 // |g|, its row blur and its column blur live in the FFT buffer (free here).
-                let (tmp, mag) = (f.ptr, f.ptr.offset(items * l * 4));
-                lk.shrinkwrap(
-                    g.ptr,
-                    s.ptr,
-                    kb.ptr,
-                    kern.len(),
-                    threshold,
-                    tmp,
-                    mag,
-                    pf.ptr,
-                )?;
+                lk.shrinkwrap(&g, &s, &kb, kern.len(), threshold, &f, &pf)?;
             }
         }
     }
     debug_assert_eq!(rec, records);
     // Final Fourier error of each item's final object.
-    launcher.fft(plan.id, g.ptr, f.ptr, true)?;
-    lk.modulus(f.ptr, amp.ptr, false, pf.ptr)?;
-    lk.record(
-        pf.ptr,
-        DevPtr::NULL,
-        sum_a2.ptr,
-        1,
-        0,
-        fin.ptr,
-        DevPtr::NULL,
-    )?;
+    launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
+    lk.modulus(&f, &amp, false, &pf)?;
+    lk.record(&pf, None, &sum_a2, 1, 0, &fin, None)?;
     let base = out.g.len();
     out.g.resize(base + items * l, Complex32::new(0.0, 0.0));
     g.download(&mut out.g[base..])?;

@@ -16,90 +16,8 @@
 //! Layers with fewer than 16 output channels (the decoder's last layer) use a dot-product
 //! kernel vectorised over the input channels instead.
 
-use super::ConvStep;
+use super::conv::{ConvStep, DirectKind, DirectPack, SubClass, SubPixel};
 use crate::nn::spec::Activation;
-
-/// Which micro-kernel a direct layer runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DirectKind {
-    /// f32 FMA, `nv` vectors of 16 output channels per tile
-    F32,
-    /// bf16 input and weights, f32 accumulation (`vdpbf16ps`)
-    Bf16,
-    /// bf16 input and weights, f32 accumulation on the AMX tile unit (`tdpbf16ps`)
-    Amx,
-    /// fewer than 16 output channels: vectorised over input channels
-    Dot,
-}
-
-/// Weights rearranged for the direct kernels.
-#[derive(Debug)]
-pub(crate) struct DirectPack {
-    pub kind: DirectKind,
-    /// vectors of 16 output channels per block (F32, Bf16)
-    pub nv: usize,
-    /// output-channel blocks of `16 * nv`
-    pub ncb: usize,
-    /// F32: `[cb][tap][ci][16*nv]`; Dot: `[co][tap][cin16]` (cin padded to 16)
-    pub w32: Vec<f32>,
-    /// Bf16: `[cb][tap][ci/2][16*nv][2]` (cin padded to even);
-    /// Amx: `[cb32][tap][ci/32][half][16 pairs][16 co][2]` (cin and cout padded to 32)
-    pub w16: Vec<u16>,
-    /// bias padded to `ncb * 16 * nv`
-    pub bias: Vec<f32>,
-}
-
-/// Does this machine run the direct kernels (AVX-512F; bf16 also needs AVX512_BF16)?
-pub(crate) fn available(bf16: bool) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && (!bf16 || std::arch::is_x86_feature_detected!("avx512bf16"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = bf16;
-        false
-    }
-}
-
-/// Does this machine run the AMX bf16 kernel? CPUID says AMX-TILE and AMX-BF16, and the
-/// kernel grants this process the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`,
-/// Linux). Asked once per process.
-pub(crate) fn amx_available() -> bool {
-    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AMX.get_or_init(|| {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        {
-            use std::arch::x86_64::__cpuid_count;
-            let l7 = __cpuid_count(7, 0);
-            let (tile, bf16) = (l7.edx >> 24 & 1 == 1, l7.edx >> 22 & 1 == 1);
-            if !(tile && bf16 && available(false)) {
-                return false;
-            }
-            let ret: i64;
-            // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18) only
-            // asks the kernel to allow the AMX state in this process; rcx and r11 are
-            // clobbered by `syscall`.
-            unsafe {
-                std::arch::asm!(
-                    "syscall",
-                    inlateout("rax") 158i64 => ret,
-                    in("rdi") 0x1023i64,
-                    in("rsi") 18i64,
-                    lateout("rcx") _,
-                    lateout("r11") _,
-                    options(nostack),
-                );
-            }
-            ret == 0
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-        {
-            false
-        }
-    })
-}
 
 /// Vectors per tile for `cout` output channels.
 /// (Measured on the paper's network: 2 vectors x 14 pixels beat 4 x 6 by 5 %, since a
@@ -246,24 +164,6 @@ pub(crate) fn pack(
     }
 }
 
-/// One sub-pixel class of an upsampling folded into a layer: its taps in band
-/// coordinates (row, column) and its weights (the original taps that read the same input
-/// pixel, summed), packed for the kernel.
-#[derive(Debug)]
-pub(crate) struct SubClass {
-    pub taps: Vec<(usize, usize)>,
-    pub pack: DirectPack,
-}
-
-/// An upsampling by `ConvStep::up` folded into a direct layer, computed by sub-pixel
-/// classes: `classes[a * u1 + b]` makes the outputs (u0*y + a, u1*x + b) from the small
-/// input, padded by `pad` = [top, bottom, left, right] input pixels in the band.
-#[derive(Debug)]
-pub(crate) struct SubPixel {
-    pub pad: [usize; 4],
-    pub classes: Vec<SubClass>,
-}
-
 /// The sub-pixel form of a direct f32 layer that reads its input upsampled by `c.up`
 /// (None where it does not apply: no upsampling, a dilated P, output sizes that are not
 /// multiples of the factors, or the AVX512_BF16 kernel).
@@ -351,7 +251,13 @@ pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
     kernel_scratch_len(c, p, rows)
         + c.pre
             .as_ref()
-            .map_or(0, |q| q.producer_scratch_len(rows + c.kh - 1))
+            .map_or(0, |q| producer_scratch_len(q, rows + c.kh - 1))
+}
+
+/// Scratch of a fused producer's kernel computing `rows` rows (its output rows, then its
+/// own band).
+fn producer_scratch_len(q: &ConvStep, rows: usize) -> usize {
+    rows * q.wo * q.cout + scratch_len(q, q.packed(), rows)
 }
 
 /// The plain kernels' own scratch for a band of `rows` output rows (without a fused
@@ -421,7 +327,9 @@ impl<'a> BandRows<'a> {
     }
 }
 
-/// Output rows `[r0, r0 + rows)` of image `x` into `out` (`rows * wo * cout`).
+/// Output rows `[r0, r0 + rows)` of image `x` into `out` (`rows * wo * cout`), with the
+/// kernel of `p.kind`, which the network compiler chose from the detected
+/// [`CpuFeatures`](crate::backend::cpu::CpuFeatures): the instructions are not checked again.
 pub(crate) fn tile(
     c: &ConvStep,
     p: &DirectPack,
@@ -433,18 +341,12 @@ pub(crate) fn tile(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        assert!(
-            available(p.kind == DirectKind::Bf16),
-            "direct kernels need AVX-512"
-        );
-        assert!(
-            p.kind != DirectKind::Amx || amx_available(),
-            "AMX is not available"
-        );
         let need = rows * c.wo * c.cout;
         assert!(out.len() >= need && sc.len() >= scratch_len(c, p, rows));
-        // SAFETY: the CPU features were checked when the layer chose the direct kernels and
-        // again just above; the slices were checked against the band's sizes.
+        // SAFETY: a DirectPack's kind is only chosen (conv_step, subpixel) where the detected
+        // CpuFeatures have its instructions (AVX-512F; AVX512_BF16 for Bf16; AMX for Amx);
+        // the slices were checked against the band's sizes just above; `p` and `c.subpixel`
+        // are `c`'s own packed weights.
         unsafe {
             match p.kind {
                 DirectKind::Amx if c.subpixel.is_some() => {
@@ -485,7 +387,7 @@ pub(crate) fn tile(
 // the micro-kernels index their register arrays by pixel and vector on purpose
 #[allow(clippy::needless_range_loop)]
 mod x86 {
-    use super::super::ConvStep;
+    use super::super::conv::ConvStep;
     use super::{band_pixels, BandRows, DirectKind, DirectPack, MR_MAX};
     use crate::nn::spec::Activation;
     use std::arch::x86_64::*;
@@ -564,6 +466,11 @@ mod x86 {
     }
 
     /// Bias + ReLU and the (masked) stores of one tile.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (every caller is compiled for it); `bias` points at `16 * NV`
+    /// readable floats; every non-null `dst[i]` at the `16 * NV` channel values of one output
+    /// pixel, writable where `mask` selects them and written by no one else meanwhile.
     #[inline(always)]
     unsafe fn store<const MR: usize, const NV: usize>(
         acc: &[[__m512; NV]; MR],
@@ -572,24 +479,27 @@ mod x86 {
         dst: &[*mut f32; MR],
         mask: &[u16; NV],
     ) {
-        let mut b = [_mm512_setzero_ps(); NV];
-        for (v, bv) in b.iter_mut().enumerate() {
-            *bv = _mm512_loadu_ps(bias.add(16 * v));
-        }
-        for i in 0..MR {
-            let d = dst[i];
-            if d.is_null() {
-                continue;
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let mut b = [_mm512_setzero_ps(); NV];
+            for (v, bv) in b.iter_mut().enumerate() {
+                *bv = _mm512_loadu_ps(bias.add(16 * v));
             }
-            for v in 0..NV {
-                let mut r = _mm512_add_ps(acc[i][v], b[v]);
-                if relu {
-                    r = _mm512_max_ps(r, _mm512_setzero_ps());
+            for i in 0..MR {
+                let d = dst[i];
+                if d.is_null() {
+                    continue;
                 }
-                if mask[v] == 0xffff {
-                    _mm512_storeu_ps(d.add(16 * v), r);
-                } else if mask[v] != 0 {
-                    _mm512_mask_storeu_ps(d.add(16 * v), mask[v], r);
+                for v in 0..NV {
+                    let mut r = _mm512_add_ps(acc[i][v], b[v]);
+                    if relu {
+                        r = _mm512_max_ps(r, _mm512_setzero_ps());
+                    }
+                    if mask[v] == 0xffff {
+                        _mm512_storeu_ps(d.add(16 * v), r);
+                    } else if mask[v] != 0 {
+                        _mm512_mask_storeu_ps(d.add(16 * v), mask[v], r);
+                    }
                 }
             }
         }
@@ -598,6 +508,11 @@ mod x86 {
     /// One reduction step of an f32 tile: `NV` weight vectors at `wq`, one input value per
     /// pixel, at `b + i * cin` for the first `K` pixels and at `b1 + i * cin` for the others
     /// (`K` = 0: all at `b`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `wq` points at `16 * NV` readable floats; the input values at
+    /// `b + i * cin` (pixels `i < K`, every pixel when `K` = 0) and `b1 + i * cin` (pixels
+    /// `i >= K`) are readable.
     #[inline(always)]
     unsafe fn step<const MR: usize, const NV: usize, const K: usize>(
         acc: &mut [[__m512; NV]; MR],
@@ -606,15 +521,18 @@ mod x86 {
         wq: *const f32,
         cin: usize,
     ) {
-        let mut wv = [_mm512_setzero_ps(); NV];
-        for (v, wvv) in wv.iter_mut().enumerate() {
-            *wvv = _mm512_loadu_ps(wq.add(16 * v));
-        }
-        for i in 0..MR {
-            let src = if K > 0 && i >= K { b1 } else { b };
-            let a = _mm512_set1_ps(*src.add(i * cin));
-            for v in 0..NV {
-                acc[i][v] = _mm512_fmadd_ps(a, wv[v], acc[i][v]);
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let mut wv = [_mm512_setzero_ps(); NV];
+            for (v, wvv) in wv.iter_mut().enumerate() {
+                *wvv = _mm512_loadu_ps(wq.add(16 * v));
+            }
+            for i in 0..MR {
+                let src = if K > 0 && i >= K { b1 } else { b };
+                let a = _mm512_set1_ps(*src.add(i * cin));
+                for v in 0..NV {
+                    acc[i][v] = _mm512_fmadd_ps(a, wv[v], acc[i][v]);
+                }
             }
         }
     }
@@ -623,6 +541,12 @@ mod x86 {
     /// `K` > 0 the tile wraps to the next band row after `K` pixels, and its other pixels
     /// are read `gap` floats further on (the row's dropped columns are skipped).
     /// `CIN` > 0 fixes the channel count at compile time (`cin` otherwise).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; for every tap offset `off` of `offs` and channel `ci < cin`, the
+    /// values at `t + off + ci + i * cin` (pixels `i < K`, every pixel when `K` = 0) and
+    /// `t + off + gap + ci + i * cin` (pixels `i >= K`) are readable (the band and its zero slack);
+    /// `w` holds `offs.len() * cin * 16 * NV` floats; `bias`, `dst` and `mask` as for [`store`].
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn micro_f32<const MR: usize, const NV: usize, const CIN: usize, const K: usize>(
@@ -636,34 +560,42 @@ mod x86 {
         dst: &[*mut f32; MR],
         mask: &[u16; NV],
     ) {
-        let cin = if CIN > 0 { CIN } else { cin };
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let mut wq = w;
-        // four reduction steps per loop trip: the loop's own counter and pointer updates
-        // otherwise take FMA port slots (measured: 4-8 % per layer, single thread)
-        let c4 = cin / 4 * 4;
-        for &off in offs {
-            let b = t.add(off);
-            let b1 = b.add(gap);
-            let mut ci = 0;
-            while ci < c4 {
-                for u in 0..4 {
-                    let o = ci + u;
-                    step::<MR, NV, K>(&mut acc, b.add(o), b1.add(o), wq.add(16 * NV * u), cin);
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let cin = if CIN > 0 { CIN } else { cin };
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            let mut wq = w;
+            // four reduction steps per loop trip: the loop's own counter and pointer updates
+            // otherwise take FMA port slots (measured: 4-8 % per layer, single thread)
+            let c4 = cin / 4 * 4;
+            for &off in offs {
+                let b = t.add(off);
+                let b1 = b.add(gap);
+                let mut ci = 0;
+                while ci < c4 {
+                    for u in 0..4 {
+                        let o = ci + u;
+                        step::<MR, NV, K>(&mut acc, b.add(o), b1.add(o), wq.add(16 * NV * u), cin);
+                    }
+                    wq = wq.add(64 * NV);
+                    ci += 4;
                 }
-                wq = wq.add(64 * NV);
-                ci += 4;
+                while ci < cin {
+                    step::<MR, NV, K>(&mut acc, b.add(ci), b1.add(ci), wq, cin);
+                    wq = wq.add(16 * NV);
+                    ci += 1;
+                }
             }
-            while ci < cin {
-                step::<MR, NV, K>(&mut acc, b.add(ci), b1.add(ci), wq, cin);
-                wq = wq.add(16 * NV);
-                ci += 1;
-            }
+            store(&acc, bias, relu, dst, mask);
         }
-        store(&acc, bias, relu, dst, mask);
     }
 
     /// One bf16 tile: like [`micro_f32`] over pairs of input channels (`C2` pairs).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; for every offset `off` of `offs` and pair
+    /// `k < c2` the pair at `t + off + k + i * c2` is readable for every pixel `i < MR`; `w` holds
+    /// `offs.len() * c2 * 32 * NV` bf16 values; `bias`, `dst` and `mask` as for [`store`].
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn micro_bf16<const MR: usize, const NV: usize, const C2: usize>(
@@ -676,27 +608,30 @@ mod x86 {
         dst: &[*mut f32; MR],
         mask: &[u16; NV],
     ) {
-        let c2 = if C2 > 0 { C2 } else { c2 };
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let mut wq = w;
-        for &off in offs {
-            let mut b = t.add(off);
-            for _ in 0..c2 {
-                let mut wv: [__m512bh; NV] = [bh(_mm512_setzero_si512()); NV];
-                for (v, wvv) in wv.iter_mut().enumerate() {
-                    *wvv = bh(_mm512_loadu_si512(wq.add(32 * v) as *const _));
-                }
-                wq = wq.add(32 * NV);
-                for i in 0..MR {
-                    let a = bh(_mm512_set1_epi32(*b.add(i * c2) as i32));
-                    for v in 0..NV {
-                        acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, wv[v]);
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let c2 = if C2 > 0 { C2 } else { c2 };
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            let mut wq = w;
+            for &off in offs {
+                let mut b = t.add(off);
+                for _ in 0..c2 {
+                    let mut wv: [__m512bh; NV] = [bh(_mm512_setzero_si512()); NV];
+                    for (v, wvv) in wv.iter_mut().enumerate() {
+                        *wvv = bh(_mm512_loadu_si512(wq.add(32 * v) as *const _));
                     }
+                    wq = wq.add(32 * NV);
+                    for i in 0..MR {
+                        let a = bh(_mm512_set1_epi32(*b.add(i * c2) as i32));
+                        for v in 0..NV {
+                            acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, wv[v]);
+                        }
+                    }
+                    b = b.add(1);
                 }
-                b = b.add(1);
             }
+            store(&acc, bias, relu, dst, mask);
         }
-        store(&acc, bias, relu, dst, mask);
     }
 
     fn offsets(c: &ConvStep, px: usize) -> Vec<usize> {
@@ -737,6 +672,11 @@ mod x86 {
     }
 
     /// The f32 and dot kernels on a plain band (no sub-pixel classes).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `p` is `c`'s packed weights, of kind F32 or Dot; `out` holds the
+    /// `rows * wo * cout` outputs of the band and `sc` at least `super::scratch_len(c, p, rows)`
+    /// floats (what `super::tile` checks before it calls this).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_plain(
         c: &ConvStep,
@@ -747,12 +687,15 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let band = fill_band(c, src, r0, rows, sc);
-        let offs = offsets(c, c.cin);
-        let g = Geom::plain(c, rows);
-        match p.kind {
-            DirectKind::Dot => sweep_dot(c, p, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
-            _ => sweep_f32(c, p, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let band = fill_band(c, src, r0, rows, sc);
+            let offs = offsets(c, c.cin);
+            let g = Geom::plain(c, rows);
+            match p.kind {
+                DirectKind::Dot => sweep_dot(c, p, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
+                _ => sweep_f32(c, p, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
+            }
         }
     }
 
@@ -782,6 +725,12 @@ mod x86 {
     /// pixels before the wrap, is even and fixed at compile time). Otherwise tiles run over
     /// every band pixel and the `kw - 1` dropped columns of each row are computed too (up to
     /// 11 % of the work on a 16-pixel-wide layer).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `bp` points at a band in `g`'s geometry (`c.cin` floats per
+    /// pixel, then the zero slack of `MR_MAX` pixels) inside which every tile's reads stay at every
+    /// tap offset of `offs`; `op` points at the layer output, holding every pixel `g` maps the
+    /// band to; `p` holds F32 weights for `c` with `offs.len()` taps.
     #[target_feature(enable = "avx512f")]
     unsafe fn sweep_f32(
         c: &ConvStep,
@@ -791,101 +740,105 @@ mod x86 {
         g: &Geom,
         op: *mut f32,
     ) {
-        let cin = c.cin;
-        let (nv, nb) = (p.nv, 16 * p.nv);
-        let taps = offs.len();
-        let relu = c.act == Activation::Relu;
-        const MR: usize = 14;
-        // a last tile that wraps reads up to MR - 2 + kw - 1 pixels into the band's zero
-        // slack (the flat tiling at most MR - 2): it must fit
-        let compact = nv == 2 && g.wv.is_multiple_of(2) && g.wv >= MR && MR - 2 + c.kw - 1 < MR_MAX;
-        if compact {
-            let nrows = (g.mtot - g.wv) / g.wpb + 1;
-            let ntot = nrows * g.wv;
-            let gap = (g.wpb - g.wv) * cin;
-            // the destinations of compact pixels: a band without dropped columns
-            let gc = Geom {
-                wpb: g.wv,
-                mtot: ntot,
-                ..*g
-            };
-            for cb in 0..p.ncb {
-                let mask = masks::<2>(c.cout, cb * nb);
-                let w = p.w32.as_ptr().add(cb * taps * cin * nb);
-                let b = p.bias.as_ptr().add(cb * nb);
-                let mut n0 = 0;
-                while n0 < ntot {
-                    let (y, x0) = (n0 / g.wv, n0 % g.wv);
-                    let dst = dests::<MR>(c, &gc, op, n0, cb * nb);
-                    let t = bp.add((y * g.wpb + x0) * cin);
-                    macro_rules! go {
-                        ($k:literal) => {
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let cin = c.cin;
+            let (nv, nb) = (p.nv, 16 * p.nv);
+            let taps = offs.len();
+            let relu = c.act == Activation::Relu;
+            const MR: usize = 14;
+            // a last tile that wraps reads up to MR - 2 + kw - 1 pixels into the band's zero
+            // slack (the flat tiling at most MR - 2): it must fit
+            let compact =
+                nv == 2 && g.wv.is_multiple_of(2) && g.wv >= MR && MR - 2 + c.kw - 1 < MR_MAX;
+            if compact {
+                let nrows = (g.mtot - g.wv) / g.wpb + 1;
+                let ntot = nrows * g.wv;
+                let gap = (g.wpb - g.wv) * cin;
+                // the destinations of compact pixels: a band without dropped columns
+                let gc = Geom {
+                    wpb: g.wv,
+                    mtot: ntot,
+                    ..*g
+                };
+                for cb in 0..p.ncb {
+                    let mask = masks::<2>(c.cout, cb * nb);
+                    let w = p.w32.as_ptr().add(cb * taps * cin * nb);
+                    let b = p.bias.as_ptr().add(cb * nb);
+                    let mut n0 = 0;
+                    while n0 < ntot {
+                        let (y, x0) = (n0 / g.wv, n0 % g.wv);
+                        let dst = dests::<MR>(c, &gc, op, n0, cb * nb);
+                        let t = bp.add((y * g.wpb + x0) * cin);
+                        macro_rules! go {
+                            ($k:literal) => {
+                                dispatch_cin!(
+                                    micro_f32,
+                                    14,
+                                    2,
+                                    cin,
+                                    [$k],
+                                    t,
+                                    cin,
+                                    gap,
+                                    offs,
+                                    w,
+                                    b,
+                                    relu,
+                                    &dst,
+                                    &mask
+                                )
+                            };
+                        }
+                        match g.wv - x0 {
+                            2 => go!(2),
+                            4 => go!(4),
+                            6 => go!(6),
+                            8 => go!(8),
+                            10 => go!(10),
+                            12 => go!(12),
+                            _ => go!(0),
+                        }
+                        n0 += MR;
+                    }
+                }
+                return;
+            }
+            macro_rules! run {
+                ($mr:literal, $nv:literal) => {
+                    for cb in 0..p.ncb {
+                        let mask = masks::<$nv>(c.cout, cb * nb);
+                        let w = p.w32.as_ptr().add(cb * taps * cin * nb);
+                        let b = p.bias.as_ptr().add(cb * nb);
+                        let mut m0 = 0;
+                        while m0 < g.mtot {
+                            let dst = dests::<$mr>(c, g, op, m0, cb * nb);
+                            let t = bp.add(m0 * cin);
                             dispatch_cin!(
                                 micro_f32,
-                                14,
-                                2,
+                                $mr,
+                                $nv,
                                 cin,
-                                [$k],
+                                [0],
                                 t,
                                 cin,
-                                gap,
+                                0,
                                 offs,
                                 w,
                                 b,
                                 relu,
                                 &dst,
                                 &mask
-                            )
-                        };
+                            );
+                            m0 += $mr;
+                        }
                     }
-                    match g.wv - x0 {
-                        2 => go!(2),
-                        4 => go!(4),
-                        6 => go!(6),
-                        8 => go!(8),
-                        10 => go!(10),
-                        12 => go!(12),
-                        _ => go!(0),
-                    }
-                    n0 += MR;
-                }
+                };
             }
-            return;
-        }
-        macro_rules! run {
-            ($mr:literal, $nv:literal) => {
-                for cb in 0..p.ncb {
-                    let mask = masks::<$nv>(c.cout, cb * nb);
-                    let w = p.w32.as_ptr().add(cb * taps * cin * nb);
-                    let b = p.bias.as_ptr().add(cb * nb);
-                    let mut m0 = 0;
-                    while m0 < g.mtot {
-                        let dst = dests::<$mr>(c, g, op, m0, cb * nb);
-                        let t = bp.add(m0 * cin);
-                        dispatch_cin!(
-                            micro_f32,
-                            $mr,
-                            $nv,
-                            cin,
-                            [0],
-                            t,
-                            cin,
-                            0,
-                            offs,
-                            w,
-                            b,
-                            relu,
-                            &dst,
-                            &mask
-                        );
-                        m0 += $mr;
-                    }
-                }
-            };
-        }
-        match nv {
-            1 => run!(28, 1),
-            _ => run!(14, 2),
+            match nv {
+                1 => run!(28, 1),
+                _ => run!(14, 2),
+            }
         }
     }
 
@@ -967,6 +920,10 @@ mod x86 {
     /// pixels of one class (oy mod u0, ox mod u1) read the small input through a smaller
     /// kernel (the taps that land on the same input pixel summed), so the band is the small
     /// input and a 3x3 layer after a 2x upsampling does 4 taps per output instead of 9.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `sp` is `c`'s sub-pixel form (F32 or Dot classes); `out` and `sc`
+    /// as for [`tile_plain`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_classes(
         c: &ConvStep,
@@ -977,26 +934,32 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let cin = c.cin;
-        let sb = SubBand::new(c, sp, r0, rows);
-        let wpb = sb.wpb;
-        let band = &mut sc[..(sb.prow * wpb + MR_MAX) * cin];
-        for jj in 0..sb.prow {
-            let dst = &mut band[jj * wpb * cin..(jj + 1) * wpb * cin];
-            fill_src_row(c, sp, x, (sb.ys0 + jj).checked_sub(sb.pt), dst);
-        }
-        band[sb.prow * wpb * cin..].fill(0.0);
-        for (k, class) in sp.classes.iter().enumerate() {
-            let (g, offs) = sb.class(c, k, class, cin);
-            match class.pack.kind {
-                DirectKind::Dot => {
-                    sweep_dot(c, &class.pack, band.as_ptr(), &offs, &g, out.as_mut_ptr())
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let cin = c.cin;
+            let sb = SubBand::new(c, sp, r0, rows);
+            let wpb = sb.wpb;
+            let band = &mut sc[..(sb.prow * wpb + MR_MAX) * cin];
+            for jj in 0..sb.prow {
+                let dst = &mut band[jj * wpb * cin..(jj + 1) * wpb * cin];
+                fill_src_row(c, sp, x, (sb.ys0 + jj).checked_sub(sb.pt), dst);
+            }
+            band[sb.prow * wpb * cin..].fill(0.0);
+            for (k, class) in sp.classes.iter().enumerate() {
+                let (g, offs) = sb.class(c, k, class, cin);
+                match class.pack.kind {
+                    DirectKind::Dot => {
+                        sweep_dot(c, &class.pack, band.as_ptr(), &offs, &g, out.as_mut_ptr())
+                    }
+                    _ => sweep_f32(c, &class.pack, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
                 }
-                _ => sweep_f32(c, &class.pack, band.as_ptr(), &offs, &g, out.as_mut_ptr()),
             }
         }
     }
 
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `p` is `c`'s packed weights of kind Bf16; `out`
+    /// and `sc` as for [`tile_plain`].
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile_bf16(
         c: &ConvStep,
@@ -1007,55 +970,65 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let cin = c.cin;
-        let c2 = cin.div_ceil(2);
-        let prow = rows + c.kh - 1;
-        let npx = band_pixels(c, rows);
-        let (band, row) = sc.split_at_mut(npx * c2);
-        // the band as bf16 pairs: pixel-major, cin padded to even
-        fill_band_bf16(
-            c,
-            src,
-            r0,
-            prow,
-            2 * c2,
-            bytemuck::cast_slice_mut(band),
-            row,
-        );
-        let offs = offsets(c, c2);
-        let (nv, nb) = (p.nv, 16 * p.nv);
-        let taps = c.kh * c.kw;
-        let relu = c.act == Activation::Relu;
-        let g = Geom::plain(c, rows);
-        let (bp, op) = (band.as_ptr() as *const u32, out.as_mut_ptr());
-        macro_rules! run {
-            ($mr:literal, $nv:literal) => {
-                sweep(c, rows, p.ncb, $mr, |m0, cb| {
-                    let dst = dests::<$mr>(c, &g, op, m0, cb * nb);
-                    let mask = masks::<$nv>(c.cout, cb * nb);
-                    let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
-                    let b = p.bias.as_ptr().add(cb * nb);
-                    let t = bp.add(m0 * c2);
-                    let k2 = c2 * 2;
-                    // C2 = cin/2 for the common channel counts
-                    match k2 {
-                        32 => micro_bf16::<$mr, $nv, 16>(t, c2, &offs, w, b, relu, &dst, &mask),
-                        64 => micro_bf16::<$mr, $nv, 32>(t, c2, &offs, w, b, relu, &dst, &mask),
-                        128 => micro_bf16::<$mr, $nv, 64>(t, c2, &offs, w, b, relu, &dst, &mask),
-                        256 => micro_bf16::<$mr, $nv, 128>(t, c2, &offs, w, b, relu, &dst, &mask),
-                        _ => micro_bf16::<$mr, $nv, 0>(t, c2, &offs, w, b, relu, &dst, &mask),
-                    }
-                })
-            };
-        }
-        match nv {
-            1 => run!(28, 1),
-            _ => run!(14, 2),
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let cin = c.cin;
+            let c2 = cin.div_ceil(2);
+            let prow = rows + c.kh - 1;
+            let npx = band_pixels(c, rows);
+            let (band, row) = sc.split_at_mut(npx * c2);
+            // the band as bf16 pairs: pixel-major, cin padded to even
+            fill_band_bf16(
+                c,
+                src,
+                r0,
+                prow,
+                2 * c2,
+                bytemuck::cast_slice_mut(band),
+                row,
+            );
+            let offs = offsets(c, c2);
+            let (nv, nb) = (p.nv, 16 * p.nv);
+            let taps = c.kh * c.kw;
+            let relu = c.act == Activation::Relu;
+            let g = Geom::plain(c, rows);
+            let (bp, op) = (band.as_ptr() as *const u32, out.as_mut_ptr());
+            macro_rules! run {
+                ($mr:literal, $nv:literal) => {
+                    sweep(c, rows, p.ncb, $mr, |m0, cb| {
+                        let dst = dests::<$mr>(c, &g, op, m0, cb * nb);
+                        let mask = masks::<$nv>(c.cout, cb * nb);
+                        let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
+                        let b = p.bias.as_ptr().add(cb * nb);
+                        let t = bp.add(m0 * c2);
+                        let k2 = c2 * 2;
+                        // C2 = cin/2 for the common channel counts
+                        match k2 {
+                            32 => micro_bf16::<$mr, $nv, 16>(t, c2, &offs, w, b, relu, &dst, &mask),
+                            64 => micro_bf16::<$mr, $nv, 32>(t, c2, &offs, w, b, relu, &dst, &mask),
+                            128 => {
+                                micro_bf16::<$mr, $nv, 64>(t, c2, &offs, w, b, relu, &dst, &mask)
+                            }
+                            256 => {
+                                micro_bf16::<$mr, $nv, 128>(t, c2, &offs, w, b, relu, &dst, &mask)
+                            }
+                            _ => micro_bf16::<$mr, $nv, 0>(t, c2, &offs, w, b, relu, &dst, &mask),
+                        }
+                    })
+                };
+            }
+            match nv {
+                1 => run!(28, 1),
+                _ => run!(14, 2),
+            }
         }
     }
 
     /// The band's P rows as bf16, pixel-major with `cp >= cin` channels (zero padded), and
     /// zeros after them; `row` is f32 scratch of at least `wp * cin`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16 (the slices are bounds-checked).
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn fill_band_bf16(
         c: &ConvStep,
@@ -1066,25 +1039,34 @@ mod x86 {
         b16: &mut [u16],
         row: &mut [f32],
     ) {
-        let (cin, wp) = (c.cin, c.wp());
-        let row = &mut row[..wp * cin];
-        for jj in 0..prow {
-            src.fill(r0 + jj, wp, row);
-            row_to_bf16(row, cin, cp, &mut b16[jj * wp * cp..(jj + 1) * wp * cp]);
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let (cin, wp) = (c.cin, c.wp());
+            let row = &mut row[..wp * cin];
+            for jj in 0..prow {
+                src.fill(r0 + jj, wp, row);
+                row_to_bf16(row, cin, cp, &mut b16[jj * wp * cp..(jj + 1) * wp * cp]);
+            }
+            b16[prow * wp * cp..].fill(0);
         }
-        b16[prow * wp * cp..].fill(0);
     }
 
     /// A row of f32 pixels (`cin` channels) as bf16 pixels of `cp >= cin` channels, the
     /// padding channels zero.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16 (the slices are bounds-checked).
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn row_to_bf16(row: &[f32], cin: usize, cp: usize, dst: &mut [u16]) {
-        if cp == cin {
-            convert_bf16(row, dst);
-        } else {
-            for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
-                convert_bf16(s, &mut d[..cin]);
-                d[cin..].fill(0);
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            if cp == cin {
+                convert_bf16(row, dst);
+            } else {
+                for (d, s) in dst.chunks_exact_mut(cp).zip(row.chunks_exact(cin)) {
+                    convert_bf16(s, &mut d[..cin]);
+                    d[cin..].fill(0);
+                }
             }
         }
     }
@@ -1104,6 +1086,11 @@ mod x86 {
     /// input channels, read in place from the band with the pixel stride) and two B tiles
     /// (32 input x 16 output channels, pairs) per step; a step is one tap and 32 input
     /// channels. The accumulators go through a 4 KB buffer to the bias/ReLU epilogue.
+    ///
+    /// # Safety
+    /// The CPU has AMX-TILE and AMX-BF16 with the tile state granted to this process, AVX-512F
+    /// and AVX512_BF16 (`CpuFeatures::amx`); `p` is `c`'s packed weights of kind Amx; `out` and
+    /// `sc` as for [`tile_plain`].
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile_amx(
         c: &ConvStep,
@@ -1114,28 +1101,34 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let wp = c.wp();
-        let cp = 32 * c.cin.div_ceil(32);
-        let prow = rows + c.kh - 1;
-        let npx = band_pixels(c, rows);
-        let (band, rest) = sc.split_at_mut(npx * cp / 2);
-        let (row, rest) = rest.split_at_mut(wp * c.cin);
-        fill_band_bf16(c, src, r0, prow, cp, bytemuck::cast_slice_mut(band), row);
-        let offs = offsets(c, cp * 2); // bytes
-        let g = Geom::plain(c, rows);
-        sweep_amx(
-            c,
-            p,
-            band.as_ptr() as *const u8,
-            &offs,
-            &g,
-            out,
-            &mut rest[..4 * 256],
-        );
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let wp = c.wp();
+            let cp = 32 * c.cin.div_ceil(32);
+            let prow = rows + c.kh - 1;
+            let npx = band_pixels(c, rows);
+            let (band, rest) = sc.split_at_mut(npx * cp / 2);
+            let (row, rest) = rest.split_at_mut(wp * c.cin);
+            fill_band_bf16(c, src, r0, prow, cp, bytemuck::cast_slice_mut(band), row);
+            let offs = offsets(c, cp * 2); // bytes
+            let g = Geom::plain(c, rows);
+            sweep_amx(
+                c,
+                p,
+                band.as_ptr() as *const u8,
+                &offs,
+                &g,
+                out,
+                &mut rest[..4 * 256],
+            );
+        }
     }
 
     /// Sub-pixel classes (see [`tile_classes`]) on the AMX kernel: a bf16 band of the
     /// small input, one sweep per class with its taps and summed weights.
+    ///
+    /// # Safety
+    /// As for [`tile_amx`], with `sp` `c`'s sub-pixel form of Amx classes.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile_classes_amx(
         c: &ConvStep,
@@ -1146,41 +1139,50 @@ mod x86 {
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        let cin = c.cin;
-        let sb = SubBand::new(c, sp, r0, rows);
-        let cp = 32 * cin.div_ceil(32);
-        let npx = sb.prow * sb.wpb + MR_MAX;
-        let (band, rest) = sc.split_at_mut(npx * cp / 2);
-        let (row, rest) = rest.split_at_mut(sb.wpb * cin);
-        let b16: &mut [u16] = bytemuck::cast_slice_mut(band);
-        for jj in 0..sb.prow {
-            fill_src_row(c, sp, x, (sb.ys0 + jj).checked_sub(sb.pt), row);
-            row_to_bf16(
-                row,
-                cin,
-                cp,
-                &mut b16[jj * sb.wpb * cp..(jj + 1) * sb.wpb * cp],
-            );
-        }
-        b16[sb.prow * sb.wpb * cp..].fill(0);
-        let cbuf = &mut rest[..4 * 256];
-        for (k, class) in sp.classes.iter().enumerate() {
-            // byte offsets: cp bf16 per pixel
-            let (g, offs) = sb.class(c, k, class, cp * 2);
-            sweep_amx(
-                c,
-                &class.pack,
-                band.as_ptr() as *const u8,
-                &offs,
-                &g,
-                out,
-                cbuf,
-            );
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let cin = c.cin;
+            let sb = SubBand::new(c, sp, r0, rows);
+            let cp = 32 * cin.div_ceil(32);
+            let npx = sb.prow * sb.wpb + MR_MAX;
+            let (band, rest) = sc.split_at_mut(npx * cp / 2);
+            let (row, rest) = rest.split_at_mut(sb.wpb * cin);
+            let b16: &mut [u16] = bytemuck::cast_slice_mut(band);
+            for jj in 0..sb.prow {
+                fill_src_row(c, sp, x, (sb.ys0 + jj).checked_sub(sb.pt), row);
+                row_to_bf16(
+                    row,
+                    cin,
+                    cp,
+                    &mut b16[jj * sb.wpb * cp..(jj + 1) * sb.wpb * cp],
+                );
+            }
+            b16[sb.prow * sb.wpb * cp..].fill(0);
+            let cbuf = &mut rest[..4 * 256];
+            for (k, class) in sp.classes.iter().enumerate() {
+                // byte offsets: cp bf16 per pixel
+                let (g, offs) = sb.class(c, k, class, cp * 2);
+                sweep_amx(
+                    c,
+                    &class.pack,
+                    band.as_ptr() as *const u8,
+                    &offs,
+                    &g,
+                    out,
+                    cbuf,
+                );
+            }
         }
     }
 
     /// Every AMX tile of a bf16 band (`cp = 32 * ceil(cin/32)` channels per pixel): taps at
     /// `offs` (bytes from a pixel), weights `p` in the AMX layout; `cbuf` is 4 x 256 f32.
+    ///
+    /// # Safety
+    /// The CPU features of [`tile_amx`]; `bb` points at a bf16 band of `32 * ceil(cin / 32)`
+    /// channels per pixel inside which every tile (32 pixels from each tile start, at every byte
+    /// offset of `offs`) stays, zero slack included; `out` holds every output pixel `g` maps the
+    /// band to; `cbuf` holds at least 4 x 256 floats; `p` holds Amx weights with `offs.len()` taps.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn sweep_amx(
         c: &ConvStep,
@@ -1191,120 +1193,136 @@ mod x86 {
         out: &mut [f32],
         cbuf: &mut [f32],
     ) {
-        let kc = c.cin.div_ceil(32);
-        let taps = offs.len();
-        let relu = c.act == Activation::Relu;
-        let mtot = g.mtot;
-        let stride = 64 * kc;
-        let cfg = TileCfg {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-            rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-        };
-        use std::arch::asm;
-        asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileCfg, options(nostack));
-        for cb in 0..p.ncb {
-            let wcb = p.w16.as_ptr().add(cb * taps * kc * 1024) as *const u8;
-            let bias = p.bias.as_ptr().add(cb * 32);
-            let mask = masks::<2>(c.cout, cb * 32);
-            let mut m0 = 0;
-            while m0 < mtot {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack)
-                );
-                let a0 = bb.add(m0 * stride);
-                let mut wq = wcb;
-                for &off in offs {
-                    for k in 0..kc {
-                        let a = a0.add(off + 64 * k);
-                        asm!(
-                            "tileloadd tmm4, [{a} + {s}*1]",
-                            "tileloadd tmm5, [{a1} + {s}*1]",
-                            "tileloadd tmm6, [{b} + {s64}*1]",
-                            "tileloadd tmm7, [{b1} + {s64}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a = in(reg) a,
-                            a1 = in(reg) a.add(16 * stride),
-                            s = in(reg) stride,
-                            b = in(reg) wq,
-                            b1 = in(reg) wq.add(1024),
-                            s64 = in(reg) 64usize,
-                            options(nostack)
-                        );
-                        wq = wq.add(2048);
-                    }
-                }
-                let cp_ = cbuf.as_mut_ptr();
-                asm!(
-                    "tilestored [{c0} + {s64}*1], tmm0",
-                    "tilestored [{c1} + {s64}*1], tmm1",
-                    "tilestored [{c2} + {s64}*1], tmm2",
-                    "tilestored [{c3} + {s64}*1], tmm3",
-                    c0 = in(reg) cp_,
-                    c1 = in(reg) cp_.add(256),
-                    c2 = in(reg) cp_.add(512),
-                    c3 = in(reg) cp_.add(768),
-                    s64 = in(reg) 64usize,
-                    options(nostack)
-                );
-                let b = [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))];
-                for pb in 0..2 {
-                    let dst = dests::<16>(c, g, out.as_mut_ptr(), m0 + 16 * pb, cb * 32);
-                    for (r, &d) in dst.iter().enumerate() {
-                        if d.is_null() {
-                            continue;
-                        }
-                        for h in 0..2 {
-                            let mut v = _mm512_add_ps(
-                                _mm512_loadu_ps(cp_.add((2 * pb + h) * 256 + 16 * r)),
-                                b[h],
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let kc = c.cin.div_ceil(32);
+            let taps = offs.len();
+            let relu = c.act == Activation::Relu;
+            let mtot = g.mtot;
+            let stride = 64 * kc;
+            let cfg = TileCfg {
+                palette: 1,
+                start_row: 0,
+                reserved: [0; 14],
+                colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+                rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+            };
+            use std::arch::asm;
+            asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileCfg, options(nostack));
+            for cb in 0..p.ncb {
+                let wcb = p.w16.as_ptr().add(cb * taps * kc * 1024) as *const u8;
+                let bias = p.bias.as_ptr().add(cb * 32);
+                let mask = masks::<2>(c.cout, cb * 32);
+                let mut m0 = 0;
+                while m0 < mtot {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack)
+                    );
+                    let a0 = bb.add(m0 * stride);
+                    let mut wq = wcb;
+                    for &off in offs {
+                        for k in 0..kc {
+                            let a = a0.add(off + 64 * k);
+                            asm!(
+                                "tileloadd tmm4, [{a} + {s}*1]",
+                                "tileloadd tmm5, [{a1} + {s}*1]",
+                                "tileloadd tmm6, [{b} + {s64}*1]",
+                                "tileloadd tmm7, [{b1} + {s64}*1]",
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                a = in(reg) a,
+                                a1 = in(reg) a.add(16 * stride),
+                                s = in(reg) stride,
+                                b = in(reg) wq,
+                                b1 = in(reg) wq.add(1024),
+                                s64 = in(reg) 64usize,
+                                options(nostack)
                             );
-                            if relu {
-                                v = _mm512_max_ps(v, _mm512_setzero_ps());
+                            wq = wq.add(2048);
+                        }
+                    }
+                    let cp_ = cbuf.as_mut_ptr();
+                    asm!(
+                        "tilestored [{c0} + {s64}*1], tmm0",
+                        "tilestored [{c1} + {s64}*1], tmm1",
+                        "tilestored [{c2} + {s64}*1], tmm2",
+                        "tilestored [{c3} + {s64}*1], tmm3",
+                        c0 = in(reg) cp_,
+                        c1 = in(reg) cp_.add(256),
+                        c2 = in(reg) cp_.add(512),
+                        c3 = in(reg) cp_.add(768),
+                        s64 = in(reg) 64usize,
+                        options(nostack)
+                    );
+                    let b = [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))];
+                    for pb in 0..2 {
+                        let dst = dests::<16>(c, g, out.as_mut_ptr(), m0 + 16 * pb, cb * 32);
+                        for (r, &d) in dst.iter().enumerate() {
+                            if d.is_null() {
+                                continue;
                             }
-                            if mask[h] == 0xffff {
-                                _mm512_storeu_ps(d.add(16 * h), v);
-                            } else if mask[h] != 0 {
-                                _mm512_mask_storeu_ps(d.add(16 * h), mask[h], v);
+                            for h in 0..2 {
+                                let mut v = _mm512_add_ps(
+                                    _mm512_loadu_ps(cp_.add((2 * pb + h) * 256 + 16 * r)),
+                                    b[h],
+                                );
+                                if relu {
+                                    v = _mm512_max_ps(v, _mm512_setzero_ps());
+                                }
+                                if mask[h] == 0xffff {
+                                    _mm512_storeu_ps(d.add(16 * h), v);
+                                } else if mask[h] != 0 {
+                                    _mm512_mask_storeu_ps(d.add(16 * h), mask[h], v);
+                                }
                             }
                         }
                     }
+                    m0 += 32;
                 }
-                m0 += 32;
             }
+            asm!("tilerelease", options(nostack));
         }
-        asm!("tilerelease", options(nostack));
     }
 
     /// f32 -> bf16, round to nearest even (NaN stays NaN).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16 (only the common length of the slices is read and
+    /// written).
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn convert_bf16(src: &[f32], dst: &mut [u16]) {
-        let n = src.len().min(dst.len());
-        let mut i = 0;
-        while i + 16 <= n {
-            let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
-            _mm256_storeu_si256(
-                dst.as_mut_ptr().add(i) as *mut __m256i,
-                std::mem::transmute::<__m256bh, __m256i>(v),
-            );
-            i += 16;
-        }
-        for k in i..n {
-            dst[k] = super::bf16_bits(src[k]);
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let n = src.len().min(dst.len());
+            let mut i = 0;
+            while i + 16 <= n {
+                let v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(i)));
+                _mm256_storeu_si256(
+                    dst.as_mut_ptr().add(i) as *mut __m256i,
+                    std::mem::transmute::<__m256bh, __m256i>(v),
+                );
+                i += 16;
+            }
+            for k in i..n {
+                dst[k] = super::bf16_bits(src[k]);
+            }
         }
     }
 
     /// Fewer than 16 output channels: per pixel and output channel, a dot product over
     /// `taps x cin`, 16 input channels per vector, `MR` pixels at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `bp` points at a band in `g`'s geometry (`c.cin` floats per
+    /// pixel, then the zero slack) inside which every tile's reads stay at every tap offset of
+    /// `offs`; `op` points at the layer output, holding every pixel `g` maps the band to; `p`
+    /// holds Dot weights for `c` with `offs.len()` taps.
     #[target_feature(enable = "avx512f")]
     unsafe fn sweep_dot(
         c: &ConvStep,
@@ -1314,48 +1332,51 @@ mod x86 {
         g: &Geom,
         op: *mut f32,
     ) {
-        const MR: usize = 8;
-        let cin = c.cin;
-        let taps = offs.len();
-        let c16 = cin.div_ceil(16) * 16;
-        let nblk = c16 / 16;
-        let tail = cin - (nblk - 1) * 16;
-        let tail_mask: u16 = if tail == 16 {
-            0xffff
-        } else {
-            ((1u32 << tail) - 1) as u16
-        };
-        let relu = c.act == Activation::Relu;
-        const { assert!(MR <= MR_MAX) };
-        for co in 0..c.cout {
-            let wco = p.w32.as_ptr().add(co * taps * c16);
-            let bias = p.bias[co];
-            let mut m0 = 0;
-            while m0 < g.mtot {
-                let dst = dests::<MR>(c, g, op, m0, co);
-                let mut acc = [_mm512_setzero_ps(); MR];
-                for (t, &off) in offs.iter().enumerate() {
-                    let b = bp.add(m0 * cin + off);
-                    let wt = wco.add(t * c16);
-                    for k in 0..nblk {
-                        let wv = _mm512_loadu_ps(wt.add(16 * k));
-                        let msk = if k + 1 == nblk { tail_mask } else { 0xffff };
-                        for (i, a) in acc.iter_mut().enumerate() {
-                            let xv = _mm512_maskz_loadu_ps(msk, b.add(i * cin + 16 * k));
-                            *a = _mm512_fmadd_ps(xv, wv, *a);
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            const MR: usize = 8;
+            let cin = c.cin;
+            let taps = offs.len();
+            let c16 = cin.div_ceil(16) * 16;
+            let nblk = c16 / 16;
+            let tail = cin - (nblk - 1) * 16;
+            let tail_mask: u16 = if tail == 16 {
+                0xffff
+            } else {
+                ((1u32 << tail) - 1) as u16
+            };
+            let relu = c.act == Activation::Relu;
+            const { assert!(MR <= MR_MAX) };
+            for co in 0..c.cout {
+                let wco = p.w32.as_ptr().add(co * taps * c16);
+                let bias = p.bias[co];
+                let mut m0 = 0;
+                while m0 < g.mtot {
+                    let dst = dests::<MR>(c, g, op, m0, co);
+                    let mut acc = [_mm512_setzero_ps(); MR];
+                    for (t, &off) in offs.iter().enumerate() {
+                        let b = bp.add(m0 * cin + off);
+                        let wt = wco.add(t * c16);
+                        for k in 0..nblk {
+                            let wv = _mm512_loadu_ps(wt.add(16 * k));
+                            let msk = if k + 1 == nblk { tail_mask } else { 0xffff };
+                            for (i, a) in acc.iter_mut().enumerate() {
+                                let xv = _mm512_maskz_loadu_ps(msk, b.add(i * cin + 16 * k));
+                                *a = _mm512_fmadd_ps(xv, wv, *a);
+                            }
                         }
                     }
-                }
-                for i in 0..MR {
-                    if !dst[i].is_null() {
-                        let mut r = _mm512_reduce_add_ps(acc[i]) + bias;
-                        if relu {
-                            r = r.max(0.0);
+                    for i in 0..MR {
+                        if !dst[i].is_null() {
+                            let mut r = _mm512_reduce_add_ps(acc[i]) + bias;
+                            if relu {
+                                r = r.max(0.0);
+                            }
+                            *dst[i] = r;
                         }
-                        *dst[i] = r;
                     }
+                    m0 += MR;
                 }
-                m0 += MR;
             }
         }
     }

@@ -18,54 +18,27 @@
 //! (a chain needs two, skips hold theirs until the Concatenate), plus one scratch buffer per
 //! thread; nothing is allocated per layer in steady state.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+mod conv;
 mod direct;
+mod matmul;
 mod winograd;
 
+use super::features::CpuFeatures;
+pub use crate::backend::Mode;
 use crate::nn::model::{Model, Tensor};
 use crate::nn::spec::{same_pad_before, Activation, ModelSpec, Op, Padding};
 use crate::{Error, Result};
-use direct::{DirectKind, DirectPack};
+use conv::{ConvAlgo, ConvStep, DirectKind};
+use matmul::{epilogue_inplace, sgemm};
 
 /// Does this CPU and kernel run the AMX bf16 kernels (`Mode::Bf16` then uses them)?
 pub fn amx_available() -> bool {
-    direct::amx_available()
-}
-
-/// How convolutions are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// f32, exact up to summation order: the direct AVX-512 kernels where the CPU has
-    /// AVX-512F (stride-1 layers), the GEMM paths otherwise.
-    #[default]
-    F32,
-    /// f32 through the GEMM paths only (shifted GEMM or im2col; for comparison).
-    Gemm,
-    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with >= 16 channels (2.25x fewer
-    /// multiplications; a small accuracy cost, reported by the bench), GEMM for the rest.
-    Winograd,
-    /// bf16 inputs and weights with f32 accumulation for the stride-1 layers with >= 16
-    /// input and output channels, f32 elsewhere: on the AMX tile unit where the CPU has it
-    /// (`tdpbf16ps`), else with AVX512_BF16 (`vdpbf16ps`).
-    Bf16,
-    /// As `Bf16`, always with AVX512_BF16 (`vdpbf16ps`), never AMX (for comparison).
-    Bf16Avx512,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::F32 => "f32",
-            Mode::Gemm => "f32-gemm",
-            Mode::Winograd => "winograd-f2x2-3x3",
-            Mode::Bf16 => "bf16",
-            Mode::Bf16Avx512 => "bf16-avx512",
-        }
-    }
+    CpuFeatures::detect().amx()
 }
 
 /// Engine options.
@@ -88,55 +61,6 @@ impl Default for Options {
             poison: false,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConvAlgo {
-    Shifted,
-    Im2col,
-    Winograd,
-    Direct,
-}
-
-#[derive(Debug)]
-pub(crate) struct ConvStep {
-    pub h: usize,
-    pub w: usize,
-    pub cin: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub cout: usize,
-    pub kh: usize,
-    pub kw: usize,
-    /// stride over P
-    pub s: [usize; 2],
-    /// dilation of X inside P
-    pub d: [usize; 2],
-    /// nearest-neighbour upsampling of the stored input fused into this layer (an
-    /// UpSampling2D whose only reader this is): X is the stored input repeated `up` times
-    /// along each axis, `h` and `w` are X's (upsampled) size
-    pub up: [usize; 2],
-    /// a 2x2 stride-2 max-pooling fused after this layer (the layer's only reader; `ho`
-    /// and `wo` even): each band is pooled from thread scratch into the (ho/2, wo/2) output
-    pub pool: bool,
-    /// the fused upsampling computed by sub-pixel classes (direct f32 layers)
-    pub(crate) subpixel: Option<direct::SubPixel>,
-    /// a cheap convolution fused before this one (its output's only reader, see
-    /// [`fuse_producers`]): each band computes the rows of X it needs from the producer's
-    /// input, in cache, and X itself is never stored
-    pub(crate) pre: Option<Box<ConvStep>>,
-    /// offset of X inside P
-    pub pt: usize,
-    pub pl: usize,
-    /// (kh*kw*cin, cout), row-major, cross-correlation over P
-    pub wgt: Vec<f32>,
-    pub bias: Vec<f32>,
-    pub act: Activation,
-    algo: ConvAlgo,
-    /// Winograd-transformed kernel (16, cin, cout)
-    pub wino: Vec<f32>,
-    /// weights packed for the direct kernels
-    direct: Option<DirectPack>,
 }
 
 #[derive(Debug)]
@@ -197,14 +121,22 @@ pub struct Network {
     pub params: usize,
     pub flop_per_image: f64,
     pub mode: Mode,
+    /// The instruction sets its kernels were chosen for.
+    isa: CpuFeatures,
 }
 
 impl Network {
-    /// Compile a model: shape inference, kernel rearrangement (Conv2DTranspose flipped and
-    /// transposed), algorithm choice per layer.
+    /// Compile a model for this CPU ([`CpuFeatures::detect`]): shape inference, kernel
+    /// rearrangement (Conv2DTranspose flipped and transposed), algorithm choice per layer.
     pub fn new(model: &Model, mode: Mode) -> Result<Network> {
-        if (mode == Mode::Bf16 && !direct::available(true) && !direct::amx_available())
-            || (mode == Mode::Bf16Avx512 && !direct::available(true))
+        Network::with_features(model, mode, CpuFeatures::detect())
+    }
+
+    /// [`Network::new`] with the kernels chosen from `isa` (detected once by the caller, or
+    /// narrowed, e.g. [`CpuFeatures::portable`] for the portable paths).
+    pub fn with_features(model: &Model, mode: Mode, isa: CpuFeatures) -> Result<Network> {
+        if (mode == Mode::Bf16 && !isa.avx512bf16() && !isa.amx())
+            || (mode == Mode::Bf16Avx512 && !isa.avx512bf16())
         {
             return Err(Error::Config(format!(
                 "{} mode needs a CPU with AMX-BF16 or AVX-512F with AVX512_BF16; this one \
@@ -269,6 +201,7 @@ impl Network {
                         bias,
                         *activation,
                         mode,
+                        isa,
                     )))
                 }
                 Op::Conv2DTranspose {
@@ -321,6 +254,7 @@ impl Network {
                         bias,
                         *activation,
                         mode,
+                        isa,
                     )))
                 }
                 Op::Dense {
@@ -409,6 +343,7 @@ impl Network {
             params: spec.params()?,
             flop_per_image: spec.flop_per_image()?,
             mode,
+            isa,
         })
     }
 
@@ -576,6 +511,7 @@ fn conv_step(
     bias: Vec<f32>,
     act: Activation,
     mode: Mode,
+    isa: CpuFeatures,
 ) -> ConvStep {
     let force = std::env::var("CDIPHASE_CONV_ALGO").unwrap_or_default();
     let gemm_only = mode == Mode::Gemm || force == "gemm";
@@ -585,15 +521,14 @@ fn conv_step(
     } else if s == [1, 1] && mode == Mode::Winograd && kh == 3 && kw == 3 && cin >= 16 && cout >= 16
     {
         ConvAlgo::Winograd
-    } else if s == [1, 1] && !gemm_only && direct::available(false) && (cout >= 16 || cin >= 16) {
+    } else if s == [1, 1] && !gemm_only && isa.avx512f() && (cout >= 16 || cin >= 16) {
+        // the direct kernels' instructions are checked here, once: a layer runs the kernel
+        // chosen for it without asking the CPU again
         dkind = Some(if cout < 16 {
             DirectKind::Dot
-        } else if mode == Mode::Bf16 && cin >= 16 && direct::amx_available() {
+        } else if mode == Mode::Bf16 && cin >= 16 && isa.amx() {
             DirectKind::Amx
-        } else if matches!(mode, Mode::Bf16 | Mode::Bf16Avx512)
-            && cin >= 16
-            && direct::available(true)
-        {
+        } else if matches!(mode, Mode::Bf16 | Mode::Bf16Avx512) && cin >= 16 && isa.avx512bf16() {
             DirectKind::Bf16
         } else {
             DirectKind::F32
@@ -650,41 +585,6 @@ const TILE_BYTES: usize = 1 << 20;
 const WINO_BYTES: usize = 4 << 20;
 
 impl ConvStep {
-    /// Row of the stored input that P row j shows (None: zero row).
-    #[inline]
-    fn src_row(&self, j: usize) -> Option<usize> {
-        let r = j.checked_sub(self.pt)?;
-        (r % self.d[0] == 0 && r / self.d[0] < self.h).then_some(r / self.d[0] / self.up[0])
-    }
-    #[inline]
-    fn src_col(&self, i: usize) -> Option<usize> {
-        let r = i.checked_sub(self.pl)?;
-        (r % self.d[1] == 0 && r / self.d[1] < self.w).then_some(r / self.d[1] / self.up[1])
-    }
-
-    /// Width of the stored input (before a fused upsampling).
-    #[inline]
-    fn src_w(&self) -> usize {
-        self.w / self.up[1]
-    }
-
-    /// Values per image of the stored input (the producer's input when one is fused).
-    pub(crate) fn src_len(&self) -> usize {
-        match &self.pre {
-            Some(p) => p.src_len(),
-            None => self.h / self.up[0] * self.src_w() * self.cin,
-        }
-    }
-
-    /// Scratch of this layer's kernel when it runs as a fused producer of `rows` rows.
-    pub(crate) fn producer_scratch_len(&self, rows: usize) -> usize {
-        rows * self.wo * self.cout + self.kernel_scratch_len(rows)
-    }
-
-    pub(crate) fn wp(&self) -> usize {
-        self.wo + self.kw - 1
-    }
-
     /// Output rows per work item.
     fn tile_rows(&self, batch: usize, threads: usize) -> usize {
         let per_row = match self.algo {
@@ -720,22 +620,24 @@ impl ConvStep {
             }
     }
 
-    /// Output values per image (after a fused pooling).
-    pub(crate) fn out_len(&self) -> usize {
-        let f = if self.pool { 2 } else { 1 };
-        self.ho / f * (self.wo / f) * self.cout
-    }
-
     /// One work item: output rows [r0, r0 + rows) of image `x`; `out` holds those rows of
     /// the layer's output, pooled when a pooling is fused (then `rows` is even).
-    fn run_item(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
+    fn run_item(
+        &self,
+        isa: CpuFeatures,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
         if !self.pool {
-            return self.run_tile(x, r0, rows, out, sc);
+            return self.run_tile(isa, x, r0, rows, out, sc);
         }
         let (wo, c) = (self.wo, self.cout);
         let (ksc, rest) = sc.split_at_mut(self.kernel_scratch_len(rows));
         let band = &mut rest[..rows * wo * c];
-        self.run_tile(x, r0, rows, band, ksc);
+        self.run_tile(isa, x, r0, rows, band, ksc);
         for y in 0..rows / 2 {
             for q in 0..wo / 2 {
                 let o = &mut out[(y * (wo / 2) + q) * c..][..c];
@@ -759,270 +661,55 @@ impl ConvStep {
         }
     }
 
-    pub(crate) fn packed(&self) -> &DirectPack {
-        self.direct
-            .as_ref()
-            .expect("direct layers carry packed weights")
-    }
-
     /// One tile: output rows [r0, r0 + rows) of image `x` (h*w*cin) into `out` (rows*wo*cout).
-    fn run_tile(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], scratch: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if self.algo == ConvAlgo::Direct {
-                return direct::tile(self, self.packed(), x, r0, rows, out, scratch);
-            }
-            if self.algo != ConvAlgo::Winograd && std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked just above).
-                return unsafe { self.run_tile_avx512(x, r0, rows, out, scratch) };
-            }
-        }
-        self.run_tile_impl(x, r0, rows, out, scratch)
-    }
-
-    /// The copies and the epilogue compiled for AVX-512 (the GEMMs dispatch on their own).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn run_tile_avx512(
+    fn run_tile(
         &self,
+        isa: CpuFeatures,
         x: &[f32],
         r0: usize,
         rows: usize,
         out: &mut [f32],
         sc: &mut [f32],
     ) {
-        self.run_tile_impl(x, r0, rows, out, sc)
-    }
-
-    #[inline(always)]
-    fn run_tile_impl(
-        &self,
-        x: &[f32],
-        r0: usize,
-        rows: usize,
-        out: &mut [f32],
-        scratch: &mut [f32],
-    ) {
         match self.algo {
-            ConvAlgo::Shifted => self.tile_shifted(x, r0, rows, out, scratch),
-            ConvAlgo::Im2col => self.tile_im2col(x, r0, rows, out, scratch),
-            ConvAlgo::Winograd => winograd::tile(self, x, r0, rows, out, scratch),
-            ConvAlgo::Direct => direct::tile(self, self.packed(), x, r0, rows, out, scratch),
-        }
-    }
-
-    /// Copy P row `j`, columns [0, ncols), into `dst` (ncols*cin).
-    #[inline(always)]
-    pub(crate) fn fill_p_row(&self, x: &[f32], j: usize, ncols: usize, dst: &mut [f32]) {
-        let cin = self.cin;
-        match self.src_row(j) {
-            None => dst.fill(0.0),
-            Some(r) => {
-                let sw = self.src_w();
-                let row = &x[r * sw * cin..(r + 1) * sw * cin];
-                if self.d[1] == 1 && self.up[1] == 1 {
-                    // zeros, a contiguous copy, zeros
-                    let a = self.pl.min(ncols);
-                    let b = (self.pl + self.w).min(ncols);
-                    dst[..a * cin].fill(0.0);
-                    if b > a {
-                        dst[a * cin..b * cin].copy_from_slice(&row[..(b - a) * cin]);
-                    }
-                    dst[b * cin..].fill(0.0);
-                } else {
-                    for (i, px) in dst.chunks_exact_mut(cin).enumerate() {
-                        match self.src_col(i) {
-                            Some(c) => px.copy_from_slice(&row[c * cin..(c + 1) * cin]),
-                            None => px.fill(0.0),
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn tile_shifted(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
-        let (cin, cout, kh, kw) = (self.cin, self.cout, self.kh, self.kw);
-        let wp = self.wp();
-        let prow = rows + kh - 1;
-        let (t, rest) = sc.split_at_mut(prow * wp * cin);
-        let acc = &mut rest[..rows * wp * cout];
-        for (jj, dst) in t.chunks_exact_mut(wp * cin).enumerate() {
-            self.fill_p_row(x, r0 + jj, wp, dst);
-        }
-        let m = rows * wp - (kw - 1);
-        for dy in 0..kh {
-            for dx in 0..kw {
-                let tap = dy * kw + dx;
-                // SAFETY: the left operand reads rows [off, off + m) of the (prow*wp, cin)
-                // buffer t, and off + m <= prow*wp; the right operand is tap's (cin, cout)
-                // block of wgt; dst is acc (m <= rows*wp rows of cout).
-                unsafe {
-                    sgemm(
-                        m,
-                        cout,
-                        cin,
-                        acc.as_mut_ptr(),
-                        cout,
-                        tap > 0,
-                        t.as_ptr().add((dy * wp + dx) * cin),
-                        cin,
-                        self.wgt.as_ptr().add(tap * cin * cout),
-                        cout,
-                        Parallelism::None,
-                    );
-                }
-            }
-        }
-        for y in 0..rows {
-            for xo in 0..self.wo {
-                let a = &acc[(y * wp + xo) * cout..(y * wp + xo + 1) * cout];
-                let o = &mut out[(y * self.wo + xo) * cout..(y * self.wo + xo + 1) * cout];
-                epilogue(a, &self.bias, self.act, o);
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn tile_im2col(&self, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
-        let (cin, cout, kh, kw) = (self.cin, self.cout, self.kh, self.kw);
-        let kk = kh * kw * cin;
-        let col = &mut sc[..rows * self.wo * kk];
-        for y in 0..rows {
-            for dy in 0..kh {
-                let j = (r0 + y) * self.s[0] + dy;
-                let sr = self.src_row(j);
-                for xo in 0..self.wo {
-                    let base = (y * self.wo + xo) * kk + dy * kw * cin;
-                    for dx in 0..kw {
-                        let dst = &mut col[base + dx * cin..base + (dx + 1) * cin];
-                        match (sr, self.src_col(xo * self.s[1] + dx)) {
-                            (Some(r), Some(c)) => {
-                                let sw = self.src_w();
-                                dst.copy_from_slice(&x[(r * sw + c) * cin..(r * sw + c + 1) * cin])
-                            }
-                            _ => dst.fill(0.0),
-                        }
-                    }
-                }
-            }
-        }
-        let m = rows * self.wo;
-        // SAFETY: col is (m, kk), wgt is (kk, cout), out is (m, cout), all row-major.
-        unsafe {
-            sgemm(
-                m,
-                cout,
-                kk,
-                out.as_mut_ptr(),
-                cout,
-                false,
-                col.as_ptr(),
-                kk,
-                self.wgt.as_ptr(),
-                cout,
-                Parallelism::None,
-            );
-        }
-        for o in out[..m * cout].chunks_exact_mut(cout) {
-            epilogue_inplace(o, &self.bias, self.act);
+            ConvAlgo::Direct => direct::tile(self, self.packed(), x, r0, rows, out, sc),
+            ConvAlgo::Winograd => winograd::tile(self, isa, x, r0, rows, out, sc),
+            ConvAlgo::Shifted | ConvAlgo::Im2col => matmul::tile(self, isa, x, r0, rows, out, sc),
         }
     }
 }
 
-/// `o = act(a + bias)`.
-#[inline(always)]
-fn epilogue(a: &[f32], bias: &[f32], act: Activation, o: &mut [f32]) {
-    match act {
-        Activation::Relu => {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(bias) {
-                *o = (a + b).max(0.0);
-            }
-        }
-        Activation::Linear => {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(bias) {
-                *o = a + b;
-            }
-        }
-        _ => {
-            for ((o, &a), &b) in o.iter_mut().zip(a).zip(bias) {
-                *o = act.apply(a + b);
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn epilogue_inplace(o: &mut [f32], bias: &[f32], act: Activation) {
-    match act {
-        Activation::Relu => {
-            for (o, &b) in o.iter_mut().zip(bias) {
-                *o = (*o + b).max(0.0);
-            }
-        }
-        _ => {
-            for (o, &b) in o.iter_mut().zip(bias) {
-                *o = act.apply(*o + b);
-            }
-        }
-    }
-}
-
-/// Row-major `C (m,n) [+]= A (m,k) . B (k,n)` with leading dimensions.
-///
-/// # Safety
-/// The pointers must address matrices of the given sizes and leading dimensions.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(crate) unsafe fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    par: Parallelism,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        c,
-        1,
-        ldc as isize,
-        accumulate,
-        a,
-        1,
-        lda as isize,
-        b,
-        1,
-        ldb as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        par,
-    );
-}
-
+/// A layer output shared by the work items of a layer, each writing its own disjoint range.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+// SAFETY: the work items that share it write disjoint ranges (see `run_step`).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send.
 unsafe impl Sync for SendPtr {}
 
+/// The network a [`Runner`] runs: borrowed from the caller, or its own (a backend's).
+enum NetRef<'a> {
+    Borrowed(&'a Network),
+    Owned(Box<Network>),
+}
+
+impl std::ops::Deref for NetRef<'_> {
+    type Target = Network;
+    fn deref(&self) -> &Network {
+        match self {
+            NetRef::Borrowed(n) => n,
+            NetRef::Owned(n) => n,
+        }
+    }
+}
+
 /// A network ready to run batches of up to `max_batch` images: arena and scratch allocated
-/// once, a rayon pool of `threads` threads.
+/// once, work items on a rayon pool (its own of `threads` threads, or a backend's).
 pub struct Runner<'a> {
-    net: &'a Network,
+    net: NetRef<'a>,
     max_batch: usize,
     opts: Options,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     /// value -> slot
     slot_of: Vec<usize>,
     slots: Vec<Vec<f32>>,
@@ -1034,13 +721,76 @@ pub struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
+    /// A runner of `net` on a pool of its own of `opts.threads` threads.
     pub fn new(net: &'a Network, max_batch: usize, opts: Options) -> Result<Runner<'a>> {
+        let pool = super::pool::thread_pool(Some(opts.threads.max(1)))?;
+        Runner::build(NetRef::Borrowed(net), max_batch, opts, pool)
+    }
+
+    /// A runner of `net` on `pool` (a backend's: its threads, whatever `opts.threads`).
+    pub fn with_pool(
+        net: &'a Network,
+        max_batch: usize,
+        opts: Options,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Result<Runner<'a>> {
+        Runner::build(NetRef::Borrowed(net), max_batch, opts, pool)
+    }
+
+    /// A runner that owns its network, on `pool` (what [`crate::backend::CpuBackend`]
+    /// loads for `predict`).
+    pub fn owning(
+        net: Network,
+        max_batch: usize,
+        opts: Options,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Result<Runner<'static>> {
+        Runner::build(NetRef::Owned(Box::new(net)), max_batch, opts, pool)
+    }
+
+    /// The network this runner runs.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    fn build(
+        net: NetRef<'a>,
+        max_batch: usize,
+        opts: Options,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> Result<Runner<'a>> {
         let max_batch = max_batch.max(1);
-        let threads = opts.threads.max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| Error::Config(format!("cannot start {threads} threads: {e}")))?;
+        let threads = pool.current_num_threads().max(1);
+        let layout = Runner::layout(&net, max_batch, threads);
+        let (slot_of, slot_len, tile_rows, scratch_len) = layout;
+        let fill = if opts.poison { f32::NAN } else { 0.0 };
+        let slots = slot_len
+            .iter()
+            .map(|&l| vec![fill; l * max_batch])
+            .collect();
+        let scratch = (0..threads)
+            .map(|_| Mutex::new(vec![fill; scratch_len]))
+            .collect();
+        Ok(Runner {
+            net,
+            max_batch,
+            opts: Options { threads, ..opts },
+            pool,
+            slot_of,
+            slots,
+            scratch,
+            step_secs: vec![0.0; tile_rows.len()],
+            tile_rows,
+        })
+    }
+
+    /// The arena: a slot per value by liveness (value -> slot, slot lengths per image),
+    /// the rows per work item of each step and the scratch of a thread.
+    fn layout(
+        net: &Network,
+        max_batch: usize,
+        threads: usize,
+    ) -> (Vec<usize>, Vec<usize>, Vec<usize>, usize) {
         // liveness: last step reading each value (the output lives to the end)
         let nv = net.value_len.len();
         let mut last = vec![0usize; nv];
@@ -1096,25 +846,7 @@ impl<'a> Runner<'a> {
             };
             tile_rows.push(rows);
         }
-        let fill = if opts.poison { f32::NAN } else { 0.0 };
-        let slots = slot_len
-            .iter()
-            .map(|&l| vec![fill; l * max_batch])
-            .collect();
-        let scratch = (0..threads)
-            .map(|_| Mutex::new(vec![fill; scratch_len]))
-            .collect();
-        Ok(Runner {
-            net,
-            max_batch,
-            opts: Options { threads, ..opts },
-            pool,
-            slot_of,
-            slots,
-            scratch,
-            step_secs: vec![0.0; tile_rows.len()],
-            tile_rows,
-        })
+        (slot_of, slot_len, tile_rows, scratch_len)
     }
 
     /// Bytes of the activation arena (all slots) plus the per-thread scratch.
@@ -1171,7 +903,7 @@ impl<'a> Runner<'a> {
     /// Run `n` images (`input`: n * H*W*C, NHWC, already preprocessed). Returns the output
     /// (n * output_len), valid until the next call.
     pub fn run(&mut self, input: &[f32], n: usize) -> Result<&[f32]> {
-        let net = self.net;
+        let net: &Network = &self.net;
         let il = net.input_len();
         if n == 0 || n > self.max_batch || input.len() != n * il {
             return Err(Error::Shape {
@@ -1207,6 +939,7 @@ impl<'a> Runner<'a> {
                     pool: &self.pool,
                     scratch: &self.scratch,
                     threads: self.opts.threads,
+                    isa: net.isa,
                 };
                 run_step(&ctx, step, &ins, &mut out[..olen], n, self.tile_rows[si])
             };
@@ -1223,6 +956,7 @@ struct Ctx<'r> {
     pool: &'r rayon::ThreadPool,
     scratch: &'r [Mutex<Vec<f32>>],
     threads: usize,
+    isa: CpuFeatures,
 }
 
 /// The input values of a step, read from the arena without collecting them.
@@ -1271,7 +1005,7 @@ fn run_step(
                     let o = unsafe { std::slice::from_raw_parts_mut({ optr }.0.add(off), len) };
                     let ti = rayon::current_thread_index().unwrap_or(0) % ctx.scratch.len();
                     let mut sc = ctx.scratch[ti].lock().map_err(|_| ())?;
-                    c.run_item(xi, r0, rows, o, &mut sc);
+                    c.run_item(ctx.isa, xi, r0, rows, o, &mut sc);
                     Ok::<(), ()>(())
                 })
             });

@@ -8,7 +8,9 @@
 
 use gemm::Parallelism;
 
-use super::{sgemm, ConvStep};
+use super::conv::ConvStep;
+use super::matmul::sgemm;
+use crate::backend::cpu::features::CpuFeatures;
 
 /// `U[e, ci, co]` (e = 4*i + j) from the cross-correlation kernel `wgt[(dy*3+dx), ci, co]`.
 pub(crate) fn transform_kernel(wgt: &[f32], cin: usize, cout: usize) -> Vec<f32> {
@@ -64,6 +66,7 @@ pub(crate) fn scratch_len_rows(c: &ConvStep, rows: usize) -> usize {
 /// AVX-512 too and picked at run time.
 pub(crate) fn tile(
     c: &ConvStep,
+    isa: CpuFeatures,
     x: &[f32],
     r0: usize,
     rows: usize,
@@ -71,12 +74,11 @@ pub(crate) fn tile(
     sc: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { tile_avx512(c, x, r0, rows, out, sc) };
-        }
+    if isa.avx512f() {
+        // SAFETY: `isa` was detected on this CPU and has AVX-512F (implying AVX2 and FMA).
+        return unsafe { tile_avx512(c, x, r0, rows, out, sc) };
     }
+    let _ = isa;
     tile_impl(c, x, r0, rows, out, sc)
 }
 

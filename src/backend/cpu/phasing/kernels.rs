@@ -6,20 +6,9 @@
 
 use crate::array::Complex32;
 use crate::phasing::program::Constraint;
-use crate::phasing::schedule::Algorithm;
 
 /// Smallest modulus divided by in the modulus projection (guards |F| = 0).
 pub const TINY: f32 = 1e-30;
-
-/// The support-update rule `g' inside, a*g + b*g' outside` as (a, b):
-/// ER (0, 0); HIO (1, -beta); RAAR (beta, 1 - 2 beta).
-pub fn coefficients(alg: Algorithm, beta: f32) -> (f32, f32) {
-    match alg {
-        Algorithm::ER => (0.0, 0.0),
-        Algorithm::HIO => (1.0, -beta),
-        Algorithm::RAAR => (beta, 1.0 - 2.0 * beta),
-    }
-}
 
 fn as_f32(x: &[Complex32]) -> &[f32] {
     // SAFETY: Complex<f32> is #[repr(C)] { re: f32, im: f32 }.
@@ -345,102 +334,135 @@ mod avx2 {
     use super::{modulus_body, residual_body, update_generic};
     use std::arch::x86_64::*;
 
+    /// # Safety
+    /// The CPU has AVX (every caller is compiled for AVX2).
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let lo = _mm256_castps256_ps128(v);
+            let hi = _mm256_extractf128_ps(v, 1);
+            let s = _mm_add_ps(lo, hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
     }
 
     /// [a0 a0 a1 a1 a2 a2 a3 a3] from 4 amplitudes.
+    ///
+    /// # Safety
+    /// The CPU has AVX; `p` points at 4 readable floats.
     #[inline(always)]
     unsafe fn dup_pairs(p: *const f32) -> __m256 {
-        let a = _mm_loadu_ps(p);
-        _mm256_set_m128(_mm_unpackhi_ps(a, a), _mm_unpacklo_ps(a, a))
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let a = _mm_loadu_ps(p);
+            _mm256_set_m128(_mm_unpackhi_ps(a, a), _mm_unpacklo_ps(a, a))
+        }
     }
 
     /// |z| in both slots of each pair.
+    ///
+    /// # Safety
+    /// The CPU has AVX.
     #[inline(always)]
     unsafe fn modulus_pairs(v: __m256) -> __m256 {
-        let sq = _mm256_mul_ps(v, v);
-        _mm256_sqrt_ps(_mm256_add_ps(sq, _mm256_permute_ps(sq, 0xB1)))
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let sq = _mm256_mul_ps(v, v);
+            _mm256_sqrt_ps(_mm256_add_ps(sq, _mm256_permute_ps(sq, 0xB1)))
+        }
     }
 
     /// 8 complex values per step: |z|^2 of two registers packed into one by `hadd`, one
     /// reciprocal square root (+ one Newton step, ~1e-7 relative) for all 8, and the ratios
     /// unpacked back onto the interleaved layout.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `f` holds at least `2 * a.len()` values (the slices
+    /// are indexed only within those lengths).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn modulus(f: &mut [f32], a: &[f32], scale: f32) -> (f32, f32) {
-        let n = a.len();
-        let body = n / 8 * 8;
-        let zero = _mm256_setzero_ps();
-        let one = _mm256_set1_ps(1.0);
-        let half = _mm256_set1_ps(0.5);
-        let three_halves = _mm256_set1_ps(1.5);
-        let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
-        let sc = _mm256_set1_ps(scale);
-        let sc2 = _mm256_set1_ps(scale * scale);
-        // order of the 8 amplitudes as `hadd` leaves the moduli: 0 1 4 5 | 2 3 6 7
-        let perm = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
-        let mut acc = zero;
-        let mut acc_en = zero;
-        let fp = f.as_mut_ptr();
-        let ap = a.as_ptr();
-        let mut i = 0;
-        while i < body {
-            let v0 = _mm256_loadu_ps(fp.add(2 * i));
-            let v1 = _mm256_loadu_ps(fp.add(2 * i + 8));
-            let sq = _mm256_hadd_ps(_mm256_mul_ps(v0, v0), _mm256_mul_ps(v1, v1));
-            let amp = _mm256_permutevar8x32_ps(_mm256_loadu_ps(ap.add(i)), perm);
-            let x = _mm256_max_ps(sq, tiny);
-            let y = _mm256_rsqrt_ps(x);
-            // Newton: y <- y (1.5 - 0.5 x y^2)
-            let y = _mm256_mul_ps(
-                y,
-                _mm256_fnmadd_ps(_mm256_mul_ps(half, x), _mm256_mul_ps(y, y), three_halves),
-            );
-            let m = _mm256_mul_ps(sq, y);
-            let meas = _mm256_cmp_ps(amp, zero, _CMP_GE_OQ);
-            let d = _mm256_and_ps(_mm256_sub_ps(m, amp), meas);
-            acc = _mm256_fmadd_ps(d, d, acc);
-            let ratio = _mm256_blendv_ps(one, _mm256_mul_ps(amp, y), meas);
-            // |output|^2 = (ratio * scale)^2 |z|^2
-            acc_en = _mm256_fmadd_ps(_mm256_mul_ps(ratio, ratio), _mm256_mul_ps(sq, sc2), acc_en);
-            let r = _mm256_mul_ps(ratio, sc);
-            _mm256_storeu_ps(fp.add(2 * i), _mm256_mul_ps(v0, _mm256_unpacklo_ps(r, r)));
-            _mm256_storeu_ps(
-                fp.add(2 * i + 8),
-                _mm256_mul_ps(v1, _mm256_unpackhi_ps(r, r)),
-            );
-            i += 8;
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let n = a.len();
+            let body = n / 8 * 8;
+            let zero = _mm256_setzero_ps();
+            let one = _mm256_set1_ps(1.0);
+            let half = _mm256_set1_ps(0.5);
+            let three_halves = _mm256_set1_ps(1.5);
+            let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
+            let sc = _mm256_set1_ps(scale);
+            let sc2 = _mm256_set1_ps(scale * scale);
+            // order of the 8 amplitudes as `hadd` leaves the moduli: 0 1 4 5 | 2 3 6 7
+            let perm = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+            let mut acc = zero;
+            let mut acc_en = zero;
+            let fp = f.as_mut_ptr();
+            let ap = a.as_ptr();
+            let mut i = 0;
+            while i < body {
+                let v0 = _mm256_loadu_ps(fp.add(2 * i));
+                let v1 = _mm256_loadu_ps(fp.add(2 * i + 8));
+                let sq = _mm256_hadd_ps(_mm256_mul_ps(v0, v0), _mm256_mul_ps(v1, v1));
+                let amp = _mm256_permutevar8x32_ps(_mm256_loadu_ps(ap.add(i)), perm);
+                let x = _mm256_max_ps(sq, tiny);
+                let y = _mm256_rsqrt_ps(x);
+                // Newton: y <- y (1.5 - 0.5 x y^2)
+                let y = _mm256_mul_ps(
+                    y,
+                    _mm256_fnmadd_ps(_mm256_mul_ps(half, x), _mm256_mul_ps(y, y), three_halves),
+                );
+                let m = _mm256_mul_ps(sq, y);
+                let meas = _mm256_cmp_ps(amp, zero, _CMP_GE_OQ);
+                let d = _mm256_and_ps(_mm256_sub_ps(m, amp), meas);
+                acc = _mm256_fmadd_ps(d, d, acc);
+                let ratio = _mm256_blendv_ps(one, _mm256_mul_ps(amp, y), meas);
+                // |output|^2 = (ratio * scale)^2 |z|^2
+                acc_en =
+                    _mm256_fmadd_ps(_mm256_mul_ps(ratio, ratio), _mm256_mul_ps(sq, sc2), acc_en);
+                let r = _mm256_mul_ps(ratio, sc);
+                _mm256_storeu_ps(fp.add(2 * i), _mm256_mul_ps(v0, _mm256_unpacklo_ps(r, r)));
+                _mm256_storeu_ps(
+                    fp.add(2 * i + 8),
+                    _mm256_mul_ps(v1, _mm256_unpackhi_ps(r, r)),
+                );
+                i += 8;
+            }
+            let (e, en) = modulus_body(&mut f[2 * body..], &a[body..], scale);
+            (hsum(acc) + e, hsum(acc_en) + en)
         }
-        let (e, en) = modulus_body(&mut f[2 * body..], &a[body..], scale);
-        (hsum(acc) + e, hsum(acc_en) + en)
     }
 
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `f` holds at least `2 * a.len()` values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn residual(f: &[f32], a: &[f32]) -> f32 {
-        let n = a.len();
-        let body = n / 4 * 4;
-        let zero = _mm256_setzero_ps();
-        let mut acc = zero;
-        let mut i = 0;
-        while i < body {
-            let v = _mm256_loadu_ps(f.as_ptr().add(2 * i));
-            let amp = dup_pairs(a.as_ptr().add(i));
-            let m = modulus_pairs(v);
-            let meas = _mm256_cmp_ps(amp, zero, _CMP_GE_OQ);
-            let d = _mm256_and_ps(_mm256_sub_ps(m, amp), meas);
-            acc = _mm256_fmadd_ps(d, d, acc);
-            i += 4;
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let n = a.len();
+            let body = n / 4 * 4;
+            let zero = _mm256_setzero_ps();
+            let mut acc = zero;
+            let mut i = 0;
+            while i < body {
+                let v = _mm256_loadu_ps(f.as_ptr().add(2 * i));
+                let amp = dup_pairs(a.as_ptr().add(i));
+                let m = modulus_pairs(v);
+                let meas = _mm256_cmp_ps(amp, zero, _CMP_GE_OQ);
+                let d = _mm256_and_ps(_mm256_sub_ps(m, amp), meas);
+                acc = _mm256_fmadd_ps(d, d, acc);
+                i += 4;
+            }
+            0.5 * hsum(acc) + residual_body(&f[2 * body..], &a[body..])
         }
-        0.5 * hsum(acc) + residual_body(&f[2 * body..], &a[body..])
     }
 
     /// C: 0 none, 1 real, 2 positive (see `update_generic`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `g` and `p` hold at least `2 * s.len()` values each.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn update<const C: u8>(
         g: &mut [f32],
@@ -449,44 +471,47 @@ mod avx2 {
         a: f32,
         b: f32,
     ) -> (f32, f32) {
-        let n = s.len();
-        let body = n / 4 * 4;
-        let zero = _mm256_setzero_ps();
-        let va = _mm256_set1_ps(a);
-        let vb = _mm256_set1_ps(b);
-        // lanes holding real parts
-        let even = _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0));
-        let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
-        let mut acc_out = zero;
-        let mut acc_tot = zero;
-        let gp = g.as_mut_ptr();
-        let pp = p.as_ptr();
-        let sp = s.as_ptr();
-        let mut i = 0;
-        while i < body {
-            let vg = _mm256_loadu_ps(gp.add(2 * i));
-            let vp = _mm256_loadu_ps(pp.add(2 * i));
-            let bytes = _mm_cvtsi32_si128((sp.add(i) as *const i32).read_unaligned());
-            let lanes = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(bytes, dup));
-            let inside = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lanes, _mm256_setzero_si256()));
-            let sq = _mm256_mul_ps(vp, vp);
-            let e = _mm256_add_ps(sq, _mm256_permute_ps(sq, 0xB1));
-            acc_tot = _mm256_add_ps(acc_tot, e);
-            acc_out = _mm256_add_ps(acc_out, _mm256_andnot_ps(inside, e));
-            let keep = match C {
-                0 => inside,
-                1 => _mm256_and_ps(inside, even),
-                _ => _mm256_and_ps(
-                    _mm256_and_ps(inside, even),
-                    _mm256_cmp_ps(vp, zero, _CMP_GE_OQ),
-                ),
-            };
-            let other = _mm256_fmadd_ps(va, vg, _mm256_mul_ps(vb, vp));
-            _mm256_storeu_ps(gp.add(2 * i), _mm256_blendv_ps(other, vp, keep));
-            i += 4;
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let n = s.len();
+            let body = n / 4 * 4;
+            let zero = _mm256_setzero_ps();
+            let va = _mm256_set1_ps(a);
+            let vb = _mm256_set1_ps(b);
+            // lanes holding real parts
+            let even = _mm256_castsi256_ps(_mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0));
+            let dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, -1, -1, -1, -1, -1, -1, -1, -1);
+            let mut acc_out = zero;
+            let mut acc_tot = zero;
+            let gp = g.as_mut_ptr();
+            let pp = p.as_ptr();
+            let sp = s.as_ptr();
+            let mut i = 0;
+            while i < body {
+                let vg = _mm256_loadu_ps(gp.add(2 * i));
+                let vp = _mm256_loadu_ps(pp.add(2 * i));
+                let bytes = _mm_cvtsi32_si128((sp.add(i) as *const i32).read_unaligned());
+                let lanes = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(bytes, dup));
+                let inside = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lanes, _mm256_setzero_si256()));
+                let sq = _mm256_mul_ps(vp, vp);
+                let e = _mm256_add_ps(sq, _mm256_permute_ps(sq, 0xB1));
+                acc_tot = _mm256_add_ps(acc_tot, e);
+                acc_out = _mm256_add_ps(acc_out, _mm256_andnot_ps(inside, e));
+                let keep = match C {
+                    0 => inside,
+                    1 => _mm256_and_ps(inside, even),
+                    _ => _mm256_and_ps(
+                        _mm256_and_ps(inside, even),
+                        _mm256_cmp_ps(vp, zero, _CMP_GE_OQ),
+                    ),
+                };
+                let other = _mm256_fmadd_ps(va, vg, _mm256_mul_ps(vb, vp));
+                _mm256_storeu_ps(gp.add(2 * i), _mm256_blendv_ps(other, vp, keep));
+                i += 4;
+            }
+            let (o, t) = update_generic::<C>(&mut g[2 * body..], &p[2 * body..], &s[body..], a, b);
+            (0.5 * hsum(acc_out) + o, 0.5 * hsum(acc_tot) + t)
         }
-        let (o, t) = update_generic::<C>(&mut g[2 * body..], &p[2 * body..], &s[body..], a, b);
-        (0.5 * hsum(acc_out) + o, 0.5 * hsum(acc_tot) + t)
     }
 }
 

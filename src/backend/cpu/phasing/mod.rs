@@ -13,7 +13,7 @@ use crate::array::{Complex32, Stack};
 use crate::backend::Progress;
 use crate::fft::{Plan2d, COL_BLOCK};
 use crate::phasing::problem::{PhasingOutput, PhasingProblem};
-use crate::phasing::program::{Op, Program};
+use crate::phasing::program::{Op, Program, Update};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -61,6 +61,7 @@ fn work_lanes(plan: &Plan2d, lanes: usize) -> Work {
 struct SharedRows(*mut Complex32);
 // SAFETY: lanes touch disjoint columns of the buffer (see `Item::column_block`).
 unsafe impl Send for SharedRows {}
+// SAFETY: as for Send.
 unsafe impl Sync for SharedRows {}
 
 /// The buffers of one thread working on an item: a gathered column block, its copy, a row
@@ -190,7 +191,9 @@ impl Item<'_> {
         let c0 = bi * COL_BLOCK;
         let nb = COL_BLOCK.min(w - c0);
         let colbuf = &mut lane.col[..nb * h];
-        crate::fft::gather_raw(rows.0, w, h, c0, nb, colbuf);
+        // SAFETY: `rows` is the item's h x w buffer and this block's columns are ours
+        // (this function's contract); c0 + nb <= w.
+        unsafe { crate::fft::gather_raw(rows.0, w, h, c0, nb, colbuf) };
         if keep_old {
             lane.old[..nb * h].copy_from_slice(colbuf);
         }
@@ -212,7 +215,8 @@ impl Item<'_> {
                 // rows without support pixels: a*old + b*W*new (ER: zero)
                 kernels::combine_rows(colbuf, &lane.old[..nb * h], coef_a, coef_b, h, keep_old);
             }
-            crate::fft::scatter_raw(colbuf, w, h, c0, nb, rows.0);
+            // SAFETY: as for the gather above.
+            unsafe { crate::fft::scatter_raw(colbuf, w, h, c0, nb, rows.0) };
         } else {
             for (cb, ab) in colbuf.chunks_exact(h).zip(amp.chunks_exact(h)) {
                 err += kernels::fourier_residual(cb, ab) as f64;
@@ -358,12 +362,11 @@ impl Item<'_> {
         for op in &program.ops {
             match *op {
                 Op::Iterate {
-                    alg,
-                    beta,
+                    update: Update { a, b },
                     count,
                     record,
+                    ..
                 } => {
-                    let (a, b) = kernels::coefficients(alg, beta);
                     for it in 0..count {
                         let (ferr, tot) = self.column_pass(work, true, a, b);
                         let inside = self.row_pass(work, g, s, a, b);

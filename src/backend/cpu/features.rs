@@ -1,0 +1,142 @@
+//! The instruction sets the CPU kernels may use, detected once per process.
+//!
+//! A [`CpuFeatures`] value is built by [`CpuFeatures::detect`] (at start-up, by
+//! [`super::CpuBackend::new`] or [`super::nn::Network::new`]) and passed down to whatever
+//! picks a kernel: the network compiler chooses each layer's kernel from it, so no kernel
+//! checks the CPU per call or per tile. Its fields are private and it can only be built by
+//! detection (or narrowed from a detected value), so a kernel chosen from it never runs on
+//! a CPU without its instructions.
+
+use std::sync::OnceLock;
+
+/// What this CPU (and, for AMX, the operating system) lets the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuFeatures {
+    avx2_fma: bool,
+    avx512f: bool,
+    avx512bf16: bool,
+    amx_bf16: bool,
+}
+
+impl CpuFeatures {
+    /// The features of this machine: CPUID once per process (later calls return the same
+    /// value). AMX also asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XTILEDATA)`), once.
+    pub fn detect() -> CpuFeatures {
+        static DETECTED: OnceLock<CpuFeatures> = OnceLock::new();
+        *DETECTED.get_or_init(detect_now)
+    }
+
+    /// No SIMD kernels at all: the portable paths (for comparisons and tests).
+    pub fn portable() -> CpuFeatures {
+        CpuFeatures {
+            avx2_fma: false,
+            avx512f: false,
+            avx512bf16: false,
+            amx_bf16: false,
+        }
+    }
+
+    /// AVX2 with FMA (the phasing engine's element-wise kernels).
+    pub fn avx2_fma(&self) -> bool {
+        self.avx2_fma
+    }
+
+    /// AVX-512F (the direct f32 network kernels, the AVX-512 builds of the GEMM copies,
+    /// epilogues and Winograd transforms).
+    pub fn avx512f(&self) -> bool {
+        self.avx512f
+    }
+
+    /// AVX-512F with AVX512_BF16 (`vdpbf16ps`: the bf16 network kernels without AMX).
+    pub fn avx512bf16(&self) -> bool {
+        self.avx512f && self.avx512bf16
+    }
+
+    /// AMX-TILE and AMX-BF16, granted by the kernel (`tdpbf16ps`), with AVX-512F and
+    /// AVX512_BF16 for the band conversion and the epilogue.
+    pub fn amx(&self) -> bool {
+        self.amx_bf16 && self.avx512bf16()
+    }
+
+    /// The names of the features present, for run headers (`x86_64 [avx2 fma avx512f]`).
+    pub fn describe(&self) -> String {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut f = Vec::new();
+            for (name, on) in [
+                ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
+                ("avx", std::arch::is_x86_feature_detected!("avx")),
+                ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+                ("fma", std::arch::is_x86_feature_detected!("fma")),
+                ("avx512f", self.avx512f),
+            ] {
+                if on {
+                    f.push(name);
+                }
+            }
+            format!("x86_64 [{}]", f.join(" "))
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            "aarch64 [neon]".to_string()
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            std::env::consts::ARCH.to_string()
+        }
+    }
+}
+
+fn detect_now() -> CpuFeatures {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx512f = std::arch::is_x86_feature_detected!("avx512f");
+        let avx512bf16 = std::arch::is_x86_feature_detected!("avx512bf16");
+        CpuFeatures {
+            avx2_fma: std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"),
+            avx512f,
+            avx512bf16,
+            amx_bf16: avx512f && amx_granted(),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        CpuFeatures::portable()
+    }
+}
+
+/// CPUID says AMX-TILE and AMX-BF16, and Linux grants this process the tile data state.
+#[cfg(target_arch = "x86_64")]
+fn amx_granted() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        let l7 = __cpuid_count(7, 0);
+        let (tile, bf16) = (l7.edx >> 24 & 1 == 1, l7.edx >> 22 & 1 == 1);
+        if !(tile && bf16) {
+            return false;
+        }
+        let ret: i64;
+        // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18) only
+        // asks the kernel to allow the AMX state in this process; rcx and r11 are clobbered
+        // by `syscall`.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") 158i64 => ret,
+                in("rdi") 0x1023i64,
+                in("rsi") 18i64,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
