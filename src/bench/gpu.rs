@@ -8,7 +8,7 @@ use crate::array::Complex32;
 use crate::backend::gpu::cuda::CudaBackend;
 use crate::backend::gpu::emu::{EmuBackend, ScheduleOrder};
 use crate::backend::gpu::launcher::{as_bytes_mut, DevBuf, Launcher};
-use crate::backend::{Backend, Device};
+use crate::backend::{Backend, Device, NetOptions};
 use crate::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
 use crate::phasing::{prepare, run_prepared, PhaseConfig, SupportSpec};
 use crate::{Error, Result};
@@ -140,17 +140,9 @@ pub fn bench_gpu_network(
     batch: usize,
     iterations: usize,
 ) -> Result<GpuNetBench> {
-    use crate::backend::gpu::network::GpuNetwork;
-    let (emu, gpu);
-    let (be, launcher): (&dyn Backend, &dyn Launcher) = match device {
-        Device::Emu => {
-            emu = EmuBackend::new(ScheduleOrder::InOrder);
-            (&emu, emu.launcher())
-        }
-        Device::Cuda => {
-            gpu = CudaBackend::new(crate::backend::cuda_ordinal()?)?;
-            (&gpu, gpu.launcher())
-        }
+    let be: Box<dyn Backend> = match device {
+        Device::Emu => Box::new(EmuBackend::new(ScheduleOrder::InOrder)),
+        Device::Cuda => Box::new(CudaBackend::new(crate::backend::cuda_ordinal()?)?),
         other => {
             return Err(Error::Config(format!(
                 "the GPU network bench runs on cuda or emu, not {other:?}"
@@ -159,8 +151,7 @@ pub fn bench_gpu_network(
     };
     let n = batch.max(1);
     let per: usize = model.spec.input.iter().product();
-    let flop = crate::backend::cpu::nn::Network::new(model, crate::backend::cpu::nn::Mode::F32)?
-        .flop_per_image;
+    let flop = model.spec.flop_per_image()?;
     let mut s = 0x2545_F491_4F6C_DD1Du64;
     let x: Vec<f32> = (0..n * per)
         .map(|_| {
@@ -170,12 +161,13 @@ pub fn bench_gpu_network(
             (s >> 40) as f32 / (1u64 << 24) as f32
         })
         .collect();
-    let g = GpuNetwork::new(launcher, model)?;
-    g.run(&x, n)?; // warm-up
+    // the network as `predict` loads it: weights uploaded once, layer buffers kept
+    let mut g = be.load_network(model, n, NetOptions::default())?;
+    g.forward(&x, n)?; // warm-up
     let mut times = Vec::with_capacity(iterations.max(1));
     for _ in 0..iterations.max(1) {
         let t = Instant::now();
-        let y = g.run(&x, n)?;
+        let y = g.forward(&x, n)?;
         times.push(t.elapsed().as_secs_f64());
         if let Some(i) = y.iter().position(|v| !v.is_finite()) {
             return Err(Error::Config(format!(
