@@ -26,9 +26,6 @@ use cdiphase::phasing::program::{Constraint, ShrinkwrapConfig};
 use cdiphase::phasing::{self, InitSpec, PhaseConfig, Reconstruction, SupportSpec};
 use clap::Args;
 
-/// The bundled network (issue 7's training run, converted; see models/spinn_compact/README.md).
-const MODEL: &[u8] = include_bytes!("../../models/spinn_compact/model.safetensors");
-
 macro_rules! structures {
     ($($id:literal),* $(,)?) => {
         &[$(($id, include_bytes!(concat!("../../assets/pdb/", $id, ".pdb.gz")) as &[u8])),*]
@@ -126,7 +123,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         Some(m) => m.clone(),
         None => {
             let m = d.join("model.safetensors");
-            write_file(&m, MODEL)?;
+            write_file(&m, cdiphase::nn::bundled::bytes())?;
             m
         }
     };

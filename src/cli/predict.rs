@@ -13,9 +13,10 @@ pub struct PredictArgs {
     /// Input patterns: CXI/HDF5 (entry_1/data_1/data, centred) or .npy. Masked pixels
     /// (entry_1/.../mask nonzero) are set to 0 before preprocessing.
     input: PathBuf,
-    /// Model file from `cdiphase convert`.
+    /// Model file from `cdiphase convert` (default: the bundled model, trained for the
+    /// paper's geometry; see `cdiphase info`).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Output CXI: entry_1/image_1/data (float32 network output) and
     /// entry_1/image_1/support (uint8, output > threshold x per-pattern max).
     #[arg(short, long)]
@@ -53,8 +54,16 @@ pub fn run(a: PredictArgs) -> Result<()> {
             a.output.display()
         );
     }
-    let model =
-        store::load(&a.model).with_context(|| format!("loading model {}", a.model.display()))?;
+    let (model, model_name) = match &a.model {
+        Some(p) => (
+            store::load(p).with_context(|| format!("loading model {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            cdiphase::nn::bundled::load()?,
+            cdiphase::nn::bundled::label(),
+        ),
+    };
     let mode = engine_mode(a.mode, a.fast);
     // the same device choice as `phase`: `auto` is the GPU where one is usable
     let backend = backend::select(device, a.threads)?;
@@ -103,17 +112,14 @@ pub fn run(a: PredictArgs) -> Result<()> {
         opts,
         &|done| pb.set_position(done as u64),
     )
-    .with_context(|| format!("model {} on {}", a.model.display(), a.input.display()))?;
+    .with_context(|| format!("model {model_name} on {}", a.input.display()))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let mut wr = io::CxiWriter::new();
     let shape = [p.n, p.h, p.w];
     wr.f32("entry_1/image_1/data", &shape, &p.output)?;
     wr.u8("entry_1/image_1/support", &shape, &p.support)?;
-    wr.string(
-        "entry_1/image_1/process_1/model",
-        &a.model.display().to_string(),
-    )?;
+    wr.string("entry_1/image_1/process_1/model", &model_name)?;
     wr.string(
         "entry_1/image_1/process_1/description",
         &format!(

@@ -17,6 +17,7 @@
 //! assert_eq!(out.len(), 2 * 16 * 16);
 //! ```
 
+pub mod bundled;
 pub mod keras;
 pub mod model;
 pub mod predict;

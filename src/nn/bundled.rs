@@ -1,0 +1,37 @@
+//! The model bundled in the binary: the default of `predict`, `support --method nn`,
+//! `demo` and the Python package's `Model.load()` when no model file is named. Its model
+//! card (`models/<name>/README.md`) states the geometry it was trained for.
+
+use std::path::Path;
+
+use super::{store, Model};
+use crate::error::Result;
+
+/// The bundled model's folder name under `models/`.
+pub const NAME: &str = "spinn_compact";
+
+static BYTES: &[u8] = include_bytes!("../../models/spinn_compact/model.safetensors");
+
+/// The bundled model's safetensors bytes (as `cdiphase convert` writes them).
+pub fn bytes() -> &'static [u8] {
+    BYTES
+}
+
+/// A pseudo path naming the bundled model in messages.
+pub fn label() -> String {
+    format!("<bundled model {NAME}>")
+}
+
+/// Parse the bundled model.
+pub fn load() -> Result<Model> {
+    store::from_bytes(Path::new(&label()), BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bundled_model_parses() {
+        let m = super::load().unwrap();
+        assert_eq!(m.spec.input[0], m.spec.input[1]);
+    }
+}
