@@ -2,12 +2,14 @@
 //! never saw in training.
 //!
 //! 1. simulate patterns from the bundled test structures (the training run's held-out
-//!    PDB entries, `assets/pdb/`, listed in `heldout.txt`), Poisson noise, as the training data were made;
-//! 2. predict densities and supports with the bundled model (`models/spinn_compact/`);
+//!    PDB entries, `assets/pdb/`, listed in `heldout.txt`) in the paper's geometry
+//!    (`simulate --preset paper`: 0.2333 nm pixels, 3.5 Å, noise-free unless `--photons`),
+//!    as the bundled model's training data were made;
+//! 2. predict densities and supports with the bundled model ([`cdiphase::nn::bundled`]);
 //! 3. estimate supports the classical ways: autocorrelation and triple intersection;
 //! 4. phase three ways, K starts each, positivity:
-//!    - `circle_random`: circle support + shrinkwrap, random starts (the paper's baseline,
-//!      figure 7 blue);
+//!    - `circle_random`: a circle of the largest particle's extent + shrinkwrap, random
+//!      starts (the paper's baseline, figure 7 blue);
 //!    - `circle_nn_start`: the same, started from the network's density (each start with
 //!      its own 20 % multiplicative noise, so that starts differ; figure 7 orange);
 //!    - `nn_support`: the network's support as a fixed support, random starts (section 5);
@@ -38,8 +40,9 @@ const STRUCTURES: &[(&str, &[u8])] =
 
 /// Shrinkwrap of the paper's figure 7 (sigma 1, threshold 0.15).
 const SHRINKWRAP: &str = "sigma=1,threshold=0.15,every=50";
-/// The simulator's default particle extent (fraction of the field), as in training.
-const FILL: f64 = 0.45;
+/// The ideal support rule of the bundled model's training data (the paper's figure 6:
+/// the ground truth thresholded at 0.1 of its maximum).
+const IDEAL_SUPPORT: &str = "threshold:0.1";
 /// Relative noise of the network-seeded starts.
 const INIT_NOISE: f32 = 0.2;
 
@@ -57,9 +60,10 @@ pub struct DemoArgs {
     /// Phasing schedule (each method).
     #[arg(long, default_value = "200*(5*HIO + 5*ER)")]
     schedule: String,
-    /// Photons per pattern (Poisson noise), as in the training data's noisy half.
-    #[arg(long, default_value_t = 1e8)]
-    photons: f64,
+    /// Photons per pattern (Poisson noise); default noise-free, as the paper's data and
+    /// the bundled model's training data.
+    #[arg(long)]
+    photons: Option<f64>,
     /// Model file (default: the bundled model).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -71,7 +75,7 @@ pub struct DemoArgs {
     pdb: Vec<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Phasing device: auto | cpu | cuda | emu (the network runs on the CPU engine).
+    /// Device of the network and the phasing: auto | cpu | cuda | emu.
     #[arg(long, default_value = "auto")]
     device: String,
     #[arg(long)]
@@ -100,6 +104,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if a.count == 0 || a.starts < 2 {
         bail!("--count must be >= 1 and --starts >= 2 (the comparison needs several starts)");
     }
+    if let Some(p) = a.photons {
+        if !(p.is_finite() && p > 0.0) {
+            bail!("--photons {p}: expected a positive number");
+        }
+    }
+    let device: backend::Device = a.device.parse()?;
     let d = &a.out;
     std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     let threads: Vec<String> = a
@@ -144,14 +154,14 @@ pub fn run(a: DemoArgs) -> Result<()> {
     argv.extend(pdb.iter().map(|p| s(p)));
     argv.extend(
         [
+            "--preset",
+            "paper",
+            "--ideal-support",
+            IDEAL_SUPPORT,
             "--count",
             &a.count.to_string(),
             "--size",
             &size.to_string(),
-            "--noise",
-            "poisson",
-            "--photons",
-            &a.photons.to_string(),
             "--seed",
             &a.seed.to_string(),
             "-q",
@@ -160,16 +170,21 @@ pub fn run(a: DemoArgs) -> Result<()> {
         ]
         .map(String::from),
     );
+    if let Some(p) = a.photons {
+        argv.extend(["--noise", "poisson", "--photons", &p.to_string()].map(String::from));
+    }
     argv.extend(threads.iter().cloned());
     crate::run_argv(&argv).context("demo: simulate")?;
     step(
         a.quiet,
         t0,
         &format!(
-            "simulated {} patterns {size}x{size} from {} (Poisson, {:.0e} photons)",
+            "simulated {} patterns {size}x{size} in the paper's geometry from {} ({})",
             a.count,
             pdb.iter().map(|p| s(p)).collect::<Vec<_>>().join(" "),
-            a.photons
+            a.photons.map_or("noise-free".to_string(), |p| format!(
+                "Poisson, {p:.0e} photons"
+            ))
         ),
     );
 
@@ -185,7 +200,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "--threshold",
         &a.nn_threshold.to_string(),
         "--device",
-        "cpu",
+        &a.device,
         "-q",
     ]
     .map(String::from)
@@ -227,11 +242,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
     );
 
     // 4. phasing
-    let backend = backend::select(a.device.parse()?, a.threads)?;
+    let backend = backend::select(device, a.threads)?;
     let ps = io::read_patterns(&patterns, None)?;
     let nn_support = io::read_support(&nn, None)?;
     let nn_object = io::read_object(&nn, None)?;
-    let radius = (FILL * size as f64 / 2.0 + 1.0) as f32;
+    let truth = eval::read_truth(&patterns)?;
+    // the paper's "circle of the maximum extent": the largest particle's ideal support
+    let radius = max_extent(&truth.support) + 1.0;
     let base = PhaseConfig {
         schedule: a.schedule.clone(),
         beta: 0.9,
@@ -297,7 +314,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
 
     // 5. evaluation and report
-    let truth = eval::read_truth(&patterns)?;
     let mut files = vec![nn.clone()];
     files.extend(support_files);
     files.extend(recs.iter().map(|(_, p, _)| p.clone()));
@@ -325,6 +341,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "patterns": a.count,
         "size": size,
         "structures": STRUCTURES.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        "geometry": "simulate --preset paper",
+        "ideal_support": IDEAL_SUPPORT,
         "photons": a.photons,
         "starts": a.starts,
         "schedule": a.schedule,
@@ -343,6 +361,20 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let text = serde_json::to_string_pretty(&summary)?;
     write_file(&d.join("summary.json"), text.as_bytes())?;
     Ok(())
+}
+
+/// The largest distance (pixels) of a support pixel from the field centre (the centred
+/// arrays' pixel (h/2, w/2)), over every image of the stack.
+fn max_extent(s: &cdiphase::array::Stack<u8>) -> f32 {
+    let (cy, cx) = ((s.h / 2) as f32, (s.w / 2) as f32);
+    let mut r2 = 0.0f32;
+    for (i, &v) in s.data.iter().enumerate() {
+        if v != 0 {
+            let (y, x) = (((i / s.w) % s.h) as f32, (i % s.w) as f32);
+            r2 = r2.max((y - cy).powi(2) + (x - cx).powi(2));
+        }
+    }
+    r2.sqrt()
 }
 
 /// The paper's figure 7 as numbers: how fast, and how consistently, network-seeded starts
