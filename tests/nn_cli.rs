@@ -456,3 +456,34 @@ fn bench_network_json_keys() {
         "--fast error {e}"
     );
 }
+
+#[test]
+fn predict_without_model_uses_the_bundled_model() {
+    let t = tempfile::tempdir().unwrap();
+    let bundled = cdiphase::nn::bundled::load().unwrap();
+    let [h, w, _] = bundled.spec.input;
+    let inp = write_patterns(t.path(), 3, h, w);
+    // the same bytes as a model file, named explicitly
+    let file = t.path().join("bundled.safetensors");
+    std::fs::write(&file, cdiphase::nn::bundled::bytes()).unwrap();
+    let (a, b) = (t.path().join("a.cxi"), t.path().join("b.cxi"));
+    ok(&["predict", s(&inp), "-o", s(&a), "--threads", "1", "-q"]);
+    ok(&[
+        "predict",
+        s(&inp),
+        "--model",
+        s(&file),
+        "-o",
+        s(&b),
+        "--threads",
+        "1",
+        "-q",
+    ]);
+    let (sa, da) = cdiphase::io::read_f32(&a, "entry_1/image_1/data").unwrap();
+    let (sb, db) = cdiphase::io::read_f32(&b, "entry_1/image_1/data").unwrap();
+    assert_eq!(sa, vec![3, h, w]);
+    assert_eq!((sa, da), (sb, db));
+    // the output records which model made it
+    let name = cdiphase::io::read_string(&a, "entry_1/image_1/process_1/model").unwrap();
+    assert_eq!(name, cdiphase::nn::bundled::label());
+}
