@@ -30,6 +30,26 @@ same run. With --rounds R > 1 the script also prints every round's images/s and 
 ratios: each round's cdiphase figure over the fastest f32 peer of that same round, and
 their median (steadier than the ratio of medians where the machine's speed drifts).
 
+Whole process (--whole N, e.g. 128): what a user waits for. N patterns of 128x128 in a CXI
+file, the same Keras model saved as spinn.keras (converted by `cdiphase convert` to
+spinn.safetensors, and by tf2onnx to spinn.onnx), and each peer run as a fresh process
+that starts, loads the model, reads the patterns (h5py for the Python peers), preprocesses
+(x / max), infers in batches of B and writes densities and supports (output > 0.1 x max)
+to an HDF5 file (temporary name, then renamed):
+
+  tf-whole        python: import TF + Keras, keras.models.load_model, tf.function
+  ort-whole       python: import onnxruntime, InferenceSession
+  predict         cdiphase predict patterns.cxi --model spinn.safetensors -o out.cxi
+                  --batch B --threads T --device cpu
+  predict --fast  the same with --fast (the fastest opt-in path this CPU has; the mode
+                  predict reports is recorded)
+
+Wall time from spawn to exit (parent's clock), peak RSS from wait4. Python children also
+report their own phases (import, load, read, infer, write). Ratios: whole-process images/s
+over TF's compute-only images/s of the same round (the issue's target), and over TF's
+whole process. Agreement: the share of support pixels of `predict --fast` equal to
+`predict`'s, and of `predict` equal to tf-whole's.
+
 If the cdiphase binary or its `bench network` verb is missing, the peers are still
 reported and cdiphase is listed as missing; the exit status is then non-zero only with
 --require-cdiphase.
@@ -37,7 +57,7 @@ reported and cdiphase is listed as missing; the exit status is then non-zero onl
 Usage:
     .venv/bin/python benches/compare_nn.py [--batch 64] [--threads 2] [--repeat 5]
         [--warmup 2] [--iterations 5] [--rounds 1] [--peers tf,tf-xla,ort,tf-bf16] [--no-cdiphase]
-        [--require-cdiphase] [--cdiphase PATH] [--quiet-load L] [--markdown FILE]
+        [--require-cdiphase] [--cdiphase PATH] [--quiet-load L] [--whole N] [--markdown FILE]
         [--json FILE]
 """
 
@@ -120,8 +140,81 @@ def _time_loop(fn, warmup: int, repeat: int):
     return ts, cs
 
 
+def _write_h5_atomic(path: Path, y, threshold: float = 0.1) -> None:
+    """Densities (N,H,W) and supports (output > threshold x per-pattern max), as predict."""
+    import h5py
+    import numpy as np
+
+    mx = y.reshape(len(y), -1).max(axis=1)[:, None, None]
+    sup = ((y > threshold * mx) & (mx > 0)).astype(np.uint8)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f["entry_1/image_1/data"] = y
+        f["entry_1/image_1/support"] = sup
+    os.replace(tmp, path)
+
+
+def whole_child(kind: str, batch: int, threads: int, work: Path) -> dict:
+    """One whole-process run (see the module docstring): load, read, infer, write."""
+    t0 = time.perf_counter()
+    phases: dict = {}
+    import h5py
+    import numpy as np
+
+    if kind == "tf-whole":
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        import keras
+    else:
+        import onnxruntime as ort
+    phases["import_s"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    if kind == "tf-whole":
+        m = keras.models.load_model(work / "spinn.keras", compile=False)
+        fn = tf.function(lambda v: m(v, training=False))
+
+        def infer(xb):
+            return fn(tf.constant(xb)).numpy()
+    else:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(str(work / "spinn.onnx"), so,
+                                    providers=["CPUExecutionProvider"])
+        iname = sess.get_inputs()[0].name
+
+        def infer(xb):
+            return sess.run(None, {iname: xb})[0]
+    phases["load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with h5py.File(work / "patterns.cxi", "r") as f:
+        raw = f["entry_1/data_1/data"][...]
+    mx = raw.reshape(len(raw), -1).max(axis=1)[:, None, None]
+    x = (raw / np.where(mx > 0, mx, 1)).astype(np.float32)[..., None]
+    phases["read_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    y = np.concatenate([infer(x[i:i + batch]) for i in range(0, len(x), batch)])[..., 0]
+    phases["infer_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _write_h5_atomic(work / f"{kind}.h5", y)
+    phases["write_s"] = time.perf_counter() - t
+    return {"peer": kind, "phases": phases, "patterns": len(x)}
+
+
 def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: Path) -> dict:
     import numpy as np
+
+    if kind in ("tf-whole", "ort-whole"):
+        return whole_child(kind, batch, threads, work)
+    if kind == "export-keras":
+        tf, keras, m = _keras_model(threads)
+        m.save(work / "spinn.keras")
+        return {"peer": kind}
 
     out: dict = {"peer": kind, "batch": batch, "threads": threads, "warmup": warmup,
                  "repeat": repeat}
@@ -280,6 +373,110 @@ def run_cdiphase(binary: Path, args, fast: bool) -> dict:
     raise RuntimeError(f"no JSON object on stdout of {shlex.join(cmd)}\n{p.stdout[-2000:]}")
 
 
+def _spawn_timed(cmd: list, args, env=None) -> tuple:
+    """Run cmd as a fresh process: (wall s from spawn to exit, peak RSS bytes, stdout,
+    stderr, 1-min load before). Raises RuntimeError on failure or timeout."""
+    wait_quiet(args)
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=so, stderr=se, env=env, cwd=ROOT)
+        deadline = t0 + args.timeout
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                p.kill()
+                os.wait4(p.pid, 0)
+                raise RuntimeError(f"timed out after {args.timeout:.0f} s: {shlex.join(cmd)}")
+            time.sleep(0.005)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        so.seek(0)
+        se.seek(0)
+        out, err = so.read(), se.read()
+    if p.returncode != 0:
+        raise RuntimeError(f"exit status {p.returncode}: {shlex.join(cmd)}\n{err.strip()[-2000:]}")
+    return wall, ru.ru_maxrss * 1024, out, err, load0
+
+
+def run_whole(kind: str, binary: Path, args, work: Path) -> dict:
+    """One whole-process measurement (see the module docstring)."""
+    n = args.whole
+    if kind.startswith("predict"):
+        out = work / ("predict_fast.cxi" if kind.endswith("--fast") else "predict.cxi")
+        cmd = [str(binary), "predict", str(work / "patterns.cxi"), "--model",
+               str(work / "spinn.safetensors"), "-o", str(out), "--batch", str(args.batch),
+               "--threads", str(args.threads), "--device", "cpu"]
+        if kind.endswith("--fast"):
+            cmd.append("--fast")
+        wall, rss, so, se, load0 = _spawn_timed(cmd, args)
+        r = {"peer": kind, "cmd": shlex.join(cmd)}
+        first = (se.strip().splitlines() or [""])[0]
+        if "(" in first:
+            # "predicting N patterns ... with network 'spinn' (MODE) on ..."
+            r["mode"] = first.split("(", 1)[1].split(")", 1)[0]
+    else:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
+               "--batch", str(args.batch), "--threads", str(args.threads), "--work", str(work)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("ONEDNN_DEFAULT_FPMATH_MODE", None)
+        wall, rss, so, se, load0 = _spawn_timed(cmd, args, env)
+        r = {}
+        for line in reversed(so.strip().splitlines()):
+            if line.startswith("{"):
+                r = json.loads(line)
+                break
+        r["mode"] = "f32"
+    r.update({"wall_s": wall, "images_per_s": n / wall, "peak_rss_bytes": rss,
+              "patterns": n, "loadavg_before": load0, "loadavg_after": os.getloadavg()[0]})
+    return r
+
+
+def prepare_whole(binary: Path, args, work: Path, with_ort: bool) -> None:
+    """patterns.cxi, spinn.keras, spinn.safetensors (and spinn.onnx) in work."""
+    import h5py
+    import spinn
+
+    raw = spinn.diffraction_patterns(args.whole, 128, 128, seed=SEED + 2)
+    with h5py.File(work / "patterns.cxi", "w") as f:
+        f["entry_1/data_1/data"] = raw.astype("float32")
+    run_child("export-keras", args, work)
+    if with_ort and not (work / "spinn.onnx").is_file():
+        run_child("export-onnx", args, work)
+    cmd = [str(binary), "convert", str(work / "spinn.keras"), "-o",
+           str(work / "spinn.safetensors"), "--preprocess", "max"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)}: {p.stderr.strip()[-1000:]}")
+
+
+def whole_agreement(work: Path) -> dict:
+    """Support agreement and output differences between the whole-process outputs."""
+    import h5py
+    import numpy as np
+
+    def load(name):
+        f = work / name
+        if not f.is_file():
+            return None
+        with h5py.File(f, "r") as h:
+            return h["entry_1/image_1/data"][...], h["entry_1/image_1/support"][...]
+    out = {}
+    pr, fa, tfw = load("predict.cxi"), load("predict_fast.cxi"), load("tf-whole.h5")
+    if pr and fa:
+        out["fast_support_equal"] = float(np.mean(pr[1] == fa[1]))
+        out["fast_support_pixels_differing_per_pattern"] = float(
+            np.sum(pr[1] != fa[1]) / len(pr[1]))
+        out["fast_rel_err"] = float(np.max(np.abs(fa[0] - pr[0])) / np.max(np.abs(pr[0])))
+    if pr and tfw:
+        out["predict_vs_tf_support_equal"] = float(np.mean(pr[1] == tfw[1]))
+        out["predict_vs_tf_rel_err"] = float(np.max(np.abs(pr[0] - tfw[0]))
+                                             / np.max(np.abs(tfw[0])))
+    return out
+
+
 def _err_cell(r: dict) -> str:
     """rel err vs tf for the peers; for cdiphase, any error figure its JSON reports (its
     --fast mode's accuracy cost against its own f32 path), named by its key."""
@@ -317,6 +514,9 @@ def main(argv=None) -> int:
                    help="before each measurement wait until the 1-min load average < L")
     p.add_argument("--quiet-wait", type=float, default=300, metavar="S",
                    help="longest wait for --quiet-load, s (default 300)")
+    p.add_argument("--whole", type=int, default=0, metavar="N",
+                   help="also time whole processes (load, read, infer, write) on N patterns "
+                        "(e.g. 128): tf-whole, ort-whole, cdiphase predict [--fast]")
     p.add_argument("--markdown", metavar="FILE")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -356,6 +556,18 @@ def main(argv=None) -> int:
         cd_missing = None
         if not args.no_cdiphase and not (binary.is_file() and os.access(binary, os.X_OK)):
             cd_missing = f"cdiphase binary not found: {binary} (cargo build --release)"
+        whole_keys: list = []
+        if args.whole > 0:
+            if args.no_cdiphase or cd_missing:
+                errors["whole"] = "needs the cdiphase binary (convert, predict)"
+            else:
+                try:
+                    prepare_whole(binary, args, work, "ort" in peers and "ort" not in errors)
+                    whole_keys = [k + "-whole" for k in ("tf", "ort") if k in peers
+                                  and k not in errors] + ["predict", "predict --fast"]
+                except RuntimeError as e:
+                    errors["whole"] = f"preparing the whole-process run failed: {e}"
+                    print(f"  {errors['whole']}", file=sys.stderr, flush=True)
         runs: dict = {}
         # --rounds R: the whole sequence of peers R times, alternating, so that a slow
         # phase of the machine hits every peer alike; each peer's median round is reported.
@@ -366,6 +578,7 @@ def main(argv=None) -> int:
             if not (args.no_cdiphase or cd_missing):
                 jobs += [("cdiphase", lambda: run_cdiphase(binary, args, False)),
                          ("cdiphase --fast", lambda: run_cdiphase(binary, args, True))]
+            jobs += [(k, lambda k=k: run_whole(k, binary, args, work)) for k in whole_keys]
             for key, job in jobs:
                 if key in errors:
                     continue
@@ -393,6 +606,7 @@ def main(argv=None) -> int:
                 y = np.load(f)
                 rows[k]["rel_err_vs_tf"] = float(np.max(np.abs(y.astype(np.float64) - ref))
                                                  / np.max(np.abs(ref)))
+        agreement = whole_agreement(work) if whole_keys else {}
 
     # Paired ratios: each round's cdiphase (or tf-bf16) figure over the fastest f32 peer of
     # the same round. Adjacent measurements share the machine's state (its speed drifts by
@@ -414,6 +628,17 @@ def main(argv=None) -> int:
             if rat:
                 paired[key] = {"per_round": rat, "median": statistics.median(rat),
                                "min": min(rat), "max": max(rat)}
+    # whole-process cdiphase predict over TF's compute-only figure of the same round (the
+    # issue's target) and over TF's whole process
+    for key in ("predict", "predict --fast"):
+        for ref_key, name in (("tf", "tf compute-only"), ("tf-whole", "tf whole process")):
+            rat = [a["images_per_s"] / b["images_per_s"]
+                   for a, b in zip(runs.get(key, []), runs.get(ref_key, []))
+                   if a.get("images_per_s") and b.get("images_per_s")]
+            if rat:
+                paired[f"{key} / {name}"] = {"per_round": rat,
+                                             "median": statistics.median(rat),
+                                             "min": min(rat), "max": max(rat)}
 
     peer_keys = [k for k in ("tf", "tf-xla", "ort") if k in rows]
     best = max((rows[k]["images_per_s"] for k in peer_keys), default=None)
@@ -422,7 +647,7 @@ def main(argv=None) -> int:
             "rel err vs tf", "vs fastest f32 peer", "CPU s/batch"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for k, r in rows.items():
-        if k.startswith("_"):
+        if k.startswith("_") or k in whole_keys:
             continue
         ips = r.get("images_per_s")
         mode = r.get("mode", "f32")
@@ -435,6 +660,29 @@ def main(argv=None) -> int:
             _f(ips / best if (ips and best) else None, 2, "x"),
             _f(r.get("cpu_s_per_batch"), 1),
         ]) + " |")
+    if whole_keys:
+        tf_c = rows.get("tf", {}).get("images_per_s")
+        tf_w = rows.get("tf-whole", {}).get("images_per_s")
+        wc = ["whole process", "mode", f"s for {args.whole} patterns", "images/s",
+              "peak RSS MiB", "vs tf compute-only", "vs tf whole process", "phases (s)"]
+        wl = ["| " + " | ".join(wc) + " |", "|" + "|".join("---" for _ in wc) + "|"]
+        for k in whole_keys:
+            r = rows.get(k)
+            if not r:
+                continue
+            ips = r.get("images_per_s")
+            ph = r.get("phases") or {}
+            wl.append("| " + " | ".join([
+                k, str(r.get("mode", "f32")), _f(r.get("wall_s"), 2), _f(ips, 2),
+                _f(r.get("peak_rss_bytes", 0) / 2**20, 0),
+                _f(ips / tf_c if (ips and tf_c) else None, 2, "x"),
+                _f(ips / tf_w if (ips and tf_w) else None, 2, "x"),
+                ", ".join(f"{a[:-2]} {b:.2f}" for a, b in ph.items()) or "-",
+            ]) + " |")
+        lines += ["", f"Whole process, {args.whole} patterns (median round):", ""] + wl
+        if agreement:
+            lines += ["", "Agreement: " + ", ".join(
+                f"{k} {v:.6g}" for k, v in agreement.items())]
     notes = []
     vers = {}
     for k in list(rows):
@@ -451,7 +699,8 @@ def main(argv=None) -> int:
     if cd_missing:
         notes.append(f"cdiphase missing: {cd_missing.splitlines()[0]}")
     for key, pr in paired.items():
-        notes.append(f"paired, {key} / fastest f32 peer of the same round: "
+        what = key if " / " in key else f"{key} / fastest f32 peer"
+        notes.append(f"paired, {what} of the same round: "
                      + ", ".join(f"{v:.2f}" for v in pr["per_round"])
                      + f"; median {pr['median']:.2f}x (min {pr['min']:.2f}, max {pr['max']:.2f})")
     table = "\n".join(lines)
@@ -475,6 +724,8 @@ def main(argv=None) -> int:
             {"machine": info, "command": cmdline, "batch": args.batch,
              "threads": args.threads, "results": rows, "paired_ratios": paired,
              "per_round": per_round, "errors": errors,
+             "whole_process": {"patterns": args.whole, "keys": whole_keys,
+                               "agreement": agreement if whole_keys else {}},
              "cdiphase_missing": cd_missing}, indent=1) + "\n")
     if not peer_keys:
         return 1
