@@ -8,6 +8,20 @@ pub fn run() -> Result<()> {
     println!("cdiphase {}", env!("CARGO_PKG_VERSION"));
     let cpu = backend::cpu::CpuBackend::new(None)?;
     println!("cpu:  available: {}", backend::Backend::describe(&cpu));
+    match cdiphase::nn::bundled::load() {
+        Ok(m) => println!(
+            "bundled model: {} ('{}', {} parameters, input {}x{}): trained for {}; model card \
+             models/{}/README.md",
+            cdiphase::nn::bundled::NAME,
+            m.spec.name,
+            m.spec.params().unwrap_or(0),
+            m.spec.input[0],
+            m.spec.input[1],
+            cdiphase::nn::bundled::TRAINED_FOR,
+            cdiphase::nn::bundled::NAME
+        ),
+        Err(e) => println!("bundled model: unreadable: {e}"),
+    }
     gpu_info();
     for d in [Device::Cuda, Device::Emu] {
         match backend::select(d, None) {

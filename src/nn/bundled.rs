@@ -12,6 +12,10 @@ pub const NAME: &str = "spinn_compact";
 
 static BYTES: &[u8] = include_bytes!("../../models/spinn_compact/model.safetensors");
 
+/// What the bundled model was trained for: the data a user should give it.
+pub const TRAINED_FOR: &str = "128x128 noise-free patterns in the paper's geometry \
+     (`simulate --preset paper`: 0.2333 nm pixels, 3.5 Å resolution), `max` preprocessing";
+
 /// The bundled model's safetensors bytes (as `cdiphase convert` writes them).
 pub fn bytes() -> &'static [u8] {
     BYTES

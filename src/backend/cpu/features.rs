@@ -70,6 +70,8 @@ impl CpuFeatures {
                 ("avx2", std::arch::is_x86_feature_detected!("avx2")),
                 ("fma", std::arch::is_x86_feature_detected!("fma")),
                 ("avx512f", self.avx512f),
+                ("avx512_bf16", self.avx512bf16()),
+                ("amx-bf16", self.amx()),
             ] {
                 if on {
                     f.push(name);
