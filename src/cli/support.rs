@@ -182,8 +182,10 @@ pub fn run(a: SupportArgs) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "input": a.input.display().to_string(),
         "method": method.name(),
-        "threshold": threshold,
     });
+    if method != Method::Circle {
+        config["threshold"] = serde_json::json!(threshold);
+    }
     if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
         c.extend(e.clone());
     }
@@ -211,7 +213,7 @@ pub fn run(a: SupportArgs) -> Result<()> {
             "input": a.input.display().to_string(),
             "output": a.output.display().to_string(),
             "method": method.name(),
-            "threshold": threshold,
+            "threshold": (method != Method::Circle).then_some(threshold),
             "patterns": supports.n,
             "height": supports.h,
             "width": supports.w,
@@ -222,8 +224,13 @@ pub fn run(a: SupportArgs) -> Result<()> {
     } else {
         let mut s = areas.clone();
         s.sort_unstable();
+        let rule = if method == Method::Circle {
+            format!("margin {} px", a.margin.unwrap_or(1.0))
+        } else {
+            format!("threshold {threshold}")
+        };
         eprintln!(
-            "{} {} supports (threshold {threshold}), median {} pixels -> {}",
+            "{} {} supports ({rule}), median {} pixels -> {}",
             supports.n,
             method.name(),
             s[s.len() / 2],
