@@ -139,6 +139,8 @@ fn support_phase_and_evaluate_end_to_end() {
         "support_fp_fn.png",
         "prtf.png",
         "fourier_error.png",
+        // rec has 3 starts: every start's history
+        "fourier_error_starts.png",
         "density_error.png",
         "grid_0_ac.png",
         "grid_1_ti.png",

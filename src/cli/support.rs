@@ -21,7 +21,9 @@ pub struct SupportArgs {
     pub output: PathBuf,
     /// autocorrelation | triple-intersection | nn | mean-image (the training set's mean
     /// target, needs --from) | oracle (the input's true density blurred by --sigma px,
-    /// twin-averaged: the ceiling of a network).
+    /// twin-averaged: the ceiling of a network) | circle (a disc centred at (H/2, W/2) whose
+    /// diameter is the maximum extent of the input's ideal support, plus --margin: the
+    /// paper's circular starting support; needs a `cdiphase simulate` output).
     #[arg(long, default_value = "autocorrelation")]
     pub method: String,
     /// mean-image: the training set, a `cdiphase simulate` output (entry_1/sample_1/density,
@@ -35,6 +37,9 @@ pub struct SupportArgs {
     /// (what a network trained with plain MSE can at best output) or not.
     #[arg(long, default_value = "average")]
     pub twin: String,
+    /// circle: pixels added to the radius (extent / 2), default 1.
+    #[arg(long)]
+    pub margin: Option<f64>,
     /// Fraction of the per-pattern maximum (default: 0.04 autocorrelation, 0.001 for the
     /// autocorrelation of the triple intersection, 0.1 nn).
     #[arg(long)]
@@ -54,7 +59,16 @@ pub fn run(a: SupportArgs) -> Result<()> {
     set_threads(a.threads)?;
     let method = Method::parse(&a.method)?;
     let threshold = a.threshold.unwrap_or(method.default_threshold());
-    support::check_threshold(threshold)?;
+    if method == Method::Circle {
+        if a.threshold.is_some() {
+            bail!("--threshold is not used by --method circle (a disc of the ideal extent)");
+        }
+    } else {
+        support::check_threshold(threshold)?;
+    }
+    if a.margin.is_some() && method != Method::Circle {
+        bail!("--margin is for --method circle");
+    }
     if a.from.is_some() && method != Method::MeanImage {
         bail!("--from is for --method mean-image");
     }
@@ -113,6 +127,16 @@ pub fn run(a: SupportArgs) -> Result<()> {
             image = Some(st);
             (s, vec![None; n])
         }
+        Method::Circle => {
+            let margin = a.margin.unwrap_or(1.0);
+            let truth = eval::read_truth(&a.input)
+                .with_context(|| format!("reading the ground truth of {}", a.input.display()))?;
+            let (s, radii) = support::baselines::circle_of_extent(&truth.support, margin)
+                .with_context(|| format!("{}: entry_1/sample_1/support", a.input.display()))?;
+            extra = serde_json::json!({"margin_px": margin, "radius_px": radii});
+            let n = s.n;
+            (s, vec![None; n])
+        }
         Method::Nn => {
             let entry = a.entry.clone().unwrap_or_else(|| eval::IN_DATA.to_string());
             let (shape, v) = io::read_f32(&a.input, &entry)
@@ -158,8 +182,10 @@ pub fn run(a: SupportArgs) -> Result<()> {
         "version": env!("CARGO_PKG_VERSION"),
         "input": a.input.display().to_string(),
         "method": method.name(),
-        "threshold": threshold,
     });
+    if method != Method::Circle {
+        config["threshold"] = serde_json::json!(threshold);
+    }
     if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
         c.extend(e.clone());
     }
@@ -187,7 +213,7 @@ pub fn run(a: SupportArgs) -> Result<()> {
             "input": a.input.display().to_string(),
             "output": a.output.display().to_string(),
             "method": method.name(),
-            "threshold": threshold,
+            "threshold": (method != Method::Circle).then_some(threshold),
             "patterns": supports.n,
             "height": supports.h,
             "width": supports.w,
@@ -198,8 +224,13 @@ pub fn run(a: SupportArgs) -> Result<()> {
     } else {
         let mut s = areas.clone();
         s.sort_unstable();
+        let rule = if method == Method::Circle {
+            format!("margin {} px", a.margin.unwrap_or(1.0))
+        } else {
+            format!("threshold {threshold}")
+        };
         eprintln!(
-            "{} {} supports (threshold {threshold}), median {} pixels -> {}",
+            "{} {} supports ({rule}), median {} pixels -> {}",
             supports.n,
             method.name(),
             s[s.len() / 2],

@@ -173,6 +173,8 @@ pub struct Input {
     /// (N, L) Fourier error histories of the best start.
     pub fourier_error: Option<(usize, Vec<f32>)>,
     pub final_fourier_error: Option<Vec<f32>>,
+    /// Every start's Fourier error history (`phase` outputs): (K, L, N*K*L values).
+    pub all_fourier_error: Option<(usize, usize, Vec<f32>)>,
     /// Every start: (K, N*K*H*W).
     pub all_objects: Option<(usize, Vec<Complex32>)>,
 }
@@ -181,6 +183,7 @@ pub const IN_SUPPORT: &str = "entry_1/image_1/support";
 pub const IN_DATA: &str = "entry_1/image_1/data";
 pub const IN_FOURIER: &str = "entry_1/image_1/fourier_error";
 pub const IN_FINAL: &str = "entry_1/image_1/final_fourier_error";
+pub const IN_ALL_FOURIER: &str = "entry_1/image_1/all_fourier_error";
 pub const IN_ALL: &str = "entry_1/image_2/data";
 
 /// Read an input (support file, `phase` output or `predict` output) and check every
@@ -235,6 +238,15 @@ pub fn read_input(path: &Path, label: &str, truth: &Truth) -> Result<Input> {
     } else {
         None
     };
+    let all_fourier_error = if has(&list, IN_ALL_FOURIER) {
+        let (s, v) = io::read_f32(path, IN_ALL_FOURIER)?;
+        match *s.as_slice() {
+            [m, k, l] if m == n && k >= 1 => Some((k, l, v)),
+            _ => return Err(shape_err(path, IN_ALL_FOURIER, format!("({n}, K, L)"), s)),
+        }
+    } else {
+        None
+    };
     let all_objects = if has(&list, IN_ALL) {
         let f = io::hdf5::open(path)?;
         let (name, d) = f.first_dataset(&[IN_ALL.to_string()])?;
@@ -260,6 +272,7 @@ pub fn read_input(path: &Path, label: &str, truth: &Truth) -> Result<Input> {
         object,
         fourier_error,
         final_fourier_error,
+        all_fourier_error,
         all_objects,
     })
 }
@@ -328,6 +341,9 @@ pub struct InputEvaluation {
     pub prtf: Option<RadialCurve>,
     #[serde(skip)]
     pub fourier_error: Option<(usize, Vec<f32>)>,
+    /// Every start's history: (K, L, N*K*L values).
+    #[serde(skip)]
+    pub all_fourier_error: Option<(usize, usize, Vec<f32>)>,
     /// Aligned estimates of the first patterns, for the figure grid: (support, |object|).
     #[serde(skip)]
     pub gallery: Vec<GalleryItem>,
@@ -473,6 +489,7 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
         aggregate,
         prtf,
         fourier_error: input.fourier_error.clone(),
+        all_fourier_error: input.all_fourier_error.clone(),
         gallery: gallery_out,
     }
 }

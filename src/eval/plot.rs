@@ -329,9 +329,15 @@ pub struct Histories<'a> {
     pub values: &'a [f32],
 }
 
-/// Fourier error histories (the paper's figure 7): the median over patterns per method,
-/// with the 10 % - 90 % range shaded, on a log axis.
-pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Result<()> {
+/// Fourier error histories (the paper's figure 7): the median over the histories of each
+/// method (patterns, or patterns x starts), with the 10 % - 90 % range shaded, on a log
+/// axis, under `title`.
+pub fn error_curves(
+    dest: &Path,
+    series: &[Histories<'_>],
+    title: &str,
+    xlabel: &str,
+) -> Result<()> {
     let quant = |s: &Histories<'_>| -> Vec<(f64, f64, f64)> {
         let l = s.records;
         let n = s.values.len().checked_div(l).unwrap_or(0);
@@ -368,10 +374,7 @@ pub fn error_curves(dest: &Path, series: &[Histories<'_>], xlabel: &str) -> Resu
     render(dest, (1000, 650), |root| {
         let e = perr(dest);
         let mut ch = ChartBuilder::on(root)
-            .caption(
-                "Fourier error during phasing (median over patterns, 10-90 % shaded)",
-                font(22.0),
-            )
+            .caption(title, font(22.0))
             .margin(15)
             .x_label_area_size(60)
             .y_label_area_size(80)

@@ -160,11 +160,38 @@ fn write_figures(
         plot::error_curves(
             &dir.join("fourier_error.png"),
             &hist,
+            "Fourier error during phasing (median over patterns, 10-90 % shaded)",
             "record (end of each ER section, or every --error-every iterations)",
         )?;
         out.push((
             "fourier_error.png".into(),
             "Fourier error histories of the best start (figure 7 of the paper).".into(),
+        ));
+    }
+    // every start's history, where some input has several starts: the spread of figure 7
+    let starts: Vec<Histories<'_>> = evals
+        .iter()
+        .filter_map(|e| {
+            e.all_fourier_error
+                .as_ref()
+                .filter(|(k, _, _)| *k > 1)
+                .map(|(_, l, v)| Histories {
+                    label: &e.label,
+                    records: *l,
+                    values: v,
+                })
+        })
+        .collect();
+    if !starts.is_empty() {
+        plot::error_curves(
+            &dir.join("fourier_error_starts.png"),
+            &starts,
+            "Fourier error of every start (median over patterns x starts, 10-90 % shaded)",
+            "record (end of each ER section, or every --error-every iterations)",
+        )?;
+        out.push((
+            "fourier_error_starts.png".into(),
+            "Fourier error histories of every start of every pattern: the spread across starts (figure 7 of the paper).".into(),
         ));
     }
     let dens: Vec<(&str, Vec<f64>)> = evals

@@ -10,6 +10,11 @@
 //!   at best output their average. It shows the ceiling of any such network.
 //!
 //! Both are thresholded like a network output (> T x the image's maximum, T = 0.1).
+//!
+//! - [`circle_of_extent`]: the paper's circular starting support for phasing, "a circular
+//!   support of maximal diameter equivalent to the maximum elongation of the protein": a
+//!   disc centred at (H/2, W/2) whose diameter is the ideal support's maximum extent. It
+//!   uses the particle's size (prior knowledge), not its shape or position.
 
 use std::path::Path;
 
@@ -156,4 +161,67 @@ pub fn oracle(density: &Stack<f32>, sigma: f64, twin_average: bool) -> Result<St
         }
     }
     Ok(out)
+}
+
+/// The maximum extent of a support, in pixels: the largest distance between two support
+/// pixel centres plus one (a pixel's own width), 0 for an empty support.
+pub fn max_extent(support: &[u8], h: usize, w: usize) -> f64 {
+    // the farthest pair lies on the boundary: pixels with a 4-neighbour outside the support
+    let on = |y: i64, x: i64| {
+        y >= 0
+            && x >= 0
+            && y < h as i64
+            && x < w as i64
+            && support[y as usize * w + x as usize] != 0
+    };
+    let mut edge: Vec<(i64, i64)> = Vec::new();
+    for y in 0..h as i64 {
+        for x in 0..w as i64 {
+            if on(y, x) && !(on(y - 1, x) && on(y + 1, x) && on(y, x - 1) && on(y, x + 1)) {
+                edge.push((y, x));
+            }
+        }
+    }
+    if edge.is_empty() {
+        return 0.0;
+    }
+    let mut d2 = 0i64;
+    for (i, &(ya, xa)) in edge.iter().enumerate() {
+        for &(yb, xb) in &edge[i + 1..] {
+            d2 = d2.max((ya - yb).pow(2) + (xa - xb).pow(2));
+        }
+    }
+    (d2 as f64).sqrt() + 1.0
+}
+
+/// Discs centred at (H/2, W/2), one per support of `ideal` (N,H,W): the pixels whose centre
+/// lies within `extent / 2 + margin` of the centre, `extent` = [`max_extent`] of that
+/// support. Returns the discs and the radii in pixels. An empty ideal support is an error
+/// naming the pattern.
+pub fn circle_of_extent(ideal: &Stack<u8>, margin: f64) -> Result<(Stack<u8>, Vec<f64>)> {
+    if !(margin.is_finite() && (0.0..=64.0).contains(&margin)) {
+        return Err(Error::Config(format!(
+            "circle margin {margin} px must be in [0, 64]"
+        )));
+    }
+    let (n, h, w) = (ideal.n, ideal.h, ideal.w);
+    let mut out = Stack::filled(n, h, w, 0u8);
+    let mut radii = Vec::with_capacity(n);
+    let (cy, cx) = ((h / 2) as f64, (w / 2) as f64);
+    for p in 0..n {
+        let e = max_extent(ideal.image(p), h, w);
+        if e == 0.0 {
+            return Err(Error::invalid(
+                format!("ideal support of pattern {p}"),
+                "is empty: no extent to make a circle of",
+            ));
+        }
+        let r = e / 2.0 + margin;
+        for (i, o) in out.image_mut(p).iter_mut().enumerate() {
+            let (y, x) = ((i / w) as f64, (i % w) as f64);
+            *o = ((y - cy).powi(2) + (x - cx).powi(2) <= r * r) as u8;
+        }
+        radii.push(r);
+    }
+    Ok((out, radii))
 }

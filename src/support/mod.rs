@@ -6,7 +6,8 @@
 //!   intersects shifted copies of the autocorrelation support ([`triple`]);
 //! - [`threshold_supports`]: a threshold of a network estimate (`predict` output);
 //! - [`baselines`]: the training-set mean image and the oracle (the true density at the
-//!   network's resolution, twin-averaged), thresholded like a network output.
+//!   network's resolution, twin-averaged), thresholded like a network output, and the
+//!   circle of the particle's maximum extent (the paper's circular starting support).
 //!
 //! Every support returned here is centred (origin at (H/2, W/2)) like every array on disk,
 //! so it can be passed to `cdiphase phase --support`.
@@ -33,6 +34,8 @@ pub enum Method {
     MeanImage,
     /// The true density blurred and twin-averaged ([`baselines::oracle`]).
     Oracle,
+    /// A centred disc of the ideal support's maximum extent ([`baselines::circle_of_extent`]).
+    Circle,
 }
 
 impl Method {
@@ -44,9 +47,10 @@ impl Method {
             "nn" => Ok(Method::Nn),
             "mean-image" | "mean" => Ok(Method::MeanImage),
             "oracle" => Ok(Method::Oracle),
+            "circle" => Ok(Method::Circle),
             other => Err(Error::Config(format!(
                 "unknown support method '{other}': expected autocorrelation, triple-intersection, \
-                 nn, mean-image or oracle"
+                 nn, mean-image, oracle or circle"
             ))),
         }
     }
@@ -59,6 +63,8 @@ impl Method {
             // intersection needs to stay a superset of the object
             Method::TripleIntersection => 0.001,
             Method::Nn | Method::MeanImage | Method::Oracle => 0.1,
+            // not thresholded: a disc of the ideal support's extent
+            Method::Circle => 0.0,
         }
     }
 
@@ -69,6 +75,7 @@ impl Method {
             Method::Nn => "nn",
             Method::MeanImage => "mean-image",
             Method::Oracle => "oracle",
+            Method::Circle => "circle",
         }
     }
 }
@@ -183,10 +190,12 @@ pub fn estimate_from_patterns(
             }
             Ok((out, info))
         }
-        Method::Nn | Method::MeanImage | Method::Oracle => Err(Error::Config(format!(
+        Method::Nn | Method::MeanImage | Method::Oracle | Method::Circle => {
+            Err(Error::Config(format!(
             "the {} method thresholds an image (a network output, the mean image, the oracle), \
              not patterns",
             method.name()
-        ))),
+        )))
+        }
     }
 }
