@@ -8,7 +8,7 @@
 //! 2. predict densities and supports with the bundled model ([`cdiphase::nn::bundled`]);
 //! 3. estimate supports the classical ways: autocorrelation and triple intersection;
 //! 4. phase three ways, K starts each, positivity:
-//!    - `circle_random`: a circle of the largest particle's extent + shrinkwrap, random
+//!    - `circle_random`: a circle of the particle's maximum extent + shrinkwrap, random
 //!      starts (the paper's baseline, figure 7 blue);
 //!    - `circle_nn_start`: the same, started from the network's density (each start with
 //!      its own 20 % multiplicative noise, so that starts differ; figure 7 orange);
@@ -247,8 +247,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let nn_support = io::read_support(&nn, None)?;
     let nn_object = io::read_object(&nn, None)?;
     let truth = eval::read_truth(&patterns)?;
-    // the paper's "circle of the maximum extent": the largest particle's ideal support
-    let radius = max_extent(&truth.support) + 1.0;
+    // the paper's "circular support of maximal diameter equivalent to the maximum
+    // elongation of the protein", per pattern (as `support --method circle`)
+    let (circles, radii) = cdiphase::support::baselines::circle_of_extent(&truth.support, 1.0)?;
+    let radius = eval::metrics::stats(&radii).map_or(0.0, |s| s.median);
     let base = PhaseConfig {
         schedule: a.schedule.clone(),
         beta: 0.9,
@@ -264,7 +266,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         (
             "circle_random",
             PhaseConfig {
-                support: SupportSpec::Circle { radius },
+                support: SupportSpec::Given(circles.clone()),
                 shrinkwrap: Some(sw.clone()),
                 ..base.clone()
             },
@@ -272,7 +274,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         (
             "circle_nn_start",
             PhaseConfig {
-                support: SupportSpec::Circle { radius },
+                support: SupportSpec::Given(circles.clone()),
                 shrinkwrap: Some(sw.clone()),
                 init: InitSpec::Given(nn_object),
                 init_noise: INIT_NOISE,
@@ -348,7 +350,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "schedule": a.schedule,
         "iterations": iterations,
         "shrinkwrap": SHRINKWRAP,
-        "circle_radius_px": radius,
+        "circle_radius_px_median": radius,
         "nn_start_noise": INIT_NOISE,
         "nn_threshold": a.nn_threshold,
         "device": backend.describe(),
@@ -361,20 +363,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let text = serde_json::to_string_pretty(&summary)?;
     write_file(&d.join("summary.json"), text.as_bytes())?;
     Ok(())
-}
-
-/// The largest distance (pixels) of a support pixel from the field centre (the centred
-/// arrays' pixel (h/2, w/2)), over every image of the stack.
-fn max_extent(s: &cdiphase::array::Stack<u8>) -> f32 {
-    let (cy, cx) = ((s.h / 2) as f32, (s.w / 2) as f32);
-    let mut r2 = 0.0f32;
-    for (i, &v) in s.data.iter().enumerate() {
-        if v != 0 {
-            let (y, x) = (((i / s.w) % s.h) as f32, (i % s.w) as f32);
-            r2 = r2.max((y - cy).powi(2) + (x - cx).powi(2));
-        }
-    }
-    r2.sqrt()
 }
 
 /// The paper's figure 7 as numbers: how fast, and how consistently, network-seeded starts
