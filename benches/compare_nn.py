@@ -55,7 +55,7 @@ reported and cdiphase is listed as missing; the exit status is then non-zero onl
 --require-cdiphase.
 
 Usage:
-    .venv/bin/python benches/compare_nn.py [--batch 64] [--threads 2] [--repeat 5]
+    .venv-tf/bin/python benches/compare_nn.py [--batch 64] [--threads 2] [--repeat 5]
         [--warmup 2] [--iterations 5] [--rounds 1] [--peers tf,tf-xla,ort,tf-bf16] [--no-cdiphase]
         [--require-cdiphase] [--cdiphase PATH] [--quiet-load L] [--whole N] [--markdown FILE]
         [--json FILE]

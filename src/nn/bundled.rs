@@ -8,9 +8,9 @@ use super::{store, Model};
 use crate::error::Result;
 
 /// The bundled model's folder name under `models/`.
-pub const NAME: &str = "spinn_compact";
+pub const NAME: &str = "spinn_paper";
 
-static BYTES: &[u8] = include_bytes!("../../models/spinn_compact/model.safetensors");
+static BYTES: &[u8] = include_bytes!("../../models/spinn_paper/model.safetensors");
 
 /// What the bundled model was trained for: the data a user should give it.
 pub const TRAINED_FOR: &str = "128x128 noise-free patterns in the paper's geometry \

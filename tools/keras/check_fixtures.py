@@ -5,7 +5,7 @@ Keras 3 or Keras 2 as written) and reproduces output.npy from preprocess(input.n
 directly with h5py, at the paths documented in tests/data/keras/README.md, are identical
 across all formats.
 
-Usage: .venv/bin/python tools/keras/check_fixtures.py [DIR ...]   (default: all fixtures)
+Usage: .venv-tf/bin/python tools/keras/check_fixtures.py [DIR ...]   (default: all fixtures)
 """
 
 from __future__ import annotations

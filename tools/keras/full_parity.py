@@ -21,7 +21,7 @@ Exit status: 0 all within tolerance; 1 a format exceeds it; 2 cdiphase missing o
 cdiphase command failed (its stderr is printed); 3 the Keras side failed.
 
 Usage:
-    .venv/bin/python tools/keras/full_parity.py [--n 4] [--seed 7] [--tol 1e-4]
+    .venv-tf/bin/python tools/keras/full_parity.py [--n 4] [--seed 7] [--tol 1e-4]
         [--formats h5,keras,weights,k2,weights_fresh,k2_weights_fresh]
         [--preprocessing max|log1p-max]
         [--cdiphase target/release/cdiphase] [--keep DIR] [--json FILE]

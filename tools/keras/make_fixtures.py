@@ -27,7 +27,7 @@ save_weights and Keras 3), and explicit names unlike the preset's. The fresh-pro
 files are written by child processes (`--worker tf2|k3`), so no model built here offsets
 their names.
 
-Usage: .venv/bin/python tools/keras/make_fixtures.py [--out tests/data/keras] [--only NAME]
+Usage: .venv-tf/bin/python tools/keras/make_fixtures.py [--out tests/data/keras] [--only NAME]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 """Checks of tools/keras/train.py (needs the Keras venv and a built cdiphase; about 1 min
 on 2 cores). Not part of CI, which has no TensorFlow.
 
-    .venv/bin/python tools/keras/test_train.py [--cdiphase target/release/cdiphase]
+    .venv-tf/bin/python tools/keras/test_train.py [--cdiphase target/release/cdiphase]
 
 0. --use-mask: masked pixels are 0 in the cached input and the maximum is taken over the
    measured pixels (train.build_cache against numpy).

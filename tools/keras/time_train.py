@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time training steps of build_spinn at several widths, to size the compact variant.
 
-    .venv/bin/python tools/keras/time_train.py --widths 0.25 0.5 1.0 --steps 3 --batch 32
+    .venv-tf/bin/python tools/keras/time_train.py --widths 0.25 0.5 1.0 --steps 3 --batch 32
 
 For each width: one warm-up train_on_batch (graph tracing), then --steps timed steps of
 Adam + MSE on random inputs at 128x128, 2 intra-op threads. Prints parameters, forward

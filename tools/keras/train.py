@@ -729,6 +729,9 @@ def main(argv=None) -> int:
         model.fit(tr, validation_data=va, epochs=args.epochs, initial_epoch=state["epoch"],
                   callbacks=[run], steps_per_epoch=args.max_steps, verbose=2, shuffle=False)
     else:
+        # nothing left to train (resumed at --epochs or out of patience): restore the best
+        # weights and write the outputs; the callback never saw model.fit, so give it the model
+        run.set_model(model)
         run.on_train_end()
     state["runs"][-1]["ended_epoch"] = state["epoch"]
     save_checkpoint(run.best_weights)
