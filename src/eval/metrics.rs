@@ -499,18 +499,15 @@ pub fn fourier_error(
     let mut f = vec![Complex64::new(0.0, 0.0); l];
     crate::array::centred_to_native(object, h, w, &mut f);
     fft2(&mut f, h, w, false);
-    let mut native_i = vec![0.0f32; l];
-    crate::array::centred_to_native(intensities, h, w, &mut native_i);
-    let mut native_m = vec![0u8; l];
-    if let Some(m) = mask {
-        crate::array::centred_to_native(m, h, w, &mut native_m);
-    }
+    let native: Vec<f64> = f.iter().map(|c| c.norm()).collect();
+    // |F| centred, as the intensities are stored
+    let mut modulus = vec![0.0f64; l];
+    crate::array::native_to_centred(&native, h, w, &mut modulus);
     let (mut err, mut norm) = (0.0f64, 0.0f64);
-    for i in 0..l {
-        if native_m[i] != 0 {
+    for (i, (&v, &m)) in intensities.iter().zip(&modulus).enumerate() {
+        if mask.is_some_and(|k| k[i] != 0) {
             continue;
         }
-        let v = native_i[i];
         if !v.is_finite() || v < 0.0 {
             return Err(crate::Error::invalid(
                 "intensities",
@@ -522,7 +519,7 @@ pub fn fourier_error(
             ));
         }
         let a = (v as f64).sqrt();
-        err += (f[i].norm() - a).powi(2);
+        err += (m - a).powi(2);
         norm += a * a;
     }
     if norm <= 0.0 {
