@@ -2,9 +2,10 @@
 identical, bit for bit, on the CPU."""
 
 import numpy as np
+import pytest
 
 import cdiphase
-from conftest import assert_same, run_cli
+from conftest import ROOT, assert_same, run_cli
 
 SCHEDULE = "30*(10*HIO + 5*ER) + 20*ER"
 
@@ -110,3 +111,23 @@ def test_evaluate_arrays_agree_with_files(small, tmp_path):
         assert x["support"]["false_positives"] == y["support"]["false_positives"]
         assert x["support"]["false_negatives"] == y["support"]["false_negatives"]
         assert abs(x["density"]["error"] - y["density"]["error"]) < 1e-9
+
+
+def test_convert_is_identical_to_the_cli(cli, tmp_path):
+    keras = ROOT / "tests" / "data" / "keras" / "spinn_small"
+    out_cli = tmp_path / "cli.safetensors"
+    run_cli(cli, "convert", str(keras / "weights_k2.h5"), "--arch", "spinn:32:0.125",
+            "--preprocess", "log1p-max", "--dtype", "f16", "-o", str(out_cli))
+    out_py = tmp_path / "py.safetensors"
+    m = cdiphase.convert(keras / "weights_k2.h5", out_py, arch="spinn:32:0.125",
+                         preprocess="log1p-max", dtype="f16")
+    assert m.input_shape == (32, 32, 1) and m.label == str(out_py)
+    assert m.preprocess.lower().startswith("log1p")
+    # the same weights (the files' JSON metadata order may differ): the same outputs
+    x = np.load(keras / "input.npy")
+    a = m.predict(x, device="cpu", progress=False)
+    b = cdiphase.Model.load(out_cli).predict(x, device="cpu", progress=False)
+    assert a.output.shape == (3, 32, 32)
+    assert_same(a.output, b.output, "output")
+    with pytest.raises(OSError, match="wrong architecture"):
+        cdiphase.convert(keras.parent / "unet" / "model.weights.h5", tmp_path / "x", arch="spinn:32")
