@@ -19,13 +19,15 @@ False`` to silence it), and stop within a fraction of a second on Ctrl-C with
 ``KeyboardInterrupt``. Bad input raises ``ValueError`` and file problems ``OSError``, with
 the command line's messages.
 
-Quick start::
+Quick start (examples/python_quickstart.py is the longer version)::
 
     import cdiphase
-    sim = cdiphase.simulate(synthetic="compact", count=4, size=64, seed=1)
-    pred = cdiphase.Model.load().predict(...)      # the bundled network needs 128x128
-    res = cdiphase.phase(sim.patterns, mask=sim.mask, schedule="200*(20*HIO + 5*ER)")
+    sim = cdiphase.simulate(synthetic="compact", count=4, size=128, seed=1)
+    pred = cdiphase.Model.load().predict(sim.patterns, sim.mask)  # the bundled network
+    res = cdiphase.phase(sim.patterns, sim.mask, support=pred.support,
+                         schedule="40*(20*HIO + 5*ER) + 50*ER")
     res.objects, res.supports, res.final_fourier_error
+    cdiphase.evaluate(sim, res)          # support FP/FN, aligned density error
 """
 
 from __future__ import annotations
