@@ -93,8 +93,9 @@ def test_a_second_thread_runs_during_phase(small):
         t.join()
     assert t1 - t0 > 0.3, "the phasing run must be long enough to measure"
     during = [x for x in ticks if t0 < x < t1]
-    # with the GIL held the counter would not move at all while Rust computes
-    assert len(during) > 0.3 * (t1 - t0) / 0.0011, (len(during), t1 - t0)
+    # with the GIL held the counter would not move at all while Rust computes; released,
+    # it ticks about every millisecond (>= 10 leaves room for a loaded 2-core machine)
+    assert len(during) >= 10, (len(during), t1 - t0)
     assert np.isfinite(r.final_fourier_error).all()
 
 
