@@ -266,6 +266,17 @@ def simulate(
     resolution: Optional[float] = None,
     fill: Optional[float] = None,
     pixel_size: Optional[float] = None,
+    atoms: str = "gaussian",
+    supersample: Optional[int] = None,
+    ideal_support: Optional[str] = None,
+    support_threshold: Optional[float] = None,
+    centre: Optional[str] = None,
+    max_extent: Optional[float] = None,
+    assemblies: Optional[int] = None,
+    assembly_parts: Tuple[int, int] = (2, 3),
+    chains: str = "all",
+    keep_waters: bool = False,
+    keep_hydrogens: bool = False,
     threads: Optional[int] = None,
     progress: Any = True,
 ) -> Simulation:
@@ -299,6 +310,20 @@ def simulate(
     resolution, fill, pixel_size : float
         Blur resolution (Å), particle extent as a fraction of the field, or a fixed pixel
         size (nm) instead of ``fill``.
+    atoms : ``"gaussian" | "cromer-mann"``
+        Atom model.
+    supersample : int
+        Render K times finer per axis and sum K x K blocks (anti-aliasing).
+    ideal_support : str
+        ``threshold[:T]`` or ``molmap[:RANGE]``; ``support_threshold`` the threshold T.
+    centre : ``"centroid" | "bbox"``
+        Centre of each projection at (H/2, W/2).
+    max_extent : float
+        With ``pixel_size``: the largest density extent allowed, fraction of the field.
+    assemblies, assembly_parts : int, (min, max)
+        K assemblies of 2-3 of the structures instead of the structures themselves.
+    chains : ``"all" | "first"``; keep_waters, keep_hydrogens : bool
+        What is read of each structure file.
     threads : int
         CPU threads (default: all cores).
     progress : bool
@@ -329,6 +354,17 @@ def simulate(
             resolution,
             fill,
             pixel_size,
+            atoms,
+            supersample,
+            ideal_support,
+            support_threshold,
+            centre,
+            max_extent,
+            assemblies,
+            tuple(assembly_parts),
+            chains,
+            bool(keep_waters),
+            bool(keep_hydrogens),
             threads,
             bar,
         )

@@ -676,7 +676,9 @@ fn support<'py>(
 /// Simulate patterns with their ground truth; see `cdiphase.simulate`.
 #[pyfunction]
 #[pyo3(signature = (pdb, synthetic, residues, count, size, photons, fluence, noise, mask,
-    seed, preset, resolution, fill, pixel_size, threads, progress))]
+    seed, preset, resolution, fill, pixel_size, atoms, supersample, ideal_support,
+    support_threshold, centre, max_extent, assemblies, assembly_parts, chains, keep_waters,
+    keep_hydrogens, threads, progress))]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
     py: Python<'py>,
@@ -694,69 +696,20 @@ fn simulate<'py>(
     resolution: Option<f64>,
     fill: Option<f64>,
     pixel_size: Option<f64>,
+    atoms: String,
+    supersample: Option<usize>,
+    ideal_support: Option<String>,
+    support_threshold: Option<f64>,
+    centre: Option<String>,
+    max_extent: Option<f64>,
+    assemblies: Option<usize>,
+    assembly_parts: (usize, usize),
+    chains: String,
+    keep_waters: bool,
+    keep_hydrogens: bool,
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
 ) -> PyRes<Bound<'py, PyDict>> {
-    // the same rules as `cdiphase simulate` (src/cli/simulate.rs, config_from_args)
-    let mut cfg = match preset.as_deref().map(|p| p.trim().to_ascii_lowercase()) {
-        None => sim::SimConfig::default(),
-        Some(p) if p == "paper" => sim::SimConfig::paper(),
-        Some(p) => {
-            return Err(PyValueError::new_err(format!(
-                "preset '{p}': expected paper"
-            )))
-        }
-    };
-    cfg.count = count;
-    cfg.seed = seed;
-    if let Some(s) = size {
-        if s.0 < 2 || s.1 < 2 {
-            return Err(PyValueError::new_err(format!(
-                "size {s:?}: expected (H, W) with H, W >= 2"
-            )));
-        }
-        cfg.size = s;
-    }
-    if let Some(n) = noise {
-        cfg.noise = match n.to_ascii_lowercase().as_str() {
-            "none" => sim::Noise::None,
-            "poisson" => sim::Noise::Poisson,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "noise '{other}': expected none or poisson"
-                )))
-            }
-        };
-    }
-    if cfg.noise == sim::Noise::Poisson && photons.is_none() && fluence.is_none() {
-        return Err(PyValueError::new_err(
-            "noise='poisson' needs photons (the expected total count per pattern) or fluence",
-        ));
-    }
-    if photons.is_some() && fluence.is_some() {
-        return Err(PyValueError::new_err("give photons or fluence, not both"));
-    }
-    if photons.is_some() || fluence.is_some() {
-        cfg.photons = photons;
-        cfg.fluence = fluence;
-    }
-    cfg.mask = lib(sim::MaskSpec::parse(&mask))?;
-    if let Some(r) = resolution {
-        cfg.resolution = r;
-    }
-    if fill.is_some() && pixel_size.is_some() {
-        return Err(PyValueError::new_err("give fill or pixel_size, not both"));
-    }
-    if let Some(f) = fill {
-        cfg.fill = f;
-        cfg.pixel_size_nm = None;
-    }
-    if let Some(p) = pixel_size {
-        cfg.pixel_size_nm = Some(p);
-    }
-    if preset.is_some() && (pixel_size.is_some() || fill.is_some() || resolution.is_some()) {
-        cfg.supersample = None;
-    }
     match (&synthetic, pdb.is_empty()) {
         (Some(_), false) => {
             return Err(PyValueError::new_err("give pdb or synthetic, not both"));
@@ -768,17 +721,38 @@ fn simulate<'py>(
         }
         _ => {}
     }
-    cfg.synthetic = match &synthetic {
-        Some(kinds) => Some(sim::SyntheticConfig {
-            kinds: lib(sim::ParticleKind::parse_list(kinds))?,
-            residues,
-        }),
-        None => None,
-    };
+    if synthetic.is_some() && assemblies.is_some() {
+        return Err(PyValueError::new_err(
+            "assemblies are made of structures: give pdb, not synthetic",
+        ));
+    }
+    // the options of `cdiphase simulate`, one implementation (SimOptions)
+    let cfg = lib(sim::SimOptions {
+        preset,
+        count,
+        seed,
+        size,
+        noise,
+        photons,
+        fluence,
+        mask: Some(mask),
+        resolution,
+        atoms: Some(atoms),
+        fill,
+        pixel_size_nm: pixel_size,
+        supersample,
+        ideal_support,
+        support_threshold,
+        centre,
+        max_extent,
+        synthetic: synthetic.clone().map(|k| (k, residues)),
+        assemblies: assemblies.map(|k| (k, assembly_parts)),
+    }
+    .config())?;
     let opts = sim::ReadOptions {
-        skip_waters: true,
-        skip_hydrogens: true,
-        chains: sim::Chains::All,
+        skip_waters: !keep_waters,
+        skip_hydrogens: !keep_hydrogens,
+        chains: lib(sim::Chains::parse(&chains))?,
     };
     let cancel = Cancel::new();
     let done = AtomicU64::new(0);

@@ -51,7 +51,7 @@ def test_bad_options_are_value_errors(small):
         cdiphase.phase(small.patterns, device="tpu", progress=False)
     with pytest.raises(ValueError, match=r"starts must be at least 1"):
         cdiphase.phase(small.patterns, starts=0, progress=False)
-    with pytest.raises(ValueError, match=r"noise='poisson' needs photons"):
+    with pytest.raises(ValueError, match=r"--noise poisson needs --photons"):
         cdiphase.simulate(synthetic="compact", count=1, size=32, noise="poisson")
     with pytest.raises(ValueError, match=r"empty"):
         cdiphase.phase(small.patterns, support=np.zeros((32, 32)), progress=False)

@@ -131,3 +131,18 @@ def test_convert_is_identical_to_the_cli(cli, tmp_path):
     assert_same(a.output, b.output, "output")
     with pytest.raises(OSError, match="wrong architecture"):
         cdiphase.convert(keras.parent / "unet" / "model.weights.h5", tmp_path / "x", arch="spinn:32")
+
+
+def test_simulate_from_structures_is_identical_to_the_cli(cli, tmp_path):
+    pdbs = [ROOT / "assets" / "pdb" / "3fhkA.pdb.gz", ROOT / "assets" / "pdb" / "1osm.pdb.gz"]
+    out = tmp_path / "sim.cxi"
+    run_cli(cli, "simulate", "--pdb", *map(str, pdbs), "--count", "3", "--size", "64",
+            "--atoms", "cromer-mann", "--centre", "bbox", "--ideal-support", "threshold:0.05",
+            "--seed", "3", "-o", str(out), "--quiet")
+    ref = cdiphase.read_cxi(out)
+    sim = cdiphase.simulate(pdbs, count=3, size=64, atoms="cromer-mann", centre="bbox",
+                            ideal_support="threshold:0.05", seed=3, progress=False)
+    assert_same(sim.patterns, ref["patterns"], "patterns")
+    assert_same(sim.density, ref["density"], "density")
+    assert_same(sim.support, ref["truth_support"], "support")
+    assert len(set(sim.names)) == 2  # cycling over the two structures
