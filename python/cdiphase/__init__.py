@@ -165,7 +165,9 @@ def read_cxi(path: PathLike) -> Dict[str, Any]:
     * ``density`` (N, H, W) float32 and ``truth_support`` (N, H, W) uint8: the ground truth
       of ``simulate`` (``entry_1/sample_1``), ``pixel_size_nm`` (N,);
     * ``objects`` (N, H, W) complex64 and ``supports`` (N, H, W) uint8: a reconstruction
-      (``entry_1/image_1``), with ``fourier_error`` (N, L) and ``final_fourier_error`` (N,);
+      (``entry_1/image_1``), with ``fourier_error`` (N, L) and ``final_fourier_error`` (N,),
+      every start's ``all_fourier_error`` (N, K, L) and ``all_final_fourier_error`` (N, K),
+      and with ``--keep-all`` ``all_objects`` (N, K, H, W) complex64 and ``all_supports``;
     * ``output`` (N, H, W) float32: a ``predict`` output (its support is ``supports``);
     * ``datasets``: every dataset of the file as (path, shape, type).
 

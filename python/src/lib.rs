@@ -818,6 +818,9 @@ fn has(list: &[(String, Vec<usize>, String)], entry: &str) -> Option<(Vec<usize>
         .map(|(_, s, t)| (s.clone(), t.clone()))
 }
 
+/// Every start's supports in a `phase --keep-all` output.
+const ALL_SUPPORTS: &str = "entry_1/image_2/support";
+
 /// Read what a cdiphase CXI file holds; see `cdiphase.read_cxi`.
 #[pyfunction]
 fn read_cxi<'py>(py: Python<'py>, path: PathBuf) -> PyRes<Bound<'py, PyDict>> {
@@ -857,9 +860,23 @@ fn read_cxi<'py>(py: Python<'py>, path: PathBuf) -> PyRes<Bound<'py, PyDict>> {
         let s = py.detach(|| lib(io::read_support(p, Some(eval::IN_SUPPORT))))?;
         d.set_item("supports", stack_array(py, s)?)?;
     }
+    if has(&list, eval::IN_ALL).is_some() {
+        // every start of a `phase --keep-all` run, (N, K, H, W)
+        let (shape, v) = py.detach(|| lib(io::read_complex_nd(p, eval::IN_ALL)))?;
+        d.set_item("all_objects", array(py, v, &shape)?)?;
+    }
+    if has(&list, ALL_SUPPORTS).is_some() {
+        let (shape, v) = py.detach(|| lib(io::read_mask_nd(p, ALL_SUPPORTS)))?;
+        d.set_item("all_supports", array(py, v, &shape)?)?;
+    }
     for (key, entry) in [
         ("fourier_error", eval::IN_FOURIER),
         ("final_fourier_error", eval::IN_FINAL),
+        ("all_fourier_error", "entry_1/image_1/all_fourier_error"),
+        (
+            "all_final_fourier_error",
+            "entry_1/image_1/all_final_fourier_error",
+        ),
         ("pixel_size_nm", eval::TRUTH_PIXEL_SIZE),
     ] {
         if has(&list, entry).is_some() {

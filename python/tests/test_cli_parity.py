@@ -60,6 +60,9 @@ def test_phase_with_given_support_and_init_is_identical_to_the_cli(cli, small, t
     assert_same(res.objects, ref["objects"], "objects")
     assert_same(res.supports, ref["supports"], "supports")
     assert res.all_objects.shape == (3, 2, 32, 32)
+    assert_same(res.all_objects, ref["all_objects"], "all_objects")
+    assert_same(res.all_supports, ref["all_supports"], "all_supports")
+    assert_same(res.all_fourier_error, ref["all_fourier_error"], "all_fourier_error")
 
 
 def test_predict_is_identical_to_the_cli(cli, paper_size, tmp_path):
