@@ -12,12 +12,15 @@
 # 3. Checks the committed Keras fixtures against the float64 numpy reference.
 # 4. Runs `cargo test --release` with the venv's Python and libnvrtc, so that no test can
 #    skip: a missing Python or libnvrtc is a test failure, not a silent skip.
+# 5. Builds the Python package (python/, maturin, pinned in tools/requirements-python.txt)
+#    into the venv and runs its pytest suite (python/tests: parity with the release binary
+#    built in step 4, errors, GIL, Ctrl-C, the quickstart example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 py=${PYTHON:-python3}
-reqs=(tools/requirements-ci.txt tools/gpu/requirements.txt)
+reqs=(tools/requirements-ci.txt tools/gpu/requirements.txt tools/requirements-python.txt)
 command -v "$py" >/dev/null || { echo "scripts/test.sh: $py not found: install Python 3.10+ (or PYTHON=...)" >&2; exit 2; }
 
 setup_venv() {
@@ -61,8 +64,25 @@ set +e
 cargo test --release "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# one closing line over every test binary
+
+echo "== Python package: maturin develop --release into .venv, then pytest python/tests"
+set +e
+(cd python && VIRTUAL_ENV="$root/.venv" PATH="$root/.venv/bin:$PATH" maturin develop --release --quiet) 2>&1 | tail -n 20
+py_build=${PIPESTATUS[0]}
+if [ "$py_build" -eq 0 ]; then
+    cargo build --release --bin cdiphase --quiet  # the binary the parity tests compare with
+    .venv/bin/python -m pytest -p no:cacheprovider python/tests 2>&1 | tee -a "$log"
+    py_status=${PIPESTATUS[0]}
+else
+    echo "scripts/test.sh: building the Python package failed" >&2
+    py_status=$py_build
+fi
+set -e
+[ "$status" -eq 0 ] && status=$py_status
+
+# one closing line over every test binary and the pytest suite
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1); if ($i ~ /^ignored;?$/) s += $(i-1) } }
+     /^=+ .*(passed|failed|error).* in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed,?$/) p += $(i-1); if ($i ~ /^(failed|errors?),?$/) f += $(i-1); if ($i ~ /^skipped,?$/) s += $(i-1) } }
      END { printf "total: %d passed, %d failed, %d ignored (long runs, run by hand)\n", p, f, s }' "$log"
 rm -f "$log"
 exit "$status"

@@ -50,6 +50,9 @@ pub enum Error {
     /// A device (CUDA or the emulator) failed while running: a launch, copy or FFT error.
     #[error("device '{device}' failed: {msg}")]
     Device { device: String, msg: String },
+    /// The run was cancelled through its [`crate::cancel::Cancel`] flag (Ctrl-C in Python).
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Result alias used throughout the library.

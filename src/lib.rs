@@ -29,6 +29,7 @@
 pub mod array;
 pub mod backend;
 pub mod bench;
+pub mod cancel;
 pub mod error;
 pub mod eval;
 pub mod fft;

@@ -428,6 +428,7 @@ fn phasing_problem(
         },
         constraint,
         keep_all: true,
+        cancel: Default::default(),
     }
 }
 

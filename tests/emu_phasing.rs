@@ -96,6 +96,7 @@ fn problem(
         },
         constraint,
         keep_all: true,
+        cancel: Default::default(),
     }
 }
 

@@ -159,6 +159,7 @@ fn random_problem(
         init: InitObjects::Random { seed: rng.0 },
         constraint,
         keep_all: true,
+        cancel: Default::default(),
     }
 }
 

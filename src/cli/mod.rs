@@ -13,7 +13,7 @@ pub mod selftest;
 pub mod simulate;
 pub mod support;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cdiphase::backend::cpu::nn::{Mode, Options};
 use cdiphase::nn::spec::Preprocess;
 use cdiphase::{backend, phasing};
@@ -99,23 +99,9 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// Parse `spinn`, `spinn:SIZE` or `spinn:SIZE:WIDTH`.
+/// Parse `spinn`, `spinn:SIZE` or `spinn:SIZE:WIDTH` ([`cdiphase::nn::presets::parse`]).
 pub fn arch_preset(s: &str, pre: Preprocess) -> Result<cdiphase::nn::ModelSpec> {
-    let mut it = s.split(':');
-    match it.next() {
-        Some("spinn") => {
-            let size = match it.next() {
-                Some(v) => v.parse().with_context(|| format!("--arch '{s}': size"))?,
-                None => 128,
-            };
-            let width = match it.next() {
-                Some(v) => v.parse().with_context(|| format!("--arch '{s}': width"))?,
-                None => 1.0,
-            };
-            Ok(cdiphase::nn::presets::spinn(size, width, pre)?)
-        }
-        _ => bail!("--arch '{s}': unknown preset (known: spinn, spinn:SIZE[:WIDTH])"),
-    }
+    Ok(cdiphase::nn::presets::parse(s, pre)?)
 }
 
 /// `--mode` of `predict` and `bench network`.

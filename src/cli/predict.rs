@@ -115,27 +115,9 @@ pub fn run(a: PredictArgs) -> Result<()> {
     .with_context(|| format!("model {model_name} on {}", a.input.display()))?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
-    let mut wr = io::CxiWriter::new();
-    let shape = [p.n, p.h, p.w];
-    wr.f32("entry_1/image_1/data", &shape, &p.output)?;
-    wr.u8("entry_1/image_1/support", &shape, &p.support)?;
-    wr.string("entry_1/image_1/process_1/model", &model_name)?;
-    wr.string(
-        "entry_1/image_1/process_1/description",
-        &format!(
-            "cdiphase predict: network '{}' ({:?} preprocessing, masked pixels set to 0), \
-             support = output > {} x per-pattern max, mode {}",
-            model.spec.name,
-            model.spec.preprocess,
-            a.threshold,
-            match backend.name() {
-                "emu" => "gpu kernels under the emulator",
-                "cuda" => "gpu kernels on CUDA",
-                _ => mode.name(),
-            }
-        ),
-    )?;
-    wr.finish(&a.output)
+    let engine = cdiphase::nn::predict::engine(backend.as_ref(), mode);
+    let description = cdiphase::nn::predict::description(&model.spec, a.threshold, engine);
+    p.write_cxi(&a.output, &model_name, &description)
         .with_context(|| format!("writing {}", a.output.display()))?;
     if !a.quiet {
         let on = if on_cpu {

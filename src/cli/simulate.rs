@@ -3,10 +3,7 @@
 //! pixel size (`--pixel-size`, `--preset paper`).
 
 use anyhow::{bail, Context, Result};
-use cdiphase::simulate::{
-    self as sim, AssemblyConfig, AtomModel, Centring, Chains, IdealSupport, MaskSpec, Noise,
-    ReadOptions, SimConfig,
-};
+use cdiphase::simulate::{self as sim, Chains, ReadOptions, SimConfig};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -120,88 +117,37 @@ fn parse_range(s: &str, flag: &str) -> Result<(usize, usize)> {
     Ok((p(a)?, p(b)?))
 }
 
-/// The configuration: the preset (or the defaults), then every flag given.
+/// The configuration: the preset (or the defaults), then every flag given
+/// ([`sim::SimOptions::config`], shared with the Python package).
 pub fn config_from_args(a: &SimulateArgs) -> Result<SimConfig> {
-    let mut cfg = match a.preset.as_deref().map(|p| p.trim().to_ascii_lowercase()) {
-        None => SimConfig::default(),
-        Some(p) if p == "paper" => SimConfig::paper(),
-        Some(p) => bail!("--preset '{p}': expected paper"),
+    let opts = sim::SimOptions {
+        preset: a.preset.clone(),
+        count: a.count,
+        seed: a.seed,
+        size: a.size.as_deref().map(parse_size).transpose()?,
+        noise: a.noise.clone(),
+        photons: a.photons,
+        fluence: a.fluence,
+        mask: Some(a.mask.clone()),
+        resolution: a.resolution,
+        atoms: Some(a.atoms.clone()),
+        fill: a.fill,
+        pixel_size_nm: a.pixel_size,
+        supersample: a.supersample,
+        ideal_support: a.ideal_support.clone(),
+        support_threshold: a.support_threshold,
+        centre: a.centre.clone(),
+        max_extent: a.max_extent,
+        synthetic: match &a.synthetic {
+            Some(k) => Some((k.clone(), parse_range(&a.residues, "--residues")?)),
+            None => None,
+        },
+        assemblies: match a.assemblies {
+            Some(k) => Some((k, parse_range(&a.assembly_parts, "--assembly-parts")?)),
+            None => None,
+        },
     };
-    cfg.count = a.count;
-    cfg.seed = a.seed;
-    if let Some(s) = &a.size {
-        cfg.size = parse_size(s)?;
-    }
-    if let Some(n) = &a.noise {
-        cfg.noise = match n.to_ascii_lowercase().as_str() {
-            "none" => Noise::None,
-            "poisson" => Noise::Poisson,
-            other => bail!("--noise '{other}': expected none or poisson"),
-        };
-    }
-    if cfg.noise == Noise::Poisson && a.photons.is_none() && a.fluence.is_none() {
-        bail!(
-            "--noise poisson needs --photons (the expected total count per pattern) or --fluence"
-        );
-    }
-    if a.photons.is_some() || a.fluence.is_some() {
-        cfg.photons = a.photons;
-        cfg.fluence = a.fluence;
-    }
-    cfg.mask = MaskSpec::parse(&a.mask)?;
-    if let Some(r) = a.resolution {
-        cfg.resolution = r;
-    }
-    cfg.atoms = AtomModel::parse(&a.atoms)?;
-    if let Some(f) = a.fill {
-        cfg.fill = f;
-        cfg.pixel_size_nm = None;
-    }
-    if let Some(p) = a.pixel_size {
-        cfg.pixel_size_nm = Some(p);
-    }
-    if a.supersample.is_some() {
-        cfg.supersample = a.supersample;
-    } else if a.preset.is_some()
-        && (a.pixel_size.is_some() || a.fill.is_some() || a.resolution.is_some())
-    {
-        // the preset's factor was chosen for its own pixel size and resolution
-        cfg.supersample = None;
-    }
-    if let Some(t) = a.support_threshold {
-        cfg.support_threshold = t;
-    }
-    if let Some(rule) = &a.ideal_support {
-        let (r, t) = IdealSupport::parse(rule)?;
-        cfg.ideal_support = r;
-        if let Some(t) = t {
-            if a.support_threshold.is_some_and(|s| s != t) {
-                bail!("--ideal-support {rule} and --support-threshold disagree: give one");
-            }
-            cfg.support_threshold = t;
-        }
-    }
-    if let Some(c) = &a.centre {
-        cfg.centre = Centring::parse(c)?;
-    }
-    if let Some(m) = a.max_extent {
-        cfg.max_extent = m;
-    }
-    cfg.synthetic = match &a.synthetic {
-        Some(kinds) => Some(sim::SyntheticConfig {
-            kinds: sim::ParticleKind::parse_list(kinds)?,
-            residues: parse_range(&a.residues, "--residues")?,
-        }),
-        None => None,
-    };
-    cfg.assemblies = match a.assemblies {
-        Some(k) => Some(AssemblyConfig {
-            count: k,
-            parts: parse_range(&a.assembly_parts, "--assembly-parts")?,
-        }),
-        None => None,
-    };
-    Ok(cfg)
+    Ok(opts.config()?)
 }
 
 pub fn run(a: SimulateArgs) -> Result<()> {

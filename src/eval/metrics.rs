@@ -476,3 +476,57 @@ pub fn support_summary(
         level: CONFIDENCE,
     })
 }
+
+/// The Fourier (modulus) error of an object against measured intensities, as the phasing
+/// backends record it: sqrt(sum (|F| - A)^2 / sum A^2) over the measured pixels, F the
+/// unnormalised forward FFT of `object`, A = sqrt(`intensities`). Both images centred at
+/// (H/2, W/2) as stored; `mask` nonzero = unmeasured. Computed in f64.
+pub fn fourier_error(
+    object: &[Complex64],
+    intensities: &[f32],
+    mask: Option<&[u8]>,
+    h: usize,
+    w: usize,
+) -> crate::Result<f64> {
+    let l = h * w;
+    if object.len() != l || intensities.len() != l || mask.is_some_and(|m| m.len() != l) {
+        return Err(crate::Error::Shape {
+            what: "fourier_error inputs".into(),
+            expected: format!("{h}x{w} object, intensities and mask"),
+            found: vec![object.len(), intensities.len(), mask.map_or(l, |m| m.len())],
+        });
+    }
+    let mut f = vec![Complex64::new(0.0, 0.0); l];
+    crate::array::centred_to_native(object, h, w, &mut f);
+    fft2(&mut f, h, w, false);
+    let native: Vec<f64> = f.iter().map(|c| c.norm()).collect();
+    // |F| centred, as the intensities are stored
+    let mut modulus = vec![0.0f64; l];
+    crate::array::native_to_centred(&native, h, w, &mut modulus);
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for (i, (&v, &m)) in intensities.iter().zip(&modulus).enumerate() {
+        if mask.is_some_and(|k| k[i] != 0) {
+            continue;
+        }
+        if !v.is_finite() || v < 0.0 {
+            return Err(crate::Error::invalid(
+                "intensities",
+                format!(
+                    "pixel (y={}, x={}) is {v}: mask it (nonzero in the mask) or fix the data",
+                    i / w,
+                    i % w
+                ),
+            ));
+        }
+        let a = (v as f64).sqrt();
+        err += (m - a).powi(2);
+        norm += a * a;
+    }
+    if norm <= 0.0 {
+        return Err(crate::Error::invalid(
+            "intensities",
+            "no measured intensity (every pixel masked or zero)",
+        ));
+    }
+    Ok((err / norm).sqrt())
+}

@@ -231,6 +231,21 @@ pub fn read_f32(path: &Path, entry: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     }
 }
 
+/// Any complex (or real) HDF5 dataset of any rank as `Complex32`, with its shape (the
+/// 4-D `entry_1/image_2/data` of `phase --keep-all`, say).
+pub fn read_complex_nd(path: &Path, entry: &str) -> Result<(Vec<usize>, Vec<Complex32>)> {
+    let f = hdf5::open(path)?;
+    let (name, d) = f.first_dataset(&[bare(entry)])?;
+    f.read_complex(&name, &d)
+}
+
+/// Any integer or boolean HDF5 dataset of any rank as a 0/1 mask, with its shape.
+pub fn read_mask_nd(path: &Path, entry: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+    let f = hdf5::open(path)?;
+    let (name, d) = f.first_dataset(&[bare(entry)])?;
+    f.read_mask(&name, &d)
+}
+
 /// What [`for_each_rows_f32`] calls per block: `(shape of the dataset, first row, values)`.
 pub type RowsSink<'a> = dyn FnMut(&[usize], usize, &[f32]) -> Result<()> + 'a;
 

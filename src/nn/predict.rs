@@ -3,8 +3,11 @@
 //! batched forwards through [`NetworkOps`](crate::backend::NetworkOps), and the support
 //! `output > threshold * max(output)` per pattern.
 
+use std::path::Path;
+
 use crate::array::Stack;
 use crate::backend::{Backend, NetOptions};
+use crate::cancel::Cancel;
 use crate::nn::model::Model;
 use crate::{Error, Result};
 
@@ -15,6 +18,40 @@ pub struct Prediction {
     pub w: usize,
     pub output: Vec<f32>,
     pub support: Vec<u8>,
+}
+
+impl Prediction {
+    /// Write the prediction as `predict` does (atomic: temp file then rename):
+    /// `entry_1/image_1/data` (float32 network output), `entry_1/image_1/support` (uint8),
+    /// and the model and `description` (see [`description`]) under `process_1`.
+    pub fn write_cxi(&self, dest: &Path, model_label: &str, description: &str) -> Result<()> {
+        let mut wr = crate::io::CxiWriter::new();
+        let shape = [self.n, self.h, self.w];
+        wr.f32("entry_1/image_1/data", &shape, &self.output)?;
+        wr.u8("entry_1/image_1/support", &shape, &self.support)?;
+        wr.string("entry_1/image_1/process_1/model", model_label)?;
+        wr.string("entry_1/image_1/process_1/description", description)?;
+        wr.finish(dest)
+    }
+}
+
+/// The description stored with a prediction: the network, its preprocessing, the support
+/// rule and the kernels (`engine`: the CPU mode's name, or what ran the GPU kernels).
+pub fn description(spec: &super::spec::ModelSpec, threshold: f32, engine: &str) -> String {
+    format!(
+        "cdiphase predict: network '{}' ({:?} preprocessing, masked pixels set to 0), \
+         support = output > {} x per-pattern max, mode {}",
+        spec.name, spec.preprocess, threshold, engine
+    )
+}
+
+/// What runs a network on `backend` with CPU `mode`, as [`description`] names it.
+pub fn engine(backend: &dyn Backend, mode: crate::backend::Mode) -> &'static str {
+    match backend.name() {
+        "emu" => "gpu kernels under the emulator",
+        "cuda" => "gpu kernels on CUDA",
+        _ => mode.name(),
+    }
 }
 
 /// Support of one output image: `v > threshold * max(v)` (nothing when max <= 0).
@@ -40,6 +77,33 @@ pub fn predict(
     opts: NetOptions,
     progress: &dyn Fn(usize),
 ) -> Result<Prediction> {
+    predict_cancellable(
+        backend,
+        model,
+        patterns,
+        mask,
+        batch,
+        threshold,
+        opts,
+        progress,
+        &Cancel::default(),
+    )
+}
+
+/// [`predict`] that stops between batches once `cancel` is set, with
+/// [`Error::Cancelled`].
+#[allow(clippy::too_many_arguments)]
+pub fn predict_cancellable(
+    backend: &dyn Backend,
+    model: &Model,
+    patterns: &Stack<f32>,
+    mask: Option<&Stack<u8>>,
+    batch: usize,
+    threshold: f32,
+    opts: NetOptions,
+    progress: &dyn Fn(usize),
+    cancel: &Cancel,
+) -> Result<Prediction> {
     let batch = batch.clamp(1, patterns.n.max(1));
     let spec = &model.spec;
     let shapes = spec.shapes()?;
@@ -56,7 +120,10 @@ pub fn predict(
         mask,
         batch,
         threshold,
-        &mut |x, b| net.forward(x, b),
+        &mut |x, b| {
+            cancel.check()?;
+            net.forward(x, b)
+        },
         progress,
     )
 }

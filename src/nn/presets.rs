@@ -9,6 +9,27 @@ use crate::{Error, Result};
 /// Parameters of the paper's network.
 pub const SPINN_PARAMS: usize = 19_721_217;
 
+/// A preset by name, as `convert --arch` and the Python package's `convert(arch=...)` spell
+/// it: `spinn` (128x128, width 1), `spinn:SIZE` or `spinn:SIZE:WIDTH`.
+pub fn parse(name: &str, preprocess: Preprocess) -> Result<ModelSpec> {
+    let mut it = name.split(':');
+    let bad = |what: &str| Error::Config(format!("--arch '{name}': {what}"));
+    match it.next() {
+        Some("spinn") => {
+            let size = match it.next() {
+                Some(v) => v.parse().map_err(|_| bad("size"))?,
+                None => 128,
+            };
+            let width = match it.next() {
+                Some(v) => v.parse().map_err(|_| bad("width"))?,
+                None => 1.0,
+            };
+            spinn(size, width, preprocess)
+        }
+        _ => Err(bad("unknown preset (known: spinn, spinn:SIZE[:WIDTH])")),
+    }
+}
+
 /// The paper's network for an `s x s` input (s a multiple of 8), channel counts scaled by
 /// `width` (1.0: 64/128/256), bottleneck Dense of `128*width` units.
 pub fn spinn(input_size: usize, width: f64, preprocess: Preprocess) -> Result<ModelSpec> {

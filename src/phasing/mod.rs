@@ -171,7 +171,12 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
     let st = &patterns.intensities;
     let (n, h, w) = (st.n, st.h, st.w);
     let src = patterns.source.display().to_string();
-    let what = format!("{src}:{}", patterns.entry);
+    // `.npy` files and in-memory arrays (the Python package) have no entry
+    let what = if patterns.entry.is_empty() {
+        src.clone()
+    } else {
+        format!("{src}:{}", patterns.entry)
+    };
     if n == 0 || h < 2 || w < 2 {
         return Err(Error::Shape {
             what,
@@ -339,6 +344,7 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
             init,
             constraint: cfg.constraint,
             keep_all: cfg.keep_all,
+            cancel: crate::cancel::Cancel::default(),
         },
         program,
     ))

@@ -49,6 +49,9 @@ pub struct PhasingProblem {
     pub constraint: Constraint,
     /// Return every start's final object and support, not only the best.
     pub keep_all: bool,
+    /// Checked by the backends between iterations: once set, the run stops and returns
+    /// [`crate::Error::Cancelled`] (unset by [`crate::phasing::prepare`]).
+    pub cancel: crate::cancel::Cancel,
 }
 
 impl PhasingProblem {

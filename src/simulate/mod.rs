@@ -9,6 +9,7 @@ pub mod assembly;
 pub mod diffraction;
 pub mod form_factors;
 pub mod geometry;
+pub mod options;
 pub mod structure;
 pub mod synthetic;
 
@@ -20,6 +21,7 @@ pub use diffraction::{
     SimMeta, SimOutput, SimTimings, StreamReport, PAPER_PIXEL_NM,
 };
 pub use geometry::{Centring, IdealSupport};
+pub use options::SimOptions;
 pub use structure::{collect_structures, read_structure, Atom, Chains, ReadOptions, Structure};
 pub use synthetic::{ParticleKind, SyntheticConfig};
 

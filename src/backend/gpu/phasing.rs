@@ -464,6 +464,7 @@ fn run_chunk(
                 ..
             } => {
                 for it in 0..count {
+                    problem.cancel.check()?;
                     launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
                     lk.modulus(&f, &amp, true, &pf)?;
                     launcher.fft(plan.id, f.ptr(), f.ptr(), false)?;

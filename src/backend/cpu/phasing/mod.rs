@@ -102,6 +102,8 @@ struct Item<'a> {
     at: &'a [f32],
     sum_a2: f64,
     constraint: crate::phasing::program::Constraint,
+    /// Checked every iteration: once set, [`Item::run`] stops at once.
+    cancel: &'a crate::cancel::Cancel,
 }
 
 /// Mark the rows holding at least one support pixel; returns how many there are.
@@ -368,6 +370,10 @@ impl Item<'_> {
                     ..
                 } => {
                     for it in 0..count {
+                        if self.cancel.is_cancelled() {
+                            // the caller sees the flag and discards every result
+                            return f32::NAN;
+                        }
                         let (ferr, tot) = self.column_pass(work, true, a, b);
                         let inside = self.row_pass(work, g, s, a, b);
                         if record && it + 1 == count {
@@ -461,6 +467,7 @@ impl CpuBackend {
                     at: &at[p * l..(p + 1) * l],
                     sum_a2: problem.sum_a2[p],
                     constraint: problem.constraint,
+                    cancel: &problem.cancel,
                 };
                 let mut hist_f = vec![0.0f32; records];
                 let mut hist_r = vec![0.0f32; records];
@@ -511,6 +518,7 @@ impl CpuBackend {
                     )
                     .collect()
             };
+            problem.cancel.check()?;
             let mut objects = Vec::with_capacity(n * l);
             let mut supports = Vec::with_capacity(n * l);
             let mut best_start = Vec::with_capacity(n);

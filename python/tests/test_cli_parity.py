@@ -1,0 +1,151 @@
+"""The package runs the library the CLI runs: on the same inputs and seed the results are
+identical, bit for bit, on the CPU."""
+
+import numpy as np
+import pytest
+
+import cdiphase
+from conftest import ROOT, assert_same, run_cli
+
+SCHEDULE = "30*(10*HIO + 5*ER) + 20*ER"
+
+
+def test_phase_is_identical_to_the_cli(cli, small, tmp_path):
+    data = tmp_path / "in.cxi"
+    small.to_cxi(data)
+    out = tmp_path / "cli.cxi"
+    run_cli(
+        cli, "phase", str(data), "-o", str(out), "--algorithm", SCHEDULE, "--beta", "0.85",
+        "--support", "autocorrelation:0.05", "--shrinkwrap", "sigma=1,threshold=0.1,every=50",
+        "--constraint", "positive", "--starts", "3", "--seed", "11", "--device", "cpu",
+        "--threads", "2", "--quiet",
+    )
+    ref = cdiphase.read_cxi(out)
+    res = cdiphase.phase(
+        small.patterns, small.mask, schedule=SCHEDULE, beta=0.85,
+        support="autocorrelation:0.05", shrinkwrap="sigma=1,threshold=0.1,every=50",
+        constraint="positive", starts=3, seed=11, device="cpu", threads=2, progress=False,
+    )
+    assert_same(res.objects, ref["objects"], "objects")
+    assert_same(res.supports, ref["supports"], "supports")
+    assert_same(res.fourier_error, ref["fourier_error"], "fourier_error")
+    assert_same(res.final_fourier_error, ref["final_fourier_error"], "final_fourier_error")
+    # and the package's own CXI writer gives the same file content back
+    mine = tmp_path / "py.cxi"
+    res.to_cxi(mine)
+    back = cdiphase.read_cxi(mine)
+    for k in ("objects", "supports", "fourier_error", "final_fourier_error"):
+        assert_same(back[k], ref[k], k)
+
+
+def test_phase_with_given_support_and_init_is_identical_to_the_cli(cli, small, tmp_path):
+    data = tmp_path / "in.cxi"
+    small.to_cxi(data)
+    sup = tmp_path / "sup.npy"
+    np.save(sup, small.support)
+    init = tmp_path / "init.npy"
+    np.save(init, small.density.astype(np.complex64))
+    out = tmp_path / "cli.cxi"
+    run_cli(
+        cli, "phase", str(data), "-o", str(out), "--algorithm", "50*ER",
+        "--support", str(sup), "--init", str(init), "--init-noise", "0.2", "--starts", "2",
+        "--seed", "4", "--device", "cpu", "--threads", "1", "--keep-all", "--quiet",
+    )
+    ref = cdiphase.read_cxi(out)
+    res = cdiphase.phase(
+        small.patterns, small.mask, schedule="50*ER", support=small.support,
+        init=small.density, init_noise=0.2, constraint="none", starts=2, seed=4,
+        device="cpu", threads=1, keep_all=True, progress=False,
+    )
+    assert_same(res.objects, ref["objects"], "objects")
+    assert_same(res.supports, ref["supports"], "supports")
+    assert res.all_objects.shape == (3, 2, 32, 32)
+    assert_same(res.all_objects, ref["all_objects"], "all_objects")
+    assert_same(res.all_supports, ref["all_supports"], "all_supports")
+    assert_same(res.all_fourier_error, ref["all_fourier_error"], "all_fourier_error")
+
+
+def test_predict_is_identical_to_the_cli(cli, paper_size, tmp_path):
+    data = tmp_path / "in.cxi"
+    paper_size.to_cxi(data)
+    out = tmp_path / "cli.cxi"
+    run_cli(cli, "predict", str(data), "-o", str(out), "--device", "cpu", "--threads", "2",
+            "--batch", "1", "--quiet")
+    ref = cdiphase.read_cxi(out)
+    model = cdiphase.Model.load()
+    assert model.input_shape == (128, 128, 1)
+    pred = model.predict(paper_size.patterns, paper_size.mask, device="cpu", threads=2,
+                         batch=1, progress=False)
+    assert_same(pred.output, ref["output"], "output")
+    assert_same(pred.support, ref["supports"], "support")
+    mine = tmp_path / "py.cxi"
+    pred.to_cxi(mine)
+    back = cdiphase.read_cxi(mine)
+    assert_same(back["output"], ref["output"], "output written by the package")
+
+
+def test_simulate_is_identical_to_the_cli(cli, tmp_path):
+    out = tmp_path / "sim.cxi"
+    run_cli(cli, "simulate", "--synthetic", "ring,compact", "--count", "3", "--size", "48",
+            "--photons", "1e6", "--noise", "poisson", "--mask", "stripe:2", "--seed", "9",
+            "-o", str(out), "--quiet")
+    ref = cdiphase.read_cxi(out)
+    sim = cdiphase.simulate(synthetic="ring,compact", count=3, size=48, photons=1e6,
+                            noise="poisson", mask="stripe:2", seed=9, progress=False)
+    assert_same(sim.patterns, ref["patterns"], "patterns")
+    assert_same(sim.density, ref["density"], "density")
+    assert_same(sim.support, ref["truth_support"], "support")
+    assert_same(sim.mask.reshape(ref["mask"].shape), ref["mask"], "mask")
+
+
+def test_evaluate_arrays_agree_with_files(small, tmp_path):
+    res = cdiphase.phase(small.patterns, small.mask, schedule=SCHEDULE, starts=2, seed=1,
+                         device="cpu", keep_all=True, progress=False)
+    truth = tmp_path / "truth.cxi"
+    small.to_cxi(truth)
+    rec = tmp_path / "rec.cxi"
+    res.to_cxi(rec)
+    from_files = cdiphase.evaluate(truth, rec)
+    from_arrays = cdiphase.evaluate(small, res)
+    a = from_files["inputs"][0]["per_pattern"]
+    b = from_arrays["inputs"][0]["per_pattern"]
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert x["support"]["false_positives"] == y["support"]["false_positives"]
+        assert x["support"]["false_negatives"] == y["support"]["false_negatives"]
+        assert abs(x["density"]["error"] - y["density"]["error"]) < 1e-9
+
+
+def test_convert_is_identical_to_the_cli(cli, tmp_path):
+    keras = ROOT / "tests" / "data" / "keras" / "spinn_small"
+    out_cli = tmp_path / "cli.safetensors"
+    run_cli(cli, "convert", str(keras / "weights_k2.h5"), "--arch", "spinn:32:0.125",
+            "--preprocess", "log1p-max", "--dtype", "f16", "-o", str(out_cli))
+    out_py = tmp_path / "py.safetensors"
+    m = cdiphase.convert(keras / "weights_k2.h5", out_py, arch="spinn:32:0.125",
+                         preprocess="log1p-max", dtype="f16")
+    assert m.input_shape == (32, 32, 1) and m.label == str(out_py)
+    assert m.preprocess.lower().startswith("log1p")
+    # the same weights (the files' JSON metadata order may differ): the same outputs
+    x = np.load(keras / "input.npy")
+    a = m.predict(x, device="cpu", progress=False)
+    b = cdiphase.Model.load(out_cli).predict(x, device="cpu", progress=False)
+    assert a.output.shape == (3, 32, 32)
+    assert_same(a.output, b.output, "output")
+    with pytest.raises(OSError, match="wrong architecture"):
+        cdiphase.convert(keras.parent / "unet" / "model.weights.h5", tmp_path / "x", arch="spinn:32")
+
+
+def test_simulate_from_structures_is_identical_to_the_cli(cli, tmp_path):
+    pdbs = [ROOT / "assets" / "pdb" / "3fhkA.pdb.gz", ROOT / "assets" / "pdb" / "1osm.pdb.gz"]
+    out = tmp_path / "sim.cxi"
+    run_cli(cli, "simulate", "--pdb", *map(str, pdbs), "--count", "3", "--size", "64",
+            "--atoms", "cromer-mann", "--centre", "bbox", "--ideal-support", "threshold:0.05",
+            "--seed", "3", "-o", str(out), "--quiet")
+    ref = cdiphase.read_cxi(out)
+    sim = cdiphase.simulate(pdbs, count=3, size=64, atoms="cromer-mann", centre="bbox",
+                            ideal_support="threshold:0.05", seed=3, progress=False)
+    assert_same(sim.patterns, ref["patterns"], "patterns")
+    assert_same(sim.density, ref["density"], "density")
+    assert_same(sim.support, ref["truth_support"], "support")
+    assert len(set(sim.names)) == 2  # cycling over the two structures
