@@ -41,6 +41,10 @@ pub enum Error {
         msg: String,
         caret: String,
     },
+    /// What an input or an option asks for (memory, disk space) is more than the machine
+    /// has: refused before allocating or writing; the message holds the estimate.
+    #[error("{0}")]
+    Limit(String),
     /// An option or parameter value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
