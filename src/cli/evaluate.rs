@@ -29,8 +29,8 @@ pub struct EvaluateArgs {
 pub fn run(a: EvaluateArgs) -> Result<()> {
     let mut inputs = vec![("--truth", a.truth.as_path())];
     inputs.extend(a.input.iter().map(|p| ("--input", p.as_path())));
-    report::check_report_dest(&a.report)?;
     check_paths(&inputs, &[], &[("--report", &a.report)])?;
+    report::check_report_dest(&a.report)?;
     set_threads(a.threads)?;
     let truth = eval::read_truth(&a.truth)
         .with_context(|| format!("reading the ground truth {}", a.truth.display()))?;

@@ -152,6 +152,12 @@ pub fn check_paths(
         }
     }
     for (fname, dir) in folders {
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            bail!(
+                "{fname} {}: exists and is not a folder; nothing was changed",
+                dir.display()
+            );
+        }
         let Some(d) = resolved(dir) else { continue };
         for (iname, inp) in inputs {
             if resolved(inp).is_some_and(|i| i.starts_with(&d)) {
