@@ -709,3 +709,54 @@ fn a_failed_write_leaves_nothing() {
     let o = run(&["info"]);
     assert!(o.status.success());
 }
+
+#[test]
+fn small_things() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    // an OS error is printed once
+    let e = refused_in(
+        p,
+        &["phase", "missing.cxi", "-o", "o.cxi", "-q"],
+        &["missing.cxi"],
+    );
+    assert_eq!(e.matches("No such file").count(), 1, "{e}");
+    // no "see the warnings above" without warnings
+    std::fs::create_dir(p.join("empty")).unwrap();
+    let e = refused_in(
+        p,
+        &["simulate", "--pdb", "empty", "-o", "o.cxi"],
+        &["no structure file found"],
+    );
+    assert!(!e.contains("warnings above"), "{e}");
+    refused_in(
+        p,
+        &[
+            "simulate",
+            "--synthetic",
+            "all",
+            "--fill",
+            "2",
+            "-o",
+            "o.cxi",
+        ],
+        &["fill 2"],
+    );
+    // convert: a truncated checkpoint is named as such; the output is reproducible
+    let keras = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras/spinn_small");
+    let mut h5 = std::fs::read(keras.join("model.h5")).unwrap();
+    h5.truncate(h5.len() / 2);
+    std::fs::write(p.join("cut.h5"), &h5).unwrap();
+    refused_in(
+        p,
+        &["convert", "cut.h5", "-o", "m.safetensors"],
+        &["truncated"],
+    );
+    let k = keras.join("model.keras").display().to_string();
+    ok_in(p, &["convert", &k, "-o", "a.safetensors"]);
+    ok_in(p, &["convert", &k, "-o", "b.safetensors"]);
+    assert!(
+        std::fs::read(p.join("a.safetensors")).unwrap()
+            == std::fs::read(p.join("b.safetensors")).unwrap()
+    );
+}

@@ -226,12 +226,17 @@ pub fn run(a: SimulateArgs) -> Result<()> {
     }
     if structures.is_empty() && cfg.synthetic.is_none() {
         bail!(
-            "no readable structure among {} (see the warnings above)",
+            "no readable structure among {}{}",
             a.pdb
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if failed.is_empty() {
+                " (no structure file found)"
+            } else {
+                " (see the warnings above)"
+            }
         );
     }
     let read = structures.len();
@@ -241,10 +246,15 @@ pub fn run(a: SimulateArgs) -> Result<()> {
     }
     if structures.is_empty() && cfg.synthetic.is_none() {
         bail!(
-            "none of the {read} structures fits the field of {}x{} pixels of {} nm (see the warnings above)",
+            "none of the {read} structures fits the field of {}x{} pixels of {} nm{}",
             h,
             w,
-            cfg.pixel_size_nm.unwrap_or(0.0)
+            cfg.pixel_size_nm.unwrap_or(0.0),
+            if too_large.is_empty() {
+                ""
+            } else {
+                " (see the warnings above)"
+            }
         );
     }
     let read_s = t0.elapsed().as_secs_f64();

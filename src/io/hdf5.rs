@@ -55,6 +55,12 @@ pub(crate) fn open(path: &Path) -> Result<H5> {
         size as u128,
     )?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    open_bytes(path, bytes)
+}
+
+/// [`open`] on the bytes of a file (`path` names it in messages; a member of a .keras
+/// archive, for instance): the signature, the parse and the truncation check.
+pub(crate) fn open_bytes(path: &Path, bytes: Vec<u8>) -> Result<H5> {
     if !hdf5_pure::is_hdf5_bytes(&bytes) {
         return Err(Error::format(
             path,

@@ -378,8 +378,11 @@ impl SimConfig {
         if !(self.resolution > 0.0 && self.resolution.is_finite()) {
             return bad(format!("resolution {} Å must be positive", self.resolution));
         }
-        if !(self.fill > 0.0 && self.fill.is_finite()) {
-            return bad(format!("fill {} must be positive", self.fill));
+        if !(self.fill > 0.0 && self.fill <= 1.0) {
+            return bad(format!(
+                "fill {} must be in (0, 1] (the particle's extent as a fraction of the field)",
+                self.fill
+            ));
         }
         if let Some(p) = self.pixel_size_nm {
             if !(p > 0.0 && p.is_finite()) {
