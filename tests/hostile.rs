@@ -198,6 +198,17 @@ fn an_output_may_never_be_an_input() {
         ],
         &["holds an input"],
     );
+    // simulate onto one of its structure files
+    std::fs::write(
+        p.join("s.pdb"),
+        "ATOM      1  CA  ALA A   1       0.000   0.000   0.000  1.00  0.00           C\n",
+    )
+    .unwrap();
+    refused_in(
+        p,
+        &["simulate", "--pdb", "s.pdb", "-o", "./s.pdb"],
+        &["--pdb", msg],
+    );
     // an output file that is an existing folder
     refused_in(
         p,
@@ -237,7 +248,7 @@ fn evaluate_replaces_only_its_own_reports() {
     refused_in(
         p,
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
-        &["not a report written by cdiphase", "nothing was changed"],
+        &["not a cdiphase report", "nothing was changed"],
     );
     // a file
     let a = args("ph.cxi");

@@ -205,6 +205,9 @@ pub fn config_from_args(a: &SimulateArgs) -> Result<SimConfig> {
 }
 
 pub fn run(a: SimulateArgs) -> Result<()> {
+    let inputs: Vec<(&str, &std::path::Path)> =
+        a.pdb.iter().map(|p| ("--pdb", p.as_path())).collect();
+    super::check_paths(&inputs, &[("--output", &a.output)], &[])?;
     let cfg = config_from_args(&a)?;
     let (h, w) = cfg.size;
     let opts = ReadOptions {

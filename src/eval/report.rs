@@ -74,7 +74,7 @@ pub fn check_report_dest(dir: &Path) -> Result<()> {
         match &listed {
             None => {
                 return refuse(&format!(
-                    "exists and is not a report written by cdiphase (no {MARKER} file in it)"
+                    "exists and is not a cdiphase report (no {MARKER} file in it)"
                 ))
             }
             Some(l) if name != MARKER && !l.contains(&name) => {
