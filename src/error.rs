@@ -6,13 +6,11 @@ use std::path::PathBuf;
 /// involved, so that a user can act on them without reading the source.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Operating-system level I/O failure on a named file.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Operating-system level I/O failure on a named file. The OS error is in the message
+    /// and deliberately not a `source`: a chain printer (`anyhow`'s `{:#}`) would print it
+    /// twice.
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     /// The file exists but is not a readable HDF5/CXI/NPY file, or the HDF5 layer failed.
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
@@ -41,6 +39,10 @@ pub enum Error {
         msg: String,
         caret: String,
     },
+    /// What an input or an option asks for (memory, disk space) is more than the machine
+    /// has: refused before allocating or writing; the message holds the estimate.
+    #[error("{0}")]
+    Limit(String),
     /// An option or parameter value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -63,7 +65,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err: source,
         }
     }
 

@@ -34,6 +34,7 @@ pub mod error;
 pub mod eval;
 pub mod fft;
 pub mod io;
+pub mod limits;
 pub mod nn;
 pub mod phasing;
 pub mod rng;

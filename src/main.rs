@@ -46,8 +46,35 @@ enum Cmd {
     Selftest(cli::selftest::SelftestArgs),
 }
 
+/// SIGINT, SIGTERM and SIGHUP: remove every unfinished output (the registered temporary
+/// files and folders, see `cdiphase::io::temp`) and exit with the conventional status
+/// 128 + signal (130, 143, 129). Outputs already renamed into place are complete and kept.
+fn install_signal_handlers() -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("cdiphase-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let n = cdiphase::io::temp::remove_all_and_hold();
+                let name = match sig {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGHUP",
+                };
+                eprintln!("\ncdiphase: {name}: stopped; {n} unfinished output(s) removed");
+                std::process::exit(128 + sig);
+            }
+        })?;
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = install_signal_handlers() {
+        eprintln!("error: installing the signal handlers: {e:#}");
+        std::process::exit(1);
+    }
     if let Err(e) = dispatch(cli.cmd) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

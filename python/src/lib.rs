@@ -1042,6 +1042,7 @@ fn evaluate_arrays(
         object,
         fourier_error: None,
         final_fourier_error: None,
+        all_fourier_error: None,
         all_objects: all,
     };
     Ok(py.detach(|| {

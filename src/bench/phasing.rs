@@ -54,6 +54,13 @@ pub struct PhasingBenchResult {
 /// Run the benchmark.
 pub fn bench_phasing(cfg: &PhasingBench) -> Result<PhasingBenchResult> {
     let (h, w, n) = (cfg.h, cfg.w, cfg.batch);
+    if n == 0 {
+        return Err(crate::Error::Config("--batch must be at least 1".into()));
+    }
+    crate::limits::check_memory(
+        &format!("bench: a batch of {n} patterns of {h}x{w}"),
+        (n as u128) * (h as u128) * (w as u128) * 64,
+    )?;
     let backend = CpuBackend::new(cfg.threads)?;
     let (patterns, _) = crate::simulate::synthetic_particles(n, h, w, 16, 7);
     let mk = |schedule: String, every: u64| PhaseConfig {

@@ -50,6 +50,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.batch == Some(0) || a.iterations == Some(0) || a.repeat == 0 {
+        bail!("--batch, --iterations and --repeat must be at least 1");
+    }
     if a.what == "network" {
         let device: Device = a.device.parse()?;
         if matches!(device, Device::Cuda | Device::Emu) {
@@ -77,7 +80,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let r = cdiphase::bench::bench_phasing(&cdiphase::bench::PhasingBench {
         h,
         w,
-        batch: a.batch.unwrap_or(256).max(1),
+        batch: a.batch.unwrap_or(256),
         iterations: a.iterations.unwrap_or(100),
         threads: a.threads,
         repeat: a.repeat,
@@ -131,6 +134,7 @@ pub fn bench_network(b: NetBench) -> Result<()> {
     };
     let threads = threads_or_default(b.threads);
     let mode = engine_mode(b.mode, b.fast);
+    model.spec.check_memory(b.batch).context("bench network")?;
     let r = cdiphase::bench::bench_network(&model, b.batch, threads, b.iterations as usize, mode)?;
     if b.json {
         println!("{}", serde_json::to_string(&r)?);

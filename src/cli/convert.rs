@@ -1,6 +1,6 @@
 //! `cdiphase convert`: a Keras checkpoint to a safetensors model file.
 
-use super::arch_preset;
+use super::{arch_preset, check_paths};
 use anyhow::{Context, Result};
 use cdiphase::nn::keras::{self, Arch};
 use cdiphase::nn::spec::Preprocess;
@@ -33,6 +33,11 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
+    let mut inputs = vec![("input", a.input.as_path())];
+    if let Some(c) = &a.arch_config {
+        inputs.push(("--arch-config", c.as_path()));
+    }
+    check_paths(&inputs, &[("--output", &a.output)], &[])?;
     let pre: Preprocess = a.preprocess.parse()?;
     let dtype: WeightDtype = a.dtype.parse()?;
     let arch = match (&a.arch, &a.arch_config) {

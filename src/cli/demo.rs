@@ -99,16 +99,62 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Every argument checked, and the memory and disk the run needs estimated, before the
+/// first file is written.
+fn validate(a: &DemoArgs) -> Result<()> {
+    let _: backend::Device = a.device.parse()?;
+    backend::cpu::thread_count(a.threads)?;
+    cdiphase::phasing::schedule::Schedule::parse(&a.schedule)?;
+    if let Some(p) = a.photons {
+        if !(p > 0.0 && p <= cdiphase::simulate::MAX_PHOTONS) {
+            bail!(
+                "--photons {p:e}: expected a positive count up to {:e}",
+                cdiphase::simulate::MAX_PHOTONS
+            );
+        }
+    }
+    if !(0.0..1.0).contains(&a.nn_threshold) {
+        bail!(
+            "--nn-threshold {}: expected a fraction in [0, 1)",
+            a.nn_threshold
+        );
+    }
+    if std::fs::metadata(&a.out).is_ok_and(|m| !m.is_dir()) {
+        bail!("--out {}: exists and is not a folder", a.out.display());
+    }
+    for p in &a.pdb {
+        std::fs::metadata(p).with_context(|| format!("--pdb {}", p.display()))?;
+    }
+    let spec = match &a.model {
+        Some(m) => {
+            cdiphase::nn::store::load(m)
+                .with_context(|| format!("loading model {}", m.display()))?
+                .spec
+        }
+        None => cdiphase::nn::bundled::load()?.spec,
+    };
+    let px = (spec.input[0] * spec.input[1]) as u128;
+    let (n, k) = (a.count as u128, a.starts as u128);
+    // three phasing runs keep every start (complex64) and their work buffers
+    cdiphase::limits::check_memory(
+        &format!("demo: {} patterns x {} starts", a.count, a.starts),
+        n * k * px * 64,
+    )?;
+    // patterns with truth, network output, two supports, three runs with every start
+    cdiphase::limits::check_disk(
+        &format!("demo: {} patterns x {} starts", a.count, a.starts),
+        &a.out.join("x"),
+        n * px * (9 + 5 + 2 + 3 * (k + 1) * 8),
+    )?;
+    Ok(())
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     if a.count == 0 || a.starts < 2 {
         bail!("--count must be >= 1 and --starts >= 2 (the comparison needs several starts)");
     }
-    if let Some(p) = a.photons {
-        if !(p.is_finite() && p > 0.0) {
-            bail!("--photons {p}: expected a positive number");
-        }
-    }
+    validate(&a)?;
     let device: backend::Device = a.device.parse()?;
     let d = &a.out;
     std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

@@ -1,7 +1,7 @@
 //! `cdiphase evaluate`: supports, densities, histories and PRTF against the ground truth of
 //! a simulation; metrics JSON, figures and index.html.
 
-use super::set_threads;
+use super::{check_paths, set_threads};
 use anyhow::{Context, Result};
 use cdiphase::eval::{self, report};
 use clap::Args;
@@ -27,6 +27,10 @@ pub struct EvaluateArgs {
 }
 
 pub fn run(a: EvaluateArgs) -> Result<()> {
+    let mut inputs = vec![("--truth", a.truth.as_path())];
+    inputs.extend(a.input.iter().map(|p| ("--input", p.as_path())));
+    check_paths(&inputs, &[], &[("--report", &a.report)])?;
+    report::check_report_dest(&a.report)?;
     set_threads(a.threads)?;
     let truth = eval::read_truth(&a.truth)
         .with_context(|| format!("reading the ground truth {}", a.truth.display()))?;

@@ -13,7 +13,7 @@ pub mod selftest;
 pub mod simulate;
 pub mod support;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cdiphase::backend::cpu::nn::{Mode, Options};
 use cdiphase::nn::spec::Preprocess;
 use cdiphase::{backend, phasing};
@@ -75,11 +75,102 @@ pub fn run_with_progress(
     Ok(rec)
 }
 
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
+/// The identity of an existing file (device, inode), symbolic links followed: two
+/// spellings of one file (`./a`, a symbolic or hard link) have the same identity.
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// `p` made absolute with every symbolic link resolved, also when `p` itself does not
+/// exist yet (its folder is resolved).
+fn resolved(p: &Path) -> Option<std::path::PathBuf> {
+    if let Ok(c) = p.canonicalize() {
+        return Some(c);
     }
+    let name = p.file_name()?;
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(parent.canonicalize().ok()?.join(name))
+}
+
+/// Whether `a` and `b` name the same file, whatever the spelling.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (file_id(a), file_id(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y),
+    }
+}
+
+/// An input's name in messages: `the input` for the positional input, else the option.
+fn label(name: &str) -> String {
+    if name == "input" {
+        "the input".into()
+    } else {
+        format!("the input {name}")
+    }
+}
+
+/// The one rule of every verb on its paths, checked before anything is read or written:
+/// no output file may be any input (patterns, masks, supports, inits, models, truths,
+/// structures), whatever the spelling (`./`, symbolic or hard links); no output folder may
+/// hold an input; an output file may not be an existing folder; two outputs may not be one
+/// file. `inputs` and `outputs` are (option, path) pairs; `folders` are (option, folder)
+/// outputs whose whole content is replaced or written.
+pub fn check_paths(
+    inputs: &[(&str, &Path)],
+    outputs: &[(&str, &Path)],
+    folders: &[(&str, &Path)],
+) -> Result<()> {
+    for (k, (oname, out)) in outputs.iter().enumerate() {
+        if std::fs::metadata(out).is_ok_and(|m| m.is_dir()) {
+            bail!(
+                "{oname} {}: is an existing folder, expected a file path; nothing was written",
+                out.display()
+            );
+        }
+        for (iname, inp) in inputs {
+            if same_file(inp, out) {
+                bail!(
+                    "{oname} {} is the same file as {} {}: refusing to overwrite an input; nothing was written",
+                    out.display(),
+                    label(iname),
+                    inp.display()
+                );
+            }
+        }
+        for (oname2, out2) in &outputs[k + 1..] {
+            if same_file(out, out2) {
+                bail!(
+                    "{oname} {} and {oname2} {} are the same file",
+                    out.display(),
+                    out2.display()
+                );
+            }
+        }
+    }
+    for (fname, dir) in folders {
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            bail!(
+                "{fname} {}: exists and is not a folder; nothing was changed",
+                dir.display()
+            );
+        }
+        let Some(d) = resolved(dir) else { continue };
+        for (iname, inp) in inputs {
+            if resolved(inp).is_some_and(|i| i.starts_with(&d)) {
+                bail!(
+                    "{fname} {}: {} {} is inside it: refusing to replace a folder that holds an input; nothing was written",
+                    dir.display(),
+                    label(iname),
+                    inp.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {

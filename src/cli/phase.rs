@@ -1,6 +1,6 @@
 //! `cdiphase phase`: phase retrieval of every pattern of a file.
 
-use super::{is_file_spec, run_with_progress, same_file, RunArgs};
+use super::{check_paths, is_file_spec, run_with_progress, RunArgs};
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
@@ -64,12 +64,13 @@ pub struct PhaseArgs {
 }
 
 pub fn run(a: PhaseArgs) -> Result<()> {
-    if same_file(&a.input, &a.output) {
-        bail!(
-            "output {} is the input file: refusing to overwrite it",
-            a.output.display()
-        );
+    let mut inputs = vec![("input", a.input.as_path())];
+    for (opt, v) in [("--support", &a.support), ("--init", &a.init)] {
+        if is_file_spec(v) {
+            inputs.push((opt, Path::new(v)));
+        }
     }
+    check_paths(&inputs, &[("--output", &a.output)], &[])?;
     let device: Device = a.device.parse()?;
     let backend = backend::select(device, a.run.threads)?;
     let patterns = io::read_patterns(&a.input, a.entry.as_deref())

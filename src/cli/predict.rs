@@ -1,6 +1,6 @@
 //! `cdiphase predict`: the network over a pattern file, output and support as CXI.
 
-use super::{engine_mode, progress_bar, same_file, NetMode};
+use super::{check_paths, engine_mode, progress_bar, NetMode};
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device, NetOptions};
 use cdiphase::io;
@@ -45,15 +45,17 @@ pub struct PredictArgs {
 
 pub fn run(a: PredictArgs) -> Result<()> {
     let device: Device = a.device.parse()?;
-    if !(a.threshold.is_finite() && (0.0..=1.0).contains(&a.threshold)) {
-        bail!("--threshold {}: expected a fraction in [0, 1]", a.threshold);
-    }
-    if same_file(&a.input, &a.output) {
+    if !(0.0..1.0).contains(&a.threshold) {
         bail!(
-            "output {} is the input file: refusing to overwrite it",
-            a.output.display()
+            "--threshold {}: expected a fraction in [0, 1) (1 gives empty supports)",
+            a.threshold
         );
     }
+    let mut inputs = vec![("input", a.input.as_path())];
+    if let Some(m) = &a.model {
+        inputs.push(("--model", m.as_path()));
+    }
+    check_paths(&inputs, &[("--output", &a.output)], &[])?;
     let (model, model_name) = match &a.model {
         Some(p) => (
             store::load(p).with_context(|| format!("loading model {}", p.display()))?,
@@ -70,16 +72,6 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let ps = io::read_patterns(&a.input, a.entry.as_deref())
         .with_context(|| format!("reading patterns from {}", a.input.display()))?;
     let st = &ps.intensities;
-    if let Some(i) = st.data.iter().position(|v| v.is_nan()) {
-        let px = st.h * st.w;
-        bail!(
-            "{}: pattern {} has a NaN at pixel ({}, {}); mask it instead",
-            a.input.display(),
-            i / px,
-            (i % px) / st.w,
-            i % st.w
-        );
-    }
     let on_cpu = backend.name() == "cpu";
     let kernels = if on_cpu {
         mode.name()

@@ -151,6 +151,9 @@ pub fn config_from_args(a: &SimulateArgs) -> Result<SimConfig> {
 }
 
 pub fn run(a: SimulateArgs) -> Result<()> {
+    let inputs: Vec<(&str, &std::path::Path)> =
+        a.pdb.iter().map(|p| ("--pdb", p.as_path())).collect();
+    super::check_paths(&inputs, &[("--output", &a.output)], &[])?;
     let cfg = config_from_args(&a)?;
     let (h, w) = cfg.size;
     let opts = ReadOptions {
@@ -172,12 +175,17 @@ pub fn run(a: SimulateArgs) -> Result<()> {
     }
     if structures.is_empty() && cfg.synthetic.is_none() {
         bail!(
-            "no readable structure among {} (see the warnings above)",
+            "no readable structure among {}{}",
             a.pdb
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if failed.is_empty() {
+                " (no structure file found)"
+            } else {
+                " (see the warnings above)"
+            }
         );
     }
     let read = structures.len();
@@ -187,10 +195,15 @@ pub fn run(a: SimulateArgs) -> Result<()> {
     }
     if structures.is_empty() && cfg.synthetic.is_none() {
         bail!(
-            "none of the {read} structures fits the field of {}x{} pixels of {} nm (see the warnings above)",
+            "none of the {read} structures fits the field of {}x{} pixels of {} nm{}",
             h,
             w,
-            cfg.pixel_size_nm.unwrap_or(0.0)
+            cfg.pixel_size_nm.unwrap_or(0.0),
+            if too_large.is_empty() {
+                ""
+            } else {
+                " (see the warnings above)"
+            }
         );
     }
     let read_s = t0.elapsed().as_secs_f64();

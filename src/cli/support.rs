@@ -2,7 +2,7 @@
 //! a network output (threshold), or the baselines thresholded the same way (the training
 //! set's mean image, the oracle).
 
-use super::set_threads;
+use super::{check_paths, set_threads};
 use anyhow::{bail, Context, Result};
 use cdiphase::array::Stack;
 use cdiphase::eval;
@@ -56,6 +56,11 @@ pub struct SupportArgs {
 }
 
 pub fn run(a: SupportArgs) -> Result<()> {
+    let mut inputs = vec![("input", a.input.as_path())];
+    if let Some(f) = &a.from {
+        inputs.push(("--from", f.as_path()));
+    }
+    check_paths(&inputs, &[("--output", &a.output)], &[])?;
     set_threads(a.threads)?;
     let method = Method::parse(&a.method)?;
     let threshold = a.threshold.unwrap_or(method.default_threshold());
@@ -149,6 +154,12 @@ pub fn run(a: SupportArgs) -> Result<()> {
                     a.input.display()
                 ),
             };
+            if n == 0 || h == 0 || w == 0 {
+                bail!(
+                    "{}: dataset '{entry}' has shape {shape:?}: no image to threshold",
+                    a.input.display()
+                );
+            }
             if let Some(i) = v.iter().position(|x| !x.is_finite()) {
                 bail!(
                     "{}: dataset '{entry}' value {i} is not finite",

@@ -1,7 +1,7 @@
 //! The report folder of `cdiphase evaluate`: metrics.json, PNG figures and index.html,
 //! built in a temporary sibling folder and renamed into place (no partial report).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::plot::{self, FpFn, Histories, Tile};
 use super::{InputEvaluation, Truth};
@@ -29,47 +29,147 @@ pub fn to_json(truth: &Truth, evals: &[InputEvaluation]) -> serde_json::Value {
     })
 }
 
-fn remove_previous_report(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
+/// The file that marks a folder as a report this program wrote, listing the files it
+/// wrote there: only such a folder holding nothing else (or an empty folder) is ever
+/// replaced.
+pub const MARKER: &str = ".cdiphase-report";
+const MARKER_HEADER: &str = "# written by cdiphase evaluate: the files below are replaced by the next report in this folder\n";
+
+/// The files a report's marker lists, `None` when `dir` holds no marker of ours.
+fn marker_files(dir: &Path) -> Option<Vec<String>> {
+    let m = dir.join(MARKER);
+    if !std::fs::symlink_metadata(&m).is_ok_and(|md| md.is_file()) {
+        return None;
     }
-    if !dir.is_dir() || !dir.join("metrics.json").is_file() {
-        return Err(Error::Config(format!(
-            "{} exists and is not a cdiphase report (no metrics.json): choose another --report folder",
-            dir.display()
-        )));
-    }
-    std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))
+    let text = std::fs::read_to_string(&m).ok()?;
+    let body = text.strip_prefix(MARKER_HEADER)?;
+    Some(body.lines().map(str::to_string).collect())
 }
 
-/// Write the report into `dir` (replacing a previous report there).
+/// Whether `dir` may be replaced by a report: absent, an empty folder, or a folder holding
+/// our marker file. Anything else (a file, a symbolic link, a folder of someone else's
+/// files, even one with a metrics.json) is refused.
+pub fn check_report_dest(dir: &Path) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(Error::Config(format!(
+            "--report {}: {why}; nothing was changed: choose another --report folder",
+            dir.display()
+        )))
+    };
+    let m = match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+        Ok(m) => m,
+    };
+    if m.file_type().is_symlink() {
+        return refuse("is a symbolic link");
+    }
+    if !m.is_dir() {
+        return refuse("exists and is not a folder");
+    }
+    let listed = marker_files(dir);
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        match &listed {
+            None => {
+                return refuse(&format!(
+                    "exists and is not a cdiphase report (no {MARKER} file in it)"
+                ))
+            }
+            Some(l) if name != MARKER && !l.contains(&name) => {
+                return refuse(&format!(
+                    "holds '{name}', which the previous report did not write"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Exchange two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); `Ok(false)` when
+/// the system or file system cannot.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call;
+    // renameat2 reads them and touches no other memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSYS | libc::EINVAL | libc::ENOTSUP) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// Put the finished folder `tmp` in place of `dir`. A previous report is exchanged
+/// atomically with the new one where the system allows (else moved aside, the new one
+/// renamed in, and the old one put back on failure), then removed.
+fn publish(tmp: &Path, dir: &Path) -> Result<()> {
+    // a registered name for the old report, used only where no atomic exchange exists
+    let aside = crate::io::temp_path(dir)?;
+    crate::io::temp::with_lock(|live| {
+        live.retain(|p| p != &aside);
+        if std::fs::symlink_metadata(dir).is_err() {
+            std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+            live.retain(|p| p != tmp);
+            return Ok(());
+        }
+        // `tmp` holds the old report afterwards; it stays registered until removed
+        if !exchange(tmp, dir).map_err(|e| Error::io(dir, e))? {
+            std::fs::rename(dir, &aside).map_err(|e| Error::io(dir, e))?;
+            if let Err(e) = std::fs::rename(tmp, dir) {
+                let _ = std::fs::rename(&aside, dir);
+                return Err(Error::io(dir, e));
+            }
+            std::fs::rename(&aside, tmp).map_err(|e| Error::io(&aside, e))?;
+        }
+        let _ = std::fs::remove_dir_all(tmp);
+        live.retain(|p| p != tmp);
+        Ok(())
+    })
+}
+
+/// Write the report into `dir`: built whole in a temporary sibling folder, then put in
+/// place of `dir` (see [`check_report_dest`] for what may be replaced).
 pub fn write_report(
     dir: &Path,
     truth: &Truth,
     evals: &[InputEvaluation],
 ) -> Result<serde_json::Value> {
-    if dir.exists() && !(dir.is_dir() && dir.join("metrics.json").is_file()) {
+    check_report_dest(dir)?;
+    if dir.file_name().is_none() {
         return Err(Error::Config(format!(
-            "{} exists and is not a cdiphase report (no metrics.json): choose another --report folder",
+            "--report {}: not a folder name",
             dir.display()
         )));
     }
-    let name = dir
-        .file_name()
-        .ok_or_else(|| Error::Config(format!("--report {}: not a folder name", dir.display())))?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let tmp = crate::io::temp_path(dir)?;
+    if let Err(e) = std::fs::create_dir(&tmp) {
+        crate::io::temp::unregister(&tmp);
+        return Err(Error::io(&tmp, e));
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let result = (|| {
         let json = to_json(truth, evals);
         let figures = write_figures(&tmp, truth, evals)?;
@@ -78,12 +178,25 @@ pub fn write_report(
             .map_err(|e| Error::io(tmp.join("metrics.json"), e))?;
         std::fs::write(tmp.join("index.html"), index_html(truth, evals, &figures))
             .map_err(|e| Error::io(tmp.join("index.html"), e))?;
-        remove_previous_report(dir)?;
-        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+        let mut names: Vec<String> = std::fs::read_dir(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(&tmp, e))?;
+        names.sort();
+        let mut marker = MARKER_HEADER.to_string();
+        for n in names {
+            marker.push_str(&n);
+            marker.push('\n');
+        }
+        std::fs::write(tmp.join(MARKER), marker).map_err(|e| Error::io(tmp.join(MARKER), e))?;
+        // checked again: the folder may have changed while the figures were drawn
+        check_report_dest(dir)?;
+        publish(&tmp, dir)?;
         Ok(json)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        crate::io::temp::discard(&tmp);
     }
     result
 }

@@ -47,7 +47,20 @@ pub(crate) struct H5 {
 
 /// Open `path` as HDF5. Missing/unreadable file: [`Error::Io`]; not HDF5: [`Error::Format`].
 pub(crate) fn open(path: &Path) -> Result<H5> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    crate::limits::check_memory(
+        &format!("{}: reading the whole HDF5 file", path.display()),
+        size as u128,
+    )?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    open_bytes(path, bytes)
+}
+
+/// [`open`] on the bytes of a file (`path` names it in messages; a member of a .keras
+/// archive, for instance): the signature, the parse and the truncation check.
+pub(crate) fn open_bytes(path: &Path, bytes: Vec<u8>) -> Result<H5> {
     if !hdf5_pure::is_hdf5_bytes(&bytes) {
         return Err(Error::format(
             path,
@@ -108,6 +121,15 @@ pub(crate) fn for_each_rows_f32(
             .map_err(|e| h5err(path, &format!("shape of '{entry}'"), e))
     })?;
     let n = shape.first().copied().unwrap_or(1);
+    let dims: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+    let row_bytes = crate::limits::bytes_of(&dims[dims.len().min(1)..], 8);
+    crate::limits::check_memory(
+        &format!(
+            "{}: dataset '{entry}' of shape {shape:?}, {rows} row(s) at a time",
+            path.display()
+        ),
+        row_bytes.saturating_mul(rows as u128),
+    )?;
     let row: usize = shape.iter().skip(1).product::<usize>().max(1);
     let mut first = 0;
     while first < n {
@@ -132,6 +154,12 @@ fn is_not_found(e: &hdf5_pure::Error) -> bool {
     )
 }
 
+/// An error from following an undefined address (all ones): what a soft or external link
+/// of an old-style group gives the reader.
+fn is_undefined_address(e: &hdf5_pure::Error) -> bool {
+    e.to_string().contains(&u64::MAX.to_string())
+}
+
 fn strip(p: &str) -> &str {
     p.trim_start_matches('/')
 }
@@ -150,6 +178,15 @@ impl H5 {
                 match self.file.dataset(&cand) {
                     Ok(d) => return Ok(Some(d)),
                     Err(e) if is_not_found(&e) => last = None,
+                    Err(e) if is_undefined_address(&e) => {
+                        return Err(Error::format(
+                            path,
+                            format!(
+                                "'{bare}' (or a group on its path) is a soft or external link, \
+                                 which is not followed: give the target dataset's own path"
+                            ),
+                        ))
+                    }
                     Err(e) => last = Some(e),
                 }
             }
@@ -210,8 +247,18 @@ impl H5 {
     /// Whole dataset as `f32` (integers and floats; complex is refused).
     pub fn read_f32(&self, entry: &str, d: &Dataset) -> Result<(Vec<usize>, Vec<f32>)> {
         let shape = self.shape(entry, d)?;
+        self.check_declared(entry, d, &shape, 4)?;
         let dt = self.datatype(entry, d)?;
         match dt {
+            Datatype::FloatingPoint {
+                size: 2,
+                byte_order,
+                ..
+            } => {
+                let v = self.read_f16(entry, d, &byte_order)?;
+                check_len(&self.path, entry, &shape, v.len())?;
+                return Ok((shape, v));
+            }
             Datatype::FloatingPoint { .. } | Datatype::FixedPoint { .. } => {}
             Datatype::Enumeration { .. } => {
                 let m = self.read_mask_values(entry, d)?;
@@ -235,6 +282,101 @@ impl H5 {
         Ok((shape, data))
     }
 
+    /// Refuse a dataset whose declared shape cannot be right or cannot be held, before
+    /// anything is allocated: contiguous or compact storage shorter than the shape needs
+    /// (or past the end of the file), virtual datasets, and a shape whose values (stored
+    /// size plus `mem_elem` bytes per element in memory) exceed the memory available.
+    /// Chunked datasets may legitimately be sparse (unwritten chunks read as the fill
+    /// value), so for them the memory bound is the check.
+    fn check_declared(
+        &self,
+        entry: &str,
+        d: &Dataset,
+        shape: &[usize],
+        mem_elem: u64,
+    ) -> Result<()> {
+        let path = &self.path;
+        let dims: Vec<u64> = shape.iter().map(|&x| x as u64).collect();
+        let elem = guard(path, || {
+            d.element_size()
+                .map_err(|e| h5err(path, &format!("element size of '{entry}'"), e))
+        })?;
+        let stored = crate::limits::bytes_of(&dims, elem);
+        let what = format!("{}: dataset '{entry}' of shape {shape:?}", path.display());
+        let layout = guard(path, || {
+            d.layout()
+                .map_err(|e| h5err(path, &format!("layout of '{entry}'"), e))
+        })?;
+        let file_len = self.file.as_bytes().len() as u128;
+        let short = |have: u64| {
+            Err(Error::format(
+                path,
+                format!(
+                    "dataset '{entry}': shape {shape:?} of {elem}-byte elements needs {} bytes, but only {have} are stored (corrupt file)",
+                    stored
+                ),
+            ))
+        };
+        match layout {
+            hdf5_pure::Layout::Compact { size } if (size as u128) < stored => return short(size),
+            hdf5_pure::Layout::Contiguous {
+                address: Some(a),
+                size,
+            } => {
+                if (size as u128) < stored {
+                    return short(size);
+                }
+                if a as u128 + size as u128 > file_len {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "dataset '{entry}': its {size} bytes at offset {a} run past the end of the file ({file_len} bytes): truncated or corrupt"
+                        ),
+                    ));
+                }
+            }
+            hdf5_pure::Layout::Virtual => {
+                return Err(Error::format(
+                    path,
+                    format!("dataset '{entry}' is a virtual dataset, which is not supported"),
+                ))
+            }
+            _ => {}
+        }
+        let elems = crate::limits::bytes_of(&dims, 1);
+        crate::limits::check_memory(
+            &what,
+            stored.saturating_add(elems.saturating_mul(mem_elem as u128)),
+        )
+    }
+
+    /// A float16 dataset as `f32`.
+    fn read_f16(&self, entry: &str, d: &Dataset, order: &DatatypeByteOrder) -> Result<Vec<f32>> {
+        let path = &self.path;
+        let raw = guard(path, || {
+            d.read_raw()
+                .map_err(|e| h5err(path, &format!("reading '{entry}'"), e))
+        })?;
+        if raw.len() % 2 != 0 {
+            return Err(Error::format(
+                path,
+                format!("dataset '{entry}': {} bytes for 2-byte elements", raw.len()),
+            ));
+        }
+        let big = matches!(order, DatatypeByteOrder::BigEndian);
+        Ok(raw
+            .chunks_exact(2)
+            .map(|b| {
+                let bits = if big {
+                    u16::from_be_bytes([b[0], b[1]])
+                } else {
+                    u16::from_le_bytes([b[0], b[1]])
+                };
+                half::f16::from_bits(bits).to_f32()
+            })
+            .collect())
+    }
+
     /// A string dataset (scalar or 1-D, fixed or variable length), its elements in order.
     pub fn read_strings(&self, entry: &str, d: &Dataset) -> Result<Vec<String>> {
         match self.datatype(entry, d)? {
@@ -249,6 +391,8 @@ impl H5 {
                 ))
             }
         }
+        let shape = self.shape(entry, d)?;
+        self.check_declared(entry, d, &shape, 32)?;
         guard(&self.path, || {
             d.read_string()
                 .map_err(|e| h5err(&self.path, &format!("reading '{entry}'"), e))
@@ -258,6 +402,7 @@ impl H5 {
     /// Whole dataset as a 0/1 mask (nonzero, including NaN, becomes 1).
     pub fn read_mask(&self, entry: &str, d: &Dataset) -> Result<(Vec<usize>, Vec<u8>)> {
         let shape = self.shape(entry, d)?;
+        self.check_declared(entry, d, &shape, 9)?;
         let v = self.read_mask_values(entry, d)?;
         check_len(&self.path, entry, &shape, v.len())?;
         Ok((shape, v))
@@ -267,6 +412,15 @@ impl H5 {
         let dt = self.datatype(entry, d)?;
         let path = &self.path;
         match dt {
+            Datatype::FloatingPoint {
+                size: 2,
+                byte_order,
+                ..
+            } => Ok(self
+                .read_f16(entry, d, &byte_order)?
+                .into_iter()
+                .map(|x| u8::from(x != 0.0))
+                .collect()),
             Datatype::FloatingPoint { .. } => guard(path, || {
                 d.read_f64()
                     .map(|v| v.into_iter().map(|x| u8::from(x != 0.0)).collect())
@@ -317,6 +471,7 @@ impl H5 {
             ));
         };
         let shape = self.shape(entry, d)?;
+        self.check_declared(entry, d, &shape, 8)?;
         let find = |names: &[&str]| {
             members
                 .iter()

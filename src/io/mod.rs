@@ -8,6 +8,7 @@
 pub mod hdf5;
 pub mod npy;
 pub mod stream;
+pub mod temp;
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -85,13 +86,26 @@ fn rank_error(path: &Path, entry: &str, found: &[usize]) -> Error {
     }
 }
 
-/// (n, h, w) from a rank-2 or rank-3 shape.
+/// (n, h, w) from a rank-2 or rank-3 shape; an empty stack (no image, or images of zero
+/// rows or columns) is an error naming the file and entry.
 fn nhw(path: &Path, entry: &str, shape: &[usize]) -> Result<(usize, usize, usize)> {
-    match *shape {
-        [h, w] => Ok((1, h, w)),
-        [n, h, w] => Ok((n, h, w)),
-        _ => Err(rank_error(path, entry, shape)),
+    let (n, h, w) = match *shape {
+        [h, w] => (1, h, w),
+        [n, h, w] => (n, h, w),
+        _ => return Err(rank_error(path, entry, shape)),
+    };
+    if n == 0 || h == 0 || w == 0 {
+        return Err(Error::Shape {
+            what: if entry.is_empty() {
+                format!("{}", path.display())
+            } else {
+                format!("{}: dataset '{entry}'", path.display())
+            },
+            expected: "at least one image of at least 1x1 pixels".into(),
+            found: shape.to_vec(),
+        });
     }
+    Ok((n, h, w))
 }
 
 fn candidates(entry: Option<&str>, defaults: &[&str]) -> Vec<String> {
@@ -169,24 +183,48 @@ pub fn read_patterns(path: &Path, entry: Option<&str>) -> Result<PatternSet> {
     }
 }
 
-/// Read a support (nonzero becomes 1): `(H,W)` gives n = 1, or `(N,H,W)`.
+/// Read a support (nonzero becomes 1): `(H,W)` gives n = 1, or `(N,H,W)`. A NaN or an
+/// infinity is an error (it is no answer to "inside or outside"), naming the pixel.
 ///
 /// HDF5 without `entry`: the first of [`DEFAULT_SUPPORT_ENTRIES`].
 pub fn read_support(path: &Path, entry: Option<&str>) -> Result<Stack<u8>> {
-    match format_of(path)? {
+    let (name, shape, v) = match format_of(path)? {
         Format::Npy => {
             let a = npy::read(path)?;
-            let (n, h, w) = nhw(path, "", &a.shape)?;
-            Stack::from_vec(n, h, w, a.to_mask())
+            if a.is_complex() {
+                return Err(Error::format(
+                    path,
+                    format!("a support must be real, found '{}'", a.descr),
+                ));
+            }
+            (String::new(), a.shape.clone(), a.to_f32())
         }
         Format::Hdf5 => {
             let f = hdf5::open(path)?;
             let (name, d) = f.first_dataset(&candidates(entry, &DEFAULT_SUPPORT_ENTRIES))?;
-            let (shape, v) = f.read_mask(&name, &d)?;
-            let (n, h, w) = nhw(path, &name, &shape)?;
-            Stack::from_vec(n, h, w, v)
+            let (shape, v) = f.read_f32(&name, &d)?;
+            (name, shape, v)
         }
+    };
+    let (n, h, w) = nhw(path, &name, &shape)?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        let px = h * w;
+        return Err(Error::invalid(
+            if name.is_empty() {
+                format!("{}: support", path.display())
+            } else {
+                format!("{}: support '{name}'", path.display())
+            },
+            format!(
+                "image {} pixel (y={}, x={}) is {}: a support holds 0 (outside) or nonzero (inside)",
+                i / px,
+                (i % px) / w,
+                i % w,
+                v[i]
+            ),
+        ));
     }
+    Stack::from_vec(n, h, w, v.into_iter().map(|x| u8::from(x != 0.0)).collect())
 }
 
 /// Read a (complex) object: `(H,W)` gives n = 1, or `(N,H,W)`. Real types give a zero
@@ -297,24 +335,11 @@ pub fn list_datasets(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
     }
 }
 
-/// A fresh temporary file name in `dest`'s directory (hidden, named after `dest`, unique per
-/// process and call), so that a rename onto `dest` is atomic.
+/// A fresh temporary file name in `dest`'s directory (hidden, recognisable, unique per
+/// process and call, registered for removal on a signal), so that a rename onto `dest` is
+/// atomic. See [`temp`].
 pub fn temp_path(dest: &Path) -> Result<PathBuf> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let fname = dest
-        .file_name()
-        .ok_or_else(|| Error::format(dest, "destination is not a file path"))?;
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok(dir.join(format!(
-        ".{}.tmp-{}-{}",
-        fname.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )))
+    temp::temp_path(dest)
 }
 
 /// Write a file atomically: `body` writes into a temporary file in `dest`'s directory, which
@@ -329,7 +354,10 @@ pub fn write_atomic(
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(|e| Error::io(dest, e))?;
+        .map_err(|e| {
+            temp::unregister(&tmp);
+            Error::io(dest, e)
+        })?;
     let result = (|| {
         let mut w = BufWriter::with_capacity(1 << 20, file);
         body(&mut w)?;
@@ -339,10 +367,10 @@ pub fn write_atomic(
             .map_err(|e| Error::io(dest, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(dest, e))?;
         drop(file);
-        std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e))
+        temp::commit(&tmp, dest).map_err(|e| Error::io(dest, e))
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        temp::discard(&tmp);
     }
     result
 }

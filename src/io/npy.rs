@@ -120,6 +120,14 @@ impl NpyArray {
 
 /// Read a whole `.npy` file.
 pub fn read(path: &Path) -> Result<NpyArray> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    // the bytes, and the values decoded from them
+    crate::limits::check_memory(
+        &format!("{}: reading the .npy file", path.display()),
+        2 * size as u128,
+    )?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse(path, &bytes)
 }

@@ -109,7 +109,10 @@ impl StreamWriter {
             .read(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| Error::io(dest, e))?;
+            .map_err(|e| {
+                super::temp::unregister(&tmp);
+                Error::io(dest, e)
+            })?;
         Ok(StreamWriter {
             dest: dest.to_path_buf(),
             tmp,
@@ -424,8 +427,11 @@ impl StreamWriter {
             file.set_len(eof)?;
             file.sync_all()?;
             drop(file);
-            std::fs::rename(&self.tmp, &dest)
+            super::temp::commit(&self.tmp, &dest)
         })();
+        if res.is_err() {
+            super::temp::discard(&self.tmp);
+        }
         res.map_err(|e| Error::io(&dest, e))
     }
 
@@ -534,7 +540,7 @@ impl StreamWriter {
 impl Drop for StreamWriter {
     fn drop(&mut self) {
         if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
+            super::temp::discard(&self.tmp);
         }
     }
 }

@@ -434,24 +434,8 @@ pub fn config_from_file(path: &Path, preprocess: Preprocess) -> Result<ModelSpec
 }
 
 fn open_h5_bytes(label: &Path, bytes: Vec<u8>) -> Result<H5> {
-    if !hdf5_pure::is_hdf5_bytes(&bytes) {
-        return Err(Error::format(
-            label,
-            "not an HDF5 file (no HDF5 signature found)",
-        ));
-    }
-    let file = guard(label, || {
-        hdf5_pure::File::from_bytes(bytes).map_err(|e| {
-            Error::format(
-                label,
-                format!("not a readable HDF5 file (truncated or corrupt?): {e}"),
-            )
-        })
-    })?;
-    Ok(H5 {
-        path: label.to_path_buf(),
-        file,
-    })
+    // the same checks as every other HDF5 input, truncation included
+    crate::io::hdf5::open_bytes(label, bytes)
 }
 
 fn children(h: &H5, group: &str) -> Result<Option<(Vec<String>, Vec<String>)>> {

@@ -64,6 +64,7 @@ impl Model {
         use rand_xoshiro::rand_core::{Rng, SeedableRng};
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut uni = move || (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+        spec.check_memory(0)?;
         let mut weights = BTreeMap::new();
         for (name, shape) in spec.weight_shapes()? {
             let n: usize = shape.iter().product();

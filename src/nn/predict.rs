@@ -63,6 +63,52 @@ pub fn support_of(out: &[f32], threshold: f32, dst: &mut [u8]) {
     }
 }
 
+/// The measured pixels (mask zero, or no mask) of every pattern are finite: masked pixels
+/// are never read (they may hold anything), a NaN or infinity elsewhere is an error naming
+/// the pattern and the pixel. A stack of zero patterns is an error too.
+pub fn check_measured(patterns: &Stack<f32>, mask: Option<&Stack<u8>>) -> Result<()> {
+    let (n, h, w) = (patterns.n, patterns.h, patterns.w);
+    if n == 0 || h == 0 || w == 0 {
+        return Err(Error::Shape {
+            what: "patterns".into(),
+            expected: "(N, H, W) with N, H, W >= 1".into(),
+            found: vec![n, h, w],
+        });
+    }
+    if let Some(m) = mask {
+        if (m.h, m.w) != (h, w) || (m.n != 1 && m.n != n) {
+            return Err(Error::Shape {
+                what: "mask".into(),
+                expected: format!("({h}, {w}) or ({n}, {h}, {w}) like the patterns"),
+                found: vec![m.n, m.h, m.w],
+            });
+        }
+    }
+    let px = h * w;
+    for p in 0..n {
+        let img = &patterns.data[p * px..(p + 1) * px];
+        let m = mask.map(|m| {
+            let j = if m.n == 1 { 0 } else { p };
+            &m.data[j * px..(j + 1) * px]
+        });
+        let bad = img
+            .iter()
+            .enumerate()
+            .find(|&(i, v)| !v.is_finite() && m.is_none_or(|m| m[i] == 0));
+        if let Some((i, v)) = bad {
+            return Err(Error::invalid(
+                format!("pattern {p}"),
+                format!(
+                    "pixel (y={}, x={}) is {v} and not masked: mask it (nonzero in the mask) or fix the data",
+                    i / w,
+                    i % w
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Predict every pattern of `patterns` (`mask`: (1 or N, H, W), nonzero = bad pixel) with
 /// `model` loaded on `backend`, `batch` patterns per forward. `progress` is called with
 /// the number of patterns done after each batch.
@@ -104,13 +150,18 @@ pub fn predict_cancellable(
     progress: &dyn Fn(usize),
     cancel: &Cancel,
 ) -> Result<Prediction> {
-    let batch = batch.clamp(1, patterns.n.max(1));
+    if batch == 0 {
+        return Err(Error::Config("--batch must be at least 1".into()));
+    }
+    let batch = batch.min(patterns.n.max(1));
     let spec = &model.spec;
     let shapes = spec.shapes()?;
     let out = spec
         .index_of(&spec.output)
         .ok_or_else(|| Error::Config(format!("model '{}': no output layer", spec.name)))?;
     check_shapes(spec, &shapes[out], patterns)?;
+    check_measured(patterns, mask)?;
+    spec.check_memory(batch)?;
     let mut net = backend.load_network(model, batch, opts)?;
     let output_shape = net.output_shape().to_vec();
     predict_with(
@@ -146,6 +197,7 @@ pub fn predict_with(
     progress: &dyn Fn(usize),
 ) -> Result<Prediction> {
     check_shapes(spec, output_shape, patterns)?;
+    check_measured(patterns, mask)?;
     let n = patterns.n;
     let (oh, ow) = (output_shape[0], output_shape[1]);
     let batch = batch.clamp(1, n.max(1));

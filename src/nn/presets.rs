@@ -30,12 +30,22 @@ pub fn parse(name: &str, preprocess: Preprocess) -> Result<ModelSpec> {
     }
 }
 
+/// The largest input side of the preset (16 times the paper's).
+pub const MAX_INPUT: usize = 2048;
+/// The largest channel multiplier of the preset.
+pub const MAX_WIDTH: f64 = 16.0;
+
 /// The paper's network for an `s x s` input (s a multiple of 8), channel counts scaled by
 /// `width` (1.0: 64/128/256), bottleneck Dense of `128*width` units.
 pub fn spinn(input_size: usize, width: f64, preprocess: Preprocess) -> Result<ModelSpec> {
-    if input_size == 0 || !input_size.is_multiple_of(8) {
+    if input_size == 0 || !input_size.is_multiple_of(8) || input_size > MAX_INPUT {
         return Err(Error::Config(format!(
-            "spinn: input size must be a positive multiple of 8, got {input_size}"
+            "spinn: input size must be a positive multiple of 8 up to {MAX_INPUT}, got {input_size}"
+        )));
+    }
+    if !(width.is_finite() && width > 0.0 && width <= MAX_WIDTH) {
+        return Err(Error::Config(format!(
+            "spinn: width must be a number in (0, {MAX_WIDTH}], got {width}"
         )));
     }
     let ch = |c: usize| ((c as f64 * width).round() as usize).max(1);

@@ -382,10 +382,43 @@ impl LayerSpec {
     }
 }
 
+/// The largest kernel, pool, stride or upsampling size a layer may declare.
+pub const MAX_WINDOW: usize = 256;
+/// The most filters (channels) a layer may declare.
+pub const MAX_FILTERS: usize = 65536;
+/// The largest height or width of any activation.
+pub const MAX_SIDE: usize = 65536;
+/// The most elements of one sample's activation at any layer (4 GiB of f32).
+pub const MAX_ACTIVATION: usize = 1 << 30;
+
 fn check_pos(name: &str, k: &[usize; 2], s: &[usize; 2], f: usize) -> Result<()> {
     if k.contains(&0) || s.contains(&0) || f == 0 {
         return Err(Error::Config(format!(
             "layer '{name}': sizes, strides and filters must be positive ({k:?}, {s:?}, {f})"
+        )));
+    }
+    if k.iter().chain(s).any(|&v| v > MAX_WINDOW) || f > MAX_FILTERS {
+        return Err(Error::Config(format!(
+            "layer '{name}': sizes and strides {k:?}, {s:?} (at most {MAX_WINDOW}) or {f} filters (at most {MAX_FILTERS}) out of range"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse an activation shape too large to be a network of this crate (before any
+/// arithmetic on it can overflow or any buffer is sized from it).
+fn check_activation(model: &str, layer: &str, s: &[usize]) -> Result<()> {
+    let elems = s
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .unwrap_or(usize::MAX);
+    let side = s
+        .iter()
+        .take(s.len().saturating_sub(1))
+        .any(|&d| d > MAX_SIDE);
+    if side || elems > MAX_ACTIVATION {
+        return Err(Error::Config(format!(
+            "model '{model}': layer '{layer}' output {s:?} is too large (at most {MAX_SIDE} per side and {MAX_ACTIVATION} values per sample)"
         )));
     }
     Ok(())
@@ -403,6 +436,7 @@ impl ModelSpec {
                 self.name, self.input
             )));
         }
+        check_activation(&self.name, &self.input_name, &self.input)?;
         for l in &self.layers {
             if names.contains(&l.name.as_str()) {
                 return Err(Error::Config(format!(
@@ -420,7 +454,9 @@ impl ModelSpec {
                 })?;
                 ins.push(shapes[idx].clone());
             }
-            shapes.push(l.out_shape(&ins)?);
+            let out = l.out_shape(&ins)?;
+            check_activation(&self.name, &l.name, &out)?;
+            shapes.push(out);
             names.push(&l.name);
         }
         if !names.contains(&self.output.as_str()) {
@@ -462,6 +498,31 @@ impl ModelSpec {
     }
 
     /// Number of parameters.
+    /// Refuse to run this network on `batch` patterns at once when the weights and the
+    /// activations (three of the largest per pattern, as the engines keep) exceed the
+    /// memory available; the message holds the estimate.
+    pub fn check_memory(&self, batch: usize) -> Result<()> {
+        let shapes = self.shapes()?;
+        let largest = shapes
+            .iter()
+            .map(|s| s.iter().map(|&d| d as u128).product::<u128>())
+            .max()
+            .unwrap_or(0);
+        let params: u128 = self
+            .weight_shapes()?
+            .iter()
+            .map(|(_, s)| s.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        let bytes = params * 4 + largest * 4 * 3 * batch as u128;
+        crate::limits::check_memory(
+            &format!(
+                "model '{}' ({params} parameters) on a batch of {batch}",
+                self.name
+            ),
+            bytes,
+        )
+    }
+
     pub fn params(&self) -> Result<usize> {
         Ok(self
             .weight_shapes()?

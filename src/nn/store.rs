@@ -73,8 +73,31 @@ pub fn to_bytes(model: &Model, dtype: WeightDtype) -> Result<Vec<u8>> {
     let mut meta = HashMap::new();
     meta.insert(META_MODEL.to_string(), model.spec.to_json());
     meta.insert(META_FORMAT.to_string(), FORMAT.to_string());
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Config(format!("serialising the model: {e}")))
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Config(format!("serialising the model: {e}")))?;
+    canonical_header(bytes)
+}
+
+/// The same safetensors file with its JSON header's keys in sorted order, so that one
+/// model always gives the same bytes (`safetensors` writes the metadata from a `HashMap`,
+/// whose order changes from run to run). The header keeps its length and padding.
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |m: &str| Error::Config(format!("serialising the model: {m}"));
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+        .ok_or_else(|| bad("no header"))?;
+    let header = bytes.get(8..8 + n).ok_or_else(|| bad("short header"))?;
+    // serde_json's maps are sorted (BTreeMap) without its preserve_order feature
+    let v: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| bad(&format!("header: {e}")))?;
+    let mut sorted = serde_json::to_vec(&v).map_err(|e| bad(&format!("header: {e}")))?;
+    if sorted.len() > n {
+        return Err(bad("sorted header longer than the original"));
+    }
+    sorted.resize(n, b' ');
+    bytes[8..8 + n].copy_from_slice(&sorted);
+    Ok(bytes)
 }
 
 /// Write a model file atomically.
@@ -97,6 +120,16 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Model> {
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::format(path, format!("safetensors header: {e}")))?;
     let md = meta.metadata().as_ref();
+    if let Some(f) = md.and_then(|m| m.get(META_FORMAT)) {
+        if f != FORMAT {
+            return Err(Error::format(
+                path,
+                format!(
+                    "model file format '{f}' is not supported by this version of cdiphase (it reads '{FORMAT}')"
+                ),
+            ));
+        }
+    }
     let json = md.and_then(|m| m.get(META_MODEL)).ok_or_else(|| {
         Error::format(
             path,
@@ -151,4 +184,30 @@ pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Model> {
 pub fn load(path: &Path) -> Result<Model> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     from_bytes(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_files_are_reproducible_and_versions_checked() {
+        let spec = crate::nn::presets::spinn(8, 0.05, Default::default()).unwrap();
+        let m = Model::random(spec, 3).unwrap();
+        let first = to_bytes(&m, WeightDtype::F32).unwrap();
+        // a fresh HashMap per call: its order differs between calls unless sorted
+        for _ in 0..8 {
+            assert_eq!(to_bytes(&m, WeightDtype::F32).unwrap(), first);
+        }
+        let back = from_bytes(Path::new("m"), &first).unwrap();
+        assert_eq!(back.weights, m.weights);
+        let mut other = first.clone();
+        let at = other
+            .windows(FORMAT.len())
+            .position(|w| w == FORMAT.as_bytes())
+            .unwrap();
+        other[at + FORMAT.len() - 1] = b'9';
+        let e = from_bytes(Path::new("m"), &other).unwrap_err().to_string();
+        assert!(e.contains("'cdiphase-nn-9' is not supported"), "{e}");
+    }
 }

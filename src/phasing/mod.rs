@@ -187,6 +187,13 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
     if cfg.starts == 0 {
         return Err(Error::Config("--starts must be at least 1".into()));
     }
+    // every start of every pattern holds its field, its Fourier transform, the HIO
+    // reference and its support: about 48 bytes per pixel (and the result copies)
+    let per_px: u128 = if cfg.keep_all { 56 } else { 48 };
+    crate::limits::check_memory(
+        &format!("phasing {n} patterns of {h}x{w} x {} starts", cfg.starts),
+        (n as u128) * (cfg.starts as u128) * (h as u128) * (w as u128) * per_px,
+    )?;
     if let Some(m) = &patterns.mask {
         check_stack_shape(m, n, h, w, &format!("{src}: mask"))?;
     }
@@ -307,6 +314,16 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
                     "--init",
                     format!("object {} pixel {} is not finite", i / l, i % l),
                 ));
+            }
+            for k in 0..o.n {
+                if o.image(k).iter().all(|c| c.re == 0.0 && c.im == 0.0) {
+                    return Err(Error::invalid(
+                        "--init",
+                        format!(
+                            "object {k} is zero everywhere: it cannot be scaled to the data and would stay zero"
+                        ),
+                    ));
+                }
             }
             let native = to_native(o);
             let plan = Plan2d::new(h, w);

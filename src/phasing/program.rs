@@ -94,7 +94,14 @@ impl ShrinkwrapConfig {
             match k.trim() {
                 "sigma" => c.sigma = range(v)?,
                 "threshold" => c.threshold = range(v)?,
-                "every" => c.every = int(v)?,
+                "every" => {
+                    c.every = int(v)?;
+                    if c.every == 0 {
+                        return Err(Error::Config(
+                            "shrinkwrap every=0: give a period of at least 1 iteration, or omit every to shrinkwrap only at the schedule's SW steps".into(),
+                        ));
+                    }
+                }
                 "start" => c.start = int(v)?,
                 "stop" => c.stop = Some(int(v)?),
                 other => {
@@ -104,12 +111,25 @@ impl ShrinkwrapConfig {
                 }
             }
         }
+        if (c.start > 0 || c.stop.is_some()) && c.every == 0 {
+            return Err(Error::Config(
+                "shrinkwrap start/stop apply to periodic shrinkwrap: give every=N too".into(),
+            ));
+        }
         c.validate()?;
         Ok(c)
     }
 
     /// Check ranges.
     pub fn validate(&self) -> Result<()> {
+        if let Some(stop) = self.stop {
+            if stop < self.start {
+                return Err(Error::Config(format!(
+                    "shrinkwrap start={} is after stop={stop}: shrinkwrap would never apply",
+                    self.start
+                )));
+            }
+        }
         for s in [self.sigma.0, self.sigma.1] {
             if !(0.0..=64.0).contains(&s) {
                 return Err(Error::Config(format!(

@@ -324,11 +324,43 @@ impl SimConfig {
         }
     }
 
+    /// Refuse a simulation whose working memory (the patterns of one chunk, and each
+    /// thread's supersampled grid) or whose output file exceed what the machine has.
+    fn check_resources(&self, dest: &Path, chunk: usize) -> Result<()> {
+        let (h, w) = (self.size.0 as u128, self.size.1 as u128);
+        let ss = self.supersample.unwrap_or(1).max(match self.pixel_size_nm {
+            Some(p) => self.supersample_for(p * 10.0),
+            None => 1,
+        }) as u128;
+        let threads = rayon::current_num_threads() as u128;
+        // per pattern in flight: intensities, density, support, and the complex transform
+        let chunk_bytes = 2 * (chunk as u128) * h * w * (4 + 4 + 1 + 8);
+        let grid_bytes = threads * h * w * ss * ss * 8 * 2;
+        crate::limits::check_memory(
+            &format!(
+                "simulating {h}x{w} patterns ({chunk} at a time, supersampling {ss}, {threads} threads)"
+            ),
+            chunk_bytes + grid_bytes,
+        )?;
+        // intensities f32, density f32, support u8, per-pattern metadata (< 256 B)
+        let file_bytes = (self.count as u128) * (h * w * 9 + 256);
+        crate::limits::check_disk(
+            &format!("{} patterns of {h}x{w}", self.count),
+            dest,
+            file_bytes,
+        )
+    }
+
     fn validate(&self, structures: &[Structure]) -> Result<()> {
         let (h, w) = self.size;
         let bad = |m: String| Err(Error::Config(m));
-        if h < 2 || w < 2 {
-            return bad(format!("pattern size {h}x{w}: must be at least 2x2"));
+        if h < 2 || w < 2 || h > MAX_SIDE || w > MAX_SIDE {
+            return bad(format!(
+                "pattern size {h}x{w}: must be from 2x2 to {MAX_SIDE}x{MAX_SIDE}"
+            ));
+        }
+        if self.count == 0 {
+            return bad("the number of patterns must be at least 1".into());
         }
         match &self.synthetic {
             Some(sc) => {
@@ -338,7 +370,7 @@ impl SimConfig {
                 }
             }
             None => {
-                if structures.is_empty() && self.count > 0 {
+                if structures.is_empty() {
                     return bad("no structures to simulate".into());
                 }
             }
@@ -346,8 +378,11 @@ impl SimConfig {
         if !(self.resolution > 0.0 && self.resolution.is_finite()) {
             return bad(format!("resolution {} Å must be positive", self.resolution));
         }
-        if !(self.fill > 0.0 && self.fill.is_finite()) {
-            return bad(format!("fill {} must be positive", self.fill));
+        if !(self.fill > 0.0 && self.fill <= 1.0) {
+            return bad(format!(
+                "fill {} must be in (0, 1] (the particle's extent as a fraction of the field)",
+                self.fill
+            ));
         }
         if let Some(p) = self.pixel_size_nm {
             if !(p > 0.0 && p.is_finite()) {
@@ -372,13 +407,17 @@ impl SimConfig {
             }
         }
         if let Some(p) = self.photons {
-            if !(p > 0.0 && p.is_finite()) {
-                return bad(format!("photons {p} must be positive"));
+            if !(p > 0.0 && p <= MAX_PHOTONS) {
+                return bad(format!(
+                    "photons {p:e} must be positive and at most {MAX_PHOTONS:e} per pattern"
+                ));
             }
         }
         if let Some(f) = self.fluence {
-            if !(f > 0.0 && f.is_finite()) {
-                return bad(format!("fluence {f} photons/µm² must be positive"));
+            if !(f > 0.0 && f <= MAX_FLUENCE) {
+                return bad(format!(
+                    "fluence {f:e} photons/µm² must be positive and at most {MAX_FLUENCE:e}"
+                ));
             }
             if self.photons.is_some() {
                 return bad("give either a photon count or a fluence, not both".into());
@@ -894,7 +933,11 @@ fn build_assemblies(
 /// Poisson deviate (inversion for small means, Hörmann's PTRS above 10).
 pub fn poisson<R: Rng>(lambda: f64, rng: &mut R) -> f64 {
     let mut u = || (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-    if lambda <= 0.0 || !lambda.is_finite() {
+    if !lambda.is_finite() {
+        // no count can be drawn: keep the non-finite value so that the caller refuses it
+        return lambda;
+    }
+    if lambda <= 0.0 {
         return 0.0;
     }
     if lambda < 10.0 {
@@ -989,6 +1032,42 @@ pub struct SimMeta {
 
 /// Patterns per block for [`simulate_to_cxi`]: about 37 MB of images per block (256
 /// patterns at 128x128), at least one pattern.
+/// Refuse a result that cannot be right: a non-finite intensity (photon counts beyond
+/// f32), or a pattern without a single positive count (a fluence too low, or one whose
+/// counts overflowed the Poisson sampler).
+fn check_chunk(c: &SimChunk, cfg: &SimConfig) -> Result<()> {
+    let px = cfg.size.0 * cfg.size.1;
+    for k in 0..c.n {
+        let img = &c.intensities[k * px..(k + 1) * px];
+        let p = c.first + k;
+        if let Some(i) = img.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(
+                format!("simulated pattern {p}"),
+                format!(
+                    "intensity {} at pixel {i} is not finite: the photon count or fluence is too large for float32 intensities",
+                    img[i]
+                ),
+            ));
+        }
+        if !img.iter().any(|&v| v > 0.0) {
+            return Err(Error::invalid(
+                format!("simulated pattern {p}"),
+                "no positive intensity anywhere: the photon count or fluence gives no counts (or is beyond the noise model's range)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The most photons per pattern (far above any experiment; float32 intensities and the
+/// Poisson sampler stay exact well beyond).
+pub const MAX_PHOTONS: f64 = 1e20;
+/// The largest incident fluence, photons per µm² (XFELs reach about 1e13).
+pub const MAX_FLUENCE: f64 = 1e20;
+
+/// The largest pattern side the simulator accepts.
+pub const MAX_SIDE: usize = 16384;
+
 pub fn chunk_for(h: usize, w: usize) -> usize {
     (256 * 128 * 128 / (h * w).max(1)).clamp(1, 256)
 }
@@ -1423,6 +1502,7 @@ pub fn simulate_to_cxi(
 ) -> Result<StreamReport> {
     let t0 = Instant::now();
     cfg.validate(structures)?;
+    cfg.check_resources(dest, chunk)?;
     let (h, w) = cfg.size;
     let file = SimCxi::create(dest, cfg.count, h, w, cfg)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<SimChunk>(1);
@@ -1438,6 +1518,7 @@ pub fn simulate_to_cxi(
             Ok((file, secs))
         });
         let sim = simulate_chunks(structures, cfg, chunk, progress, &mut |c| {
+            check_chunk(&c, cfg)?;
             // a closed channel means the writer failed: its error is reported below
             tx.send(c)
                 .map_err(|_| Error::Config("writer stopped".into()))

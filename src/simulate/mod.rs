@@ -18,7 +18,8 @@ pub use diffraction::{
     check_fit, chunk_for, field_room_a, fitting_structures, needed_extent_a, phasing_check,
     phasing_check_with, random_quaternion, rotation_matrix, simulate, simulate_chunks,
     simulate_to_cxi, write_cxi, AtomModel, CheckResult, MaskSpec, Noise, SimChunk, SimConfig,
-    SimMeta, SimOutput, SimTimings, StreamReport, PAPER_PIXEL_NM,
+    SimMeta, SimOutput, SimTimings, StreamReport, MAX_FLUENCE, MAX_PHOTONS, MAX_SIDE,
+    PAPER_PIXEL_NM,
 };
 pub use geometry::{Centring, IdealSupport};
 pub use options::SimOptions;

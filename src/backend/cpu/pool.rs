@@ -6,16 +6,22 @@ use std::sync::Arc;
 
 use crate::{Error, Result};
 
-/// The number of worker threads for `--threads`: all available cores by default, and at
-/// least one.
+/// The most worker threads a pool may have: far above any machine, far below what makes
+/// creating the threads take minutes or exhaust the process's limits.
+pub const MAX_THREADS: usize = 1024;
+
+/// The number of worker threads for `--threads`: all available cores by default, from 1 to
+/// [`MAX_THREADS`].
 pub fn thread_count(threads: Option<usize>) -> Result<usize> {
     let n = threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    if n == 0 {
-        return Err(Error::Config("--threads must be at least 1".into()));
+    if n == 0 || n > MAX_THREADS {
+        return Err(Error::Config(format!(
+            "--threads {n}: expected 1 to {MAX_THREADS}"
+        )));
     }
     Ok(n)
 }
