@@ -121,6 +121,18 @@ def _keras_model(threads: int):
     return tf, keras, m
 
 
+def _ort_session(work: Path, threads: int):
+    """ONNX Runtime on the CPU, T intra-op threads, sequential, every graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(work / "spinn.onnx"), so, providers=["CPUExecutionProvider"])
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -179,13 +191,7 @@ def whole_child(kind: str, batch: int, threads: int, work: Path) -> dict:
         def infer(xb):
             return fn(tf.constant(xb)).numpy()
     else:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(work / "spinn.onnx"), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = _ort_session(work, threads)
         iname = sess.get_inputs()[0].name
 
         def infer(xb):
@@ -248,13 +254,7 @@ def child(kind: str, batch: int, threads: int, warmup: int, repeat: int, work: P
     elif kind == "ort":
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(str(work / "spinn.onnx"), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = _ort_session(work, threads)
         out["versions"] = {"onnxruntime": ort.__version__}
         iname = sess.get_inputs()[0].name
         x = _input(batch)
