@@ -137,3 +137,79 @@ fn phase_interrupted_keeps_the_old_output() {
         });
     }
 }
+
+/// Patterns of the bundled model's size in `dir/name` (synthetic particles, fast to make).
+fn patterns_for_the_bundled_model(dir: &Path, name: &str, count: usize) {
+    let n = cdiphase::nn::bundled::load().unwrap().spec.input[0].to_string();
+    let o = common::cli::bin()
+        .args([
+            "simulate",
+            "--synthetic",
+            "all",
+            "--count",
+            &count.to_string(),
+            "--size",
+            &n,
+            "-o",
+            name,
+            "-q",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn predict_interrupted_keeps_the_old_output() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    // about a minute of one thread: interrupted while it reads or infers
+    patterns_for_the_bundled_model(p, "sim.cxi", 4000);
+    std::fs::write(p.join("out.cxi"), "an older result").unwrap();
+    let args = [
+        "predict",
+        "sim.cxi",
+        "-o",
+        "out.cxi",
+        "-q",
+        "--threads",
+        "1",
+    ];
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let t = Instant::now();
+        interrupt(p, &args, "out.cxi", sig, || {
+            t.elapsed() > Duration::from_millis(500)
+        });
+    }
+}
+
+#[test]
+fn demo_interrupted_leaves_no_temporary() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::create_dir(p.join("demo")).unwrap();
+    // a file of the user's in the demo's folder, not one the demo writes
+    std::fs::write(p.join("demo/notes.txt"), "mine").unwrap();
+    let args = [
+        "demo",
+        "-o",
+        "demo",
+        "--count",
+        "6",
+        "--schedule",
+        "100000*(5*HIO + 5*ER)",
+        "-q",
+        "--threads",
+        "1",
+    ];
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // interrupted once it phases (its patterns are written by then; the previous
+        // run's network output is removed so that readiness is this run's)
+        let _ = std::fs::remove_file(p.join("demo/nn.cxi"));
+        interrupt(p, &args, "demo/notes.txt", sig, || {
+            p.join("demo/nn.cxi").exists()
+        });
+        assert!(temporaries(&p.join("demo")).is_empty());
+    }
+}
