@@ -52,7 +52,7 @@ fn demo_runs_the_whole_pipeline() {
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
-    for want in ["FN <= 2", "circle_nn_start", "Convergence", "faster"] {
+    for want in ["FN <= 2", "circle_nn_start", "Convergence", "sooner"] {
         assert!(stdout.contains(want), "no '{want}' in:\n{stdout}");
     }
     let s: serde_json::Value =
