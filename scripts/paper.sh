@@ -131,7 +131,7 @@ noise=()
 cdi "${sim[@]}" "${noise[@]}" --pdb "$PDB/heldout.txt" --count "$PHASE_COUNT" --seed 4 \
     -o "$P/patterns.cxi"
 cdi predict "$P/patterns.cxi" "${model[@]}" -o "$P/nn.cxi" --device cpu "${common[@]}"
-cdi support "$P/patterns.cxi" --method circle -o "$P/circle.cxi" --threads "$THREADS"
+cdi support "$P/patterns.cxi" --method circle -o "$P/circle_support.cxi" --threads "$THREADS"
 phase() { # name, args...
     local name=$1
     shift
@@ -142,8 +142,8 @@ phase() { # name, args...
 }
 # section 5 / figure 5: fixed supports, and circle + shrinkwrap (sigma 1, threshold 0.1)
 phase autocorrelation --support autocorrelation:0.04 --keep-all
-phase circle --support "$P/circle.cxi" --keep-all
-phase circle_shrinkwrap --support "$P/circle.cxi" --shrinkwrap "$SW10" --keep-all
+phase circle --support "$P/circle_support.cxi" --keep-all
+phase circle_shrinkwrap --support "$P/circle_support.cxi" --shrinkwrap "$SW10" --keep-all
 phase network_support --support "$P/nn.cxi" --keep-all
 cdi evaluate --truth "$P/patterns.cxi" --input "$P/autocorrelation.cxi" "$P/circle.cxi" \
     "$P/circle_shrinkwrap.cxi" "$P/network_support.cxi" --report "$D/prtf_report" \
@@ -151,8 +151,8 @@ cdi evaluate --truth "$P/patterns.cxi" --input "$P/autocorrelation.cxi" "$P/circ
 # section 6 / figure 7: circle + shrinkwrap (sigma 1, threshold 0.15), random starts
 # against the network's density as the starting object (each start with its own 20 %
 # multiplicative noise, as cdiphase demo, so that the starts differ)
-phase random_start --support "$P/circle.cxi" --shrinkwrap "$SW15"
-phase network_start --support "$P/circle.cxi" --shrinkwrap "$SW15" --init "$P/nn.cxi" \
+phase random_start --support "$P/circle_support.cxi" --shrinkwrap "$SW15"
+phase network_start --support "$P/circle_support.cxi" --shrinkwrap "$SW15" --init "$P/nn.cxi" \
     --init-noise 0.2
 cdi evaluate --truth "$P/patterns.cxi" --input "$P/random_start.cxi" "$P/network_start.cxi" \
     --report "$D/seeding_report" --threads "$THREADS" > /dev/null
