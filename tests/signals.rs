@@ -98,25 +98,7 @@ fn simulate_interrupted_leaves_nothing_and_keeps_the_old_output() {
 fn phase_interrupted_keeps_the_old_output() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    let o = common::cli::bin()
-        .args([
-            "simulate",
-            "--synthetic",
-            "all",
-            "--count",
-            "2",
-            "--size",
-            "32",
-            "-o",
-            "sim.cxi",
-            "-q",
-            "--threads",
-            "1",
-        ])
-        .current_dir(p)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    simulate_synthetic(p, "sim.cxi", 2, 32);
     std::fs::write(p.join("out.cxi"), "an older result").unwrap();
     // a run of minutes, interrupted while it computes
     let args = [
@@ -138,22 +120,20 @@ fn phase_interrupted_keeps_the_old_output() {
     }
 }
 
-/// Patterns of the bundled model's size in `dir/name` (synthetic particles, fast to make).
-fn patterns_for_the_bundled_model(dir: &Path, name: &str, count: usize) {
-    let n = cdiphase::nn::bundled::load().unwrap().spec.input[0].to_string();
+/// `count` synthetic particles of `size` x `size` in `dir/name` (fast to make).
+fn simulate_synthetic(dir: &Path, name: &str, count: usize, size: usize) {
     let o = common::cli::bin()
         .args([
             "simulate",
             "--synthetic",
             "all",
-            "--count",
-            &count.to_string(),
-            "--size",
-            &n,
             "-o",
             name,
             "-q",
+            "--threads",
+            "1",
         ])
+        .args(["--count", &count.to_string(), "--size", &size.to_string()])
         .current_dir(dir)
         .output()
         .unwrap();
@@ -165,7 +145,8 @@ fn predict_interrupted_keeps_the_old_output() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     // about a minute of one thread: interrupted while it reads or infers
-    patterns_for_the_bundled_model(p, "sim.cxi", 4000);
+    let n = cdiphase::nn::bundled::load().unwrap().spec.input[0];
+    simulate_synthetic(p, "sim.cxi", 4000, n);
     std::fs::write(p.join("out.cxi"), "an older result").unwrap();
     let args = [
         "predict",

@@ -846,7 +846,9 @@ fn ten_thousand_patterns() {
         mask: MaskSpec::parse("stripe:4,beamstop:3").unwrap(),
         ..SimConfig::default()
     };
-    let dest = PathBuf::from("/tmp/cdiphase_sim_10k.cxi");
+    // a temporary folder, removed with its file even when the run fails
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("sim_10k.cxi");
     let rep = simulate_to_cxi(
         &s,
         &cfg,
@@ -872,5 +874,4 @@ fn ten_thousand_patterns() {
         std::fs::metadata(&dest).unwrap().len() / 1_000_000,
         t0.elapsed().as_secs_f64()
     );
-    std::fs::remove_file(&dest).ok();
 }
