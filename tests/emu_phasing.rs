@@ -6,9 +6,13 @@
 //! Tolerances: both backends start from the same state and do the same f32 arithmetic in a
 //! different order (FFT algorithm, reduction order), so iterates differ by rounding only:
 //! one iteration agrees to ~1.5e-7 (relative norm), and HIO/RAAR amplify the difference
-//! 2x to 2.5x per iteration (measured: 1e-5 to 1e-3 after 10 HIO, 1e-2 after 20). The full runs here
-//! are therefore short (<= 12 iterations): objects and error histories within 1e-4
-//! (measured ~1e-6..1e-5). A shrinkwrap threshold that lands within rounding of a pixel's
+//! 2x to 2.5x per iteration (measured: 1e-5 to 1e-3 after 10 HIO, 1e-2 after 20), and far
+//! more where a random start's Fourier transform passes near zero (the modulus projection's
+//! phase F/|F| amplifies a difference by |F|rms/|F|). The full runs here are therefore short
+//! (<= 12 iterations) and allow 1e-2 for objects and error histories: over 400 fresh seeds
+//! the objects differed by 1e-6..1e-4 typically and by 2.5e-3 at worst, where a kernel or
+//! orchestration bug (wrong rule, mask, shrinkwrap step, record) differs by O(0.1..1); each
+//! single iteration is held to 1e-6 in `single_iterations_agree_to_rounding`. A shrinkwrap threshold that lands within rounding of a pixel's
 //! blurred value may flip that pixel, so supports may differ in at most 0.5% of pixels.
 
 mod common;
@@ -144,9 +148,9 @@ fn compare(tag: &str, emu: &PhasingOutput, cpu: &PhasingOutput) {
     assert_eq!(emu.records, cpu.records);
     assert_eq!(emu.fourier_error.len(), cpu.fourier_error.len());
     assert!(emu.fourier_error.iter().all(|e| e.is_finite()));
-    assert!(eo < 1e-3, "{tag}: objects differ by {eo}");
+    assert!(eo < 1e-2, "{tag}: objects differ by {eo}");
     assert!(
-        ef < 1e-3 && er < 1e-5 && efin < 1e-3,
+        ef < 1e-2 && er < 1e-3 && efin < 1e-2,
         "{tag}: errors differ ({ef}, {er}, {efin})"
     );
     assert!(
@@ -261,21 +265,22 @@ fn emu_is_identical_across_schedule_orders_and_chunks() {
 }
 
 /// One iteration of each algorithm under each constraint agrees to f32 rounding: the update
-/// rules are the same. (Over many HIO iterations the two backends' rounding differences grow
-/// 2x to 2.5x per iteration, chaotic dynamics, which is why the full runs above are short.)
+/// rules are the same. Several iterations are compared step by step: each backend's `3*HIO`
+/// is its own chain of three `1*HIO` runs (the object is the whole state carried
+/// between iterations), and from the same input every step agrees to rounding. Comparing
+/// the two backends' `3*HIO` end results directly is ill-conditioned, not a test of the
+/// kernels: where a random start's Fourier transform passes close to zero, the modulus
+/// projection's phase F/|F| amplifies a rounding difference by |F|rms/|F| (a seed with
+/// |F| at ~1 % of its rms gave 1e-4 after three iterations, against 1e-6 typically).
 #[test]
 fn single_iterations_agree_to_rounding() {
     let mut rng = Lcg::new("single");
     let cpu = CpuBackend::new(Some(2)).unwrap();
     let emu = EmuBackend::new(ScheduleOrder::InOrder);
+    let backends: [(&str, &dyn PhasingOps); 2] = [("emu", &emu), ("cpu", &cpu)];
     for c in [Constraint::None, Constraint::Real, Constraint::Positive] {
         let pb = problem(&mut rng, 3, 31, 20, 2, true, c);
-        for (s, tol) in [
-            ("1*ER", 1e-6),
-            ("1*RAAR", 1e-6),
-            ("1*HIO", 1e-6),
-            ("3*HIO", 1e-4),
-        ] {
+        for s in ["1*ER", "1*RAAR", "1*HIO"] {
             let prog = program(s, None, Recording::Every(1));
             let a = emu.run_phasing(&pb, &prog, &|_| {}).unwrap();
             let b = cpu.run_phasing(&pb, &prog, &|_| {}).unwrap();
@@ -285,7 +290,50 @@ fn single_iterations_agree_to_rounding() {
             );
             let ef = rel_f(&a.fourier_error, &b.fourier_error);
             eprintln!("{c:?} {s}: objects {eo:.2e} fourier error {ef:.2e}");
-            assert!(eo < tol && ef < tol, "{c:?} {s}: {eo} {ef}");
+            assert!(eo < 1e-6 && ef < 1e-6, "{c:?} {s}: {eo} {ef}");
+        }
+        // Three HIO iterations, one start per pattern so that a start's object can be given.
+        let pb1 = PhasingProblem {
+            starts: 1,
+            ..pb.clone()
+        };
+        let one = program("1*HIO", None, Recording::Every(1));
+        let three = program("3*HIO", None, Recording::Every(1));
+        let given = |objects: &[Complex32]| InitObjects::Given {
+            objects: Stack::from_vec(pb1.n, pb1.h, pb1.w, objects.to_vec()).unwrap(),
+            noise: 0.0,
+            seed: 0,
+        };
+        let mut input = pb1.clone();
+        for step in 1..=3 {
+            let a = emu.run_phasing(&input, &one, &|_| {}).unwrap();
+            let b = cpu.run_phasing(&input, &one, &|_| {}).unwrap();
+            let (ao, bo) = (a.all_objects.unwrap(), b.all_objects.unwrap());
+            let eo = rel_c(&ao, &bo);
+            eprintln!("{c:?} HIO step {step} from the same input: objects {eo:.2e}");
+            assert!(eo < 1e-6, "{c:?} HIO step {step}: {eo}");
+            input.init = given(&bo);
+        }
+        for (name, be) in backends {
+            let direct = be.run_phasing(&pb1, &three, &|_| {}).unwrap();
+            let mut chained = pb1.clone();
+            let mut last = Vec::new();
+            for _ in 0..3 {
+                last = be
+                    .run_phasing(&chained, &one, &|_| {})
+                    .unwrap()
+                    .all_objects
+                    .unwrap();
+                chained.init = given(&last);
+            }
+            let d = rel_c(&direct.all_objects.unwrap(), &last);
+            eprintln!("{c:?} {name}: 3*HIO against three chained 1*HIO {d:.2e}");
+            // The emulator restarts each iteration from the object: bit for bit. The CPU
+            // engine keeps rows without support pixels in the row-transform domain and
+            // brings them to the object at output only, so a restart rounds differently
+            // (900 random cases: at most 3.2e-6); a wrongly carried state would be O(1).
+            let tol = if name == "emu" { 0.0 } else { 1e-4 };
+            assert!(d <= tol, "{c:?} {name}: 3*HIO is not the chain of three 1*HIO ({d})");
         }
     }
 }
