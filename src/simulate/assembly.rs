@@ -17,7 +17,7 @@
 //! 4. the name is `asm<k>-<id>+<id>[+<id>]` (the source ids of the parts, in order), so the
 //!    structures behind every pattern are recorded.
 
-use super::diffraction::{centroid, random_quaternion, rotate, rotation_matrix};
+use super::rotation::{centroid, random_quaternion, rotate, rotation_matrix};
 use super::structure::Structure;
 use crate::rng::item_seed;
 use crate::{Error, Result};

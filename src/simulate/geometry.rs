@@ -158,7 +158,7 @@ pub fn diameter(s: &Structure) -> f64 {
 
 /// Largest distance of an atom centre from the electron-weighted centroid (Å).
 pub fn radius_from_centroid(s: &Structure) -> f64 {
-    let c = super::diffraction::centroid(s);
+    let c = super::rotation::centroid(s);
     s.atoms
         .iter()
         .map(|a| {

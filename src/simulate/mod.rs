@@ -10,19 +10,20 @@ pub mod diffraction;
 pub mod form_factors;
 pub mod geometry;
 pub mod options;
+pub mod rotation;
 pub mod structure;
 pub mod synthetic;
 
 pub use assembly::AssemblyConfig;
 pub use diffraction::{
     check_fit, chunk_for, field_room_a, fitting_structures, needed_extent_a, phasing_check,
-    phasing_check_with, random_quaternion, rotation_matrix, simulate, simulate_chunks,
-    simulate_to_cxi, write_cxi, AtomModel, CheckResult, MaskSpec, Noise, SimChunk, SimConfig,
-    SimMeta, SimOutput, SimTimings, StreamReport, MAX_FLUENCE, MAX_PHOTONS, MAX_SIDE,
-    PAPER_PIXEL_NM,
+    phasing_check_with, simulate, simulate_chunks, simulate_to_cxi, write_cxi, AtomModel,
+    CheckResult, MaskSpec, Noise, SimChunk, SimConfig, SimMeta, SimOutput, SimTimings,
+    StreamReport, MAX_FLUENCE, MAX_PHOTONS, MAX_SIDE, PAPER_PIXEL_NM,
 };
 pub use geometry::{Centring, IdealSupport};
 pub use options::SimOptions;
+pub use rotation::{random_quaternion, rotation_matrix};
 pub use structure::{collect_structures, read_structure, Atom, Chains, ReadOptions, Structure};
 pub use synthetic::{ParticleKind, SyntheticConfig};
 

@@ -43,7 +43,7 @@ def check_names_dir(d: Path, meta: dict) -> dict:
     import keras
     import tf_keras
 
-    import make_fixtures as mf
+    import names_spec as mf
 
     raw = np.load(d / "input.npy")
     ref = np.load(d / "output.npy")
