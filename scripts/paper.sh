@@ -19,7 +19,9 @@
 #        MODEL        a model file for predict --model (default: the bundled model)
 #        COUNT        held-out test patterns for the support table (1000, as the paper)
 #        TRAIN        training-structure patterns for the mean image (2000)
-#        PHASE_COUNT  held-out patterns phased (8: the 7 held-out structures + 1)
+#        PHASE_COUNT  held-out patterns phased (24: each of the 7 held-out structures
+#                     3-4 times in other orientations; with 8 the seeding verdicts
+#                     flipped between noise draws of the same configuration)
 #        STARTS       random starts per pattern and starting support (10, as the paper)
 #        ITER         HIO iterations (10000, as the paper); the schedule is
 #                     ITER/5 * (5 HIO + 5 ER), the Fourier error at the end of every ER section
@@ -33,8 +35,8 @@
 #                     scripts/test.sh, else python3)
 # Smoke run (about a minute on 2 cores):
 #   COUNT=40 TRAIN=100 PHASE_COUNT=2 STARTS=3 ITER=250 scripts/paper.sh /tmp/paper-smoke
-# The full run takes about 25 minutes of 2 cores (most of it phasing: 6 runs of
-# PHASE_COUNT x STARTS x 2 ITER iterations).
+# The full run takes 15-35 minutes of 2 cores (35 on a shared machine), most of it
+# phasing: 6 runs of PHASE_COUNT x STARTS x 2 ITER iterations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 me=paper.sh
@@ -43,7 +45,7 @@ BIN=${BIN:-target/release/cdiphase}
 MODEL=${MODEL:-}
 COUNT=${COUNT:-1000}
 TRAIN=${TRAIN:-2000}
-PHASE_COUNT=${PHASE_COUNT:-8}
+PHASE_COUNT=${PHASE_COUNT:-24}
 STARTS=${STARTS:-10}
 ITER=${ITER:-10000}
 SW_EVERY=${SW_EVERY:-50}
