@@ -241,13 +241,14 @@ impl Journal {
                 .map_err(|e| Error::io(&path, e))?;
             return Ok((Journal { path, file, done }, true));
         }
+        // a folder that does not exist is the destination's problem: name the destination
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+            .map_err(|e| Error::io(dest, e))?;
         lock(&file, &path)?;
         file.set_len(0).map_err(|e| Error::io(&path, e))?;
         file.write_all(header.as_bytes())
@@ -304,6 +305,8 @@ impl BlockOutput {
         declare: impl FnOnce(&mut StreamWriter) -> Result<T>,
     ) -> Result<(BlockOutput, T)> {
         let (partial, _) = paths(dest)?;
+        // the temporaries of `dest` that dead runs of the in-memory writers left
+        super::temp::clean_stale(dest);
         let mut identity = identity.clone();
         if let Some(o) = identity.as_object_mut() {
             o.insert("block".into(), serde_json::json!(plan.block));
