@@ -182,6 +182,71 @@ fn phase_in_blocks_writes_the_in_memory_result() {
 }
 
 #[test]
+fn integer_patterns_with_a_mask_per_pattern_in_blocks() {
+    // int64 intensities and an (N,H,W) mask: the row reader's integer conversion and its
+    // per-pattern mask windows, against the whole-file reader
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (n, h, w) = (9, 24, 20);
+    let mut lcg = Lcg::new("int patterns");
+    let vals: Vec<i64> = (0..n * h * w)
+        .map(|_| (lcg.next() * 1000.0) as i64)
+        .collect();
+    let mask: Vec<u8> = (0..n * h * w)
+        .map(|_| u8::from(lcg.next() < 0.05) * 3)
+        .collect();
+    let input = dir.join("int.cxi");
+    let mut f = cdiphase::io::StreamWriter::create(&input).unwrap();
+    f.i64("entry_1/data_1/data", &[n, h, w], &vals).unwrap();
+    f.u8("entry_1/data_1/mask", &[n, h, w], &mask).unwrap();
+    f.finish().unwrap();
+    let whole = cdiphase::io::read_patterns(&input, None).unwrap();
+    let blocks = cdiphase::io::blocks::PatternBlocks::open(&input, None).unwrap();
+    assert!(blocks.streamed());
+    for r in [0..1, 2..5, 5..9, 0..9] {
+        let b = blocks.read(r.clone()).unwrap();
+        let l = h * w;
+        assert_eq!(
+            b.intensities.data,
+            whole.intensities.data[r.start * l..r.end * l]
+        );
+        let m = b.mask.unwrap();
+        assert_eq!(
+            m.data,
+            whole.mask.as_ref().unwrap().data[r.start * l..r.end * l]
+        );
+    }
+    let cfg = cdiphase::phasing::PhaseConfig {
+        schedule: "4*(5*HIO + 5*ER)".into(),
+        support: cdiphase::phasing::SupportSpec::Circle { radius: 5.0 },
+        ..Default::default()
+    };
+    let backend = cdiphase::backend::select(cdiphase::backend::Device::Cpu, Some(2)).unwrap();
+    let rec = cdiphase::phasing::phase(backend.as_ref(), &whole, &cfg, &|_| {}).unwrap();
+    let reference = dir.join("reference.cxi");
+    rec.write_cxi(&reference, &serde_json::json!({})).unwrap();
+    for block in ["2", "4"] {
+        let out = dir.join(format!("b{block}.cxi"));
+        ok(&[
+            "phase",
+            p(&input),
+            "-o",
+            p(&out),
+            "--algorithm",
+            "4*(5*HIO + 5*ER)",
+            "--support",
+            "circle:5",
+            "--device",
+            "cpu",
+            "--block",
+            block,
+            "-q",
+        ]);
+        same_data(&reference, &out, true);
+    }
+}
+
+#[test]
 fn predict_in_blocks_writes_the_in_memory_result() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();

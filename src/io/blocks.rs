@@ -52,7 +52,7 @@ impl BlockPlan {
 enum Source {
     /// Rows read from the file on demand; the mask is shared (read once) or read by rows.
     Rows {
-        data: RowDataset,
+        data: Box<RowDataset>,
         mask: Option<MaskSource>,
     },
     /// Read whole (NPY files, HDF5 types the row reader does not decode: float16,
@@ -132,7 +132,10 @@ impl PatternBlocks {
             w,
             source: path.to_path_buf(),
             entry: name,
-            src: Source::Rows { data, mask },
+            src: Source::Rows {
+                data: Box::new(data),
+                mask,
+            },
         })
     }
 
@@ -164,7 +167,10 @@ impl PatternBlocks {
             w,
             source: path.to_path_buf(),
             entry: name,
-            src: Source::Rows { data, mask: None },
+            src: Source::Rows {
+                data: Box::new(data),
+                mask: None,
+            },
         })
     }
 
@@ -265,6 +271,9 @@ pub fn window<T: Clone>(s: &Stack<T>, r: Range<usize>) -> Stack<T> {
     }
 }
 
+/// A bounded channel of (block index, value).
+type Channel<T> = (SyncSender<(usize, T)>, Receiver<(usize, T)>);
+
 /// Run `blocks` (block indices, in order) through three stages at once: `read(b)` on a
 /// reader thread, `compute(b, input)` on the calling thread (a GPU context stays on the
 /// thread that made it), `write(b, output)` on a writer thread. One block waits between
@@ -277,8 +286,8 @@ pub fn pipeline<I: Send, O: Send>(
     write: impl FnMut(usize, O) -> Result<()> + Send,
 ) -> Result<()> {
     std::thread::scope(|s| {
-        let (in_tx, in_rx): (SyncSender<(usize, I)>, Receiver<(usize, I)>) = sync_channel(1);
-        let (out_tx, out_rx): (SyncSender<(usize, O)>, Receiver<(usize, O)>) = sync_channel(1);
+        let (in_tx, in_rx): Channel<I> = sync_channel(1);
+        let (out_tx, out_rx): Channel<O> = sync_channel(1);
         let mut read = read;
         let mut write = write;
         let reader = std::thread::Builder::new()
@@ -363,7 +372,7 @@ mod tests {
         );
         let e = pipeline(
             &blocks,
-            |b| Ok(b),
+            Ok,
             |b, x| {
                 if b == 4 {
                     Err(Error::Config("boom".into()))
@@ -377,7 +386,7 @@ mod tests {
         assert!(e.to_string().contains("boom"));
         let e = pipeline(
             &blocks,
-            |b| Ok(b),
+            Ok,
             |_, x| Ok(x),
             |b, _| {
                 if b == 2 {

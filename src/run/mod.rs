@@ -44,7 +44,8 @@ pub struct BlockStats {
     pub resumed_blocks: usize,
     /// Patterns computed by this run (the resumed ones not counted).
     pub computed_patterns: usize,
-    /// Seconds spent computing (not waiting for reads or writes).
+    /// Seconds spent computing, not waiting for reads or writes (`phase`: the backend's
+    /// runs alone, as [`crate::phasing::Reconstruction::seconds`] counts them).
     pub compute_seconds: f64,
 }
 
