@@ -333,7 +333,10 @@ fn single_iterations_agree_to_rounding() {
             // brings them to the object at output only, so a restart rounds differently
             // (900 random cases: at most 3.2e-6); a wrongly carried state would be O(1).
             let tol = if name == "emu" { 0.0 } else { 1e-4 };
-            assert!(d <= tol, "{c:?} {name}: 3*HIO is not the chain of three 1*HIO ({d})");
+            assert!(
+                d <= tol,
+                "{c:?} {name}: 3*HIO is not the chain of three 1*HIO ({d})"
+            );
         }
     }
 }
