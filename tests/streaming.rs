@@ -503,8 +503,10 @@ fn a_resume_with_other_flags_or_input_is_refused() {
     let e = fails(&phase_args(p(&sim), p(&out), &["--resume"]));
     // the modification time differs from the original's: still refused, and says so
     assert!(e.contains("mtime"), "{e}");
-    // without --resume: a fresh run replaces the partial output
-    ok(&phase_args(p(&sim), p(&out), &[]));
+    // without --resume: a fresh run replaces the partial output, and says so
+    let o = ok(&phase_args(p(&sim), p(&out), &[]));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("starts afresh and replaces them"), "{e}");
     no_leftovers(dir);
     let full = dir.join("full.cxi");
     ok(&phase_args(p(&sim), p(&full), &[]));

@@ -62,6 +62,18 @@ impl BlockArgs {
         if self.block == 0 {
             bail!("--block 0: expected at least 1 pattern per block");
         }
+        if !self.resume {
+            if let Ok((partial, journal)) = cdiphase::io::journal::paths(dest) {
+                if journal.exists() && partial.exists() {
+                    eprintln!(
+                        "note: {} holds the finished blocks of an interrupted run of {}; \
+                         this run starts afresh and replaces them (--resume continues them)",
+                        partial.display(),
+                        dest.display()
+                    );
+                }
+            }
+        }
         Ok(cdiphase::run::BlockRun {
             dest,
             block: self.block,

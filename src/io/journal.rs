@@ -163,9 +163,9 @@ impl Journal {
     ///
     /// Without `resume`: a fresh journal (an earlier one is replaced). With `resume`: the
     /// existing journal's blocks, when its identity is this run's; a different identity is
-    /// refused ([`Error::Config`], naming what changed); no journal at all starts afresh
-    /// (returned `false`: nothing was resumed), so that a job script may always pass
-    /// `--resume`.
+    /// refused ([`Error::Config`], naming what changed); no journal or no partial output
+    /// starts afresh (returned `false`: nothing was resumed), so that a job script may
+    /// always pass `--resume`.
     pub fn open(
         dest: &Path,
         blocks: usize,
@@ -175,7 +175,9 @@ impl Journal {
         let (partial, path) = paths(dest)?;
         let fp = fingerprint(identity);
         let header = format!("{MAGIC} blocks={blocks} fingerprint={fp}\n{identity}\n");
-        if resume && path.exists() {
+        // a journal without its partial output (a kill between the final rename and the
+        // journal's removal, or a partial file deleted by hand): nothing to resume
+        if resume && path.exists() && partial.exists() {
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
                 .append(true)
@@ -211,12 +213,6 @@ impl Journal {
                      rerun with the original flags and input, or without --resume to start afresh",
                     dest.display()
                 )));
-            }
-            if !partial.exists() {
-                return Err(Error::format(
-                    &partial,
-                    "--resume: the partial output of the interrupted run is missing; rerun without --resume to start afresh",
-                ));
             }
             let mut done = vec![false; blocks];
             for l in lines {
@@ -431,6 +427,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("beta: was 0.9, now 0.8"), "{e}");
+        // the partial output gone: nothing to resume, a fresh start
+        std::fs::remove_file(paths(&dest).unwrap().0).unwrap();
+        let (j, resumed) = Journal::open(&dest, 5, &id, true).unwrap();
+        assert!(!resumed && j.done().iter().all(|d| !d));
     }
 
     #[test]
