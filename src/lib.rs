@@ -38,6 +38,7 @@ pub mod limits;
 pub mod nn;
 pub mod phasing;
 pub mod rng;
+pub mod run;
 pub mod selftest;
 pub mod simulate;
 pub mod support;

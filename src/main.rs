@@ -47,7 +47,8 @@ enum Cmd {
 }
 
 /// SIGINT, SIGTERM and SIGHUP: remove every unfinished output (the registered temporary
-/// files and folders, see `cdiphase::io::temp`) and exit with the conventional status
+/// files and folders, see `cdiphase::io::temp`), keep the partial outputs and journals of
+/// block-wise runs (`cdiphase::io::journal`: `--resume` continues them), and exit with the conventional status
 /// 128 + signal (130, 143, 129). Outputs already renamed into place are complete and kept.
 fn install_signal_handlers() -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -62,7 +63,19 @@ fn install_signal_handlers() -> Result<()> {
                     SIGTERM => "SIGTERM",
                     _ => "SIGHUP",
                 };
-                eprintln!("\ncdiphase: {name}: stopped; {n} unfinished output(s) removed");
+                let kept = cdiphase::io::journal::live_partials();
+                let resume = if kept.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; the finished blocks are kept in {} (rerun the same command with --resume to continue)",
+                        kept.iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                eprintln!("\ncdiphase: {name}: stopped; {n} unfinished output(s) removed{resume}");
                 std::process::exit(128 + sig);
             }
         })?;

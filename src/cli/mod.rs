@@ -35,6 +35,66 @@ pub struct RunArgs {
     quiet: bool,
 }
 
+/// Options of the verbs that run block by block (`phase`, `predict`, `support`).
+#[derive(Args, Clone, Debug)]
+pub struct BlockArgs {
+    /// Patterns per block: the input is read, computed and written a block at a time
+    /// (memory does not grow with the number of patterns; a killed run loses at most the
+    /// block in flight). The output is the same for every block size.
+    #[arg(long, default_value_t = cdiphase::io::blocks::DEFAULT_BLOCK)]
+    pub block: usize,
+    /// Continue an interrupted run of this command (killed by a signal, SIGKILL included,
+    /// or stopped by an error after some blocks): the blocks it finished are kept (the
+    /// hidden .OUT.cdiphase-partial and .OUT.cdiphase-journal beside the output). Refused
+    /// when the flags or inputs differ; without an interrupted run, starts afresh.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl BlockArgs {
+    /// The block-wise run writing `dest`, identified by `identity` and `inputs`.
+    pub fn run<'a>(
+        &self,
+        dest: &'a Path,
+        identity: serde_json::Value,
+        inputs: Vec<&'a Path>,
+    ) -> Result<cdiphase::run::BlockRun<'a>> {
+        if self.block == 0 {
+            bail!("--block 0: expected at least 1 pattern per block");
+        }
+        if !self.resume {
+            if let Ok((partial, journal)) = cdiphase::io::journal::paths(dest) {
+                if journal.exists() && partial.exists() {
+                    eprintln!(
+                        "note: {} holds the finished blocks of an interrupted run of {}; \
+                         this run starts afresh and replaces them (--resume continues them)",
+                        partial.display(),
+                        dest.display()
+                    );
+                }
+            }
+        }
+        Ok(cdiphase::run::BlockRun {
+            dest,
+            block: self.block,
+            resume: self.resume,
+            identity,
+            inputs,
+        })
+    }
+}
+
+/// The note a failed block-wise run leaves when blocks are kept for `--resume`.
+pub fn resume_hint(dest: &Path) -> String {
+    match cdiphase::io::journal::paths(dest) {
+        Ok((partial, _)) if partial.exists() => format!(
+            "the finished blocks are kept in {}: rerun the same command with --resume to continue",
+            partial.display()
+        ),
+        _ => "nothing was written".into(),
+    }
+}
+
 pub fn is_file_spec(s: &str) -> bool {
     let l = s.to_ascii_lowercase();
     [".cxi", ".h5", ".hdf5", ".nxs", ".npy"]

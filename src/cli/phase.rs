@@ -1,6 +1,6 @@
 //! `cdiphase phase`: phase retrieval of every pattern of a file.
 
-use super::{check_paths, is_file_spec, run_with_progress, RunArgs};
+use super::{check_paths, is_file_spec, progress_bar, resume_hint, BlockArgs, RunArgs};
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
@@ -61,6 +61,8 @@ pub struct PhaseArgs {
     pub device: String,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub blocks: BlockArgs,
 }
 
 pub fn run(a: PhaseArgs) -> Result<()> {
@@ -73,9 +75,9 @@ pub fn run(a: PhaseArgs) -> Result<()> {
     check_paths(&inputs, &[("--output", &a.output)], &[])?;
     let device: Device = a.device.parse()?;
     let backend = backend::select(device, a.run.threads)?;
-    let patterns = io::read_patterns(&a.input, a.entry.as_deref())
+    let patterns = io::blocks::PatternBlocks::open(&a.input, a.entry.as_deref())
         .with_context(|| format!("reading patterns from {}", a.input.display()))?;
-    let st = &patterns.intensities;
+    let st = &patterns;
     let fits = |what: &str, file: &str, n: usize, h: usize, w: usize| -> Result<()> {
         if h != st.h || w != st.w || (n != 1 && n != st.n) {
             bail!(
@@ -145,39 +147,97 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         keep_all: a.keep_all,
         clip_negative: a.clip_negative,
     };
-    let (problem, program) = phasing::prepare(&patterns, &cfg)
-        .with_context(|| format!("preparing {}", a.input.display()))?;
-    let header = format!(
-        "phasing {} patterns of {}x{} x {} starts, {} iterations each on {}",
-        st.n,
-        st.h,
-        st.w,
-        cfg.starts,
-        program.iterations,
-        backend.describe()
-    );
-    let rec = run_with_progress(backend.as_ref(), &problem, &program, a.run.quiet, &header)?;
     let mut config = cfg.to_json();
     config["input"] = serde_json::json!(a.input.display().to_string());
     config["entry"] = serde_json::json!(patterns.entry);
-    config["device"] = serde_json::json!(rec.backend);
+    config["device"] = serde_json::json!(backend.describe());
     if let SupportSpec::Given(_) = cfg.support {
         config["support"] = serde_json::json!(a.support);
     }
     if let InitSpec::Given(_) = cfg.init {
         config["init"] = serde_json::json!(a.init);
     }
-    rec.write_cxi(&a.output, &config)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    let fe = rec.best_final_errors();
+    let mut files = vec![a.input.as_path()];
+    for (given, f) in [
+        (matches!(cfg.support, SupportSpec::Given(_)), &a.support),
+        (matches!(cfg.init, InitSpec::Given(_)), &a.init),
+    ] {
+        if given {
+            files.push(Path::new(f));
+        }
+    }
+    let block_run = a.blocks.run(
+        &a.output,
+        serde_json::json!({"verb": "phase", "configuration": config}),
+        files,
+    )?;
+    let iterations = phasing::program::Program::compile(
+        &phasing::schedule::Schedule::parse(&cfg.schedule)?,
+        cfg.beta,
+        &cfg.shrinkwrap.clone().unwrap_or_default(),
+        cfg.recording,
+    )?
+    .iterations;
+    if !a.run.quiet {
+        eprintln!(
+            "phasing {} patterns of {}x{} x {} starts, {} iterations each on {}, {} per block{}",
+            st.n,
+            st.h,
+            st.w,
+            cfg.starts,
+            iterations,
+            backend.describe(),
+            a.blocks.block,
+            if patterns.streamed() {
+                ""
+            } else {
+                " (input read whole: NPY or a type read whole)"
+            }
+        );
+    }
+    let pb = progress_bar(
+        st.n as u64 * cfg.starts as u64 * iterations,
+        a.run.quiet,
+        "phase",
+    );
+    let t = std::time::Instant::now();
+    let summary = cdiphase::run::phase::phase_blocks(
+        backend.as_ref(),
+        &patterns,
+        &cfg,
+        &config,
+        &block_run,
+        &|k| pb.inc(k),
+    )
+    .with_context(|| {
+        format!(
+            "phasing {} into {} ({})",
+            a.input.display(),
+            a.output.display(),
+            resume_hint(&a.output)
+        )
+    })?;
+    pb.finish_and_clear();
+    let wall = t.elapsed().as_secs_f64();
+    let stats = &summary.stats;
+    let fe = summary.final_fourier_error.clone();
     let mut sorted = fe.clone();
     sorted.sort_by(|x, y| x.total_cmp(y));
     let median = sorted[sorted.len() / 2];
-    let rate = (st.n * cfg.starts) as f64 * program.iterations as f64 / rec.seconds;
+    let computed = stats.computed_patterns.max(1);
+    let rate = (computed * cfg.starts) as f64 * iterations as f64 / stats.compute_seconds.max(1e-9);
     if !a.run.quiet {
+        let resumed = if stats.resumed_blocks > 0 {
+            format!(
+                " ({} of {} blocks resumed from the interrupted run)",
+                stats.resumed_blocks, stats.blocks
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "done in {:.2} s ({:.0} pattern-iterations/s); final Fourier error median {:.3e}, min {:.3e}, max {:.3e}; wrote {}",
-            rec.seconds,
+            "done in {:.2} s ({:.0} pattern-iterations/s){resumed}; final Fourier error median {:.3e}, min {:.3e}, max {:.3e}; wrote {}",
+            wall,
             rate,
             median,
             sorted[0],
@@ -193,11 +253,15 @@ pub fn run(a: PhaseArgs) -> Result<()> {
             "height": st.h,
             "width": st.w,
             "starts": cfg.starts,
-            "iterations": program.iterations,
-            "seconds": rec.seconds,
+            "iterations": iterations,
+            "seconds": stats.compute_seconds,
+            "wall_seconds": wall,
             "pattern_iterations_per_second": rate,
-            "device": rec.backend,
-            "best_start": rec.best_start,
+            "device": backend.describe(),
+            "block": a.blocks.block,
+            "blocks": stats.blocks,
+            "resumed_blocks": stats.resumed_blocks,
+            "best_start": summary.best_start,
             "final_fourier_error": fe,
             "final_fourier_error_median": median,
             "configuration": config,

@@ -1,6 +1,6 @@
 //! `cdiphase predict`: the network over a pattern file, output and support as CXI.
 
-use super::{check_paths, engine_mode, progress_bar, NetMode};
+use super::{check_paths, engine_mode, progress_bar, resume_hint, BlockArgs, NetMode};
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device, NetOptions};
 use cdiphase::io;
@@ -41,6 +41,8 @@ pub struct PredictArgs {
     fast: bool,
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    blocks: BlockArgs,
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
@@ -69,9 +71,9 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let mode = engine_mode(a.mode, a.fast);
     // the same device choice as `phase`: `auto` is the GPU where one is usable
     let backend = backend::select(device, a.threads)?;
-    let ps = io::read_patterns(&a.input, a.entry.as_deref())
+    let ps = io::blocks::PatternBlocks::open(&a.input, a.entry.as_deref())
         .with_context(|| format!("reading patterns from {}", a.input.display()))?;
-    let st = &ps.intensities;
+    let st = &ps;
     let on_cpu = backend.name() == "cpu";
     let kernels = if on_cpu {
         mode.name()
@@ -92,25 +94,46 @@ pub fn run(a: PredictArgs) -> Result<()> {
         mode,
         poison: false,
     };
+    let engine = cdiphase::nn::predict::engine(backend.as_ref(), mode);
+    let description = cdiphase::nn::predict::description(&model.spec, a.threshold, engine);
+    let mut files = vec![a.input.as_path()];
+    if let Some(m) = &a.model {
+        files.push(m.as_path());
+    }
+    let identity = serde_json::json!({
+        "verb": "predict",
+        "input": a.input.display().to_string(),
+        "entry": ps.entry,
+        "model": model_name,
+        "description": description,
+        "threshold": a.threshold,
+        "batch": a.batch,
+        "device": backend.describe(),
+    });
+    let block_run = a.blocks.run(&a.output, identity, files)?;
     let pb = progress_bar(st.n as u64, a.quiet, "predict");
     let t = std::time::Instant::now();
-    let p = cdiphase::nn::predict::predict(
+    let stats = cdiphase::run::predict::predict_blocks(
         backend.as_ref(),
         &model,
-        st,
-        ps.mask.as_ref(),
+        &ps,
         a.batch,
         a.threshold,
         opts,
+        &model_name,
+        &description,
+        &block_run,
         &|done| pb.set_position(done as u64),
     )
-    .with_context(|| format!("model {model_name} on {}", a.input.display()))?;
+    .with_context(|| {
+        format!(
+            "model {model_name} on {} ({})",
+            a.input.display(),
+            resume_hint(&a.output)
+        )
+    })?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
-    let engine = cdiphase::nn::predict::engine(backend.as_ref(), mode);
-    let description = cdiphase::nn::predict::description(&model.spec, a.threshold, engine);
-    p.write_cxi(&a.output, &model_name, &description)
-        .with_context(|| format!("writing {}", a.output.display()))?;
     if !a.quiet {
         let on = if on_cpu {
             format!("{} threads", backend::cpu::thread_count(a.threads)?)
@@ -118,11 +141,19 @@ pub fn run(a: PredictArgs) -> Result<()> {
             format!("on {}", backend.name())
         };
         eprintln!(
-            "{}: {} patterns in {:.2} s ({:.1} images/s, {on})",
+            "{}: {} patterns in {:.2} s ({:.1} images/s, {on}){}",
             a.output.display(),
-            p.n,
+            st.n,
             secs,
-            p.n as f64 / secs,
+            stats.computed_patterns as f64 / secs,
+            if stats.resumed_blocks > 0 {
+                format!(
+                    "; {} of {} blocks resumed from the interrupted run",
+                    stats.resumed_blocks, stats.blocks
+                )
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! a network output (threshold), or the baselines thresholded the same way (the training
 //! set's mean image, the oracle).
 
-use super::{check_paths, set_threads};
+use super::{check_paths, resume_hint, set_threads, BlockArgs};
 use anyhow::{bail, Context, Result};
 use cdiphase::array::Stack;
 use cdiphase::eval;
@@ -53,6 +53,10 @@ pub struct SupportArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Block-wise reading and writing (autocorrelation, triple-intersection and nn; the
+    /// other methods read their inputs whole).
+    #[command(flatten)]
+    pub blocks: BlockArgs,
 }
 
 pub fn run(a: SupportArgs) -> Result<()> {
@@ -79,6 +83,17 @@ pub fn run(a: SupportArgs) -> Result<()> {
     }
     if a.sigma.is_some() && method != Method::Oracle {
         bail!("--sigma is for --method oracle");
+    }
+    if matches!(
+        method,
+        Method::Autocorrelation | Method::TripleIntersection | Method::Nn
+    ) {
+        return run_blocks(&a, method, threshold);
+    }
+    if a.blocks.resume {
+        bail!(
+            "--resume is for the methods that run block by block (autocorrelation, triple-intersection, nn)"
+        );
     }
     // the image thresholded, for the methods that make one (written as entry_1/image_1/data)
     let mut image: Option<Stack<f32>> = None;
@@ -245,6 +260,67 @@ pub fn run(a: SupportArgs) -> Result<()> {
             supports.n,
             method.name(),
             s[s.len() / 2],
+            a.output.display()
+        );
+    }
+    Ok(())
+}
+
+/// The methods that work pattern by pattern, block by block
+/// ([`cdiphase::run::support::support_blocks`]).
+fn run_blocks(a: &SupportArgs, method: Method, threshold: f32) -> Result<()> {
+    let input = if method == Method::Nn {
+        let entry = a.entry.clone().unwrap_or_else(|| eval::IN_DATA.to_string());
+        io::blocks::PatternBlocks::open_unmasked(&a.input, &entry)
+            .with_context(|| format!("reading the network output of {}", a.input.display()))?
+    } else {
+        io::blocks::PatternBlocks::open(&a.input, a.entry.as_deref())
+            .with_context(|| format!("reading patterns from {}", a.input.display()))?
+    };
+    let config = serde_json::json!({
+        "program": "cdiphase support",
+        "version": env!("CARGO_PKG_VERSION"),
+        "input": a.input.display().to_string(),
+        "method": method.name(),
+        "threshold": threshold,
+    });
+    let identity = serde_json::json!({
+        "verb": "support",
+        "configuration": config,
+        "entry": input.entry,
+    });
+    let run = a.blocks.run(&a.output, identity, vec![a.input.as_path()])?;
+    let s = cdiphase::run::support::support_blocks(&input, method, threshold, &config, &run)
+        .with_context(|| {
+            format!(
+                "estimating supports of {} ({})",
+                a.input.display(),
+                resume_hint(&a.output)
+            )
+        })?;
+    if a.json {
+        let summary = serde_json::json!({
+            "input": a.input.display().to_string(),
+            "output": a.output.display().to_string(),
+            "method": method.name(),
+            "threshold": threshold,
+            "patterns": input.n,
+            "height": input.h,
+            "width": input.w,
+            "support_pixels": s.areas,
+            "triple_intersection": s.details,
+            "blocks": s.stats.blocks,
+            "resumed_blocks": s.stats.resumed_blocks,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let mut sorted = s.areas.clone();
+        sorted.sort_unstable();
+        eprintln!(
+            "{} {} supports (threshold {threshold}), median {} pixels -> {}",
+            input.n,
+            method.name(),
+            sorted[sorted.len() / 2],
             a.output.display()
         );
     }

@@ -961,3 +961,173 @@ fn fill<C: Container>(c: &mut C, children: Vec<(String, Node)>) -> Result<()> {
     }
     Ok(())
 }
+
+// ------------------------------------------------------------------------------------
+// streaming row reads (src/io/blocks.rs)
+// ------------------------------------------------------------------------------------
+
+/// How the rows of a dataset are decoded by [`RowDataset`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RowKind {
+    /// Real numbers as `f32` (the conversion of [`H5::read_f32`] for these types).
+    Real,
+    /// A 0/1 mask from integers or bit fields of `size` bytes (any nonzero byte is 1).
+    IntMask { size: usize },
+    /// A 0/1 mask from floating point values (nonzero, NaN included, is 1).
+    FloatMask,
+}
+
+/// One dataset of a file opened for streaming reads, read a window of rows at a time with
+/// the same conversions as the whole-file readers ([`H5::read_f32`], [`H5::read_mask`]).
+pub(crate) struct RowDataset {
+    path: std::path::PathBuf,
+    entry: String,
+    d: Dataset,
+    kind: RowKind,
+    pub shape: Vec<usize>,
+}
+
+/// A file opened for streaming reads (no whole-file buffer), with the truncation check of
+/// [`open`].
+pub(crate) fn open_streaming(path: &Path) -> Result<H5> {
+    let mut head = [0u8; 8];
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let got = f.read(&mut head).map_err(|e| Error::io(path, e))?;
+        if got < 8 || !hdf5_pure::is_hdf5_bytes(&head) {
+            return Err(Error::format(
+                path,
+                "not an HDF5 file (no HDF5 signature found)",
+            ));
+        }
+    }
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let file = guard(path, || {
+        hdf5_pure::File::open_streaming(path).map_err(|e| match e {
+            hdf5_pure::Error::Io(io) => Error::io(path, io),
+            e => h5err(path, "not a readable HDF5 file (truncated or corrupt?)", e),
+        })
+    })?;
+    let sb = file.superblock();
+    let eof = sb.base_address.get().saturating_add(sb.eof_address);
+    if sb.eof_address != u64::MAX && eof > len {
+        return Err(Error::format(
+            path,
+            format!("truncated HDF5 file: {len} bytes, but its superblock says {eof}"),
+        ));
+    }
+    Ok(H5 {
+        path: path.to_path_buf(),
+        file,
+    })
+}
+
+impl H5 {
+    /// `d` as a row source of real values, or `None` when its type needs the whole-file
+    /// reader (float16, enumerations) or is not real (then the whole-file reader gives the
+    /// error message).
+    pub(crate) fn real_rows(&self, entry: &str, d: Dataset) -> Result<Option<RowDataset>> {
+        let kind = match self.datatype(entry, &d)? {
+            Datatype::FloatingPoint { size: 4 | 8, .. } | Datatype::FixedPoint { .. } => {
+                RowKind::Real
+            }
+            _ => return Ok(None),
+        };
+        self.row_dataset(entry, d, kind)
+    }
+
+    /// `d` as a row source of a 0/1 mask, or `None` when its type needs the whole-file
+    /// reader.
+    pub(crate) fn mask_rows(&self, entry: &str, d: Dataset) -> Result<Option<RowDataset>> {
+        let kind = match self.datatype(entry, &d)? {
+            Datatype::FloatingPoint { size: 4 | 8, .. } => RowKind::FloatMask,
+            Datatype::FixedPoint { size, .. }
+            | Datatype::Enumeration { size, .. }
+            | Datatype::BitField { size, .. }
+                if size > 0 =>
+            {
+                RowKind::IntMask {
+                    size: size as usize,
+                }
+            }
+            _ => return Ok(None),
+        };
+        self.row_dataset(entry, d, kind)
+    }
+
+    fn row_dataset(&self, entry: &str, d: Dataset, kind: RowKind) -> Result<Option<RowDataset>> {
+        let shape = self.shape(entry, &d)?;
+        let layout = guard(&self.path, || {
+            d.layout()
+                .map_err(|e| h5err(&self.path, &format!("layout of '{entry}'"), e))
+        })?;
+        if matches!(layout, hdf5_pure::Layout::Virtual) {
+            return Ok(None);
+        }
+        Ok(Some(RowDataset {
+            path: self.path.clone(),
+            entry: entry.to_string(),
+            d,
+            kind,
+            shape,
+        }))
+    }
+}
+
+impl RowDataset {
+    fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product::<usize>().max(1)
+    }
+
+    /// Rows `first..first + k` as `f32` (a [`RowDataset`] of real values).
+    pub fn read_f32(&self, first: usize, k: usize) -> Result<Vec<f32>> {
+        debug_assert_eq!(self.kind, RowKind::Real);
+        let (path, entry) = (&self.path, &self.entry);
+        let v = guard(path, || {
+            self.d
+                .read_f32_rows(first as u64, k as u64)
+                .map_err(|e| h5err(path, &format!("reading rows {first}.. of '{entry}'"), e))
+        })?;
+        check_len(path, entry, &[k, self.row_len()], v.len())?;
+        Ok(v)
+    }
+
+    /// Rows `first..first + k` as a 0/1 mask (a [`RowDataset`] of a mask).
+    pub fn read_mask(&self, first: usize, k: usize) -> Result<Vec<u8>> {
+        let (path, entry) = (&self.path, &self.entry);
+        let what = format!("reading rows {first}.. of '{entry}'");
+        let v: Vec<u8> = match self.kind {
+            RowKind::FloatMask => guard(path, || {
+                self.d
+                    .read_f64_rows(first as u64, k as u64)
+                    .map(|v| v.into_iter().map(|x| u8::from(x != 0.0)).collect())
+                    .map_err(|e| h5err(path, &what, e))
+            })?,
+            RowKind::IntMask { size } => {
+                let raw = guard(path, || {
+                    self.d
+                        .read_raw_rows(first as u64, k as u64)
+                        .map_err(|e| h5err(path, &what, e))
+                })?;
+                if raw.len() % size != 0 {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "dataset '{entry}': {} bytes for elements of {size} bytes",
+                            raw.len()
+                        ),
+                    ));
+                }
+                raw.chunks_exact(size)
+                    .map(|c| u8::from(c.iter().any(|&b| b != 0)))
+                    .collect()
+            }
+            RowKind::Real => unreachable!("a real dataset is not read as a mask"),
+        };
+        check_len(path, entry, &[k, self.row_len()], v.len())?;
+        Ok(v)
+    }
+}

@@ -5,7 +5,9 @@
 //! with the pure-Rust `hdf5-pure` crate), `.npy` is NumPy. Arrays on disk are *centred*
 //! (see [`crate::array`]); nothing here shifts, validates or rescales values.
 
+pub mod blocks;
 pub mod hdf5;
+pub mod journal;
 pub mod npy;
 pub mod stream;
 pub mod temp;

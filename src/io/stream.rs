@@ -98,6 +98,9 @@ pub struct StreamWriter {
     end: u64,
     objects: Vec<Object>,
     streams: Vec<usize>,
+    /// Written under a fixed partial name (not a registered temporary) that survives a
+    /// kill or an error, for `--resume` (see [`super::journal`]).
+    resumable: bool,
 }
 
 impl StreamWriter {
@@ -123,7 +126,84 @@ impl StreamWriter {
                 attrs: Vec::new(),
             }],
             streams: Vec::new(),
+            resumable: false,
         })
+    }
+
+    /// Start a file that will become `dest` at [`finish`](Self::finish), written under
+    /// `partial`, which is neither registered for removal on a signal nor removed when the
+    /// writer is dropped unfinished: a run killed at any point leaves it for a resumed run
+    /// ([`super::journal::BlockOutput`]). `resume`: open the existing `partial` without
+    /// truncating it (the same declarations give the same layout, so rows written before
+    /// keep their place); else start it empty.
+    pub fn create_resumable(dest: &Path, partial: &Path, resume: bool) -> Result<StreamWriter> {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).read(true);
+        if resume {
+            o.create(false);
+        } else {
+            o.create(true).truncate(true);
+        }
+        let file = o.open(partial).map_err(|e| Error::io(partial, e))?;
+        Ok(StreamWriter {
+            dest: dest.to_path_buf(),
+            tmp: partial.to_path_buf(),
+            file: Some(file),
+            end: SUPERBLOCK_SIZE,
+            objects: vec![Object {
+                kind: Kind::Group(Vec::new()),
+                attrs: Vec::new(),
+            }],
+            streams: Vec::new(),
+            resumable: true,
+        })
+    }
+
+    /// Rows `first..first + k` of every streamed dataset count as written (they were, by
+    /// an earlier run of a resumed file).
+    pub fn mark_rows_written(&mut self, first: usize, k: usize) {
+        for &o in &self.streams {
+            if let Kind::Dataset {
+                data: Data::Stream { written, .. },
+                ..
+            } = &mut self.objects[o].kind
+            {
+                let end = (first + k).min(written.len());
+                written[first.min(end)..end]
+                    .iter_mut()
+                    .for_each(|w| *w = true);
+            }
+        }
+    }
+
+    /// Read back rows `first..first + k` of a streamed dataset as raw bytes (from a
+    /// resumed file: the rows an earlier run wrote).
+    pub fn read_rows_raw(&mut self, id: StreamId, first: usize, k: usize) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let obj = self.streams[id.0];
+        let Kind::Dataset {
+            data: Data::Stream {
+                addr, row_bytes, ..
+            },
+            ..
+        } = &self.objects[obj].kind
+        else {
+            unreachable!()
+        };
+        let at = *addr + first as u64 * *row_bytes;
+        let mut buf = vec![0u8; (k as u64 * *row_bytes) as usize];
+        let dest = self.tmp.clone();
+        let f = self.file.as_mut().expect("open until finish");
+        f.seek(SeekFrom::Start(at))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| Error::io(&dest, e))?;
+        Ok(buf)
+    }
+
+    /// Flush the rows written so far to the disk (before a journal records them).
+    pub fn sync_data(&mut self) -> Result<()> {
+        let f = self.file.as_mut().expect("open until finish");
+        f.sync_data().map_err(|e| Error::io(&self.tmp, e))
     }
 
     fn err(&self, msg: String) -> Error {
@@ -356,10 +436,16 @@ impl StreamWriter {
     pub fn finish(mut self) -> Result<()> {
         for &o in &self.streams {
             if let Kind::Dataset {
-                data: Data::Stream { written, .. },
+                data: Data::Stream {
+                    written, row_bytes, ..
+                },
                 ..
             } = &self.objects[o].kind
             {
+                // rows of zero bytes (a history of no records) need no writing
+                if *row_bytes == 0 {
+                    continue;
+                }
                 if let Some(r) = written.iter().position(|w| !w) {
                     return Err(self.err(format!(
                         "{} of {} rows of '{}' were never written (first: {r})",
@@ -429,7 +515,7 @@ impl StreamWriter {
             drop(file);
             super::temp::commit(&self.tmp, &dest)
         })();
-        if res.is_err() {
+        if res.is_err() && !self.resumable {
             super::temp::discard(&self.tmp);
         }
         res.map_err(|e| Error::io(&dest, e))
@@ -539,7 +625,7 @@ impl StreamWriter {
 
 impl Drop for StreamWriter {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if self.file.take().is_some() && !self.resumable {
             super::temp::discard(&self.tmp);
         }
     }

@@ -1,0 +1,107 @@
+//! `predict` block by block: the network loaded once, [`crate::nn::predict::predict_with`]
+//! on windows of patterns, written as [`crate::nn::predict::Prediction::write_cxi`] writes
+//! the whole run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{shifted, BlockRun, BlockStats};
+use crate::backend::{Backend, NetOptions};
+use crate::io::blocks::{pipeline, PatternBlocks};
+use crate::io::stream::Dtype;
+use crate::nn::model::Model;
+use crate::nn::predict::{check_measured, predict_with, Prediction};
+use crate::{Error, Result};
+
+/// Run `model` over every pattern of `input`, `batch` patterns per forward (the block size
+/// is rounded up to a whole number of batches: a network's output depends, by rounding, on
+/// the batch it ran in, and so every batch holds what it holds in a whole-file run), writing to `run.dest` block by block. `progress` gets the patterns done (resumed
+/// ones included).
+#[allow(clippy::too_many_arguments)]
+pub fn predict_blocks(
+    backend: &dyn Backend,
+    model: &Model,
+    input: &PatternBlocks,
+    batch: usize,
+    threshold: f32,
+    opts: NetOptions,
+    model_label: &str,
+    description: &str,
+    run: &BlockRun<'_>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<BlockStats> {
+    if batch == 0 {
+        return Err(Error::Config("--batch must be at least 1".into()));
+    }
+    let n = input.n;
+    // the in-memory batches (the network's output depends on the batch it runs in, by
+    // rounding): blocks are whole batches, so that every batch holds the patterns it holds
+    // in a run over the whole file
+    let batch = batch.min(n.max(1));
+    let mut run = run.clone();
+    run.block = run.block.div_ceil(batch) * batch;
+    model.spec.check_memory(batch)?;
+    let mut net = backend.load_network(model, batch, opts)?;
+    let os = net.output_shape().to_vec();
+    if os.len() != 3 {
+        return Err(Error::Shape {
+            what: format!("model '{}' output", model.spec.name),
+            expected: "(H, W, 1) for one image per pattern".into(),
+            found: os,
+        });
+    }
+    let (oh, ow) = (os[0], os[1]);
+    let (plan, mut out, (data, support)) = run.begin(n, |f| {
+        let data = f.stream("entry_1/image_1/data", Dtype::F32, &[n, oh, ow])?;
+        let support = f.stream("entry_1/image_1/support", Dtype::U8, &[n, oh, ow])?;
+        f.string("entry_1/image_1/process_1/model", model_label)?;
+        f.string("entry_1/image_1/process_1/description", description)?;
+        Ok((data, support))
+    })?;
+    let todo = out.todo();
+    let mut done = 0;
+    for b in 0..plan.count() {
+        if out.is_done(b) {
+            done += plan.range(b).len();
+        }
+    }
+    progress(done);
+    let compute_ns = AtomicU64::new(0);
+    pipeline(
+        &todo,
+        |b| input.read(plan.range(b)),
+        |b, p| {
+            let r = plan.range(b);
+            let t = std::time::Instant::now();
+            check_measured(&p.intensities, p.mask.as_ref()).map_err(|e| shifted(e, r.start))?;
+            let before = done;
+            let pred = predict_with(
+                &model.spec,
+                &os,
+                &p.intensities,
+                p.mask.as_ref(),
+                batch,
+                threshold,
+                &mut |x, k| net.forward(x, k),
+                &|d| progress(before + d),
+            )?;
+            done += r.len();
+            compute_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            Ok(pred)
+        },
+        |b, pred: Prediction| {
+            let first = plan.range(b).start;
+            let f = out.writer();
+            f.write_rows_f32(data, first, &pred.output)?;
+            f.write_rows_u8(support, first, &pred.support)?;
+            out.commit(b)
+        },
+    )?;
+    let stats = BlockStats {
+        blocks: plan.count(),
+        resumed_blocks: out.resumed_blocks,
+        computed_patterns: todo.iter().map(|&b| plan.range(b).len()).sum(),
+        compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
+    };
+    out.finish()?;
+    Ok(stats)
+}
