@@ -429,6 +429,7 @@ fn phasing_problem(
         constraint,
         keep_all: true,
         cancel: Default::default(),
+        selection: Default::default(),
     }
 }
 

@@ -160,6 +160,7 @@ fn random_problem(
         constraint,
         keep_all: true,
         cancel: Default::default(),
+        selection: Default::default(),
     }
 }
 

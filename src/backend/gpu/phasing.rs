@@ -15,7 +15,7 @@ use super::launcher::{
 };
 use crate::array::{Complex32, Stack};
 use crate::backend::Progress;
-use crate::phasing::problem::{PhasingOutput, PhasingProblem};
+use crate::phasing::problem::{FinalMerit, PhasingOutput, PhasingProblem};
 use crate::phasing::program::{Constraint, Op, Program, Update};
 use crate::{Error, Result};
 
@@ -170,6 +170,70 @@ impl<'a> PhasingKernels<'a> {
         // SAFETY: g, g' (items x L complex), sup (items x L) and pr (items x bpi x 2) were
         // checked above, on this launcher.
         unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args) }
+    }
+
+    /// `cd_poisson_llk` on `f` (items x L complex, not modified) with the amplitudes `amp`
+    /// (patterns x L), partials into `pl` (items x bpi x 2).
+    pub fn llk(&self, f: &DevBuf, amp: &DevBuf, pl: &DevBuf) -> Result<()> {
+        const K: &str = "cd_poisson_llk";
+        self.check_shape(K)?;
+        let (l, items) = (self.len(), self.items);
+        self.buf::<Complex32>(f, items * l, K, "f")?;
+        self.buf::<f32>(amp, items / self.starts * l, K, "amplitudes")?;
+        self.buf::<f32>(pl, items * self.bpi * 2, K, "partials")?;
+        let args = [
+            f.arg(),
+            amp.arg(),
+            KArg::I32(l as i32),
+            KArg::I32(self.starts as i32),
+            pl.arg(),
+        ];
+        // SAFETY: f (items x L complex), amp (items/starts x L) and pl (items x bpi x 2, two
+        // per block of the grid) were checked above, on this launcher; L fits an int.
+        unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args) }
+    }
+
+    /// `cd_record_llk`: entry `rec` of the `records`-long histories `llk` and `free_llk`
+    /// from the partials `pl` and the per-pattern pixel counts `counts` (2 ints each).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_llk(
+        &self,
+        pl: &DevBuf,
+        counts: &DevBuf,
+        records: usize,
+        rec: usize,
+        llk: &DevBuf,
+        free_llk: &DevBuf,
+    ) -> Result<()> {
+        const K: &str = "cd_record_llk";
+        self.check_shape(K)?;
+        let items = self.items;
+        if rec >= records || records > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "{K}: entry {rec} of {records}-long histories"
+            )));
+        }
+        self.buf::<f32>(pl, items * self.bpi * 2, K, "partials")?;
+        self.buf::<i32>(counts, 2 * (items / self.starts), K, "pixel counts")?;
+        self.buf::<f32>(llk, items * records, K, "log-likelihood history")?;
+        self.buf::<f32>(free_llk, items * records, K, "free log-likelihood history")?;
+        let args = [
+            pl.arg(),
+            KArg::I32(self.bpi as i32),
+            counts.arg(),
+            KArg::I32(items as i32),
+            KArg::I32(self.starts as i32),
+            KArg::I32(records as i32),
+            KArg::I32(rec as i32),
+            llk.arg(),
+            free_llk.arg(),
+        ];
+        // SAFETY: pl (items x bpi x 2), counts (2 per pattern), llk and free_llk (items x
+        // records each) were checked above, on this launcher; rec < records.
+        unsafe {
+            self.l
+                .launch(K, dims([(items as u32).div_ceil(128), 1, 1], 128, 0), &args)
+        }
     }
 
     /// `cd_record_errors`: entry `rec` of the `records`-long histories `fourier` and (with
@@ -335,7 +399,7 @@ impl Drop for Plan<'_> {
 /// Device bytes per pattern of a run (amplitudes, and per start the iterate, the FFT buffer,
 /// the support and the partial sums).
 fn bytes_per_pattern(l: usize, starts: usize, bpi: usize, records: usize) -> usize {
-    4 * l + 8 + starts * (8 * l + 8 * l + l + 16 * bpi + 8 * records + 8)
+    4 * l + 16 + starts * (8 * l + 8 * l + l + 24 * bpi + 16 * records + 16)
 }
 
 /// Run a compiled program on every item of `problem` through `launcher`.
@@ -376,19 +440,24 @@ pub fn run_phasing(
         run_chunk(launcher, problem, program, p0, p1, progress, &mut out)?;
         p0 = p1;
     }
-    // Best start per pattern: lowest final error (NaN counts as +inf), ties to the lower start.
-    let key = |e: f32| if e.is_nan() { f32::INFINITY } else { e };
-    let mut best_start = Vec::with_capacity(n);
+    // Best start per pattern by the problem's selection (as the CPU backend chooses).
+    let final_support_fraction: Vec<f32> = out
+        .s
+        .chunks(l)
+        .map(|s| (s.iter().filter(|&&v| v != 0).count() as f64 / l as f64) as f32)
+        .collect();
+    let merits: Vec<FinalMerit> = (0..n * k)
+        .map(|i| FinalMerit {
+            fourier: out.final_err[i],
+            llk: out.final_llk[i],
+            free_llk: out.final_free[i],
+            support_fraction: final_support_fraction[i],
+        })
+        .collect();
+    let best_start = problem.selection.best_starts(&merits, k);
     let mut objects = Vec::with_capacity(n * l);
     let mut supports = Vec::with_capacity(n * l);
-    for p in 0..n {
-        let mut b = 0;
-        for s in 1..k {
-            if key(out.final_err[p * k + s]) < key(out.final_err[p * k + b]) {
-                b = s;
-            }
-        }
-        best_start.push(b);
+    for (p, &b) in best_start.iter().enumerate() {
         let i = p * k + b;
         objects.extend_from_slice(&out.g[i * l..(i + 1) * l]);
         supports.extend_from_slice(&out.s[i * l..(i + 1) * l]);
@@ -404,6 +473,11 @@ pub fn run_phasing(
         real_error: out.hist_r,
         final_fourier_error: out.final_err,
         records,
+        llk: out.hist_llk,
+        free_llk: out.hist_free,
+        final_llk: out.final_llk,
+        final_free_llk: out.final_free,
+        final_support_fraction,
     })
 }
 
@@ -413,7 +487,11 @@ struct ChunkOutputs {
     s: Vec<u8>,
     hist_f: Vec<f32>,
     hist_r: Vec<f32>,
+    hist_llk: Vec<f32>,
+    hist_free: Vec<f32>,
     final_err: Vec<f32>,
+    final_llk: Vec<f32>,
+    final_free: Vec<f32>,
 }
 
 fn run_chunk(
@@ -440,6 +518,13 @@ fn run_chunk(
     }
     let amp = DevBuf::from_slice(launcher, &problem.amplitudes[p0 * l..p1 * l])?;
     let sum_a2 = DevBuf::from_slice(launcher, &problem.sum_a2[p0..p1])?;
+    let mut counts = Vec::with_capacity(2 * np);
+    for p in p0..p1 {
+        let (m, f) = problem.llk_counts(p);
+        counts.push(i32::try_from(m).unwrap_or(i32::MAX));
+        counts.push(i32::try_from(f).unwrap_or(i32::MAX));
+    }
+    let counts = DevBuf::from_slice(launcher, &counts)?;
     let g = DevBuf::from_slice(launcher, &g0)?;
     let s = DevBuf::from_slice(launcher, &s0)?;
     drop((g0, s0));
@@ -448,7 +533,12 @@ fn run_chunk(
     let pr = DevBuf::new(launcher, items * bpi * 8)?;
     let hist_f = DevBuf::new(launcher, (items * records).max(1) * 4)?;
     let hist_r = DevBuf::new(launcher, (items * records).max(1) * 4)?;
+    let hist_llk = DevBuf::new(launcher, (items * records).max(1) * 4)?;
+    let hist_free = DevBuf::new(launcher, (items * records).max(1) * 4)?;
+    let pl = DevBuf::new(launcher, items * bpi * 8)?;
     let fin = DevBuf::new(launcher, items * 4)?;
+    let fin_llk = DevBuf::new(launcher, items * 4)?;
+    let fin_free = DevBuf::new(launcher, items * 4)?;
     let plan = Plan {
         l: launcher,
         id: launcher.fft_plan(h, w, items)?,
@@ -465,11 +555,17 @@ fn run_chunk(
             } => {
                 for it in 0..count {
                     problem.cancel.check()?;
+                    let rec_now = record && it + 1 == count;
                     launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
+                    if rec_now {
+                        // the likelihoods of F before the projection, as the Fourier error
+                        lk.llk(&f, &amp, &pl)?;
+                    }
                     lk.modulus(&f, &amp, true, &pf)?;
                     launcher.fft(plan.id, f.ptr(), f.ptr(), false)?;
                     lk.update(&g, &f, &s, a, b, problem.constraint, scale, &pr)?;
-                    if record && it + 1 == count {
+                    if rec_now {
+                        lk.record_llk(&pl, &counts, records, rec, &hist_llk, &hist_free)?;
                         lk.record(
                             &pf,
                             Some(&pr),
@@ -497,6 +593,8 @@ fn run_chunk(
     launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
     lk.modulus(&f, &amp, false, &pf)?;
     lk.record(&pf, None, &sum_a2, 1, 0, &fin, None)?;
+    lk.llk(&f, &amp, &pl)?;
+    lk.record_llk(&pl, &counts, 1, 0, &fin_llk, &fin_free)?;
     let base = out.g.len();
     out.g.resize(base + items * l, Complex32::new(0.0, 0.0));
     g.download(&mut out.g[base..])?;
@@ -506,7 +604,13 @@ fn run_chunk(
     if records > 0 {
         out.hist_f.extend(hist_f.to_vec::<f32>(items * records)?);
         out.hist_r.extend(hist_r.to_vec::<f32>(items * records)?);
+        out.hist_llk
+            .extend(hist_llk.to_vec::<f32>(items * records)?);
+        out.hist_free
+            .extend(hist_free.to_vec::<f32>(items * records)?);
     }
     out.final_err.extend(fin.to_vec::<f32>(items)?);
+    out.final_llk.extend(fin_llk.to_vec::<f32>(items)?);
+    out.final_free.extend(fin_free.to_vec::<f32>(items)?);
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! against each other and against float64 references.
 
 use crate::array::Complex32;
+use crate::phasing::problem::{decode_free, llk_term};
 use crate::phasing::program::Constraint;
 
 /// Smallest modulus divided by in the modulus projection (guards |F| = 0).
@@ -103,6 +104,23 @@ fn residual_body(f: &[f32], a: &[f32]) -> f32 {
         err += modulus_lane(x[0], x[1], am, 1.0).2;
     }
     err + acc.iter().sum::<f32>()
+}
+
+/// Sums of the Poisson log-likelihood terms ([`llk_term`]) of F over the measured pixels
+/// (a >= 0) and over the held-out pixels (a <= -2, amplitude `-a - 2`), in f32 per pixel as
+/// the GPU kernel computes them, accumulated in f64. Only run on recording iterations, so it
+/// is written plainly.
+pub fn poisson_llk(f: &[Complex32], a: &[f32]) -> (f64, f64) {
+    assert_eq!(f.len(), a.len());
+    let (mut m, mut fr) = (0.0f64, 0.0f64);
+    for (c, &am) in f.iter().zip(a) {
+        if am >= 0.0 {
+            m += llk_term(c.norm_sqr(), am) as f64;
+        } else if let Some(af) = decode_free(am) {
+            fr += llk_term(c.norm_sqr(), af) as f64;
+        }
+    }
+    (m, fr)
 }
 
 /// Support update in place: `g <- p` where the constraint holds (inside the support, and
