@@ -375,3 +375,102 @@ fn selection_by_each_criterion() {
     }
     assert!(differs > 0, "the support filter never changed a pick");
 }
+
+/// The CLI: `--select free-llk` holds out 5 % by default and writes every figure of merit;
+/// the best start's final values are those of the start it names; bad values are clear
+/// errors.
+#[test]
+fn cli_writes_the_figures_of_merit() {
+    use common::cli::{fails, ok};
+    use std::path::Path;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim.cxi");
+    let out = dir.path().join("rec.cxi");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    ok(&[
+        "simulate",
+        "--synthetic",
+        "compact",
+        "--count",
+        "2",
+        "--size",
+        "32",
+        "--photons",
+        "1e6",
+        "--noise",
+        "poisson",
+        "--mask",
+        "beamstop:1",
+        "--seed",
+        "3",
+        "-o",
+        &s(&sim),
+        "--quiet",
+    ]);
+    ok(&[
+        "phase",
+        &s(&sim),
+        "-o",
+        &s(&out),
+        "--algorithm",
+        "10*(8*HIO + 2*ER)",
+        "--shrinkwrap",
+        "sigma=1,threshold=0.1,every=20",
+        "--starts",
+        "3",
+        "--select",
+        "free-llk",
+        "--seed",
+        "2",
+        "--quiet",
+    ]);
+    let read = |e: &str| cdiphase::io::read_f32(&out, e).unwrap();
+    let (shape, all_free) = read("entry_1/image_1/all_final_free_llk");
+    assert_eq!(shape, vec![2, 3]);
+    let (_, best) = read("entry_1/image_1/best_start");
+    let (_, fin) = read("entry_1/image_1/final_free_llk");
+    for p in 0..2 {
+        let b = best[p] as usize;
+        assert_eq!(fin[p], all_free[p * 3 + b]);
+        assert!(all_free[p * 3..p * 3 + 3]
+            .iter()
+            .all(|v| v.is_finite() && *v >= fin[p]));
+    }
+    for (e, cols) in [
+        ("entry_1/image_1/llk", 10),
+        ("entry_1/image_1/free_llk", 10),
+        ("entry_1/image_1/outside_energy", 10),
+        ("entry_1/image_1/all_llk", 10),
+        ("entry_1/image_1/all_final_support_fraction", 3),
+    ] {
+        let (shape, v) = read(e);
+        assert_eq!(*shape.last().unwrap(), cols, "{e}");
+        assert!(v.iter().all(|x| x.is_finite()), "{e}");
+    }
+    let cfg = cdiphase::io::read_string(&out, "entry_1/image_1/process_1/configuration").unwrap();
+    assert!(cfg.contains("\"free_fraction\": 0.05"), "{cfg}");
+    let e = fails(&["phase", &s(&sim), "-o", &s(&out), "--select", "best"]);
+    assert!(e.contains("free-llk"), "{e}");
+    let e = fails(&["phase", &s(&sim), "-o", &s(&out), "--free-fraction", "0.9"]);
+    assert!(e.contains("free-fraction"), "{e}");
+    let e = fails(&[
+        "phase",
+        &s(&sim),
+        "-o",
+        &s(&out),
+        "--support-fraction",
+        "0.5:0.1",
+    ]);
+    assert!(e.contains("support fraction"), "{e}");
+    let e = fails(&[
+        "phase",
+        &s(&sim),
+        "-o",
+        &s(&out),
+        "--select",
+        "free-llk",
+        "--free-fraction",
+        "0",
+    ]);
+    assert!(e.contains("held-out"), "{e}");
+}

@@ -4,6 +4,7 @@ use super::{check_paths, is_file_spec, run_with_progress, RunArgs};
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
+use cdiphase::phasing::problem::{Criterion, Selection};
 use cdiphase::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
 use clap::Args;
@@ -56,6 +57,18 @@ pub struct PhaseArgs {
     /// Clip negative measured intensities to zero instead of failing.
     #[arg(long)]
     pub clip_negative: bool,
+    /// Choose the best start by: fourier (final Fourier error) | llk (final Poisson
+    /// log-likelihood) | free-llk (final free log-likelihood over held-out pixels). Starts
+    /// whose final support fraction is outside --support-fraction are ranked last.
+    #[arg(long, default_value = "fourier")]
+    pub select: String,
+    /// Fraction of the measured pixels held out of the modulus constraint for the free
+    /// log-likelihood (in Friedel pairs); default 0, or 0.05 with --select free-llk.
+    #[arg(long)]
+    pub free_fraction: Option<f32>,
+    /// MIN:MAX support fraction of an admissible start (a support outside collapsed or blew up).
+    #[arg(long, default_value = "0.0001:0.7")]
+    pub support_fraction: String,
     /// auto | cpu | cuda | emu.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -128,6 +141,21 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         .transpose()
         .context("--shrinkwrap")?;
     let constraint: Constraint = a.constraint.parse()?;
+    let criterion: Criterion = a.select.parse()?;
+    let free_fraction = a
+        .free_fraction
+        .unwrap_or(if criterion == Criterion::FreeLlk {
+            0.05
+        } else {
+            0.0
+        });
+    let (min_fraction, max_fraction) = parse_range(&a.support_fraction)
+        .with_context(|| format!("--support-fraction '{}'", a.support_fraction))?;
+    let selection = Selection {
+        criterion,
+        min_fraction,
+        max_fraction,
+    };
     let cfg = PhaseConfig {
         schedule: a.algorithm.clone(),
         beta: a.beta,
@@ -144,6 +172,8 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         },
         keep_all: a.keep_all,
         clip_negative: a.clip_negative,
+        free_fraction,
+        selection,
     };
     let (problem, program) = phasing::prepare(&patterns, &cfg)
         .with_context(|| format!("preparing {}", a.input.display()))?;
@@ -205,4 +235,19 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     Ok(())
+}
+
+/// `MIN:MAX` as two numbers.
+fn parse_range(text: &str) -> Result<(f32, f32)> {
+    let (a, b) = text
+        .split_once(':')
+        .context("expected MIN:MAX, e.g. 0.0001:0.7")?;
+    let num = |v: &str| -> Result<f32> {
+        v.trim()
+            .parse::<f32>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .with_context(|| format!("'{v}' is not a number"))
+    };
+    Ok((num(a)?, num(b)?))
 }
