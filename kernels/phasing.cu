@@ -251,3 +251,115 @@ CD_KERNEL cd_sw_threshold(const float* __restrict__ mag, int L, const float* __r
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)
         si[i] = mi[i] >= t ? 1 : 0;
 }
+
+// The general shrinkwrap (per-start threshold factors, a reference other than the maximum, a
+// support-fraction guard), after cd_sw_blur_rows and cd_sw_blur_cols:
+//   cd_sw_stats -> cd_sw_level -> [cd_sw_count -> cd_sw_guard] -> cd_sw_apply.
+// The plain shrinkwrap (factor 1, maximum, no guard) keeps cd_sw_threshold.
+
+// Per block, over the item's current support: sum of mag, sum of mag^2 and the pixel count,
+// pstat[3 * (item * bpi + bx) + {0, 1, 2}]. Grid (bpi, items).
+// Bytes: 5 P read; FLOPs: 3 P.
+CD_KERNEL cd_sw_stats(const float* __restrict__ mag, const unsigned char* __restrict__ sup, int L,
+                      float* __restrict__ pstat) {
+    const int item = blockIdx.y;
+    const float* mi = mag + (size_t)item * L;
+    const unsigned char* si = sup + (size_t)item * L;
+    float s = 0.0f, q = 0.0f, c = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        if (si[i] != 0) {
+            const float m = mi[i];
+            s += m;
+            q += m * m;
+            c += 1.0f;
+        }
+    }
+    s = cd_block_sum(s);
+    q = cd_block_sum(q);
+    c = cd_block_sum(c);
+    if (threadIdx.x == 0) {
+        const size_t k = (size_t)item * gridDim.x + blockIdx.x;
+        pstat[3 * k] = s;
+        pstat[3 * k + 1] = q;
+        pstat[3 * k + 2] = c;
+    }
+}
+
+// One thread per item: the reference (reference 0: the maximum, from pmax; 1: the mean and
+// 2: the rms over the support, from pstat, in double) and the level
+//   level[item] = (threshold * factor[item]) * reference,
+// NaN where the maximum is not positive and finite or the support is empty (the support
+// stays as it is, as on the CPU). Bytes: items * bpi * 16; FLOPs: items * 4 bpi.
+CD_KERNEL cd_sw_level(const float* __restrict__ pmax, const float* __restrict__ pstat, int bpi, int items,
+                      float threshold, int reference, const float* __restrict__ factor,
+                      float* __restrict__ level) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    float mx = 0.0f;
+    double s = 0.0, q = 0.0, c = 0.0;
+    for (int k = 0; k < bpi; ++k) {
+        const size_t b = (size_t)item * bpi + k;
+        mx = fmaxf(mx, pmax[b]);
+        s += (double)pstat[3 * b];
+        q += (double)pstat[3 * b + 1];
+        c += (double)pstat[3 * b + 2];
+    }
+    float ref = mx;
+    bool ok = mx > 0.0f && isfinite(mx);
+    if (reference != 0) {
+        ok = ok && c > 0.0;
+        ref = ok ? (float)(reference == 1 ? s / c : sqrt(q / c)) : 0.0f;
+    }
+    level[item] = ok ? (threshold * factor[item]) * ref : nanf("");
+}
+
+// Per block, the pixels at or above the item's level: pcount[item * bpi + bx] (exact in
+// float: at most L < 2^24 per item). Grid (bpi, items). Bytes: 4 P read; FLOPs: P.
+CD_KERNEL cd_sw_count(const float* __restrict__ mag, int L, const float* __restrict__ level,
+                      float* __restrict__ pcount) {
+    const int item = blockIdx.y;
+    const float t = level[item];
+    const float* mi = mag + (size_t)item * L;
+    float c = 0.0f;
+    if (!isnan(t))
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)
+            c += mi[i] >= t ? 1.0f : 0.0f;
+    c = cd_block_sum(c);
+    if (threadIdx.x == 0) pcount[(size_t)item * gridDim.x + blockIdx.x] = c;
+}
+
+// One thread per item, the guard: the new support's fraction of the field; below gmin the
+// shrinkwrap is refused (level = NaN) and factor /= tune, above gmax refused and
+// factor *= tune; events[item] counts the refusals. Bytes: items * (4 bpi + 16).
+CD_KERNEL cd_sw_guard(const float* __restrict__ pcount, int bpi, int items, int L, float gmin, float gmax,
+                      float tune, float* __restrict__ factor, int* __restrict__ events,
+                      float* __restrict__ level) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    if (isnan(level[item])) return;
+    double c = 0.0;
+    for (int k = 0; k < bpi; ++k) c += (double)pcount[(size_t)item * bpi + k];
+    const float frac = (float)c / (float)L;
+    if (frac < gmin) {
+        factor[item] /= tune;
+        events[item] += 1;
+        level[item] = nanf("");
+    } else if (frac > gmax) {
+        factor[item] *= tune;
+        events[item] += 1;
+        level[item] = nanf("");
+    }
+}
+
+// The new support where the item's level is a number: sup = mag >= level. Grid (bpi, items).
+// Bytes: 4 P read + 1 P written.
+CD_KERNEL cd_sw_apply(const float* __restrict__ mag, int L, const float* __restrict__ level,
+                      unsigned char* __restrict__ sup) {
+    const int item = blockIdx.y;
+    const float t = level[item];
+    if (isnan(t)) return;
+    const float* mi = mag + (size_t)item * L;
+    unsigned char* si = sup + (size_t)item * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)
+        si[i] = mi[i] >= t ? 1 : 0;
+}

@@ -430,6 +430,7 @@ fn phasing_problem(
         keep_all: true,
         cancel: Default::default(),
         selection: Default::default(),
+        sw_factors: Vec::new(),
     }
 }
 
@@ -605,9 +606,9 @@ fn ref_program(pb: &PhasingProblem, prog: &Program) -> Vec<RefItem> {
                             );
                         }
                     }
-                    PhOp::Shrinkwrap { sigma, threshold } => {
-                        ref_shrinkwrap(&mut it, (pb.h, pb.w), sigma as f64, threshold as f64)
-                    }
+                    PhOp::Shrinkwrap {
+                        sigma, threshold, ..
+                    } => ref_shrinkwrap(&mut it, (pb.h, pb.w), sigma as f64, threshold as f64),
                 }
             }
             items.push(it);

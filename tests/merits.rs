@@ -85,6 +85,7 @@ fn problem(
         keep_all: true,
         cancel: Default::default(),
         selection: Default::default(),
+        sw_factors: Vec::new(),
     }
 }
 

@@ -161,6 +161,7 @@ fn random_problem(
         keep_all: true,
         cancel: Default::default(),
         selection: Default::default(),
+        sw_factors: Vec::new(),
     }
 }
 

@@ -417,9 +417,35 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
             keep_all: cfg.keep_all,
             cancel: crate::cancel::Cancel::default(),
             selection: cfg.selection,
+            sw_factors: sw_factors(cfg, n),
         },
         program,
     ))
+}
+
+/// The per-start shrinkwrap threshold factors, uniform in the configured range, deterministic
+/// in (seed, pattern, start); empty when the range is (1, 1).
+fn sw_factors(cfg: &PhaseConfig, n: usize) -> Vec<f32> {
+    let Some(sw) = &cfg.shrinkwrap else {
+        return Vec::new();
+    };
+    let (lo, hi) = sw.factor;
+    if lo == 1.0 && hi == 1.0 {
+        return Vec::new();
+    }
+    use rand_xoshiro::rand_core::{Rng, SeedableRng};
+    let mut v = Vec::with_capacity(n * cfg.starts);
+    for p in 0..n {
+        for s in 0..cfg.starts {
+            let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(crate::rng::item_seed(
+                cfg.seed ^ 0x5111_F4C7_0000_0001,
+                p,
+                s,
+            ));
+            v.push(lo + (hi - lo) * crate::rng::unit(rng.next_u64()));
+        }
+    }
+    v
 }
 
 /// Hold out about `fraction` of the measured pixels of one pattern (native order) for the
@@ -520,6 +546,28 @@ pub struct Merits {
     pub final_support_fraction: Vec<f32>,
     /// The selection that chose `best_start`.
     pub selection: Selection,
+    /// N*K: shrinkwraps refused by the support guard, and the final threshold factors.
+    pub guard_events: Vec<u32>,
+    pub threshold_factor: Vec<f32>,
+}
+
+impl Merits {
+    /// One line on the support guard's work, when it refused any shrinkwrap.
+    pub fn guard_summary(&self) -> Option<String> {
+        let total: u64 = self.guard_events.iter().map(|&e| e as u64).sum();
+        if total == 0 {
+            return None;
+        }
+        let starts = self.guard_events.iter().filter(|&&e| e > 0).count();
+        let (lo, hi) = self
+            .threshold_factor
+            .iter()
+            .fold((f32::INFINITY, 0.0f32), |(a, b), &f| (a.min(f), b.max(f)));
+        Some(format!(
+            "support guard: {total} shrinkwrap(s) refused (support collapsed or blew up) in {starts} of {} starts; their thresholds were retuned (final factors {lo:.3}..{hi:.3})",
+            self.guard_events.len()
+        ))
+    }
 }
 
 /// The result of a phasing run, centred as stored on disk.
@@ -592,6 +640,8 @@ impl Reconstruction {
                 final_free_llk: out.final_free_llk,
                 final_support_fraction: out.final_support_fraction,
                 selection: problem.selection,
+                guard_events: out.guard_events,
+                threshold_factor: out.threshold_factor,
             }),
             iterations: program.iterations,
             seconds,
@@ -712,6 +762,13 @@ impl Reconstruction {
                 )?;
                 out.f32(&format!("entry_1/image_1/all_final_{name}"), &[n, k], v)?;
             }
+            out.f32(
+                "entry_1/image_1/all_threshold_factor",
+                &[n, k],
+                &m.threshold_factor,
+            )?;
+            let ev: Vec<i64> = m.guard_events.iter().map(|&e| e as i64).collect();
+            out.i64("entry_1/image_1/all_support_guard_events", &[n, k], &ev)?;
             out.string(
                 "entry_1/image_1/selection",
                 &serde_json::to_string(&m.selection).unwrap_or_default(),

@@ -58,6 +58,9 @@ pub struct PhasingProblem {
     pub cancel: crate::cancel::Cancel,
     /// How the best start is chosen and which starts are filtered out.
     pub selection: Selection,
+    /// Per item (N*K), the factor of its shrinkwrap thresholds (shrinkwrap `factor=LO:HI`);
+    /// empty: 1 for every item.
+    pub sw_factors: Vec<f32>,
 }
 
 /// Offset of the held-out ("free") amplitudes: a held-out pixel of amplitude A >= 0 is
@@ -220,6 +223,11 @@ impl PhasingProblem {
         &self.amplitudes[p * l..(p + 1) * l]
     }
 
+    /// The shrinkwrap threshold factor of item `i` (pattern-major).
+    pub fn sw_factor(&self, i: usize) -> f32 {
+        self.sw_factors.get(i).copied().unwrap_or(1.0)
+    }
+
     /// Pixels of pattern `p` entering the log-likelihood (measured, not held out) and the
     /// free log-likelihood (held out).
     pub fn llk_counts(&self, p: usize) -> (usize, usize) {
@@ -316,6 +324,10 @@ pub struct PhasingOutput {
     pub final_llk: Vec<f32>,
     pub final_free_llk: Vec<f32>,
     pub final_support_fraction: Vec<f32>,
+    /// Per item, the shrinkwraps the support guard refused (collapse or blow-up), N*K.
+    pub guard_events: Vec<u32>,
+    /// Per item, its final shrinkwrap threshold factor (drawn, then retuned), N*K.
+    pub threshold_factor: Vec<f32>,
 }
 
 impl PhasingOutput {

@@ -312,7 +312,156 @@ impl<'a> PhasingKernels<'a> {
         pmax: &DevBuf,
     ) -> Result<()> {
         const K: &str = "shrinkwrap";
-        self.check_shape(K)?;
+        let mag = self.blur(K, g, sup, kern, klen, scratch, pmax)?;
+        // SAFETY: mag (the second half of scratch, items x L floats), pmax (items x bpi) and
+        // sup (items x L) were checked by `blur`, on this launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_threshold",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    KArg::Ptr(mag),
+                    KArg::I32(self.len() as i32),
+                    pmax.arg(),
+                    KArg::I32(self.bpi as i32),
+                    KArg::F32(threshold),
+                    sup.arg(),
+                ],
+            )
+        }
+    }
+
+    /// The general shrinkwrap: the blur as in [`PhasingKernels::shrinkwrap`], then the
+    /// threshold `threshold * factor[item] * reference` (`reference` 0 the maximum, 1 the
+    /// mean, 2 the rms of the blurred modulus over the current support) and, with a guard
+    /// (min, max, tune), the refusal of a new support whose fraction is outside [min, max]
+    /// with the item's factor retuned and `events` counted. `pstat` holds items x bpi x 3
+    /// floats, `pcount` items x bpi, `level` and `factor` items floats, `events` items ints.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shrinkwrap_general(
+        &self,
+        g: &DevBuf,
+        sup: &DevBuf,
+        kern: &DevBuf,
+        klen: usize,
+        threshold: f32,
+        reference: i32,
+        guard: Option<(f32, f32, f32)>,
+        scratch: &DevBuf,
+        bufs: &GuardBufs,
+    ) -> Result<()> {
+        const K: &str = "shrinkwrap (general)";
+        let (l, items, bpi) = (self.len(), self.items, self.bpi);
+        self.buf::<f32>(&bufs.pmax, items * bpi, K, "block maxima")?;
+        self.buf::<f32>(&bufs.pstat, items * bpi * 3, K, "support statistics")?;
+        self.buf::<f32>(&bufs.pcount, items * bpi, K, "counts")?;
+        self.buf::<f32>(&bufs.level, items, K, "levels")?;
+        self.buf::<f32>(&bufs.factor, items, K, "factors")?;
+        self.buf::<i32>(&bufs.events, items, K, "events")?;
+        if !(0..=2).contains(&reference) {
+            return Err(Error::Config(format!("{K}: reference code {reference}")));
+        }
+        let mag = self.blur(K, g, sup, kern, klen, scratch, &bufs.pmax)?;
+        let per_item = dims([(items as u32).div_ceil(128), 1, 1], 128, 0);
+        // SAFETY: mag (items x L floats, checked by `blur`), sup (items x L) and pstat
+        // (items x bpi x 3, three per block) were checked, on this launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_stats",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    KArg::Ptr(mag),
+                    sup.arg(),
+                    KArg::I32(l as i32),
+                    bufs.pstat.arg(),
+                ],
+            )?;
+        }
+        // SAFETY: pmax (items x bpi), pstat (items x bpi x 3), factor and level (items) were
+        // checked above, on this launcher; one thread per item.
+        unsafe {
+            self.l.launch(
+                "cd_sw_level",
+                per_item,
+                &[
+                    bufs.pmax.arg(),
+                    bufs.pstat.arg(),
+                    KArg::I32(bpi as i32),
+                    KArg::I32(items as i32),
+                    KArg::F32(threshold),
+                    KArg::I32(reference),
+                    bufs.factor.arg(),
+                    bufs.level.arg(),
+                ],
+            )?;
+        }
+        if let Some((gmin, gmax, tune)) = guard {
+            // SAFETY: mag (items x L), level (items) and pcount (items x bpi, one per block)
+            // were checked, on this launcher.
+            unsafe {
+                self.l.launch(
+                    "cd_sw_count",
+                    dims(self.grid(), BLOCK, 0),
+                    &[
+                        KArg::Ptr(mag),
+                        KArg::I32(l as i32),
+                        bufs.level.arg(),
+                        bufs.pcount.arg(),
+                    ],
+                )?;
+            }
+            // SAFETY: pcount (items x bpi), factor, events and level (items each) were
+            // checked above, on this launcher; one thread per item.
+            unsafe {
+                self.l.launch(
+                    "cd_sw_guard",
+                    per_item,
+                    &[
+                        bufs.pcount.arg(),
+                        KArg::I32(bpi as i32),
+                        KArg::I32(items as i32),
+                        KArg::I32(l as i32),
+                        KArg::F32(gmin),
+                        KArg::F32(gmax),
+                        KArg::F32(tune),
+                        bufs.factor.arg(),
+                        bufs.events.arg(),
+                        bufs.level.arg(),
+                    ],
+                )?;
+            }
+        }
+        // SAFETY: mag (items x L), level (items) and sup (items x L) were checked, on this
+        // launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_apply",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    KArg::Ptr(mag),
+                    KArg::I32(l as i32),
+                    bufs.level.arg(),
+                    sup.arg(),
+                ],
+            )
+        }
+    }
+
+    /// The blur passes of a shrinkwrap: |g| blurred along rows into the first half of
+    /// `scratch`, then along columns into the second half (returned), block maxima into
+    /// `pmax`. Checks every buffer a shrinkwrap uses.
+    #[allow(clippy::too_many_arguments)]
+    fn blur(
+        &self,
+        kn: &str,
+        g: &DevBuf,
+        sup: &DevBuf,
+        kern: &DevBuf,
+        klen: usize,
+        scratch: &DevBuf,
+        pmax: &DevBuf,
+    ) -> Result<DevPtr> {
+        self.check_shape(kn)?;
         let (h, w) = (self.h, self.w);
         let (l, items) = (self.len(), self.items);
         let row_shmem = (w + klen) * 4;
@@ -323,11 +472,11 @@ impl<'a> PhasingKernels<'a> {
                 self.l.name()
             )));
         }
-        self.buf::<Complex32>(g, items * l, K, "g")?;
-        self.buf::<u8>(sup, items * l, K, "support")?;
-        self.buf::<f32>(kern, klen, K, "Gaussian")?;
-        self.buf::<f32>(scratch, 2 * items * l, K, "scratch")?;
-        self.buf::<f32>(pmax, items * self.bpi, K, "block maxima")?;
+        self.buf::<Complex32>(g, items * l, kn, "g")?;
+        self.buf::<u8>(sup, items * l, kn, "support")?;
+        self.buf::<f32>(kern, klen, kn, "Gaussian")?;
+        self.buf::<f32>(scratch, 2 * items * l, kn, "scratch")?;
+        self.buf::<f32>(pmax, items * self.bpi, kn, "block maxima")?;
         let klen_arg = int_arg(klen, "blur taps")?;
         let (tmp, mag) = (scratch.ptr(), scratch.ptr().offset(items * l * 4));
         let row_threads = (w.div_ceil(32) * 32).min(BLOCK as usize) as u32;
@@ -365,23 +514,19 @@ impl<'a> PhasingKernels<'a> {
                 ],
             )?;
         }
-        // SAFETY: mag (items x L floats), pmax (items x bpi) and sup (items x L) were
-        // checked above, on this launcher.
-        unsafe {
-            self.l.launch(
-                "cd_sw_threshold",
-                dims(self.grid(), BLOCK, 0),
-                &[
-                    KArg::Ptr(mag),
-                    KArg::I32(l as i32),
-                    pmax.arg(),
-                    KArg::I32(self.bpi as i32),
-                    KArg::F32(threshold),
-                    sup.arg(),
-                ],
-            )
-        }
+        Ok(mag)
     }
+}
+
+/// The device buffers of the general shrinkwrap (see
+/// [`PhasingKernels::shrinkwrap_general`]).
+pub struct GuardBufs<'a> {
+    pub pmax: DevBuf<'a>,
+    pub pstat: DevBuf<'a>,
+    pub pcount: DevBuf<'a>,
+    pub level: DevBuf<'a>,
+    pub factor: DevBuf<'a>,
+    pub events: DevBuf<'a>,
 }
 
 /// An FFT plan destroyed on drop.
@@ -399,7 +544,7 @@ impl Drop for Plan<'_> {
 /// Device bytes per pattern of a run (amplitudes, and per start the iterate, the FFT buffer,
 /// the support and the partial sums).
 fn bytes_per_pattern(l: usize, starts: usize, bpi: usize, records: usize) -> usize {
-    4 * l + 16 + starts * (8 * l + 8 * l + l + 24 * bpi + 16 * records + 16)
+    4 * l + 16 + starts * (8 * l + 8 * l + l + 44 * bpi + 16 * records + 28)
 }
 
 /// Run a compiled program on every item of `problem` through `launcher`.
@@ -478,6 +623,8 @@ pub fn run_phasing(
         final_llk: out.final_llk,
         final_free_llk: out.final_free,
         final_support_fraction,
+        guard_events: out.events,
+        threshold_factor: out.factor,
     })
 }
 
@@ -492,6 +639,8 @@ struct ChunkOutputs {
     final_err: Vec<f32>,
     final_llk: Vec<f32>,
     final_free: Vec<f32>,
+    factor: Vec<f32>,
+    events: Vec<u32>,
 }
 
 fn run_chunk(
@@ -543,6 +692,20 @@ fn run_chunk(
         l: launcher,
         id: launcher.fft_plan(h, w, items)?,
     };
+    // the general shrinkwrap's state: per-item threshold factors and guard events
+    let factors0: Vec<f32> = (p0 * k..p1 * k).map(|i| problem.sw_factor(i)).collect();
+    let gbufs = if program.general_shrinkwrap(!problem.sw_factors.is_empty()) {
+        Some(GuardBufs {
+            pmax: DevBuf::new(launcher, items * bpi * 4)?,
+            pstat: DevBuf::new(launcher, items * bpi * 12)?,
+            pcount: DevBuf::new(launcher, items * bpi * 4)?,
+            level: DevBuf::new(launcher, items * 4)?,
+            factor: DevBuf::from_slice(launcher, &factors0)?,
+            events: DevBuf::from_slice(launcher, &vec![0i32; items])?,
+        })
+    } else {
+        None
+    };
     let scale = 1.0 / l as f32;
     let mut rec = 0;
     for op in &program.ops {
@@ -580,11 +743,28 @@ fn run_chunk(
                     progress(items as u64);
                 }
             }
-            Op::Shrinkwrap { sigma, threshold } => {
+            Op::Shrinkwrap {
+                sigma,
+                threshold,
+                reference,
+            } => {
                 let kern = gaussian_kernel(sigma);
                 let kb = DevBuf::from_slice(launcher, &kern)?;
                 // |g|, its row blur and its column blur live in the FFT buffer (free here).
-                lk.shrinkwrap(&g, &s, &kb, kern.len(), threshold, &f, &pf)?;
+                match &gbufs {
+                    None => lk.shrinkwrap(&g, &s, &kb, kern.len(), threshold, &f, &pf)?,
+                    Some(gb) => lk.shrinkwrap_general(
+                        &g,
+                        &s,
+                        &kb,
+                        kern.len(),
+                        threshold,
+                        reference.code(),
+                        program.guard.map(|gd| (gd.min, gd.max, gd.tune)),
+                        &f,
+                        gb,
+                    )?,
+                }
             }
         }
     }
@@ -612,5 +792,16 @@ fn run_chunk(
     out.final_err.extend(fin.to_vec::<f32>(items)?);
     out.final_llk.extend(fin_llk.to_vec::<f32>(items)?);
     out.final_free.extend(fin_free.to_vec::<f32>(items)?);
+    match &gbufs {
+        Some(gb) => {
+            out.factor.extend(gb.factor.to_vec::<f32>(items)?);
+            let ev: Vec<i32> = gb.events.to_vec(items)?;
+            out.events.extend(ev.iter().map(|&e| e.max(0) as u32));
+        }
+        None => {
+            out.factor.extend(factors0);
+            out.events.extend(std::iter::repeat_n(0, items));
+        }
+    }
     Ok(())
 }

@@ -15,6 +15,7 @@ use crate::fft::{Plan2d, COL_BLOCK};
 use crate::phasing::problem::{llk_means, FinalMerit, PhasingOutput, PhasingProblem};
 use crate::phasing::program::{Op, Program, Update};
 use crate::{Error, Result};
+use kernels::SwOutcome;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -422,19 +423,38 @@ impl Item<'_> {
                     }
                     progress(count);
                 }
-                Op::Shrinkwrap { sigma, threshold } => {
+                Op::Shrinkwrap {
+                    sigma,
+                    threshold,
+                    reference,
+                } => {
                     self.sync(work, g);
-                    kernels::shrinkwrap(
+                    let outcome = kernels::shrinkwrap(
                         g,
                         s,
                         h,
                         w,
                         sigma,
-                        threshold,
+                        threshold * hist.factor,
+                        reference,
+                        program.guard,
                         &mut work.mag,
                         &mut work.tmp,
                         &mut work.kernel,
                     );
+                    if let Some(gd) = program.guard {
+                        match outcome {
+                            SwOutcome::Collapsed => {
+                                hist.factor /= gd.tune;
+                                hist.events += 1;
+                            }
+                            SwOutcome::BlewUp => {
+                                hist.factor *= gd.tune;
+                                hist.events += 1;
+                            }
+                            SwOutcome::Applied | SwOutcome::Skipped => {}
+                        }
+                    }
                     work.n_active = mark_support_rows(s, w, &mut work.active);
                 }
             }
@@ -458,12 +478,15 @@ fn support_fraction(s: &[u8]) -> f32 {
     (s.iter().filter(|&&v| v != 0).count() as f64 / s.len().max(1) as f64) as f32
 }
 
-/// The histories one item records (`records` entries each).
+/// The histories one item records (`records` entries each), and its shrinkwrap state: the
+/// threshold factor (per start, retuned by the guard) and the guard's interventions.
 struct Histories {
     f: Vec<f32>,
     r: Vec<f32>,
     llk: Vec<f32>,
     free: Vec<f32>,
+    factor: f32,
+    events: u32,
 }
 
 struct ItemResult {
@@ -523,6 +546,8 @@ impl CpuBackend {
                     r: vec![0.0f32; records],
                     llk: vec![0.0f32; records],
                     free: vec![0.0f32; records],
+                    factor: problem.sw_factor(item),
+                    events: 0,
                 };
                 let merit = it.run(work, g, s, program, &mut hist, progress);
                 let kept = problem.keep_all.then(|| (g.to_vec(), s.to_vec()));
@@ -587,6 +612,8 @@ impl CpuBackend {
             let mut final_llk = Vec::with_capacity(n * k);
             let mut final_free_llk = Vec::with_capacity(n * k);
             let mut final_support_fraction = Vec::with_capacity(n * k);
+            let mut guard_events = Vec::with_capacity(n * k);
+            let mut threshold_factor = Vec::with_capacity(n * k);
             let keep = problem.keep_all;
             let mut all_o = keep.then(|| Vec::with_capacity(n * k * l));
             let mut all_s = keep.then(|| Vec::with_capacity(n * k * l));
@@ -599,6 +626,8 @@ impl CpuBackend {
                 final_llk.push(r.merit.llk);
                 final_free_llk.push(r.merit.free_llk);
                 final_support_fraction.push(r.merit.support_fraction);
+                guard_events.push(r.hist.events);
+                threshold_factor.push(r.hist.factor);
                 if let (Some((g, s)), Some(ao), Some(as_)) =
                     (r.kept, all_o.as_mut(), all_s.as_mut())
                 {
@@ -621,6 +650,8 @@ impl CpuBackend {
                 final_llk,
                 final_free_llk,
                 final_support_fraction,
+                guard_events,
+                threshold_factor,
             })
         })
     }
