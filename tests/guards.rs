@@ -325,3 +325,56 @@ fn cli_reports_guards_and_per_start_thresholds() {
         assert!(e.contains("shrinkwrap"), "{bad}: {e}");
     }
 }
+
+/// `phase` without --algorithm and --shrinkwrap runs the measured recipe; `--shrinkwrap
+/// none` turns shrinkwrap off; --algorithm alone runs without shrinkwrap, as before.
+#[test]
+fn cli_default_recipe() {
+    use common::cli::ok;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim.cxi");
+    let out = dir.path().join("rec.cxi");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    ok(&[
+        "simulate",
+        "--synthetic",
+        "compact",
+        "--count",
+        "1",
+        "--size",
+        "32",
+        "--seed",
+        "4",
+        "-o",
+        &s(&sim),
+        "--quiet",
+    ]);
+    let config = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec![
+            "phase".to_string(),
+            s(&sim),
+            "-o".into(),
+            s(&out),
+            "--quiet".into(),
+        ];
+        a.extend(args.iter().map(|x| x.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        ok(&a);
+        let c = cdiphase::io::read_string(&out, "entry_1/image_1/process_1/configuration").unwrap();
+        serde_json::from_str(&c).unwrap()
+    };
+    let c = config(&[]);
+    assert_eq!(c["schedule"], cdiphase::phasing::RECIPE_SCHEDULE);
+    assert_eq!(c["constraint"], "Positive");
+    assert_eq!(c["shrinkwrap"]["every"], 50);
+    assert_eq!(c["shrinkwrap"]["stop"], 950);
+    let c = config(&["--shrinkwrap", "none"]);
+    assert_eq!(c["schedule"], cdiphase::phasing::RECIPE_SCHEDULE);
+    assert!(c["shrinkwrap"].is_null());
+    let c = config(&["--algorithm", "20*ER"]);
+    assert_eq!(c["schedule"], "20*ER");
+    assert!(c["shrinkwrap"].is_null());
+    assert_eq!(c["constraint"], "None");
+    let c = config(&["--constraint", "real"]);
+    assert_eq!(c["constraint"], "Real");
+}

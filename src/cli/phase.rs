@@ -21,8 +21,11 @@ pub struct PhaseArgs {
     #[arg(long)]
     pub entry: Option<String>,
     /// Schedule, e.g. "2000*(5*HIO + 5*ER)", "100*(SW + 50*HIO) + 200*ER", "RAAR(0.8)**500".
-    #[arg(long, default_value = "2000*(5*HIO + 5*ER)")]
-    pub algorithm: String,
+    /// Without --algorithm and --shrinkwrap: the recipe measured best by
+    /// scripts/phasing_benchmark.sh, "HIO**800 + ER**200" with shrinkwrap
+    /// sigma=1,threshold=0.1,every=50,stop=950 (README, "Phasing recipes that work").
+    #[arg(long)]
+    pub algorithm: Option<String>,
     /// Feedback parameter of HIO / relaxation of RAAR.
     #[arg(long, default_value_t = 0.9)]
     pub beta: f32,
@@ -36,12 +39,15 @@ pub struct PhaseArgs {
     /// uniform, seeded (distinct starts around one estimate). 0: all starts are the object.
     #[arg(long, default_value_t = 0.0)]
     pub init_noise: f32,
-    /// Periodic shrinkwrap: sigma=1,threshold=0.1,every=N[,start=I][,stop=I]; ranges a:b ramp.
+    /// Periodic shrinkwrap: sigma=1,threshold=0.1,every=N[,start=I][,stop=I]; ranges a:b
+    /// ramp; ref=max|mean|rms, factor=LO:HI (per-start thresholds), min=F,max=F[,tune=T]
+    /// (support guard). `none`: no shrinkwrap (the default when --algorithm is given).
     #[arg(long)]
     pub shrinkwrap: Option<String>,
-    /// Real-space constraint: none | real | positive.
-    #[arg(long, default_value = "none")]
-    pub constraint: String,
+    /// Real-space constraint: none | real | positive. Default: positive with the default
+    /// recipe (neither --algorithm nor --shrinkwrap given), none otherwise.
+    #[arg(long)]
+    pub constraint: Option<String>,
     /// Random starts per pattern; the best by final Fourier error is kept.
     #[arg(long, default_value_t = 1)]
     pub starts: usize,
@@ -134,13 +140,26 @@ pub fn run(a: PhaseArgs) -> Result<()> {
             a.init
         );
     };
-    let shrinkwrap = a
-        .shrinkwrap
-        .as_deref()
+    // the measured default recipe applies where neither --algorithm nor --shrinkwrap is given
+    let schedule = a
+        .algorithm
+        .clone()
+        .unwrap_or_else(|| phasing::RECIPE_SCHEDULE.to_string());
+    let sw_text = match (&a.algorithm, &a.shrinkwrap) {
+        (None, None) => Some(phasing::RECIPE_SHRINKWRAP),
+        (_, Some(s)) if s.trim().eq_ignore_ascii_case("none") => None,
+        (_, s) => s.as_deref(),
+    };
+    let shrinkwrap = sw_text
         .map(ShrinkwrapConfig::parse)
         .transpose()
         .context("--shrinkwrap")?;
-    let constraint: Constraint = a.constraint.parse()?;
+    let recipe = a.algorithm.is_none() && a.shrinkwrap.is_none();
+    let constraint: Constraint = match &a.constraint {
+        Some(c) => c.parse()?,
+        None if recipe => phasing::RECIPE_CONSTRAINT,
+        None => Constraint::None,
+    };
     let criterion: Criterion = a.select.parse()?;
     let free_fraction = a
         .free_fraction
@@ -157,7 +176,7 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         max_fraction,
     };
     let cfg = PhaseConfig {
-        schedule: a.algorithm.clone(),
+        schedule,
         beta: a.beta,
         shrinkwrap,
         constraint,

@@ -27,6 +27,17 @@ pub enum SupportSpec {
     Given(Stack<u8>),
 }
 
+/// The schedule `cdiphase phase` runs without `--algorithm` and `--shrinkwrap`, with
+/// [`RECIPE_SHRINKWRAP`]: chosen by `scripts/phasing_benchmark.sh` (BENCHMARKS.md, "Phasing
+/// success"): long HIO then ER, shrinkwrap every 50 iterations, stopped before the ER
+/// polish.
+pub const RECIPE_SCHEDULE: &str = "HIO**800 + ER**200";
+/// The shrinkwrap of the default recipe (see [`RECIPE_SCHEDULE`]).
+pub const RECIPE_SHRINKWRAP: &str = "sigma=1,threshold=0.1,every=50,stop=950";
+/// The constraint of the default recipe: positivity (on beamstop data it phased 50 % of
+/// the patterns under 0.2 against 8 % without, BENCHMARKS.md "Phasing success").
+pub const RECIPE_CONSTRAINT: Constraint = Constraint::Positive;
+
 /// Default autocorrelation threshold (fraction of the autocorrelation maximum).
 pub const DEFAULT_AUTOCORRELATION_THRESHOLD: f32 = 0.04;
 
