@@ -103,6 +103,71 @@ CD_KERNEL cd_record_errors(const float* __restrict__ pf, int bpi_f, const float*
     }
 }
 
+// The Poisson log-likelihood terms of F (not modified), for the recorded iterations and the
+// final object: per pixel, with Io = amp^2 and Ic = max(|F|^2, CD_LLK_FLOOR),
+//   d = Ic - Io - Io ln(Ic / Io)  (d = Ic when Io = 0),
+// written as Io (x - ln(1 + x)), x = Ic/Io - 1, with log1pf where |x| < 0.5 (the CPU's
+// llk_term). Measured pixels (amp >= 0) and held-out pixels (amp <= -2, amplitude
+// -amp - 2) are summed apart: partial[2 * (item * bpi + bx) + {0, 1}].
+// Bytes: 12 P read; FLOPs ~10 P + one log per measured pixel.
+#define CD_LLK_FLOOR 1e-20f
+#define CD_FREE_OFFSET 2.0f
+__device__ __forceinline__ float cd_llk_term(float ic, float a) {
+    const float io = a * a;
+    ic = fmaxf(ic, CD_LLK_FLOOR);
+    if (io <= 0.0f) return ic;
+    const float r = ic / io;
+    const float x = r - 1.0f;
+    const float l = fabsf(x) < 0.5f ? log1pf(x) : logf(r);
+    return io * (x - l);
+}
+
+CD_KERNEL cd_poisson_llk(const float2* __restrict__ f, const float* __restrict__ amp, int L, int starts,
+                         float* __restrict__ partial) {
+    const int item = blockIdx.y;
+    const float2* fi = f + (size_t)item * L;
+    const float* ai = amp + (size_t)(item / starts) * L;
+    float sm = 0.0f, sf = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float a = ai[i];
+        if (a >= 0.0f || a <= -0.5f * (1.0f + CD_FREE_OFFSET)) {
+            const float2 v = fi[i];
+            const float ic = v.x * v.x + v.y * v.y;
+            if (a >= 0.0f)
+                sm += cd_llk_term(ic, a);
+            else
+                sf += cd_llk_term(ic, -a - CD_FREE_OFFSET);
+        }
+    }
+    sm = cd_block_sum(sm);
+    sf = cd_block_sum(sf);
+    if (threadIdx.x == 0) {
+        const size_t k = (size_t)item * gridDim.x + blockIdx.x;
+        partial[2 * k] = sm;
+        partial[2 * k + 1] = sf;
+    }
+}
+
+// Second stage of the log-likelihoods, one thread per item, partials summed in double in
+// block order and divided by the pixel counts of the item's pattern (counts[2 p] measured,
+// counts[2 p + 1] held out; NaN for a count of 0):
+//   llk[item * records + rec], free_llk[item * records + rec].
+// Bytes: items * (8 bpi + 16); FLOPs: items * (2 bpi + 2).
+CD_KERNEL cd_record_llk(const float* __restrict__ pl, int bpi, const int* __restrict__ counts, int items,
+                        int starts, int records, int rec, float* __restrict__ llk, float* __restrict__ free_llk) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    double sm = 0.0, sf = 0.0;
+    for (int k = 0; k < bpi; ++k) {
+        sm += (double)pl[2 * ((size_t)item * bpi + k)];
+        sf += (double)pl[2 * ((size_t)item * bpi + k) + 1];
+    }
+    const int p = item / starts;
+    const int cm = counts[2 * p], cf = counts[2 * p + 1];
+    llk[(size_t)item * records + rec] = cm > 0 ? (float)(sm / cm) : nanf("");
+    free_llk[(size_t)item * records + rec] = cf > 0 ? (float)(sf / cf) : nanf("");
+}
+
 // Shrinkwrap pass 1: |g| and the periodic Gaussian blur along rows, one block per (row, item);
 // the row of |g| and the kernel sit in dynamic shared memory ((w + klen) floats):
 //   tmp[y][x] = sum_j kern[j] |g[y][(x + j - r) mod w]|, r = klen / 2 (any r, also r >= w).
@@ -181,6 +246,118 @@ CD_KERNEL cd_sw_threshold(const float* __restrict__ mag, int L, const float* __r
     mx = s_max;
     if (!(mx > 0.0f && isfinite(mx))) return;
     const float t = threshold * mx;
+    const float* mi = mag + (size_t)item * L;
+    unsigned char* si = sup + (size_t)item * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)
+        si[i] = mi[i] >= t ? 1 : 0;
+}
+
+// The general shrinkwrap (per-start threshold factors, a reference other than the maximum, a
+// support-fraction guard), after cd_sw_blur_rows and cd_sw_blur_cols:
+//   cd_sw_stats -> cd_sw_level -> [cd_sw_count -> cd_sw_guard] -> cd_sw_apply.
+// The plain shrinkwrap (factor 1, maximum, no guard) keeps cd_sw_threshold.
+
+// Per block, over the item's current support: sum of mag, sum of mag^2 and the pixel count,
+// pstat[3 * (item * bpi + bx) + {0, 1, 2}]. Grid (bpi, items).
+// Bytes: 5 P read; FLOPs: 3 P.
+CD_KERNEL cd_sw_stats(const float* __restrict__ mag, const unsigned char* __restrict__ sup, int L,
+                      float* __restrict__ pstat) {
+    const int item = blockIdx.y;
+    const float* mi = mag + (size_t)item * L;
+    const unsigned char* si = sup + (size_t)item * L;
+    float s = 0.0f, q = 0.0f, c = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        if (si[i] != 0) {
+            const float m = mi[i];
+            s += m;
+            q += m * m;
+            c += 1.0f;
+        }
+    }
+    s = cd_block_sum(s);
+    q = cd_block_sum(q);
+    c = cd_block_sum(c);
+    if (threadIdx.x == 0) {
+        const size_t k = (size_t)item * gridDim.x + blockIdx.x;
+        pstat[3 * k] = s;
+        pstat[3 * k + 1] = q;
+        pstat[3 * k + 2] = c;
+    }
+}
+
+// One thread per item: the reference (reference 0: the maximum, from pmax; 1: the mean and
+// 2: the rms over the support, from pstat, in double) and the level
+//   level[item] = (threshold * factor[item]) * reference,
+// NaN where the maximum is not positive and finite or the support is empty (the support
+// stays as it is, as on the CPU). Bytes: items * bpi * 16; FLOPs: items * 4 bpi.
+CD_KERNEL cd_sw_level(const float* __restrict__ pmax, const float* __restrict__ pstat, int bpi, int items,
+                      float threshold, int reference, const float* __restrict__ factor,
+                      float* __restrict__ level) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    float mx = 0.0f;
+    double s = 0.0, q = 0.0, c = 0.0;
+    for (int k = 0; k < bpi; ++k) {
+        const size_t b = (size_t)item * bpi + k;
+        mx = fmaxf(mx, pmax[b]);
+        s += (double)pstat[3 * b];
+        q += (double)pstat[3 * b + 1];
+        c += (double)pstat[3 * b + 2];
+    }
+    float ref = mx;
+    bool ok = mx > 0.0f && isfinite(mx);
+    if (reference != 0) {
+        ok = ok && c > 0.0;
+        ref = ok ? (float)(reference == 1 ? s / c : sqrt(q / c)) : 0.0f;
+    }
+    level[item] = ok ? (threshold * factor[item]) * ref : nanf("");
+}
+
+// Per block, the pixels at or above the item's level: pcount[item * bpi + bx] (exact in
+// float: at most L < 2^24 per item). Grid (bpi, items). Bytes: 4 P read; FLOPs: P.
+CD_KERNEL cd_sw_count(const float* __restrict__ mag, int L, const float* __restrict__ level,
+                      float* __restrict__ pcount) {
+    const int item = blockIdx.y;
+    const float t = level[item];
+    const float* mi = mag + (size_t)item * L;
+    float c = 0.0f;
+    if (!isnan(t))
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)
+            c += mi[i] >= t ? 1.0f : 0.0f;
+    c = cd_block_sum(c);
+    if (threadIdx.x == 0) pcount[(size_t)item * gridDim.x + blockIdx.x] = c;
+}
+
+// One thread per item, the guard: the new support's fraction of the field; below gmin the
+// shrinkwrap is refused (level = NaN) and factor /= tune, above gmax refused and
+// factor *= tune; events[item] counts the refusals. Bytes: items * (4 bpi + 16).
+CD_KERNEL cd_sw_guard(const float* __restrict__ pcount, int bpi, int items, int L, float gmin, float gmax,
+                      float tune, float* __restrict__ factor, int* __restrict__ events,
+                      float* __restrict__ level) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    if (isnan(level[item])) return;
+    double c = 0.0;
+    for (int k = 0; k < bpi; ++k) c += (double)pcount[(size_t)item * bpi + k];
+    const float frac = (float)c / (float)L;
+    if (frac < gmin) {
+        factor[item] /= tune;
+        events[item] += 1;
+        level[item] = nanf("");
+    } else if (frac > gmax) {
+        factor[item] *= tune;
+        events[item] += 1;
+        level[item] = nanf("");
+    }
+}
+
+// The new support where the item's level is a number: sup = mag >= level. Grid (bpi, items).
+// Bytes: 4 P read + 1 P written.
+CD_KERNEL cd_sw_apply(const float* __restrict__ mag, int L, const float* __restrict__ level,
+                      unsigned char* __restrict__ sup) {
+    const int item = blockIdx.y;
+    const float t = level[item];
+    if (isnan(t)) return;
     const float* mi = mag + (size_t)item * L;
     unsigned char* si = sup + (size_t)item * L;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)

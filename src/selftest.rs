@@ -429,6 +429,8 @@ fn phasing_problem(
         constraint,
         keep_all: true,
         cancel: Default::default(),
+        selection: Default::default(),
+        sw_factors: Vec::new(),
     }
 }
 
@@ -604,9 +606,9 @@ fn ref_program(pb: &PhasingProblem, prog: &Program) -> Vec<RefItem> {
                             );
                         }
                     }
-                    PhOp::Shrinkwrap { sigma, threshold } => {
-                        ref_shrinkwrap(&mut it, (pb.h, pb.w), sigma as f64, threshold as f64)
-                    }
+                    PhOp::Shrinkwrap {
+                        sigma, threshold, ..
+                    } => ref_shrinkwrap(&mut it, (pb.h, pb.w), sigma as f64, threshold as f64),
                 }
             }
             items.push(it);

@@ -21,6 +21,7 @@ use cdiphase::array::{Complex32, Stack};
 use cdiphase::backend::cpu::CpuBackend;
 use cdiphase::backend::gpu::emu::{EmuBackend, ScheduleOrder};
 use cdiphase::backend::PhasingOps;
+use cdiphase::phasing::hold_out;
 use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::Schedule;
@@ -80,10 +81,15 @@ fn problem(
             let unmeasured = masked && (rng.next() < 0.08 || i == 0);
             let a = obj[i].norm();
             amplitudes[p * l + i] = if unmeasured { -1.0 } else { a };
-            if !unmeasured {
-                sum_a2[p] += (a as f64) * (a as f64);
-                measured[p] += 1;
-            }
+        }
+        // masked data also hold out ~6 % of the pixels for the free log-likelihood
+        if masked {
+            let seed = (rng.next() * 1e12) as u64;
+            hold_out(&mut amplitudes[p * l..(p + 1) * l], h, w, 0.06, seed, p);
+        }
+        for &a in amplitudes[p * l..(p + 1) * l].iter().filter(|&&a| a >= 0.0) {
+            sum_a2[p] += (a as f64) * (a as f64);
+            measured[p] += 1;
         }
     }
     PhasingProblem {
@@ -101,6 +107,8 @@ fn problem(
         constraint,
         keep_all: true,
         cancel: Default::default(),
+        selection: Default::default(),
+        sw_factors: Vec::new(),
     }
 }
 
@@ -120,6 +128,21 @@ fn rel_f(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-300)).sqrt()
 }
 
+/// rel_f over the finite entries; NaN entries must be NaN in both (else +inf).
+fn rel_nan(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    if a.iter().zip(b).any(|(x, y)| x.is_nan() != y.is_nan()) {
+        return f64::INFINITY;
+    }
+    let (x, y): (Vec<f32>, Vec<f32>) = a
+        .iter()
+        .zip(b)
+        .filter(|(x, _)| !x.is_nan())
+        .map(|(x, y)| (*x, *y))
+        .unzip();
+    rel_f(&x, &y)
+}
+
 fn compare(tag: &str, emu: &PhasingOutput, cpu: &PhasingOutput) {
     let eo = rel_c(
         emu.all_objects.as_ref().unwrap(),
@@ -136,6 +159,25 @@ fn compare(tag: &str, emu: &PhasingOutput, cpu: &PhasingOutput) {
         .map(|(a, b)| ((a * a) as f64 - (b * b) as f64).abs())
         .fold(0.0, f64::max);
     let efin = rel_f(&emu.final_fourier_error, &cpu.final_fourier_error);
+    // the likelihoods, loosely as every figure of a full run (see the header); a free
+    // log-likelihood is NaN on both backends or on neither
+    let (el, elf) = (
+        rel_nan(&emu.llk, &cpu.llk),
+        rel_nan(&emu.free_llk, &cpu.free_llk),
+    );
+    let (efl, eff) = (
+        rel_nan(&emu.final_llk, &cpu.final_llk),
+        rel_nan(&emu.final_free_llk, &cpu.final_free_llk),
+    );
+    eprintln!("{tag}: llk {el:.2e} free {elf:.2e} final llk {efl:.2e} free {eff:.2e}");
+    assert!(
+        el < 1e-2 && elf < 1e-2 && efl < 1e-2 && eff < 1e-2,
+        "{tag}: likelihoods differ ({el}, {elf}, {efl}, {eff})"
+    );
+    assert_eq!(
+        emu.final_support_fraction.len(),
+        cpu.final_support_fraction.len()
+    );
     let (se, sc) = (
         emu.all_supports.as_ref().unwrap(),
         cpu.all_supports.as_ref().unwrap(),
@@ -256,6 +298,10 @@ fn emu_is_identical_across_schedule_orders_and_chunks() {
         assert_eq!(r.fourier_error, runs[0].fourier_error);
         assert_eq!(r.real_error, runs[0].real_error);
         assert_eq!(r.best_start, runs[0].best_start);
+        assert_eq!(r.llk, runs[0].llk);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&r.free_llk), bits(&runs[0].free_llk));
+        assert_eq!(bits(&r.final_free_llk), bits(&runs[0].final_free_llk));
     }
     // a budget smaller than one pattern is a clear error
     let e = EmuBackend::with_budget(ScheduleOrder::InOrder, 1000)
@@ -289,8 +335,20 @@ fn single_iterations_agree_to_rounding() {
                 b.all_objects.as_ref().unwrap(),
             );
             let ef = rel_f(&a.fourier_error, &b.fourier_error);
-            eprintln!("{c:?} {s}: objects {eo:.2e} fourier error {ef:.2e}");
+            // the likelihoods of the start (recorded) and of the result (final): the same
+            // f32 terms, summed in another order
+            let el = rel_nan(&a.llk, &b.llk).max(rel_nan(&a.free_llk, &b.free_llk));
+            let efl = rel_nan(&a.final_llk, &b.final_llk)
+                .max(rel_nan(&a.final_free_llk, &b.final_free_llk));
+            eprintln!(
+                "{c:?} {s}: objects {eo:.2e} fourier error {ef:.2e} llk {el:.2e} final llk {efl:.2e}"
+            );
             assert!(eo < 1e-6 && ef < 1e-6, "{c:?} {s}: {eo} {ef}");
+            assert!(el < 1e-5 && efl < 1e-5, "{c:?} {s}: likelihoods {el} {efl}");
+            assert!(
+                a.free_llk.iter().all(|v| v.is_finite()),
+                "held-out pixels exist"
+            );
         }
         // Three HIO iterations, one start per pattern so that a start's object can be given.
         let pb1 = PhasingProblem {

@@ -160,6 +160,8 @@ fn random_problem(
         constraint,
         keep_all: true,
         cancel: Default::default(),
+        selection: Default::default(),
+        sw_factors: Vec::new(),
     }
 }
 

@@ -287,6 +287,7 @@ fn phase<'py>(
         },
         keep_all,
         clip_negative,
+        ..PhaseConfig::default()
     };
     let dev = device(&device_name)?;
     let cancel = Cancel::new();
@@ -418,6 +419,7 @@ fn write_reconstruction(
         fourier_error: values(&all_fourier_error),
         real_error: values(&all_real_space_error),
         final_fourier_error: values(&all_final_fourier_error),
+        merits: None,
         iterations,
         seconds,
         backend: device_name,

@@ -132,6 +132,11 @@ pub fn run_with_progress(
     let pb = progress_bar(problem.items() as u64 * program.iterations, quiet, "phase");
     let rec = phasing::run_prepared(backend, problem, program, &|k| pb.inc(k))?;
     pb.finish_and_clear();
+    if let Some(line) = rec.merits.as_ref().and_then(|m| m.guard_summary()) {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    }
     Ok(rec)
 }
 

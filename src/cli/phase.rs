@@ -4,6 +4,7 @@ use super::{check_paths, is_file_spec, progress_bar, resume_hint, BlockArgs, Run
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
+use cdiphase::phasing::problem::{Criterion, Selection};
 use cdiphase::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
 use clap::Args;
@@ -20,8 +21,11 @@ pub struct PhaseArgs {
     #[arg(long)]
     pub entry: Option<String>,
     /// Schedule, e.g. "2000*(5*HIO + 5*ER)", "100*(SW + 50*HIO) + 200*ER", "RAAR(0.8)**500".
-    #[arg(long, default_value = "2000*(5*HIO + 5*ER)")]
-    pub algorithm: String,
+    /// Without --algorithm and --shrinkwrap: the recipe measured best by
+    /// scripts/phasing_benchmark.sh, "HIO**800 + ER**200" with shrinkwrap
+    /// sigma=1,threshold=0.1,every=50,stop=950 (README, "Phasing recipes that work").
+    #[arg(long)]
+    pub algorithm: Option<String>,
     /// Feedback parameter of HIO / relaxation of RAAR.
     #[arg(long, default_value_t = 0.9)]
     pub beta: f32,
@@ -35,12 +39,15 @@ pub struct PhaseArgs {
     /// uniform, seeded (distinct starts around one estimate). 0: all starts are the object.
     #[arg(long, default_value_t = 0.0)]
     pub init_noise: f32,
-    /// Periodic shrinkwrap: sigma=1,threshold=0.1,every=N[,start=I][,stop=I]; ranges a:b ramp.
+    /// Periodic shrinkwrap: sigma=1,threshold=0.1,every=N[,start=I][,stop=I]; ranges a:b
+    /// ramp; ref=max|mean|rms, factor=LO:HI (per-start thresholds), min=F,max=F[,tune=T]
+    /// (support guard). `none`: no shrinkwrap (the default when --algorithm is given).
     #[arg(long)]
     pub shrinkwrap: Option<String>,
-    /// Real-space constraint: none | real | positive.
-    #[arg(long, default_value = "none")]
-    pub constraint: String,
+    /// Real-space constraint: none | real | positive. Default: positive with the default
+    /// recipe (neither --algorithm nor --shrinkwrap given), none otherwise.
+    #[arg(long)]
+    pub constraint: Option<String>,
     /// Random starts per pattern; the best by final Fourier error is kept.
     #[arg(long, default_value_t = 1)]
     pub starts: usize,
@@ -56,6 +63,18 @@ pub struct PhaseArgs {
     /// Clip negative measured intensities to zero instead of failing.
     #[arg(long)]
     pub clip_negative: bool,
+    /// Choose the best start by: fourier (final Fourier error) | llk (final Poisson
+    /// log-likelihood) | free-llk (final free log-likelihood over held-out pixels). Starts
+    /// whose final support fraction is outside --support-fraction are ranked last.
+    #[arg(long, default_value = "fourier")]
+    pub select: String,
+    /// Fraction of the measured pixels held out of the modulus constraint for the free
+    /// log-likelihood (in Friedel pairs); default 0, or 0.05 with --select free-llk.
+    #[arg(long)]
+    pub free_fraction: Option<f32>,
+    /// MIN:MAX support fraction of an admissible start (a support outside collapsed or blew up).
+    #[arg(long, default_value = "0.0001:0.7")]
+    pub support_fraction: String,
     /// auto | cpu | cuda | emu.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -123,15 +142,43 @@ pub fn run(a: PhaseArgs) -> Result<()> {
             a.init
         );
     };
-    let shrinkwrap = a
-        .shrinkwrap
-        .as_deref()
+    // the measured default recipe applies where neither --algorithm nor --shrinkwrap is given
+    let schedule = a
+        .algorithm
+        .clone()
+        .unwrap_or_else(|| phasing::RECIPE_SCHEDULE.to_string());
+    let sw_text = match (&a.algorithm, &a.shrinkwrap) {
+        (None, None) => Some(phasing::RECIPE_SHRINKWRAP),
+        (_, Some(s)) if s.trim().eq_ignore_ascii_case("none") => None,
+        (_, s) => s.as_deref(),
+    };
+    let shrinkwrap = sw_text
         .map(ShrinkwrapConfig::parse)
         .transpose()
         .context("--shrinkwrap")?;
-    let constraint: Constraint = a.constraint.parse()?;
+    let recipe = a.algorithm.is_none() && a.shrinkwrap.is_none();
+    let constraint: Constraint = match &a.constraint {
+        Some(c) => c.parse()?,
+        None if recipe => phasing::RECIPE_CONSTRAINT,
+        None => Constraint::None,
+    };
+    let criterion: Criterion = a.select.parse()?;
+    let free_fraction = a
+        .free_fraction
+        .unwrap_or(if criterion == Criterion::FreeLlk {
+            0.05
+        } else {
+            0.0
+        });
+    let (min_fraction, max_fraction) = parse_range(&a.support_fraction)
+        .with_context(|| format!("--support-fraction '{}'", a.support_fraction))?;
+    let selection = Selection {
+        criterion,
+        min_fraction,
+        max_fraction,
+    };
     let cfg = PhaseConfig {
-        schedule: a.algorithm.clone(),
+        schedule,
         beta: a.beta,
         shrinkwrap,
         constraint,
@@ -146,6 +193,8 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         },
         keep_all: a.keep_all,
         clip_negative: a.clip_negative,
+        free_fraction,
+        selection,
     };
     let mut config = cfg.to_json();
     config["input"] = serde_json::json!(a.input.display().to_string());
@@ -269,4 +318,19 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
     Ok(())
+}
+
+/// `MIN:MAX` as two numbers.
+fn parse_range(text: &str) -> Result<(f32, f32)> {
+    let (a, b) = text
+        .split_once(':')
+        .context("expected MIN:MAX, e.g. 0.0001:0.7")?;
+    let num = |v: &str| -> Result<f32> {
+        v.trim()
+            .parse::<f32>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .with_context(|| format!("'{v}' is not a number"))
+    };
+    Ok((num(a)?, num(b)?))
 }

@@ -12,7 +12,7 @@ use crate::fft::Plan2d;
 use crate::io::PatternSet;
 use crate::support::native as support;
 use crate::{Error, Result};
-use problem::{InitObjects, PhasingOutput, PhasingProblem};
+use problem::{InitObjects, PhasingOutput, PhasingProblem, Selection};
 use program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use schedule::Schedule;
 
@@ -26,6 +26,17 @@ pub enum SupportSpec {
     /// Given supports, centred, n = 1 (shared) or N.
     Given(Stack<u8>),
 }
+
+/// The schedule `cdiphase phase` runs without `--algorithm` and `--shrinkwrap`, with
+/// [`RECIPE_SHRINKWRAP`]: chosen by `scripts/phasing_benchmark.sh` (BENCHMARKS.md, "Phasing
+/// success"): long HIO then ER, shrinkwrap every 50 iterations, stopped before the ER
+/// polish.
+pub const RECIPE_SCHEDULE: &str = "HIO**800 + ER**200";
+/// The shrinkwrap of the default recipe (see [`RECIPE_SCHEDULE`]).
+pub const RECIPE_SHRINKWRAP: &str = "sigma=1,threshold=0.1,every=50,stop=950";
+/// The constraint of the default recipe: positivity (on beamstop data it phased 50 % of
+/// the patterns under 0.2 against 8 % without, BENCHMARKS.md "Phasing success").
+pub const RECIPE_CONSTRAINT: Constraint = Constraint::Positive;
 
 /// Default autocorrelation threshold (fraction of the autocorrelation maximum).
 pub const DEFAULT_AUTOCORRELATION_THRESHOLD: f32 = 0.04;
@@ -104,6 +115,11 @@ pub struct PhaseConfig {
     pub keep_all: bool,
     /// Clip negative measured intensities to zero instead of failing.
     pub clip_negative: bool,
+    /// Fraction of the measured pixels held out of the modulus constraint for the free
+    /// log-likelihood (0: none), drawn per pattern in Friedel pairs (see [`hold_out`]).
+    pub free_fraction: f32,
+    /// How the best start is chosen and which starts are filtered.
+    pub selection: Selection,
 }
 
 impl Default for PhaseConfig {
@@ -123,6 +139,8 @@ impl Default for PhaseConfig {
             recording: Recording::EndOfErSections,
             keep_all: false,
             clip_negative: false,
+            free_fraction: 0.0,
+            selection: Selection::default(),
         }
     }
 }
@@ -150,6 +168,8 @@ impl PhaseConfig {
             "recording": self.recording,
             "keep_all": self.keep_all,
             "clip_negative": self.clip_negative,
+            "free_fraction": self.free_fraction,
+            "selection": self.selection,
             "fft_convention": "forward unnormalised, inverse 1/(HW); arrays centred at (H/2, W/2)",
         })
     }
@@ -348,6 +368,51 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
             }
         }
     };
+    if !(cfg.free_fraction.is_finite() && (0.0..=0.5).contains(&cfg.free_fraction)) {
+        return Err(Error::Config(format!(
+            "--free-fraction {} is not in [0, 0.5]",
+            cfg.free_fraction
+        )));
+    }
+    let sel = &cfg.selection;
+    if !(0.0..=1.0).contains(&sel.min_fraction)
+        || !(0.0..=1.0).contains(&sel.max_fraction)
+        || sel.min_fraction > sel.max_fraction
+    {
+        return Err(Error::Config(format!(
+            "support fraction limits {}..{} are not within [0, 1] in increasing order",
+            sel.min_fraction, sel.max_fraction
+        )));
+    }
+    if sel.criterion == problem::Criterion::FreeLlk && cfg.free_fraction <= 0.0 {
+        return Err(Error::Config(
+            "--select free-llk needs held-out pixels: give --free-fraction (e.g. 0.05)".into(),
+        ));
+    }
+    if cfg.free_fraction > 0.0 {
+        // after the starting support and the scaling of a given object, which use every
+        // measured pixel
+        for p in 0..n {
+            let a = &mut amplitudes[p * l..(p + 1) * l];
+            hold_out(a, h, w, cfg.free_fraction, cfg.seed, p);
+            let (mut s, mut m) = (0.0f64, 0usize);
+            for &v in a.iter().filter(|&&v| v >= 0.0) {
+                s += (v as f64) * (v as f64);
+                m += 1;
+            }
+            if m == 0 || s <= 0.0 {
+                return Err(Error::invalid(
+                    &what,
+                    format!(
+                        "pattern {p}: no measured intensity left after holding out {} of the pixels",
+                        cfg.free_fraction
+                    ),
+                ));
+            }
+            sum_a2[p] = s;
+            measured[p] = m;
+        }
+    }
     Ok((
         PhasingProblem {
             n,
@@ -362,9 +427,66 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
             constraint: cfg.constraint,
             keep_all: cfg.keep_all,
             cancel: crate::cancel::Cancel::default(),
+            selection: cfg.selection,
+            sw_factors: sw_factors(cfg, n),
         },
         program,
     ))
+}
+
+/// The per-start shrinkwrap threshold factors, uniform in the configured range, deterministic
+/// in (seed, pattern, start); empty when the range is (1, 1).
+fn sw_factors(cfg: &PhaseConfig, n: usize) -> Vec<f32> {
+    let Some(sw) = &cfg.shrinkwrap else {
+        return Vec::new();
+    };
+    let (lo, hi) = sw.factor;
+    if lo == 1.0 && hi == 1.0 {
+        return Vec::new();
+    }
+    use rand_xoshiro::rand_core::{Rng, SeedableRng};
+    let mut v = Vec::with_capacity(n * cfg.starts);
+    for p in 0..n {
+        for s in 0..cfg.starts {
+            let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(crate::rng::item_seed(
+                cfg.seed ^ 0x5111_F4C7_0000_0001,
+                p,
+                s,
+            ));
+            v.push(lo + (hi - lo) * crate::rng::unit(rng.next_u64()));
+        }
+    }
+    v
+}
+
+/// Hold out about `fraction` of the measured pixels of one pattern (native order) for the
+/// free log-likelihood: each Friedel pair (q, -q) of measured pixels is held out together
+/// with probability `fraction` (the two carry the same information for a real object, so
+/// holding out one alone would not make it free), the zero frequency never. Deterministic
+/// in (seed, pattern); the same pixels for every start of the pattern.
+pub fn hold_out(a: &mut [f32], h: usize, w: usize, fraction: f32, seed: u64, p: usize) {
+    use rand_xoshiro::rand_core::{Rng, SeedableRng};
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(crate::rng::item_seed(
+        seed ^ 0xF4EE_F4EE_F4EE_F4EE,
+        p,
+        0,
+    ));
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let j = ((h - y) % h) * w + (w - x) % w;
+            if i == 0 || j < i {
+                continue;
+            }
+            let u = crate::rng::unit(rng.next_u64());
+            if u < fraction && a[i] >= 0.0 && a[j] >= 0.0 {
+                a[i] = problem::encode_free(a[i]);
+                if j != i {
+                    a[j] = problem::encode_free(a[j]);
+                }
+            }
+        }
+    }
 }
 
 fn to_native<T: Copy>(s: &Stack<T>) -> Stack<T> {
@@ -422,6 +544,43 @@ fn to_centred_recentred(obj: &mut [Complex32], sup: &mut [u8], h: usize, w: usiz
     }
 }
 
+/// The Poisson figures of merit of a run, every start's (see [`PhasingOutput`]).
+#[derive(Clone, Debug)]
+pub struct Merits {
+    /// N*K*records.
+    pub llk: Vec<f32>,
+    /// N*K*records (NaN without held-out pixels).
+    pub free_llk: Vec<f32>,
+    /// N*K.
+    pub final_llk: Vec<f32>,
+    pub final_free_llk: Vec<f32>,
+    pub final_support_fraction: Vec<f32>,
+    /// The selection that chose `best_start`.
+    pub selection: Selection,
+    /// N*K: shrinkwraps refused by the support guard, and the final threshold factors.
+    pub guard_events: Vec<u32>,
+    pub threshold_factor: Vec<f32>,
+}
+
+impl Merits {
+    /// One line on the support guard's work, when it refused any shrinkwrap.
+    pub fn guard_summary(&self) -> Option<String> {
+        let total: u64 = self.guard_events.iter().map(|&e| e as u64).sum();
+        if total == 0 {
+            return None;
+        }
+        let starts = self.guard_events.iter().filter(|&&e| e > 0).count();
+        let (lo, hi) = self
+            .threshold_factor
+            .iter()
+            .fold((f32::INFINITY, 0.0f32), |(a, b), &f| (a.min(f), b.max(f)));
+        Some(format!(
+            "support guard: {total} shrinkwrap(s) refused (support collapsed or blew up) in {starts} of {} starts; their thresholds were retuned (final factors {lo:.3}..{hi:.3})",
+            self.guard_events.len()
+        ))
+    }
+}
+
 /// The result of a phasing run, centred as stored on disk.
 #[derive(Clone, Debug)]
 pub struct Reconstruction {
@@ -444,6 +603,9 @@ pub struct Reconstruction {
     pub real_error: Vec<f32>,
     /// N*K.
     pub final_fourier_error: Vec<f32>,
+    /// The Poisson figures of merit (None where a reconstruction was rebuilt from arrays
+    /// without them, e.g. by the Python package's `to_cxi`).
+    pub merits: Option<Merits>,
     /// Iterations per item.
     pub iterations: u64,
     /// Wall time of the backend run, seconds.
@@ -482,6 +644,16 @@ impl Reconstruction {
             fourier_error: out.fourier_error,
             real_error: out.real_error,
             final_fourier_error: out.final_fourier_error,
+            merits: Some(Merits {
+                llk: out.llk,
+                free_llk: out.free_llk,
+                final_llk: out.final_llk,
+                final_free_llk: out.final_free_llk,
+                final_support_fraction: out.final_support_fraction,
+                selection: problem.selection,
+                guard_events: out.guard_events,
+                threshold_factor: out.threshold_factor,
+            }),
             iterations: program.iterations,
             seconds,
             backend,
@@ -506,8 +678,13 @@ impl Reconstruction {
 
     /// Final Fourier error of the best start of each pattern.
     pub fn best_final_errors(&self) -> Vec<f32> {
+        self.best_of(&self.final_fourier_error)
+    }
+
+    /// The best start's value of each pattern from an N*K array.
+    pub fn best_of(&self, all: &[f32]) -> Vec<f32> {
         (0..self.n)
-            .map(|p| self.final_fourier_error[p * self.starts + self.best_start[p]])
+            .map(|p| all[p * self.starts + self.best_start[p]])
             .collect()
     }
 
@@ -560,6 +737,54 @@ impl Reconstruction {
             &[n, k],
             &self.final_fourier_error,
         )?;
+        if let Some(m) = &self.merits {
+            let hist = [
+                ("llk", &m.llk, "Poisson log-likelihood per measured pixel: mean over the measured, not held-out pixels of Ic - Io - Io ln(Ic/Io), Ic = |F|^2, recorded with the Fourier error"),
+                ("free_llk", &m.free_llk, "the same over the pixels held out of the modulus constraint (--free-fraction); NaN without any"),
+            ];
+            for (name, v, what) in hist {
+                out.f32(
+                    &format!("entry_1/image_1/{name}"),
+                    &[n, l],
+                    &self.best_histories(v),
+                )?;
+                out.attr_string(&format!("entry_1/image_1/{name}"), "description", what)?;
+                out.f32(&format!("entry_1/image_1/all_{name}"), &[n, k, l], v)?;
+            }
+            // the energy outside the support, as a fraction of the energy of P_M g: the
+            // square of the real-space error, under the name PyNX users look for
+            let outside: Vec<f32> = self.real_error.iter().map(|r| r * r).collect();
+            out.f32(
+                "entry_1/image_1/outside_energy",
+                &[n, l],
+                &self.best_histories(&outside),
+            )?;
+            out.f32("entry_1/image_1/all_outside_energy", &[n, k, l], &outside)?;
+            let fin = [
+                ("llk", &m.final_llk),
+                ("free_llk", &m.final_free_llk),
+                ("support_fraction", &m.final_support_fraction),
+            ];
+            for (name, v) in fin {
+                out.f32(
+                    &format!("entry_1/image_1/final_{name}"),
+                    &[n],
+                    &self.best_of(v),
+                )?;
+                out.f32(&format!("entry_1/image_1/all_final_{name}"), &[n, k], v)?;
+            }
+            out.f32(
+                "entry_1/image_1/all_threshold_factor",
+                &[n, k],
+                &m.threshold_factor,
+            )?;
+            let ev: Vec<i64> = m.guard_events.iter().map(|&e| e as i64).collect();
+            out.i64("entry_1/image_1/all_support_guard_events", &[n, k], &ev)?;
+            out.string(
+                "entry_1/image_1/selection",
+                &serde_json::to_string(&m.selection).unwrap_or_default(),
+            )?;
+        }
         out.string(
             "entry_1/image_1/process_1/configuration",
             &serde_json::to_string_pretty(config).unwrap_or_default(),

@@ -30,13 +30,55 @@ impl std::str::FromStr for Constraint {
     }
 }
 
-/// Shrinkwrap settings: Gaussian blur of |g| then a threshold relative to the maximum.
-/// `sigma` and `threshold` ramp linearly from the first to the second value over the
-/// shrinkwrap applications of the run (Hawk-style piecewise-linear maps with two points).
+/// What the shrinkwrap threshold is relative to: the maximum of the blurred modulus, or its
+/// mean or rms over the current support (PyNX's `method` of its support update).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum ThresholdRef {
+    #[default]
+    Max,
+    Mean,
+    Rms,
+}
+
+impl ThresholdRef {
+    /// Kernel code: 0 max, 1 mean, 2 rms.
+    pub fn code(self) -> i32 {
+        match self {
+            ThresholdRef::Max => 0,
+            ThresholdRef::Mean => 1,
+            ThresholdRef::Rms => 2,
+        }
+    }
+}
+
+/// The support guard: a shrinkwrap whose new support covers less than `min` or more than
+/// `max` of the field is not applied (the support stays as it was), and that start's
+/// threshold factor is divided (collapse) or multiplied (blow-up) by `tune` for its next
+/// shrinkwraps: PyNX's threshold auto-tuning, per start.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct SupportGuard {
+    pub min: f32,
+    pub max: f32,
+    pub tune: f32,
+}
+
+/// Default factor of the guard's threshold retuning.
+pub const DEFAULT_GUARD_TUNE: f32 = 1.2;
+
+/// Shrinkwrap settings: Gaussian blur of |g| then a threshold relative to the maximum (or the
+/// mean or rms over the support, `reference`). `sigma` and `threshold` ramp linearly from
+/// the first to the second value over the shrinkwrap applications of the run (Hawk-style
+/// piecewise-linear maps with two points). Each start multiplies its thresholds by its own
+/// factor, drawn uniformly from `factor` (seeded), and retuned by the guard.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ShrinkwrapConfig {
     pub sigma: (f32, f32),
     pub threshold: (f32, f32),
+    pub reference: ThresholdRef,
+    /// Range of the per-start threshold factors ((1, 1): none).
+    pub factor: (f32, f32),
+    /// Support-fraction guard (None: every shrinkwrap applies).
+    pub guard: Option<SupportGuard>,
     /// Apply every `every` iterations (0: only where the schedule says `SW`).
     pub every: u64,
     /// First iteration at which periodic shrinkwrap may apply.
@@ -50,6 +92,9 @@ impl Default for ShrinkwrapConfig {
         ShrinkwrapConfig {
             sigma: (1.0, 1.0),
             threshold: (0.1, 0.1),
+            reference: ThresholdRef::Max,
+            factor: (1.0, 1.0),
+            guard: None,
             every: 0,
             start: 0,
             stop: None,
@@ -59,9 +104,11 @@ impl Default for ShrinkwrapConfig {
 
 impl ShrinkwrapConfig {
     /// Parse `sigma=1,threshold=0.1,every=20,start=0,stop=9000`; `sigma=3:1` and
-    /// `threshold=0.05:0.15` give linear ramps over the run.
+    /// `threshold=0.05:0.15` give linear ramps over the run; `ref=max|mean|rms`,
+    /// `factor=LO:HI` (per-start threshold factors), `min=F,max=F[,tune=T]` (the guard).
     pub fn parse(text: &str) -> Result<ShrinkwrapConfig> {
         let mut c = ShrinkwrapConfig::default();
+        let (mut gmin, mut gmax, mut tune) = (None, None, None);
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| {
                 Error::Config(format!(
@@ -104,12 +151,35 @@ impl ShrinkwrapConfig {
                 }
                 "start" => c.start = int(v)?,
                 "stop" => c.stop = Some(int(v)?),
+                "ref" | "reference" => {
+                    c.reference = match v.trim().to_ascii_lowercase().as_str() {
+                        "max" => ThresholdRef::Max,
+                        "mean" | "average" => ThresholdRef::Mean,
+                        "rms" => ThresholdRef::Rms,
+                        o => {
+                            return Err(Error::Config(format!(
+                                "shrinkwrap ref '{o}': expected max, mean or rms"
+                            )))
+                        }
+                    }
+                }
+                "factor" => c.factor = range(v)?,
+                "min" => gmin = Some(num(v)?),
+                "max" => gmax = Some(num(v)?),
+                "tune" => tune = Some(num(v)?),
                 other => {
                     return Err(Error::Config(format!(
-                        "unknown shrinkwrap option '{other}': expected sigma, threshold, every, start, stop"
+                        "unknown shrinkwrap option '{other}': expected sigma, threshold, every, start, stop, ref, factor, min, max, tune"
                     )))
                 }
             }
+        }
+        if gmin.is_some() || gmax.is_some() || tune.is_some() {
+            c.guard = Some(SupportGuard {
+                min: gmin.unwrap_or(0.0),
+                max: gmax.unwrap_or(1.0),
+                tune: tune.unwrap_or(DEFAULT_GUARD_TUNE),
+            });
         }
         if (c.start > 0 || c.stop.is_some()) && c.every == 0 {
             return Err(Error::Config(
@@ -141,6 +211,26 @@ impl ShrinkwrapConfig {
             if !(t > 0.0 && t < 1.0) {
                 return Err(Error::Config(format!(
                     "shrinkwrap threshold {t} out of range (0, 1) (fraction of the maximum)"
+                )));
+            }
+        }
+        let (lo, hi) = self.factor;
+        if !(lo > 0.0 && lo <= hi && hi <= 10.0) {
+            return Err(Error::Config(format!(
+                "shrinkwrap factor={lo}:{hi}: expected 0 < LO <= HI <= 10"
+            )));
+        }
+        if let Some(g) = self.guard {
+            if !(0.0..=1.0).contains(&g.min) || !(0.0..=1.0).contains(&g.max) || g.min >= g.max {
+                return Err(Error::Config(format!(
+                    "shrinkwrap min={} max={}: support fractions in [0, 1] with min < max",
+                    g.min, g.max
+                )));
+            }
+            if !(g.tune > 1.0 && g.tune <= 10.0) {
+                return Err(Error::Config(format!(
+                    "shrinkwrap tune={}: expected a factor in (1, 10]",
+                    g.tune
                 )));
             }
         }
@@ -191,8 +281,13 @@ pub enum Op {
         count: u64,
         record: bool,
     },
-    /// A shrinkwrap support update with these parameters.
-    Shrinkwrap { sigma: f32, threshold: f32 },
+    /// A shrinkwrap support update with these parameters (the threshold before each
+    /// start's factor).
+    Shrinkwrap {
+        sigma: f32,
+        threshold: f32,
+        reference: ThresholdRef,
+    },
 }
 
 /// A compiled run.
@@ -203,6 +298,19 @@ pub struct Program {
     pub records: usize,
     /// Total iterations.
     pub iterations: u64,
+    /// The support guard of every shrinkwrap (None: none).
+    pub guard: Option<SupportGuard>,
+}
+
+impl Program {
+    /// Do the shrinkwraps need the general (guarded, per-start, mean/rms) path?
+    pub fn general_shrinkwrap(&self, per_start_factors: bool) -> bool {
+        per_start_factors
+            || self.guard.is_some()
+            || self.ops.iter().any(|o| {
+                matches!(o, Op::Shrinkwrap { reference, .. } if *reference != ThresholdRef::Max)
+            })
+    }
 }
 
 impl Program {
@@ -236,6 +344,7 @@ impl Program {
                     ops.push(Op::Shrinkwrap {
                         sigma: 0.0,
                         threshold: 0.0,
+                        reference: ThresholdRef::Max,
                     });
                 }
                 Step::Iterate {
@@ -285,6 +394,7 @@ impl Program {
                             ops.push(Op::Shrinkwrap {
                                 sigma: 0.0,
                                 threshold: 0.0,
+                                reference: ThresholdRef::Max,
                             });
                         }
                     }
@@ -303,6 +413,7 @@ impl Program {
             ops[i] = Op::Shrinkwrap {
                 sigma: lerp(shrinkwrap.sigma),
                 threshold: lerp(shrinkwrap.threshold),
+                reference: shrinkwrap.reference,
             };
         }
         let records = ops
@@ -313,6 +424,7 @@ impl Program {
             ops,
             records,
             iterations: total,
+            guard: shrinkwrap.guard,
         })
     }
 }

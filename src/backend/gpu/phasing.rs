@@ -15,7 +15,7 @@ use super::launcher::{
 };
 use crate::array::{Complex32, Stack};
 use crate::backend::Progress;
-use crate::phasing::problem::{PhasingOutput, PhasingProblem};
+use crate::phasing::problem::{FinalMerit, PhasingOutput, PhasingProblem};
 use crate::phasing::program::{Constraint, Op, Program, Update};
 use crate::{Error, Result};
 
@@ -172,6 +172,70 @@ impl<'a> PhasingKernels<'a> {
         unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args) }
     }
 
+    /// `cd_poisson_llk` on `f` (items x L complex, not modified) with the amplitudes `amp`
+    /// (patterns x L), partials into `pl` (items x bpi x 2).
+    pub fn llk(&self, f: &DevBuf, amp: &DevBuf, pl: &DevBuf) -> Result<()> {
+        const K: &str = "cd_poisson_llk";
+        self.check_shape(K)?;
+        let (l, items) = (self.len(), self.items);
+        self.buf::<Complex32>(f, items * l, K, "f")?;
+        self.buf::<f32>(amp, items / self.starts * l, K, "amplitudes")?;
+        self.buf::<f32>(pl, items * self.bpi * 2, K, "partials")?;
+        let args = [
+            f.arg(),
+            amp.arg(),
+            KArg::I32(l as i32),
+            KArg::I32(self.starts as i32),
+            pl.arg(),
+        ];
+        // SAFETY: f (items x L complex), amp (items/starts x L) and pl (items x bpi x 2, two
+        // per block of the grid) were checked above, on this launcher; L fits an int.
+        unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args) }
+    }
+
+    /// `cd_record_llk`: entry `rec` of the `records`-long histories `llk` and `free_llk`
+    /// from the partials `pl` and the per-pattern pixel counts `counts` (2 ints each).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_llk(
+        &self,
+        pl: &DevBuf,
+        counts: &DevBuf,
+        records: usize,
+        rec: usize,
+        llk: &DevBuf,
+        free_llk: &DevBuf,
+    ) -> Result<()> {
+        const K: &str = "cd_record_llk";
+        self.check_shape(K)?;
+        let items = self.items;
+        if rec >= records || records > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "{K}: entry {rec} of {records}-long histories"
+            )));
+        }
+        self.buf::<f32>(pl, items * self.bpi * 2, K, "partials")?;
+        self.buf::<i32>(counts, 2 * (items / self.starts), K, "pixel counts")?;
+        self.buf::<f32>(llk, items * records, K, "log-likelihood history")?;
+        self.buf::<f32>(free_llk, items * records, K, "free log-likelihood history")?;
+        let args = [
+            pl.arg(),
+            KArg::I32(self.bpi as i32),
+            counts.arg(),
+            KArg::I32(items as i32),
+            KArg::I32(self.starts as i32),
+            KArg::I32(records as i32),
+            KArg::I32(rec as i32),
+            llk.arg(),
+            free_llk.arg(),
+        ];
+        // SAFETY: pl (items x bpi x 2), counts (2 per pattern), llk and free_llk (items x
+        // records each) were checked above, on this launcher; rec < records.
+        unsafe {
+            self.l
+                .launch(K, dims([(items as u32).div_ceil(128), 1, 1], 128, 0), &args)
+        }
+    }
+
     /// `cd_record_errors`: entry `rec` of the `records`-long histories `fourier` and (with
     /// the real-space partials `pr`) `real`.
     #[allow(clippy::too_many_arguments)]
@@ -248,7 +312,156 @@ impl<'a> PhasingKernels<'a> {
         pmax: &DevBuf,
     ) -> Result<()> {
         const K: &str = "shrinkwrap";
-        self.check_shape(K)?;
+        let mag = self.blur(K, g, sup, kern, klen, scratch, pmax)?;
+        // SAFETY: mag (the second half of scratch, items x L floats), pmax (items x bpi) and
+        // sup (items x L) were checked by `blur`, on this launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_threshold",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    KArg::Ptr(mag),
+                    KArg::I32(self.len() as i32),
+                    pmax.arg(),
+                    KArg::I32(self.bpi as i32),
+                    KArg::F32(threshold),
+                    sup.arg(),
+                ],
+            )
+        }
+    }
+
+    /// The general shrinkwrap: the blur as in [`PhasingKernels::shrinkwrap`], then the
+    /// threshold `threshold * factor[item] * reference` (`reference` 0 the maximum, 1 the
+    /// mean, 2 the rms of the blurred modulus over the current support) and, with a guard
+    /// (min, max, tune), the refusal of a new support whose fraction is outside [min, max]
+    /// with the item's factor retuned and `events` counted. `pstat` holds items x bpi x 3
+    /// floats, `pcount` items x bpi, `level` and `factor` items floats, `events` items ints.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shrinkwrap_general(
+        &self,
+        g: &DevBuf,
+        sup: &DevBuf,
+        kern: &DevBuf,
+        klen: usize,
+        threshold: f32,
+        reference: i32,
+        guard: Option<(f32, f32, f32)>,
+        scratch: &DevBuf,
+        bufs: &GuardBufs,
+    ) -> Result<()> {
+        const K: &str = "shrinkwrap (general)";
+        let (l, items, bpi) = (self.len(), self.items, self.bpi);
+        self.buf::<f32>(&bufs.pmax, items * bpi, K, "block maxima")?;
+        self.buf::<f32>(&bufs.pstat, items * bpi * 3, K, "support statistics")?;
+        self.buf::<f32>(&bufs.pcount, items * bpi, K, "counts")?;
+        self.buf::<f32>(&bufs.level, items, K, "levels")?;
+        self.buf::<f32>(&bufs.factor, items, K, "factors")?;
+        self.buf::<i32>(&bufs.events, items, K, "events")?;
+        if !(0..=2).contains(&reference) {
+            return Err(Error::Config(format!("{K}: reference code {reference}")));
+        }
+        let mag = self.blur(K, g, sup, kern, klen, scratch, &bufs.pmax)?;
+        let per_item = dims([(items as u32).div_ceil(128), 1, 1], 128, 0);
+        // SAFETY: mag (items x L floats, checked by `blur`), sup (items x L) and pstat
+        // (items x bpi x 3, three per block) were checked, on this launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_stats",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    KArg::Ptr(mag),
+                    sup.arg(),
+                    KArg::I32(l as i32),
+                    bufs.pstat.arg(),
+                ],
+            )?;
+        }
+        // SAFETY: pmax (items x bpi), pstat (items x bpi x 3), factor and level (items) were
+        // checked above, on this launcher; one thread per item.
+        unsafe {
+            self.l.launch(
+                "cd_sw_level",
+                per_item,
+                &[
+                    bufs.pmax.arg(),
+                    bufs.pstat.arg(),
+                    KArg::I32(bpi as i32),
+                    KArg::I32(items as i32),
+                    KArg::F32(threshold),
+                    KArg::I32(reference),
+                    bufs.factor.arg(),
+                    bufs.level.arg(),
+                ],
+            )?;
+        }
+        if let Some((gmin, gmax, tune)) = guard {
+            // SAFETY: mag (items x L), level (items) and pcount (items x bpi, one per block)
+            // were checked, on this launcher.
+            unsafe {
+                self.l.launch(
+                    "cd_sw_count",
+                    dims(self.grid(), BLOCK, 0),
+                    &[
+                        KArg::Ptr(mag),
+                        KArg::I32(l as i32),
+                        bufs.level.arg(),
+                        bufs.pcount.arg(),
+                    ],
+                )?;
+            }
+            // SAFETY: pcount (items x bpi), factor, events and level (items each) were
+            // checked above, on this launcher; one thread per item.
+            unsafe {
+                self.l.launch(
+                    "cd_sw_guard",
+                    per_item,
+                    &[
+                        bufs.pcount.arg(),
+                        KArg::I32(bpi as i32),
+                        KArg::I32(items as i32),
+                        KArg::I32(l as i32),
+                        KArg::F32(gmin),
+                        KArg::F32(gmax),
+                        KArg::F32(tune),
+                        bufs.factor.arg(),
+                        bufs.events.arg(),
+                        bufs.level.arg(),
+                    ],
+                )?;
+            }
+        }
+        // SAFETY: mag (items x L), level (items) and sup (items x L) were checked, on this
+        // launcher.
+        unsafe {
+            self.l.launch(
+                "cd_sw_apply",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    KArg::Ptr(mag),
+                    KArg::I32(l as i32),
+                    bufs.level.arg(),
+                    sup.arg(),
+                ],
+            )
+        }
+    }
+
+    /// The blur passes of a shrinkwrap: |g| blurred along rows into the first half of
+    /// `scratch`, then along columns into the second half (returned), block maxima into
+    /// `pmax`. Checks every buffer a shrinkwrap uses.
+    #[allow(clippy::too_many_arguments)]
+    fn blur(
+        &self,
+        kn: &str,
+        g: &DevBuf,
+        sup: &DevBuf,
+        kern: &DevBuf,
+        klen: usize,
+        scratch: &DevBuf,
+        pmax: &DevBuf,
+    ) -> Result<DevPtr> {
+        self.check_shape(kn)?;
         let (h, w) = (self.h, self.w);
         let (l, items) = (self.len(), self.items);
         let row_shmem = (w + klen) * 4;
@@ -259,11 +472,11 @@ impl<'a> PhasingKernels<'a> {
                 self.l.name()
             )));
         }
-        self.buf::<Complex32>(g, items * l, K, "g")?;
-        self.buf::<u8>(sup, items * l, K, "support")?;
-        self.buf::<f32>(kern, klen, K, "Gaussian")?;
-        self.buf::<f32>(scratch, 2 * items * l, K, "scratch")?;
-        self.buf::<f32>(pmax, items * self.bpi, K, "block maxima")?;
+        self.buf::<Complex32>(g, items * l, kn, "g")?;
+        self.buf::<u8>(sup, items * l, kn, "support")?;
+        self.buf::<f32>(kern, klen, kn, "Gaussian")?;
+        self.buf::<f32>(scratch, 2 * items * l, kn, "scratch")?;
+        self.buf::<f32>(pmax, items * self.bpi, kn, "block maxima")?;
         let klen_arg = int_arg(klen, "blur taps")?;
         let (tmp, mag) = (scratch.ptr(), scratch.ptr().offset(items * l * 4));
         let row_threads = (w.div_ceil(32) * 32).min(BLOCK as usize) as u32;
@@ -301,23 +514,19 @@ impl<'a> PhasingKernels<'a> {
                 ],
             )?;
         }
-        // SAFETY: mag (items x L floats), pmax (items x bpi) and sup (items x L) were
-        // checked above, on this launcher.
-        unsafe {
-            self.l.launch(
-                "cd_sw_threshold",
-                dims(self.grid(), BLOCK, 0),
-                &[
-                    KArg::Ptr(mag),
-                    KArg::I32(l as i32),
-                    pmax.arg(),
-                    KArg::I32(self.bpi as i32),
-                    KArg::F32(threshold),
-                    sup.arg(),
-                ],
-            )
-        }
+        Ok(mag)
     }
+}
+
+/// The device buffers of the general shrinkwrap (see
+/// [`PhasingKernels::shrinkwrap_general`]).
+pub struct GuardBufs<'a> {
+    pub pmax: DevBuf<'a>,
+    pub pstat: DevBuf<'a>,
+    pub pcount: DevBuf<'a>,
+    pub level: DevBuf<'a>,
+    pub factor: DevBuf<'a>,
+    pub events: DevBuf<'a>,
 }
 
 /// An FFT plan destroyed on drop.
@@ -335,7 +544,7 @@ impl Drop for Plan<'_> {
 /// Device bytes per pattern of a run (amplitudes, and per start the iterate, the FFT buffer,
 /// the support and the partial sums).
 fn bytes_per_pattern(l: usize, starts: usize, bpi: usize, records: usize) -> usize {
-    4 * l + 8 + starts * (8 * l + 8 * l + l + 16 * bpi + 8 * records + 8)
+    4 * l + 16 + starts * (8 * l + 8 * l + l + 44 * bpi + 16 * records + 28)
 }
 
 /// Run a compiled program on every item of `problem` through `launcher`.
@@ -376,19 +585,24 @@ pub fn run_phasing(
         run_chunk(launcher, problem, program, p0, p1, progress, &mut out)?;
         p0 = p1;
     }
-    // Best start per pattern: lowest final error (NaN counts as +inf), ties to the lower start.
-    let key = |e: f32| if e.is_nan() { f32::INFINITY } else { e };
-    let mut best_start = Vec::with_capacity(n);
+    // Best start per pattern by the problem's selection (as the CPU backend chooses).
+    let final_support_fraction: Vec<f32> = out
+        .s
+        .chunks(l)
+        .map(|s| (s.iter().filter(|&&v| v != 0).count() as f64 / l as f64) as f32)
+        .collect();
+    let merits: Vec<FinalMerit> = (0..n * k)
+        .map(|i| FinalMerit {
+            fourier: out.final_err[i],
+            llk: out.final_llk[i],
+            free_llk: out.final_free[i],
+            support_fraction: final_support_fraction[i],
+        })
+        .collect();
+    let best_start = problem.selection.best_starts(&merits, k);
     let mut objects = Vec::with_capacity(n * l);
     let mut supports = Vec::with_capacity(n * l);
-    for p in 0..n {
-        let mut b = 0;
-        for s in 1..k {
-            if key(out.final_err[p * k + s]) < key(out.final_err[p * k + b]) {
-                b = s;
-            }
-        }
-        best_start.push(b);
+    for (p, &b) in best_start.iter().enumerate() {
         let i = p * k + b;
         objects.extend_from_slice(&out.g[i * l..(i + 1) * l]);
         supports.extend_from_slice(&out.s[i * l..(i + 1) * l]);
@@ -404,6 +618,13 @@ pub fn run_phasing(
         real_error: out.hist_r,
         final_fourier_error: out.final_err,
         records,
+        llk: out.hist_llk,
+        free_llk: out.hist_free,
+        final_llk: out.final_llk,
+        final_free_llk: out.final_free,
+        final_support_fraction,
+        guard_events: out.events,
+        threshold_factor: out.factor,
     })
 }
 
@@ -413,7 +634,13 @@ struct ChunkOutputs {
     s: Vec<u8>,
     hist_f: Vec<f32>,
     hist_r: Vec<f32>,
+    hist_llk: Vec<f32>,
+    hist_free: Vec<f32>,
     final_err: Vec<f32>,
+    final_llk: Vec<f32>,
+    final_free: Vec<f32>,
+    factor: Vec<f32>,
+    events: Vec<u32>,
 }
 
 fn run_chunk(
@@ -440,6 +667,13 @@ fn run_chunk(
     }
     let amp = DevBuf::from_slice(launcher, &problem.amplitudes[p0 * l..p1 * l])?;
     let sum_a2 = DevBuf::from_slice(launcher, &problem.sum_a2[p0..p1])?;
+    let mut counts = Vec::with_capacity(2 * np);
+    for p in p0..p1 {
+        let (m, f) = problem.llk_counts(p);
+        counts.push(i32::try_from(m).unwrap_or(i32::MAX));
+        counts.push(i32::try_from(f).unwrap_or(i32::MAX));
+    }
+    let counts = DevBuf::from_slice(launcher, &counts)?;
     let g = DevBuf::from_slice(launcher, &g0)?;
     let s = DevBuf::from_slice(launcher, &s0)?;
     drop((g0, s0));
@@ -448,10 +682,29 @@ fn run_chunk(
     let pr = DevBuf::new(launcher, items * bpi * 8)?;
     let hist_f = DevBuf::new(launcher, (items * records).max(1) * 4)?;
     let hist_r = DevBuf::new(launcher, (items * records).max(1) * 4)?;
+    let hist_llk = DevBuf::new(launcher, (items * records).max(1) * 4)?;
+    let hist_free = DevBuf::new(launcher, (items * records).max(1) * 4)?;
+    let pl = DevBuf::new(launcher, items * bpi * 8)?;
     let fin = DevBuf::new(launcher, items * 4)?;
+    let fin_llk = DevBuf::new(launcher, items * 4)?;
+    let fin_free = DevBuf::new(launcher, items * 4)?;
     let plan = Plan {
         l: launcher,
         id: launcher.fft_plan(h, w, items)?,
+    };
+    // the general shrinkwrap's state: per-item threshold factors and guard events
+    let factors0: Vec<f32> = (p0 * k..p1 * k).map(|i| problem.sw_factor(i)).collect();
+    let gbufs = if program.general_shrinkwrap(!problem.sw_factors.is_empty()) {
+        Some(GuardBufs {
+            pmax: DevBuf::new(launcher, items * bpi * 4)?,
+            pstat: DevBuf::new(launcher, items * bpi * 12)?,
+            pcount: DevBuf::new(launcher, items * bpi * 4)?,
+            level: DevBuf::new(launcher, items * 4)?,
+            factor: DevBuf::from_slice(launcher, &factors0)?,
+            events: DevBuf::from_slice(launcher, &vec![0i32; items])?,
+        })
+    } else {
+        None
     };
     let scale = 1.0 / l as f32;
     let mut rec = 0;
@@ -465,11 +718,17 @@ fn run_chunk(
             } => {
                 for it in 0..count {
                     problem.cancel.check()?;
+                    let rec_now = record && it + 1 == count;
                     launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
+                    if rec_now {
+                        // the likelihoods of F before the projection, as the Fourier error
+                        lk.llk(&f, &amp, &pl)?;
+                    }
                     lk.modulus(&f, &amp, true, &pf)?;
                     launcher.fft(plan.id, f.ptr(), f.ptr(), false)?;
                     lk.update(&g, &f, &s, a, b, problem.constraint, scale, &pr)?;
-                    if record && it + 1 == count {
+                    if rec_now {
+                        lk.record_llk(&pl, &counts, records, rec, &hist_llk, &hist_free)?;
                         lk.record(
                             &pf,
                             Some(&pr),
@@ -484,11 +743,28 @@ fn run_chunk(
                     progress(items as u64);
                 }
             }
-            Op::Shrinkwrap { sigma, threshold } => {
+            Op::Shrinkwrap {
+                sigma,
+                threshold,
+                reference,
+            } => {
                 let kern = gaussian_kernel(sigma);
                 let kb = DevBuf::from_slice(launcher, &kern)?;
                 // |g|, its row blur and its column blur live in the FFT buffer (free here).
-                lk.shrinkwrap(&g, &s, &kb, kern.len(), threshold, &f, &pf)?;
+                match &gbufs {
+                    None => lk.shrinkwrap(&g, &s, &kb, kern.len(), threshold, &f, &pf)?,
+                    Some(gb) => lk.shrinkwrap_general(
+                        &g,
+                        &s,
+                        &kb,
+                        kern.len(),
+                        threshold,
+                        reference.code(),
+                        program.guard.map(|gd| (gd.min, gd.max, gd.tune)),
+                        &f,
+                        gb,
+                    )?,
+                }
             }
         }
     }
@@ -497,6 +773,8 @@ fn run_chunk(
     launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
     lk.modulus(&f, &amp, false, &pf)?;
     lk.record(&pf, None, &sum_a2, 1, 0, &fin, None)?;
+    lk.llk(&f, &amp, &pl)?;
+    lk.record_llk(&pl, &counts, 1, 0, &fin_llk, &fin_free)?;
     let base = out.g.len();
     out.g.resize(base + items * l, Complex32::new(0.0, 0.0));
     g.download(&mut out.g[base..])?;
@@ -506,7 +784,24 @@ fn run_chunk(
     if records > 0 {
         out.hist_f.extend(hist_f.to_vec::<f32>(items * records)?);
         out.hist_r.extend(hist_r.to_vec::<f32>(items * records)?);
+        out.hist_llk
+            .extend(hist_llk.to_vec::<f32>(items * records)?);
+        out.hist_free
+            .extend(hist_free.to_vec::<f32>(items * records)?);
     }
     out.final_err.extend(fin.to_vec::<f32>(items)?);
+    out.final_llk.extend(fin_llk.to_vec::<f32>(items)?);
+    out.final_free.extend(fin_free.to_vec::<f32>(items)?);
+    match &gbufs {
+        Some(gb) => {
+            out.factor.extend(gb.factor.to_vec::<f32>(items)?);
+            let ev: Vec<i32> = gb.events.to_vec(items)?;
+            out.events.extend(ev.iter().map(|&e| e.max(0) as u32));
+        }
+        None => {
+            out.factor.extend(factors0);
+            out.events.extend(std::iter::repeat_n(0, items));
+        }
+    }
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! against each other and against float64 references.
 
 use crate::array::Complex32;
-use crate::phasing::program::Constraint;
+use crate::phasing::problem::{decode_free, llk_term};
+use crate::phasing::program::{Constraint, SupportGuard, ThresholdRef};
 
 /// Smallest modulus divided by in the modulus projection (guards |F| = 0).
 pub const TINY: f32 = 1e-30;
@@ -103,6 +104,23 @@ fn residual_body(f: &[f32], a: &[f32]) -> f32 {
         err += modulus_lane(x[0], x[1], am, 1.0).2;
     }
     err + acc.iter().sum::<f32>()
+}
+
+/// Sums of the Poisson log-likelihood terms ([`llk_term`]) of F over the measured pixels
+/// (a >= 0) and over the held-out pixels (a <= -2, amplitude `-a - 2`), in f32 per pixel as
+/// the GPU kernel computes them, accumulated in f64. Only run on recording iterations, so it
+/// is written plainly.
+pub fn poisson_llk(f: &[Complex32], a: &[f32]) -> (f64, f64) {
+    assert_eq!(f.len(), a.len());
+    let (mut m, mut fr) = (0.0f64, 0.0f64);
+    for (c, &am) in f.iter().zip(a) {
+        if am >= 0.0 {
+            m += llk_term(c.norm_sqr(), am) as f64;
+        } else if let Some(af) = decode_free(am) {
+            fr += llk_term(c.norm_sqr(), af) as f64;
+        }
+    }
+    (m, fr)
 }
 
 /// Support update in place: `g <- p` where the constraint holds (inside the support, and
@@ -294,9 +312,23 @@ pub fn blur_cols(inp: &[f32], h: usize, w: usize, kernel: &[f32], out: &mut [f32
     }
 }
 
-/// Shrinkwrap: support = { blur(|g|, sigma) >= threshold * max }, periodic blur (the object
-/// wraps around the corners in FFT-native order). The support is left unchanged if the
-/// object is zero or not finite.
+/// What a shrinkwrap did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwOutcome {
+    Applied,
+    /// The object is zero or not finite (or its support empty for mean/rms): unchanged.
+    Skipped,
+    /// The new support would have been below the guard's minimum fraction: unchanged.
+    Collapsed,
+    /// ... above its maximum: unchanged.
+    BlewUp,
+}
+
+/// Shrinkwrap: support = { blur(|g|, sigma) >= threshold * reference }, periodic blur (the
+/// object wraps around the corners in FFT-native order); the reference is the maximum of
+/// the blurred modulus, or its mean or rms over the current support. The support is left
+/// unchanged if the object is zero or not finite, and, with a guard, when the new support's
+/// fraction of the field is outside [min, max].
 #[allow(clippy::too_many_arguments)]
 pub fn shrinkwrap(
     g: &[Complex32],
@@ -305,10 +337,12 @@ pub fn shrinkwrap(
     w: usize,
     sigma: f32,
     threshold: f32,
+    reference: ThresholdRef,
+    guard: Option<SupportGuard>,
     mag: &mut [f32],
     tmp: &mut [f32],
     kernel: &mut Vec<f32>,
-) {
+) -> SwOutcome {
     for (m, c) in mag.iter_mut().zip(g) {
         *m = c.norm();
     }
@@ -317,12 +351,45 @@ pub fn shrinkwrap(
     blur_cols(tmp, h, w, kernel, mag);
     let max = mag.iter().copied().fold(0.0f32, f32::max);
     if !(max > 0.0 && max.is_finite()) {
-        return;
+        return SwOutcome::Skipped;
     }
-    let t = threshold * max;
+    let r = match reference {
+        ThresholdRef::Max => max,
+        ThresholdRef::Mean | ThresholdRef::Rms => {
+            let (mut sum, mut sq, mut n) = (0.0f64, 0.0f64, 0usize);
+            for (&m, &sv) in mag.iter().zip(s.iter()) {
+                if sv != 0 {
+                    sum += m as f64;
+                    sq += (m as f64) * (m as f64);
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                return SwOutcome::Skipped;
+            }
+            let v = if reference == ThresholdRef::Mean {
+                sum / n as f64
+            } else {
+                (sq / n as f64).sqrt()
+            };
+            v as f32
+        }
+    };
+    let t = threshold * r;
+    if let Some(gd) = guard {
+        let count = mag.iter().filter(|&&m| m >= t).count();
+        let frac = count as f32 / mag.len() as f32;
+        if frac < gd.min {
+            return SwOutcome::Collapsed;
+        }
+        if frac > gd.max {
+            return SwOutcome::BlewUp;
+        }
+    }
     for (sv, &m) in s.iter_mut().zip(mag.iter()) {
         *sv = (m >= t) as u8;
     }
+    SwOutcome::Applied
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -12,14 +12,15 @@ use super::CpuBackend;
 use crate::array::{Complex32, Stack};
 use crate::backend::Progress;
 use crate::fft::{Plan2d, COL_BLOCK};
-use crate::phasing::problem::{PhasingOutput, PhasingProblem};
+use crate::phasing::problem::{llk_means, FinalMerit, PhasingOutput, PhasingProblem};
 use crate::phasing::program::{Op, Program, Update};
 use crate::{Error, Result};
+use kernels::SwOutcome;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
 pub use kernels::{
-    fourier_residual, modulus_project, modulus_project_portable, support_update,
+    fourier_residual, modulus_project, modulus_project_portable, poisson_llk, support_update,
     support_update_portable,
 };
 
@@ -47,7 +48,7 @@ fn work_lanes(plan: &Plan2d, lanes: usize) -> Work {
         coef_a: vec![f32::NAN; 2 * h],
         coef_b: vec![f32::NAN; 2 * h],
         n_active: h,
-        col_partials: vec![(f64::NAN, f64::NAN); w.div_ceil(COL_BLOCK)],
+        col_partials: vec![[f64::NAN; 4]; w.div_ceil(COL_BLOCK)],
         row_partials: vec![f64::NAN; h.div_ceil(ROW_BLOCK)],
         mag: vec![f32::NAN; l],
         tmp: vec![f32::NAN; l],
@@ -85,10 +86,11 @@ struct Work {
     coef_a: Vec<f32>,
     coef_b: Vec<f32>,
     n_active: usize,
-    /// Per column block (Fourier residual, |P_M g|^2) and per row block (energy inside the
-    /// support): summed in block order whatever the number of lanes, so results do not
-    /// depend on the thread count.
-    col_partials: Vec<(f64, f64)>,
+    /// Per column block (Fourier residual, |P_M g|^2, log-likelihood sums over the measured
+    /// and the held-out pixels) and per row block (energy inside the support): summed in
+    /// block order whatever the number of lanes, so results do not depend on the thread
+    /// count.
+    col_partials: Vec<[f64; 4]>,
     row_partials: Vec<f64>,
     mag: Vec<f32>,
     tmp: Vec<f32>,
@@ -101,6 +103,8 @@ struct Item<'a> {
     /// Transposed amplitudes (W x H), -1 = unmeasured.
     at: &'a [f32],
     sum_a2: f64,
+    /// Pixels of the log-likelihood and of the free log-likelihood.
+    counts: (usize, usize),
     constraint: crate::phasing::program::Constraint,
     /// Checked every iteration: once set, [`Item::run`] stops at once.
     cancel: &'a crate::cancel::Cancel,
@@ -129,8 +133,12 @@ impl Item<'_> {
     ///
     /// Without `project`: only the Fourier residual of g is measured.
     ///
+    /// With `llk`: the sums of the Poisson log-likelihood terms of F = FFT(g) over the
+    /// measured and over the held-out pixels are measured too (before the projection), and
+    /// returned as the third and fourth values (zero without `llk`).
+    ///
     /// With several lanes the column blocks are shared out among them.
-    fn column_pass(&self, work: &mut Work, project: bool, a: f32, b: f32) -> (f64, f64) {
+    fn column_pass(&self, work: &mut Work, project: bool, llk: bool, a: f32, b: f32) -> [f64; 4] {
         let (h, w) = (self.plan.h, self.plan.w);
         let partial = work.n_active < h;
         let keep_old = project && partial && (a != 0.0 || b != 0.0);
@@ -145,11 +153,21 @@ impl Item<'_> {
         }
         let rows = SharedRows(work.u.as_mut_ptr());
         let (ca, cb) = (&work.coef_a[..], &work.coef_b[..]);
-        let job = |lane: &mut Lane, blocks: &mut [(f64, f64)], first: usize| {
+        let job = |lane: &mut Lane, blocks: &mut [[f64; 4]], first: usize| {
             for (j, part) in blocks.iter_mut().enumerate() {
                 // SAFETY: block `first + j` belongs to this lane only.
                 *part = unsafe {
-                    self.column_block(rows, first + j, project, partial, keep_old, ca, cb, lane)
+                    self.column_block(
+                        rows,
+                        first + j,
+                        project,
+                        llk,
+                        partial,
+                        keep_old,
+                        ca,
+                        cb,
+                        lane,
+                    )
                 };
             }
         };
@@ -163,12 +181,14 @@ impl Item<'_> {
                 .enumerate()
                 .for_each(|(i, (lane, blocks))| job(lane, blocks, i * per));
         }
-        let (mut err, mut energy) = (0.0f64, 0.0f64);
-        for &(e, en) in work.col_partials.iter() {
-            err += e;
-            energy += en;
+        let mut sums = [0.0f64; 4];
+        for part in work.col_partials.iter() {
+            for (s, v) in sums.iter_mut().zip(part) {
+                *s += v;
+            }
         }
-        (err, energy * (h * w) as f64)
+        sums[1] *= (h * w) as f64;
+        sums
     }
 
     /// One block of the column pass (columns `bi * COL_BLOCK ..`), see [`Item::column_pass`].
@@ -182,12 +202,13 @@ impl Item<'_> {
         rows: SharedRows,
         bi: usize,
         project: bool,
+        llk: bool,
         partial: bool,
         keep_old: bool,
         coef_a: &[f32],
         coef_b: &[f32],
         lane: &mut Lane,
-    ) -> (f64, f64) {
+    ) -> [f64; 4] {
         let (h, w) = (self.plan.h, self.plan.w);
         let scale = 1.0 / (h * w) as f32;
         let c0 = bi * COL_BLOCK;
@@ -204,6 +225,11 @@ impl Item<'_> {
             .process_with_scratch(colbuf, &mut lane.scratch);
         let amp = &self.at[c0 * h..(c0 + nb) * h];
         let (mut err, mut energy) = (0.0f64, 0.0f64);
+        let (lm, lf) = if llk {
+            kernels::poisson_llk(colbuf, amp)
+        } else {
+            (0.0, 0.0)
+        };
         if project {
             for (cb, ab) in colbuf.chunks_exact_mut(h).zip(amp.chunks_exact(h)) {
                 let (e, en) = modulus_project(cb, ab, scale);
@@ -224,7 +250,7 @@ impl Item<'_> {
                 err += kernels::fourier_residual(cb, ab) as f64;
             }
         }
-        (err, energy)
+        [err, energy, lm, lf]
     }
 
     /// The row pass over the rows holding support pixels: inverse row FFTs of `work.u` give
@@ -350,11 +376,16 @@ impl Item<'_> {
         g: &mut [Complex32],
         s: &mut [u8],
         program: &Program,
-        hist_f: &mut [f32],
-        hist_r: &mut [f32],
+        hist: &mut Histories,
         progress: Progress<'_>,
-    ) -> f32 {
+    ) -> FinalMerit {
         let (h, w) = (self.plan.h, self.plan.w);
+        let cancelled = FinalMerit {
+            fourier: f32::NAN,
+            llk: f32::NAN,
+            free_llk: f32::NAN,
+            support_fraction: f32::NAN,
+        };
         work.u.copy_from_slice(g);
         self.plan
             .rows(true)
@@ -372,61 +403,99 @@ impl Item<'_> {
                     for it in 0..count {
                         if self.cancel.is_cancelled() {
                             // the caller sees the flag and discards every result
-                            return f32::NAN;
+                            return cancelled;
                         }
-                        let (ferr, tot) = self.column_pass(work, true, a, b);
+                        let rec_now = record && it + 1 == count;
+                        let [ferr, tot, lm, lf] = self.column_pass(work, true, rec_now, a, b);
                         let inside = self.row_pass(work, g, s, a, b);
-                        if record && it + 1 == count {
-                            hist_f[rec] = self.fourier_error(ferr);
+                        if rec_now {
+                            hist.f[rec] = self.fourier_error(ferr);
                             let out = (tot - inside).max(0.0);
-                            hist_r[rec] = if tot > 0.0 {
+                            hist.r[rec] = if tot > 0.0 {
                                 (out / tot).sqrt() as f32
                             } else {
                                 0.0
                             };
+                            (hist.llk[rec], hist.free[rec]) =
+                                llk_means(lm, self.counts.0, lf, self.counts.1);
                             rec += 1;
                         }
                     }
                     progress(count);
                 }
-                Op::Shrinkwrap { sigma, threshold } => {
+                Op::Shrinkwrap {
+                    sigma,
+                    threshold,
+                    reference,
+                } => {
                     self.sync(work, g);
-                    kernels::shrinkwrap(
+                    let outcome = kernels::shrinkwrap(
                         g,
                         s,
                         h,
                         w,
                         sigma,
-                        threshold,
+                        threshold * hist.factor,
+                        reference,
+                        program.guard,
                         &mut work.mag,
                         &mut work.tmp,
                         &mut work.kernel,
                     );
+                    if let Some(gd) = program.guard {
+                        match outcome {
+                            SwOutcome::Collapsed => {
+                                hist.factor /= gd.tune;
+                                hist.events += 1;
+                            }
+                            SwOutcome::BlewUp => {
+                                hist.factor *= gd.tune;
+                                hist.events += 1;
+                            }
+                            SwOutcome::Applied | SwOutcome::Skipped => {}
+                        }
+                    }
                     work.n_active = mark_support_rows(s, w, &mut work.active);
                 }
             }
         }
         self.sync(work, g);
-        debug_assert_eq!(rec, hist_f.len());
+        debug_assert_eq!(rec, hist.f.len());
         // work.u holds the row transform of the final g: one more column pass measures it.
-        let (e, _) = self.column_pass(work, false, 0.0, 0.0);
-        self.fourier_error(e)
+        let [e, _, lm, lf] = self.column_pass(work, false, true, 0.0, 0.0);
+        let (llk, free_llk) = llk_means(lm, self.counts.0, lf, self.counts.1);
+        FinalMerit {
+            fourier: self.fourier_error(e),
+            llk,
+            free_llk,
+            support_fraction: support_fraction(s),
+        }
     }
 }
 
+/// Fraction of the pixels in the support.
+fn support_fraction(s: &[u8]) -> f32 {
+    (s.iter().filter(|&&v| v != 0).count() as f64 / s.len().max(1) as f64) as f32
+}
+
+/// The histories one item records (`records` entries each), and its shrinkwrap state: the
+/// threshold factor (per start, retuned by the guard) and the guard's interventions.
+struct Histories {
+    f: Vec<f32>,
+    r: Vec<f32>,
+    llk: Vec<f32>,
+    free: Vec<f32>,
+    factor: f32,
+    events: u32,
+}
+
 struct ItemResult {
-    hist_f: Vec<f32>,
-    hist_r: Vec<f32>,
-    final_err: f32,
+    hist: Histories,
+    merit: FinalMerit,
     kept: Option<(Vec<Complex32>, Vec<u8>)>,
 }
 
-type Best = Mutex<Option<(f32, usize, Vec<Complex32>, Vec<u8>)>>;
-
-fn better(e: f32, s: usize, than: &(f32, usize)) -> bool {
-    let key = |e: f32| if e.is_nan() { f32::INFINITY } else { e };
-    (key(e), s) < (key(than.0), than.1)
-}
+type Best = Mutex<Option<(FinalMerit, usize, Vec<Complex32>, Vec<u8>)>>;
 
 impl CpuBackend {
     /// Run a compiled program on every (pattern, start) item of `problem` in this backend's
@@ -459,6 +528,8 @@ impl CpuBackend {
                 }
             });
             let best: Vec<Best> = (0..n).map(|_| Mutex::new(None)).collect();
+            let counts: Vec<(usize, usize)> = (0..n).map(|p| problem.llk_counts(p)).collect();
+            let sel = &problem.selection;
             let process = |work: &mut Work, g: &mut [Complex32], s: &mut [u8], item: usize| {
                 let (p, st) = (item / k, item % k);
                 problem.initial_state(p, st, g, s);
@@ -466,35 +537,37 @@ impl CpuBackend {
                     plan: &plan,
                     at: &at[p * l..(p + 1) * l],
                     sum_a2: problem.sum_a2[p],
+                    counts: counts[p],
                     constraint: problem.constraint,
                     cancel: &problem.cancel,
                 };
-                let mut hist_f = vec![0.0f32; records];
-                let mut hist_r = vec![0.0f32; records];
-                let final_err = it.run(work, g, s, program, &mut hist_f, &mut hist_r, progress);
+                let mut hist = Histories {
+                    f: vec![0.0f32; records],
+                    r: vec![0.0f32; records],
+                    llk: vec![0.0f32; records],
+                    free: vec![0.0f32; records],
+                    factor: problem.sw_factor(item),
+                    events: 0,
+                };
+                let merit = it.run(work, g, s, program, &mut hist, progress);
                 let kept = problem.keep_all.then(|| (g.to_vec(), s.to_vec()));
                 let mut slot = best[p].lock().unwrap_or_else(|e| e.into_inner());
                 let replace = match slot.as_ref() {
                     None => true,
-                    Some((e, s0, _, _)) => better(final_err, st, &(*e, *s0)),
+                    Some((m, s0, _, _)) => sel.better(&merit, st, m, *s0),
                 };
                 if replace {
                     match slot.as_mut() {
                         Some(b) => {
-                            b.0 = final_err;
+                            b.0 = merit;
                             b.1 = st;
                             b.2.copy_from_slice(g);
                             b.3.copy_from_slice(s);
                         }
-                        None => *slot = Some((final_err, st, g.to_vec(), s.to_vec())),
+                        None => *slot = Some((merit, st, g.to_vec(), s.to_vec())),
                     }
                 }
-                ItemResult {
-                    hist_f,
-                    hist_r,
-                    final_err,
-                    kept,
-                }
+                ItemResult { hist, merit, kept }
             };
             let poisoned = || (vec![Complex32::new(f32::NAN, f32::NAN); l], vec![0xA5u8; l]);
             let threads = self.threads();
@@ -533,14 +606,28 @@ impl CpuBackend {
             }
             let mut fourier_error = Vec::with_capacity(n * k * records);
             let mut real_error = Vec::with_capacity(n * k * records);
+            let mut llk = Vec::with_capacity(n * k * records);
+            let mut free_llk = Vec::with_capacity(n * k * records);
             let mut final_fourier_error = Vec::with_capacity(n * k);
+            let mut final_llk = Vec::with_capacity(n * k);
+            let mut final_free_llk = Vec::with_capacity(n * k);
+            let mut final_support_fraction = Vec::with_capacity(n * k);
+            let mut guard_events = Vec::with_capacity(n * k);
+            let mut threshold_factor = Vec::with_capacity(n * k);
             let keep = problem.keep_all;
             let mut all_o = keep.then(|| Vec::with_capacity(n * k * l));
             let mut all_s = keep.then(|| Vec::with_capacity(n * k * l));
             for r in results {
-                fourier_error.extend_from_slice(&r.hist_f);
-                real_error.extend_from_slice(&r.hist_r);
-                final_fourier_error.push(r.final_err);
+                fourier_error.extend_from_slice(&r.hist.f);
+                real_error.extend_from_slice(&r.hist.r);
+                llk.extend_from_slice(&r.hist.llk);
+                free_llk.extend_from_slice(&r.hist.free);
+                final_fourier_error.push(r.merit.fourier);
+                final_llk.push(r.merit.llk);
+                final_free_llk.push(r.merit.free_llk);
+                final_support_fraction.push(r.merit.support_fraction);
+                guard_events.push(r.hist.events);
+                threshold_factor.push(r.hist.factor);
                 if let (Some((g, s)), Some(ao), Some(as_)) =
                     (r.kept, all_o.as_mut(), all_s.as_mut())
                 {
@@ -558,6 +645,13 @@ impl CpuBackend {
                 real_error,
                 final_fourier_error,
                 records,
+                llk,
+                free_llk,
+                final_llk,
+                final_free_llk,
+                final_support_fraction,
+                guard_events,
+                threshold_factor,
             })
         })
     }
