@@ -145,14 +145,19 @@ fn planted_collapse_and_blow_up_are_detected_and_recovered() {
                 assert_ne!(s0, s1, "{name} item {i}: the support never changed");
                 assert!(bad.guard_events.iter().all(|&e| e == 0));
             }
-            // the recovered starts phase: their final Fourier error beats the collapsed ones'
-            let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-            assert!(
-                mean(&good.final_fourier_error) < mean(&bad.final_fourier_error),
-                "{name}: guarded {} against unguarded {}",
-                mean(&good.final_fourier_error),
-                mean(&bad.final_fourier_error)
-            );
+            // The recovered supports are closer in size to the object's (a disc of radius
+            // 1/6 of the field: pi/36 of its area) than the collapsed or blown-up ones. (Their
+            // final Fourier error is not a test: over 30 fresh seeds a support collapsed to
+            // a few pixels fitted the data better than the recovered one about half the time.)
+            let truth = std::f32::consts::PI / 36.0;
+            for i in 0..n * k {
+                assert!(
+                    (fg[i] - truth).abs() < (fb[i] - truth).abs(),
+                    "{name} item {i}: support fraction {} (guarded) is not closer to the object's {truth} than {} (unguarded)",
+                    fg[i],
+                    fb[i]
+                );
+            }
             // Full HIO runs diverge between engines by rounding (tests/emu_phasing.rs), so
             // their later guard decisions may too; a short ER run with three shrinkwraps
             // must make the same decisions on both.

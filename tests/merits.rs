@@ -346,14 +346,25 @@ fn selection_by_each_criterion() {
                 );
             }
             picks.push(out.best_start.clone());
-            // filter: admit only starts at or below the median support fraction of
-            // their pattern; the pick must be admissible and the best of those
-            let mut fr = out.final_support_fraction.clone();
-            fr.sort_by(f32::total_cmp);
+            // filter: a maximum support fraction just below the pick of a pattern that has
+            // a start with a smaller support, so that at least that pick must change (a
+            // median cut left every pick admissible on some seeds); every pick must be
+            // admissible and the best of those
+            let fr = &out.final_support_fraction;
+            let pick = |p: usize| fr[p * k + out.best_start[p]];
+            let max_fraction = (0..n)
+                .filter(|&p| (0..k).any(|s| fr[p * k + s] < pick(p)))
+                .map(pick)
+                .fold(f32::NAN, f32::max)
+                .next_down();
             let cut = Selection {
                 criterion: crit,
                 min_fraction: 0.0,
-                max_fraction: fr[fr.len() / 2],
+                max_fraction: if max_fraction.is_nan() {
+                    1.0
+                } else {
+                    max_fraction
+                },
             };
             let pb = PhasingProblem {
                 selection: cut,

@@ -267,6 +267,11 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         )
     })?;
     pb.finish_and_clear();
+    if let Some(line) = summary.guard_summary() {
+        if !a.run.quiet {
+            eprintln!("{line}");
+        }
+    }
     let wall = t.elapsed().as_secs_f64();
     let stats = &summary.stats;
     let fe = summary.final_fourier_error.clone();

@@ -565,20 +565,30 @@ pub struct Merits {
 impl Merits {
     /// One line on the support guard's work, when it refused any shrinkwrap.
     pub fn guard_summary(&self) -> Option<String> {
-        let total: u64 = self.guard_events.iter().map(|&e| e as u64).sum();
-        if total == 0 {
-            return None;
-        }
-        let starts = self.guard_events.iter().filter(|&&e| e > 0).count();
-        let (lo, hi) = self
-            .threshold_factor
-            .iter()
-            .fold((f32::INFINITY, 0.0f32), |(a, b), &f| (a.min(f), b.max(f)));
-        Some(format!(
-            "support guard: {total} shrinkwrap(s) refused (support collapsed or blew up) in {starts} of {} starts; their thresholds were retuned (final factors {lo:.3}..{hi:.3})",
-            self.guard_events.len()
-        ))
+        guard_summary(&self.guard_events, &self.threshold_factor)
     }
+}
+
+/// The `description` attribute of the `llk` history in a phase output.
+pub const LLK_DESCRIPTION: &str = "Poisson log-likelihood per measured pixel: mean over the measured, not held-out pixels of Ic - Io - Io ln(Ic/Io), Ic = |F|^2, recorded with the Fourier error";
+/// The `description` attribute of the `free_llk` history in a phase output.
+pub const FREE_LLK_DESCRIPTION: &str = "the same over the pixels held out of the modulus constraint (--free-fraction); NaN without any";
+
+/// One line on the support guard's work from every start's refusal count and final
+/// threshold factor (N*K each), when it refused any shrinkwrap.
+pub fn guard_summary(guard_events: &[u32], threshold_factor: &[f32]) -> Option<String> {
+    let total: u64 = guard_events.iter().map(|&e| e as u64).sum();
+    if total == 0 {
+        return None;
+    }
+    let starts = guard_events.iter().filter(|&&e| e > 0).count();
+    let (lo, hi) = threshold_factor
+        .iter()
+        .fold((f32::INFINITY, 0.0f32), |(a, b), &f| (a.min(f), b.max(f)));
+    Some(format!(
+        "support guard: {total} shrinkwrap(s) refused (support collapsed or blew up) in {starts} of {} starts; their thresholds were retuned (final factors {lo:.3}..{hi:.3})",
+        guard_events.len()
+    ))
 }
 
 /// The result of a phasing run, centred as stored on disk.
@@ -739,8 +749,8 @@ impl Reconstruction {
         )?;
         if let Some(m) = &self.merits {
             let hist = [
-                ("llk", &m.llk, "Poisson log-likelihood per measured pixel: mean over the measured, not held-out pixels of Ic - Io - Io ln(Ic/Io), Ic = |F|^2, recorded with the Fourier error"),
-                ("free_llk", &m.free_llk, "the same over the pixels held out of the modulus constraint (--free-fraction); NaN without any"),
+                ("llk", &m.llk, LLK_DESCRIPTION),
+                ("free_llk", &m.free_llk, FREE_LLK_DESCRIPTION),
             ];
             for (name, v, what) in hist {
                 out.f32(
