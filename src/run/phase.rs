@@ -3,13 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::dist::{self, Rows};
 use super::{shifted, BlockRun, BlockStats};
 use crate::backend::{Backend, Progress};
-use crate::io::blocks::{pipeline, window, PatternBlocks};
+use crate::io::blocks::{window, BlockPlan, PatternBlocks};
 use crate::io::stream::{Dtype, StreamId};
 use crate::phasing::program::Program;
 use crate::phasing::schedule::Schedule;
-use crate::phasing::{self, InitSpec, PhaseConfig, Reconstruction, SupportSpec};
+use crate::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
 use crate::{Error, Result};
 
 /// What a block-wise phasing run reports (per pattern: every block, resumed ones too).
@@ -65,7 +66,67 @@ pub fn phase_blocks(
     let mut template = cfg.clone();
     let support = std::mem::replace(&mut template.support, SupportSpec::Circle { radius: 1.0 });
     let init = std::mem::replace(&mut template.init, InitSpec::Random);
-    let (plan, mut out, ids) = run.begin(n, |f| {
+    let iterations = program.iterations;
+    let compute_ns = AtomicU64::new(0);
+    let plan = BlockPlan::new(n, run.block)?;
+    let read = |b: usize| input.read(plan.range(b));
+    // a block's rows, one buffer per streamed dataset in the order they are declared below
+    let compute = |b: usize, patterns| -> Result<Rows> {
+        let r = plan.range(b);
+        let mut c = template.clone();
+        c.seed = crate::rng::offset_seed(cfg.seed, r.start);
+        c.support = match &support {
+            SupportSpec::Given(s) => SupportSpec::Given(window(s, r.clone())),
+            other => other.clone(),
+        };
+        c.init = match &init {
+            InitSpec::Given(o) => InitSpec::Given(window(o, r.clone())),
+            InitSpec::Random => InitSpec::Random,
+        };
+        let rec =
+            phasing::phase(backend, &patterns, &c, progress).map_err(|e| shifted(e, r.start))?;
+        // the backend's run, as `Reconstruction::seconds` of a whole-file run counts it
+        // (preparation and I/O not included)
+        compute_ns.fetch_add((rec.seconds * 1e9) as u64, Ordering::Relaxed);
+        let bs: Vec<u8> = rec
+            .best_start
+            .iter()
+            .flat_map(|&s| (s as i64).to_le_bytes())
+            .collect();
+        let mut rows = vec![
+            dist::c64_bytes(&rec.objects.data),
+            rec.supports.data.clone(),
+            dist::f32_bytes(&rec.best_histories(&rec.fourier_error)),
+            dist::f32_bytes(&rec.best_histories(&rec.real_error)),
+            dist::f32_bytes(&rec.best_final_errors()),
+            bs,
+            dist::f32_bytes(&rec.fourier_error),
+            dist::f32_bytes(&rec.final_fourier_error),
+        ];
+        if let (true, Some(o), Some(s)) = (cfg.keep_all, &rec.all_objects, &rec.all_supports) {
+            rows.push(dist::c64_bytes(o));
+            rows.push(s.clone());
+        }
+        Ok(rows)
+    };
+    if dist::is_worker() {
+        // an MPI worker: rank 0 opens, writes and reports the output
+        dist::work(read, compute)?;
+        return Ok(PhaseSummary {
+            n,
+            h,
+            w,
+            iterations,
+            final_fourier_error: Vec::new(),
+            best_start: Vec::new(),
+            stats: BlockStats {
+                blocks: plan.count(),
+                compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
+                ..BlockStats::default()
+            },
+        });
+    }
+    let (_, mut out, ids) = run.begin(n, |f| {
         f.i64("cxi_version", &[1], &[150])?;
         f.attr_string("entry_1", "NX_class", "NXentry")?;
         let data = f.stream("entry_1/image_1/data", Dtype::Complex64, &[n, h, w])?;
@@ -140,58 +201,51 @@ pub fn phase_blocks(
         }
     }
     let todo = out.todo();
-    let compute_ns = AtomicU64::new(0);
-    pipeline(
-        &todo,
-        |b| input.read(plan.range(b)),
-        |b, patterns| {
-            let r = plan.range(b);
-            let mut c = template.clone();
-            c.seed = crate::rng::offset_seed(cfg.seed, r.start);
-            c.support = match &support {
-                SupportSpec::Given(s) => SupportSpec::Given(window(s, r.clone())),
-                other => other.clone(),
-            };
-            c.init = match &init {
-                InitSpec::Given(o) => InitSpec::Given(window(o, r.clone())),
-                InitSpec::Random => InitSpec::Random,
-            };
-            let rec = phasing::phase(backend, &patterns, &c, progress)
-                .map_err(|e| shifted(e, r.start))?;
-            // the backend's run, as `Reconstruction::seconds` of a whole-file run counts it
-            // (preparation and I/O not included)
-            compute_ns.fetch_add((rec.seconds * 1e9) as u64, Ordering::Relaxed);
-            Ok(rec)
-        },
-        |b, rec: Reconstruction| {
-            let first = plan.range(b).start;
-            let f = out.writer();
-            f.write_rows_complex64(ids.data, first, &rec.objects.data)?;
-            f.write_rows_u8(ids.support, first, &rec.supports.data)?;
-            f.write_rows_f32(ids.fourier, first, &rec.best_histories(&rec.fourier_error))?;
-            f.write_rows_f32(ids.real, first, &rec.best_histories(&rec.real_error))?;
-            let fe = rec.best_final_errors();
-            f.write_rows_f32(ids.final_best, first, &fe)?;
-            let bs: Vec<u8> = rec
-                .best_start
-                .iter()
-                .flat_map(|&s| (s as i64).to_le_bytes())
-                .collect();
-            f.write_rows_raw(ids.best_start, first, &bs)?;
-            f.write_rows_f32(ids.all_fourier, first, &rec.fourier_error)?;
-            f.write_rows_f32(ids.all_final, first, &rec.final_fourier_error)?;
-            if let (Some((io, is)), Some(o), Some(s)) =
-                (ids.keep, &rec.all_objects, &rec.all_supports)
-            {
-                f.write_rows_complex64(io, first, o)?;
-                f.write_rows_u8(is, first, s)?;
-            }
-            out.commit(b)?;
-            final_err[first..first + fe.len()].copy_from_slice(&fe);
-            best[first..first + fe.len()].copy_from_slice(&rec.best_start);
-            Ok(())
-        },
-    )?;
+    let ids_in_order = {
+        let mut v = vec![
+            ids.data,
+            ids.support,
+            ids.fourier,
+            ids.real,
+            ids.final_best,
+            ids.best_start,
+            ids.all_fourier,
+            ids.all_final,
+        ];
+        if let Some((o, s)) = ids.keep {
+            v.extend([o, s]);
+        }
+        v
+    };
+    let master = dist::is_master();
+    dist::run_blocks(&todo, read, compute, |b, rows: Rows| {
+        let r = plan.range(b);
+        if rows.len() != ids_in_order.len() {
+            return Err(Error::invalid(
+                format!("block {b}"),
+                format!(
+                    "{} datasets of rows, expected {}",
+                    rows.len(),
+                    ids_in_order.len()
+                ),
+            ));
+        }
+        let f = out.writer();
+        for (&id, bytes) in ids_in_order.iter().zip(&rows) {
+            f.write_rows_raw(id, r.start, bytes)?;
+        }
+        out.commit(b)?;
+        let (fe, bs) = (&rows[4], &rows[5]);
+        for (i, p) in r.clone().enumerate() {
+            final_err[p] = f32::from_le_bytes(fe[4 * i..4 * i + 4].try_into().unwrap());
+            best[p] = i64::from_le_bytes(bs[8 * i..8 * i + 8].try_into().unwrap()).max(0) as usize;
+        }
+        if master {
+            // the workers' progress, as it arrives
+            progress((r.len() * k) as u64 * iterations);
+        }
+        Ok(())
+    })?;
     let stats = BlockStats {
         blocks: plan.count(),
         resumed_blocks: out.resumed_blocks,
@@ -203,7 +257,7 @@ pub fn phase_blocks(
         n,
         h,
         w,
-        iterations: program.iterations,
+        iterations,
         final_fourier_error: final_err,
         best_start: best,
         stats,
