@@ -90,7 +90,7 @@ fn main() {
     }
     // MPI (cargo feature `mpi`), only when an MPI launcher started this process; dropped
     // (MPI_Finalize) at the end of a successful run
-    let mpi = match cdiphase::run::dist::init() {
+    let _mpi = match cdiphase::run::dist::init() {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -109,7 +109,6 @@ fn main() {
         }
         std::process::exit(1);
     }
-    drop(mpi);
 }
 
 /// [`dispatch`] in an MPI job of several ranks: only the verbs that split their patterns

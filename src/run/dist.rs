@@ -146,6 +146,8 @@ pub fn c64_bytes(v: &[num_complex::Complex32]) -> Vec<u8> {
 }
 
 /// One block's message: its index, the number of buffers, their lengths, their bytes.
+// (used by the MPI transport only; unit-tested in every build)
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 fn encode(b: usize, rows: &Rows) -> Vec<u8> {
     let total: usize = rows.iter().map(Vec::len).sum();
     let mut m = Vec::with_capacity(16 + 8 * rows.len() + total);
@@ -160,6 +162,7 @@ fn encode(b: usize, rows: &Rows) -> Vec<u8> {
     m
 }
 
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
 fn decode(m: &[u8]) -> Result<(usize, Rows)> {
     let bad = || Error::invalid("MPI message", "a block's rows are truncated");
     let word = |i: usize| -> Result<usize> {
