@@ -323,6 +323,12 @@ mod imp {
         let mut next = todo.iter();
         let mut active = world.size() as usize - 1;
         while active > 0 {
+            // poll, then sleep: a blocking receive of OpenMPI spins a core at 100%, which
+            // the workers of this node need (the master waits most of the time)
+            if world.any_process().immediate_probe().is_none() {
+                std::thread::sleep(std::time::Duration::from_micros(500));
+                continue;
+            }
             let (msg, status) = world.any_process().receive_vec::<u8>();
             let got = match status.tag() {
                 TAG_ROWS => Some(decode(&msg)?),
