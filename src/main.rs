@@ -88,10 +88,41 @@ fn main() {
         eprintln!("error: installing the signal handlers: {e:#}");
         std::process::exit(1);
     }
-    if let Err(e) = dispatch(cli.cmd) {
-        eprintln!("error: {e:#}");
+    // MPI (cargo feature `mpi`), only when an MPI launcher started this process; dropped
+    // (MPI_Finalize) at the end of a successful run
+    let _mpi = match cdiphase::run::dist::init() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = dispatch_ranked(cli.cmd) {
+        let p = cdiphase::run::dist::place();
+        if p.size > 1 {
+            // one rank failed: stop the others (the journal lists only the blocks on
+            // disk, so --resume continues the job)
+            eprintln!("error (MPI rank {} of {}): {e:#}", p.rank, p.size);
+            cdiphase::run::dist::abort(1);
+        } else {
+            eprintln!("error: {e:#}");
+        }
         std::process::exit(1);
     }
+}
+
+/// [`dispatch`] in an MPI job of several ranks: only the verbs that split their patterns
+/// across ranks (`phase`, `predict`) run there; the others would write one output from
+/// every rank.
+fn dispatch_ranked(cmd: Cmd) -> Result<()> {
+    let size = cdiphase::run::dist::world_size();
+    if size > 1 && !matches!(cmd, Cmd::Phase(_) | Cmd::Predict(_)) {
+        anyhow::bail!(
+            "only `phase` and `predict` split their work across MPI ranks; run this verb as \
+             one process (without mpirun, or with -n 1); this job has {size} ranks"
+        );
+    }
+    dispatch(cmd)
 }
 
 /// Run a verb in this process from its arguments (without the program name), exactly as

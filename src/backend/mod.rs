@@ -161,7 +161,8 @@ pub fn emu_order() -> Result<emu::ScheduleOrder> {
     }
 }
 
-/// The GPU `--device cuda` uses: `CDIPHASE_CUDA_DEVICE` (an ordinal), 0 by default.
+/// The GPU `--device cuda` uses: `CDIPHASE_CUDA_DEVICE` (an ordinal), 0 by default (in an
+/// MPI job: the rank's own GPU, see [`crate::run::dist::default_cuda_ordinal`]).
 pub fn cuda_ordinal() -> Result<usize> {
     match std::env::var("CDIPHASE_CUDA_DEVICE") {
         Ok(v) => v.trim().parse().map_err(|_| {
@@ -169,7 +170,7 @@ pub fn cuda_ordinal() -> Result<usize> {
                 "CDIPHASE_CUDA_DEVICE='{v}': expected a GPU ordinal (0, 1, ...)"
             ))
         }),
-        Err(_) => Ok(0),
+        Err(_) => Ok(crate::run::dist::default_cuda_ordinal()),
     }
 }
 

@@ -32,7 +32,7 @@ pub struct RunArgs {
     pub json: bool,
     /// No progress bar.
     #[arg(short, long)]
-    quiet: bool,
+    pub quiet: bool,
 }
 
 /// Options of the verbs that run block by block (`phase`, `predict`, `support`).
@@ -62,7 +62,8 @@ impl BlockArgs {
         if self.block == 0 {
             bail!("--block 0: expected at least 1 pattern per block");
         }
-        if !self.resume {
+        // rank 0 of an MPI job alone opens the output
+        if !self.resume && !cdiphase::run::dist::is_worker() {
             if let Ok((partial, journal)) = cdiphase::io::journal::paths(dest) {
                 if journal.exists() && partial.exists() {
                     eprintln!(

@@ -84,7 +84,14 @@ pub struct PhaseArgs {
     pub blocks: BlockArgs,
 }
 
-pub fn run(a: PhaseArgs) -> Result<()> {
+pub fn run(mut a: PhaseArgs) -> Result<()> {
+    let worker = cdiphase::run::dist::is_worker();
+    // in an MPI job: the node's cores shared by its ranks; rank 0 alone reports
+    a.run.threads = a.run.threads.or(cdiphase::run::dist::default_threads());
+    if worker {
+        a.run.quiet = true;
+        a.run.json = false;
+    }
     let mut inputs = vec![("input", a.input.as_path())];
     for (opt, v) in [("--support", &a.support), ("--init", &a.init)] {
         if is_file_spec(v) {
@@ -267,6 +274,9 @@ pub fn run(a: PhaseArgs) -> Result<()> {
         )
     })?;
     pb.finish_and_clear();
+    if worker {
+        return Ok(());
+    }
     if let Some(line) = summary.guard_summary() {
         if !a.run.quiet {
             eprintln!("{line}");

@@ -45,7 +45,11 @@ pub struct PredictArgs {
     blocks: BlockArgs,
 }
 
-pub fn run(a: PredictArgs) -> Result<()> {
+pub fn run(mut a: PredictArgs) -> Result<()> {
+    let worker = cdiphase::run::dist::is_worker();
+    // in an MPI job: the node's cores shared by its ranks; rank 0 alone reports
+    a.threads = a.threads.or(cdiphase::run::dist::default_threads());
+    a.quiet |= worker;
     let device: Device = a.device.parse()?;
     if !(0.0..1.0).contains(&a.threshold) {
         bail!(
@@ -134,6 +138,9 @@ pub fn run(a: PredictArgs) -> Result<()> {
     })?;
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
+    if worker {
+        return Ok(());
+    }
     if !a.quiet {
         let on = if on_cpu {
             format!("{} threads", backend::cpu::thread_count(a.threads)?)

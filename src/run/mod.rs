@@ -7,6 +7,7 @@
 //! [`crate::nn::predict::predict`], [`crate::support::estimate_from_patterns`]) on the
 //! whole file, bit for bit, for every block size.
 
+pub mod dist;
 pub mod phase;
 pub mod predict;
 pub mod support;

@@ -3,13 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::dist::{self, Rows};
 use super::{shifted, BlockRun, BlockStats};
 use crate::backend::{Backend, Progress};
-use crate::io::blocks::{pipeline, window, PatternBlocks};
+use crate::io::blocks::{window, BlockPlan, PatternBlocks};
 use crate::io::stream::{Dtype, StreamId};
 use crate::phasing::program::Program;
 use crate::phasing::schedule::Schedule;
-use crate::phasing::{self, InitSpec, PhaseConfig, Reconstruction, SupportSpec};
+use crate::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
 use crate::{Error, Result};
 
 /// What a block-wise phasing run reports (per pattern: every block, resumed ones too).
@@ -22,8 +23,8 @@ pub struct PhaseSummary {
     /// Final Fourier error of the best start, per pattern.
     pub final_fourier_error: Vec<f32>,
     pub best_start: Vec<usize>,
-    /// Per start (N*K, every block): shrinkwraps refused by the support guard, and the
-    /// final threshold factors.
+    /// Per start (N*K, every block; empty on an MPI worker): shrinkwraps refused by the
+    /// support guard, and the final threshold factors.
     pub guard_events: Vec<u32>,
     pub threshold_factor: Vec<f32>,
     pub stats: BlockStats,
@@ -36,6 +37,35 @@ impl PhaseSummary {
     }
 }
 
+/// Datasets of the figures of merit, in the order of their rows after `all_final`:
+/// (name, shape kind: 0 = best-start history (N,L), 1 = every start's (N,K,L), 2 = best
+/// start (N), 3 = every start (N,K)), as [`crate::phasing::Reconstruction::write_cxi`]
+/// writes them.
+const MERIT_ROWS: [(&str, u8); 12] = [
+    ("llk", 0),
+    ("all_llk", 1),
+    ("free_llk", 0),
+    ("all_free_llk", 1),
+    ("outside_energy", 0),
+    ("all_outside_energy", 1),
+    ("final_llk", 2),
+    ("all_final_llk", 3),
+    ("final_free_llk", 2),
+    ("all_final_free_llk", 3),
+    ("final_support_fraction", 2),
+    ("all_final_support_fraction", 3),
+];
+
+/// The values of little-endian `f32` / `i64` rows.
+fn f32s(b: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+}
+fn i64s(b: &[u8]) -> impl Iterator<Item = i64> + '_ {
+    b.chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+}
+
 struct Ids {
     data: StreamId,
     support: StreamId,
@@ -45,46 +75,9 @@ struct Ids {
     best_start: StreamId,
     all_fourier: StreamId,
     all_final: StreamId,
-    merits: MeritIds,
+    /// [`MERIT_ROWS`], then the threshold factors (N,K) f32 and the guard events (N,K) i64.
+    merits: Vec<StreamId>,
     keep: Option<(StreamId, StreamId)>,
-}
-
-/// The Poisson figures of merit, as [`Reconstruction::write_cxi`] writes them.
-struct MeritIds {
-    /// (best-start history (N,L), every start's (N,K,L)) of llk, free_llk, outside_energy.
-    hist: [(StreamId, StreamId); 3],
-    /// (best start (N), every start (N,K)) of final llk, free_llk, support_fraction.
-    fin: [(StreamId, StreamId); 3],
-    threshold_factor: StreamId,
-    guard_events: StreamId,
-}
-
-/// The `i64` rows `first..first + k` of `id` read back from the partial output.
-fn read_i64(
-    f: &mut crate::io::stream::StreamWriter,
-    id: StreamId,
-    first: usize,
-    k: usize,
-) -> Result<Vec<i64>> {
-    let raw = f.read_rows_raw(id, first, k)?;
-    Ok(raw
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect())
-}
-
-/// The `f32` rows `first..first + k` of `id` read back from the partial output.
-fn read_f32(
-    f: &mut crate::io::stream::StreamWriter,
-    id: StreamId,
-    first: usize,
-    k: usize,
-) -> Result<Vec<f32>> {
-    let raw = f.read_rows_raw(id, first, k)?;
-    Ok(raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect())
 }
 
 /// Phase every pattern of `input` with `cfg` (its `seed` is the whole file's; a given
@@ -115,7 +108,89 @@ pub fn phase_blocks(
     let mut template = cfg.clone();
     let support = std::mem::replace(&mut template.support, SupportSpec::Circle { radius: 1.0 });
     let init = std::mem::replace(&mut template.init, InitSpec::Random);
-    let (plan, mut out, ids) = run.begin(n, |f| {
+    let iterations = program.iterations;
+    let compute_ns = AtomicU64::new(0);
+    let plan = BlockPlan::new(n, run.block)?;
+    let read = |b: usize| input.read(plan.range(b));
+    // a block's rows, one buffer per streamed dataset in the order they are declared below
+    let compute = |b: usize, patterns| -> Result<Rows> {
+        let r = plan.range(b);
+        let mut c = template.clone();
+        c.seed = crate::rng::offset_seed(cfg.seed, r.start);
+        c.support = match &support {
+            SupportSpec::Given(s) => SupportSpec::Given(window(s, r.clone())),
+            other => other.clone(),
+        };
+        c.init = match &init {
+            InitSpec::Given(o) => InitSpec::Given(window(o, r.clone())),
+            InitSpec::Random => InitSpec::Random,
+        };
+        let rec =
+            phasing::phase(backend, &patterns, &c, progress).map_err(|e| shifted(e, r.start))?;
+        // the backend's run, as `Reconstruction::seconds` of a whole-file run counts it
+        // (preparation and I/O not included)
+        compute_ns.fetch_add((rec.seconds * 1e9) as u64, Ordering::Relaxed);
+        let bs: Vec<u8> = rec
+            .best_start
+            .iter()
+            .flat_map(|&s| (s as i64).to_le_bytes())
+            .collect();
+        let mut rows = vec![
+            dist::c64_bytes(&rec.objects.data),
+            rec.supports.data.clone(),
+            dist::f32_bytes(&rec.best_histories(&rec.fourier_error)),
+            dist::f32_bytes(&rec.best_histories(&rec.real_error)),
+            dist::f32_bytes(&rec.best_final_errors()),
+            bs,
+            dist::f32_bytes(&rec.fourier_error),
+            dist::f32_bytes(&rec.final_fourier_error),
+        ];
+        let m = rec
+            .merits
+            .as_ref()
+            .ok_or_else(|| Error::Config("a phasing block returned no figures of merit".into()))?;
+        let outside: Vec<f32> = rec.real_error.iter().map(|r| r * r).collect();
+        for v in [&m.llk, &m.free_llk, &outside] {
+            rows.push(dist::f32_bytes(&rec.best_histories(v)));
+            rows.push(dist::f32_bytes(v));
+        }
+        for v in [&m.final_llk, &m.final_free_llk, &m.final_support_fraction] {
+            rows.push(dist::f32_bytes(&rec.best_of(v)));
+            rows.push(dist::f32_bytes(v));
+        }
+        rows.push(dist::f32_bytes(&m.threshold_factor));
+        rows.push(
+            m.guard_events
+                .iter()
+                .flat_map(|&e| (e as i64).to_le_bytes())
+                .collect(),
+        );
+        if let (true, Some(o), Some(s)) = (cfg.keep_all, &rec.all_objects, &rec.all_supports) {
+            rows.push(dist::c64_bytes(o));
+            rows.push(s.clone());
+        }
+        Ok(rows)
+    };
+    if dist::is_worker() {
+        // an MPI worker: rank 0 opens, writes and reports the output
+        dist::work(read, compute)?;
+        return Ok(PhaseSummary {
+            n,
+            h,
+            w,
+            iterations,
+            final_fourier_error: Vec::new(),
+            best_start: Vec::new(),
+            guard_events: Vec::new(),
+            threshold_factor: Vec::new(),
+            stats: BlockStats {
+                blocks: plan.count(),
+                compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
+                ..BlockStats::default()
+            },
+        });
+    }
+    let (_, mut out, ids) = run.begin(n, |f| {
         f.i64("cxi_version", &[1], &[150])?;
         f.attr_string("entry_1", "NX_class", "NXentry")?;
         let data = f.stream("entry_1/image_1/data", Dtype::Complex64, &[n, h, w])?;
@@ -146,47 +221,32 @@ pub fn phase_blocks(
             env!("CARGO_PKG_VERSION"),
         )?;
         f.attr_string("entry_1/image_1", "configuration", &config.to_string())?;
-        let mut hist = Vec::new();
-        for (name, what) in [
-            ("llk", Some(phasing::LLK_DESCRIPTION)),
-            ("free_llk", Some(phasing::FREE_LLK_DESCRIPTION)),
-            ("outside_energy", None),
-        ] {
-            let best = f.stream(&format!("entry_1/image_1/{name}"), Dtype::F32, &[n, l])?;
-            if let Some(what) = what {
-                f.attr_string(&format!("entry_1/image_1/{name}"), "description", what)?;
-            }
-            let all = f.stream(
-                &format!("entry_1/image_1/all_{name}"),
-                Dtype::F32,
-                &[n, k, l],
-            )?;
-            hist.push((best, all));
+        let mut merits = Vec::new();
+        for (name, kind) in MERIT_ROWS {
+            let shape: &[usize] = match kind {
+                0 => &[n, l],
+                1 => &[n, k, l],
+                2 => &[n],
+                _ => &[n, k],
+            };
+            merits.push(f.stream(&format!("entry_1/image_1/{name}"), Dtype::F32, shape)?);
         }
-        let mut fin = Vec::new();
-        for name in ["llk", "free_llk", "support_fraction"] {
-            let best = f.stream(&format!("entry_1/image_1/final_{name}"), Dtype::F32, &[n])?;
-            let all = f.stream(
-                &format!("entry_1/image_1/all_final_{name}"),
-                Dtype::F32,
-                &[n, k],
-            )?;
-            fin.push((best, all));
-        }
-        let merits = MeritIds {
-            hist: [hist[0], hist[1], hist[2]],
-            fin: [fin[0], fin[1], fin[2]],
-            threshold_factor: f.stream(
-                "entry_1/image_1/all_threshold_factor",
-                Dtype::F32,
-                &[n, k],
-            )?,
-            guard_events: f.stream(
-                "entry_1/image_1/all_support_guard_events",
-                Dtype::I64,
-                &[n, k],
-            )?,
-        };
+        f.attr_string(
+            "entry_1/image_1/llk",
+            "description",
+            phasing::LLK_DESCRIPTION,
+        )?;
+        f.attr_string(
+            "entry_1/image_1/free_llk",
+            "description",
+            phasing::FREE_LLK_DESCRIPTION,
+        )?;
+        merits.push(f.stream("entry_1/image_1/all_threshold_factor", Dtype::F32, &[n, k])?);
+        merits.push(f.stream(
+            "entry_1/image_1/all_support_guard_events",
+            Dtype::I64,
+            &[n, k],
+        )?);
         f.string(
             "entry_1/image_1/selection",
             &serde_json::to_string(&cfg.selection).unwrap_or_default(),
@@ -220,22 +280,29 @@ pub fn phase_blocks(
     let mut best = vec![0usize; n];
     let mut guard_events = vec![0u32; n * k];
     let mut threshold_factor = vec![1f32; n * k];
+    let (tf_id, ev_id) = (
+        ids.merits[MERIT_ROWS.len()],
+        ids.merits[MERIT_ROWS.len() + 1],
+    );
     // blocks finished by an earlier run: their summary values from the partial file
     for b in 0..plan.count() {
         if out.is_done(b) {
             let r = plan.range(b);
+            let tf = out.writer().read_rows_raw(tf_id, r.start, r.len())?;
+            let ev = out.writer().read_rows_raw(ev_id, r.start, r.len())?;
+            let items = r.start * k..r.end * k;
+            for (d, v) in threshold_factor[items.clone()].iter_mut().zip(f32s(&tf)) {
+                *d = v;
+            }
+            for (d, v) in guard_events[items].iter_mut().zip(i64s(&ev)) {
+                *d = v.clamp(0, u32::MAX as i64) as u32;
+            }
             let fe = out
                 .writer()
                 .read_rows_raw(ids.final_best, r.start, r.len())?;
             let bs = out
                 .writer()
                 .read_rows_raw(ids.best_start, r.start, r.len())?;
-            let ev = read_i64(out.writer(), ids.merits.guard_events, r.start, r.len())?;
-            let tf = read_f32(out.writer(), ids.merits.threshold_factor, r.start, r.len())?;
-            for (j, (e, t)) in ev.iter().zip(&tf).enumerate() {
-                guard_events[r.start * k + j] = (*e).clamp(0, u32::MAX as i64) as u32;
-                threshold_factor[r.start * k + j] = *t;
-            }
             for (i, p) in r.enumerate() {
                 final_err[p] = f32::from_le_bytes(fe[4 * i..4 * i + 4].try_into().unwrap());
                 best[p] =
@@ -244,86 +311,60 @@ pub fn phase_blocks(
         }
     }
     let todo = out.todo();
-    let compute_ns = AtomicU64::new(0);
-    pipeline(
-        &todo,
-        |b| input.read(plan.range(b)),
-        |b, patterns| {
-            let r = plan.range(b);
-            let mut c = template.clone();
-            c.seed = crate::rng::offset_seed(cfg.seed, r.start);
-            c.support = match &support {
-                SupportSpec::Given(s) => SupportSpec::Given(window(s, r.clone())),
-                other => other.clone(),
-            };
-            c.init = match &init {
-                InitSpec::Given(o) => InitSpec::Given(window(o, r.clone())),
-                InitSpec::Random => InitSpec::Random,
-            };
-            let rec = phasing::phase(backend, &patterns, &c, progress)
-                .map_err(|e| shifted(e, r.start))?;
-            // the backend's run, as `Reconstruction::seconds` of a whole-file run counts it
-            // (preparation and I/O not included)
-            compute_ns.fetch_add((rec.seconds * 1e9) as u64, Ordering::Relaxed);
-            Ok(rec)
-        },
-        |b, rec: Reconstruction| {
-            let first = plan.range(b).start;
-            let f = out.writer();
-            f.write_rows_complex64(ids.data, first, &rec.objects.data)?;
-            f.write_rows_u8(ids.support, first, &rec.supports.data)?;
-            f.write_rows_f32(ids.fourier, first, &rec.best_histories(&rec.fourier_error))?;
-            f.write_rows_f32(ids.real, first, &rec.best_histories(&rec.real_error))?;
-            let fe = rec.best_final_errors();
-            f.write_rows_f32(ids.final_best, first, &fe)?;
-            let bs: Vec<u8> = rec
-                .best_start
-                .iter()
-                .flat_map(|&s| (s as i64).to_le_bytes())
-                .collect();
-            f.write_rows_raw(ids.best_start, first, &bs)?;
-            f.write_rows_f32(ids.all_fourier, first, &rec.fourier_error)?;
-            f.write_rows_f32(ids.all_final, first, &rec.final_fourier_error)?;
-            let m = rec.merits.as_ref().ok_or_else(|| {
-                Error::Config("a phasing block returned no figures of merit".into())
-            })?;
-            let outside: Vec<f32> = rec.real_error.iter().map(|r| r * r).collect();
-            for ((best_id, all_id), v) in
-                ids.merits.hist.iter().zip([&m.llk, &m.free_llk, &outside])
-            {
-                f.write_rows_f32(*best_id, first, &rec.best_histories(v))?;
-                f.write_rows_f32(*all_id, first, v)?;
-            }
-            for ((best_id, all_id), v) in ids.merits.fin.iter().zip([
-                &m.final_llk,
-                &m.final_free_llk,
-                &m.final_support_fraction,
-            ]) {
-                f.write_rows_f32(*best_id, first, &rec.best_of(v))?;
-                f.write_rows_f32(*all_id, first, v)?;
-            }
-            f.write_rows_f32(ids.merits.threshold_factor, first, &m.threshold_factor)?;
-            let ev: Vec<u8> = m
-                .guard_events
-                .iter()
-                .flat_map(|&e| (e as i64).to_le_bytes())
-                .collect();
-            f.write_rows_raw(ids.merits.guard_events, first, &ev)?;
-            if let (Some((io, is)), Some(o), Some(s)) =
-                (ids.keep, &rec.all_objects, &rec.all_supports)
-            {
-                f.write_rows_complex64(io, first, o)?;
-                f.write_rows_u8(is, first, s)?;
-            }
-            out.commit(b)?;
-            final_err[first..first + fe.len()].copy_from_slice(&fe);
-            best[first..first + fe.len()].copy_from_slice(&rec.best_start);
-            let items = first * k..first * k + m.guard_events.len();
-            guard_events[items.clone()].copy_from_slice(&m.guard_events);
-            threshold_factor[items].copy_from_slice(&m.threshold_factor);
-            Ok(())
-        },
-    )?;
+    let ids_in_order = {
+        let mut v = vec![
+            ids.data,
+            ids.support,
+            ids.fourier,
+            ids.real,
+            ids.final_best,
+            ids.best_start,
+            ids.all_fourier,
+            ids.all_final,
+        ];
+        v.extend(&ids.merits);
+        if let Some((o, s)) = ids.keep {
+            v.extend([o, s]);
+        }
+        v
+    };
+    let master = dist::is_master();
+    dist::run_blocks(&todo, read, compute, |b, rows: Rows| {
+        let r = plan.range(b);
+        if rows.len() != ids_in_order.len() {
+            return Err(Error::invalid(
+                format!("block {b}"),
+                format!(
+                    "{} datasets of rows, expected {}",
+                    rows.len(),
+                    ids_in_order.len()
+                ),
+            ));
+        }
+        let f = out.writer();
+        for (&id, bytes) in ids_in_order.iter().zip(&rows) {
+            f.write_rows_raw(id, r.start, bytes)?;
+        }
+        out.commit(b)?;
+        let (fe, bs) = (&rows[4], &rows[5]);
+        let (tf, ev) = (&rows[8 + MERIT_ROWS.len()], &rows[9 + MERIT_ROWS.len()]);
+        let items = r.start * k..r.end * k;
+        for (d, v) in threshold_factor[items.clone()].iter_mut().zip(f32s(tf)) {
+            *d = v;
+        }
+        for (d, v) in guard_events[items].iter_mut().zip(i64s(ev)) {
+            *d = v.clamp(0, u32::MAX as i64) as u32;
+        }
+        for (i, p) in r.clone().enumerate() {
+            final_err[p] = f32::from_le_bytes(fe[4 * i..4 * i + 4].try_into().unwrap());
+            best[p] = i64::from_le_bytes(bs[8 * i..8 * i + 8].try_into().unwrap()).max(0) as usize;
+        }
+        if master {
+            // the workers' progress, as it arrives
+            progress((r.len() * k) as u64 * iterations);
+        }
+        Ok(())
+    })?;
     let stats = BlockStats {
         blocks: plan.count(),
         resumed_blocks: out.resumed_blocks,
@@ -335,7 +376,7 @@ pub fn phase_blocks(
         n,
         h,
         w,
-        iterations: program.iterations,
+        iterations,
         final_fourier_error: final_err,
         best_start: best,
         guard_events,

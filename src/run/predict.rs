@@ -2,14 +2,16 @@
 //! on windows of patterns, written as [`crate::nn::predict::Prediction::write_cxi`] writes
 //! the whole run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use super::dist::{self, Rows};
 use super::{shifted, BlockRun, BlockStats};
 use crate::backend::{Backend, NetOptions};
-use crate::io::blocks::{pipeline, PatternBlocks};
+use crate::io::blocks::{BlockPlan, PatternBlocks};
 use crate::io::stream::Dtype;
+use crate::io::PatternSet;
 use crate::nn::model::Model;
-use crate::nn::predict::{check_measured, predict_with, Prediction};
+use crate::nn::predict::{check_measured, predict_with};
 use crate::{Error, Result};
 
 /// Run `model` over every pattern of `input`, `batch` patterns per forward (the block size
@@ -50,7 +52,41 @@ pub fn predict_blocks(
         });
     }
     let (oh, ow) = (os[0], os[1]);
-    let (plan, mut out, (data, support)) = run.begin(n, |f| {
+    let plan = BlockPlan::new(n, run.block)?;
+    let compute_ns = AtomicU64::new(0);
+    // patterns done (resumed ones included), for `progress`
+    let done = AtomicUsize::new(0);
+    let read = |b: usize| input.read(plan.range(b));
+    // a block's rows: the network output, then the support
+    let mut compute = |b: usize, p: PatternSet| -> Result<Rows> {
+        let r = plan.range(b);
+        let t = std::time::Instant::now();
+        check_measured(&p.intensities, p.mask.as_ref()).map_err(|e| shifted(e, r.start))?;
+        let before = done.load(Ordering::Relaxed);
+        let pred = predict_with(
+            &model.spec,
+            &os,
+            &p.intensities,
+            p.mask.as_ref(),
+            batch,
+            threshold,
+            &mut |x, k| net.forward(x, k),
+            &|d| progress(before + d),
+        )?;
+        done.fetch_add(r.len(), Ordering::Relaxed);
+        compute_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(vec![dist::f32_bytes(&pred.output), pred.support])
+    };
+    if dist::is_worker() {
+        // an MPI worker: rank 0 opens, writes and reports the output
+        dist::work(read, &mut compute)?;
+        return Ok(BlockStats {
+            blocks: plan.count(),
+            compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
+            ..BlockStats::default()
+        });
+    }
+    let (_, mut out, (data, support)) = run.begin(n, |f| {
         let data = f.stream("entry_1/image_1/data", Dtype::F32, &[n, oh, ow])?;
         let support = f.stream("entry_1/image_1/support", Dtype::U8, &[n, oh, ow])?;
         f.string("entry_1/image_1/process_1/model", model_label)?;
@@ -58,44 +94,35 @@ pub fn predict_blocks(
         Ok((data, support))
     })?;
     let todo = out.todo();
-    let mut done = 0;
+    let mut resumed = 0;
     for b in 0..plan.count() {
         if out.is_done(b) {
-            done += plan.range(b).len();
+            resumed += plan.range(b).len();
         }
     }
-    progress(done);
-    let compute_ns = AtomicU64::new(0);
-    pipeline(
-        &todo,
-        |b| input.read(plan.range(b)),
-        |b, p| {
-            let r = plan.range(b);
-            let t = std::time::Instant::now();
-            check_measured(&p.intensities, p.mask.as_ref()).map_err(|e| shifted(e, r.start))?;
-            let before = done;
-            let pred = predict_with(
-                &model.spec,
-                &os,
-                &p.intensities,
-                p.mask.as_ref(),
-                batch,
-                threshold,
-                &mut |x, k| net.forward(x, k),
-                &|d| progress(before + d),
-            )?;
-            done += r.len();
-            compute_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            Ok(pred)
-        },
-        |b, pred: Prediction| {
-            let first = plan.range(b).start;
-            let f = out.writer();
-            f.write_rows_f32(data, first, &pred.output)?;
-            f.write_rows_u8(support, first, &pred.support)?;
-            out.commit(b)
-        },
-    )?;
+    done.store(resumed, Ordering::Relaxed);
+    progress(resumed);
+    let master = dist::is_master();
+    let mut written = resumed;
+    dist::run_blocks(&todo, read, &mut compute, |b, rows: Rows| {
+        let r = plan.range(b);
+        let [output, sup]: [Vec<u8>; 2] = rows.try_into().map_err(|rows: Rows| {
+            Error::invalid(
+                format!("block {b}"),
+                format!("{} datasets of rows, expected 2", rows.len()),
+            )
+        })?;
+        let f = out.writer();
+        f.write_rows_raw(data, r.start, &output)?;
+        f.write_rows_raw(support, r.start, &sup)?;
+        out.commit(b)?;
+        written += r.len();
+        if master {
+            // the workers' progress, as it arrives
+            progress(written);
+        }
+        Ok(())
+    })?;
     let stats = BlockStats {
         blocks: plan.count(),
         resumed_blocks: out.resumed_blocks,
