@@ -11,13 +11,10 @@
 mod common;
 
 use common::cli::{bin, ok};
-use std::path::{Path, PathBuf};
+use common::files::{p, same_data, simulate};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn p(x: &Path) -> &str {
-    x.to_str().unwrap()
-}
 
 /// `mpirun -n K cdiphase ARGS` on localhost (root allowed, more ranks than cores allowed).
 fn mpirun(k: usize, args: &[&str]) -> Output {
@@ -44,67 +41,6 @@ fn mpi_ok(k: usize, args: &[&str]) -> Output {
         String::from_utf8_lossy(&o.stderr)
     );
     o
-}
-
-/// `count` synthetic particles of `size` x `size` with a beamstop mask in `dir/name`.
-fn simulate(dir: &Path, name: &str, count: usize, size: usize) -> PathBuf {
-    let out = dir.join(name);
-    ok(&[
-        "simulate",
-        "--synthetic",
-        "all",
-        "--count",
-        &count.to_string(),
-        "--size",
-        &size.to_string(),
-        "--mask",
-        "beamstop:2",
-        "--photons",
-        "1e7",
-        "--noise",
-        "poisson",
-        "-o",
-        p(&out),
-        "-q",
-    ]);
-    out
-}
-
-/// Every numeric dataset of `a` and `b` holds the same values, bit for bit, and both files
-/// list the same datasets.
-fn same_data(a: &Path, b: &Path) {
-    let la = cdiphase::io::list_datasets(a).unwrap();
-    let lb = cdiphase::io::list_datasets(b).unwrap();
-    assert_eq!(la, lb, "{} vs {}", a.display(), b.display());
-    let mut numeric = 0;
-    for (name, _, dtype) in &lb {
-        let what = format!("{name} ({dtype}) of {} vs {}", a.display(), b.display());
-        if dtype.contains("complex") {
-            let (sa, va) = cdiphase::io::read_complex_nd(a, name).unwrap();
-            let (sb, vb) = cdiphase::io::read_complex_nd(b, name).unwrap();
-            assert_eq!(sa, sb, "{what}");
-            let bits = |v: &[num_complex::Complex32]| {
-                v.iter()
-                    .map(|c| (c.re.to_bits(), c.im.to_bits()))
-                    .collect::<Vec<_>>()
-            };
-            assert!(bits(&va) == bits(&vb), "{what}: values differ");
-            numeric += 1;
-        } else if let (Ok((sa, va)), Ok((sb, vb))) = (
-            cdiphase::io::read_f32(a, name),
-            cdiphase::io::read_f32(b, name),
-        ) {
-            assert_eq!(sa, sb, "{what}");
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert!(bits(&va) == bits(&vb), "{what}: values differ");
-            numeric += 1;
-        }
-    }
-    assert!(
-        numeric >= 2,
-        "no numeric datasets compared in {}",
-        a.display()
-    );
 }
 
 /// No partial output or journal is left in `dir`.
@@ -153,7 +89,7 @@ fn phase_on_1_2_and_3_ranks_writes_the_one_process_data() {
         let out = dir.join(format!("ranks{k}.cxi"));
         let a = flags(&out);
         mpi_ok(k, &a.iter().map(String::as_str).collect::<Vec<_>>());
-        same_data(&one, &out);
+        same_data(&one, &out, true);
         // the same flags (threads included): the configuration too, so the whole file
         assert!(
             std::fs::read(&one).unwrap() == std::fs::read(&out).unwrap(),
@@ -193,7 +129,7 @@ fn predict_on_1_2_and_3_ranks_writes_the_one_process_data() {
         let out = dir.join(format!("ranks{k}.cxi"));
         let a = args(&out);
         mpi_ok(k, &a.iter().map(String::as_str).collect::<Vec<_>>());
-        same_data(&one, &out);
+        same_data(&one, &out, true);
     }
     no_leftovers(dir);
 }
@@ -255,7 +191,7 @@ fn a_one_process_run_killed_by_sigkill_is_resumed_by_three_ranks() {
     let mut again = flags.clone();
     again[3] = p(&whole);
     ok(&again);
-    same_data(&whole, &out);
+    same_data(&whole, &out, true);
     no_leftovers(dir);
 }
 

@@ -50,6 +50,33 @@ pub struct BlockStats {
     pub compute_seconds: f64,
 }
 
+impl BlockStats {
+    /// The statistics of a finished run over `plan`: `todo` the blocks it computed,
+    /// `compute_ns` the nanoseconds they took.
+    pub(crate) fn finished(
+        plan: &BlockPlan,
+        resumed_blocks: usize,
+        todo: &[usize],
+        compute_ns: std::sync::atomic::AtomicU64,
+    ) -> Self {
+        BlockStats {
+            blocks: plan.count(),
+            resumed_blocks,
+            computed_patterns: todo.iter().map(|&b| plan.range(b).len()).sum(),
+            compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
+        }
+    }
+
+    /// An MPI worker's: rank 0 counts the blocks; the worker knows its compute time.
+    pub(crate) fn worker(plan: &BlockPlan, compute_ns: std::sync::atomic::AtomicU64) -> Self {
+        BlockStats {
+            blocks: plan.count(),
+            compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
+            ..BlockStats::default()
+        }
+    }
+}
+
 impl BlockRun<'_> {
     /// Open the output over `n` patterns: the identity with the inputs' fingerprints, the
     /// journal, the layout (`declare`).

@@ -183,11 +183,7 @@ pub fn phase_blocks(
             best_start: Vec::new(),
             guard_events: Vec::new(),
             threshold_factor: Vec::new(),
-            stats: BlockStats {
-                blocks: plan.count(),
-                compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
-                ..BlockStats::default()
-            },
+            stats: BlockStats::worker(&plan, compute_ns),
         });
     }
     let (_, mut out, ids) = run.begin(n, |f| {
@@ -365,12 +361,7 @@ pub fn phase_blocks(
         }
         Ok(())
     })?;
-    let stats = BlockStats {
-        blocks: plan.count(),
-        resumed_blocks: out.resumed_blocks,
-        computed_patterns: todo.iter().map(|&b| plan.range(b).len()).sum(),
-        compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
-    };
+    let stats = BlockStats::finished(&plan, out.resumed_blocks, &todo, compute_ns);
     out.finish()?;
     Ok(PhaseSummary {
         n,

@@ -80,11 +80,7 @@ pub fn predict_blocks(
     if dist::is_worker() {
         // an MPI worker: rank 0 opens, writes and reports the output
         dist::work(read, &mut compute)?;
-        return Ok(BlockStats {
-            blocks: plan.count(),
-            compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
-            ..BlockStats::default()
-        });
+        return Ok(BlockStats::worker(&plan, compute_ns));
     }
     let (_, mut out, (data, support)) = run.begin(n, |f| {
         let data = f.stream("entry_1/image_1/data", Dtype::F32, &[n, oh, ow])?;
@@ -123,12 +119,7 @@ pub fn predict_blocks(
         }
         Ok(())
     })?;
-    let stats = BlockStats {
-        blocks: plan.count(),
-        resumed_blocks: out.resumed_blocks,
-        computed_patterns: todo.iter().map(|&b| plan.range(b).len()).sum(),
-        compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
-    };
+    let stats = BlockStats::finished(&plan, out.resumed_blocks, &todo, compute_ns);
     out.finish()?;
     Ok(stats)
 }

@@ -122,12 +122,7 @@ pub fn support_blocks(
             Ok(())
         },
     )?;
-    let stats = BlockStats {
-        blocks: plan.count(),
-        resumed_blocks: out.resumed_blocks,
-        computed_patterns: todo.iter().map(|&b| plan.range(b).len()).sum(),
-        compute_seconds: compute_ns.into_inner() as f64 * 1e-9,
-    };
+    let stats = BlockStats::finished(&plan, out.resumed_blocks, &todo, compute_ns);
     out.finish()?;
     Ok(SupportSummary {
         areas,
