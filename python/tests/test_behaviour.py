@@ -105,6 +105,17 @@ def _interrupt_after(seconds):
     return timer
 
 
+@pytest.fixture(autouse=True)
+def _python_handles_sigint():
+    """Python's own Ctrl-C handler for the duration of a test. A process started in the
+    background by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and Python then
+    installs no handler: a SIGINT would do nothing, and the Ctrl-C tests would test the
+    launcher, not cdiphase."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_ctrl_c_interrupts_phase_within_a_second(small, threads):
     timer = _interrupt_after(0.5)
