@@ -30,10 +30,9 @@ model = cdiphase.Model.load()
 pred = model.predict(sim.patterns, sim.mask, threshold=0.1)
 print(model, "->", pred)
 
-# 3. phase from the predicted support, with shrinkwrap and 4 random starts per pattern
-res = cdiphase.phase(sim.patterns, sim.mask, support=pred.support,
-                     schedule="40*(20*HIO + 5*ER) + 50*ER",
-                     shrinkwrap="sigma=1,threshold=0.1,every=100", starts=4, seed=0)
+# 3. phase from the predicted support with the measured default recipe (HIO then ER,
+#    shrinkwrap, positivity) and 4 random starts per pattern
+res = cdiphase.phase(sim.patterns, sim.mask, support=pred.support, starts=4, seed=0)
 print(res)
 
 # 4. metrics against the ground truth (the numbers of `cdiphase evaluate`)

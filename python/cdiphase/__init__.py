@@ -66,7 +66,27 @@ BUNDLED_MODEL: str = _native.BUNDLED_MODEL
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-DEFAULT_SCHEDULE = "2000*(5*HIO + 5*ER)"
+#: The measured default recipe (``cdiphase phase`` without ``--algorithm`` and
+#: ``--shrinkwrap``): :func:`phase` runs it when neither ``schedule`` nor ``shrinkwrap`` is
+#: given, with positivity (README, "Phasing recipes that work").
+DEFAULT_SCHEDULE: str = _native.RECIPE_SCHEDULE
+DEFAULT_SHRINKWRAP: str = _native.RECIPE_SHRINKWRAP
+
+#: The figure-of-merit arrays of a :class:`PhaseResult` (the CXI datasets of the same names).
+_MERITS = (
+    "llk",
+    "free_llk",
+    "all_llk",
+    "all_free_llk",
+    "final_llk",
+    "final_free_llk",
+    "final_support_fraction",
+    "all_final_llk",
+    "all_final_free_llk",
+    "all_final_support_fraction",
+    "all_threshold_factor",
+    "all_support_guard_events",
+)
 
 
 # ----------------------------------------------------------------------------------------
@@ -398,6 +418,17 @@ class PhaseResult:
         Every start's histories.
     all_objects : (N, K, H, W) complex64 and all_supports : (N, K, H, W) uint8
         Every start, with ``keep_all=True`` (else None).
+    llk, free_llk, outside_energy : (N, L) float32; all_llk, all_free_llk : (N, K, L)
+        Poisson log-likelihood per measured pixel, the same over the held-out pixels
+        (``free_fraction``; NaN without), and the energy outside the support (the square
+        of the real-space error), recorded with the Fourier error.
+    final_llk, final_free_llk, final_support_fraction : (N,); all_final_* : (N, K)
+        The same on each final object, and its support's fraction of the field.
+    all_threshold_factor : (N, K) float32; all_support_guard_events : (N, K) int64
+        Each start's final shrinkwrap threshold factor and how many shrinkwraps the support
+        guard refused.
+    selection : dict
+        How ``best_start`` was chosen (criterion and admissible support fractions).
     iterations : int; seconds : float; device : str; configuration : dict
     """
 
@@ -413,10 +444,28 @@ class PhaseResult:
         self.all_final_fourier_error: np.ndarray = d["all_final_fourier_error"]
         self.all_objects: Optional[np.ndarray] = d.get("all_objects")
         self.all_supports: Optional[np.ndarray] = d.get("all_supports")
+        self.llk: np.ndarray = d["llk"]
+        self.free_llk: np.ndarray = d["free_llk"]
+        self.all_llk: np.ndarray = d["all_llk"]
+        self.all_free_llk: np.ndarray = d["all_free_llk"]
+        self.final_llk: np.ndarray = d["final_llk"]
+        self.final_free_llk: np.ndarray = d["final_free_llk"]
+        self.final_support_fraction: np.ndarray = d["final_support_fraction"]
+        self.all_final_llk: np.ndarray = d["all_final_llk"]
+        self.all_final_free_llk: np.ndarray = d["all_final_free_llk"]
+        self.all_final_support_fraction: np.ndarray = d["all_final_support_fraction"]
+        self.all_threshold_factor: np.ndarray = d["all_threshold_factor"]
+        self.all_support_guard_events: np.ndarray = d["all_support_guard_events"]
+        self.selection: Dict[str, Any] = json.loads(d["selection"])
         self.iterations: int = int(d["iterations"])
         self.seconds: float = float(d["seconds"])
         self.device: str = d["device"]
         self.configuration: Dict[str, Any] = json.loads(d["configuration"])
+
+    @property
+    def outside_energy(self) -> np.ndarray:
+        """(N, L): energy outside the support, the square of the real-space error."""
+        return self.real_space_error * self.real_space_error
 
     def __len__(self) -> int:
         return int(self.objects.shape[0])
@@ -446,6 +495,10 @@ class PhaseResult:
             self.seconds,
             self.device,
             json.dumps(self.configuration),
+            {
+                **{name: getattr(self, name) for name in _MERITS},
+                "selection": json.dumps(self.selection),
+            },
         )
 
 
@@ -453,7 +506,7 @@ def phase(
     intensities: Any,
     mask: Any = None,
     *,
-    schedule: str = DEFAULT_SCHEDULE,
+    schedule: Optional[str] = None,
     beta: float = 0.9,
     support: Any = "autocorrelation:0.04",
     init: Any = "random",
@@ -465,6 +518,9 @@ def phase(
     error_every: Optional[int] = None,
     keep_all: bool = False,
     clip_negative: bool = False,
+    select: str = "fourier",
+    free_fraction: Optional[float] = None,
+    support_fraction: Tuple[float, float] = (1e-4, 0.7),
     device: str = "auto",
     threads: Optional[int] = None,
     progress: Any = True,
@@ -479,7 +535,9 @@ def phase(
         (H, W) shared or (N, H, W); nonzero = unmeasured pixel.
     schedule : str
         The algorithm, e.g. ``"2000*(5*HIO + 5*ER)"``, ``"100*(SW + 50*HIO) + 200*ER"``,
-        ``"RAAR(0.8)**500"``.
+        ``"RAAR(0.8)**500"``. Without ``schedule`` and ``shrinkwrap``: the measured default
+        recipe of ``cdiphase phase``, :data:`DEFAULT_SCHEDULE` with the shrinkwrap
+        :data:`DEFAULT_SHRINKWRAP` and positivity.
     beta : float
         HIO feedback / RAAR relaxation.
     support : str or array
@@ -490,11 +548,14 @@ def phase(
     init_noise : float
         With a given ``init``: per-start multiplicative noise amplitude in [0, 1).
     shrinkwrap : str
-        Periodic shrinkwrap, ``"sigma=1,threshold=0.1,every=N[,start=I][,stop=I]"``.
+        Periodic shrinkwrap, ``"sigma=1,threshold=0.1,every=N[,start=I][,stop=I]"`` (ranges
+        ``a:b`` ramp; ``ref=max|mean|rms``, ``factor=LO:HI``, ``min=F,max=F[,tune=T]``: the
+        support guard); ``"none"``: none (the default when ``schedule`` is given).
     constraint : ``"none" | "real" | "positive"``
-        Real-space constraint.
+        Real-space constraint (positive by default, also with a given ``schedule``; the
+        command line's default is none there).
     starts : int
-        Random starts per pattern; the best by final Fourier error is kept.
+        Random starts per pattern; the best one (``select``) is kept.
     seed : int
         Seed of the random starting objects: the same seed gives the same result as the
         command line with ``--seed``.
@@ -504,6 +565,15 @@ def phase(
         Also return every start (``all_objects``, ``all_supports``).
     clip_negative : bool
         Clip negative intensities to zero instead of raising ``ValueError``.
+    select : ``"fourier" | "llk" | "free-llk"``
+        The best start by final Fourier error, Poisson log-likelihood, or free
+        log-likelihood over held-out pixels, among the starts whose final support fraction
+        lies in ``support_fraction`` (among all when none does).
+    free_fraction : float
+        Fraction of the measured pixels held out of the modulus constraint (in Friedel
+        pairs) for the free log-likelihood; default 0, or 0.05 with ``select="free-llk"``.
+    support_fraction : (float, float)
+        Admissible final support fraction (MIN, MAX): outside, a start collapsed or blew up.
     device : ``"auto" | "cpu" | "cuda" | "emu"``
         ``auto`` takes a usable CUDA GPU, else the CPU.
     threads : int
@@ -553,6 +623,9 @@ def phase(
             error_every,
             bool(keep_all),
             bool(clip_negative),
+            str(select),
+            None if free_fraction is None else float(free_fraction),
+            (float(support_fraction[0]), float(support_fraction[1])),
             device,
             threads,
             bar,

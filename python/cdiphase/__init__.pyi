@@ -8,6 +8,7 @@ import numpy.typing as npt
 __version__: str
 BUNDLED_MODEL: str
 DEFAULT_SCHEDULE: str
+DEFAULT_SHRINKWRAP: str
 
 PathLike = Union[str, os.PathLike[str]]
 ArrayLike = npt.ArrayLike
@@ -86,6 +87,21 @@ class PhaseResult:
     all_final_fourier_error: npt.NDArray[np.float32]
     all_objects: Optional[npt.NDArray[np.complex64]]
     all_supports: Optional[npt.NDArray[np.uint8]]
+    llk: npt.NDArray[np.float32]
+    free_llk: npt.NDArray[np.float32]
+    all_llk: npt.NDArray[np.float32]
+    all_free_llk: npt.NDArray[np.float32]
+    final_llk: npt.NDArray[np.float32]
+    final_free_llk: npt.NDArray[np.float32]
+    final_support_fraction: npt.NDArray[np.float32]
+    all_final_llk: npt.NDArray[np.float32]
+    all_final_free_llk: npt.NDArray[np.float32]
+    all_final_support_fraction: npt.NDArray[np.float32]
+    all_threshold_factor: npt.NDArray[np.float32]
+    all_support_guard_events: npt.NDArray[np.int64]
+    selection: Dict[str, Any]
+    @property
+    def outside_energy(self) -> npt.NDArray[np.float32]: ...
     iterations: int
     seconds: float
     device: str
@@ -97,7 +113,7 @@ def phase(
     intensities: ArrayLike,
     mask: Optional[ArrayLike] = ...,
     *,
-    schedule: str = ...,
+    schedule: Optional[str] = ...,
     beta: float = ...,
     support: Union[str, ArrayLike] = ...,
     init: Union[str, ArrayLike] = ...,
@@ -109,6 +125,9 @@ def phase(
     error_every: Optional[int] = ...,
     keep_all: bool = ...,
     clip_negative: bool = ...,
+    select: str = ...,
+    free_fraction: Optional[float] = ...,
+    support_fraction: Tuple[float, float] = ...,
     device: str = ...,
     threads: Optional[int] = ...,
     progress: Progress = ...,

@@ -22,8 +22,9 @@ use cdiphase::cancel::Cancel;
 use cdiphase::eval::{self, align, metrics};
 use cdiphase::io::{self, PatternSet};
 use cdiphase::nn::{self, store, Model};
-use cdiphase::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
-use cdiphase::phasing::{self, InitSpec, PhaseConfig, Reconstruction, SupportSpec};
+use cdiphase::phasing::problem::Selection;
+use cdiphase::phasing::program::Recording;
+use cdiphase::phasing::{self, InitSpec, Merits, PhaseConfig, Reconstruction, SupportSpec};
 use cdiphase::simulate as sim;
 use cdiphase::Error;
 use num_complex::Complex64;
@@ -210,25 +211,28 @@ fn device(name: &str) -> PyRes<Device> {
 #[pyfunction]
 #[pyo3(signature = (intensities, mask, schedule, beta, support, support_array, init_array,
     init_noise, shrinkwrap, constraint, starts, seed, error_every, keep_all, clip_negative,
-    device_name, threads, progress))]
+    select, free_fraction, support_fraction, device_name, threads, progress))]
 #[allow(clippy::too_many_arguments)]
 fn phase<'py>(
     py: Python<'py>,
     intensities: PyReadonlyArrayDyn<'py, f32>,
     mask: Option<PyReadonlyArrayDyn<'py, u8>>,
-    schedule: String,
+    schedule: Option<String>,
     beta: f32,
     support: Option<String>,
     support_array: Option<PyReadonlyArrayDyn<'py, u8>>,
     init_array: Option<PyReadonlyArrayDyn<'py, Complex32>>,
     init_noise: f32,
     shrinkwrap: Option<String>,
-    constraint: String,
+    constraint: Option<String>,
     starts: usize,
     seed: u64,
     error_every: Option<u64>,
     keep_all: bool,
     clip_negative: bool,
+    select: String,
+    free_fraction: Option<f32>,
+    support_fraction: (f32, f32),
     device_name: String,
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
@@ -266,16 +270,22 @@ fn phase<'py>(
         }
         None => InitSpec::Random,
     };
-    let shrinkwrap = shrinkwrap
-        .as_deref()
-        .map(ShrinkwrapConfig::parse)
-        .transpose()
-        .map_err(py_err)?;
+    // the command line's rules: the measured default recipe without schedule and shrinkwrap
+    let recipe = lib(phasing::recipe::resolve(
+        schedule.as_deref(),
+        shrinkwrap.as_deref(),
+        constraint.as_deref(),
+    ))?;
+    let (selection, free_fraction) = lib(phasing::recipe::selection(
+        &select,
+        free_fraction,
+        support_fraction,
+    ))?;
     let cfg = PhaseConfig {
-        schedule,
+        schedule: recipe.schedule,
         beta,
-        shrinkwrap,
-        constraint: lib(constraint.parse::<Constraint>())?,
+        shrinkwrap: recipe.shrinkwrap,
+        constraint: recipe.constraint,
         starts,
         seed,
         support,
@@ -287,7 +297,8 @@ fn phase<'py>(
         },
         keep_all,
         clip_negative,
-        ..PhaseConfig::default()
+        free_fraction,
+        selection,
     };
     let dev = device(&device_name)?;
     let cancel = Cancel::new();
@@ -316,11 +327,36 @@ fn phase<'py>(
 
 fn reconstruction_dict<'py>(
     py: Python<'py>,
-    rec: Reconstruction,
+    mut rec: Reconstruction,
     config: serde_json::Value,
 ) -> PyRes<Bound<'py, PyDict>> {
     let (n, h, w, k, l) = (rec.n, rec.h, rec.w, rec.starts, rec.records);
     let d = PyDict::new(py);
+    if let Some(m) = rec.merits.take() {
+        // the same names as the CXI datasets of `cdiphase phase`
+        for (name, v) in [("llk", m.llk), ("free_llk", m.free_llk)] {
+            d.set_item(name, array(py, rec.best_histories(&v), &[n, l])?)?;
+            d.set_item(format!("all_{name}"), array(py, v, &[n, k, l])?)?;
+        }
+        for (name, v) in [
+            ("llk", m.final_llk),
+            ("free_llk", m.final_free_llk),
+            ("support_fraction", m.final_support_fraction),
+        ] {
+            d.set_item(format!("final_{name}"), array(py, rec.best_of(&v), &[n])?)?;
+            d.set_item(format!("all_final_{name}"), array(py, v, &[n, k])?)?;
+        }
+        d.set_item(
+            "all_threshold_factor",
+            array(py, m.threshold_factor, &[n, k])?,
+        )?;
+        let ev: Vec<i64> = m.guard_events.iter().map(|&e| e as i64).collect();
+        d.set_item("all_support_guard_events", array(py, ev, &[n, k])?)?;
+        d.set_item(
+            "selection",
+            serde_json::to_string(&m.selection).unwrap_or_default(),
+        )?;
+    }
     d.set_item(
         "fourier_error",
         array(py, rec.best_histories(&rec.fourier_error), &[n, l])?,
@@ -364,7 +400,7 @@ fn reconstruction_dict<'py>(
 #[pyfunction]
 #[pyo3(signature = (path, objects, supports, best_start, all_fourier_error,
     all_real_space_error, all_final_fourier_error, all_objects, all_supports, iterations,
-    seconds, device_name, configuration))]
+    seconds, device_name, configuration, merits))]
 #[allow(clippy::too_many_arguments)]
 fn write_reconstruction(
     py: Python<'_>,
@@ -381,6 +417,7 @@ fn write_reconstruction(
     seconds: f64,
     device_name: String,
     configuration: String,
+    merits: Option<Bound<'_, PyDict>>,
 ) -> PyRes<()> {
     let objects = stack(&objects, "objects")?;
     let supports = stack(&supports, "supports")?;
@@ -419,7 +456,7 @@ fn write_reconstruction(
         fourier_error: values(&all_fourier_error),
         real_error: values(&all_real_space_error),
         final_fourier_error: values(&all_final_fourier_error),
-        merits: None,
+        merits: merits.map(|m| merits_of(&m, n, k, l)).transpose()?,
         iterations,
         seconds,
         backend: device_name,
@@ -432,6 +469,70 @@ fn write_reconstruction(
     let config: serde_json::Value = serde_json::from_str(&configuration)
         .map_err(|e| PyValueError::new_err(format!("configuration is not JSON: {e}")))?;
     py.detach(|| lib(rec.write_cxi(&path, &config)))
+}
+
+/// The figures of merit of a `PhaseResult` (the arrays `reconstruction_dict` returned),
+/// checked against the run's shape (N patterns, K starts, L records).
+fn merits_of(d: &Bound<'_, PyDict>, n: usize, k: usize, l: usize) -> PyRes<Merits> {
+    let get = |name: &str, len: usize| -> PyRes<Vec<f32>> {
+        let item = d
+            .get_item(name)?
+            .ok_or_else(|| PyValueError::new_err(format!("merits: '{name}' is missing")))?;
+        let a: PyReadonlyArrayDyn<'_, f32> = item.extract()?;
+        let v = values(&a);
+        if v.len() != len {
+            return Err(PyValueError::new_err(format!(
+                "merits: '{name}' has {} values, expected {len} for {n} patterns x {k} starts",
+                v.len()
+            )));
+        }
+        Ok(v)
+    };
+    let events: PyReadonlyArrayDyn<'_, i64> = d
+        .get_item("all_support_guard_events")?
+        .ok_or_else(|| PyValueError::new_err("merits: 'all_support_guard_events' is missing"))?
+        .extract()?;
+    let guard_events: Vec<u32> = values(&events)
+        .into_iter()
+        .map(|e| u32::try_from(e).unwrap_or(u32::MAX))
+        .collect();
+    if guard_events.len() != n * k {
+        return Err(PyValueError::new_err(format!(
+            "merits: 'all_support_guard_events' has {} values, expected {}",
+            guard_events.len(),
+            n * k
+        )));
+    }
+    let sel: String = d
+        .get_item("selection")?
+        .ok_or_else(|| PyValueError::new_err("merits: 'selection' is missing"))?
+        .extract()?;
+    let sel: serde_json::Value = serde_json::from_str(&sel)
+        .map_err(|e| PyValueError::new_err(format!("merits: selection is not JSON: {e}")))?;
+    let fraction = |key: &str| -> PyRes<f32> {
+        sel[key]
+            .as_f64()
+            .map(|v| v as f32)
+            .ok_or_else(|| PyValueError::new_err(format!("merits: selection lacks '{key}'")))
+    };
+    let criterion = sel["criterion"]
+        .as_str()
+        .ok_or_else(|| PyValueError::new_err("merits: selection lacks 'criterion'"))?;
+    let selection = Selection {
+        criterion: lib(criterion.parse())?,
+        min_fraction: fraction("min_fraction")?,
+        max_fraction: fraction("max_fraction")?,
+    };
+    Ok(Merits {
+        llk: get("all_llk", n * k * l)?,
+        free_llk: get("all_free_llk", n * k * l)?,
+        final_llk: get("all_final_llk", n * k)?,
+        final_free_llk: get("all_final_free_llk", n * k)?,
+        final_support_fraction: get("all_final_support_fraction", n * k)?,
+        selection,
+        guard_events,
+        threshold_factor: get("all_threshold_factor", n * k)?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1187,6 +1288,8 @@ fn describe_device(py: Python<'_>, name: String, threads: Option<usize>) -> PyRe
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("BUNDLED_MODEL", nn::bundled::NAME)?;
+    m.add("RECIPE_SCHEDULE", phasing::RECIPE_SCHEDULE)?;
+    m.add("RECIPE_SHRINKWRAP", phasing::RECIPE_SHRINKWRAP)?;
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(phase, m)?)?;
     m.add_function(wrap_pyfunction!(write_reconstruction, m)?)?;

@@ -149,3 +149,72 @@ def test_simulate_from_structures_is_identical_to_the_cli(cli, tmp_path):
     assert_same(sim.density, ref["density"], "density")
     assert_same(sim.support, ref["truth_support"], "support")
     assert len(set(sim.names)) == 2  # cycling over the two structures
+
+
+def _image_datasets(path):
+    """Every dataset under entry_1/image_1 but the process record (configuration, version)."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and not name.startswith("process_1"):
+                out[name] = obj[()]
+        f["entry_1/image_1"].visititems(visit)
+    return out
+
+
+def test_default_recipe_selection_and_merits_are_the_clis(cli, small, tmp_path):
+    # no schedule, no shrinkwrap: the measured recipe of `cdiphase phase`, with positivity;
+    # LLK selection with held-out pixels: every figure of merit equal to the CLI's file
+    data = tmp_path / "in.cxi"
+    small.to_cxi(data)
+    out = tmp_path / "cli.cxi"
+    run_cli(
+        cli, "phase", str(data), "-o", str(out), "--starts", "3", "--seed", "7",
+        "--select", "llk", "--free-fraction", "0.1", "--support-fraction", "0.001:0.6",
+        "--device", "cpu", "--threads", "2", "--quiet",
+    )
+    res = cdiphase.phase(
+        small.patterns, small.mask, starts=3, seed=7, select="llk", free_fraction=0.1,
+        support_fraction=(0.001, 0.6), device="cpu", threads=2, progress=False,
+    )
+    assert res.configuration["schedule"] == cdiphase.DEFAULT_SCHEDULE
+    assert res.configuration["constraint"] == "Positive"
+    assert res.selection == {"criterion": "Llk", "min_fraction": 0.001, "max_fraction": 0.6}
+    ref = _image_datasets(out)
+    assert_same(res.objects, ref["data"], "objects")
+    assert_same(res.best_start, ref["best_start"], "best_start")
+    for name in (
+        "llk", "free_llk", "all_llk", "all_free_llk", "final_llk", "final_free_llk",
+        "final_support_fraction", "all_final_llk", "all_final_free_llk",
+        "all_final_support_fraction", "all_threshold_factor", "all_support_guard_events",
+        "outside_energy",
+    ):
+        assert_same(getattr(res, name), ref[name], name)
+    # held-out pixels exist, so the free LLK is a number; the pick is the lowest admissible LLK
+    assert np.all(np.isfinite(res.final_free_llk))
+    for p in range(len(res)):
+        ok = [s for s in range(3) if 0.001 <= res.all_final_support_fraction[p, s] <= 0.6]
+        pool = ok or list(range(3))
+        assert res.best_start[p] == min(pool, key=lambda s: (res.all_final_llk[p, s], s))
+    # the package's writer gives the CLI's file, figures of merit included
+    mine = tmp_path / "py.cxi"
+    res.to_cxi(mine)
+    back = _image_datasets(mine)
+    assert sorted(back) == sorted(ref)
+    for name, v in ref.items():
+        if isinstance(v, np.ndarray):
+            assert_same(back[name], v, name)
+        else:
+            assert back[name] == v, name
+
+
+def test_an_explicit_schedule_runs_without_shrinkwrap(small):
+    res = cdiphase.phase(small.patterns, small.mask, schedule="20*ER", starts=1,
+                         device="cpu", progress=False)
+    assert res.configuration["schedule"] == "20*ER"
+    assert res.configuration["shrinkwrap"] is None
+    assert res.configuration["constraint"] == "Positive"  # the package's default
+    assert np.all(np.isnan(res.free_llk))  # no held-out pixels
+    assert np.all(res.all_support_guard_events == 0)

@@ -4,8 +4,7 @@ use super::{check_paths, is_file_spec, progress_bar, resume_hint, BlockArgs, Run
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
-use cdiphase::phasing::problem::{Criterion, Selection};
-use cdiphase::phasing::program::{Constraint, Recording, ShrinkwrapConfig};
+use cdiphase::phasing::program::Recording;
 use cdiphase::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -150,45 +149,21 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
         );
     };
     // the measured default recipe applies where neither --algorithm nor --shrinkwrap is given
-    let schedule = a
-        .algorithm
-        .clone()
-        .unwrap_or_else(|| phasing::RECIPE_SCHEDULE.to_string());
-    let sw_text = match (&a.algorithm, &a.shrinkwrap) {
-        (None, None) => Some(phasing::RECIPE_SHRINKWRAP),
-        (_, Some(s)) if s.trim().eq_ignore_ascii_case("none") => None,
-        (_, s) => s.as_deref(),
-    };
-    let shrinkwrap = sw_text
-        .map(ShrinkwrapConfig::parse)
-        .transpose()
-        .context("--shrinkwrap")?;
-    let recipe = a.algorithm.is_none() && a.shrinkwrap.is_none();
-    let constraint: Constraint = match &a.constraint {
-        Some(c) => c.parse()?,
-        None if recipe => phasing::RECIPE_CONSTRAINT,
-        None => Constraint::None,
-    };
-    let criterion: Criterion = a.select.parse()?;
-    let free_fraction = a
-        .free_fraction
-        .unwrap_or(if criterion == Criterion::FreeLlk {
-            0.05
-        } else {
-            0.0
-        });
-    let (min_fraction, max_fraction) = parse_range(&a.support_fraction)
+    let recipe = phasing::recipe::resolve(
+        a.algorithm.as_deref(),
+        a.shrinkwrap.as_deref(),
+        a.constraint.as_deref(),
+    )
+    .context("--algorithm / --shrinkwrap / --constraint")?;
+    let support_fraction = parse_range(&a.support_fraction)
         .with_context(|| format!("--support-fraction '{}'", a.support_fraction))?;
-    let selection = Selection {
-        criterion,
-        min_fraction,
-        max_fraction,
-    };
+    let (selection, free_fraction) =
+        phasing::recipe::selection(&a.select, a.free_fraction, support_fraction)?;
     let cfg = PhaseConfig {
-        schedule,
+        schedule: recipe.schedule,
         beta: a.beta,
-        shrinkwrap,
-        constraint,
+        shrinkwrap: recipe.shrinkwrap,
+        constraint: recipe.constraint,
         starts: a.starts,
         seed: a.seed,
         support,

@@ -4,6 +4,7 @@
 
 pub mod problem;
 pub mod program;
+pub mod recipe;
 pub mod schedule;
 
 use crate::array::{centred_to_native, Complex32, Stack};
