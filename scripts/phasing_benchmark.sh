@@ -16,7 +16,9 @@
 #
 # Env: BIN (default target/release/cdiphase), COUNT (24), STARTS (8), PHOTONS (1e7),
 # RADII ("2 3 4"), SEED (1), THREADS (all cores), PDB (assets/pdb/heldout.txt), RECIPES,
-# CONSTRAINT (positive).
+# CONSTRAINT (positive), PYNX (a Python with PyNX, e.g. .venv-pynx/bin/python from
+# tools/pynx/setup.sh: adds the recipes pynx-std and pynx-id10, PyNX 2025.1's own runner
+# chains on its CPU operators, by tools/pynx/pynx_phase.py, scored the same way).
 # Needs bash, coreutils and python3 (standard library only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +48,11 @@ ALL_RECIPES=(
     "rms-guard-rand|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,factor=0.8:1.2,every=50,stop=950,min=0.002,max=0.2 --select llk"
     "raar-rms-guard|--algorithm RAAR**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,every=50,stop=950,min=0.002,max=0.2 --select llk"
 )
+# PyNX's runners (tools/pynx/pynx_phase.py; their own starting support, constraint and
+# selection), only with PYNX set
+if [ -n "${PYNX:-}" ]; then
+    ALL_RECIPES+=("pynx-std|std" "pynx-id10|id10")
+fi
 RECIPES=${RECIPES:-}
 
 [ -x "$BIN" ] || { echo "phasing_benchmark: $BIN not found: cargo build --release" >&2; exit 2; }
@@ -77,8 +84,13 @@ for entry in "${ALL_RECIPES[@]}"; do
         rec="$OUT/data/$s.$name.cxi"
         # shellcheck disable=SC2086 # the recipe's arguments are words
         t0=$(date +%s.%N)
-        "$BIN" phase "$OUT/data/$s.cxi" -o "$rec" $args --constraint "$CONSTRAINT" \
-            --starts "$STARTS" --seed "$SEED" --quiet "${THREADS_ARG[@]}"
+        if [[ $name == pynx-* ]]; then
+            "$PYNX" tools/pynx/pynx_phase.py "$OUT/data/$s.cxi" "$rec" --recipe "$args" \
+                --starts "$STARTS" --seed "$SEED" 2> "$OUT/data/pynx.$s.$name.log"
+        else
+            "$BIN" phase "$OUT/data/$s.cxi" -o "$rec" $args --constraint "$CONSTRAINT" \
+                --starts "$STARTS" --seed "$SEED" --quiet "${THREADS_ARG[@]}"
+        fi
         t1=$(date +%s.%N)
         rm -rf "$OUT/data/report.$s.$name"
         "$BIN" evaluate --truth "$OUT/data/$s.cxi" --input "$rec" \
