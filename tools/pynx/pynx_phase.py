@@ -17,7 +17,8 @@ Recipes (PyNX's defaults, copied from pynx/cdi/runner/*.py of 2025.1):
   threshold divided or multiplied by 1.1, at most 5 tries), 5 % free pixels, the best start
   by the free Poisson log-likelihood among those with < 10 % of the energy outside.
 - `id10`: the ESRF ID10 runner's beamline defaults: 600 HIO then 200 ER with positivity,
-  the same support update and selection, masked pixels free (zero_mask 0).
+  pixels of zero intensity masked as well (its `mask=zero`), the same support update and
+  selection, masked pixels free (zero_mask 0).
 
 Input: entry_1/data_1/data (N,H,W) intensities centred at (H/2, W/2), optional
 entry_1/data_1/mask ((H,W), (1,H,W) or (N,H,W), nonzero = unmeasured). Output (written to a
@@ -51,8 +52,8 @@ from pynx.cdi import (
 from pynx.cdi.cdi import SupportTooLarge, SupportTooSmall
 
 RECIPES = {
-    "std": dict(algo="RAAR", nb_main=600, nb_er=200, positivity=False),
-    "id10": dict(algo="HIO", nb_main=600, nb_er=200, positivity=True),
+    "std": dict(algo="RAAR", nb_main=600, nb_er=200, positivity=False, mask_zero=False),
+    "id10": dict(algo="HIO", nb_main=600, nb_er=200, positivity=True, mask_zero=True),
 }
 PERIOD = 50
 THRESHOLD = 0.25
@@ -139,7 +140,10 @@ def main():
     t0 = time.time()
     for p in range(n):
         rng = np.random.default_rng([a.seed, p])
-        m = (mask[p if mask.shape[0] == n else 0] != 0).astype(np.int8)
+        m = mask[p if mask.shape[0] == n else 0] != 0
+        if RECIPES[a.recipe]["mask_zero"]:
+            m = m | (data[p] == 0)
+        m = m.astype(np.int8)
         iobs = np.where(m != 0, 0, np.maximum(data[p], 0)).astype(np.float32)
         runs = []
         for _ in range(a.starts):
