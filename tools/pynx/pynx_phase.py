@@ -20,8 +20,9 @@ Recipes (PyNX's defaults, copied from pynx/cdi/runner/*.py of 2025.1):
   pixels of zero intensity masked as well (its `mask=zero`), the same support update and
   selection, masked pixels free (zero_mask 0).
 
-Input: entry_1/data_1/data (N,H,W) intensities centred at (H/2, W/2), optional
-entry_1/data_1/mask ((H,W), (1,H,W) or (N,H,W), nonzero = unmeasured). Output (written to a
+Input: entry_1/data_1/data (N,H,W) intensities centred at (H/2, W/2), optional mask
+((H,W), (1,H,W) or (N,H,W), nonzero = unmeasured) at entry_1/data_1/mask or
+entry_1/instrument_1/detector_1/mask (cdiphase's own search order). Output (written to a
 temporary name, then renamed): entry_1/image_1/data (N,H,W) complex64 and
 entry_1/image_1/support (N,H,W) uint8, centred; entry_1/image_1/free_llk (N,) and the
 configuration as an attribute.
@@ -55,6 +56,7 @@ RECIPES = {
     "std": dict(algo="RAAR", nb_main=600, nb_er=200, positivity=False, mask_zero=False),
     "id10": dict(algo="HIO", nb_main=600, nb_er=200, positivity=True, mask_zero=True),
 }
+MASK_ENTRIES = ("entry_1/data_1/mask", "entry_1/instrument_1/detector_1/mask")
 PERIOD = 50
 THRESHOLD = 0.25
 TUNE = 1.1
@@ -124,7 +126,8 @@ def main():
         if "entry_1/data_1/data" not in f:
             sys.exit(f"pynx_phase: {a.input}: no dataset entry_1/data_1/data")
         data = np.asarray(f["entry_1/data_1/data"][()], dtype=np.float32)
-        mask = f["entry_1/data_1/mask"][()] if "entry_1/data_1/mask" in f else None
+        # where cdiphase looks for the mask (src/io/mod.rs: DEFAULT_MASK_ENTRIES)
+        mask = next((f[k][()] for k in MASK_ENTRIES if k in f), None)
     if data.ndim == 2:
         data = data[None]
     n, h, w = data.shape
