@@ -1046,6 +1046,7 @@ fn evaluate_arrays(
         final_fourier_error: None,
         all_fourier_error: None,
         all_objects: all,
+        merged: None,
     };
     Ok(py.detach(|| {
         let e = eval::evaluate_input(&truth, &input, 0);
