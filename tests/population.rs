@@ -21,6 +21,7 @@ use common::files::{p, simulate};
 use common::refs::dft2;
 use common::Lcg;
 use num_complex::Complex64;
+use std::f64::consts::{PI, TAU};
 
 /// A random complex object on an irregular blob (no symmetry) inside an h x w field.
 fn blob(rng: &mut Lcg, h: usize, w: usize) -> Vec<Complex64> {
@@ -34,7 +35,7 @@ fn blob(rng: &mut Lcg, h: usize, w: usize) -> Vec<Complex64> {
             // lopsided: the right half is wider than the left
             let r = dy * dy + dx * dx * if dx > 0.0 { 0.5 } else { 1.5 };
             if r < 1.0 {
-                Complex64::from_polar(0.2 + rng.next(), 6.283 * rng.next())
+                Complex64::from_polar(0.2 + rng.next(), TAU * rng.next())
             } else {
                 Complex64::new(0.0, 0.0)
             }
@@ -63,7 +64,7 @@ fn alignment_recovers_shift_twin_and_phase_exactly() {
                 (rng.next() * h as f64) as usize,
                 (rng.next() * w as f64) as usize,
             );
-            let ph = Complex64::from_polar(1.0, 6.283 * rng.next() - 3.14);
+            let ph = Complex64::from_polar(1.0, TAU * rng.next() - PI);
             let t = if twin {
                 merge::twin(&a, h, w)
             } else {
@@ -114,7 +115,7 @@ fn merging_shifted_copies_gives_the_object() {
                 (rng.next() * h as f64) as usize,
                 (rng.next() * w as f64) as usize,
             );
-            let ph = Complex32::from_polar(1.0, (6.283 * rng.next()) as f32);
+            let ph = Complex32::from_polar(1.0, (TAU * rng.next()) as f32);
             let t = if twin {
                 merge::twin(&merge::to_c64(&a32), h, w)
                     .iter()
@@ -385,9 +386,9 @@ fn ga_is_deterministic_and_keeps_the_best() {
             "{replaced:?}"
         );
         let mut kept_best = f32::INFINITY;
-        for s in 0..k {
+        for (s, &r) in replaced.iter().enumerate() {
             let i = pt * k + s;
-            if replaced[s] == 0 {
+            if r == 0 {
                 assert_eq!(a.final_fourier_error[i], plain.final_fourier_error[i]);
                 assert_eq!(
                     a.all_objects.as_ref().unwrap()[i * l..(i + 1) * l],

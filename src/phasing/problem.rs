@@ -244,7 +244,6 @@ impl PhasingProblem {
         match &self.init {
             InitObjects::Random { seed } => {
                 self.random_object(p, item_seed(*seed, p, s), obj, sup);
-                return;
             }
             InitObjects::Given {
                 objects: st,
