@@ -36,8 +36,8 @@ if [ -n "${THREADS:-}" ]; then THREADS_ARG=(--threads "$THREADS"); fi
 # name|phase arguments (every recipe: --constraint $CONSTRAINT, --starts, --seed); `paper`
 # is the paper's schedule without shrinkwrap (the CLI's default before issue 19), `readme`
 # the README's recipe before issue 19, `tuned` the issue's tuned recipe (the default since);
-# `tuned-merge`, `pop`, `pop-late` add the merge of the best 4 starts (scored as a row
-# "<name>+merged") and GA populations (NOTES, "Populations and merging")
+# `tuned-merge`, `pop`, `pop-late` add the merge of the best 4 starts (`tuned-merge8`: all
+# 8; scored as a row "<name>+merged") and GA populations (NOTES, "Populations and merging")
 ALL_RECIPES=(
     "paper|--algorithm 2000*(5*HIO+5*ER)"
     "readme|--algorithm 100*(5*HIO+5*ER) --support autocorrelation:0.04 --shrinkwrap sigma=1,threshold=0.1,every=50"
@@ -48,6 +48,7 @@ ALL_RECIPES=(
     "rms-guard-rand|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,factor=0.8:1.2,every=50,stop=950,min=0.002,max=0.2 --select llk"
     "raar-rms-guard|--algorithm RAAR**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,every=50,stop=950,min=0.002,max=0.2 --select llk"
     "tuned-merge|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 4"
+    "tuned-merge8|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 8"
     "pop|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --population generations=3,keep=4,every=200 --merge 4"
     "pop-late|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --population generations=1,keep=4,every=600 --merge 4"
 )
