@@ -37,7 +37,9 @@ if [ -n "${THREADS:-}" ]; then THREADS_ARG=(--threads "$THREADS"); fi
 
 # name|phase arguments (every recipe: --constraint $CONSTRAINT, --starts, --seed); `paper`
 # is the paper's schedule without shrinkwrap (the CLI's default before issue 19), `readme`
-# the README's recipe before issue 19, `tuned` the issue's tuned recipe (the default since)
+# the README's recipe before issue 19, `tuned` the issue's tuned recipe (the default since);
+# `tuned-merge`, `pop`, `pop-late` add the merge of the best 4 starts (`tuned-merge8`: all
+# 8; scored as a row "<name>+merged") and GA populations (NOTES, "Populations and merging")
 ALL_RECIPES=(
     "paper|--algorithm 2000*(5*HIO+5*ER)"
     "readme|--algorithm 100*(5*HIO+5*ER) --support autocorrelation:0.04 --shrinkwrap sigma=1,threshold=0.1,every=50"
@@ -47,6 +49,10 @@ ALL_RECIPES=(
     "rms-guard|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,every=50,stop=950,min=0.002,max=0.2 --select llk"
     "rms-guard-rand|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,factor=0.8:1.2,every=50,stop=950,min=0.002,max=0.2 --select llk"
     "raar-rms-guard|--algorithm RAAR**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,every=50,stop=950,min=0.002,max=0.2 --select llk"
+    "tuned-merge|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 4"
+    "tuned-merge8|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 8"
+    "pop|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --population generations=3,keep=4,every=200 --merge 4"
+    "pop-late|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --population generations=1,keep=4,every=600 --merge 4"
 )
 # PyNX's runners (tools/pynx/pynx_phase.py; their own starting support, constraint and
 # selection), only with PYNX set
@@ -108,14 +114,17 @@ for line in open(rows):
     name, s, t0, t1, metrics = line.rstrip("\n").split("\t")
     m = json.load(open(metrics))
     errs = [p["density"]["error"] for p in m["inputs"][0]["per_pattern"] if p.get("density")]
-    res.append({
-        "recipe": name, "set": s, "patterns": len(errs),
-        "share_below_0.1": sum(e < 0.1 for e in errs) / len(errs),
-        "share_below_0.2": sum(e < 0.2 for e in errs) / len(errs),
-        "median_error": statistics.median(errs),
-        "seconds_per_pattern": (float(t1) - float(t0)) / len(errs),
-        "errors": errs,
-    })
+    # `--merge` outputs: the merged object (entry_1/image_3) is scored as its own row
+    merged = [p["merged_error"] for p in m["inputs"][0]["per_pattern"] if "merged_error" in p]
+    for label, e in [(name, errs)] + ([(name + "+merged", merged)] if merged else []):
+        res.append({
+            "recipe": label, "set": s, "patterns": len(e),
+            "share_below_0.1": sum(x < 0.1 for x in e) / len(e),
+            "share_below_0.2": sum(x < 0.2 for x in e) / len(e),
+            "median_error": statistics.median(e),
+            "seconds_per_pattern": (float(t1) - float(t0)) / len(e),
+            "errors": e,
+        })
 sets = list(dict.fromkeys(r["set"] for r in res))
 lines = [f"Density error after alignment, {count} patterns per set, {starts} starts, constraint {constraint}; "
          f"noisy sets: Poisson, {photons} photons, beamstop of radius R (bsR).", "",

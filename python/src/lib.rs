@@ -299,6 +299,9 @@ fn phase<'py>(
         clip_negative,
         free_fraction,
         selection,
+        // populations, restarts and merging (`phase --population/--restart/--merge`) are
+        // not exposed to Python yet
+        strategy: Default::default(),
     };
     let dev = device(&device_name)?;
     let cancel = Cancel::new();
@@ -532,6 +535,11 @@ fn merits_of(d: &Bound<'_, PyDict>, n: usize, k: usize, l: usize) -> PyRes<Merit
         selection,
         guard_events,
         threshold_factor: get("all_threshold_factor", n * k)?,
+        // a Python run has no restarts, population or merge (not exposed yet)
+        restarts: vec![0; n * k],
+        replaced: None,
+        generation_best: None,
+        merged: None,
     })
 }
 
@@ -1147,6 +1155,7 @@ fn evaluate_arrays(
         final_fourier_error: None,
         all_fourier_error: None,
         all_objects: all,
+        merged: None,
     };
     Ok(py.detach(|| {
         let e = eval::evaluate_input(&truth, &input, 0);

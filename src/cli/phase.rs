@@ -4,6 +4,7 @@ use super::{check_paths, is_file_spec, progress_bar, resume_hint, BlockArgs, Run
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
+use cdiphase::phasing::population::{PopulationConfig, RestartConfig, Strategy};
 use cdiphase::phasing::program::Recording;
 use cdiphase::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
 use clap::Args;
@@ -74,6 +75,23 @@ pub struct PhaseArgs {
     /// MIN:MAX support fraction of an admissible start (a support outside collapsed or blew up).
     #[arg(long, default_value = "0.0001:0.7")]
     pub support_fraction: String,
+    /// Population search over the starts of each pattern (cohere-style GA):
+    /// generations=G,keep=N[,every=K]. Every K iterations (default: iterations/(G+1)), G
+    /// times, the best N starts (by --select) are kept and every other start is replaced
+    /// by a child of two of them: sqrt(|a||b|) with a's phase, b aligned onto a
+    /// (translation, twin, phase), support by shrinkwrap. Deterministic in --seed.
+    #[arg(long)]
+    pub population: Option<String>,
+    /// Restart collapsed starts from a new random object: guard=R[,every=K][,until=I] (or
+    /// `default`: guard=3,every=100, until half the run). At checkpoints every K iterations
+    /// up to I, a start whose support guard refused more than R shrinkwraps since its last
+    /// start, or whose support fraction is outside --support-fraction, starts afresh.
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Also write the average of the best N starts of each pattern, aligned onto the best,
+    /// and the leading modes of their stack, to entry_1/image_3 (scored by `evaluate`).
+    #[arg(long, default_value_t = 0)]
+    pub merge: usize,
     /// auto | cpu | cuda | emu.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -177,6 +195,15 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
         clip_negative: a.clip_negative,
         free_fraction,
         selection,
+        strategy: Strategy {
+            population: a
+                .population
+                .as_deref()
+                .map(PopulationConfig::parse)
+                .transpose()?,
+            restart: a.restart.as_deref().map(RestartConfig::parse).transpose()?,
+            merge: a.merge,
+        },
     };
     let mut config = cfg.to_json();
     config["input"] = serde_json::json!(a.input.display().to_string());
@@ -252,7 +279,10 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
     if worker {
         return Ok(());
     }
-    if let Some(line) = summary.guard_summary() {
+    for line in [summary.guard_summary(), summary.restart_summary()]
+        .into_iter()
+        .flatten()
+    {
         if !a.run.quiet {
             eprintln!("{line}");
         }
@@ -301,6 +331,7 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
             "blocks": stats.blocks,
             "resumed_blocks": stats.resumed_blocks,
             "best_start": summary.best_start,
+            "restarts": summary.restarts_per_pattern(),
             "final_fourier_error": fe,
             "final_fourier_error_median": median,
             "configuration": config,

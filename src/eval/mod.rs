@@ -177,6 +177,8 @@ pub struct Input {
     pub all_fourier_error: Option<(usize, usize, Vec<f32>)>,
     /// Every start: (K, N*K*H*W).
     pub all_objects: Option<(usize, Vec<Complex32>)>,
+    /// The merge of the best starts (`phase --merge`, `entry_1/image_3/data`).
+    pub merged: Option<Stack<Complex32>>,
 }
 
 pub const IN_SUPPORT: &str = "entry_1/image_1/support";
@@ -185,6 +187,7 @@ pub const IN_FOURIER: &str = "entry_1/image_1/fourier_error";
 pub const IN_FINAL: &str = "entry_1/image_1/final_fourier_error";
 pub const IN_ALL_FOURIER: &str = "entry_1/image_1/all_fourier_error";
 pub const IN_ALL: &str = "entry_1/image_2/data";
+pub const IN_MERGED: &str = "entry_1/image_3/data";
 
 /// Read an input (support file, `phase` output or `predict` output) and check every
 /// dataset it holds against the truth shape (N, H, W).
@@ -258,6 +261,25 @@ pub fn read_input(path: &Path, label: &str, truth: &Truth) -> Result<Input> {
     } else {
         None
     };
+    let merged = if has(&list, IN_MERGED) {
+        let o = io::read_object(path, Some(IN_MERGED))?;
+        if o.shape() != [n, h, w] {
+            return Err(shape_err(path, IN_MERGED, want3, o.shape().to_vec()));
+        }
+        if let Some(i) = o
+            .data
+            .iter()
+            .position(|c| !(c.re.is_finite() && c.im.is_finite()))
+        {
+            return Err(Error::invalid(
+                format!("{}: {IN_MERGED}", path.display()),
+                format!("image {} pixel {} is not finite", i / (h * w), i % (h * w)),
+            ));
+        }
+        Some(o)
+    } else {
+        None
+    };
     if support.is_none() && object.is_none() && fourier_error.is_none() {
         return Err(Error::MissingEntry {
             path: path.to_path_buf(),
@@ -274,6 +296,7 @@ pub fn read_input(path: &Path, label: &str, truth: &Truth) -> Result<Input> {
         final_fourier_error,
         all_fourier_error,
         all_objects,
+        merged,
     })
 }
 
@@ -304,6 +327,9 @@ pub struct PatternMetrics {
     /// Error of the average of the K aligned starts against the truth.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub average_error: Option<f64>,
+    /// Density error of the merged object (`phase --merge`, `entry_1/image_3/data`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_error: Option<f64>,
 }
 
 /// Aggregated metrics of one input.
@@ -321,6 +347,8 @@ pub struct Aggregate {
     pub density_error: Option<Stats>,
     pub final_fourier_error: Option<Stats>,
     pub average_error: Option<Stats>,
+    /// Density error of the merged objects (`phase --merge`).
+    pub merged_error: Option<Stats>,
     /// Resolution at the 1/e crossing of the PRTF averaged over patterns.
     pub prtf_resolution: Option<Resolution>,
     /// Mean of the per-pattern resolutions in nm.
@@ -395,6 +423,11 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
                 }
             });
             let final_fourier_error = input.final_fourier_error.as_ref().map(|v| v[p] as f64);
+            let merged_error = input.merged.as_ref().map(|o| {
+                metrics::density_error(&rho, &align::to_c64(o.image(p)), h, w, UPSAMPLE)
+                    .1
+                    .error
+            });
             let pixel = truth.pixel_nm.as_ref().map(|v| v[p]);
             let (mut prtf_resolution, mut average_error, mut curve) = (None, None, None);
             if let Some((k, all)) = &input.all_objects {
@@ -415,6 +448,7 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
                     final_fourier_error,
                     prtf_resolution,
                     average_error,
+                    merged_error,
                 },
                 curve,
                 gal,
@@ -479,6 +513,7 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
         density_error: metrics::stats(&col(&|m| m.density.map(|d| d.error))),
         final_fourier_error: metrics::stats(&col(&|m| m.final_fourier_error)),
         average_error: metrics::stats(&col(&|m| m.average_error)),
+        merged_error: metrics::stats(&col(&|m| m.merged_error)),
         prtf_resolution: prtf.as_ref().map(|c| metrics::resolution(c, mean_px)),
         prtf_resolution_nm: metrics::stats(&col(&|m| m.prtf_resolution.and_then(|r| r.nm))),
     };

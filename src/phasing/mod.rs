@@ -2,6 +2,8 @@
 //! starting supports and objects), execution on a backend, and the reconstruction it
 //! returns (centred, as stored on disk).
 
+pub mod merge;
+pub mod population;
 pub mod problem;
 pub mod program;
 pub mod recipe;
@@ -13,6 +15,7 @@ use crate::fft::Plan2d;
 use crate::io::PatternSet;
 use crate::support::native as support;
 use crate::{Error, Result};
+use population::{MergedSet, RunLog, Strategy};
 use problem::{InitObjects, PhasingOutput, PhasingProblem, Selection};
 use program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use schedule::Schedule;
@@ -121,6 +124,9 @@ pub struct PhaseConfig {
     pub free_fraction: f32,
     /// How the best start is chosen and which starts are filtered.
     pub selection: Selection,
+    /// Populations (GA), restarts of collapsed starts and the merge of the best starts
+    /// (issue 19; all off by default).
+    pub strategy: Strategy,
 }
 
 impl Default for PhaseConfig {
@@ -142,6 +148,7 @@ impl Default for PhaseConfig {
             clip_negative: false,
             free_fraction: 0.0,
             selection: Selection::default(),
+            strategy: Strategy::default(),
         }
     }
 }
@@ -171,6 +178,9 @@ impl PhaseConfig {
             "clip_negative": self.clip_negative,
             "free_fraction": self.free_fraction,
             "selection": self.selection,
+            "population": self.strategy.population,
+            "restart": self.strategy.restart,
+            "merge": self.strategy.merge,
             "fft_convention": "forward unnormalised, inverse 1/(HW); arrays centred at (H/2, W/2)",
         })
     }
@@ -221,6 +231,7 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
     let schedule = Schedule::parse(&cfg.schedule)?;
     let sw = cfg.shrinkwrap.clone().unwrap_or_default();
     let program = Program::compile(&schedule, cfg.beta, &sw, cfg.recording)?;
+    check_strategy(&cfg.strategy, cfg.starts, program.iterations)?;
 
     let l = h * w;
     let mut amplitudes = vec![0.0f32; n * l];
@@ -435,6 +446,26 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
     ))
 }
 
+/// Check the populations, restarts and merge against the starts and the run's length.
+pub fn check_strategy(st: &Strategy, starts: usize, iterations: u64) -> Result<()> {
+    if let Some(pc) = &st.population {
+        if pc.keep >= starts {
+            return Err(Error::Config(format!(
+                "--population keep={}: keep fewer than --starts ({starts}), or no start is ever replaced",
+                pc.keep
+            )));
+        }
+    }
+    if st.merge > starts {
+        return Err(Error::Config(format!(
+            "--merge {}: more than the {starts} start(s) of each pattern (--starts)",
+            st.merge
+        )));
+    }
+    st.checkpoints(iterations)?;
+    Ok(())
+}
+
 /// The per-start shrinkwrap threshold factors, uniform in the configured range, deterministic
 /// in (seed, pattern, start); empty when the range is (1, 1).
 fn sw_factors(cfg: &PhaseConfig, n: usize) -> Vec<f32> {
@@ -561,6 +592,14 @@ pub struct Merits {
     /// N*K: shrinkwraps refused by the support guard, and the final threshold factors.
     pub guard_events: Vec<u32>,
     pub threshold_factor: Vec<f32>,
+    /// N*K: restarts of each start (`--restart`; zeros without).
+    pub restarts: Vec<u32>,
+    /// With `--population`: N*K, times each start was replaced by a child, and (G, N*G)
+    /// the criterion of the best start of each pattern at each generation.
+    pub replaced: Option<Vec<u32>>,
+    pub generation_best: Option<(usize, Vec<f32>)>,
+    /// With `--merge`: the merge of the best starts.
+    pub merged: Option<MergedSet>,
 }
 
 impl Merits {
@@ -662,8 +701,12 @@ impl Reconstruction {
                 final_free_llk: out.final_free_llk,
                 final_support_fraction: out.final_support_fraction,
                 selection: problem.selection,
+                restarts: vec![0; out.guard_events.len()],
                 guard_events: out.guard_events,
                 threshold_factor: out.threshold_factor,
+                replaced: None,
+                generation_best: None,
+                merged: None,
             }),
             iterations: program.iterations,
             seconds,
@@ -795,6 +838,32 @@ impl Reconstruction {
                 "entry_1/image_1/selection",
                 &serde_json::to_string(&m.selection).unwrap_or_default(),
             )?;
+            let rs: Vec<i64> = m.restarts.iter().map(|&r| r as i64).collect();
+            out.i64("entry_1/image_1/all_restarts", &[n, k], &rs)?;
+            out.i64("entry_1/image_1/restarts", &[n], &per_pattern_sum(&rs, k))?;
+            if let Some(r) = &m.replaced {
+                let r: Vec<i64> = r.iter().map(|&v| v as i64).collect();
+                out.i64("entry_1/image_1/all_replaced", &[n, k], &r)?;
+            }
+            if let Some((g, v)) = &m.generation_best {
+                out.f32("entry_1/image_1/generation_best", &[n, *g], v)?;
+            }
+            if let Some(mg) = &m.merged {
+                let (c, md) = (mg.count, mg.modes);
+                out.complex64("entry_1/image_3/data", &[n, h, w], &mg.objects)?;
+                out.attr_string("entry_1/image_3", "NX_class", "NXdata")?;
+                out.attr_string("entry_1/image_3", "description", MERGED_DESCRIPTION)?;
+                out.u8("entry_1/image_3/support", &[n, h, w], &mg.supports)?;
+                out.complex64("entry_1/image_3/modes", &[n, md, h, w], &mg.mode_images)?;
+                out.f32("entry_1/image_3/mode_weights", &[n, md], &mg.weights)?;
+                out.i64("entry_1/image_3/starts", &[n, c], &mg.starts)?;
+                out.f32(
+                    "entry_1/image_3/final_fourier_error",
+                    &[n],
+                    &mg.fourier_error,
+                )?;
+                out.f32("entry_1/image_3/final_llk", &[n], &mg.llk)?;
+            }
         }
         out.string(
             "entry_1/image_1/process_1/configuration",
@@ -819,7 +888,16 @@ impl Reconstruction {
     }
 }
 
-/// Prepare and run a phasing job on `backend`.
+/// The `description` attribute of `entry_1/image_3` (the merge of the best starts).
+pub const MERGED_DESCRIPTION: &str = "--merge: average of the best starts of each pattern (selection order, `starts`), each aligned onto the best (translation by cross-correlation of the moduli, twin, global phase), in the best start's frame; `support`: pixels in at least half of the aligned supports; `modes`: the leading modes of the aligned stack (sum_j v_ij x_j / sqrt(N) for the Gram matrix's eigenvectors v_i), `mode_weights` their energy fractions";
+
+/// Per pattern, the sum of an (N, K) array's rows.
+pub fn per_pattern_sum(v: &[i64], k: usize) -> Vec<i64> {
+    v.chunks(k.max(1)).map(|c| c.iter().sum()).collect()
+}
+
+/// Prepare and run a phasing job on `backend` (with the populations, restarts and merge
+/// of `cfg.strategy`).
 pub fn phase(
     backend: &dyn Backend,
     patterns: &PatternSet,
@@ -827,7 +905,88 @@ pub fn phase(
     progress: Progress<'_>,
 ) -> Result<Reconstruction> {
     let (problem, program) = prepare(patterns, cfg)?;
-    run_prepared(backend, &problem, &program, progress)
+    run_strategy(
+        backend,
+        &problem,
+        &program,
+        &cfg.strategy,
+        cfg.seed,
+        progress,
+    )
+}
+
+/// Run a prepared problem with populations, restarts and merging ([`population`]); with
+/// the default (empty) strategy this is [`run_prepared`]. `seed` seeds the restarts and
+/// the breeding.
+pub fn run_strategy(
+    backend: &dyn Backend,
+    problem: &PhasingProblem,
+    program: &Program,
+    strategy: &Strategy,
+    seed: u64,
+    progress: Progress<'_>,
+) -> Result<Reconstruction> {
+    if !strategy.segmented() && strategy.merge == 0 {
+        return run_prepared(backend, problem, program, progress);
+    }
+    check_strategy(strategy, problem.starts, program.iterations)?;
+    let t0 = std::time::Instant::now();
+    let (out, log) = if strategy.segmented() {
+        let (o, l) =
+            population::run_segmented(backend, problem, program, strategy, seed, progress)?;
+        (o, Some(l))
+    } else {
+        // the merge needs every start: run with keep_all
+        let mut pb = problem.clone();
+        pb.keep_all = true;
+        (backend.run_phasing(&pb, program, progress)?, None)
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let mut rec = Reconstruction::from_output(out, problem, program, secs, backend.describe());
+    let merits: Vec<problem::FinalMerit> = (0..rec.n * rec.starts)
+        .map(|i| problem::FinalMerit {
+            fourier: rec.final_fourier_error[i],
+            llk: rec.merits.as_ref().map_or(f32::NAN, |m| m.final_llk[i]),
+            free_llk: rec
+                .merits
+                .as_ref()
+                .map_or(f32::NAN, |m| m.final_free_llk[i]),
+            support_fraction: rec
+                .merits
+                .as_ref()
+                .map_or(f32::NAN, |m| m.final_support_fraction[i]),
+        })
+        .collect();
+    let merged = match (strategy.merge, &rec.all_objects, &rec.all_supports) {
+        (0, _, _) => None,
+        (c, Some(o), Some(s)) => Some(population::merge_starts(problem, o, s, &merits, c)),
+        _ => {
+            return Err(Error::Config(
+                "--merge: the run returned no per-start objects".into(),
+            ))
+        }
+    };
+    if let Some(m) = rec.merits.as_mut() {
+        m.merged = merged;
+        if let Some(RunLog {
+            restarts,
+            replaced,
+            generation_best,
+            generations,
+        }) = log
+        {
+            m.restarts = restarts;
+            if strategy.population.is_some() {
+                m.replaced = Some(replaced);
+                m.generation_best = Some((generations, generation_best));
+            }
+        }
+    }
+    if !problem.keep_all {
+        rec.all_objects = None;
+        rec.all_supports = None;
+    }
+    Ok(rec)
 }
 
 /// Run an already prepared problem (used by benchmarks to leave preparation out).

@@ -239,26 +239,11 @@ impl PhasingProblem {
 
     /// Fill the starting object and support of item (pattern `p`, start `s`).
     pub fn initial_state(&self, p: usize, s: usize, obj: &mut [Complex32], sup: &mut [u8]) {
-        let l = self.h * self.w;
         let si = if self.supports.n == 1 { 0 } else { p };
         sup.copy_from_slice(self.supports.image(si));
         match &self.init {
             InitObjects::Random { seed } => {
-                let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(*seed, p, s));
-                let complex = self.constraint == Constraint::None;
-                let lut = phase_table();
-                for (o, &m) in obj.iter_mut().zip(sup.iter()) {
-                    // one 64-bit draw: 24 bits of modulus, 12 bits of phase
-                    let x = rng.next_u64();
-                    let a = unit(x);
-                    *o = if m == 0 {
-                        Complex32::new(0.0, 0.0)
-                    } else if complex {
-                        lut[(x & (PHASES as u64 - 1)) as usize] * a
-                    } else {
-                        Complex32::new(a, 0.0)
-                    };
-                }
+                self.random_object(p, item_seed(*seed, p, s), obj, sup);
             }
             InitObjects::Given {
                 objects: st,
@@ -274,8 +259,30 @@ impl PhasingProblem {
                         *o *= 1.0 + noise * (2.0 * unit(rng.next_u64()) - 1.0);
                     }
                 }
-                return;
             }
+        }
+    }
+
+    /// Fill a random starting object of pattern `p` inside the support `sup` (already
+    /// filled), from the generator seeded by `item_seed` (see [`InitObjects::Random`]), with
+    /// the energy the data imply. Also used to restart a collapsed start
+    /// ([`crate::phasing::population`]) with a seed of its own.
+    pub fn random_object(&self, p: usize, item_seed: u64, obj: &mut [Complex32], sup: &[u8]) {
+        let l = self.h * self.w;
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed);
+        let complex = self.constraint == Constraint::None;
+        let lut = phase_table();
+        for (o, &m) in obj.iter_mut().zip(sup.iter()) {
+            // one 64-bit draw: 24 bits of modulus, 12 bits of phase
+            let x = rng.next_u64();
+            let a = unit(x);
+            *o = if m == 0 {
+                Complex32::new(0.0, 0.0)
+            } else if complex {
+                lut[(x & (PHASES as u64 - 1)) as usize] * a
+            } else {
+                Complex32::new(a, 0.0)
+            };
         }
         // A random start has no scale of its own: give it the energy the data imply
         // (Parseval), so that the first HIO feedback mixes quantities of the same magnitude.

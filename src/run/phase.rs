@@ -27,6 +27,10 @@ pub struct PhaseSummary {
     /// support guard, and the final threshold factors.
     pub guard_events: Vec<u32>,
     pub threshold_factor: Vec<f32>,
+    /// Per start (N*K, every block; empty on an MPI worker): restarts (`--restart`).
+    pub restarts: Vec<u32>,
+    /// Starts per pattern.
+    pub starts: usize,
     pub stats: BlockStats,
 }
 
@@ -34,6 +38,17 @@ impl PhaseSummary {
     /// One line on the support guard's work over the whole file, when it refused any.
     pub fn guard_summary(&self) -> Option<String> {
         phasing::guard_summary(&self.guard_events, &self.threshold_factor)
+    }
+
+    /// One line on the restarts over the whole file, when there were any.
+    pub fn restart_summary(&self) -> Option<String> {
+        phasing::population::restart_summary(&self.restarts, self.starts)
+    }
+
+    /// Restarts per pattern.
+    pub fn restarts_per_pattern(&self) -> Vec<i64> {
+        let v: Vec<i64> = self.restarts.iter().map(|&r| r as i64).collect();
+        phasing::per_pattern_sum(&v, self.starts)
     }
 }
 
@@ -77,6 +92,10 @@ struct Ids {
     all_final: StreamId,
     /// [`MERIT_ROWS`], then the threshold factors (N,K) f32 and the guard events (N,K) i64.
     merits: Vec<StreamId>,
+    /// `restarts` (N) and `all_restarts` (N,K) i64; with `--population` `all_replaced`
+    /// (N,K) i64 and `generation_best` (N,G) f32; with `--merge` the `image_3` datasets
+    /// (data, support, modes, mode_weights, starts, final_fourier_error, final_llk).
+    extras: Vec<StreamId>,
     keep: Option<(StreamId, StreamId)>,
 }
 
@@ -104,6 +123,15 @@ pub fn phase_blocks(
         cfg.recording,
     )?;
     let l = program.records;
+    phasing::check_strategy(&cfg.strategy, k, program.iterations)?;
+    let generations = cfg
+        .strategy
+        .population
+        .map_or(0, |p| p.generations as usize);
+    let (merge_count, merge_modes) = (
+        cfg.strategy.merge.min(k),
+        phasing::population::MERGE_MODES.min(cfg.strategy.merge.min(k)),
+    );
     // the per-block configuration: everything but the per-pattern images, cloned per block
     let mut template = cfg.clone();
     let support = std::mem::replace(&mut template.support, SupportSpec::Circle { radius: 1.0 });
@@ -165,6 +193,37 @@ pub fn phase_blocks(
                 .flat_map(|&e| (e as i64).to_le_bytes())
                 .collect(),
         );
+        let i64_bytes = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|e| e.to_le_bytes()).collect() };
+        let rs: Vec<i64> = m.restarts.iter().map(|&r| r as i64).collect();
+        rows.push(i64_bytes(&phasing::per_pattern_sum(&rs, k)));
+        rows.push(i64_bytes(&rs));
+        if cfg.strategy.population.is_some() {
+            let rp: Vec<i64> = m
+                .replaced
+                .as_ref()
+                .map(|r| r.iter().map(|&v| v as i64).collect())
+                .unwrap_or_else(|| vec![0; rs.len()]);
+            rows.push(i64_bytes(&rp));
+            let gb = m
+                .generation_best
+                .as_ref()
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| vec![f32::NAN; rec.n * generations]);
+            rows.push(dist::f32_bytes(&gb));
+        }
+        if cfg.strategy.merge > 0 {
+            let mg = m
+                .merged
+                .as_ref()
+                .ok_or_else(|| Error::Config("a phasing block returned no merge".into()))?;
+            rows.push(dist::c64_bytes(&mg.objects));
+            rows.push(mg.supports.clone());
+            rows.push(dist::c64_bytes(&mg.mode_images));
+            rows.push(dist::f32_bytes(&mg.weights));
+            rows.push(i64_bytes(&mg.starts));
+            rows.push(dist::f32_bytes(&mg.fourier_error));
+            rows.push(dist::f32_bytes(&mg.llk));
+        }
         if let (true, Some(o), Some(s)) = (cfg.keep_all, &rec.all_objects, &rec.all_supports) {
             rows.push(dist::c64_bytes(o));
             rows.push(s.clone());
@@ -183,6 +242,8 @@ pub fn phase_blocks(
             best_start: Vec::new(),
             guard_events: Vec::new(),
             threshold_factor: Vec::new(),
+            restarts: Vec::new(),
+            starts: k,
             stats: BlockStats::worker(&plan, compute_ns),
         });
     }
@@ -247,6 +308,34 @@ pub fn phase_blocks(
             "entry_1/image_1/selection",
             &serde_json::to_string(&cfg.selection).unwrap_or_default(),
         )?;
+        let mut extras = vec![
+            f.stream("entry_1/image_1/restarts", Dtype::I64, &[n])?,
+            f.stream("entry_1/image_1/all_restarts", Dtype::I64, &[n, k])?,
+        ];
+        if cfg.strategy.population.is_some() {
+            extras.push(f.stream("entry_1/image_1/all_replaced", Dtype::I64, &[n, k])?);
+            extras.push(f.stream(
+                "entry_1/image_1/generation_best",
+                Dtype::F32,
+                &[n, generations],
+            )?);
+        }
+        if cfg.strategy.merge > 0 {
+            let (c, md) = (merge_count, merge_modes);
+            extras.push(f.stream("entry_1/image_3/data", Dtype::Complex64, &[n, h, w])?);
+            f.attr_string("entry_1/image_3", "NX_class", "NXdata")?;
+            f.attr_string(
+                "entry_1/image_3",
+                "description",
+                phasing::MERGED_DESCRIPTION,
+            )?;
+            extras.push(f.stream("entry_1/image_3/support", Dtype::U8, &[n, h, w])?);
+            extras.push(f.stream("entry_1/image_3/modes", Dtype::Complex64, &[n, md, h, w])?);
+            extras.push(f.stream("entry_1/image_3/mode_weights", Dtype::F32, &[n, md])?);
+            extras.push(f.stream("entry_1/image_3/starts", Dtype::I64, &[n, c])?);
+            extras.push(f.stream("entry_1/image_3/final_fourier_error", Dtype::F32, &[n])?);
+            extras.push(f.stream("entry_1/image_3/final_llk", Dtype::F32, &[n])?);
+        }
         let keep = if cfg.keep_all {
             let o = f.stream("entry_1/image_2/data", Dtype::Complex64, &[n, k, h, w])?;
             let s = f.stream("entry_1/image_2/support", Dtype::U8, &[n, k, h, w])?;
@@ -269,6 +358,7 @@ pub fn phase_blocks(
             all_fourier,
             all_final,
             merits,
+            extras,
             keep,
         })
     })?;
@@ -276,6 +366,8 @@ pub fn phase_blocks(
     let mut best = vec![0usize; n];
     let mut guard_events = vec![0u32; n * k];
     let mut threshold_factor = vec![1f32; n * k];
+    let mut restarts = vec![0u32; n * k];
+    let all_restarts_id = ids.extras[1];
     let (tf_id, ev_id) = (
         ids.merits[MERIT_ROWS.len()],
         ids.merits[MERIT_ROWS.len() + 1],
@@ -290,7 +382,13 @@ pub fn phase_blocks(
             for (d, v) in threshold_factor[items.clone()].iter_mut().zip(f32s(&tf)) {
                 *d = v;
             }
-            for (d, v) in guard_events[items].iter_mut().zip(i64s(&ev)) {
+            for (d, v) in guard_events[items.clone()].iter_mut().zip(i64s(&ev)) {
+                *d = v.clamp(0, u32::MAX as i64) as u32;
+            }
+            let rs = out
+                .writer()
+                .read_rows_raw(all_restarts_id, r.start, r.len())?;
+            for (d, v) in restarts[items].iter_mut().zip(i64s(&rs)) {
                 *d = v.clamp(0, u32::MAX as i64) as u32;
             }
             let fe = out
@@ -319,6 +417,7 @@ pub fn phase_blocks(
             ids.all_final,
         ];
         v.extend(&ids.merits);
+        v.extend(&ids.extras);
         if let Some((o, s)) = ids.keep {
             v.extend([o, s]);
         }
@@ -348,7 +447,13 @@ pub fn phase_blocks(
         for (d, v) in threshold_factor[items.clone()].iter_mut().zip(f32s(tf)) {
             *d = v;
         }
-        for (d, v) in guard_events[items].iter_mut().zip(i64s(ev)) {
+        for (d, v) in guard_events[items.clone()].iter_mut().zip(i64s(ev)) {
+            *d = v.clamp(0, u32::MAX as i64) as u32;
+        }
+        for (d, v) in restarts[items]
+            .iter_mut()
+            .zip(i64s(&rows[11 + MERIT_ROWS.len()]))
+        {
             *d = v.clamp(0, u32::MAX as i64) as u32;
         }
         for (i, p) in r.clone().enumerate() {
@@ -372,6 +477,8 @@ pub fn phase_blocks(
         best_start: best,
         guard_events,
         threshold_factor,
+        restarts,
+        starts: k,
         stats,
     })
 }
