@@ -523,6 +523,19 @@ fn cli_population_merge_and_evaluate() {
         let e = m["merged_error"].as_f64().expect("merged_error");
         assert!(e.is_finite() && e >= 0.0);
     }
+    // without --json the summary line names the merged object's median error
+    let rep2 = dir.join("report2");
+    let o = ok(&[
+        "evaluate",
+        "--truth",
+        p(&data),
+        "--input",
+        p(&out),
+        "--report",
+        p(&rep2),
+    ]);
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert!(text.contains("merged (phase --merge) "), "{text}");
     // the same run in one block writes the same data (the in-memory writer)
     let out1 = dir.join("r1.cxi");
     ok(&[

@@ -63,6 +63,9 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
             if let Some(d) = ag.density_error {
                 parts.push(format!("density error median {:.3}", d.median));
             }
+            if let Some(d) = ag.merged_error {
+                parts.push(format!("merged (phase --merge) {:.3}", d.median));
+            }
             if let Some(r) = ag.prtf_resolution {
                 parts.push(format!(
                     "PRTF 1/e {}{:.2} px{}",
