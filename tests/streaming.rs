@@ -7,21 +7,10 @@
 mod common;
 
 use common::cli::{bin, fails, ok};
-use common::files::{p, same_data, simulate};
+use common::files::{no_leftovers, p, same_data, simulate};
 use common::Lcg;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// No partial output or journal is left beside `out`.
-fn no_leftovers(dir: &Path) {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".cdiphase-"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-}
 
 #[test]
 fn phase_in_blocks_writes_the_in_memory_result() {
