@@ -258,6 +258,69 @@ fn support_in_blocks_writes_the_in_memory_result() {
     no_leftovers(dir);
 }
 
+#[test]
+fn npy_inputs_are_read_in_blocks_with_the_whole_file_result() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let n = 11;
+    let sim = simulate(dir, "sim.cxi", n, 32);
+    let st = cdiphase::io::read_patterns(&sim, None).unwrap().intensities;
+    // a random subset of the patterns, in a random order: the offsets differ per run
+    let mut lcg = Lcg::new("npy rows");
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (lcg.next() * (i + 1) as f64) as usize);
+    }
+    let m = 5 + (lcg.next() * 6.0) as usize;
+    let v: Vec<f32> = order[..m]
+        .iter()
+        .flat_map(|&i| st.image(i).to_vec())
+        .collect();
+    let npy = dir.join("patterns.npy");
+    cdiphase::io::npy::write_f32(&npy, &[m, 32, 32], &v).unwrap();
+    let input = cdiphase::io::blocks::PatternBlocks::open(&npy, None).unwrap();
+    assert!(input.streamed(), "an .npy file is read by offsets");
+    // the reference: the library on the whole file, read whole
+    let patterns = cdiphase::io::read_patterns(&npy, None).unwrap();
+    let cfg = cdiphase::phasing::PhaseConfig {
+        schedule: "10*(5*HIO + 5*ER)".into(),
+        starts: 2,
+        seed: 3,
+        ..Default::default()
+    };
+    let backend = cdiphase::backend::select(cdiphase::backend::Device::Cpu, Some(2)).unwrap();
+    let rec = cdiphase::phasing::phase(backend.as_ref(), &patterns, &cfg, &|_| {}).unwrap();
+    let reference = dir.join("reference.cxi");
+    rec.write_cxi(&reference, &serde_json::json!({})).unwrap();
+    for block in [1, 3, m + 4] {
+        let out = dir.join(format!("b{block}.cxi"));
+        let o = ok(&[
+            "phase",
+            p(&npy),
+            "-o",
+            p(&out),
+            "--algorithm",
+            "10*(5*HIO + 5*ER)",
+            "--starts",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--block",
+            &block.to_string(),
+        ]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!e.contains("read whole"), "{e}");
+        same_data(&reference, &out, true);
+    }
+    // a window is what the whole file holds there
+    let w = input.read(2..m).unwrap();
+    assert!(w.intensities.data == patterns.intensities.data[2 * 1024..m * 1024]);
+    assert!(w.mask.is_none());
+    no_leftovers(dir);
+}
+
 const PHASE: [&str; 8] = [
     "--algorithm",
     "300*(5*HIO + 5*ER)",
