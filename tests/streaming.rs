@@ -321,6 +321,37 @@ fn npy_inputs_are_read_in_blocks_with_the_whole_file_result() {
     no_leftovers(dir);
 }
 
+#[test]
+fn float16_patterns_are_read_in_blocks_as_read_whole() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile/float16.cxi");
+    let whole = cdiphase::io::read_patterns(&path, None).unwrap();
+    let input = cdiphase::io::blocks::PatternBlocks::open(&path, None).unwrap();
+    assert!(
+        input.streamed(),
+        "float16 data are converted a window at a time"
+    );
+    let (n, l) = (input.n, input.h * input.w);
+    assert_eq!(n, whole.intensities.n);
+    for k in 1..=n {
+        for first in (0..n).step_by(k) {
+            let end = (first + k).min(n);
+            let w = input.read(first..end).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&w.intensities.data) == bits(&whole.intensities.data[first * l..end * l]),
+                "patterns {first}..{end}"
+            );
+            match (&w.mask, &whole.mask) {
+                (None, None) => {}
+                (Some(a), Some(b)) if b.n == 1 => assert!(a.data == b.data),
+                (Some(a), Some(b)) => assert!(a.data == b.data[first * l..end * l]),
+                _ => panic!("the mask differs from the whole-file reader's"),
+            }
+        }
+    }
+}
+
 const PHASE: [&str; 8] = [
     "--algorithm",
     "300*(5*HIO + 5*ER)",
