@@ -1,20 +1,22 @@
-//! Block-wise runs across MPI ranks (`mpirun -n N cdiphase phase|predict ...`, issue 18).
+//! Block-wise runs across MPI ranks (`mpirun -n N cdiphase phase|predict|simulate|support
+//! ...`, issue 18).
 //!
 //! Only with the cargo feature `mpi` (the `mpi` crate, rsmpi, over OpenMPI or MPICH); a
 //! build without it, or a process not started by an MPI launcher, or a world of one rank,
 //! runs as one process ([`crate::io::blocks::pipeline`]), exactly as before.
 //!
 //! Design: rank 0 is the master. It opens the output and its journal (resume included),
-//! hands out the indices of the blocks still to do one at a time, in order, to whichever
-//! worker asks, and writes the rows each worker sends back at their place in the one output
-//! file, committing each block to the journal as the one-process run does. Ranks 1..N-1 are
-//! the workers: each opens the input itself (a shared file system), reads and computes the
-//! block it was given, sends its rows to rank 0 and receives its next block with the
-//! reply. A fast worker therefore takes more blocks than a slow one. Every block is
-//! computed by the same function, with the same seeds, as in a one-process run, so the
-//! data written are identical. Any error on any rank aborts the whole job
-//! (`MPI_Abort`, from `main`); the journal then lists only the blocks on disk, so the same
-//! command with `--resume` continues it.
+//! hands out the indices of the blocks still to do, in order, to whichever worker asks,
+//! and writes the rows each worker sends back at their place in the one output file,
+//! committing each block to the journal as the one-process run does. Ranks 1..N-1 are the
+//! workers: each opens the input itself (a shared file system) and holds two blocks at a
+//! time: it reads the next on a reader thread while it computes the current one, sends the
+//! rows to rank 0 (in pieces of at most 1 GiB: one MPI message carries less than 2 GiB)
+//! and receives its next block with the reply. A fast worker therefore takes more blocks
+//! than a slow one. Every block is computed by the same function, with the same seeds, as
+//! in a one-process run, so the data written are identical. Any error on any rank aborts
+//! the whole job (`MPI_Abort`, from `main`); the journal then lists only the blocks on
+//! disk, so the same command with `--resume` continues it.
 //!
 //! The alternative, every rank writing its own blocks into the file at their offsets, is
 //! recorded in NOTES.md ("Streaming, resume and MPI").
@@ -327,6 +329,8 @@ mod imp {
             local_size: local.size() as usize,
             node_has_master: lowest == 0,
         });
+        // a bad setting stops every rank before any output is opened
+        super::max_piece()?;
         Ok(Some(Session {
             _universe: universe,
         }))
@@ -373,7 +377,7 @@ mod imp {
                 TAG_READY => (u64_of(&msg, "blocks wanted", r)?.clamp(1, DEPTH), None),
                 TAG_ROWS => {
                     let total = u64_of(&msg, "length of a block's rows", r)? as usize;
-                    let mut m = Vec::with_capacity(total);
+                    let mut m = Vec::new();
                     while m.len() < total {
                         let (piece, _) = from.receive_vec_with_tag::<u8>(TAG_PIECE);
                         if piece.is_empty() || m.len() + piece.len() > total {
@@ -386,7 +390,11 @@ mod imp {
                                 ),
                             ));
                         }
-                        m.extend_from_slice(&piece);
+                        if m.is_empty() && piece.len() == total {
+                            m = piece; // one piece: no copy
+                        } else {
+                            m.extend_from_slice(&piece);
+                        }
                     }
                     let (b, rows) = decode(&m)?;
                     drop(m);

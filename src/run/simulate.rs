@@ -109,7 +109,7 @@ pub fn simulate_blocks(
                 return Err(bad(what, got, want));
             }
         }
-        file.rows(r.start, &f32s(&inten), &f32s(&dens), &sup)?;
+        file.rows_raw(r.start, &inten, &dens, &sup)?;
         let block_names = decode_names(&nm, m).ok_or_else(|| bad("names", nm.len(), m))?;
         for (i, (name, px)) in block_names.into_iter().zip(f64s(&pix)).enumerate() {
             names[r.start + i] = name;
@@ -139,12 +139,6 @@ pub fn simulate_blocks(
         total_seconds: t0.elapsed().as_secs_f64(),
         patterns: n,
     }))
-}
-
-fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 fn f64s(b: &[u8]) -> impl Iterator<Item = f64> + '_ {

@@ -1374,6 +1374,20 @@ impl SimCxi {
         self.w.write_rows_u8(self.support, first, sup)
     }
 
+    /// [`SimCxi::rows`] from little-endian bytes (an MPI worker's rows, written as they
+    /// arrive).
+    pub(crate) fn rows_raw(
+        &mut self,
+        first: usize,
+        inten: &[u8],
+        dens: &[u8],
+        sup: &[u8],
+    ) -> Result<()> {
+        self.w.write_rows_raw(self.data, first, inten)?;
+        self.w.write_rows_raw(self.density, first, dens)?;
+        self.w.write_rows_raw(self.support, first, sup)
+    }
+
     pub(crate) fn finish(mut self, meta: &SimMeta, cfg: &SimConfig) -> Result<()> {
         let f = &mut self.w;
         let [_, h, w] = meta.mask.shape();
