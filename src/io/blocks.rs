@@ -69,7 +69,7 @@ enum MaskSource {
 
 /// A pattern file read a window of patterns at a time; what
 /// [`crate::io::read_patterns`] reads, without holding more than one window (HDF5 of the
-/// usual types), or read whole (see [`PatternBlocks::streamed`]).
+/// usual types and float16, `.npy`), or read whole (see [`PatternBlocks::streamed`]).
 pub struct PatternBlocks {
     pub n: usize,
     pub h: usize,
@@ -207,7 +207,7 @@ impl PatternBlocks {
     }
 
     /// Whether windows are read from the file as needed (memory flat in N); `false` when
-    /// the file was read whole (float16 or enumeration data or masks).
+    /// the file was read whole (enumeration data, float16 or enumeration masks).
     pub fn streamed(&self) -> bool {
         matches!(self.src, Source::Rows { .. } | Source::Npy(_))
     }
