@@ -112,14 +112,20 @@ fn main() {
 }
 
 /// [`dispatch`] in an MPI job of several ranks: only the verbs that split their patterns
-/// across ranks (`phase`, `predict`) run there; the others would write one output from
-/// every rank.
+/// across ranks (`phase`, `predict`, `simulate`, `support`) run there; the others would
+/// write one output from every rank.
 fn dispatch_ranked(cmd: Cmd) -> Result<()> {
     let size = cdiphase::run::dist::world_size();
-    if size > 1 && !matches!(cmd, Cmd::Phase(_) | Cmd::Predict(_)) {
+    if size > 1
+        && !matches!(
+            cmd,
+            Cmd::Phase(_) | Cmd::Predict(_) | Cmd::Simulate(_) | Cmd::Support(_)
+        )
+    {
         anyhow::bail!(
-            "only `phase` and `predict` split their work across MPI ranks; run this verb as \
-             one process (without mpirun, or with -n 1); this job has {size} ranks"
+            "only `phase`, `predict`, `simulate` and `support` split their work across MPI \
+             ranks; run this verb as one process (without mpirun, or with -n 1); this job has \
+             {size} ranks"
         );
     }
     dispatch(cmd)

@@ -1,8 +1,9 @@
-//! MPI runs (cargo feature `mpi`, issue 18): `mpirun -n K cdiphase phase|predict` on
-//! localhost with 1, 2 and 3 ranks writes the data of the one-process run, bit for bit; a
-//! run killed by SIGKILL in one process is continued by `mpirun ... --resume`; a verb that
-//! does not split across ranks is refused, and an error on one rank stops the job with a
-//! non-zero status instead of hanging.
+//! MPI runs (cargo feature `mpi`, issue 18): `mpirun -n K cdiphase
+//! phase|predict|simulate|support` on localhost with 1, 2 and 3 ranks writes the data of the
+//! one-process run, bit for bit (blocks' rows split into many MPI messages too); a run
+//! killed by SIGKILL in one process is continued by `mpirun ... --resume`; a verb that does
+//! not split across ranks is refused, and an error on one rank stops the job with a non-zero
+//! status instead of hanging.
 //!
 //! Needs `mpirun` (OpenMPI: `apt-get install openmpi-bin libopenmpi-dev`); without it the
 //! tests fail (they do not skip). Run with `cargo test --release --features mpi --test mpi`.
@@ -11,21 +12,30 @@
 mod common;
 
 use common::cli::{bin, ok};
-use common::files::{p, same_data, simulate};
+use common::files::{no_leftovers, p, same_data, simulate};
+use common::seed;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// `mpirun -n K cdiphase ARGS` on localhost (root allowed, more ranks than cores allowed).
 fn mpirun(k: usize, args: &[&str]) -> Output {
-    Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-n",
-            &k.to_string(),
-            env!("CARGO_BIN_EXE_cdiphase"),
-        ])
+    mpirun_env(k, &[], args)
+}
+
+/// [`mpirun`] with environment variables `env` exported to every rank.
+fn mpirun_env(k: usize, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = Command::new("mpirun");
+    c.args([
+        "--allow-run-as-root",
+        "--oversubscribe",
+        "-n",
+        &k.to_string(),
+    ]);
+    for (name, value) in env {
+        c.env(name, value).args(["-x", name]);
+    }
+    c.arg(env!("CARGO_BIN_EXE_cdiphase"))
         .args(args)
         // containers often forbid the cross-memory attach of OpenMPI's shared-memory path
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
@@ -34,23 +44,17 @@ fn mpirun(k: usize, args: &[&str]) -> Output {
 }
 
 fn mpi_ok(k: usize, args: &[&str]) -> Output {
-    let o = mpirun(k, args);
+    mpi_env_ok(k, &[], args)
+}
+
+fn mpi_env_ok(k: usize, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let o = mpirun_env(k, env, args);
     assert!(
         o.status.success(),
         "mpirun -n {k} {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     o
-}
-
-/// No partial output or journal is left in `dir`.
-fn no_leftovers(dir: &Path) {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".cdiphase-"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
@@ -95,6 +99,135 @@ fn phase_on_1_2_and_3_ranks_writes_the_one_process_data() {
             std::fs::read(&one).unwrap() == std::fs::read(&out).unwrap(),
             "{k} ranks: the file differs from the one-process run's"
         );
+    }
+    // a block's rows sent in pieces of 1000 bytes (of about 60 kB): what a block of more
+    // than 2 GiB, the most one MPI message carries, goes through
+    let out = dir.join("pieces.cxi");
+    let a = flags(&out);
+    mpi_env_ok(
+        3,
+        &[("CDIPHASE_MPI_PIECE_BYTES", "1000")],
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert!(
+        std::fs::read(&one).unwrap() == std::fs::read(&out).unwrap(),
+        "rows sent in pieces: the file differs from the one-process run's"
+    );
+    let o = mpirun_env(
+        2,
+        &[("CDIPHASE_MPI_PIECE_BYTES", "0")],
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("CDIPHASE_MPI_PIECE_BYTES"),
+        "{e}"
+    );
+    // refused before rank 0 opened anything (no_leftovers below)
+    no_leftovers(dir);
+}
+
+#[test]
+fn simulate_on_1_2_and_3_ranks_writes_the_one_process_data() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let pdb = |f: &str| format!("{}/assets/pdb/{f}", env!("CARGO_MANIFEST_DIR"));
+    let s = seed("mpi simulate").to_string();
+    let (a, b) = (pdb("1eteA.pdb.gz"), pdb("1bvyF.pdb.gz"));
+    // synthetic particles (one per pattern) with noise and a mask; assemblies of structures
+    let sources: [Vec<&str>; 2] = [
+        vec![
+            "--synthetic",
+            "all",
+            "--count",
+            "11",
+            "--noise",
+            "poisson",
+            "--photons",
+            "1e6",
+            "--mask",
+            "beamstop:2",
+        ],
+        vec!["--pdb", &a, &b, "--assemblies", "2", "--count", "5"],
+    ];
+    for (i, src) in sources.iter().enumerate() {
+        let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = ["simulate", "--size", "32", "--seed", &s, "-q", "-o", p(out)]
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+            v.extend(src.iter().chain(extra).map(|x| x.to_string()));
+            v
+        };
+        let one = dir.join(format!("one{i}.cxi"));
+        let a1 = args(&one, &[]);
+        ok(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+        for k in [1, 2, 3] {
+            // blocks of 2: more blocks than ranks
+            let out = dir.join(format!("src{i}_ranks{k}.cxi"));
+            let ak = args(&out, &["--block", "2", "--threads", "1"]);
+            mpi_ok(k, &ak.iter().map(String::as_str).collect::<Vec<_>>());
+            same_data(&one, &out, false);
+            assert!(
+                std::fs::read(&one).unwrap() == std::fs::read(&out).unwrap(),
+                "source {i}, {k} ranks: the file differs from the one-process run's"
+            );
+        }
+    }
+}
+
+#[test]
+fn support_on_1_2_and_3_ranks_writes_the_one_process_data() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let sim = simulate(dir, "sim.cxi", 9, 32);
+    for (method, entry) in [
+        ("autocorrelation", None),
+        ("triple-intersection", None),
+        // a network output's place taken by the true densities
+        ("nn", Some("entry_1/sample_1/density")),
+    ] {
+        let args = |out: &Path| -> Vec<String> {
+            let mut v: Vec<String> = [
+                "support",
+                p(&sim),
+                "-o",
+                p(out),
+                "--method",
+                method,
+                "--block",
+                "2",
+                "--json",
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+            if let Some(e) = entry {
+                v.extend(["--entry".to_string(), e.to_string()]);
+            }
+            v
+        };
+        let one = dir.join(format!("{method}.cxi"));
+        let a1 = args(&one);
+        let o1 = ok(&a1.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut want: serde_json::Value = serde_json::from_slice(&o1.stdout).unwrap();
+        want["output"] = serde_json::Value::Null;
+        for k in [1, 2, 3] {
+            let out = dir.join(format!("{method}_ranks{k}.cxi"));
+            let ak = args(&out);
+            let o = mpi_ok(k, &ak.iter().map(String::as_str).collect::<Vec<_>>());
+            // one dataset of supports and the configuration (the same: the same input)
+            let (shape, _) = cdiphase::io::read_f32(&out, "entry_1/image_1/support").unwrap();
+            assert_eq!(shape, [9, 32, 32]);
+            assert!(
+                std::fs::read(&one).unwrap() == std::fs::read(&out).unwrap(),
+                "{method}, {k} ranks: the file differs from the one-process run's"
+            );
+            // the report: areas and triple-intersection details of every pattern
+            let mut got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            got["output"] = serde_json::Value::Null;
+            assert_eq!(got, want, "{method}, {k} ranks");
+        }
     }
     no_leftovers(dir);
 }
@@ -199,29 +332,42 @@ fn a_one_process_run_killed_by_sigkill_is_resumed_by_three_ranks() {
 fn verbs_that_do_not_split_are_refused_and_an_error_on_a_rank_stops_the_job() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
-    let out = dir.join("sim.cxi");
+    let sim = simulate(dir, "small.cxi", 6, 32);
+    let out = dir.join("eval.json");
     let o = mpirun(
         2,
         &[
-            "simulate",
-            "--synthetic",
-            "all",
-            "--count",
-            "2",
-            "--size",
-            "32",
-            "-o",
+            "evaluate",
+            "--truth",
+            p(&sim),
+            "--input",
+            p(&sim),
+            "--report",
             p(&out),
-            "-q",
         ],
     );
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "simulate on 2 ranks ran: {e}");
-    assert!(e.contains("only `phase` and `predict`"), "{e}");
+    assert!(!o.status.success(), "evaluate on 2 ranks ran: {e}");
+    assert!(
+        e.contains("only `phase`, `predict`, `simulate` and `support`"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // support methods that read their inputs whole
+    let out = dir.join("circle.cxi");
+    let o = mpirun(
+        2,
+        &["support", p(&sim), "-o", p(&out), "--method", "circle"],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "support --method circle on 2 ranks ran: {e}"
+    );
+    assert!(e.contains("does not split across MPI ranks"), "{e}");
     assert!(!out.exists());
     // the bundled network takes 128x128 patterns: every worker fails on its first block,
     // and the job ends (MPI_Abort) with the message instead of waiting forever
-    let sim = simulate(dir, "small.cxi", 6, 32);
     let o = mpirun(
         3,
         &[

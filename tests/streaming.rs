@@ -7,21 +7,10 @@
 mod common;
 
 use common::cli::{bin, fails, ok};
-use common::files::{p, same_data, simulate};
+use common::files::{no_leftovers, p, same_data, simulate};
 use common::Lcg;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// No partial output or journal is left beside `out`.
-fn no_leftovers(dir: &Path) {
-    let left: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".cdiphase-"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-}
 
 #[test]
 fn phase_in_blocks_writes_the_in_memory_result() {
@@ -267,6 +256,100 @@ fn support_in_blocks_writes_the_in_memory_result() {
         assert!(v == want.data, "nn block {block}");
     }
     no_leftovers(dir);
+}
+
+#[test]
+fn npy_inputs_are_read_in_blocks_with_the_whole_file_result() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let n = 11;
+    let sim = simulate(dir, "sim.cxi", n, 32);
+    let st = cdiphase::io::read_patterns(&sim, None).unwrap().intensities;
+    // a random subset of the patterns, in a random order: the offsets differ per run
+    let mut lcg = Lcg::new("npy rows");
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (lcg.next() * (i + 1) as f64) as usize);
+    }
+    let m = 5 + (lcg.next() * 6.0) as usize;
+    let v: Vec<f32> = order[..m]
+        .iter()
+        .flat_map(|&i| st.image(i).to_vec())
+        .collect();
+    let npy = dir.join("patterns.npy");
+    cdiphase::io::npy::write_f32(&npy, &[m, 32, 32], &v).unwrap();
+    let input = cdiphase::io::blocks::PatternBlocks::open(&npy, None).unwrap();
+    assert!(input.streamed(), "an .npy file is read by offsets");
+    // the reference: the library on the whole file, read whole
+    let patterns = cdiphase::io::read_patterns(&npy, None).unwrap();
+    let cfg = cdiphase::phasing::PhaseConfig {
+        schedule: "10*(5*HIO + 5*ER)".into(),
+        starts: 2,
+        seed: 3,
+        ..Default::default()
+    };
+    let backend = cdiphase::backend::select(cdiphase::backend::Device::Cpu, Some(2)).unwrap();
+    let rec = cdiphase::phasing::phase(backend.as_ref(), &patterns, &cfg, &|_| {}).unwrap();
+    let reference = dir.join("reference.cxi");
+    rec.write_cxi(&reference, &serde_json::json!({})).unwrap();
+    for block in [1, 3, m + 4] {
+        let out = dir.join(format!("b{block}.cxi"));
+        let o = ok(&[
+            "phase",
+            p(&npy),
+            "-o",
+            p(&out),
+            "--algorithm",
+            "10*(5*HIO + 5*ER)",
+            "--starts",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--block",
+            &block.to_string(),
+        ]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!e.contains("read whole"), "{e}");
+        same_data(&reference, &out, true);
+    }
+    // a window is what the whole file holds there
+    let w = input.read(2..m).unwrap();
+    assert!(w.intensities.data == patterns.intensities.data[2 * 1024..m * 1024]);
+    assert!(w.mask.is_none());
+    no_leftovers(dir);
+}
+
+#[test]
+fn float16_patterns_are_read_in_blocks_as_read_whole() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hostile/float16.cxi");
+    let whole = cdiphase::io::read_patterns(&path, None).unwrap();
+    let input = cdiphase::io::blocks::PatternBlocks::open(&path, None).unwrap();
+    assert!(
+        input.streamed(),
+        "float16 data are converted a window at a time"
+    );
+    let (n, l) = (input.n, input.h * input.w);
+    assert_eq!(n, whole.intensities.n);
+    for k in 1..=n {
+        for first in (0..n).step_by(k) {
+            let end = (first + k).min(n);
+            let w = input.read(first..end).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&w.intensities.data) == bits(&whole.intensities.data[first * l..end * l]),
+                "patterns {first}..{end}"
+            );
+            match (&w.mask, &whole.mask) {
+                (None, None) => {}
+                (Some(a), Some(b)) if b.n == 1 => assert!(a.data == b.data),
+                (Some(a), Some(b)) => assert!(a.data == b.data[first * l..end * l]),
+                _ => panic!("the mask differs from the whole-file reader's"),
+            }
+        }
+    }
 }
 
 const PHASE: [&str; 8] = [

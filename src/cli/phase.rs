@@ -249,7 +249,7 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
             if patterns.streamed() {
                 ""
             } else {
-                " (input read whole: NPY or a type read whole)"
+                " (input read whole: a type the row reader does not decode)"
             }
         );
     }

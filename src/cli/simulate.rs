@@ -103,6 +103,11 @@ pub struct SimulateArgs {
     pub keep_hydrogens: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Patterns simulated and written at a time (under MPI: the unit handed to a rank)
+    /// [default: 256 patterns of 128x128, as many pixels for other sizes]. The data do not
+    /// depend on it.
+    #[arg(long)]
+    pub block: Option<usize>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -150,7 +155,13 @@ pub fn config_from_args(a: &SimulateArgs) -> Result<SimConfig> {
     Ok(opts.config()?)
 }
 
-pub fn run(a: SimulateArgs) -> Result<()> {
+pub fn run(mut a: SimulateArgs) -> Result<()> {
+    // in an MPI job: rank 0 writes and reports, the workers compute their blocks quietly
+    let worker = cdiphase::run::dist::is_worker();
+    if worker {
+        a.run.quiet = true;
+        a.run.json = false;
+    }
     let inputs: Vec<(&str, &std::path::Path)> =
         a.pdb.iter().map(|p| ("--pdb", p.as_path())).collect();
     super::check_paths(&inputs, &[("--output", &a.output)], &[])?;
@@ -161,16 +172,25 @@ pub fn run(a: SimulateArgs) -> Result<()> {
         skip_hydrogens: !a.keep_hydrogens,
         chains: Chains::parse(&a.chains)?,
     };
-    // --threads 0 meant rayon's default (all cores), as no --threads does
-    let pool = cdiphase::backend::cpu::thread_pool(a.run.threads.filter(|&t| t > 0))
-        .context("starting the thread pool")?;
+    let block = a.block.unwrap_or_else(|| sim::chunk_for(h, w));
+    if block == 0 {
+        bail!("--block 0: expected at least 1 pattern per block");
+    }
+    // --threads 0 meant rayon's default (all cores), as no --threads does; in an MPI job the
+    // node's cores are shared by its ranks
+    let threads = a
+        .run
+        .threads
+        .filter(|&t| t > 0)
+        .or(cdiphase::run::dist::default_threads());
+    let pool = cdiphase::backend::cpu::thread_pool(threads).context("starting the thread pool")?;
     let t0 = std::time::Instant::now();
     let (structures, failed) = if cfg.synthetic.is_some() {
         (Vec::new(), Vec::new())
     } else {
         pool.install(|| sim::collect_structures(&a.pdb, &opts))
     };
-    for (path, e) in &failed {
+    for (path, e) in failed.iter().filter(|_| !worker) {
         eprintln!("warning: skipped {}: {e}", path.display());
     }
     if structures.is_empty() && cfg.synthetic.is_none() {
@@ -190,7 +210,7 @@ pub fn run(a: SimulateArgs) -> Result<()> {
     }
     let read = structures.len();
     let (structures, too_large) = pool.install(|| sim::fitting_structures(structures, &cfg));
-    for (name, e) in &too_large {
+    for (name, e) in too_large.iter().filter(|_| !worker) {
         eprintln!("warning: skipped {name}: {e}");
     }
     if structures.is_empty() && cfg.synthetic.is_none() {
@@ -241,13 +261,18 @@ pub fn run(a: SimulateArgs) -> Result<()> {
         }
     }
     let pb = progress_bar(a.count as u64, a.run.quiet, "simulate");
-    let rep = pool
-        .install(|| {
-            sim::simulate_to_cxi(&structures, &cfg, &a.output, sim::chunk_for(h, w), &|k| {
-                pb.inc(k)
-            })
-        })
-        .with_context(|| format!("simulating into {}", a.output.display()))?;
+    let rep = cdiphase::run::simulate::simulate_blocks(
+        &structures,
+        &cfg,
+        &a.output,
+        block,
+        &pool,
+        &|k| pb.inc(k),
+    )
+    .with_context(|| format!("simulating into {}", a.output.display()))?;
+    let Some(rep) = rep else {
+        return Ok(()); // an MPI worker: rank 0 reports
+    };
     pb.finish_and_clear();
     let total = t0.elapsed().as_secs_f64();
     let rate = a.count as f64 / rep.total_seconds.max(1e-9);

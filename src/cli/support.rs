@@ -65,7 +65,8 @@ pub fn run(a: SupportArgs) -> Result<()> {
         inputs.push(("--from", f.as_path()));
     }
     check_paths(&inputs, &[("--output", &a.output)], &[])?;
-    set_threads(a.threads)?;
+    // in an MPI job: the node's cores shared by its ranks
+    set_threads(a.threads.or(cdiphase::run::dist::default_threads()))?;
     let method = Method::parse(&a.method)?;
     let threshold = a.threshold.unwrap_or(method.default_threshold());
     if method == Method::Circle {
@@ -89,6 +90,15 @@ pub fn run(a: SupportArgs) -> Result<()> {
         Method::Autocorrelation | Method::TripleIntersection | Method::Nn
     ) {
         return run_blocks(&a, method, threshold);
+    }
+    let ranks = cdiphase::run::dist::world_size();
+    if ranks > 1 {
+        bail!(
+            "--method {} reads its inputs whole and does not split across MPI ranks (this job \
+             has {ranks}): run it as one process, or use autocorrelation, triple-intersection \
+             or nn",
+            method.name()
+        );
     }
     if a.blocks.resume {
         bail!(
@@ -298,6 +308,9 @@ fn run_blocks(a: &SupportArgs, method: Method, threshold: f32) -> Result<()> {
                 resume_hint(&a.output)
             )
         })?;
+    if cdiphase::run::dist::is_worker() {
+        return Ok(()); // rank 0 writes and reports
+    }
     if a.json {
         let summary = serde_json::json!({
             "input": a.input.display().to_string(),

@@ -1,5 +1,5 @@
 //! Block-wise processing of pattern files: a reader that hands out windows of patterns
-//! (HDF5 row reads, memory flat in N), the block plan, and the pipeline that reads block
+//! (HDF5 row reads, `.npy` offset reads: memory flat in N), the block plan, and the pipeline that reads block
 //! `b + 1` and writes block `b - 1` while block `b` computes.
 //!
 //! The verbs `phase`, `predict` and `support` run on top of this: their output is the
@@ -55,8 +55,10 @@ enum Source {
         data: Box<RowDataset>,
         mask: Option<MaskSource>,
     },
-    /// Read whole (NPY files, HDF5 types the row reader does not decode: float16,
-    /// enumerations, virtual datasets), then handed out by windows.
+    /// An `.npy` array read by offset (no mask).
+    Npy(super::npy::NpyRows),
+    /// Read whole (HDF5 types the row reader does not decode: float16, enumerations,
+    /// virtual datasets), then handed out by windows.
     Whole(PatternSet),
 }
 
@@ -67,7 +69,7 @@ enum MaskSource {
 
 /// A pattern file read a window of patterns at a time; what
 /// [`crate::io::read_patterns`] reads, without holding more than one window (HDF5 of the
-/// usual types), or read whole (see [`PatternBlocks::streamed`]).
+/// usual types and float16, `.npy`), or read whole (see [`PatternBlocks::streamed`]).
 pub struct PatternBlocks {
     pub n: usize,
     pub h: usize,
@@ -85,7 +87,7 @@ impl PatternBlocks {
     /// checks and messages.
     pub fn open(path: &Path, entry: Option<&str>) -> Result<PatternBlocks> {
         if super::format_of(path)? == Format::Npy {
-            return Self::whole(super::read_patterns(path, entry)?);
+            return Self::npy(path, |d| format!("intensities must be real, found '{d}'"));
         }
         let f = hdf5::open_streaming(path)?;
         let (name, d) = f.first_dataset(&candidates(entry, &[DEFAULT_DATA_ENTRY]))?;
@@ -153,7 +155,7 @@ impl PatternBlocks {
             })
         };
         if super::format_of(path)? == Format::Npy {
-            return whole();
+            return Self::npy(path, |d| format!("array is complex ('{d}')"));
         }
         let f = hdf5::open_streaming(path)?;
         let (name, d) = f.first_dataset(&[super::bare(entry)])?;
@@ -174,6 +176,24 @@ impl PatternBlocks {
         })
     }
 
+    /// A real `.npy` array of (N, H, W) or (H, W), read by offset; a complex one is refused
+    /// with `complex(descr)` (the message of the whole-file reader).
+    fn npy(path: &Path, complex: fn(&str) -> String) -> Result<PatternBlocks> {
+        let rows = super::npy::NpyRows::open(path)?;
+        let (n, h, w) = nhw(path, "", &rows.header.shape)?;
+        if rows.header.is_complex() {
+            return Err(Error::format(path, complex(&rows.header.descr)));
+        }
+        Ok(PatternBlocks {
+            n,
+            h,
+            w,
+            source: path.to_path_buf(),
+            entry: String::new(),
+            src: Source::Npy(rows),
+        })
+    }
+
     fn whole(p: PatternSet) -> Result<PatternBlocks> {
         let st = &p.intensities;
         Ok(PatternBlocks {
@@ -187,9 +207,9 @@ impl PatternBlocks {
     }
 
     /// Whether windows are read from the file as needed (memory flat in N); `false` when
-    /// the file was read whole (NPY, float16 or enumeration data or masks).
+    /// the file was read whole (enumeration data, float16 or enumeration masks).
     pub fn streamed(&self) -> bool {
-        matches!(self.src, Source::Rows { .. })
+        matches!(self.src, Source::Rows { .. } | Source::Npy(_))
     }
 
     /// Patterns `r` (and their mask: a shared mask as it is, a per-pattern mask cut to
@@ -228,6 +248,10 @@ impl PatternBlocks {
                     }
                 };
                 (st, m)
+            }
+            Source::Npy(rows) => {
+                let v = rows.read(r.start * l, k * l)?.to_f32();
+                (Stack::from_vec(k, h, w, v)?, None)
             }
             Source::Whole(p) => {
                 let st =

@@ -363,18 +363,10 @@ impl H5 {
                 format!("dataset '{entry}': {} bytes for 2-byte elements", raw.len()),
             ));
         }
-        let big = matches!(order, DatatypeByteOrder::BigEndian);
-        Ok(raw
-            .chunks_exact(2)
-            .map(|b| {
-                let bits = if big {
-                    u16::from_be_bytes([b[0], b[1]])
-                } else {
-                    u16::from_le_bytes([b[0], b[1]])
-                };
-                half::f16::from_bits(bits).to_f32()
-            })
-            .collect())
+        Ok(f16_values(
+            &raw,
+            matches!(order, DatatypeByteOrder::BigEndian),
+        ))
     }
 
     /// A string dataset (scalar or 1-D, fixed or variable length), its elements in order.
@@ -966,11 +958,27 @@ fn fill<C: Container>(c: &mut C, children: Vec<(String, Node)>) -> Result<()> {
 // streaming row reads (src/io/blocks.rs)
 // ------------------------------------------------------------------------------------
 
+/// float16 values (2 bytes each, whole elements) as `f32`.
+fn f16_values(raw: &[u8], big: bool) -> Vec<f32> {
+    raw.chunks_exact(2)
+        .map(|b| {
+            let bits = if big {
+                u16::from_be_bytes([b[0], b[1]])
+            } else {
+                u16::from_le_bytes([b[0], b[1]])
+            };
+            half::f16::from_bits(bits).to_f32()
+        })
+        .collect()
+}
+
 /// How the rows of a dataset are decoded by [`RowDataset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RowKind {
     /// Real numbers as `f32` (the conversion of [`H5::read_f32`] for these types).
     Real,
+    /// float16, converted to `f32` a window at a time as [`H5::read_f32`] converts it.
+    Half { big: bool },
     /// A 0/1 mask from integers or bit fields of `size` bytes (any nonzero byte is 1).
     IntMask { size: usize },
     /// A 0/1 mask from floating point values (nonzero, NaN included, is 1).
@@ -1027,13 +1035,20 @@ pub(crate) fn open_streaming(path: &Path) -> Result<H5> {
 
 impl H5 {
     /// `d` as a row source of real values, or `None` when its type needs the whole-file
-    /// reader (float16, enumerations) or is not real (then the whole-file reader gives the
-    /// error message).
+    /// reader (enumerations) or is not real (then the whole-file reader gives the error
+    /// message).
     pub(crate) fn real_rows(&self, entry: &str, d: Dataset) -> Result<Option<RowDataset>> {
         let kind = match self.datatype(entry, &d)? {
             Datatype::FloatingPoint { size: 4 | 8, .. } | Datatype::FixedPoint { .. } => {
                 RowKind::Real
             }
+            Datatype::FloatingPoint {
+                size: 2,
+                byte_order,
+                ..
+            } => RowKind::Half {
+                big: matches!(byte_order, DatatypeByteOrder::BigEndian),
+            },
             _ => return Ok(None),
         };
         self.row_dataset(entry, d, kind)
@@ -1084,13 +1099,32 @@ impl RowDataset {
 
     /// Rows `first..first + k` as `f32` (a [`RowDataset`] of real values).
     pub fn read_f32(&self, first: usize, k: usize) -> Result<Vec<f32>> {
-        debug_assert_eq!(self.kind, RowKind::Real);
         let (path, entry) = (&self.path, &self.entry);
-        let v = guard(path, || {
-            self.d
-                .read_f32_rows(first as u64, k as u64)
-                .map_err(|e| h5err(path, &format!("reading rows {first}.. of '{entry}'"), e))
-        })?;
+        let what = format!("reading rows {first}.. of '{entry}'");
+        let v = match self.kind {
+            RowKind::Real => guard(path, || {
+                self.d
+                    .read_f32_rows(first as u64, k as u64)
+                    .map_err(|e| h5err(path, &what, e))
+            })?,
+            RowKind::Half { big } => {
+                let raw = guard(path, || {
+                    self.d
+                        .read_raw_rows(first as u64, k as u64)
+                        .map_err(|e| h5err(path, &what, e))
+                })?;
+                if raw.len() % 2 != 0 {
+                    return Err(Error::format(
+                        path,
+                        format!("dataset '{entry}': {} bytes for 2-byte elements", raw.len()),
+                    ));
+                }
+                f16_values(&raw, big)
+            }
+            RowKind::IntMask { .. } | RowKind::FloatMask => {
+                unreachable!("a mask is not read as real values")
+            }
+        };
         check_len(path, entry, &[k, self.row_len()], v.len())?;
         Ok(v)
     }
@@ -1125,7 +1159,9 @@ impl RowDataset {
                     .map(|c| u8::from(c.iter().any(|&b| b != 0)))
                     .collect()
             }
-            RowKind::Real => unreachable!("a real dataset is not read as a mask"),
+            RowKind::Real | RowKind::Half { .. } => {
+                unreachable!("a real dataset is not read as a mask")
+            }
         };
         check_len(path, entry, &[k, self.row_len()], v.len())?;
         Ok(v)

@@ -132,8 +132,88 @@ pub fn read(path: &Path) -> Result<NpyArray> {
     parse(path, &bytes)
 }
 
-/// Parse the bytes of an `.npy` file (`path` is only used in messages).
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
+/// What an `.npy` header says: the shape, the element type and where the data start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyHeader {
+    pub shape: Vec<usize>,
+    pub descr: String,
+    /// The type without its byte order (`f4`, `u1`, ...).
+    kind: String,
+    big: bool,
+    /// Bytes per element.
+    size: usize,
+    /// Offset of the data in the file.
+    offset: usize,
+    /// Elements (the product of the shape).
+    len: usize,
+}
+
+impl NpyHeader {
+    /// Whether the element type is complex.
+    pub fn is_complex(&self) -> bool {
+        matches!(self.kind.as_str(), "c8" | "c16")
+    }
+
+    /// Bytes of data the shape needs.
+    fn data_bytes(&self, path: &Path) -> Result<usize> {
+        self.len.checked_mul(self.size).ok_or_else(|| {
+            Error::format(path, "not a valid .npy file: shape overflows".to_string())
+        })
+    }
+
+    /// Elements decoded from `body` (whole elements, in this header's type and order).
+    fn decode(&self, body: &[u8]) -> NpyData {
+        let big = self.big;
+        macro_rules! conv {
+            ($t:ty, $w:expr) => {
+                body.chunks_exact($w)
+                    .map(|c| {
+                        let a: [u8; $w] = c.try_into().unwrap();
+                        if big {
+                            <$t>::from_be_bytes(a)
+                        } else {
+                            <$t>::from_le_bytes(a)
+                        }
+                    })
+                    .collect::<Vec<$t>>()
+            };
+        }
+        match self.kind.as_str() {
+            "b1" => NpyData::Bool(body.iter().map(|&b| u8::from(b != 0)).collect()),
+            "u1" => NpyData::U8(body.to_vec()),
+            "i1" => NpyData::I8(body.iter().map(|&b| b as i8).collect()),
+            "u2" => NpyData::U16(conv!(u16, 2)),
+            "i2" => NpyData::I16(conv!(i16, 2)),
+            "u4" => NpyData::U32(conv!(u32, 4)),
+            "i4" => NpyData::I32(conv!(i32, 4)),
+            "f4" => NpyData::F32(conv!(f32, 4)),
+            "u8" => NpyData::U64(conv!(u64, 8)),
+            "i8" => NpyData::I64(conv!(i64, 8)),
+            "f8" => NpyData::F64(conv!(f64, 8)),
+            "c8" => {
+                let f = conv!(f32, 4);
+                NpyData::C64(
+                    f.chunks_exact(2)
+                        .map(|p| Complex32::new(p[0], p[1]))
+                        .collect(),
+                )
+            }
+            "c16" => {
+                let f = conv!(f64, 8);
+                NpyData::C128(
+                    f.chunks_exact(2)
+                        .map(|p| num_complex::Complex64::new(p[0], p[1]))
+                        .collect(),
+                )
+            }
+            _ => unreachable!("checked by parse_header"),
+        }
+    }
+}
+
+/// Parse the header at the start of `bytes` (which must hold it whole; `path` is only
+/// used in messages).
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
     let bad = |msg: String| Error::format(path, format!("not a valid .npy file: {msg}"));
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(bad("missing the \\x93NUMPY magic string".into()));
@@ -172,12 +252,10 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
     let shape_txt = header_value(header, "shape")
         .ok_or_else(|| bad(format!("no 'shape' in header {header:?}")))?;
     let shape = parse_shape(shape_txt).ok_or_else(|| bad(format!("bad shape in {header:?}")))?;
-    let n = shape
+    let len = shape
         .iter()
         .try_fold(1usize, |a, &b| a.checked_mul(b))
         .ok_or_else(|| bad("shape overflows".into()))?;
-    let body = &bytes[hend..];
-
     let (order, kind) = match descr.as_bytes() {
         [o @ (b'<' | b'>' | b'|' | b'='), rest @ ..] => {
             (*o, std::str::from_utf8(rest).unwrap_or(""))
@@ -200,66 +278,114 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
             ))
         }
     };
-    let need = n
-        .checked_mul(size)
-        .ok_or_else(|| bad("shape overflows".into()))?;
-    if body.len() < need {
-        return Err(bad(format!(
-            "truncated data: shape {shape:?} of '{descr}' needs {need} bytes, file has {}",
-            body.len()
-        )));
-    }
-    let body = &body[..need];
-
-    macro_rules! conv {
-        ($t:ty, $w:expr) => {
-            body.chunks_exact($w)
-                .map(|c| {
-                    let a: [u8; $w] = c.try_into().unwrap();
-                    if big {
-                        <$t>::from_be_bytes(a)
-                    } else {
-                        <$t>::from_le_bytes(a)
-                    }
-                })
-                .collect::<Vec<$t>>()
-        };
-    }
-    let data = match kind {
-        "b1" => NpyData::Bool(body.iter().map(|&b| u8::from(b != 0)).collect()),
-        "u1" => NpyData::U8(body.to_vec()),
-        "i1" => NpyData::I8(body.iter().map(|&b| b as i8).collect()),
-        "u2" => NpyData::U16(conv!(u16, 2)),
-        "i2" => NpyData::I16(conv!(i16, 2)),
-        "u4" => NpyData::U32(conv!(u32, 4)),
-        "i4" => NpyData::I32(conv!(i32, 4)),
-        "f4" => NpyData::F32(conv!(f32, 4)),
-        "u8" => NpyData::U64(conv!(u64, 8)),
-        "i8" => NpyData::I64(conv!(i64, 8)),
-        "f8" => NpyData::F64(conv!(f64, 8)),
-        "c8" => {
-            let f = conv!(f32, 4);
-            NpyData::C64(
-                f.chunks_exact(2)
-                    .map(|p| Complex32::new(p[0], p[1]))
-                    .collect(),
-            )
-        }
-        "c16" => {
-            let f = conv!(f64, 8);
-            NpyData::C128(
-                f.chunks_exact(2)
-                    .map(|p| num_complex::Complex64::new(p[0], p[1]))
-                    .collect(),
-            )
-        }
-        _ => unreachable!("checked above"),
-    };
-    Ok(NpyArray {
+    Ok(NpyHeader {
         shape,
-        descr: descr.clone(),
-        data,
+        kind: kind.to_string(),
+        descr,
+        big,
+        size,
+        offset: hend,
+        len,
     })
+}
+
+/// The message of a file shorter than its header says.
+fn truncated(path: &Path, h: &NpyHeader, need: usize, has: u64) -> Error {
+    Error::format(
+        path,
+        format!(
+            "not a valid .npy file: truncated data: shape {:?} of '{}' needs {need} bytes, file has {has}",
+            h.shape, h.descr
+        ),
+    )
+}
+
+/// Parse the bytes of an `.npy` file (`path` is only used in messages).
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyArray> {
+    let h = parse_header(path, bytes)?;
+    let need = h.data_bytes(path)?;
+    let body = &bytes[h.offset..];
+    if body.len() < need {
+        return Err(truncated(path, &h, need, body.len() as u64));
+    }
+    Ok(NpyArray {
+        data: h.decode(&body[..need]),
+        shape: h.shape,
+        descr: h.descr,
+    })
+}
+
+/// An `.npy` file read by ranges of elements (offset reads; C order, so the patterns
+/// `p .. p + k` of an (N, H, W) array are one range): what [`read`] returns, a window at a
+/// time.
+#[derive(Debug)]
+pub struct NpyRows {
+    pub header: NpyHeader,
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl NpyRows {
+    /// Open `path` and check that it holds the data its header declares.
+    pub fn open(path: &Path) -> Result<NpyRows> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let has = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        // the fixed part, then the whole header (its length is in the fixed part)
+        let mut head = vec![0u8; has.min(12) as usize];
+        file.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
+        let hend = match head.get(6) {
+            Some(1) if head.len() >= 10 => 10 + u16::from_le_bytes([head[8], head[9]]) as usize,
+            Some(2 | 3) if head.len() >= 12 => {
+                12 + u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize
+            }
+            _ => head.len(),
+        };
+        if hend as u64 > head.len() as u64 && hend as u64 <= has {
+            let more = hend - head.len();
+            let at = head.len();
+            head.resize(hend, 0);
+            file.read_exact(&mut head[at..at + more])
+                .map_err(|e| Error::io(path, e))?;
+        }
+        let header = parse_header(path, &head)?;
+        let need = header.data_bytes(path)?;
+        let has_data = has.saturating_sub(header.offset as u64);
+        if has_data < need as u64 {
+            return Err(truncated(path, &header, need, has_data));
+        }
+        Ok(NpyRows {
+            header,
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Elements `first .. first + count` (in C order), as an array of shape `(count,)`.
+    pub fn read(&self, first: usize, count: usize) -> Result<NpyArray> {
+        use std::os::unix::fs::FileExt;
+        let h = &self.header;
+        let end = first
+            .checked_add(count)
+            .filter(|&e| e <= h.len)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "elements {first}..{} past the end of {} ({} elements)",
+                    first.saturating_add(count),
+                    self.path.display(),
+                    h.len
+                ))
+            })?;
+        let mut body = vec![0u8; (end - first) * h.size];
+        self.file
+            .read_exact_at(&mut body, (h.offset + first * h.size) as u64)
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(NpyArray {
+            data: h.decode(&body),
+            shape: vec![count],
+            descr: h.descr.clone(),
+        })
+    }
 }
 
 /// The text after `'key':` in a header dict, up to the end of the header.
@@ -440,6 +566,49 @@ mod tests {
         assert_eq!((bytes.len() - 6 * 8) % 64, 0);
         // no temp files left
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn rows_read_what_the_whole_file_holds() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, descr, big) in [
+            ("f4", "<f4", false),
+            ("be", ">f8", true),
+            ("c8", "<c8", false),
+        ] {
+            let p = d.path().join(format!("{name}.npy"));
+            let (shape, elems) = ([5usize, 3, 2], 30usize);
+            let size = if descr == "<f4" { 4 } else { 8 };
+            let mut body = Vec::new();
+            for i in 0..elems * if descr == "<c8" { 2 } else { 1 } {
+                let x = i as f64 * 0.37 - 3.0;
+                match (size, big) {
+                    (4, _) => body.extend_from_slice(&(x as f32).to_le_bytes()),
+                    (_, true) => body.extend_from_slice(&x.to_be_bytes()),
+                    _ => body.extend_from_slice(&(x as f32).to_le_bytes()),
+                }
+            }
+            let mut bytes = header_bytes(descr, &shape);
+            bytes.extend_from_slice(&body);
+            std::fs::write(&p, &bytes).unwrap();
+            let whole = read(&p).unwrap();
+            let rows = NpyRows::open(&p).unwrap();
+            assert_eq!(rows.header.shape, shape.to_vec());
+            for (first, count) in [(0, 30), (6, 12), (29, 1), (0, 0)] {
+                let part = rows.read(first, count).unwrap();
+                assert_eq!(
+                    part.to_complex32(),
+                    whole.to_complex32()[first..first + count].to_vec(),
+                    "{descr} {first}+{count}"
+                );
+            }
+            assert!(rows.read(25, 6).is_err());
+            // a truncated file is refused when opened, as when read whole
+            std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
+            let e = NpyRows::open(&p).unwrap_err().to_string();
+            assert!(e.contains("truncated data"), "{e}");
+            assert_eq!(e, read(&p).unwrap_err().to_string());
+        }
     }
 
     #[test]

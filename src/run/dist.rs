@@ -1,20 +1,22 @@
-//! Block-wise runs across MPI ranks (`mpirun -n N cdiphase phase|predict ...`, issue 18).
+//! Block-wise runs across MPI ranks (`mpirun -n N cdiphase phase|predict|simulate|support
+//! ...`, issue 18).
 //!
 //! Only with the cargo feature `mpi` (the `mpi` crate, rsmpi, over OpenMPI or MPICH); a
 //! build without it, or a process not started by an MPI launcher, or a world of one rank,
 //! runs as one process ([`crate::io::blocks::pipeline`]), exactly as before.
 //!
 //! Design: rank 0 is the master. It opens the output and its journal (resume included),
-//! hands out the indices of the blocks still to do one at a time, in order, to whichever
-//! worker asks, and writes the rows each worker sends back at their place in the one output
-//! file, committing each block to the journal as the one-process run does. Ranks 1..N-1 are
-//! the workers: each opens the input itself (a shared file system), reads and computes the
-//! block it was given, sends its rows to rank 0 and receives its next block with the
-//! reply. A fast worker therefore takes more blocks than a slow one. Every block is
-//! computed by the same function, with the same seeds, as in a one-process run, so the
-//! data written are identical. Any error on any rank aborts the whole job
-//! (`MPI_Abort`, from `main`); the journal then lists only the blocks on disk, so the same
-//! command with `--resume` continues it.
+//! hands out the indices of the blocks still to do, in order, to whichever worker asks,
+//! and writes the rows each worker sends back at their place in the one output file,
+//! committing each block to the journal as the one-process run does. Ranks 1..N-1 are the
+//! workers: each opens the input itself (a shared file system) and holds two blocks at a
+//! time: it reads the next on a reader thread while it computes the current one, sends the
+//! rows to rank 0 (in pieces of at most 1 GiB: one MPI message carries less than 2 GiB)
+//! and receives its next block with the reply. A fast worker therefore takes more blocks
+//! than a slow one. Every block is computed by the same function, with the same seeds, as
+//! in a one-process run, so the data written are identical. Any error on any rank aborts
+//! the whole job (`MPI_Abort`, from `main`); the journal then lists only the blocks on
+//! disk, so the same command with `--resume` continues it.
 //!
 //! The alternative, every rank writing its own blocks into the file at their offsets, is
 //! recorded in NOTES.md ("Streaming, resume and MPI").
@@ -187,6 +189,23 @@ fn decode(m: &[u8]) -> Result<(usize, Rows)> {
     Ok((b, rows))
 }
 
+/// The largest piece of a block's rows sent as one MPI message: 1 GiB (an MPI count is
+/// an `int`: one message carries less than 2 GiB), or `CDIPHASE_MPI_PIECE_BYTES` (tests
+/// split small blocks with it).
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+fn max_piece() -> Result<usize> {
+    const LIMIT: usize = 1 << 30;
+    match std::env::var("CDIPHASE_MPI_PIECE_BYTES") {
+        Err(_) => Ok(LIMIT),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=LIMIT).contains(&n) => Ok(n),
+            _ => Err(Error::Config(format!(
+                "CDIPHASE_MPI_PIECE_BYTES '{v}': expected bytes from 1 to {LIMIT}"
+            ))),
+        },
+    }
+}
+
 /// Run the blocks `todo`: in one process through [`crate::io::blocks::pipeline`]; on the
 /// master by handing them out and writing what the workers send (`read` and `compute`
 /// unused there). Workers call [`work`] instead.
@@ -197,13 +216,21 @@ pub fn run_blocks<I: Send>(
     write: impl FnMut(usize, Rows) -> Result<()> + Send,
 ) -> Result<()> {
     if is_master() {
-        return imp::serve(todo, write);
+        return serve(todo, write);
     }
     crate::io::blocks::pipeline(todo, read, compute, write)
 }
 
-/// A worker's loop: ask rank 0 for a block, read and compute it, send its rows back, until
-/// rank 0 has no block left.
+/// Rank 0 of an MPI job: hand out the blocks `todo` to the workers as they ask (each holds
+/// at most two: the one it computes and the one it reads meanwhile) and `write` the rows
+/// they send back, on this thread (the one that initialised MPI).
+pub fn serve(todo: &[usize], write: impl FnMut(usize, Rows) -> Result<()>) -> Result<()> {
+    imp::serve(todo, write)
+}
+
+/// A worker's loop: ask rank 0 for two blocks; read the next block on a reader thread
+/// while this thread computes the current one, send its rows back (in pieces below MPI's
+/// 2 GiB message limit) and get the next block in reply, until rank 0 has none left.
 pub fn work<I: Send>(
     read: impl FnMut(usize) -> Result<I> + Send,
     compute: impl FnMut(usize, I) -> Result<Rows>,
@@ -257,14 +284,20 @@ mod imp {
     use ::mpi::point_to_point::{Destination, Source};
     use ::mpi::topology::{Communicator, SimpleCommunicator};
     use ::mpi::traits::CommunicatorCollectives;
+    use std::sync::mpsc::{channel, sync_channel};
 
-    /// A worker asking for its first block (no rows).
+    /// A worker asking for its first blocks (payload: how many, u64).
     const TAG_READY: i32 = 1;
-    /// A worker sending a block's rows (and asking for the next).
+    /// A worker announcing a block's rows (payload: the message's length in bytes, u64),
+    /// which follow as [`TAG_PIECE`] messages; the worker then waits for its next block.
     const TAG_ROWS: i32 = 2;
     /// Rank 0's answer: a block index, or `STOP`.
     const TAG_BLOCK: i32 = 3;
+    /// One piece of a block's rows (at most [`super::max_piece`] bytes).
+    const TAG_PIECE: i32 = 4;
     const STOP: u64 = u64::MAX;
+    /// Blocks a worker holds at once: the one it computes and the one it reads meanwhile.
+    const DEPTH: u64 = 2;
 
     /// Keeps MPI initialised; dropping it finalises MPI.
     pub struct Session {
@@ -296,6 +329,8 @@ mod imp {
             local_size: local.size() as usize,
             node_has_master: lowest == 0,
         });
+        // a bad setting stops every rank before any output is opened
+        super::max_piece()?;
         Ok(Some(Session {
             _universe: universe,
         }))
@@ -308,21 +343,27 @@ mod imp {
         }
     }
 
-    fn check_size(m: &[u8]) -> Result<()> {
-        if m.len() > i32::MAX as usize {
-            return Err(Error::Config(format!(
-                "a block's output is {} bytes, more than one MPI message carries (2 GiB): lower --block",
-                m.len()
-            )));
-        }
-        Ok(())
+    fn u64_of(m: &[u8], what: &str, rank: i32) -> Result<u64> {
+        let b: [u8; 8] = m.try_into().map_err(|_| {
+            Error::invalid(
+                format!("MPI message from rank {rank}"),
+                format!("{what}: {} bytes, expected 8", m.len()),
+            )
+        })?;
+        Ok(u64::from_le_bytes(b))
     }
 
+    /// Rank 0: hand out `todo` in order (each worker holds up to [`DEPTH`] blocks: it reads
+    /// one while it computes the other) and `write` the rows that come back. Called on the
+    /// thread that initialised MPI.
     pub fn serve(todo: &[usize], mut write: impl FnMut(usize, Rows) -> Result<()>) -> Result<()> {
         let world = SimpleCommunicator::world();
+        let size = world.size() as usize;
         let mut next = todo.iter();
-        let mut active = world.size() as usize - 1;
-        while active > 0 {
+        // blocks handed to each rank and not yet returned
+        let mut held: Vec<Vec<usize>> = vec![Vec::new(); size];
+        let mut finished = 0;
+        while finished < size - 1 {
             // poll, then sleep: a blocking receive of OpenMPI spins a core at 100%, which
             // the workers of this node need (the master waits most of the time)
             if world.any_process().immediate_probe().is_none() {
@@ -330,24 +371,63 @@ mod imp {
                 continue;
             }
             let (msg, status) = world.any_process().receive_vec::<u8>();
-            let got = match status.tag() {
-                TAG_ROWS => Some(decode(&msg)?),
-                TAG_READY => None,
+            let r = status.source_rank();
+            let from = world.process_at_rank(r);
+            let (wanted, got) = match status.tag() {
+                TAG_READY => (u64_of(&msg, "blocks wanted", r)?.clamp(1, DEPTH), None),
+                TAG_ROWS => {
+                    let total = u64_of(&msg, "length of a block's rows", r)? as usize;
+                    let mut m = Vec::new();
+                    while m.len() < total {
+                        let (piece, _) = from.receive_vec_with_tag::<u8>(TAG_PIECE);
+                        if piece.is_empty() || m.len() + piece.len() > total {
+                            return Err(Error::invalid(
+                                format!("MPI message from rank {r}"),
+                                format!(
+                                    "a piece of {} bytes after {} of {total}",
+                                    piece.len(),
+                                    m.len()
+                                ),
+                            ));
+                        }
+                        if m.is_empty() && piece.len() == total {
+                            m = piece; // one piece: no copy
+                        } else {
+                            m.extend_from_slice(&piece);
+                        }
+                    }
+                    let (b, rows) = decode(&m)?;
+                    drop(m);
+                    let Some(i) = held[r as usize].iter().position(|&x| x == b) else {
+                        return Err(Error::invalid(
+                            format!("MPI message from rank {r}"),
+                            format!("rows of block {b}, which was not handed to it"),
+                        ));
+                    };
+                    held[r as usize].swap_remove(i);
+                    (1, Some((b, rows)))
+                }
                 t => {
                     return Err(Error::Config(format!(
-                        "unexpected MPI message (tag {t}) from rank {}",
-                        status.source_rank()
+                        "unexpected MPI message (tag {t}) from rank {r}"
                     )))
                 }
             };
-            // the worker's next block first, so that it computes while this block is written
-            let reply = next.next().map_or(STOP, |&b| b as u64);
-            if reply == STOP {
-                active -= 1;
+            // the worker's next block(s) first, so that it computes while this block is written
+            for _ in 0..wanted {
+                let reply = match next.next() {
+                    Some(&b) => {
+                        held[r as usize].push(b);
+                        b as u64
+                    }
+                    None => STOP,
+                };
+                from.send_with_tag(&reply, TAG_BLOCK);
             }
-            world
-                .process_at_rank(status.source_rank())
-                .send_with_tag(&reply, TAG_BLOCK);
+            // a rank holding nothing got STOP (a block would be held): it has ended
+            if held[r as usize].is_empty() {
+                finished += 1;
+            }
             if let Some((b, rows)) = got {
                 write(b, rows)?;
             }
@@ -355,27 +435,79 @@ mod imp {
         Ok(())
     }
 
-    pub fn work<I>(
-        mut read: impl FnMut(usize) -> Result<I>,
+    /// Send a block's rows to rank 0: their length, then pieces of at most
+    /// [`super::max_piece`] bytes (one MPI message carries less than 2 GiB).
+    fn send_rows(master: &::mpi::topology::Process<'_>, m: &[u8], piece: usize) {
+        master.send_with_tag(&(m.len() as u64), TAG_ROWS);
+        for p in m.chunks(piece) {
+            master.send_with_tag(p, TAG_PIECE);
+        }
+    }
+
+    /// A worker: `read` runs on a thread of its own, one block ahead of `compute` (which,
+    /// like every MPI call, stays on this thread: a GPU context lives here).
+    pub fn work<I: Send>(
+        read: impl FnMut(usize) -> Result<I> + Send,
         mut compute: impl FnMut(usize, I) -> Result<Rows>,
     ) -> Result<()> {
+        let piece = super::max_piece()?;
         let world = SimpleCommunicator::world();
         let master = world.process_at_rank(0);
-        let none: [u8; 0] = [];
-        master.send_with_tag(&none[..], TAG_READY);
-        loop {
+        master.send_with_tag(&DEPTH, TAG_READY);
+        let mut first = Vec::new();
+        for _ in 0..DEPTH {
             let (b, _) = master.receive_with_tag::<u64>(TAG_BLOCK);
-            if b == STOP {
-                return Ok(());
+            if b != STOP {
+                first.push(b as usize);
             }
-            let b = b as usize;
-            let x = read(b)?;
-            let rows = compute(b, x)?;
-            let m = encode(b, &rows);
-            drop(rows);
-            check_size(&m)?;
-            master.send_with_tag(&m[..], TAG_ROWS);
         }
+        let mut read = read;
+        std::thread::scope(|s| -> Result<()> {
+            let (idx_tx, idx_rx) = channel::<usize>();
+            // a rendezvous: the reader holds at most the one block it read ahead
+            let (data_tx, data_rx) = sync_channel::<Result<(usize, I)>>(0);
+            let reader = std::thread::Builder::new()
+                .name("cdiphase-read".into())
+                .spawn_scoped(s, move || {
+                    for b in idx_rx {
+                        let x = read(b).map(|x| (b, x));
+                        let failed = x.is_err();
+                        if data_tx.send(x).is_err() || failed {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| Error::io("<reader thread>", e))?;
+            let run = move || -> Result<()> {
+                let mut pending = first.len();
+                for b in first {
+                    let _ = idx_tx.send(b);
+                }
+                while pending > 0 {
+                    let (b, x) = data_rx.recv().map_err(|_| {
+                        Error::Config("the reader thread of an MPI worker stopped".into())
+                    })??;
+                    let rows = compute(b, x)?;
+                    pending -= 1;
+                    let m = encode(b, &rows);
+                    drop(rows);
+                    send_rows(&master, &m, piece);
+                    drop(m);
+                    let (nb, _) = master.receive_with_tag::<u64>(TAG_BLOCK);
+                    if nb != STOP {
+                        let _ = idx_tx.send(nb as usize);
+                        pending += 1;
+                    }
+                }
+                Ok(())
+            };
+            // the channels are dropped when `run` returns: the reader then ends too
+            let r = run();
+            reader
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            r
+        })
     }
 }
 

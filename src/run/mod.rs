@@ -10,6 +10,7 @@
 pub mod dist;
 pub mod phase;
 pub mod predict;
+pub mod simulate;
 pub mod support;
 
 use std::path::Path;

@@ -4,9 +4,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::dist::{self, Rows};
 use super::{shifted, BlockRun, BlockStats};
-use crate::array::Stack;
-use crate::io::blocks::{pipeline, PatternBlocks};
+use crate::io::blocks::{BlockPlan, PatternBlocks};
 use crate::io::stream::Dtype;
 use crate::support::{self, Method, TripleIntersection};
 use crate::{Error, Result};
@@ -45,7 +45,61 @@ pub fn support_blocks(
     }
     support::check_threshold(threshold)?;
     let (n, h, w) = (input.n, input.h, input.w);
-    let (plan, mut out, sid) = run.begin(n, |f| {
+    let plan = BlockPlan::new(n, run.block)?;
+    let compute_ns = AtomicU64::new(0);
+    let read = |b: usize| input.read(plan.range(b));
+    // a block's rows: the supports, then the triple-intersection details (see
+    // [`encode_details`])
+    let compute = |b: usize, p: crate::io::PatternSet| -> Result<Rows> {
+        let r = plan.range(b);
+        let t = std::time::Instant::now();
+        let (s, d) = if method == Method::Nn {
+            let st = &p.intensities;
+            if let Some(i) = st.data.iter().position(|x| !x.is_finite()) {
+                return Err(Error::format(
+                    &input.source,
+                    format!(
+                        "dataset '{}' value {} is not finite",
+                        input.entry,
+                        r.start * h * w + i
+                    ),
+                ));
+            }
+            (
+                support::threshold_supports(st, threshold),
+                vec![None; r.len()],
+            )
+        } else {
+            support::estimate_from_patterns(&p, method, threshold)
+                .map_err(|e| shifted(e, r.start))?
+        };
+        let empty: Vec<usize> = (0..s.n)
+            .filter(|&i| s.image(i).iter().all(|&v| v == 0))
+            .map(|i| r.start + i)
+            .collect();
+        if !empty.is_empty() {
+            return Err(Error::invalid(
+                input.source.display().to_string(),
+                format!(
+                    "the {} support of pattern(s) {:?} is empty (threshold {threshold}): nothing written",
+                    method.name(),
+                    &empty[..empty.len().min(10)]
+                ),
+            ));
+        }
+        compute_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(vec![s.data, encode_details(&d)])
+    };
+    if dist::is_worker() {
+        // an MPI worker: rank 0 opens, writes and reports the output
+        dist::work(read, compute)?;
+        return Ok(SupportSummary {
+            areas: Vec::new(),
+            details: Vec::new(),
+            stats: BlockStats::worker(&plan, compute_ns),
+        });
+    }
+    let (_, mut out, sid) = run.begin(n, |f| {
         f.string("cxi_version", "150")?;
         let s = f.stream("entry_1/image_1/support", Dtype::U8, &[n, h, w])?;
         f.string(
@@ -67,61 +121,34 @@ pub fn support_blocks(
         }
     }
     let todo = out.todo();
-    let compute_ns = AtomicU64::new(0);
-    pipeline(
-        &todo,
-        |b| input.read(plan.range(b)),
-        |b, p| {
-            let r = plan.range(b);
-            let t = std::time::Instant::now();
-            let (s, d) = if method == Method::Nn {
-                let st = &p.intensities;
-                if let Some(i) = st.data.iter().position(|x| !x.is_finite()) {
-                    return Err(Error::format(
-                        &input.source,
-                        format!(
-                            "dataset '{}' value {} is not finite",
-                            input.entry,
-                            r.start * h * w + i
-                        ),
-                    ));
-                }
-                (
-                    support::threshold_supports(st, threshold),
-                    vec![None; r.len()],
-                )
-            } else {
-                support::estimate_from_patterns(&p, method, threshold)
-                    .map_err(|e| shifted(e, r.start))?
-            };
-            let empty: Vec<usize> = (0..s.n)
-                .filter(|&i| s.image(i).iter().all(|&v| v == 0))
-                .map(|i| r.start + i)
-                .collect();
-            if !empty.is_empty() {
-                return Err(Error::invalid(
-                    input.source.display().to_string(),
-                    format!(
-                        "the {} support of pattern(s) {:?} is empty (threshold {threshold}): nothing written",
-                        method.name(),
-                        &empty[..empty.len().min(10)]
-                    ),
-                ));
-            }
-            compute_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            Ok((s, d))
-        },
-        |b, (s, d): (Stack<u8>, Vec<Option<TripleIntersection>>)| {
-            let first = plan.range(b).start;
-            out.writer().write_rows_u8(sid, first, &s.data)?;
-            out.commit(b)?;
-            for (i, dd) in d.into_iter().enumerate() {
-                areas[first + i] = area(s.image(i));
-                details[first + i] = dd;
-            }
-            Ok(())
-        },
-    )?;
+    dist::run_blocks(&todo, read, compute, |b, rows: Rows| {
+        let r = plan.range(b);
+        let [s, d]: [Vec<u8>; 2] = rows.try_into().map_err(|rows: Rows| {
+            Error::invalid(
+                format!("block {b}"),
+                format!("{} datasets of rows, expected 2", rows.len()),
+            )
+        })?;
+        let px = h * w;
+        let d = decode_details(&d, &s, r.len(), px).ok_or_else(|| {
+            Error::invalid(
+                format!("block {b}"),
+                format!(
+                    "{} bytes of supports and {} of details do not hold {} patterns of {h}x{w}",
+                    s.len(),
+                    d.len(),
+                    r.len()
+                ),
+            )
+        })?;
+        out.writer().write_rows_u8(sid, r.start, &s)?;
+        out.commit(b)?;
+        for (i, dd) in d.into_iter().enumerate() {
+            areas[r.start + i] = area(&s[i * px..(i + 1) * px]);
+            details[r.start + i] = dd;
+        }
+        Ok(())
+    })?;
     let stats = BlockStats::finished(&plan, out.resumed_blocks, &todo, compute_ns);
     out.finish()?;
     Ok(SupportSummary {
@@ -129,4 +156,113 @@ pub fn support_blocks(
         details,
         stats,
     })
+}
+
+/// Names of [`TripleIntersection::kind`].
+const KINDS: [&str; 3] = ["triple", "double", "none"];
+
+/// Per pattern: 0 (no details), or 1, the kind's index in [`KINDS`], the areas and hull
+/// vertices and the shifts, little-endian (the support itself travels as the rows).
+fn encode_details(d: &[Option<TripleIntersection>]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for t in d {
+        let Some(t) = t else {
+            v.push(0);
+            continue;
+        };
+        v.push(1);
+        v.push(
+            KINDS
+                .iter()
+                .position(|k| *k == t.kind)
+                .unwrap_or(KINDS.len()) as u8,
+        );
+        for x in [
+            t.area,
+            t.autocorrelation_area,
+            t.hull_vertices,
+            t.shifts.len(),
+        ] {
+            v.extend_from_slice(&(x as u64).to_le_bytes());
+        }
+        for &(dy, dx) in &t.shifts {
+            v.extend_from_slice(&dy.to_le_bytes());
+            v.extend_from_slice(&dx.to_le_bytes());
+        }
+    }
+    v
+}
+
+/// The details of [`encode_details`] for `m` patterns whose supports (`px` pixels each)
+/// are `supports`; `None` when the bytes do not hold exactly that.
+fn decode_details(
+    b: &[u8],
+    supports: &[u8],
+    m: usize,
+    px: usize,
+) -> Option<Vec<Option<TripleIntersection>>> {
+    if supports.len() != m * px {
+        return None;
+    }
+    fn word(b: &[u8], at: &mut usize) -> Option<u64> {
+        let w = u64::from_le_bytes(b.get(*at..*at + 8)?.try_into().ok()?);
+        *at += 8;
+        Some(w)
+    }
+    let mut out = Vec::with_capacity(m);
+    let mut pos = 0usize;
+    for i in 0..m {
+        let tag = *b.get(pos)?;
+        if tag == 0 {
+            pos += 1;
+            out.push(None);
+            continue;
+        }
+        let kind = *KINDS.get(*b.get(pos + 1)? as usize)?;
+        let mut at = pos + 2;
+        let area = word(b, &mut at)? as usize;
+        let autocorrelation_area = word(b, &mut at)? as usize;
+        let hull_vertices = word(b, &mut at)? as usize;
+        let k = word(b, &mut at)? as usize;
+        let mut shifts = Vec::with_capacity(k.min(64));
+        for _ in 0..k {
+            shifts.push((word(b, &mut at)? as i64, word(b, &mut at)? as i64));
+        }
+        pos = at;
+        out.push(Some(TripleIntersection {
+            support: supports[i * px..(i + 1) * px].to_vec(),
+            shifts,
+            kind,
+            area,
+            autocorrelation_area,
+            hull_vertices,
+        }));
+    }
+    (pos == b.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn details_round_trip_and_truncation_is_refused() {
+        let t = TripleIntersection {
+            support: vec![0, 1, 1, 0],
+            shifts: vec![(3, -2), (-1, 4)],
+            kind: "double",
+            area: 2,
+            autocorrelation_area: 9,
+            hull_vertices: 5,
+        };
+        let d = vec![None, Some(t), None];
+        let sup = [vec![0u8; 4], vec![0, 1, 1, 0], vec![1u8; 4]].concat();
+        let b = encode_details(&d);
+        assert_eq!(decode_details(&b, &sup, 3, 4), Some(d));
+        assert_eq!(decode_details(&b[..b.len() - 1], &sup, 3, 4), None);
+        assert_eq!(decode_details(&b, &sup, 2, 4), None);
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(decode_details(&longer, &sup, 3, 4), None);
+    }
 }

@@ -327,7 +327,7 @@ impl SimConfig {
 
     /// Refuse a simulation whose working memory (the patterns of one chunk, and each
     /// thread's supersampled grid) or whose output file exceed what the machine has.
-    fn check_resources(&self, dest: &Path, chunk: usize) -> Result<()> {
+    pub(crate) fn check_resources(&self, dest: &Path, chunk: usize) -> Result<()> {
         let (h, w) = (self.size.0 as u128, self.size.1 as u128);
         let ss = self.supersample.unwrap_or(1).max(match self.pixel_size_nm {
             Some(p) => self.supersample_for(p * 10.0),
@@ -1006,46 +1006,106 @@ pub fn chunk_for(h: usize, w: usize) -> usize {
     (256 * 128 * 128 / (h * w).max(1)).clamp(1, 256)
 }
 
-/// Simulate `cfg.count` patterns cycling over `structures` (see the module documentation),
-/// `chunk` patterns at a time: each finished block goes to `sink` in order before the next
-/// block is started, so memory is bounded by the chunk, not by N. Runs in the current rayon
-/// pool; results are independent of the thread count and of `chunk`. `progress` is called
-/// with 1 per finished pattern.
-pub fn simulate_chunks(
-    structures: &[Structure],
-    cfg: &SimConfig,
-    chunk: usize,
-    progress: &(dyn Fn(u64) + Sync),
-    sink: &mut dyn FnMut(SimChunk) -> Result<()>,
-) -> Result<SimMeta> {
-    cfg.validate(structures)?;
-    let t_wall = Instant::now();
-    let (h, w) = cfg.size;
-    let n = cfg.count;
-    let hw = h * w;
-    let chunk = chunk.max(1);
-    if cfg.synthetic.is_none() {
-        for s in structures {
-            check_fit(s, cfg)?;
+/// A simulation ready to compute any block of its patterns: the structures prepared and
+/// the assemblies built once. Pattern `i` depends on `i` and the configuration alone, so
+/// blocks computed in any order, by any process ([`crate::run::simulate`] under MPI), hold
+/// the data of one run over all patterns.
+pub struct Simulator<'a> {
+    structures: &'a [Structure],
+    cfg: &'a SimConfig,
+    prepared: Vec<Prepared>,
+    assemblies: Vec<Assembly>,
+    plan: Plan2d,
+    t_proj: AtomicU64,
+    t_fft: AtomicU64,
+    t_noise: AtomicU64,
+    t_wall: Instant,
+}
+
+impl<'a> Simulator<'a> {
+    /// Check the configuration and prepare `structures` (in the current rayon pool).
+    pub fn new(structures: &'a [Structure], cfg: &'a SimConfig) -> Result<Simulator<'a>> {
+        cfg.validate(structures)?;
+        let t_wall = Instant::now();
+        if cfg.synthetic.is_none() {
+            for s in structures {
+                check_fit(s, cfg)?;
+            }
+        }
+        let prepared: Vec<Prepared> = structures.par_iter().map(|s| prepare(s, cfg)).collect();
+        let assemblies: Vec<Assembly> = match &cfg.assemblies {
+            Some(ac) => build_assemblies(structures, &prepared, cfg, ac)?,
+            None => Vec::new(),
+        };
+        let (h, w) = cfg.size;
+        Ok(Simulator {
+            structures,
+            cfg,
+            prepared,
+            assemblies,
+            plan: Plan2d::new(h, w),
+            t_proj: AtomicU64::new(0),
+            t_fft: AtomicU64::new(0),
+            t_noise: AtomicU64::new(0),
+            t_wall,
+        })
+    }
+
+    /// The mask shared by all patterns, (1, H, W), nonzero = unmeasured.
+    pub fn mask(&self) -> Stack<u8> {
+        let (h, w) = self.cfg.size;
+        let mut mask = Stack::filled(1, h, w, 0u8);
+        self.cfg.mask.apply(h, w, &mut mask.data);
+        mask
+    }
+
+    /// The index of the structure (synthetic particle, assembly) of pattern `i`.
+    pub fn structure_index(&self, i: usize) -> usize {
+        if self.cfg.synthetic.is_some() {
+            i
+        } else if !self.assemblies.is_empty() {
+            i % self.assemblies.len()
+        } else {
+            i % self.structures.len().max(1)
         }
     }
-    let prepared: Vec<Prepared> = structures.par_iter().map(|s| prepare(s, cfg)).collect();
-    let assemblies: Vec<Assembly> = match &cfg.assemblies {
-        Some(ac) => build_assemblies(structures, &prepared, cfg, ac)?,
-        None => Vec::new(),
-    };
-    let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
-    let mut mask = Stack::filled(1, h, w, 0u8);
-    cfg.mask.apply(h, w, &mut mask.data);
-    let plan = Plan2d::new(h, w);
-    let orientation: Vec<[f64; 4]> = (0..n).map(|i| random_quaternion(cfg.seed, i)).collect();
-    let mut all_names = Vec::with_capacity(n);
-    let mut all_pixel_a = Vec::with_capacity(n);
-    let (t_proj, t_fft, t_noise) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let ns = |t: Instant| t.elapsed().as_nanos() as u64;
-    let mut first = 0;
-    while first < n {
-        let m = chunk.min(n - first);
+
+    /// CPU seconds per stage so far, and the wall seconds since [`Simulator::new`].
+    pub fn timings(&self) -> SimTimings {
+        let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
+        SimTimings {
+            projection: secs(&self.t_proj),
+            fft: secs(&self.t_fft),
+            noise_mask: secs(&self.t_noise),
+            wall: self.t_wall.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Patterns `first .. first + m` (in the current rayon pool), checked as
+    /// [`simulate_to_cxi`] checks them; `progress` gets 1 per finished pattern.
+    pub fn block(
+        &self,
+        first: usize,
+        m: usize,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<SimChunk> {
+        let c = self.compute(first, m, progress)?;
+        check_chunk(&c, self.cfg)?;
+        Ok(c)
+    }
+
+    fn compute(&self, first: usize, m: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<SimChunk> {
+        let (cfg, structures, prepared, assemblies, plan) = (
+            self.cfg,
+            self.structures,
+            &self.prepared,
+            &self.assemblies,
+            &self.plan,
+        );
+        let (h, w) = cfg.size;
+        let hw = h * w;
+        let ns = |t: Instant| t.elapsed().as_nanos() as u64;
+        let failed: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
         let mut intensities = vec![0f32; m * hw];
         let mut density = vec![0f32; m * hw];
         let mut support = vec![0u8; m * hw];
@@ -1094,7 +1154,7 @@ pub fn simulate_chunks(
                                     (2.0 * a.radius).max(cfg.sigma()) / (cfg.fill * h.min(w) as f64)
                                 }
                             };
-                            owned = prepare_assembly(a, &prepared, pixel_a);
+                            owned = prepare_assembly(a, prepared, pixel_a);
                             &owned
                         }
                         (None, true) => {
@@ -1103,7 +1163,7 @@ pub fn simulate_chunks(
                         }
                     };
                     *pix = p.pixel_a;
-                    let rot = rotation_matrix(&orientation[i]);
+                    let rot = rotation_matrix(&random_quaternion(cfg.seed, i));
                     project(p, &rot, Render::new(cfg, p.pixel_a), h, w, dens);
                     match cfg.ideal_support {
                         IdealSupport::Threshold => {
@@ -1119,7 +1179,7 @@ pub fn simulate_chunks(
                             }
                         }
                     }
-                    t_proj.fetch_add(ns(t0), Ordering::Relaxed);
+                    self.t_proj.fetch_add(ns(t0), Ordering::Relaxed);
                     let t1 = Instant::now();
                     for (c, &d) in cbuf.iter_mut().zip(dens.iter()) {
                         *c = Complex32::new(d, 0.0);
@@ -1130,19 +1190,17 @@ pub fn simulate_chunks(
                         *m = c.norm_sqr();
                     }
                     native_to_centred(mag, h, w, inten);
-                    t_fft.fetch_add(ns(t1), Ordering::Relaxed);
+                    self.t_fft.fetch_add(ns(t1), Ordering::Relaxed);
                     let t2 = Instant::now();
                     scale_and_noise(cfg, i, p.pixel_a, inten);
-                    t_noise.fetch_add(ns(t2), Ordering::Relaxed);
+                    self.t_noise.fetch_add(ns(t2), Ordering::Relaxed);
                     progress(1);
                 },
             );
         if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }
-        all_names.extend(names.iter().cloned());
-        all_pixel_a.extend_from_slice(&pixel_a);
-        sink(SimChunk {
+        Ok(SimChunk {
             first,
             n: m,
             intensities,
@@ -1150,33 +1208,43 @@ pub fn simulate_chunks(
             support,
             pixel_a,
             names,
-        })?;
+        })
+    }
+}
+
+/// Simulate `cfg.count` patterns cycling over `structures` (see the module documentation),
+/// `chunk` patterns at a time: each finished block goes to `sink` in order before the next
+/// block is started, so memory is bounded by the chunk, not by N. Runs in the current rayon
+/// pool; results are independent of the thread count and of `chunk`. `progress` is called
+/// with 1 per finished pattern.
+pub fn simulate_chunks(
+    structures: &[Structure],
+    cfg: &SimConfig,
+    chunk: usize,
+    progress: &(dyn Fn(u64) + Sync),
+    sink: &mut dyn FnMut(SimChunk) -> Result<()>,
+) -> Result<SimMeta> {
+    let sim = Simulator::new(structures, cfg)?;
+    let n = cfg.count;
+    let chunk = chunk.max(1);
+    let mut all_names = Vec::with_capacity(n);
+    let mut all_pixel_a = Vec::with_capacity(n);
+    let mut first = 0;
+    while first < n {
+        let m = chunk.min(n - first);
+        let c = sim.compute(first, m, progress)?;
+        all_names.extend(c.names.iter().cloned());
+        all_pixel_a.extend_from_slice(&c.pixel_a);
+        sink(c)?;
         first += m;
     }
-    let s = structures.len().max(1);
-    let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
     Ok(SimMeta {
-        mask,
-        orientation,
+        mask: sim.mask(),
+        orientation: (0..n).map(|i| random_quaternion(cfg.seed, i)).collect(),
         names: all_names,
-        structure_index: (0..n)
-            .map(|i| {
-                if cfg.synthetic.is_some() {
-                    i
-                } else if !assemblies.is_empty() {
-                    i % assemblies.len()
-                } else {
-                    i % s
-                }
-            })
-            .collect(),
+        structure_index: (0..n).map(|i| sim.structure_index(i)).collect(),
         pixel_size_nm: all_pixel_a.iter().map(|a| a / 10.0).collect(),
-        timings: SimTimings {
-            projection: secs(&t_proj),
-            fft: secs(&t_fft),
-            noise_mask: secs(&t_noise),
-            wall: t_wall.elapsed().as_secs_f64(),
-        },
+        timings: sim.timings(),
     })
 }
 
@@ -1256,7 +1324,7 @@ pub fn simulate(
 
 /// A CXI file of simulated patterns being written: the three (N,H,W) datasets are streamed
 /// to disk by blocks of patterns, the rest is written at [`SimCxi::finish`].
-struct SimCxi {
+pub(crate) struct SimCxi {
     w: StreamWriter,
     data: StreamId,
     density: StreamId,
@@ -1264,7 +1332,13 @@ struct SimCxi {
 }
 
 impl SimCxi {
-    fn create(dest: &Path, n: usize, h: usize, w: usize, cfg: &SimConfig) -> Result<SimCxi> {
+    pub(crate) fn create(
+        dest: &Path,
+        n: usize,
+        h: usize,
+        w: usize,
+        cfg: &SimConfig,
+    ) -> Result<SimCxi> {
         let mut f = StreamWriter::create(dest)?;
         let data = f.stream("entry_1/data_1/data", Dtype::F32, &[n, h, w])?;
         let density = f.stream("entry_1/sample_1/density", Dtype::F32, &[n, h, w])?;
@@ -1288,13 +1362,33 @@ impl SimCxi {
         })
     }
 
-    fn rows(&mut self, first: usize, inten: &[f32], dens: &[f32], sup: &[u8]) -> Result<()> {
+    pub(crate) fn rows(
+        &mut self,
+        first: usize,
+        inten: &[f32],
+        dens: &[f32],
+        sup: &[u8],
+    ) -> Result<()> {
         self.w.write_rows_f32(self.data, first, inten)?;
         self.w.write_rows_f32(self.density, first, dens)?;
         self.w.write_rows_u8(self.support, first, sup)
     }
 
-    fn finish(mut self, meta: &SimMeta, cfg: &SimConfig) -> Result<()> {
+    /// [`SimCxi::rows`] from little-endian bytes (an MPI worker's rows, written as they
+    /// arrive).
+    pub(crate) fn rows_raw(
+        &mut self,
+        first: usize,
+        inten: &[u8],
+        dens: &[u8],
+        sup: &[u8],
+    ) -> Result<()> {
+        self.w.write_rows_raw(self.data, first, inten)?;
+        self.w.write_rows_raw(self.density, first, dens)?;
+        self.w.write_rows_raw(self.support, first, sup)
+    }
+
+    pub(crate) fn finish(mut self, meta: &SimMeta, cfg: &SimConfig) -> Result<()> {
         let f = &mut self.w;
         let [_, h, w] = meta.mask.shape();
         let n = meta.orientation.len();

@@ -18,7 +18,7 @@ pub use assembly::AssemblyConfig;
 pub use diffraction::{
     check_fit, chunk_for, field_room_a, fitting_structures, needed_extent_a, phasing_check,
     phasing_check_with, simulate, simulate_chunks, simulate_to_cxi, write_cxi, AtomModel,
-    CheckResult, MaskSpec, Noise, SimChunk, SimConfig, SimMeta, SimOutput, SimTimings,
+    CheckResult, MaskSpec, Noise, SimChunk, SimConfig, SimMeta, SimOutput, SimTimings, Simulator,
     StreamReport, MAX_FLUENCE, MAX_PHOTONS, MAX_SIDE, PAPER_PIXEL_NM,
 };
 pub use geometry::{Centring, IdealSupport};

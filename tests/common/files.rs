@@ -1,5 +1,6 @@
 //! Files the CLI tests share: a path as `&str`, a small masked pattern file made by
-//! `cdiphase simulate`, and a bit-for-bit comparison of two output files' datasets.
+//! `cdiphase simulate`, a bit-for-bit comparison of two output files' datasets, and the
+//! check that no partial output or journal was left behind.
 
 use super::cli::ok;
 use std::path::{Path, PathBuf};
@@ -95,4 +96,14 @@ pub fn same_data(a: &Path, b: &Path, skip_strings: bool) {
         "no numeric datasets compared in {}",
         a.display()
     );
+}
+
+/// No partial output or journal of a block-wise run is left in `dir`.
+pub fn no_leftovers(dir: &Path) {
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".cdiphase-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
