@@ -366,9 +366,19 @@ fn ml_lowers_the_llk_after_hio_er_on_beamstop_poisson_data() {
                 after < before * 0.999,
                 "{c:?} item {i}: ML did not lower the LLK ({before} -> {after})"
             );
-            // the ML section's record (measured before its last step) lies between
+            // the ML section's record (measured before its last step) lies between; under
+            // positivity the clip at zero after a step may raise L a little (it is measured
+            // on the unclipped step), up to 0.03 % over 20 seeds
+            let slack = if c == Constraint::Positive {
+                1e-3
+            } else {
+                1e-4
+            };
             let rec = b.llk[(i + 1) * b.records - 1];
-            assert!(rec <= before * 1.0001 && rec >= after * 0.9999, "{rec}");
+            assert!(
+                rec <= before * (1.0 + 1e-4) && rec >= after * (1.0 - slack),
+                "{c:?} item {i}: record {rec} not between {before} and {after}"
+            );
         }
     }
 }
@@ -434,9 +444,14 @@ fn rel_f(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-300)).sqrt()
 }
 
-/// The emulated kernels and the CPU engine refine alike: from the same ER result, objects,
-/// likelihoods and errors agree to rounding (amplified a little by the iterations), under
-/// each constraint, at odd and non-square sizes, batch 1 and several.
+/// The emulated kernels and the CPU engine refine alike: from the same ER result, one ML
+/// iteration agrees to 1e-4 (f32 rounding of ER and of the same formulas summed in another
+/// order, amplified by the step: up to 2e-5 over 20 seeds in the final LLK); over 8
+/// iterations the objects, likelihoods and errors agree to 1e-2 (a line search near
+/// convergence compares values of L that differ by rounding, and the engines may then keep
+/// different steps: over 20 seeds up to 5e-4 in the objects and 2e-3 in the final LLK, where
+/// a wrong formula differs by O(1)), under each constraint, at odd and non-square sizes,
+/// batch 1 and several.
 #[test]
 fn emulator_matches_cpu() {
     let mut rng = Lcg::new("ml-emu");
@@ -447,26 +462,31 @@ fn emulator_matches_cpu() {
         (1, (19, 24), 3, Constraint::Real),
     ] {
         let pb = poisson_problem(&mut rng, n, size, k, 1e5, 1.5, true, c);
-        let prog = program("ER**10 + ML**8", Recording::Every(3));
         let emu = cdiphase::backend::gpu::emu::EmuBackend::new(ScheduleOrder::Random(
             (rng.next() * 1e6) as u64,
         ));
-        let a = emu.run_phasing(&pb, &prog, &|_| {}).unwrap();
-        let b = cpu.run_phasing(&pb, &prog, &|_| {}).unwrap();
-        let eo = rel_c(
-            a.all_objects.as_ref().unwrap(),
-            b.all_objects.as_ref().unwrap(),
-        );
-        let el = rel_f(&a.llk, &b.llk);
-        let ef = rel_f(&a.fourier_error, &b.fourier_error);
-        let er = rel_f(&a.real_error, &b.real_error);
-        let efin = rel_f(&a.final_llk, &b.final_llk);
-        eprintln!(
-            "{n}x{k} {size:?} {c:?}: objects {eo:.1e} llk {el:.1e} fourier {ef:.1e} real {er:.1e} final llk {efin:.1e}"
-        );
-        assert!(all_finite(&a) && all_finite(&b));
-        assert!(eo < 1e-3, "objects differ by {eo}");
-        assert!(el < 1e-4 && ef < 1e-4 && efin < 1e-4, "{el} {ef} {efin}");
-        assert!(er < 1e-2, "real-space errors differ by {er}");
+        for (sched, tol) in [("ER**10 + ML", 1e-4), ("ER**10 + ML**8", 1e-2)] {
+            let prog = program(sched, Recording::Every(3));
+            let a = emu.run_phasing(&pb, &prog, &|_| {}).unwrap();
+            let b = cpu.run_phasing(&pb, &prog, &|_| {}).unwrap();
+            let eo = rel_c(
+                a.all_objects.as_ref().unwrap(),
+                b.all_objects.as_ref().unwrap(),
+            );
+            let el = rel_f(&a.llk, &b.llk);
+            let ef = rel_f(&a.fourier_error, &b.fourier_error);
+            let er = rel_f(&a.real_error, &b.real_error);
+            let efin = rel_f(&a.final_llk, &b.final_llk);
+            eprintln!(
+                "{n}x{k} {size:?} {c:?} '{sched}': objects {eo:.1e} llk {el:.1e} fourier {ef:.1e} real {er:.1e} final llk {efin:.1e}"
+            );
+            assert!(all_finite(&a) && all_finite(&b));
+            assert!(eo < tol, "'{sched}': objects differ by {eo}");
+            assert!(
+                el < tol && ef < tol && efin < tol,
+                "'{sched}': {el} {ef} {efin}"
+            );
+            assert!(er < 1e-2, "'{sched}': real-space errors differ by {er}");
+        }
     }
 }
