@@ -231,7 +231,16 @@ fn emu_matches_cpu_on_full_runs() {
     let cases: [Run; 5] = [
         (1, 17, 23, 1, true, Constraint::None, "6*HIO + 3*ER", None),
         // issue 19: ML refinement after ER, with held-out pixels and a mask
-        (2, 23, 18, 2, true, Constraint::Positive, "4*ER + ML**5", None),
+        (
+            2,
+            23,
+            18,
+            2,
+            true,
+            Constraint::Positive,
+            "4*ER + ML**5",
+            None,
+        ),
         (
             3,
             31,

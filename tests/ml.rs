@@ -90,6 +90,7 @@ fn eps_of(amp: &[f32]) -> f32 {
 
 /// Central finite differences of the float64 objective at `k` random support pixels (both
 /// components), against `grad`; returns the relative error norm over those components.
+#[allow(clippy::too_many_arguments)]
 fn fd_error(
     rng: &mut Lcg,
     g: &[Complex32],
@@ -167,12 +168,12 @@ fn gradient_matches_float64_finite_differences() {
             .unwrap();
         let emu_grad: Vec<Complex32> = m.grad.to_vec(items * l).unwrap();
         launcher.fft_destroy(plan_id);
-        for it in 0..items {
+        for (it, &eps) in epss.iter().enumerate() {
             let r = it * l..(it + 1) * l;
             let (g, s, a) = (&gs[r.clone()], &ss[r.clone()], &amps[r.clone()]);
-            let cpu = ml::gradient(&plan, g, s, a, epss[it], Constraint::None);
+            let cpu = ml::gradient(&plan, g, s, a, eps, Constraint::None);
             for (grad, who) in [(&cpu[..], "cpu"), (&emu_grad[r.clone()], "emu")] {
-                let e = fd_error(&mut rng, g, s, a, epss[it], grad, (h, w), 12);
+                let e = fd_error(&mut rng, g, s, a, eps, grad, (h, w), 12);
                 eprintln!("{h}x{w} item {it}/{items} {who}: relative error {e:.2e}");
                 assert!(e < 2e-4, "{h}x{w} item {it} {who}: gradient off by {e}");
                 // nothing outside the support
@@ -239,6 +240,7 @@ fn poisson(rng: &mut Lcg, lam: f64) -> f64 {
 /// `n` patterns of compact random non-negative objects (about 8 % of the field), Poisson
 /// counts at `photons`, a beamstop of radius `r` px over the centre (and, with
 /// `masked_rows`, two whole rows unmeasured); the support is the object's, dilated.
+#[allow(clippy::too_many_arguments)]
 fn poisson_problem(
     rng: &mut Lcg,
     n: usize,

@@ -133,7 +133,9 @@ pub fn beta_rule(st: &mut MlState, sums: [f64; 3]) {
     let mut beta = 0.0;
     if !st.restart && st.gprev_norm > 0.0 {
         beta = (gg - gp) / st.gprev_norm;
-        if !(beta.is_finite() && beta > 0.0) || !(-gg + beta * gd < 0.0) {
+        // keep it only where it is a positive number and d still descends
+        let descends = -gg + beta * gd < 0.0;
+        if !(beta.is_finite() && beta > 0.0 && descends) {
             beta = 0.0;
         }
     }
