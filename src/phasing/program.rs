@@ -294,7 +294,15 @@ pub enum Op {
     /// point evaluated, so a step never raises the likelihood it measured). Unmeasured and
     /// held-out pixels do not enter the gradient. With positivity, pixels at zero whose
     /// gradient points below zero are held, and the step is clipped at zero.
-    Ml { count: u64, record: bool },
+    ///
+    /// `fresh` is false where the op continues the previous one (an `Ml` op cut only to
+    /// record): the conjugate-gradient state carries over, so recording does not change
+    /// the result; after anything else (a projection, a shrinkwrap) it restarts.
+    Ml {
+        count: u64,
+        record: bool,
+        fresh: bool,
+    },
     /// A shrinkwrap support update with these parameters (the threshold before each
     /// start's factor).
     Shrinkwrap {
@@ -479,18 +487,26 @@ impl Program {
 }
 
 fn push_ml(ops: &mut Vec<Op>, count: u64, record: bool) {
-    if let Some(Op::Ml {
-        count: c,
-        record: r,
-    }) = ops.last_mut()
-    {
-        if !*r {
-            *c += count;
-            *r = record;
-            return;
+    let fresh = match ops.last_mut() {
+        Some(Op::Ml {
+            count: c,
+            record: r,
+            ..
+        }) => {
+            if !*r {
+                *c += count;
+                *r = record;
+                return;
+            }
+            false
         }
-    }
-    ops.push(Op::Ml { count, record });
+        _ => true,
+    };
+    ops.push(Op::Ml {
+        count,
+        record,
+        fresh,
+    });
 }
 
 fn push_iter(ops: &mut Vec<Op>, alg: Algorithm, beta: f32, count: u64, record: bool) {
@@ -547,22 +563,31 @@ mod tests {
             p.ops.last(),
             Some(&Op::Ml {
                 count: 30,
-                record: true
+                record: true,
+                fresh: true
             })
         );
         let sw = ShrinkwrapConfig::parse("every=20").unwrap();
         let s = Schedule::parse("HIO**30 + ML**30").unwrap();
         let p = Program::compile(&s, 0.9, &sw, Recording::Every(25)).unwrap();
-        let mls: Vec<(u64, bool)> = p
+        let mls: Vec<(u64, bool, bool)> = p
             .ops
             .iter()
             .filter_map(|o| match o {
-                Op::Ml { count, record } => Some((*count, *record)),
+                Op::Ml {
+                    count,
+                    record,
+                    fresh,
+                } => Some((*count, *record, *fresh)),
                 _ => None,
             })
             .collect();
-        // shrinkwraps at 40 (inside ML); records at 25 and 50
-        assert_eq!(mls, vec![(10, false), (10, true), (10, false)]);
+        // shrinkwraps at 40 (inside ML: the CG restarts); records at 25 and 50 (the op after
+        // the record continues the CG)
+        assert_eq!(
+            mls,
+            vec![(10, false, true), (10, true, true), (10, false, false)]
+        );
         assert_eq!(p.records, 2);
         assert_eq!(iters(&p), 60);
         assert!(ml_eps(1e6, 1000) > 0.0 && ml_eps(0.0, 0) > 0.0);

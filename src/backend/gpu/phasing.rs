@@ -988,11 +988,17 @@ fn run_chunk(
                     progress(items as u64);
                 }
             }
-            Op::Ml { count, record } => {
+            Op::Ml {
+                count,
+                record,
+                fresh,
+            } => {
                 let m = mlb.as_ref().ok_or_else(|| {
                     Error::Config("ML step without its buffers (program.has_ml)".into())
                 })?;
-                lk.ml_start(&g, &s, problem.constraint, m)?;
+                if fresh {
+                    lk.ml_start(&g, &s, problem.constraint, m)?;
+                }
                 for it in 0..count {
                     problem.cancel.check()?;
                     launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;

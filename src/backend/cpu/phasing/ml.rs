@@ -434,8 +434,10 @@ pub fn gradient(
     b.grad
 }
 
-/// `count` refinement iterations on one item (g confined to its support first). With
-/// `record`, the last iteration's figures of merit are returned.
+/// `count` refinement iterations on one item. With `fresh`, g is confined to its support
+/// first and the state `st` restarts; else the iterations continue from `st` and the
+/// buffers' direction (the previous op of the same item). With `record`, the last
+/// iteration's figures of merit are returned.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     plan: &crate::fft::Plan2d,
@@ -445,12 +447,14 @@ pub fn run(
     amp: &[f32],
     eps: f32,
     constraint: Constraint,
-    count: u64,
-    record: bool,
+    (count, record, fresh): (u64, bool, bool),
+    st: &mut MlState,
     cancel: &crate::cancel::Cancel,
 ) -> Option<MlRecord> {
-    start(g, s, constraint);
-    let mut st = MlState::default();
+    if fresh {
+        start(g, s, constraint);
+        *st = MlState::default();
+    }
     let mut out = None;
     let scale = 1.0 / (plan.h * plan.w) as f32;
     for it in 0..count {
@@ -482,16 +486,16 @@ pub fn run(
         weights(&b.f, amp, eps, &mut b.grad);
         plan.inverse_unscaled(&mut b.grad, &mut b.scratch);
         let sums = mask_gradient(&mut b.grad, g, s, constraint, &b.gprev, &b.d, st.restart);
-        beta_rule(&mut st, sums);
+        beta_rule(st, sums);
         direction(&b.grad, &mut b.d, &mut b.gprev, st.beta);
         b.dd.copy_from_slice(&b.d);
         plan.forward(&mut b.dd, &mut b.scratch);
         st.t = 0.0;
         for pass in 0..ML_LINE_PASSES {
             let sums = line_sums(&b.f, &b.dd, amp, eps, st.t as f32);
-            newton_rule(&mut st, pass, sums);
+            newton_rule(st, pass, sums);
         }
-        step(g, &b.d, constraint, &mut st);
+        step(g, &b.d, constraint, st);
     }
     out
 }

@@ -400,6 +400,7 @@ impl Item<'_> {
             .process_with_scratch(&mut work.u, &mut work.lanes[0].scratch);
         work.n_active = mark_support_rows(s, w, &mut work.active);
         let mut rec = 0;
+        let mut ml_state = ml::MlState::default();
         for op in &program.ops {
             match *op {
                 Op::Iterate {
@@ -431,7 +432,11 @@ impl Item<'_> {
                     }
                     progress(count);
                 }
-                Op::Ml { count, record } => {
+                Op::Ml {
+                    count,
+                    record,
+                    fresh,
+                } => {
                     self.sync(work, g);
                     let bufs = work.ml.get_or_insert_with(|| ml::MlBufs::new(self.plan));
                     let r = ml::run(
@@ -442,8 +447,8 @@ impl Item<'_> {
                         self.amp,
                         self.ml_eps,
                         self.constraint,
-                        count,
-                        record,
+                        (count, record, fresh),
+                        &mut ml_state,
                         self.cancel,
                     );
                     if self.cancel.is_cancelled() {
