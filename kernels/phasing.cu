@@ -363,3 +363,271 @@ CD_KERNEL cd_sw_apply(const float* __restrict__ mag, int L, const float* __restr
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x)
         si[i] = mi[i] >= t ? 1 : 0;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Poisson maximum-likelihood refinement (the schedule's ML steps): conjugate gradient on the
+// object inside the support, minimising L = sum over measured pixels of (Ic + eps) -
+// Io ln(Ic + eps), Ic = |FFT(g)|^2, Io = amp^2, eps per pattern. The CPU engine's
+// src/backend/cpu/phasing/ml.rs has the same formulas pass by pass and the same per-item
+// rules (cd_ml_beta = beta_rule, cd_ml_newton = newton_rule). One iteration:
+//   cuFFT g -> F; cd_ml_weights (F -> W F); cuFFT inverse (W F -> grad); cd_ml_grad (mask,
+//   dot partials); cd_ml_beta (one thread per item); cd_ml_direction; cuFFT d -> D;
+//   CD_ML_PASSES x (cd_ml_line, cd_ml_newton); cd_ml_step.
+// The per-item state is 8 doubles: gprev_norm, beta, t, tbest, dlbest, restart, done, unused.
+#define CD_ML_GPREV 0
+#define CD_ML_BETA 1
+#define CD_ML_T 2
+#define CD_ML_TBEST 3
+#define CD_ML_DLBEST 4
+#define CD_ML_RESTART 5
+#define CD_ML_DONE 6
+#define CD_ML_STATE 8
+
+// Confine g to the support and the constraint (as ER): zero outside; constraint 1 (real) and
+// 2 (positive) drop the imaginary part, 2 clips negative real parts; and reset the item's
+// state (restart, no previous gradient). Grid (bpi, items). Bytes: 9 P read + 8 P written.
+CD_KERNEL cd_ml_start(float2* __restrict__ g, const unsigned char* __restrict__ sup, int L, int constraint,
+                      double* __restrict__ state) {
+    const int item = blockIdx.y;
+    float2* gi = g + (size_t)item * L;
+    const unsigned char* si = sup + (size_t)item * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 v = gi[i];
+        float2 o;
+        if (si[i] == 0)
+            o = make_float2(0.0f, 0.0f);
+        else if (constraint == 0)
+            o = v;
+        else if (constraint == 1)
+            o = make_float2(v.x, 0.0f);
+        else
+            o = make_float2(fmaxf(v.x, 0.0f), 0.0f);
+        gi[i] = o;
+    }
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        double* st = state + (size_t)item * CD_ML_STATE;
+        for (int k = 0; k < CD_ML_STATE; ++k) st[k] = 0.0;
+        st[CD_ML_RESTART] = 1.0;
+    }
+}
+
+// out = 2 (1 - Io / (|F|^2 + eps)) F on measured pixels (amp >= 0), 0 elsewhere (unmeasured
+// and held-out pixels do not enter the gradient). eps per pattern (item / starts).
+// Bytes: 12 P read + 8 P written; FLOPs ~8 P.
+CD_KERNEL cd_ml_weights(const float2* __restrict__ f, const float* __restrict__ amp,
+                        const float* __restrict__ eps, int L, int starts, float2* __restrict__ out) {
+    const int item = blockIdx.y;
+    const float2* fi = f + (size_t)item * L;
+    const float* ai = amp + (size_t)(item / starts) * L;
+    const float e = eps[item / starts];
+    float2* oi = out + (size_t)item * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float a = ai[i];
+        const float2 v = fi[i];
+        float2 o = make_float2(0.0f, 0.0f);
+        if (a >= 0.0f) {
+            const float io = a * a;
+            const float c = v.x * v.x + v.y * v.y + e;
+            const float w = 2.0f * (1.0f - io / c);
+            o = make_float2(w * v.x, w * v.y);
+        }
+        oi[i] = o;
+    }
+}
+
+// The gradient (the unscaled inverse FFT of cd_ml_weights) restricted to the support and the
+// constraint (positivity also holds pixels at zero whose gradient points below zero), with
+// the block sums of |grad|^2, <grad, gprev> and <grad, d> (<a, b> = sum Re(conj(a) b); the
+// last two only when the item does not restart): partial[3 * (item * bpi + bx) + {0, 1, 2}].
+// Bytes: 33 P read + 8 P written; FLOPs ~10 P.
+CD_KERNEL cd_ml_grad(float2* __restrict__ grad, const float2* __restrict__ g, const unsigned char* __restrict__ sup,
+                     int L, int constraint, const float2* __restrict__ gprev, const float2* __restrict__ d,
+                     const double* __restrict__ state, float* __restrict__ partial) {
+    const int item = blockIdx.y;
+    const size_t base = (size_t)item * L;
+    const bool restart = state[(size_t)item * CD_ML_STATE + CD_ML_RESTART] != 0.0;
+    float gg = 0.0f, gp = 0.0f, gd = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 q = grad[base + i];
+        float2 v = make_float2(0.0f, 0.0f);
+        if (sup[base + i] != 0) {
+            if (constraint == 0)
+                v = q;
+            else if (constraint == 1)
+                v = make_float2(q.x, 0.0f);
+            else {
+                const bool hold = g[base + i].x <= 0.0f && q.x > 0.0f;
+                v = make_float2(hold ? 0.0f : q.x, 0.0f);
+            }
+        }
+        grad[base + i] = v;
+        gg += v.x * v.x + v.y * v.y;
+        if (!restart) {
+            const float2 p = gprev[base + i], e = d[base + i];
+            gp += v.x * p.x + v.y * p.y;
+            gd += v.x * e.x + v.y * e.y;
+        }
+    }
+    gg = cd_block_sum(gg);
+    gp = cd_block_sum(gp);
+    gd = cd_block_sum(gd);
+    if (threadIdx.x == 0) {
+        const size_t k = (size_t)item * gridDim.x + blockIdx.x;
+        partial[3 * k] = gg;
+        partial[3 * k + 1] = gp;
+        partial[3 * k + 2] = gd;
+    }
+}
+
+// One thread per item: the Polak-Ribiere factor (PR+) from the partials of cd_ml_grad,
+// summed in double in block order; 0 at a restart, where not finite, or where the new
+// direction would not descend. Sets beta and gprev_norm (the CPU's beta_rule).
+CD_KERNEL cd_ml_beta(const float* __restrict__ partial, int bpi, int items, double* __restrict__ state) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    double gg = 0.0, gp = 0.0, gd = 0.0;
+    for (int k = 0; k < bpi; ++k) {
+        const size_t b = (size_t)item * bpi + k;
+        gg += (double)partial[3 * b];
+        gp += (double)partial[3 * b + 1];
+        gd += (double)partial[3 * b + 2];
+    }
+    double* st = state + (size_t)item * CD_ML_STATE;
+    double beta = 0.0;
+    if (st[CD_ML_RESTART] == 0.0 && st[CD_ML_GPREV] > 0.0) {
+        beta = (gg - gp) / st[CD_ML_GPREV];
+        if (!(isfinite(beta) && beta > 0.0) || !(-gg + beta * gd < 0.0)) beta = 0.0;
+    }
+    st[CD_ML_BETA] = beta;
+    st[CD_ML_GPREV] = gg;
+    st[CD_ML_T] = 0.0;
+}
+
+// d = -grad + beta d (d = -grad when beta is 0, never reading the old d); gprev = grad.
+// Bytes: 16 P read + 16 P written.
+CD_KERNEL cd_ml_direction(const float2* __restrict__ grad, float2* __restrict__ d, float2* __restrict__ gprev,
+                          int L, const double* __restrict__ state) {
+    const int item = blockIdx.y;
+    const size_t base = (size_t)item * L;
+    const double beta = state[(size_t)item * CD_ML_STATE + CD_ML_BETA];
+    const float b = (float)beta;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 q = grad[base + i];
+        if (beta == 0.0) {
+            d[base + i] = make_float2(-q.x, -q.y);
+        } else {
+            const float2 e = d[base + i];
+            d[base + i] = make_float2(b * e.x - q.x, b * e.y - q.y);
+        }
+        gprev[base + i] = q;
+    }
+}
+
+// One pixel of the 1-D likelihood along the direction at step t (the CPU's line_term): with
+// c0 = |F|^2 + eps, p = Re(conj(F) D), dd = |D|^2, delta = t (2p + t dd), c = c0 + delta:
+// L(t) - L(0) term delta - Io ln(c / c0) (log1p near 1), L'(t) term (1 - Io/c) q with
+// q = 2 (p + t dd), Gauss-Newton curvature Io/c^2 q^2 + max(0, 1 - Io/c) 2 dd.
+__device__ __forceinline__ void cd_ml_line_term(float2 v, float2 w, float a, float eps, float t, float& dl,
+                                                float& d1, float& d2) {
+    const float io = a * a;
+    const float c0 = v.x * v.x + v.y * v.y + eps;
+    const float p = v.x * w.x + v.y * w.y;
+    const float dd = w.x * w.x + w.y * w.y;
+    const float delta = t * (2.0f * p + t * dd);
+    const float c = fmaxf(c0 + delta, eps);
+    const float x = delta / c0;
+    const float l = fabsf(x) < 0.5f ? log1pf(x) : logf(c / c0);
+    const float r = io / c;
+    const float q = 2.0f * (p + t * dd);
+    dl += delta - io * l;
+    d1 += (1.0f - r) * q;
+    d2 += r / c * q * q + fmaxf(1.0f - r, 0.0f) * 2.0f * dd;
+}
+
+// Block sums of the line-search terms at the item's current t over measured pixels:
+// partial[3 * (item * bpi + bx) + {0, 1, 2}] = (L(t) - L(0), L'(t), curvature).
+// Bytes: 20 P read; FLOPs ~25 P + one log per measured pixel.
+CD_KERNEL cd_ml_line(const float2* __restrict__ f, const float2* __restrict__ dd, const float* __restrict__ amp,
+                     const float* __restrict__ eps, int L, int starts, const double* __restrict__ state,
+                     float* __restrict__ partial) {
+    const int item = blockIdx.y;
+    const size_t base = (size_t)item * L;
+    const float* ai = amp + (size_t)(item / starts) * L;
+    const float e = eps[item / starts];
+    const float t = (float)state[(size_t)item * CD_ML_STATE + CD_ML_T];
+    float dl = 0.0f, d1 = 0.0f, d2 = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float a = ai[i];
+        if (a >= 0.0f) cd_ml_line_term(f[base + i], dd[base + i], a, e, t, dl, d1, d2);
+    }
+    dl = cd_block_sum(dl);
+    d1 = cd_block_sum(d1);
+    d2 = cd_block_sum(d2);
+    if (threadIdx.x == 0) {
+        const size_t k = (size_t)item * gridDim.x + blockIdx.x;
+        partial[3 * k] = dl;
+        partial[3 * k + 1] = d1;
+        partial[3 * k + 2] = d2;
+    }
+}
+
+// One thread per item: the line search's next t after pass `pass` (the CPU's newton_rule).
+CD_KERNEL cd_ml_newton(const float* __restrict__ partial, int bpi, int items, int pass,
+                       double* __restrict__ state) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    double dl = 0.0, g1 = 0.0, g2 = 0.0;
+    for (int k = 0; k < bpi; ++k) {
+        const size_t b = (size_t)item * bpi + k;
+        dl += (double)partial[3 * b];
+        g1 += (double)partial[3 * b + 1];
+        g2 += (double)partial[3 * b + 2];
+    }
+    double* st = state + (size_t)item * CD_ML_STATE;
+    if (pass == 0) {
+        st[CD_ML_TBEST] = 0.0;
+        st[CD_ML_DLBEST] = 0.0;
+        const double t = -g1 / g2;
+        const bool done = !(g1 < 0.0 && g2 > 0.0 && isfinite(t));
+        st[CD_ML_DONE] = done ? 1.0 : 0.0;
+        st[CD_ML_T] = done ? 0.0 : t;
+        return;
+    }
+    if (st[CD_ML_DONE] != 0.0) return;
+    const bool improved = isfinite(dl) && dl < st[CD_ML_DLBEST];
+    if (improved) {
+        st[CD_ML_DLBEST] = dl;
+        st[CD_ML_TBEST] = st[CD_ML_T];
+    }
+    double next = improved && g2 > 0.0 ? st[CD_ML_T] - g1 / g2 : 0.5 * (st[CD_ML_T] + st[CD_ML_TBEST]);
+    if (!(isfinite(next) && next > 0.0)) next = 0.5 * st[CD_ML_T];
+    st[CD_ML_T] = next;
+}
+
+// g += tbest d where tbest is not 0 (clipped at zero under positivity, constraint 2).
+// cd_ml_finish then sets the restart flag (a separate launch: every block reads the state
+// here). Bytes: 16 P read + 8 P written.
+CD_KERNEL cd_ml_step(float2* __restrict__ g, const float2* __restrict__ d, int L, int constraint,
+                     double* __restrict__ state) {
+    const int item = blockIdx.y;
+    const size_t base = (size_t)item * L;
+    const double tb = state[(size_t)item * CD_ML_STATE + CD_ML_TBEST];
+    if (tb != 0.0) {
+        const float t = (float)tb;
+        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+            const float2 v = g[base + i], e = d[base + i];
+            float re = v.x + t * e.x;
+            const float im = v.y + t * e.y;
+            if (constraint == 2) re = fmaxf(re, 0.0f);
+            g[base + i] = make_float2(re, im);
+        }
+    }
+}
+
+// One thread per item, after cd_ml_step: restart = (tbest == 0).
+CD_KERNEL cd_ml_finish(int items, double* __restrict__ state) {
+    const int item = blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= items) return;
+    double* st = state + (size_t)item * CD_ML_STATE;
+    st[CD_ML_RESTART] = st[CD_ML_TBEST] == 0.0 ? 1.0 : 0.0;
+}

@@ -228,8 +228,19 @@ fn emu_matches_cpu_on_full_runs() {
     let mut rng = Lcg::new("emu-vs-cpu");
     let cpu = CpuBackend::new(Some(2)).unwrap();
     let emu = EmuBackend::new(ScheduleOrder::Random(7));
-    let cases: [Run; 4] = [
+    let cases: [Run; 5] = [
         (1, 17, 23, 1, true, Constraint::None, "6*HIO + 3*ER", None),
+        // issue 19: ML refinement after ER, with held-out pixels and a mask
+        (
+            2,
+            23,
+            18,
+            2,
+            true,
+            Constraint::Positive,
+            "4*ER + ML**5",
+            None,
+        ),
         (
             3,
             31,
@@ -280,7 +291,7 @@ fn emu_is_identical_across_schedule_orders_and_chunks() {
     let mut rng = Lcg::new("orders");
     let pb = problem(&mut rng, 3, 19, 26, 2, true, Constraint::None);
     let prog = program(
-        "2*(6*HIO + 3*ER)",
+        "2*(6*HIO + 3*ER) + 3*ML",
         Some("sigma=1.5,threshold=0.12,every=5"),
         Recording::Every(4),
     );

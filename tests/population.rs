@@ -319,6 +319,41 @@ fn cutting_the_run_is_exact_to_rounding() {
             .count()
     };
     assert_eq!(segs.iter().map(sws).sum::<usize>(), sws(&prog));
+    // an ML section cut in two: the piece after the cut starts a fresh conjugate gradient
+    // (each segment is a new backend run), the one before keeps the section's own flag
+    use cdiphase::phasing::program::Op;
+    let ml = program(
+        "HIO**20 + ML**30 + ER**10",
+        "sigma=1,threshold=0.1,every=10,stop=15",
+    );
+    let segs = split_program(&ml, &[35]);
+    assert_eq!(
+        segs.iter().map(|s| s.iterations).collect::<Vec<_>>(),
+        vec![35, 25]
+    );
+    assert_eq!(segs.iter().map(|s| s.records).sum::<usize>(), ml.records);
+    let mls = |p: &Program| -> Vec<(u64, bool, bool)> {
+        p.ops
+            .iter()
+            .filter_map(|o| match *o {
+                Op::Ml {
+                    count,
+                    record,
+                    fresh,
+                } => Some((count, record, fresh)),
+                _ => None,
+            })
+            .collect()
+    };
+    // the program records every 10 iterations: its ML section is three ML**10, the later
+    // two carrying the CG state; the cut at 35 keeps the carry inside segment 0 and starts
+    // segment 1 fresh, which then carries again
+    assert_eq!(
+        mls(&ml),
+        vec![(10, true, true), (10, true, false), (10, true, false)]
+    );
+    assert_eq!(mls(&segs[0]), vec![(10, true, true), (5, false, false)]);
+    assert_eq!(mls(&segs[1]), vec![(5, true, true), (10, true, false)]);
     let mut rng = Lcg::new("pop-exact");
     let cpu = CpuBackend::new(Some(2)).unwrap();
     let pb = problem(&mut rng, 2, 20, 18, 3);

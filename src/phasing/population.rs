@@ -278,18 +278,54 @@ pub fn split_program(program: &Program, cuts: &[u64]) -> Vec<Program> {
                     });
                 }
             }
+            Op::Ml {
+                count,
+                record,
+                fresh,
+            } => {
+                // the conjugate-gradient state does not cross a cut (each segment is a new
+                // backend run): the first ML chunk of a segment starts fresh
+                let mut carried = !fresh;
+                let mut left = count;
+                while left > 0 {
+                    if next < cuts.len() && done == cuts[next] {
+                        segs.push(Vec::new());
+                        next += 1;
+                        carried = false;
+                        continue;
+                    }
+                    let chunk = if next < cuts.len() {
+                        left.min(cuts[next] - done)
+                    } else {
+                        left
+                    };
+                    left -= chunk;
+                    done += chunk;
+                    segs.last_mut().expect("one segment").push(Op::Ml {
+                        count: chunk,
+                        record: record && left == 0,
+                        fresh: !carried,
+                    });
+                    carried = true;
+                }
+            }
         }
     }
     segs.into_iter()
         .map(|ops| Program {
             records: ops
                 .iter()
-                .filter(|o| matches!(o, Op::Iterate { record: true, .. }))
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Op::Iterate { record: true, .. } | Op::Ml { record: true, .. }
+                    )
+                })
                 .count(),
             iterations: ops
                 .iter()
                 .map(|o| match o {
-                    Op::Iterate { count, .. } => *count,
+                    Op::Iterate { count, .. } | Op::Ml { count, .. } => *count,
                     Op::Shrinkwrap { .. } => 0,
                 })
                 .sum(),
@@ -440,7 +476,7 @@ fn shrinkwrap_at(program: &Program, at: u64) -> (f32, f32, ThresholdRef) {
     let mut last = (1.0, 0.1, ThresholdRef::Max);
     for op in &program.ops {
         match *op {
-            Op::Iterate { count, .. } => {
+            Op::Iterate { count, .. } | Op::Ml { count, .. } => {
                 done += count;
                 if done > at {
                     break;

@@ -281,6 +281,28 @@ pub enum Op {
         count: u64,
         record: bool,
     },
+    /// `count` iterations of Poisson maximum-likelihood refinement; when `record` the
+    /// figures of merit of the last one (measured on F = FFT(g) before its step, as for
+    /// `Iterate`) enter the history. The object is first confined to the support (and the
+    /// constraint), as ER would; each iteration then takes a conjugate-gradient step
+    /// (Polak-Ribiere, restarted at the start of every `Ml` op and after a step that made no
+    /// progress) on the object inside the support, minimising the Poisson negative
+    /// log-likelihood `sum over measured pixels of Ic - Io ln Ic` with `Ic = |FFT(g)|^2 + eps`
+    /// (`eps` = [`ML_EPS`] times the mean measured intensity: the regularisation that keeps
+    /// the gradient finite where Ic = 0), with an exact line search ([`ML_LINE_PASSES`]
+    /// Gauss-Newton passes over the 1-D likelihood along the direction, keeping the best
+    /// point evaluated, so a step never raises the likelihood it measured). Unmeasured and
+    /// held-out pixels do not enter the gradient. With positivity, pixels at zero whose
+    /// gradient points below zero are held, and the step is clipped at zero.
+    ///
+    /// `fresh` is false where the op continues the previous one (an `Ml` op cut only to
+    /// record): the conjugate-gradient state carries over, so recording does not change
+    /// the result; after anything else (a projection, a shrinkwrap) it restarts.
+    Ml {
+        count: u64,
+        record: bool,
+        fresh: bool,
+    },
     /// A shrinkwrap support update with these parameters (the threshold before each
     /// start's factor).
     Shrinkwrap {
@@ -288,6 +310,25 @@ pub enum Op {
         threshold: f32,
         reference: ThresholdRef,
     },
+}
+
+/// The regularisation of the maximum-likelihood refinement: `eps` added to every calculated
+/// intensity is this fraction of the pattern's mean measured intensity.
+pub const ML_EPS: f64 = 1e-6;
+
+/// Evaluations of the 1-D likelihood per maximum-likelihood line search (the first at the
+/// current object, then Gauss-Newton steps with backtracking).
+pub const ML_LINE_PASSES: usize = 5;
+
+/// The `eps` of the maximum-likelihood refinement of a pattern (see [`ML_EPS`]) from its sum
+/// of measured intensities and number of measured pixels.
+pub fn ml_eps(sum_a2: f64, measured: usize) -> f32 {
+    let mean = if measured > 0 {
+        sum_a2 / measured as f64
+    } else {
+        0.0
+    };
+    ((ML_EPS * mean) as f32).max(f32::MIN_POSITIVE)
 }
 
 /// A compiled run.
@@ -314,6 +355,11 @@ impl Program {
 }
 
 impl Program {
+    /// Does the program hold maximum-likelihood steps (which need their own buffers)?
+    pub fn has_ml(&self) -> bool {
+        self.ops.iter().any(|o| matches!(o, Op::Ml { .. }))
+    }
+
     /// Compile a schedule with the global beta, shrinkwrap settings and recording policy.
     pub fn compile(
         schedule: &Schedule,
@@ -338,7 +384,7 @@ impl Program {
         let mut sw_marks: Vec<usize> = Vec::new(); // indices of Shrinkwrap ops (params set later)
         let n_steps = schedule.steps.len();
         for (si, step) in schedule.steps.iter().enumerate() {
-            match *step {
+            let (kind, count) = match *step {
                 Step::Shrinkwrap => {
                     sw_marks.push(ops.len());
                     ops.push(Op::Shrinkwrap {
@@ -346,58 +392,64 @@ impl Program {
                         threshold: 0.0,
                         reference: ThresholdRef::Max,
                     });
+                    continue;
                 }
                 Step::Iterate {
                     alg,
                     beta: b,
                     count,
-                } => {
-                    let beta = b.unwrap_or(beta);
-                    // Is this the end of a section for recording purposes?
-                    let next_alg = schedule.steps[si + 1..n_steps]
-                        .iter()
-                        .find_map(|s| match s {
-                            Step::Iterate { alg, .. } => Some(*alg),
-                            Step::Shrinkwrap => None,
-                        });
-                    let section_end = match recording {
-                        Recording::EndOfErSections => {
-                            (alg == Algorithm::ER || !has_er) && next_alg != Some(alg)
-                        }
-                        Recording::Every(_) => false,
-                    };
-                    let mut left = count;
-                    while left > 0 {
-                        // Distance to the next cut point inside this step.
-                        let mut chunk = left;
-                        if let Recording::Every(k) = recording {
-                            chunk = chunk.min(k - done % k);
-                        }
-                        if shrinkwrap.every > 0 {
-                            let e = shrinkwrap.every;
-                            chunk = chunk.min(e - done % e);
-                        }
-                        done += chunk;
-                        left -= chunk;
-                        let record = match recording {
-                            Recording::Every(k) => done.is_multiple_of(k),
-                            Recording::EndOfErSections => section_end && left == 0,
-                        };
-                        push_iter(&mut ops, alg, beta, chunk, record);
-                        let periodic = shrinkwrap.every > 0
-                            && done.is_multiple_of(shrinkwrap.every)
-                            && done >= shrinkwrap.start
-                            && shrinkwrap.stop.is_none_or(|s| done <= s)
-                            && done < total;
-                        if periodic {
-                            sw_marks.push(ops.len());
-                            ops.push(Op::Shrinkwrap {
-                                sigma: 0.0,
-                                threshold: 0.0,
-                                reference: ThresholdRef::Max,
-                            });
-                        }
-                    }
+                } => (Some((alg, b.unwrap_or(beta))), count),
+                Step::Ml { count } => (None, count),
+            };
+            // Is this the end of a section for recording purposes? (An ML section
+            // ends where the next iterating step is not ML; it always records.)
+            let next = schedule.steps[si + 1..n_steps]
+                .iter()
+                .find_map(|s| match s {
+                    Step::Iterate { alg, .. } => Some(Some(*alg)),
+                    Step::Ml { .. } => Some(None),
+                    Step::Shrinkwrap => None,
+                });
+            let section_end = match (recording, kind) {
+                (Recording::EndOfErSections, Some((alg, _))) => {
+                    (alg == Algorithm::ER || !has_er) && next != Some(Some(alg))
+                }
+                (Recording::EndOfErSections, None) => next != Some(None),
+                (Recording::Every(_), _) => false,
+            };
+            let mut left = count;
+            while left > 0 {
+                // Distance to the next cut point inside this step.
+                let mut chunk = left;
+                if let Recording::Every(k) = recording {
+                    chunk = chunk.min(k - done % k);
+                }
+                if shrinkwrap.every > 0 {
+                    let e = shrinkwrap.every;
+                    chunk = chunk.min(e - done % e);
+                }
+                done += chunk;
+                left -= chunk;
+                let record = match recording {
+                    Recording::Every(k) => done.is_multiple_of(k),
+                    Recording::EndOfErSections => section_end && left == 0,
+                };
+                match kind {
+                    Some((alg, beta)) => push_iter(&mut ops, alg, beta, chunk, record),
+                    None => push_ml(&mut ops, chunk, record),
+                }
+                let periodic = shrinkwrap.every > 0
+                    && done.is_multiple_of(shrinkwrap.every)
+                    && done >= shrinkwrap.start
+                    && shrinkwrap.stop.is_none_or(|s| done <= s)
+                    && done < total;
+                if periodic {
+                    sw_marks.push(ops.len());
+                    ops.push(Op::Shrinkwrap {
+                        sigma: 0.0,
+                        threshold: 0.0,
+                        reference: ThresholdRef::Max,
+                    });
                 }
             }
         }
@@ -418,7 +470,12 @@ impl Program {
         }
         let records = ops
             .iter()
-            .filter(|o| matches!(o, Op::Iterate { record: true, .. }))
+            .filter(|o| {
+                matches!(
+                    o,
+                    Op::Iterate { record: true, .. } | Op::Ml { record: true, .. }
+                )
+            })
             .count();
         Ok(Program {
             ops,
@@ -427,6 +484,29 @@ impl Program {
             guard: shrinkwrap.guard,
         })
     }
+}
+
+fn push_ml(ops: &mut Vec<Op>, count: u64, record: bool) {
+    let fresh = match ops.last_mut() {
+        Some(Op::Ml {
+            count: c,
+            record: r,
+            ..
+        }) => {
+            if !*r {
+                *c += count;
+                *r = record;
+                return;
+            }
+            false
+        }
+        _ => true,
+    };
+    ops.push(Op::Ml {
+        count,
+        record,
+        fresh,
+    });
 }
 
 fn push_iter(ops: &mut Vec<Op>, alg: Algorithm, beta: f32, count: u64, record: bool) {
@@ -461,10 +541,56 @@ mod tests {
         p.ops
             .iter()
             .map(|o| match o {
-                Op::Iterate { count, .. } => *count,
+                Op::Iterate { count, .. } | Op::Ml { count, .. } => *count,
                 _ => 0,
             })
             .sum()
+    }
+
+    #[test]
+    fn ml_sections_record_at_their_end_and_split_at_shrinkwraps() {
+        let s = Schedule::parse("2*(HIO**10 + ER**5) + ML**30").unwrap();
+        let p = Program::compile(
+            &s,
+            0.9,
+            &ShrinkwrapConfig::default(),
+            Recording::EndOfErSections,
+        )
+        .unwrap();
+        assert_eq!(p.records, 3);
+        assert!(p.has_ml());
+        assert_eq!(
+            p.ops.last(),
+            Some(&Op::Ml {
+                count: 30,
+                record: true,
+                fresh: true
+            })
+        );
+        let sw = ShrinkwrapConfig::parse("every=20").unwrap();
+        let s = Schedule::parse("HIO**30 + ML**30").unwrap();
+        let p = Program::compile(&s, 0.9, &sw, Recording::Every(25)).unwrap();
+        let mls: Vec<(u64, bool, bool)> = p
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Ml {
+                    count,
+                    record,
+                    fresh,
+                } => Some((*count, *record, *fresh)),
+                _ => None,
+            })
+            .collect();
+        // shrinkwraps at 40 (inside ML: the CG restarts); records at 25 and 50 (the op after
+        // the record continues the CG)
+        assert_eq!(
+            mls,
+            vec![(10, false, true), (10, true, true), (10, false, false)]
+        );
+        assert_eq!(p.records, 2);
+        assert_eq!(iters(&p), 60);
+        assert!(ml_eps(1e6, 1000) > 0.0 && ml_eps(0.0, 0) > 0.0);
     }
 
     #[test]

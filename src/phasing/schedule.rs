@@ -6,7 +6,7 @@
 //! seq      := term ('+' term)*
 //! term     := INT '*' term | factor ('**' INT)?
 //! factor   := NAME ['(' [beta '='] NUMBER ')'] | '(' seq ')'
-//! NAME     := HIO | ER | RAAR | SW | SHRINKWRAP      (case-insensitive)
+//! NAME     := HIO | ER | RAAR | ML | SW | SHRINKWRAP      (case-insensitive)
 //! ```
 //! ```
 //! use cdiphase::phasing::schedule::{Algorithm, Schedule, Step};
@@ -17,7 +17,10 @@
 //! assert!(e.to_string().contains("position 10"));
 //! ```
 //!
-//! `SW` is one shrinkwrap support update at that point of the run. `HIO(0.7)` or
+//! `SW` is one shrinkwrap support update at that point of the run. `ML` is one iteration of
+//! Poisson maximum-likelihood refinement (conjugate gradient on the object inside the
+//! support, see [`crate::phasing::program::Op::Ml`]); `ML**50` after the projections polishes
+//! the result against the Poisson likelihood of the measured pixels. `HIO(0.7)` or
 //! `RAAR(beta=0.8)` override the global `--beta` for that step. Examples:
 //! `2000*(5*HIO + 5*ER)` (the paper's run), `100*(SW + 50*HIO) + 200*ER`, `(ER**5*HIO**45)**20`
 //! is *not* accepted: PyNX multiplies operators right to left, which reads the wrong way
@@ -58,6 +61,8 @@ pub enum Step {
     },
     /// One shrinkwrap support update.
     Shrinkwrap,
+    /// `count` iterations of Poisson maximum-likelihood refinement (conjugate gradient).
+    Ml { count: u64 },
 }
 
 /// Upper bound on the total number of iterations a schedule may expand to.
@@ -108,7 +113,10 @@ impl Schedule {
         }
         let mut steps = Vec::new();
         node.flatten(&mut steps);
-        if !steps.iter().any(|s| matches!(s, Step::Iterate { .. })) {
+        if !steps
+            .iter()
+            .any(|s| matches!(s, Step::Iterate { .. } | Step::Ml { .. }))
+        {
             return Err(Error::Schedule {
                 input: text.to_string(),
                 pos: 0,
@@ -127,7 +135,7 @@ impl Schedule {
         self.steps
             .iter()
             .map(|s| match s {
-                Step::Iterate { count, .. } => *count,
+                Step::Iterate { count, .. } | Step::Ml { count } => *count,
                 Step::Shrinkwrap => 0,
             })
             .sum()
@@ -143,6 +151,7 @@ impl Schedule {
 
 enum Node {
     Alg(Algorithm, Option<f32>),
+    Ml,
     Shrinkwrap,
     Seq(Vec<Node>),
     Repeat(u64, Box<Node>),
@@ -151,7 +160,7 @@ enum Node {
 impl Node {
     fn iterations(&self) -> u64 {
         match self {
-            Node::Alg(..) => 1,
+            Node::Alg(..) | Node::Ml => 1,
             Node::Shrinkwrap => 0,
             Node::Seq(v) => v.iter().fold(0u64, |a, n| a.saturating_add(n.iterations())),
             Node::Repeat(k, n) => k.saturating_mul(n.iterations()),
@@ -161,12 +170,15 @@ impl Node {
     fn flatten(&self, out: &mut Vec<Step>) {
         match self {
             Node::Alg(alg, beta) => push(out, *alg, *beta, 1),
+            Node::Ml => push_ml(out, 1),
             Node::Shrinkwrap => out.push(Step::Shrinkwrap),
             Node::Seq(v) => v.iter().for_each(|n| n.flatten(out)),
             Node::Repeat(k, n) => {
                 // A repeat of a single algorithm becomes one step, not k steps.
                 if let Node::Alg(alg, beta) = **n {
                     push(out, alg, beta, *k);
+                } else if let Node::Ml = **n {
+                    push_ml(out, *k);
                 } else {
                     for _ in 0..*k {
                         n.flatten(out);
@@ -193,6 +205,17 @@ fn push(out: &mut Vec<Step>, alg: Algorithm, beta: Option<f32>, count: u64) {
         }
     }
     out.push(Step::Iterate { alg, beta, count });
+}
+
+fn push_ml(out: &mut Vec<Step>, count: u64) {
+    if count == 0 {
+        return;
+    }
+    if let Some(Step::Ml { count: c }) = out.last_mut() {
+        *c += count;
+        return;
+    }
+    out.push(Step::Ml { count });
 }
 
 struct Parser<'a> {
@@ -289,7 +312,8 @@ impl Parser<'_> {
     fn factor(&mut self) -> Result<Node> {
         match self.peek() {
             None => {
-                Err(self.err("unexpected end: expected an algorithm (HIO, ER, RAAR, SW) or '('"))
+                Err(self
+                    .err("unexpected end: expected an algorithm (HIO, ER, RAAR, ML, SW) or '('"))
             }
             Some(b'(') => {
                 self.pos += 1;
@@ -313,10 +337,16 @@ impl Parser<'_> {
                     "ER" => Algorithm::ER,
                     "RAAR" => Algorithm::RAAR,
                     "SW" | "SHRINKWRAP" | "SUP" => return Ok(Node::Shrinkwrap),
+                    "ML" => {
+                        if self.peek() == Some(b'(') {
+                            return Err(self.err("ML takes no parameter"));
+                        }
+                        return Ok(Node::Ml);
+                    }
                     _ => {
                         self.pos = start;
                         return Err(self.err(&format!(
-                            "unknown step '{}': expected HIO, ER, RAAR or SW",
+                            "unknown step '{}': expected HIO, ER, RAAR, ML or SW",
                             &self.src[start..start + word.len()]
                         )));
                     }
@@ -354,7 +384,7 @@ impl Parser<'_> {
                 Ok(Node::Alg(alg, beta))
             }
             Some(c) => Err(self.err(&format!(
-                "unexpected '{}': expected an algorithm (HIO, ER, RAAR, SW) or '('",
+                "unexpected '{}': expected an algorithm (HIO, ER, RAAR, ML, SW) or '('",
                 c as char
             ))),
         }
@@ -404,6 +434,24 @@ mod tests {
     }
 
     #[test]
+    fn ml_steps_merge_and_count() {
+        let s = Schedule::parse("HIO**10 + ER**5 + ml**3 + 2*ML + SW + ML").unwrap();
+        assert_eq!(
+            s.steps,
+            vec![
+                it(Algorithm::HIO, 10),
+                it(Algorithm::ER, 5),
+                Step::Ml { count: 5 },
+                Step::Shrinkwrap,
+                Step::Ml { count: 1 }
+            ]
+        );
+        assert_eq!(s.iterations(), 21);
+        assert_eq!(Schedule::parse("ML**50").unwrap().iterations(), 50);
+        assert!(Schedule::parse("2*(5*HIO + ML)").unwrap().steps.len() == 4);
+    }
+
+    #[test]
     fn errors_name_the_position() {
         let cases = [
             ("", 0),
@@ -417,6 +465,7 @@ mod tests {
             ("HIO(3)", 4),
             ("5*HIO + ", 8),
             ("SW", 0),
+            ("ML(0.5)", 2),
             ("99999999999*(HIO+ER)", 0),
         ];
         for (text, pos) in cases {

@@ -16,7 +16,7 @@ use super::launcher::{
 use crate::array::{Complex32, Stack};
 use crate::backend::Progress;
 use crate::phasing::problem::{FinalMerit, PhasingOutput, PhasingProblem};
-use crate::phasing::program::{Constraint, Op, Program, Update};
+use crate::phasing::program::{ml_eps, Constraint, Op, Program, Update};
 use crate::{Error, Result};
 
 /// Most blocks per item of the element-wise kernels (they stride over larger images).
@@ -518,6 +518,238 @@ impl<'a> PhasingKernels<'a> {
     }
 }
 
+/// Doubles of per-item state of the maximum-likelihood refinement (`CD_ML_STATE`).
+pub const ML_STATE: usize = 8;
+
+/// The device buffers of the maximum-likelihood refinement of a chunk of `items` items:
+/// the gradient, the previous gradient, the direction and its transform (items x L complex
+/// each), the per-item state ([`ML_STATE`] doubles), the partial sums (items x bpi x 3) and
+/// the regularisation per pattern (`eps`).
+pub struct MlBufs<'a> {
+    pub grad: DevBuf<'a>,
+    pub gprev: DevBuf<'a>,
+    pub d: DevBuf<'a>,
+    pub dd: DevBuf<'a>,
+    pub state: DevBuf<'a>,
+    pub partial: DevBuf<'a>,
+    pub eps: DevBuf<'a>,
+}
+
+impl<'a> MlBufs<'a> {
+    /// Buffers for `lk`'s chunk, with the per-pattern regularisation `eps`.
+    pub fn new(lk: &PhasingKernels<'a>, eps: &[f32]) -> Result<MlBufs<'a>> {
+        let (l, items) = (lk.len(), lk.items);
+        if eps.len() * lk.starts != items {
+            return Err(Error::Config(format!(
+                "ML refinement: {} regularisation values for {items} items of {} starts",
+                eps.len(),
+                lk.starts
+            )));
+        }
+        Ok(MlBufs {
+            grad: DevBuf::new(lk.l, items * l * 8)?,
+            gprev: DevBuf::new(lk.l, items * l * 8)?,
+            d: DevBuf::new(lk.l, items * l * 8)?,
+            dd: DevBuf::new(lk.l, items * l * 8)?,
+            state: DevBuf::new(lk.l, items * ML_STATE * 8)?,
+            partial: DevBuf::new(lk.l, items * lk.bpi * 12)?,
+            eps: DevBuf::from_slice(lk.l, eps)?,
+        })
+    }
+}
+
+impl PhasingKernels<'_> {
+    /// Check every buffer of the refinement against the chunk's shape.
+    fn check_ml(&self, kernel: &str, g: &DevBuf, sup: &DevBuf, m: &MlBufs) -> Result<()> {
+        self.check_shape(kernel)?;
+        let (l, items) = (self.len(), self.items);
+        self.buf::<Complex32>(g, items * l, kernel, "g")?;
+        self.buf::<u8>(sup, items * l, kernel, "support")?;
+        for (b, what) in [
+            (&m.grad, "gradient"),
+            (&m.gprev, "previous gradient"),
+            (&m.d, "direction"),
+            (&m.dd, "FFT of the direction"),
+        ] {
+            self.buf::<Complex32>(b, items * l, kernel, what)?;
+        }
+        self.buf::<f64>(&m.state, items * ML_STATE, kernel, "state")?;
+        self.buf::<f32>(&m.partial, items * self.bpi * 3, kernel, "partials")?;
+        self.buf::<f32>(&m.eps, items / self.starts, kernel, "regularisation")
+    }
+
+    /// `cd_ml_start`: g confined to the support and the constraint, the state reset.
+    pub fn ml_start(
+        &self,
+        g: &DevBuf,
+        sup: &DevBuf,
+        constraint: Constraint,
+        m: &MlBufs,
+    ) -> Result<()> {
+        const K: &str = "cd_ml_start";
+        self.check_ml(K, g, sup, m)?;
+        let args = [
+            g.arg(),
+            sup.arg(),
+            KArg::I32(self.len() as i32),
+            KArg::I32(constraint_code(constraint)),
+            m.state.arg(),
+        ];
+        // SAFETY: g (items x L complex), sup (items x L) and the state (items x 8 doubles)
+        // were checked by check_ml, on this launcher.
+        unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args) }
+    }
+
+    /// The gradient of the refinement's objective at g into `m.grad`, given F = FFT(g) in
+    /// `f` (items x L complex): `cd_ml_weights`, the unscaled inverse FFT (plan `plan`),
+    /// `cd_ml_grad` (mask, and the dot-product partials into `m.partial`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ml_gradient(
+        &self,
+        plan: u64,
+        g: &DevBuf,
+        f: &DevBuf,
+        sup: &DevBuf,
+        amp: &DevBuf,
+        constraint: Constraint,
+        m: &MlBufs,
+    ) -> Result<()> {
+        const K: &str = "cd_ml_weights";
+        self.check_ml(K, g, sup, m)?;
+        let (l, items) = (self.len(), self.items);
+        self.buf::<Complex32>(f, items * l, K, "F")?;
+        self.buf::<f32>(amp, items / self.starts * l, K, "amplitudes")?;
+        let args = [
+            f.arg(),
+            amp.arg(),
+            m.eps.arg(),
+            KArg::I32(l as i32),
+            KArg::I32(self.starts as i32),
+            m.grad.arg(),
+        ];
+        // SAFETY: f and grad (items x L complex), amp (items/starts x L) and eps (one per
+        // pattern) were checked above, on this launcher.
+        unsafe { self.l.launch(K, dims(self.grid(), BLOCK, 0), &args)? };
+        self.l.fft(plan, m.grad.ptr(), m.grad.ptr(), false)?;
+        let args = [
+            m.grad.arg(),
+            g.arg(),
+            sup.arg(),
+            KArg::I32(l as i32),
+            KArg::I32(constraint_code(constraint)),
+            m.gprev.arg(),
+            m.d.arg(),
+            m.state.arg(),
+            m.partial.arg(),
+        ];
+        // SAFETY: grad, g, gprev, d (items x L complex), sup (items x L), state (items x 8
+        // doubles) and partial (items x bpi x 3, three per block) were checked, on this
+        // launcher.
+        unsafe {
+            self.l
+                .launch("cd_ml_grad", dims(self.grid(), BLOCK, 0), &args)
+        }
+    }
+
+    /// The rest of one refinement iteration after [`PhasingKernels::ml_gradient`]: the
+    /// conjugation factor, the direction, its FFT, the line search and the step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ml_step(
+        &self,
+        plan: u64,
+        g: &DevBuf,
+        f: &DevBuf,
+        sup: &DevBuf,
+        amp: &DevBuf,
+        constraint: Constraint,
+        m: &MlBufs,
+    ) -> Result<()> {
+        const K: &str = "ML step";
+        self.check_ml(K, g, sup, m)?;
+        let (l, items, bpi) = (self.len(), self.items, self.bpi);
+        self.buf::<Complex32>(f, items * l, K, "F")?;
+        self.buf::<f32>(amp, items / self.starts * l, K, "amplitudes")?;
+        let per_item = dims([(items as u32).div_ceil(128), 1, 1], 128, 0);
+        // SAFETY: every buffer below was checked by check_ml and above (partial items x bpi
+        // x 3, state items x 8 doubles, the images items x L complex, amp items/starts x L,
+        // eps one per pattern), on this launcher; the per-item kernels run one thread per
+        // item.
+        unsafe {
+            self.l.launch(
+                "cd_ml_beta",
+                per_item,
+                &[
+                    m.partial.arg(),
+                    KArg::I32(bpi as i32),
+                    KArg::I32(items as i32),
+                    m.state.arg(),
+                ],
+            )?;
+            self.l.launch(
+                "cd_ml_direction",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    m.grad.arg(),
+                    m.d.arg(),
+                    m.gprev.arg(),
+                    KArg::I32(l as i32),
+                    m.state.arg(),
+                ],
+            )?;
+        }
+        self.l.fft(plan, m.d.ptr(), m.dd.ptr(), true)?;
+        for pass in 0..crate::phasing::program::ML_LINE_PASSES {
+            // SAFETY: as above.
+            unsafe {
+                self.l.launch(
+                    "cd_ml_line",
+                    dims(self.grid(), BLOCK, 0),
+                    &[
+                        f.arg(),
+                        m.dd.arg(),
+                        amp.arg(),
+                        m.eps.arg(),
+                        KArg::I32(l as i32),
+                        KArg::I32(self.starts as i32),
+                        m.state.arg(),
+                        m.partial.arg(),
+                    ],
+                )?;
+                self.l.launch(
+                    "cd_ml_newton",
+                    per_item,
+                    &[
+                        m.partial.arg(),
+                        KArg::I32(bpi as i32),
+                        KArg::I32(items as i32),
+                        KArg::I32(pass as i32),
+                        m.state.arg(),
+                    ],
+                )?;
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            self.l.launch(
+                "cd_ml_step",
+                dims(self.grid(), BLOCK, 0),
+                &[
+                    g.arg(),
+                    m.d.arg(),
+                    KArg::I32(l as i32),
+                    KArg::I32(constraint_code(constraint)),
+                    m.state.arg(),
+                ],
+            )?;
+            self.l.launch(
+                "cd_ml_finish",
+                per_item,
+                &[KArg::I32(items as i32), m.state.arg()],
+            )
+        }
+    }
+}
+
 /// The device buffers of the general shrinkwrap (see
 /// [`PhasingKernels::shrinkwrap_general`]).
 pub struct GuardBufs<'a> {
@@ -543,8 +775,13 @@ impl Drop for Plan<'_> {
 
 /// Device bytes per pattern of a run (amplitudes, and per start the iterate, the FFT buffer,
 /// the support and the partial sums).
-fn bytes_per_pattern(l: usize, starts: usize, bpi: usize, records: usize) -> usize {
-    4 * l + 16 + starts * (8 * l + 8 * l + l + 44 * bpi + 16 * records + 28)
+fn bytes_per_pattern(l: usize, starts: usize, bpi: usize, records: usize, ml: bool) -> usize {
+    let ml = if ml {
+        4 + starts * (32 * l + 12 * bpi + 8 * ML_STATE)
+    } else {
+        0
+    };
+    4 * l + 16 + starts * (8 * l + 8 * l + l + 44 * bpi + 16 * records + 28) + ml
 }
 
 /// Run a compiled program on every item of `problem` through `launcher`.
@@ -568,7 +805,7 @@ pub fn run_phasing(
         )));
     }
     let records = program.records;
-    let per = bytes_per_pattern(l, k, blocks_per_item(l), records);
+    let per = bytes_per_pattern(l, k, blocks_per_item(l), records, program.has_ml());
     let chunk = (launcher.memory_budget() / per).clamp(1, (MAX_ITEMS / k).max(1));
     let chunk = chunk.min(n);
     if launcher.memory_budget() < per {
@@ -706,6 +943,14 @@ fn run_chunk(
     } else {
         None
     };
+    let mlb = if program.has_ml() {
+        let eps: Vec<f32> = (p0..p1)
+            .map(|p| ml_eps(problem.sum_a2[p], problem.measured[p]))
+            .collect();
+        Some(MlBufs::new(&lk, &eps)?)
+    } else {
+        None
+    };
     let scale = 1.0 / l as f32;
     let mut rec = 0;
     for op in &program.ops {
@@ -740,6 +985,46 @@ fn run_chunk(
                         )?;
                         rec += 1;
                     }
+                    progress(items as u64);
+                }
+            }
+            Op::Ml {
+                count,
+                record,
+                fresh,
+            } => {
+                let m = mlb.as_ref().ok_or_else(|| {
+                    Error::Config("ML step without its buffers (program.has_ml)".into())
+                })?;
+                if fresh {
+                    lk.ml_start(&g, &s, problem.constraint, m)?;
+                }
+                for it in 0..count {
+                    problem.cancel.check()?;
+                    launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
+                    if record && it + 1 == count {
+                        // the figures of merit of F (before the step), as an Iterate records
+                        // them: P_M g is formed in the direction's FFT buffer (free here),
+                        // the gradient buffer (overwritten next) takes the unused update
+                        lk.llk(&f, &amp, &pl)?;
+                        launcher.fft(plan.id, g.ptr(), m.dd.ptr(), true)?;
+                        lk.modulus(&m.dd, &amp, true, &pf)?;
+                        launcher.fft(plan.id, m.dd.ptr(), m.dd.ptr(), false)?;
+                        lk.update(&m.grad, &m.dd, &s, 0.0, 0.0, problem.constraint, scale, &pr)?;
+                        lk.record_llk(&pl, &counts, records, rec, &hist_llk, &hist_free)?;
+                        lk.record(
+                            &pf,
+                            Some(&pr),
+                            &sum_a2,
+                            records,
+                            rec,
+                            &hist_f,
+                            Some(&hist_r),
+                        )?;
+                        rec += 1;
+                    }
+                    lk.ml_gradient(plan.id, &g, &f, &s, &amp, problem.constraint, m)?;
+                    lk.ml_step(plan.id, &g, &f, &s, &amp, problem.constraint, m)?;
                     progress(items as u64);
                 }
             }

@@ -7,13 +7,14 @@
 //! input and output, never per iteration.
 
 mod kernels;
+pub mod ml;
 
 use super::CpuBackend;
 use crate::array::{Complex32, Stack};
 use crate::backend::Progress;
 use crate::fft::{Plan2d, COL_BLOCK};
 use crate::phasing::problem::{llk_means, FinalMerit, PhasingOutput, PhasingProblem};
-use crate::phasing::program::{Op, Program, Update};
+use crate::phasing::program::{ml_eps, Op, Program, Update};
 use crate::{Error, Result};
 use kernels::SwOutcome;
 use rayon::prelude::*;
@@ -53,6 +54,7 @@ fn work_lanes(plan: &Plan2d, lanes: usize) -> Work {
         mag: vec![f32::NAN; l],
         tmp: vec![f32::NAN; l],
         kernel: Vec::new(),
+        ml: None,
     }
 }
 
@@ -95,6 +97,8 @@ struct Work {
     mag: Vec<f32>,
     tmp: Vec<f32>,
     kernel: Vec<f32>,
+    /// The maximum-likelihood refinement's buffers, made at its first step.
+    ml: Option<ml::MlBufs>,
 }
 
 /// The state of one (pattern, start) item.
@@ -102,6 +106,10 @@ struct Item<'a> {
     plan: &'a Plan2d,
     /// Transposed amplitudes (W x H), -1 = unmeasured.
     at: &'a [f32],
+    /// The same in native order (H x W), for the maximum-likelihood refinement.
+    amp: &'a [f32],
+    /// The refinement's regularisation of the pattern ([`crate::phasing::program::ml_eps`]).
+    ml_eps: f32,
     sum_a2: f64,
     /// Pixels of the log-likelihood and of the free log-likelihood.
     counts: (usize, usize),
@@ -392,6 +400,7 @@ impl Item<'_> {
             .process_with_scratch(&mut work.u, &mut work.lanes[0].scratch);
         work.n_active = mark_support_rows(s, w, &mut work.active);
         let mut rec = 0;
+        let mut ml_state = ml::MlState::default();
         for op in &program.ops {
             match *op {
                 Op::Iterate {
@@ -421,6 +430,46 @@ impl Item<'_> {
                             rec += 1;
                         }
                     }
+                    progress(count);
+                }
+                Op::Ml {
+                    count,
+                    record,
+                    fresh,
+                } => {
+                    self.sync(work, g);
+                    let bufs = work.ml.get_or_insert_with(|| ml::MlBufs::new(self.plan));
+                    let r = ml::run(
+                        self.plan,
+                        bufs,
+                        g,
+                        s,
+                        self.amp,
+                        self.ml_eps,
+                        self.constraint,
+                        (count, record, fresh),
+                        &mut ml_state,
+                        self.cancel,
+                    );
+                    if self.cancel.is_cancelled() {
+                        return cancelled;
+                    }
+                    if let Some(r) = r {
+                        hist.f[rec] = self.fourier_error(r.residual);
+                        hist.r[rec] = if r.total > 0.0 {
+                            (r.outside.max(0.0) / r.total).sqrt() as f32
+                        } else {
+                            0.0
+                        };
+                        (hist.llk[rec], hist.free[rec]) =
+                            llk_means(r.llk.0, self.counts.0, r.llk.1, self.counts.1);
+                        rec += 1;
+                    }
+                    // the row transforms of the refined g, for the steps that follow
+                    work.u.copy_from_slice(g);
+                    self.plan
+                        .rows(true)
+                        .process_with_scratch(&mut work.u, &mut work.lanes[0].scratch);
                     progress(count);
                 }
                 Op::Shrinkwrap {
@@ -536,6 +585,8 @@ impl CpuBackend {
                 let it = Item {
                     plan: &plan,
                     at: &at[p * l..(p + 1) * l],
+                    amp: problem.amplitude(p),
+                    ml_eps: ml_eps(problem.sum_a2[p], problem.measured[p]),
                     sum_a2: problem.sum_a2[p],
                     counts: counts[p],
                     constraint: problem.constraint,
