@@ -41,7 +41,7 @@ if [ -n "${THREADS:-}" ]; then THREADS_ARG=(--threads "$THREADS"); fi
 # `tuned-merge`, `pop`, `pop-late` add the merge of the best 4 starts (`tuned-merge8`: all
 # 8; scored as a row "<name>+merged") and GA populations (NOTES, "Populations and merging");
 # `tuned-ml` is tuned followed by 50 iterations of Poisson maximum-likelihood refinement,
-# `tuned-ml-mid` with them between the HIO and the ER sections
+# `tuned-ml-mid` with them between the HIO and the ER sections (`-merge`: and --merge 4)
 ALL_RECIPES=(
     "paper|--algorithm 2000*(5*HIO+5*ER)"
     "readme|--algorithm 100*(5*HIO+5*ER) --support autocorrelation:0.04 --shrinkwrap sigma=1,threshold=0.1,every=50"
@@ -52,6 +52,7 @@ ALL_RECIPES=(
     "rms-guard-rand|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,factor=0.8:1.2,every=50,stop=950,min=0.002,max=0.2 --select llk"
     "tuned-ml|--algorithm HIO**800+ER**200+ML**50 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950"
     "tuned-ml-mid|--algorithm HIO**800+ML**50+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950"
+    "tuned-ml-mid-merge|--algorithm HIO**800+ML**50+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 4"
     "tuned-ml-llk|--algorithm HIO**800+ER**200+ML**50 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --select llk"
     "raar-rms-guard|--algorithm RAAR**800+ER**200 --shrinkwrap sigma=1,threshold=0.25,ref=rms,every=50,stop=950,min=0.002,max=0.2 --select llk"
     "tuned-merge|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 4"

@@ -20,7 +20,9 @@ pub struct PhaseArgs {
     /// Dataset path of the intensities in the input (default entry_1/data_1/data).
     #[arg(long)]
     pub entry: Option<String>,
-    /// Schedule, e.g. "2000*(5*HIO + 5*ER)", "100*(SW + 50*HIO) + 200*ER", "RAAR(0.8)**500".
+    /// Schedule, e.g. "2000*(5*HIO + 5*ER)", "100*(SW + 50*HIO) + 200*ER", "RAAR(0.8)**500",
+    /// "HIO**800 + ML**50 + ER**200" (steps: HIO, ER, RAAR, ML = Poisson maximum-likelihood
+    /// conjugate gradient, SW = one shrinkwrap).
     /// Without --algorithm and --shrinkwrap: the recipe measured best by
     /// scripts/phasing_benchmark.sh, "HIO**800 + ER**200" with shrinkwrap
     /// sigma=1,threshold=0.1,every=50,stop=950 (README, "Phasing recipes that work").
