@@ -92,24 +92,17 @@ fn problem(
             measured[p] += 1;
         }
     }
-    PhasingProblem {
-        n,
-        h,
-        w,
-        starts,
-        amplitudes,
-        sum_a2,
-        measured,
-        supports: Stack::from_vec(n, h, w, supports).unwrap(),
-        init: InitObjects::Random {
-            seed: (rng.next() * 1e12) as u64,
+    common::phasing::problem(
+        rng,
+        (n, h, w, starts),
+        common::phasing::Data {
+            amplitudes,
+            supports,
+            sum_a2,
+            measured,
         },
         constraint,
-        keep_all: true,
-        cancel: Default::default(),
-        selection: Default::default(),
-        sw_factors: Vec::new(),
-    }
+    )
 }
 
 fn rel_c(a: &[Complex32], b: &[Complex32]) -> f64 {

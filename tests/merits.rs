@@ -6,13 +6,13 @@
 
 mod common;
 
-use cdiphase::array::{Complex32, Stack};
+use cdiphase::array::Complex32;
 use cdiphase::backend::cpu::CpuBackend;
 use cdiphase::backend::gpu::emu::{EmuBackend, ScheduleOrder};
 use cdiphase::backend::PhasingOps;
 use cdiphase::phasing::hold_out;
 use cdiphase::phasing::problem::{
-    decode_free, Criterion, FinalMerit, InitObjects, PhasingOutput, PhasingProblem, Selection,
+    decode_free, Criterion, FinalMerit, PhasingOutput, PhasingProblem, Selection,
 };
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::Schedule;
@@ -69,24 +69,17 @@ fn problem(
             measured[p] += 1;
         }
     }
-    PhasingProblem {
-        n,
-        h,
-        w,
-        starts,
-        amplitudes,
-        sum_a2,
-        measured,
-        supports: Stack::from_vec(n, h, w, supports).unwrap(),
-        init: InitObjects::Random {
-            seed: (rng.next() * 1e12) as u64,
+    common::phasing::problem(
+        rng,
+        (n, h, w, starts),
+        common::phasing::Data {
+            amplitudes,
+            supports,
+            sum_a2,
+            measured,
         },
-        constraint: Constraint::None,
-        keep_all: true,
-        cancel: Default::default(),
-        selection: Default::default(),
-        sw_factors: Vec::new(),
-    }
+        Constraint::None,
+    )
 }
 
 /// The definition in float64: mean over the measured pixels and over the held-out pixels of
