@@ -35,14 +35,17 @@ PDB=${PDB:-assets/pdb/heldout.txt}
 THREADS_ARG=()
 if [ -n "${THREADS:-}" ]; then THREADS_ARG=(--threads "$THREADS"); fi
 
-# name|phase arguments (every recipe: --constraint $CONSTRAINT, --starts, --seed); `paper`
+# name|phase arguments (every recipe: --constraint $CONSTRAINT, --starts, --seed); `default`
+# is `phase` without a recipe of its own (the measured default, with its merge); `paper`
 # is the paper's schedule without shrinkwrap (the CLI's default before issue 19), `readme`
-# the README's recipe before issue 19, `tuned` the issue's tuned recipe (the default since);
+# the README's recipe before issue 19, `tuned` the issue's tuned recipe (the default from issue
+# 19's first round until session 24, when ML and the merge joined it);
 # `tuned-merge`, `pop`, `pop-late` add the merge of the best 4 starts (`tuned-merge8`: all
 # 8; scored as a row "<name>+merged") and GA populations (NOTES, "Populations and merging");
 # `tuned-ml` is tuned followed by 50 iterations of Poisson maximum-likelihood refinement,
 # `tuned-ml-mid` with them between the HIO and the ER sections (`-merge`: and --merge 4)
 ALL_RECIPES=(
+    "default|"
     "paper|--algorithm 2000*(5*HIO+5*ER)"
     "readme|--algorithm 100*(5*HIO+5*ER) --support autocorrelation:0.04 --shrinkwrap sigma=1,threshold=0.1,every=50"
     "tuned|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950"
@@ -91,7 +94,7 @@ rows="$OUT/rows.tsv"
 for entry in "${ALL_RECIPES[@]}"; do
     name=${entry%%|*}
     args=${entry#*|}
-    if [ -n "$RECIPES" ] && ! grep -qw -- "$name" <<< "$RECIPES"; then continue; fi
+    if [ -n "$RECIPES" ] && ! tr ' ' '\n' <<< "$RECIPES" | grep -qxF -- "$name"; then continue; fi
     for s in "${sets[@]}"; do
         rec="$OUT/data/$s.$name.cxi"
         # shellcheck disable=SC2086 # the recipe's arguments are words

@@ -5,66 +5,15 @@
 
 mod common;
 
-use cdiphase::array::{Complex32, Stack};
+use cdiphase::array::Complex32;
 use cdiphase::backend::cpu::CpuBackend;
 use cdiphase::backend::gpu::emu::{EmuBackend, ScheduleOrder};
 use cdiphase::backend::PhasingOps;
-use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
-use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
+use cdiphase::phasing::problem::PhasingOutput;
+use cdiphase::phasing::program::{Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::Schedule;
-use common::refs::dft2;
+use common::phasing::disc_problem as problem;
 use common::Lcg;
-use num_complex::Complex64;
-
-/// Compact random objects (a disc of radius ~h/6 around the origin, native order), exact
-/// amplitudes, a generous starting support (radius h/3).
-fn problem(rng: &mut Lcg, n: usize, h: usize, w: usize, starts: usize) -> PhasingProblem {
-    let l = h * w;
-    let mut amplitudes = vec![0.0f32; n * l];
-    let mut supports = vec![0u8; n * l];
-    let mut sum_a2 = vec![0.0; n];
-    let mut measured = vec![0; n];
-    for p in 0..n {
-        let mut obj = vec![Complex64::new(0.0, 0.0); l];
-        for i in 0..l {
-            let (y, x) = (i / w, i % w);
-            let dy = y.min(h - y) as f64 / h as f64;
-            let dx = x.min(w - x) as f64 / w as f64;
-            let d = (dy * dy + dx * dx).sqrt();
-            if d < 1.0 / 3.0 {
-                supports[p * l + i] = 1;
-            }
-            if d < 1.0 / 6.0 {
-                obj[i] = Complex64::new(0.5 + rng.next(), 0.0);
-            }
-        }
-        let f = dft2(&obj, h, w, -1.0);
-        for i in 0..l {
-            let a = f[i].norm();
-            amplitudes[p * l + i] = a as f32;
-            sum_a2[p] += a * a;
-            measured[p] += 1;
-        }
-    }
-    PhasingProblem {
-        n,
-        h,
-        w,
-        starts,
-        amplitudes,
-        sum_a2,
-        measured,
-        supports: Stack::from_vec(n, h, w, supports).unwrap(),
-        init: InitObjects::Random {
-            seed: (rng.next() * 1e12) as u64,
-        },
-        constraint: Constraint::Positive,
-        keep_all: true,
-        cancel: Default::default(),
-        selection: Default::default(),
-        sw_factors: Vec::new(),
-    }
-}
 
 fn program(schedule: &str, sw: &str) -> Program {
     Program::compile(
@@ -380,6 +329,21 @@ fn cli_default_recipe() {
     assert_eq!(c["schedule"], "20*ER");
     assert!(c["shrinkwrap"].is_null());
     assert_eq!(c["constraint"], "None");
+    // the recipe merges the best 4 starts from 8 starts on (entry_1/image_3), not below,
+    // not when told otherwise, and not with a schedule of one's own
+    assert_eq!(c["merge"], 0);
+    let merged = || cdiphase::io::read_f32(&out, "entry_1/image_3/final_fourier_error").is_ok();
+    let c = config(&["--starts", "8"]);
+    assert_eq!(c["merge"], cdiphase::phasing::RECIPE_MERGE);
+    assert!(merged());
+    let c = config(&["--starts", "7"]);
+    assert_eq!(c["merge"], 0);
+    assert!(!merged());
+    let c = config(&["--starts", "8", "--merge", "0"]);
+    assert_eq!(c["merge"], 0);
+    let c = config(&["--starts", "8", "--algorithm", "20*ER"]);
+    assert_eq!(c["merge"], 0);
+    assert!(!merged());
     let c = config(&["--constraint", "real"]);
     assert_eq!(c["constraint"], "Real");
 }

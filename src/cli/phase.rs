@@ -24,7 +24,7 @@ pub struct PhaseArgs {
     /// "HIO**800 + ML**50 + ER**200" (steps: HIO, ER, RAAR, ML = Poisson maximum-likelihood
     /// conjugate gradient, SW = one shrinkwrap).
     /// Without --algorithm and --shrinkwrap: the recipe measured best by
-    /// scripts/phasing_benchmark.sh, "HIO**800 + ER**200" with shrinkwrap
+    /// scripts/phasing_benchmark.sh, "HIO**800 + ML**50 + ER**200" with shrinkwrap
     /// sigma=1,threshold=0.1,every=50,stop=950 (README, "Phasing recipes that work").
     #[arg(long)]
     pub algorithm: Option<String>,
@@ -92,8 +92,10 @@ pub struct PhaseArgs {
     pub restart: Option<String>,
     /// Also write the average of the best N starts of each pattern, aligned onto the best,
     /// and the leading modes of their stack, to entry_1/image_3 (scored by `evaluate`).
-    #[arg(long, default_value_t = 0)]
-    pub merge: usize,
+    /// Default: 4 with the default recipe and --starts 8 or more (on noisy data the merged
+    /// object is the better estimate; README "Phasing your data"), else 0.
+    #[arg(long)]
+    pub merge: Option<usize>,
     /// auto | cpu | cuda | emu.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -177,6 +179,7 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
     .context("--algorithm / --shrinkwrap / --constraint")?;
     let support_fraction = parse_range(&a.support_fraction)
         .with_context(|| format!("--support-fraction '{}'", a.support_fraction))?;
+    let merge = phasing::recipe::merge(&recipe, a.starts, a.merge);
     let (selection, free_fraction) =
         phasing::recipe::selection(&a.select, a.free_fraction, support_fraction)?;
     let cfg = PhaseConfig {
@@ -204,7 +207,7 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
                 .map(PopulationConfig::parse)
                 .transpose()?,
             restart: a.restart.as_deref().map(RestartConfig::parse).transpose()?,
-            merge: a.merge,
+            merge,
         },
     };
     let mut config = cfg.to_json();
@@ -315,6 +318,13 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
             sorted[sorted.len() - 1],
             a.output.display()
         );
+        let m = cfg.strategy.merge.min(cfg.starts);
+        if m > 0 {
+            eprintln!(
+                "merged the best {m} of {} starts of each pattern (aligned average and modes) into entry_1/image_3",
+                cfg.starts
+            );
+        }
     }
     if a.run.json {
         let summary = serde_json::json!({

@@ -4,7 +4,9 @@
 //! the same thing for the same arguments.
 
 use super::program::{Constraint, ShrinkwrapConfig};
-use super::{RECIPE_CONSTRAINT, RECIPE_SCHEDULE, RECIPE_SHRINKWRAP};
+use super::{
+    RECIPE_CONSTRAINT, RECIPE_MERGE, RECIPE_MERGE_MIN_STARTS, RECIPE_SCHEDULE, RECIPE_SHRINKWRAP,
+};
 use crate::phasing::problem::{Criterion, Selection};
 use crate::Result;
 
@@ -46,6 +48,17 @@ pub fn resolve(
         constraint,
         default,
     })
+}
+
+/// How many of the best starts are merged (`--merge`): the given number, else
+/// [`RECIPE_MERGE`] with the default recipe and at least [`RECIPE_MERGE_MIN_STARTS`]
+/// starts (the measured configuration), else none.
+pub fn merge(recipe: &Recipe, starts: usize, given: Option<usize>) -> usize {
+    match given {
+        Some(m) => m,
+        None if recipe.default && starts >= RECIPE_MERGE_MIN_STARTS => RECIPE_MERGE,
+        None => 0,
+    }
 }
 
 /// The selection of the best start and the held-out fraction: `select` is fourier | llk |
@@ -100,6 +113,19 @@ mod tests {
         assert!(!r.default && r.shrinkwrap.is_none());
         assert!(resolve(None, Some("sigma=x"), None).is_err());
         assert!(resolve(None, None, Some("negative")).is_err());
+    }
+
+    #[test]
+    fn the_recipe_merges_the_best_four_of_eight_or_more_starts() {
+        let d = resolve(None, None, None).unwrap();
+        assert_eq!(merge(&d, 8, None), RECIPE_MERGE);
+        assert_eq!(merge(&d, 16, None), RECIPE_MERGE);
+        assert_eq!(merge(&d, 7, None), 0);
+        assert_eq!(merge(&d, 8, Some(0)), 0);
+        assert_eq!(merge(&d, 8, Some(2)), 2);
+        let own = resolve(Some("50*ER"), None, None).unwrap();
+        assert_eq!(merge(&own, 8, None), 0);
+        assert_eq!(merge(&own, 8, Some(3)), 3);
     }
 
     #[test]
