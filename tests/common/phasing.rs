@@ -58,22 +58,23 @@ pub fn disc_problem(rng: &mut Lcg, n: usize, h: usize, w: usize, starts: usize) 
     };
     for p in 0..n {
         let mut obj = vec![Complex64::new(0.0, 0.0); l];
-        for i in 0..l {
+        let sup = &mut d.supports[p * l..(p + 1) * l];
+        for (i, (o, s)) in obj.iter_mut().zip(sup.iter_mut()).enumerate() {
             let (y, x) = (i / w, i % w);
             let dy = y.min(h - y) as f64 / h as f64;
             let dx = x.min(w - x) as f64 / w as f64;
             let r = (dy * dy + dx * dx).sqrt();
             if r < 1.0 / 3.0 {
-                d.supports[p * l + i] = 1;
+                *s = 1;
             }
             if r < 1.0 / 6.0 {
-                obj[i] = Complex64::new(0.5 + rng.next(), 0.0);
+                *o = Complex64::new(0.5 + rng.next(), 0.0);
             }
         }
         let f = dft2(&obj, h, w, -1.0);
-        for i in 0..l {
-            let a = f[i].norm();
-            d.amplitudes[p * l + i] = a as f32;
+        for (amp, c) in d.amplitudes[p * l..(p + 1) * l].iter_mut().zip(&f) {
+            let a = c.norm();
+            *amp = a as f32;
             d.sum_a2[p] += a * a;
             d.measured[p] += 1;
         }
