@@ -392,42 +392,20 @@ pub fn host_merit(
     }
 }
 
-/// Periodic Gaussian blur of |c| (truncated at 4 sigma), as the engines' shrinkwrap.
+/// Periodic Gaussian blur of |c| (truncated at 4 sigma), with the CPU engine's own
+/// shrinkwrap kernels (so the same numbers as its shrinkwrap).
 fn blurred_modulus(c: &[Complex32], h: usize, w: usize, sigma: f32) -> Vec<f32> {
+    use crate::backend::cpu::phasing::kernels::{blur_cols, blur_rows, gaussian_kernel};
     let m: Vec<f32> = c.iter().map(|v| v.norm()).collect();
     if sigma <= 0.0 {
         return m;
     }
-    let r = (4.0 * sigma).ceil() as isize;
-    let k: Vec<f64> = (-r..=r)
-        .map(|i| (-(i as f64).powi(2) / (2.0 * (sigma as f64).powi(2))).exp())
-        .collect();
-    let ks: f64 = k.iter().sum();
-    let k: Vec<f32> = k.iter().map(|v| (v / ks) as f32).collect();
+    let mut k = Vec::new();
+    gaussian_kernel(sigma, &mut k);
     let mut tmp = vec![0.0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, kv)| {
-                    kv * m[y * w + (x as isize + j as isize - r).rem_euclid(w as isize) as usize]
-                })
-                .sum();
-        }
-    }
+    blur_rows(&m, h, w, &k, &mut tmp);
     let mut out = vec![0.0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, kv)| {
-                    kv * tmp[(y as isize + j as isize - r).rem_euclid(h as isize) as usize * w + x]
-                })
-                .sum();
-        }
-    }
+    blur_cols(&tmp, h, w, &k, &mut out);
     out
 }
 

@@ -6,7 +6,7 @@
 //! in, inverse column FFTs, scatter) per iteration. The centring shift is done once, on
 //! input and output, never per iteration.
 
-mod kernels;
+pub(crate) mod kernels;
 pub mod ml;
 
 use super::CpuBackend;
