@@ -25,6 +25,7 @@ use cdiphase::phasing::hold_out;
 use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{Constraint, Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::Schedule;
+use common::refs::{rel_c, rel_f};
 use common::Lcg;
 
 /// A random compact object per pattern (a blob in the corner around the origin, FFT-native
@@ -103,22 +104,6 @@ fn problem(
         },
         constraint,
     )
-}
-
-fn rel_c(a: &[Complex32], b: &[Complex32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).norm_sqr() as f64)
-        .sum();
-    let den: f64 = b.iter().map(|y| y.norm_sqr() as f64).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
-fn rel_f(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 /// rel_f over the finite entries; NaN entries must be NaN in both (else +inf).

@@ -19,6 +19,7 @@ use cdiphase::phasing::problem::{InitObjects, PhasingOutput, PhasingProblem};
 use cdiphase::phasing::program::{ml_eps, Constraint, Program, Recording, ShrinkwrapConfig};
 use cdiphase::phasing::schedule::Schedule;
 use common::refs::dft2;
+use common::refs::{rel_c, rel_f};
 use common::Lcg;
 use num_complex::Complex64;
 
@@ -421,22 +422,6 @@ fn ml_produces_no_nan() {
             .iter()
             .all(|c| *c == Complex32::new(0.0, 0.0)));
     }
-}
-
-fn rel_c(a: &[Complex32], b: &[Complex32]) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).norm_sqr() as f64)
-        .sum();
-    let den: f64 = b.iter().map(|y| y.norm_sqr() as f64).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
-fn rel_f(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-300)).sqrt()
 }
 
 /// The emulated kernels and the CPU engine refine alike: from the same ER result, one ML

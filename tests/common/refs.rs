@@ -54,3 +54,21 @@ pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     }
     (num / den.max(1e-300)).sqrt()
 }
+
+/// Relative L2 difference ||a - b|| / ||b|| of two complex64 arrays, in float64.
+pub fn rel_c(a: &[num_complex::Complex32], b: &[num_complex::Complex32]) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).norm_sqr() as f64)
+        .sum();
+    let den: f64 = b.iter().map(|y| y.norm_sqr() as f64).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// Relative L2 difference ||a - b|| / ||b|| of two float32 arrays, in float64.
+pub fn rel_f(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
