@@ -72,8 +72,12 @@ pub(crate) fn open_bytes(path: &Path, bytes: Vec<u8>) -> Result<H5> {
         hdf5_pure::File::from_bytes(bytes)
             .map_err(|e| h5err(path, "not a readable HDF5 file (truncated or corrupt?)", e))
     })?;
-    // The superblock records where the file ends: a shorter file was cut (an interrupted
-    // copy or download), even when its metadata happens to still parse.
+    not_truncated(path, file, len)
+}
+
+/// The superblock records where the file ends: a file shorter than that was cut (an
+/// interrupted copy or download), even when its metadata happens to still parse.
+fn not_truncated(path: &Path, file: hdf5_pure::File, len: u64) -> Result<H5> {
     let sb = file.superblock();
     let eof = sb.base_address.get().saturating_add(sb.eof_address);
     if sb.eof_address != u64::MAX && eof > len {
@@ -1019,18 +1023,7 @@ pub(crate) fn open_streaming(path: &Path) -> Result<H5> {
             e => h5err(path, "not a readable HDF5 file (truncated or corrupt?)", e),
         })
     })?;
-    let sb = file.superblock();
-    let eof = sb.base_address.get().saturating_add(sb.eof_address);
-    if sb.eof_address != u64::MAX && eof > len {
-        return Err(Error::format(
-            path,
-            format!("truncated HDF5 file: {len} bytes, but its superblock says {eof}"),
-        ));
-    }
-    Ok(H5 {
-        path: path.to_path_buf(),
-        file,
-    })
+    not_truncated(path, file, len)
 }
 
 impl H5 {
