@@ -771,3 +771,21 @@ fn small_things() {
             == std::fs::read(p.join("b.safetensors")).unwrap()
     );
 }
+
+/// Groups hard-linked to their own ancestor (legal HDF5) end a listing instead of looping
+/// forever: the cycle is not followed past `MAX_GROUP_DEPTH` levels, and with two such
+/// links (a walk that doubles per level) the group limit stops it with a message. The
+/// patterns of such a file still read.
+#[test]
+fn groups_linked_in_a_cycle_end_the_walk() {
+    let f = std::path::PathBuf::from(hostile("cyclic.cxi"));
+    let t0 = std::time::Instant::now();
+    let e = cdiphase::io::list_datasets(&f).unwrap_err().to_string();
+    assert!(e.contains("groups linked in a cycle"), "{e}");
+    assert!(t0.elapsed().as_secs() < 30, "{:?}", t0.elapsed());
+    let p = cdiphase::io::read_patterns(&f, None).unwrap();
+    assert_eq!(
+        (p.intensities.n, p.intensities.h, p.intensities.w),
+        (1, 8, 8)
+    );
+}

@@ -556,8 +556,13 @@ impl H5 {
         let path = &self.path;
         guard(path, || {
             let mut out = Vec::new();
-            let mut stack = vec![(String::new(), self.file.root())];
-            while let Some((prefix, g)) = stack.pop() {
+            let mut stack = vec![(String::new(), self.file.root(), 0usize)];
+            let mut groups = 0usize;
+            while let Some((prefix, g, depth)) = stack.pop() {
+                groups += 1;
+                if groups > MAX_GROUPS {
+                    return Err(too_many_groups(path));
+                }
                 let ds = g
                     .iter_datasets()
                     .map_err(|e| h5err(path, &format!("listing '{prefix}'"), e))?;
@@ -576,14 +581,33 @@ impl H5 {
                 let gs = g
                     .iter_groups()
                     .map_err(|e| h5err(path, &format!("listing '{prefix}'"), e))?;
-                for (name, sub) in gs {
-                    stack.push((format!("{prefix}{name}/"), sub));
+                // HDF5 allows a group to link to its ancestors: a cycle is not followed
+                // past MAX_GROUP_DEPTH levels
+                if depth < MAX_GROUP_DEPTH {
+                    for (name, sub) in gs {
+                        stack.push((format!("{prefix}{name}/"), sub, depth + 1));
+                    }
                 }
             }
             out.sort();
             Ok(out)
         })
     }
+}
+
+/// How deep a walk over a file's groups goes: HDF5 lets a group link to its own
+/// ancestors, and a walk that followed such a cycle would never end.
+pub(crate) const MAX_GROUP_DEPTH: usize = 32;
+/// How many groups a walk visits before it gives up (a cycle with branches grows
+/// exponentially with the depth).
+pub(crate) const MAX_GROUPS: usize = 100_000;
+
+/// The error of a walk that met more than [`MAX_GROUPS`] groups.
+pub(crate) fn too_many_groups(path: &Path) -> Error {
+    Error::format(
+        path,
+        format!("more than {MAX_GROUPS} groups below the root (groups linked in a cycle?)"),
+    )
 }
 
 fn check_len(path: &Path, entry: &str, shape: &[usize], len: usize) -> Result<()> {

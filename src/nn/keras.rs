@@ -464,13 +464,22 @@ fn join(a: &str, b: &str) -> String {
 }
 
 /// Every dataset below `group` (recursive), as full paths.
+/// Groups linked in a cycle are not followed past `io::hdf5::MAX_GROUP_DEPTH` levels, and
+/// a walk over more than `MAX_GROUPS` groups is an error.
 fn datasets_below(h: &H5, group: &str, out: &mut Vec<String>) -> Result<()> {
-    if let Some((gs, ds)) = children(h, group)? {
-        for d in ds {
-            out.push(join(group, &d));
+    let mut stack = vec![(group.to_string(), 0usize)];
+    let mut groups = 0usize;
+    while let Some((group, depth)) = stack.pop() {
+        groups += 1;
+        if groups > crate::io::hdf5::MAX_GROUPS {
+            return Err(crate::io::hdf5::too_many_groups(&h.path));
         }
-        for g in gs {
-            datasets_below(h, &join(group, &g), out)?;
+        if let Some((gs, ds)) = children(h, &group)? {
+            out.extend(ds.iter().map(|d| join(&group, d)));
+            if depth < crate::io::hdf5::MAX_GROUP_DEPTH {
+                // reversed, so that groups are walked in their listed order
+                stack.extend(gs.iter().rev().map(|g| (join(&group, g), depth + 1)));
+            }
         }
     }
     Ok(())
