@@ -4,7 +4,8 @@
 //! MaxPooling2D after it, `spinn`: the paper's whole network instead, sizes ignored, with
 //! its per-layer times). Prints the best of REPEAT runs. The machine's speed drifts by tens
 //! of percent between seconds here, so compare two kernels by alternating them, not by
-//! two separate runs.
+//! two separate runs. `MODES=f32,bf16-avx512,...` compiles the network once per mode
+//! (f32, f32-gemm, winograd, bf16, bf16-avx512) and alternates them batch by batch.
 use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
 use cdiphase::nn::Model;
@@ -68,20 +69,37 @@ fn main() {
     let model = Model::random(spec, 1).expect("model");
     // AB_ENV=NAME: a second network compiled with the environment variable NAME set (the
     // engine's A/B switches, e.g. CDIPHASE_NO_SUBPIXEL), run alternately with the first
-    let mut nets = vec![Network::new(&model, Mode::F32).expect("network")];
+    let modes: Vec<Mode> = std::env::var("MODES")
+        .unwrap_or_else(|_| "f32".into())
+        .split(',')
+        .map(|m| match m.trim() {
+            "f32" => Mode::F32,
+            "f32-gemm" => Mode::Gemm,
+            "winograd" => Mode::Winograd,
+            "bf16" => Mode::Bf16,
+            "bf16-avx512" => Mode::Bf16Avx512,
+            other => panic!("MODES: unknown mode {other}"),
+        })
+        .collect();
+    let mut nets: Vec<Network> = modes
+        .iter()
+        .map(|&m| Network::new(&model, m).expect("network"))
+        .collect();
     if let Ok(var) = std::env::var("AB_ENV") {
         std::env::set_var(&var, "1");
-        nets.push(Network::new(&model, Mode::F32).expect("network"));
+        nets.push(Network::new(&model, modes[0]).expect("network"));
         std::env::remove_var(&var);
     }
-    let opts = Options {
-        threads,
-        mode: Mode::F32,
-        poison: false,
-    };
     let mut runners: Vec<Runner> = nets
         .iter()
-        .map(|n| Runner::new(n, batch, opts).expect("runner"))
+        .map(|n| {
+            let opts = Options {
+                threads,
+                mode: n.mode,
+                poison: false,
+            };
+            Runner::new(n, batch, opts).expect("runner")
+        })
         .collect();
     let x = cdiphase::bench::network::bench_input(&nets[0], batch, 1);
     // the layers' nominal FLOPs (as `bench network` counts them)
@@ -108,7 +126,11 @@ fn main() {
         }
     }
     for (k, b) in best.iter().enumerate() {
-        let what = if k == 0 { "" } else { " (AB_ENV set)" };
+        let what = if k < modes.len() {
+            format!(" [{}]", nets[k].mode.name())
+        } else {
+            " (AB_ENV set)".to_string()
+        };
         println!(
             "{kind} {h}x{w} {cin}->{cout} batch {batch} threads {threads}{what}: {:.2} ms, \
              {:.1} GFLOP/s",

@@ -432,7 +432,8 @@ fn bench_network_json_keys() {
     assert_eq!(v["batch"], 3);
     assert_eq!(v["mode"], "winograd-f2x2-3x3");
     assert!(v["fast_max_rel_err"].as_f64().unwrap() < 1e-4);
-    // --fast: bf16 on AMX where the CPU has it, else Winograd; its error is reported
+    // --fast: bf16 on AMX, else on AVX512_BF16 where its dot products measure faster than
+    // the f32 FMAs, else f32; the bf16 error is reported
     let o = ok(&[
         "bench",
         "network",
@@ -448,12 +449,30 @@ fn bench_network_json_keys() {
         "--fast",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let amx = cdiphase::backend::cpu::nn::amx_available();
-    assert_eq!(v["mode"], if amx { "bf16" } else { "winograd-f2x2-3x3" });
-    let e = v["fast_max_rel_err"].as_f64().unwrap();
+    let (fast, why) = cdiphase::backend::cpu::nn::fast_mode();
+    assert_eq!(v["mode"], fast.name(), "{why}");
+    if fast == cdiphase::backend::Mode::F32 {
+        assert!(v["fast_max_rel_err"].is_null(), "{v}");
+    } else {
+        let e = v["fast_max_rel_err"].as_f64().unwrap();
+        assert!(e > 0.0 && e < 0.1, "--fast error {e}");
+    }
+    // and the run says which path it chose and why
+    let o = ok(&[
+        "bench",
+        "network",
+        "--arch",
+        "spinn:16:0.125",
+        "--batch",
+        "1",
+        "--iterations",
+        "1",
+        "--fast",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        e > 0.0 && e < if amx { 0.1 } else { 1e-4 },
-        "--fast error {e}"
+        text.contains("--fast:") && text.contains(fast.name()),
+        "{text}"
     );
 }
 

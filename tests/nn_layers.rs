@@ -1172,12 +1172,18 @@ fn upsampling_fused_into_the_next_convolution() {
         // sub-pixel classes 16 and 14 wide: compact tiles
         (5, 16, 32, 40, [2, 2], 1, true, Mode::F32, 1e-5),
         (3, 14, 64, 32, [2, 2], 1, false, Mode::F32, 1e-5),
+        // the AVX512_BF16 kernel's sub-pixel classes: odd pair counts, a channel tail,
+        // compact tiles (16 and 14 wide classes), one vector per tile
+        (5, 16, 34, 40, [2, 2], 1, true, Mode::Bf16Avx512, 1.5e-2),
+        (3, 14, 64, 32, [2, 2], 1, false, Mode::Bf16Avx512, 1.5e-2),
+        (4, 7, 17, 16, [3, 2], 1, false, Mode::Bf16Avx512, 1.5e-2),
+        (6, 5, 20, 33, [1, 2], 1, true, Mode::Bf16Avx512, 1.5e-2),
     ];
     let bf16_ok = cdiphase::backend::cpu::nn::amx_available()
         || (std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16"));
     for (h, w, ci, co, up, st, transpose, mode, tol) in cases {
-        if mode == Mode::Bf16 && !bf16_ok {
+        if matches!(mode, Mode::Bf16 | Mode::Bf16Avx512) && !bf16_ok {
             continue;
         }
         let conv = if transpose {
@@ -1235,9 +1241,12 @@ fn upsampling_fused_into_the_next_convolution() {
         assert_eq!(prof.len(), 1, "{what}: not fused: {prof:?}");
         assert_eq!(prof[0].0, "up+l", "{what}");
         // stride-1 f32 layers on the direct kernels take the sub-pixel form
-        let amx = cdiphase::backend::cpu::nn::amx_available();
+        if matches!(mode, Mode::Bf16 | Mode::Bf16Avx512) && prof[0].1.contains("bf16") {
+            // the inputs and weights really were rounded to bf16
+            assert!(e > 1e-5, "{what}: bf16 error {e} is f32-exact");
+        }
         if (mode == Mode::F32 && st == 1 && std::arch::is_x86_feature_detected!("avx512f"))
-            || (mode == Mode::Bf16 && amx)
+            || (matches!(mode, Mode::Bf16 | Mode::Bf16Avx512) && st == 1 && bf16_ok && ci >= 16)
         {
             assert!(prof[0].1.ends_with("-subpixel"), "{what}: {}", prof[0].1);
         }

@@ -682,13 +682,7 @@ fn net_mode(name: &str) -> PyRes<backend::Mode> {
         "winograd" => Mode::Winograd,
         "bf16" => Mode::Bf16,
         "bf16-avx512" => Mode::Bf16Avx512,
-        "fast" => {
-            if backend::cpu::nn::amx_available() {
-                Mode::Bf16
-            } else {
-                Mode::Winograd
-            }
-        }
+        "fast" => backend::cpu::nn::fast_mode().0,
         other => {
             return Err(PyValueError::new_err(format!(
                 "mode '{other}': expected f32, f32-gemm, winograd, bf16, bf16-avx512 or fast"

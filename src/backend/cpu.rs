@@ -11,7 +11,7 @@ mod pool;
 
 use std::sync::Arc;
 
-pub use features::CpuFeatures;
+pub use features::{CpuFeatures, DotPeak};
 pub use pool::{init_global_pool, thread_count, thread_pool};
 
 use super::{Backend, Forward, NetOptions, NetworkOps, PhasingOps, Progress};

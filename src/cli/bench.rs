@@ -24,7 +24,7 @@ pub struct BenchArgs {
     /// its error against f32.
     #[arg(long, value_enum, default_value_t = NetMode::F32)]
     pub mode: NetMode,
-    /// network: the fastest opt-in mode of this CPU (bf16 on AMX, else winograd).
+    /// network: the fastest opt-in mode of this CPU (as `predict --fast`).
     #[arg(long, conflicts_with = "mode")]
     pub fast: bool,
     /// Pattern size HxW (or one number for square).
@@ -134,6 +134,12 @@ pub fn bench_network(b: NetBench) -> Result<()> {
     };
     let threads = threads_or_default(b.threads);
     let mode = engine_mode(b.mode, b.fast);
+    if b.fast && !b.json {
+        println!(
+            "--fast:           {}",
+            cdiphase::backend::cpu::nn::fast_mode().1
+        );
+    }
     model.spec.check_memory(b.batch).context("bench network")?;
     let r = cdiphase::bench::bench_network(&model, b.batch, threads, b.iterations as usize, mode)?;
     if b.json {

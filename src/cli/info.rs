@@ -8,6 +8,10 @@ pub fn run() -> Result<()> {
     println!("cdiphase {}", env!("CARGO_PKG_VERSION"));
     let cpu = backend::cpu::CpuBackend::new(None)?;
     println!("cpu:  available: {}", backend::Backend::describe(&cpu));
+    println!(
+        "network --fast: {}",
+        cdiphase::backend::cpu::nn::fast_mode().1
+    );
     match cdiphase::nn::bundled::load() {
         Ok(m) => println!(
             "bundled model: {} ('{}', {} parameters, input {}x{}): trained for {}; model card \

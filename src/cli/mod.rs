@@ -274,11 +274,7 @@ pub enum NetMode {
 /// The engine mode for `--mode` / `--fast`.
 pub fn engine_mode(mode: NetMode, fast: bool) -> Mode {
     if fast {
-        return if cdiphase::backend::cpu::nn::amx_available() {
-            Mode::Bf16
-        } else {
-            Mode::Winograd
-        };
+        return cdiphase::backend::cpu::nn::fast_mode().0;
     }
     match mode {
         NetMode::F32 => Mode::F32,

@@ -36,7 +36,8 @@ pub struct PredictArgs {
     /// (F(2x2,3x3)), bf16 (bf16 products, f32 sums: AMX, else AVX512_BF16), bf16-avx512.
     #[arg(long, value_enum, default_value_t = NetMode::F32)]
     mode: NetMode,
-    /// The fastest opt-in mode this CPU has: bf16 on AMX, else winograd.
+    /// The fastest opt-in mode this CPU has: bf16 on AMX, else bf16 on AVX512_BF16 where its
+    /// dot products measure faster than the f32 FMAs (AMD Zen 4), else f32; prints why.
     #[arg(long, conflicts_with = "mode")]
     fast: bool,
     #[arg(short, long)]
@@ -84,6 +85,9 @@ pub fn run(mut a: PredictArgs) -> Result<()> {
     } else {
         "f32 gpu kernels"
     };
+    if a.fast && on_cpu && !a.quiet {
+        eprintln!("--fast: {}", cdiphase::backend::cpu::nn::fast_mode().1);
+    }
     if !a.quiet {
         eprintln!(
             "predicting {} patterns of {}x{} with network '{}' ({kernels}) on {}",

@@ -165,8 +165,8 @@ pub(crate) fn pack(
 }
 
 /// The sub-pixel form of a direct f32 layer that reads its input upsampled by `c.up`
-/// (None where it does not apply: no upsampling, a dilated P, output sizes that are not
-/// multiples of the factors, or the AVX512_BF16 kernel).
+/// (None where it does not apply: no upsampling, a dilated P, or output sizes that are
+/// not multiples of the factors).
 pub(crate) fn subpixel(c: &ConvStep, kind: DirectKind) -> Option<SubPixel> {
     let [u0, u1] = c.up;
     if (u0 == 1 && u1 == 1)
@@ -174,7 +174,6 @@ pub(crate) fn subpixel(c: &ConvStep, kind: DirectKind) -> Option<SubPixel> {
         || c.s != [1, 1]
         || !c.ho.is_multiple_of(u0)
         || !c.wo.is_multiple_of(u1)
-        || kind == DirectKind::Bf16
     {
         return None;
     }
@@ -245,6 +244,8 @@ pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
         return match p.kind {
             // bf16 band (cin padded to 32) + one f32 row + the result tiles
             DirectKind::Amx => px * c.cin.div_ceil(32) * 16 + wpb * c.cin + 4 * 256,
+            // bf16 band (pairs, cin padded to even) + one f32 row
+            DirectKind::Bf16 => px * c.cin.div_ceil(2) + wpb * c.cin,
             _ => px * c.cin,
         };
     }
@@ -352,6 +353,10 @@ pub(crate) fn tile(
                 DirectKind::Amx if c.subpixel.is_some() => {
                     let sp = c.subpixel.as_ref().expect("checked");
                     x86::tile_classes_amx(c, sp, x, r0, rows, out, sc)
+                }
+                DirectKind::Bf16 if c.subpixel.is_some() => {
+                    let sp = c.subpixel.as_ref().expect("checked");
+                    x86::tile_classes_bf16(c, sp, x, r0, rows, out, sc)
                 }
                 _ if c.subpixel.is_some() => {
                     let sp = c.subpixel.as_ref().expect("checked");
@@ -590,17 +595,54 @@ mod x86 {
         }
     }
 
-    /// One bf16 tile: like [`micro_f32`] over pairs of input channels (`C2` pairs).
+    /// One reduction step of a bf16 tile: `NV` weight vectors (16 pairs each) at `wq`, one
+    /// input pair per pixel, at `b + i * c2` for the first `K` pixels and at `b1 + i * c2` for
+    /// the others (`K` = 0: all at `b`).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `wq` points at `32 * NV` readable bf16; the pairs
+    /// at `b + i * c2` (pixels `i < K`, every pixel when `K` = 0) and `b1 + i * c2` (pixels
+    /// `i >= K`) are readable.
+    #[inline(always)]
+    unsafe fn step_bf16<const MR: usize, const NV: usize, const K: usize>(
+        acc: &mut [[__m512; NV]; MR],
+        b: *const u32,
+        b1: *const u32,
+        wq: *const u16,
+        c2: usize,
+    ) {
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let mut wv: [__m512bh; NV] = [bh(_mm512_setzero_si512()); NV];
+            for (v, wvv) in wv.iter_mut().enumerate() {
+                *wvv = bh(_mm512_loadu_si512(wq.add(32 * v) as *const _));
+            }
+            for i in 0..MR {
+                let src = if K > 0 && i >= K { b1 } else { b };
+                let a = bh(_mm512_set1_epi32(*src.add(i * c2) as i32));
+                for v in 0..NV {
+                    acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, wv[v]);
+                }
+            }
+        }
+    }
+
+    /// One bf16 tile: like [`micro_f32`] over pairs of input channels (`C2` > 0 fixes the
+    /// pair count at compile time, `c2` otherwise), four pairs per loop trip; with `K` > 0
+    /// the tile wraps to the next band row after `K` pixels, its other pixels read `gap`
+    /// pairs further on.
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX512_BF16; for every offset `off` of `offs` and pair
-    /// `k < c2` the pair at `t + off + k + i * c2` is readable for every pixel `i < MR`; `w` holds
+    /// `k < c2` the pairs at `t + off + k + i * c2` (pixels `i < K`, every pixel when `K` = 0)
+    /// and `t + off + gap + k + i * c2` (pixels `i >= K`) are readable; `w` holds
     /// `offs.len() * c2 * 32 * NV` bf16 values; `bias`, `dst` and `mask` as for [`store`].
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro_bf16<const MR: usize, const NV: usize, const C2: usize>(
+    unsafe fn micro_bf16<const MR: usize, const NV: usize, const C2: usize, const K: usize>(
         t: *const u32,
         c2: usize,
+        gap: usize,
         offs: &[usize],
         w: *const u16,
         bias: *const f32,
@@ -613,21 +655,29 @@ mod x86 {
             let c2 = if C2 > 0 { C2 } else { c2 };
             let mut acc = [[_mm512_setzero_ps(); NV]; MR];
             let mut wq = w;
+            let c4 = c2 / 4 * 4;
             for &off in offs {
-                let mut b = t.add(off);
-                for _ in 0..c2 {
-                    let mut wv: [__m512bh; NV] = [bh(_mm512_setzero_si512()); NV];
-                    for (v, wvv) in wv.iter_mut().enumerate() {
-                        *wvv = bh(_mm512_loadu_si512(wq.add(32 * v) as *const _));
+                let b = t.add(off);
+                let b1 = b.add(gap);
+                let mut k = 0;
+                while k < c4 {
+                    for u in 0..4 {
+                        let o = k + u;
+                        step_bf16::<MR, NV, K>(
+                            &mut acc,
+                            b.add(o),
+                            b1.add(o),
+                            wq.add(32 * NV * u),
+                            c2,
+                        );
                     }
+                    wq = wq.add(128 * NV);
+                    k += 4;
+                }
+                while k < c2 {
+                    step_bf16::<MR, NV, K>(&mut acc, b.add(k), b1.add(k), wq, c2);
                     wq = wq.add(32 * NV);
-                    for i in 0..MR {
-                        let a = bh(_mm512_set1_epi32(*b.add(i * c2) as i32));
-                        for v in 0..NV {
-                            acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, wv[v]);
-                        }
-                    }
-                    b = b.add(1);
+                    k += 1;
                 }
             }
             store(&acc, bias, relu, dst, mask);
@@ -643,19 +693,6 @@ mod x86 {
             }
         }
         o
-    }
-
-    /// Sweep the tiles of a band: `f(m0, cb)` for every tile start and channel block.
-    #[inline(always)]
-    fn sweep(c: &ConvStep, rows: usize, ncb: usize, mr: usize, mut f: impl FnMut(usize, usize)) {
-        let mtot = (rows - 1) * c.wp() + c.wo;
-        for cb in 0..ncb {
-            let mut m0 = 0;
-            while m0 < mtot {
-                f(m0, cb);
-                m0 += mr;
-            }
-        }
     }
 
     macro_rules! dispatch_cin {
@@ -717,6 +754,22 @@ mod x86 {
         band
     }
 
+    /// The compact tiling of band `g` for tiles of `mr` pixels and `nv` vectors, where it
+    /// applies (2 vectors, an even valid width of at least `mr`): the geometry of the valid
+    /// pixels alone (a band without dropped columns), whose tiles wrap from the end of one
+    /// row to the start of the next. A last tile that wraps reads up to `mr - 2 + kw - 1`
+    /// pixels into the band's zero slack (the flat tiling at most `mr - 2`): that must fit.
+    fn compact(c: &ConvStep, g: &Geom, nv: usize, mr: usize) -> Option<Geom> {
+        (nv == 2 && g.wv.is_multiple_of(2) && g.wv >= mr && mr - 2 + c.kw - 1 < MR_MAX).then(|| {
+            let nrows = (g.mtot - g.wv) / g.wpb + 1;
+            Geom {
+                wpb: g.wv,
+                mtot: nrows * g.wv,
+                ..*g
+            }
+        })
+    }
+
     /// Every f32 tile of a band: taps at `offs` (floats from a pixel), weights `p`.
     ///
     /// With 2 vectors per tile and an even valid width of at least 14 pixels, tiles run over
@@ -747,20 +800,8 @@ mod x86 {
             let taps = offs.len();
             let relu = c.act == Activation::Relu;
             const MR: usize = 14;
-            // a last tile that wraps reads up to MR - 2 + kw - 1 pixels into the band's zero
-            // slack (the flat tiling at most MR - 2): it must fit
-            let compact =
-                nv == 2 && g.wv.is_multiple_of(2) && g.wv >= MR && MR - 2 + c.kw - 1 < MR_MAX;
-            if compact {
-                let nrows = (g.mtot - g.wv) / g.wpb + 1;
-                let ntot = nrows * g.wv;
-                let gap = (g.wpb - g.wv) * cin;
-                // the destinations of compact pixels: a band without dropped columns
-                let gc = Geom {
-                    wpb: g.wv,
-                    mtot: ntot,
-                    ..*g
-                };
+            if let Some(gc) = compact(c, g, nv, MR) {
+                let (ntot, gap) = (gc.mtot, (g.wpb - g.wv) * cin);
                 for cb in 0..p.ncb {
                     let mask = masks::<2>(c.cout, cb * nb);
                     let w = p.w32.as_ptr().add(cb * taps * cin * nb);
@@ -972,8 +1013,7 @@ mod x86 {
     ) {
         // SAFETY: the caller upholds the contract above (# Safety).
         unsafe {
-            let cin = c.cin;
-            let c2 = cin.div_ceil(2);
+            let c2 = c.cin.div_ceil(2);
             let prow = rows + c.kh - 1;
             let npx = band_pixels(c, rows);
             let (band, row) = sc.split_at_mut(npx * c2);
@@ -988,33 +1028,178 @@ mod x86 {
                 row,
             );
             let offs = offsets(c, c2);
-            let (nv, nb) = (p.nv, 16 * p.nv);
-            let taps = c.kh * c.kw;
-            let relu = c.act == Activation::Relu;
             let g = Geom::plain(c, rows);
-            let (bp, op) = (band.as_ptr() as *const u32, out.as_mut_ptr());
+            sweep_bf16(
+                c,
+                p,
+                band.as_ptr() as *const u32,
+                &offs,
+                &g,
+                out.as_mut_ptr(),
+            );
+        }
+    }
+
+    /// Sub-pixel classes (see [`tile_classes`]) on the AVX512_BF16 kernel: a bf16 band of
+    /// the small input (pairs, cin padded to even), one sweep per class with its taps and
+    /// summed weights.
+    ///
+    /// # Safety
+    /// As for [`tile_bf16`], with `sp` `c`'s sub-pixel form of Bf16 classes.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile_classes_bf16(
+        c: &ConvStep,
+        sp: &super::SubPixel,
+        x: &[f32],
+        r0: usize,
+        rows: usize,
+        out: &mut [f32],
+        sc: &mut [f32],
+    ) {
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let cin = c.cin;
+            let sb = SubBand::new(c, sp, r0, rows);
+            let c2 = cin.div_ceil(2);
+            let npx = sb.prow * sb.wpb + MR_MAX;
+            let (band, rest) = sc.split_at_mut(npx * c2);
+            let row = &mut rest[..sb.wpb * cin];
+            let b16: &mut [u16] = bytemuck::cast_slice_mut(band);
+            for jj in 0..sb.prow {
+                fill_src_row(c, sp, x, (sb.ys0 + jj).checked_sub(sb.pt), row);
+                row_to_bf16(
+                    row,
+                    cin,
+                    2 * c2,
+                    &mut b16[jj * sb.wpb * 2 * c2..(jj + 1) * sb.wpb * 2 * c2],
+                );
+            }
+            b16[sb.prow * sb.wpb * 2 * c2..].fill(0);
+            for (k, class) in sp.classes.iter().enumerate() {
+                // offsets in pairs: c2 per pixel
+                let (g, offs) = sb.class(c, k, class, c2);
+                sweep_bf16(
+                    c,
+                    &class.pack,
+                    band.as_ptr() as *const u32,
+                    &offs,
+                    &g,
+                    out.as_mut_ptr(),
+                );
+            }
+        }
+    }
+
+    macro_rules! dispatch_c2 {
+        ($mr:literal, $nv:literal, $c2:expr, [$k:literal], $($arg:expr),*) => {
+            match $c2 {
+                8 => micro_bf16::<$mr, $nv, 8, $k>($($arg),*),
+                16 => micro_bf16::<$mr, $nv, 16, $k>($($arg),*),
+                32 => micro_bf16::<$mr, $nv, 32, $k>($($arg),*),
+                64 => micro_bf16::<$mr, $nv, 64, $k>($($arg),*),
+                128 => micro_bf16::<$mr, $nv, 128, $k>($($arg),*),
+                _ => micro_bf16::<$mr, $nv, 0, $k>($($arg),*),
+            }
+        };
+    }
+
+    /// Every bf16 tile of a band of pairs: taps at `offs` (pairs from a pixel), weights `p`;
+    /// compact tiles where [`compact`] applies, as in [`sweep_f32`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `bp` points at a band in `g`'s geometry
+    /// (`ceil(c.cin / 2)` pairs per pixel, then the zero slack of `MR_MAX` pixels) inside
+    /// which every tile's reads stay at every tap offset of `offs`; `op` points at the layer
+    /// output, holding every pixel `g` maps the band to; `p` holds Bf16 weights for `c` with
+    /// `offs.len()` taps.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn sweep_bf16(
+        c: &ConvStep,
+        p: &DirectPack,
+        bp: *const u32,
+        offs: &[usize],
+        g: &Geom,
+        op: *mut f32,
+    ) {
+        // SAFETY: the caller upholds the contract above (# Safety).
+        unsafe {
+            let c2 = c.cin.div_ceil(2);
+            let (nv, nb) = (p.nv, 16 * p.nv);
+            let taps = offs.len();
+            let relu = c.act == Activation::Relu;
+            const MR: usize = 14;
+            if let Some(gc) = compact(c, g, nv, MR) {
+                let (ntot, gap) = (gc.mtot, (g.wpb - g.wv) * c2);
+                for cb in 0..p.ncb {
+                    let mask = masks::<2>(c.cout, cb * nb);
+                    let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
+                    let b = p.bias.as_ptr().add(cb * nb);
+                    let mut n0 = 0;
+                    while n0 < ntot {
+                        let (y, x0) = (n0 / g.wv, n0 % g.wv);
+                        let dst = dests::<MR>(c, &gc, op, n0, cb * nb);
+                        let t = bp.add((y * g.wpb + x0) * c2);
+                        macro_rules! go {
+                            ($k:literal) => {
+                                dispatch_c2!(
+                                    14,
+                                    2,
+                                    c2,
+                                    [$k],
+                                    t,
+                                    c2,
+                                    gap,
+                                    offs,
+                                    w,
+                                    b,
+                                    relu,
+                                    &dst,
+                                    &mask
+                                )
+                            };
+                        }
+                        match g.wv - x0 {
+                            2 => go!(2),
+                            4 => go!(4),
+                            6 => go!(6),
+                            8 => go!(8),
+                            10 => go!(10),
+                            12 => go!(12),
+                            _ => go!(0),
+                        }
+                        n0 += MR;
+                    }
+                }
+                return;
+            }
             macro_rules! run {
                 ($mr:literal, $nv:literal) => {
-                    sweep(c, rows, p.ncb, $mr, |m0, cb| {
-                        let dst = dests::<$mr>(c, &g, op, m0, cb * nb);
+                    for cb in 0..p.ncb {
                         let mask = masks::<$nv>(c.cout, cb * nb);
                         let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
                         let b = p.bias.as_ptr().add(cb * nb);
-                        let t = bp.add(m0 * c2);
-                        let k2 = c2 * 2;
-                        // C2 = cin/2 for the common channel counts
-                        match k2 {
-                            32 => micro_bf16::<$mr, $nv, 16>(t, c2, &offs, w, b, relu, &dst, &mask),
-                            64 => micro_bf16::<$mr, $nv, 32>(t, c2, &offs, w, b, relu, &dst, &mask),
-                            128 => {
-                                micro_bf16::<$mr, $nv, 64>(t, c2, &offs, w, b, relu, &dst, &mask)
-                            }
-                            256 => {
-                                micro_bf16::<$mr, $nv, 128>(t, c2, &offs, w, b, relu, &dst, &mask)
-                            }
-                            _ => micro_bf16::<$mr, $nv, 0>(t, c2, &offs, w, b, relu, &dst, &mask),
+                        let mut m0 = 0;
+                        while m0 < g.mtot {
+                            let dst = dests::<$mr>(c, g, op, m0, cb * nb);
+                            let t = bp.add(m0 * c2);
+                            dispatch_c2!(
+                                $mr,
+                                $nv,
+                                c2,
+                                [0],
+                                t,
+                                c2,
+                                0,
+                                offs,
+                                w,
+                                b,
+                                relu,
+                                &dst,
+                                &mask
+                            );
+                            m0 += $mr;
                         }
-                    })
+                    }
                 };
             }
             match nv {

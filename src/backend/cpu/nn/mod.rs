@@ -28,7 +28,7 @@ mod direct;
 mod matmul;
 mod winograd;
 
-use super::features::CpuFeatures;
+use super::features::{CpuFeatures, DotPeak};
 pub use crate::backend::Mode;
 use crate::nn::model::{Model, Tensor};
 use crate::nn::spec::{same_pad_before, Activation, ModelSpec, Op, Padding};
@@ -39,6 +39,49 @@ use matmul::{epilogue_inplace, sgemm};
 /// Does this CPU and kernel run the AMX bf16 kernels (`Mode::Bf16` then uses them)?
 pub fn amx_available() -> bool {
     CpuFeatures::detect().amx()
+}
+
+/// How much faster, per FLOP, AVX512_BF16's dot products must be than the f32 FMAs on
+/// this core for `--fast` to take them: the bf16 kernels also convert every band to bf16
+/// and run the same tiles, so a ratio near 1 (Intel Sapphire Rapids: 0.5-1) loses.
+pub const FAST_BF16_MIN_RATIO: f64 = 1.4;
+
+/// The fastest opt-in mode on this CPU (`--fast`) and why: bf16 on AMX where the kernel
+/// grants it; else bf16 on AVX512_BF16 where its dot products measured at least
+/// [`FAST_BF16_MIN_RATIO`] x the f32 FMA rate ([`DotPeak`], e.g. AMD Zen 4: ~2x); else f32,
+/// the exact kernels, since no faster path is known for that CPU (Winograd F(2x2,3x3)
+/// measured slower than the direct f32 kernels on the bundled model).
+pub fn fast_mode() -> (Mode, String) {
+    let isa = CpuFeatures::detect();
+    if isa.amx() {
+        return (Mode::Bf16, "bf16 on AMX tiles (tdpbf16ps)".into());
+    }
+    match DotPeak::measure(&isa) {
+        Some(p) if p.ratio() >= FAST_BF16_MIN_RATIO => (
+            Mode::Bf16,
+            format!(
+                "bf16 with AVX512_BF16: vdpbf16ps measured {:.2}x the f32 FMA rate on this \
+                 core ({:.0} against {:.0} GFLOP/s)",
+                p.ratio(),
+                p.bf16_gflops,
+                p.f32_gflops
+            ),
+        ),
+        Some(p) => (
+            Mode::F32,
+            format!(
+                "f32: vdpbf16ps measured only {:.2}x the f32 FMA rate on this core (< {}), \
+                 and no faster path is known for this CPU",
+                p.ratio(),
+                FAST_BF16_MIN_RATIO
+            ),
+        ),
+        None => (
+            Mode::F32,
+            "f32: this CPU has neither AMX nor AVX512_BF16, and no faster path is known for it"
+                .into(),
+        ),
+    }
 }
 
 /// Engine options.
@@ -876,6 +919,7 @@ impl<'a> Runner<'a> {
                         ConvAlgo::Direct => match c.packed().kind {
                             DirectKind::F32 if c.subpixel.is_some() => "direct-f32-subpixel",
                             DirectKind::Dot if c.subpixel.is_some() => "direct-dot-subpixel",
+                            DirectKind::Bf16 if c.subpixel.is_some() => "direct-bf16-subpixel",
                             DirectKind::F32 => "direct-f32",
                             DirectKind::Bf16 => "direct-bf16",
                             DirectKind::Dot => "direct-dot",
