@@ -382,7 +382,19 @@ impl Program {
         let mut ops: Vec<Op> = Vec::new();
         let mut done: u64 = 0; // iterations completed so far
         let mut sw_marks: Vec<usize> = Vec::new(); // indices of Shrinkwrap ops (params set later)
-        let n_steps = schedule.steps.len();
+                                                   // per step, the kind of the next iterating step after it (Some(alg), None for ML;
+                                                   // the outer None: no more iterations), found in one backward pass (a forward search
+                                                   // from every step is quadratic in a long run of shrinkwrap steps)
+        let mut next_kind = vec![None; schedule.steps.len()];
+        let mut seen: Option<Option<Algorithm>> = None;
+        for (si, step) in schedule.steps.iter().enumerate().rev() {
+            next_kind[si] = seen;
+            match step {
+                Step::Iterate { alg, .. } => seen = Some(Some(*alg)),
+                Step::Ml { .. } => seen = Some(None),
+                Step::Shrinkwrap => {}
+            }
+        }
         for (si, step) in schedule.steps.iter().enumerate() {
             let (kind, count) = match *step {
                 Step::Shrinkwrap => {
@@ -403,13 +415,7 @@ impl Program {
             };
             // Is this the end of a section for recording purposes? (An ML section
             // ends where the next iterating step is not ML; it always records.)
-            let next = schedule.steps[si + 1..n_steps]
-                .iter()
-                .find_map(|s| match s {
-                    Step::Iterate { alg, .. } => Some(Some(*alg)),
-                    Step::Ml { .. } => Some(None),
-                    Step::Shrinkwrap => None,
-                });
+            let next = next_kind[si];
             let section_end = match (recording, kind) {
                 (Recording::EndOfErSections, Some((alg, _))) => {
                     (alg == Algorithm::ER || !has_er) && next != Some(Some(alg))

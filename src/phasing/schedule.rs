@@ -68,6 +68,12 @@ pub enum Step {
 /// Upper bound on the total number of iterations a schedule may expand to.
 pub const MAX_ITERATIONS: u64 = 100_000_000;
 
+/// Upper bound on the steps (runs of one algorithm, ML sections, shrinkwrap updates) a
+/// schedule may expand to: `50000000*(HIO + ER)` is within [`MAX_ITERATIONS`] but would
+/// flatten to 10^8 steps (gigabytes), and shrinkwrap steps count no iterations at all
+/// (`10^8*(10^8*SW + HIO)`), so the expansion is bounded by itself.
+pub const MAX_STEPS: u64 = 1_000_000;
+
 /// A parsed schedule: the input text and its flattened steps (runs of the same algorithm
 /// with the same beta merged).
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +114,19 @@ impl Schedule {
                 input: text.to_string(),
                 pos: 0,
                 msg: format!("expands to {total} iterations, more than the limit {MAX_ITERATIONS}"),
+                caret: "^".into(),
+            });
+        }
+        let nsteps = node.steps();
+        if nsteps > MAX_STEPS {
+            return Err(Error::Schedule {
+                input: text.to_string(),
+                pos: 0,
+                msg: format!(
+                    "expands to {nsteps} steps (runs of one algorithm and shrinkwrap updates), \
+                     more than the limit {MAX_STEPS}: repeat single algorithms ('5000*HIO') \
+                     rather than long alternations"
+                ),
                 caret: "^".into(),
             });
         }
@@ -164,6 +183,17 @@ impl Node {
             Node::Shrinkwrap => 0,
             Node::Seq(v) => v.iter().fold(0u64, |a, n| a.saturating_add(n.iterations())),
             Node::Repeat(k, n) => k.saturating_mul(n.iterations()),
+        }
+    }
+
+    /// An upper bound on the steps [`Node::flatten`] pushes (runs of one algorithm are
+    /// merged there, so it may push fewer).
+    fn steps(&self) -> u64 {
+        match self {
+            Node::Alg(..) | Node::Ml | Node::Shrinkwrap => 1,
+            Node::Seq(v) => v.iter().fold(0u64, |a, n| a.saturating_add(n.steps())),
+            Node::Repeat(_, n) if matches!(**n, Node::Alg(..) | Node::Ml) => 1,
+            Node::Repeat(k, n) => k.saturating_mul(n.steps()),
         }
     }
 
@@ -479,5 +509,43 @@ mod tests {
             msg.contains("unknown step 'EER'") && msg.contains("position 10"),
             "{msg}"
         );
+    }
+
+    /// Expansions bounded by their own size, not only by iterations: long alternations
+    /// and repeated shrinkwrap steps (which count no iteration) are refused at once with
+    /// the step count (the fuzz test hung on `10^8*(10^8*SW + HIO)`-like strings), and a
+    /// long but allowed run of shrinkwrap steps compiles in one pass.
+    #[test]
+    fn expansions_past_the_step_limit_are_refused() {
+        for text in [
+            "100000000*(100000000*SW + HIO)",
+            "50000000*(HIO + ER)",
+            "1000001*SW + HIO",
+            "99999999999999999999*(HIO + SW)",
+        ] {
+            let e = Schedule::parse(text).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                e.contains("steps") || e.contains("iterations") || e.contains("too large"),
+                "{text}: {e}"
+            );
+        }
+        let e = Schedule::parse("600000*(HIO + ER)")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1200000 steps") && e.contains("limit 1000000"),
+            "{e}"
+        );
+        // within the limit: 999,999 shrinkwrap steps then one HIO
+        let s = Schedule::parse("999999*SW + HIO").unwrap();
+        assert_eq!(s.steps.len(), 1_000_000);
+        let p = crate::phasing::program::Program::compile(
+            &s,
+            0.9,
+            &crate::phasing::program::ShrinkwrapConfig::default(),
+            crate::phasing::program::Recording::EndOfErSections,
+        )
+        .unwrap();
+        assert_eq!(p.iterations, 1);
     }
 }
