@@ -413,10 +413,13 @@ def run_whole(kind: str, binary: Path, args, work: Path) -> dict:
             cmd.append("--fast")
         wall, rss, so, se, load0 = _spawn_timed(cmd, args)
         r = {"peer": kind, "cmd": shlex.join(cmd)}
-        first = (se.strip().splitlines() or [""])[0]
-        if "(" in first:
-            # "predicting N patterns ... with network 'spinn' (MODE) on ..."
-            r["mode"] = first.split("(", 1)[1].split(")", 1)[0]
+        for line in se.strip().splitlines():
+            if line.startswith("predicting") and "(" in line:
+                # "predicting N patterns ... with network 'spinn' (MODE) on ..."
+                r["mode"] = line.split("(", 1)[1].split(")", 1)[0]
+            elif line.startswith("--fast: "):
+                # why --fast chose its path (the CPU's measured bf16/f32 ratio)
+                r["fast_choice"] = line[len("--fast: "):]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind,
                "--batch", str(args.batch), "--threads", str(args.threads), "--work", str(work)]
@@ -683,6 +686,9 @@ def main(argv=None) -> int:
         if agreement:
             lines += ["", "Agreement: " + ", ".join(
                 f"{k} {v:.6g}" for k, v in agreement.items())]
+        why = rows.get("predict --fast", {}).get("fast_choice")
+        if why:
+            lines += ["", f"predict --fast chose: {why}"]
     notes = []
     vers = {}
     for k in list(rows):

@@ -83,7 +83,12 @@ fn main() {
         .collect();
     let mut nets: Vec<Network> = modes
         .iter()
-        .map(|&m| Network::new(&model, m).expect("network"))
+        .map(|&m| {
+            let t = std::time::Instant::now();
+            let n = Network::new(&model, m).expect("network");
+            eprintln!("{} compiled in {:.1} ms", m.name(), t.elapsed().as_secs_f64() * 1e3);
+            n
+        })
         .collect();
     if let Ok(var) = std::env::var("AB_ENV") {
         std::env::set_var(&var, "1");
