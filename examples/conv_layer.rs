@@ -86,7 +86,11 @@ fn main() {
         .map(|&m| {
             let t = std::time::Instant::now();
             let n = Network::new(&model, m).expect("network");
-            eprintln!("{} compiled in {:.1} ms", m.name(), t.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "{} compiled in {:.1} ms",
+                m.name(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
             n
         })
         .collect();

@@ -770,6 +770,111 @@ mod x86 {
         })
     }
 
+    /// The tile loops of [`sweep_f32`] and [`sweep_bf16`], one body for both element types:
+    /// compact tiles of 14 pixels x 2 vectors where [`compact`] applies (the wrap point as
+    /// a const generic), else flat tiles of 28 x 1 or 14 x 2 vectors. `$px`: elements (f32
+    /// or bf16 pairs) per band pixel; `$dispatch!($micro, MR, NV, px, [K], args..)` calls
+    /// the micro-kernel; `$w(cb)`: the weights of channel block `cb`. Expands to unsafe
+    /// code: the caller's contract is the sweep's.
+    macro_rules! sweep_tiles {
+        ($c:expr, $p:expr, $bp:expr, $offs:expr, $g:expr, $op:expr, $px:expr,
+         $dispatch:ident, $micro:ident, $w:expr) => {{
+            let (c, p, bp, offs, g, op, px): (
+                &ConvStep,
+                &DirectPack,
+                _,
+                &[usize],
+                &Geom,
+                _,
+                usize,
+            ) = ($c, $p, $bp, $offs, $g, $op, $px);
+            let wof = $w;
+            let (nv, nb) = (p.nv, 16 * p.nv);
+            let relu = c.act == Activation::Relu;
+            const MR: usize = 14;
+            if let Some(gc) = compact(c, g, nv, MR) {
+                let (ntot, gap) = (gc.mtot, (g.wpb - g.wv) * px);
+                for cb in 0..p.ncb {
+                    let mask = masks::<2>(c.cout, cb * nb);
+                    let w = wof(cb);
+                    let b = p.bias.as_ptr().add(cb * nb);
+                    let mut n0 = 0;
+                    while n0 < ntot {
+                        let (y, x0) = (n0 / g.wv, n0 % g.wv);
+                        let dst = dests::<MR>(c, &gc, op, n0, cb * nb);
+                        let t = bp.add((y * g.wpb + x0) * px);
+                        macro_rules! go {
+                            ($k:literal) => {
+                                $dispatch!(
+                                    $micro,
+                                    14,
+                                    2,
+                                    px,
+                                    [$k],
+                                    t,
+                                    px,
+                                    gap,
+                                    offs,
+                                    w,
+                                    b,
+                                    relu,
+                                    &dst,
+                                    &mask
+                                )
+                            };
+                        }
+                        match g.wv - x0 {
+                            2 => go!(2),
+                            4 => go!(4),
+                            6 => go!(6),
+                            8 => go!(8),
+                            10 => go!(10),
+                            12 => go!(12),
+                            _ => go!(0),
+                        }
+                        n0 += MR;
+                    }
+                }
+            } else {
+                macro_rules! run {
+                    ($mr:literal, $nv:literal) => {
+                        for cb in 0..p.ncb {
+                            let mask = masks::<$nv>(c.cout, cb * nb);
+                            let w = wof(cb);
+                            let b = p.bias.as_ptr().add(cb * nb);
+                            let mut m0 = 0;
+                            while m0 < g.mtot {
+                                let dst = dests::<$mr>(c, g, op, m0, cb * nb);
+                                let t = bp.add(m0 * px);
+                                $dispatch!(
+                                    $micro,
+                                    $mr,
+                                    $nv,
+                                    px,
+                                    [0],
+                                    t,
+                                    px,
+                                    0,
+                                    offs,
+                                    w,
+                                    b,
+                                    relu,
+                                    &dst,
+                                    &mask
+                                );
+                                m0 += $mr;
+                            }
+                        }
+                    };
+                }
+                match nv {
+                    1 => run!(28, 1),
+                    _ => run!(14, 2),
+                }
+            }
+        }};
+    }
+
     /// Every f32 tile of a band: taps at `offs` (floats from a pixel), weights `p`.
     ///
     /// With 2 vectors per tile and an even valid width of at least 14 pixels, tiles run over
@@ -793,93 +898,22 @@ mod x86 {
         g: &Geom,
         op: *mut f32,
     ) {
-        // SAFETY: the caller upholds the contract above (# Safety).
+        let (cin, taps) = (c.cin, offs.len());
+        // SAFETY: the caller upholds the contract above (# Safety), which is the
+        // micro-kernels' for every tile the sweep makes.
         unsafe {
-            let cin = c.cin;
-            let (nv, nb) = (p.nv, 16 * p.nv);
-            let taps = offs.len();
-            let relu = c.act == Activation::Relu;
-            const MR: usize = 14;
-            if let Some(gc) = compact(c, g, nv, MR) {
-                let (ntot, gap) = (gc.mtot, (g.wpb - g.wv) * cin);
-                for cb in 0..p.ncb {
-                    let mask = masks::<2>(c.cout, cb * nb);
-                    let w = p.w32.as_ptr().add(cb * taps * cin * nb);
-                    let b = p.bias.as_ptr().add(cb * nb);
-                    let mut n0 = 0;
-                    while n0 < ntot {
-                        let (y, x0) = (n0 / g.wv, n0 % g.wv);
-                        let dst = dests::<MR>(c, &gc, op, n0, cb * nb);
-                        let t = bp.add((y * g.wpb + x0) * cin);
-                        macro_rules! go {
-                            ($k:literal) => {
-                                dispatch_cin!(
-                                    micro_f32,
-                                    14,
-                                    2,
-                                    cin,
-                                    [$k],
-                                    t,
-                                    cin,
-                                    gap,
-                                    offs,
-                                    w,
-                                    b,
-                                    relu,
-                                    &dst,
-                                    &mask
-                                )
-                            };
-                        }
-                        match g.wv - x0 {
-                            2 => go!(2),
-                            4 => go!(4),
-                            6 => go!(6),
-                            8 => go!(8),
-                            10 => go!(10),
-                            12 => go!(12),
-                            _ => go!(0),
-                        }
-                        n0 += MR;
-                    }
-                }
-                return;
-            }
-            macro_rules! run {
-                ($mr:literal, $nv:literal) => {
-                    for cb in 0..p.ncb {
-                        let mask = masks::<$nv>(c.cout, cb * nb);
-                        let w = p.w32.as_ptr().add(cb * taps * cin * nb);
-                        let b = p.bias.as_ptr().add(cb * nb);
-                        let mut m0 = 0;
-                        while m0 < g.mtot {
-                            let dst = dests::<$mr>(c, g, op, m0, cb * nb);
-                            let t = bp.add(m0 * cin);
-                            dispatch_cin!(
-                                micro_f32,
-                                $mr,
-                                $nv,
-                                cin,
-                                [0],
-                                t,
-                                cin,
-                                0,
-                                offs,
-                                w,
-                                b,
-                                relu,
-                                &dst,
-                                &mask
-                            );
-                            m0 += $mr;
-                        }
-                    }
-                };
-            }
-            match nv {
-                1 => run!(28, 1),
-                _ => run!(14, 2),
-            }
+            sweep_tiles!(
+                c,
+                p,
+                bp,
+                offs,
+                g,
+                op,
+                cin,
+                dispatch_cin,
+                micro_f32,
+                |cb: usize| p.w32.as_ptr().add(cb * taps * cin * 16 * p.nv)
+            )
         }
     }
 
@@ -1091,14 +1125,14 @@ mod x86 {
     }
 
     macro_rules! dispatch_c2 {
-        ($mr:literal, $nv:literal, $c2:expr, [$k:literal], $($arg:expr),*) => {
+        ($f:ident, $mr:literal, $nv:literal, $c2:expr, [$k:literal], $($arg:expr),*) => {
             match $c2 {
-                8 => micro_bf16::<$mr, $nv, 8, $k>($($arg),*),
-                16 => micro_bf16::<$mr, $nv, 16, $k>($($arg),*),
-                32 => micro_bf16::<$mr, $nv, 32, $k>($($arg),*),
-                64 => micro_bf16::<$mr, $nv, 64, $k>($($arg),*),
-                128 => micro_bf16::<$mr, $nv, 128, $k>($($arg),*),
-                _ => micro_bf16::<$mr, $nv, 0, $k>($($arg),*),
+                8 => $f::<$mr, $nv, 8, $k>($($arg),*),
+                16 => $f::<$mr, $nv, 16, $k>($($arg),*),
+                32 => $f::<$mr, $nv, 32, $k>($($arg),*),
+                64 => $f::<$mr, $nv, 64, $k>($($arg),*),
+                128 => $f::<$mr, $nv, 128, $k>($($arg),*),
+                _ => $f::<$mr, $nv, 0, $k>($($arg),*),
             }
         };
     }
@@ -1121,91 +1155,22 @@ mod x86 {
         g: &Geom,
         op: *mut f32,
     ) {
-        // SAFETY: the caller upholds the contract above (# Safety).
+        let (c2, taps) = (c.cin.div_ceil(2), offs.len());
+        // SAFETY: the caller upholds the contract above (# Safety), which is the
+        // micro-kernels' for every tile the sweep makes.
         unsafe {
-            let c2 = c.cin.div_ceil(2);
-            let (nv, nb) = (p.nv, 16 * p.nv);
-            let taps = offs.len();
-            let relu = c.act == Activation::Relu;
-            const MR: usize = 14;
-            if let Some(gc) = compact(c, g, nv, MR) {
-                let (ntot, gap) = (gc.mtot, (g.wpb - g.wv) * c2);
-                for cb in 0..p.ncb {
-                    let mask = masks::<2>(c.cout, cb * nb);
-                    let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
-                    let b = p.bias.as_ptr().add(cb * nb);
-                    let mut n0 = 0;
-                    while n0 < ntot {
-                        let (y, x0) = (n0 / g.wv, n0 % g.wv);
-                        let dst = dests::<MR>(c, &gc, op, n0, cb * nb);
-                        let t = bp.add((y * g.wpb + x0) * c2);
-                        macro_rules! go {
-                            ($k:literal) => {
-                                dispatch_c2!(
-                                    14,
-                                    2,
-                                    c2,
-                                    [$k],
-                                    t,
-                                    c2,
-                                    gap,
-                                    offs,
-                                    w,
-                                    b,
-                                    relu,
-                                    &dst,
-                                    &mask
-                                )
-                            };
-                        }
-                        match g.wv - x0 {
-                            2 => go!(2),
-                            4 => go!(4),
-                            6 => go!(6),
-                            8 => go!(8),
-                            10 => go!(10),
-                            12 => go!(12),
-                            _ => go!(0),
-                        }
-                        n0 += MR;
-                    }
-                }
-                return;
-            }
-            macro_rules! run {
-                ($mr:literal, $nv:literal) => {
-                    for cb in 0..p.ncb {
-                        let mask = masks::<$nv>(c.cout, cb * nb);
-                        let w = p.w16.as_ptr().add(cb * taps * c2 * nb * 2);
-                        let b = p.bias.as_ptr().add(cb * nb);
-                        let mut m0 = 0;
-                        while m0 < g.mtot {
-                            let dst = dests::<$mr>(c, g, op, m0, cb * nb);
-                            let t = bp.add(m0 * c2);
-                            dispatch_c2!(
-                                $mr,
-                                $nv,
-                                c2,
-                                [0],
-                                t,
-                                c2,
-                                0,
-                                offs,
-                                w,
-                                b,
-                                relu,
-                                &dst,
-                                &mask
-                            );
-                            m0 += $mr;
-                        }
-                    }
-                };
-            }
-            match nv {
-                1 => run!(28, 1),
-                _ => run!(14, 2),
-            }
+            sweep_tiles!(
+                c,
+                p,
+                bp,
+                offs,
+                g,
+                op,
+                c2,
+                dispatch_c2,
+                micro_bf16,
+                |cb: usize| p.w16.as_ptr().add(cb * taps * c2 * 32 * p.nv)
+            )
         }
     }
 
