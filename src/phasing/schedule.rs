@@ -69,10 +69,11 @@ pub enum Step {
 pub const MAX_ITERATIONS: u64 = 100_000_000;
 
 /// Upper bound on the steps (runs of one algorithm, ML sections, shrinkwrap updates) a
-/// schedule may expand to: `50000000*(HIO + ER)` is within [`MAX_ITERATIONS`] but would
-/// flatten to 10^8 steps (gigabytes), and shrinkwrap steps count no iterations at all
-/// (`10^8*(10^8*SW + HIO)`), so the expansion is bounded by itself.
-pub const MAX_STEPS: u64 = 1_000_000;
+/// schedule may expand to (240 MB at most): `50000000*(HIO + ER)` is within
+/// [`MAX_ITERATIONS`] but would flatten to 10^8 steps (gigabytes), and shrinkwrap steps
+/// count no iterations at all (`10^8*(10^8*SW + HIO)`), so the expansion is bounded by
+/// itself. Long runs in the paper's style fit: `1000000*(5*HIO + 5*ER)` is 2 million steps.
+pub const MAX_STEPS: u64 = 10_000_000;
 
 /// A parsed schedule: the input text and its flattened steps (runs of the same algorithm
 /// with the same beta merged).
@@ -520,7 +521,7 @@ mod tests {
         for text in [
             "100000000*(100000000*SW + HIO)",
             "50000000*(HIO + ER)",
-            "1000001*SW + HIO",
+            "10000001*SW + HIO",
             "99999999999999999999*(HIO + SW)",
         ] {
             let e = Schedule::parse(text).map(|_| ()).unwrap_err().to_string();
@@ -529,11 +530,11 @@ mod tests {
                 "{text}: {e}"
             );
         }
-        let e = Schedule::parse("600000*(HIO + ER)")
+        let e = Schedule::parse("6000000*(HIO + ER)")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("1200000 steps") && e.contains("limit 1000000"),
+            e.contains("12000000 steps") && e.contains("limit 10000000"),
             "{e}"
         );
         // within the limit: 999,999 shrinkwrap steps then one HIO
