@@ -14,7 +14,8 @@
 
 // Modulus projection with the mask, fused with the per-item Fourier-error reduction.
 // Measured pixels (amp >= 0) get modulus amp, phase kept (|F| floored at CD_TINY); unmeasured
-// pixels (amp < 0) keep F. With project == 0, F is only measured (final error), not written.
+// pixels (amp < 0) keep F, times w for masked pixels damped by --missing-centre (amp in
+// [-1.25, -1), see below). With project == 0, F is only measured (final error), not written.
 // partial[item * bpi + bx] = sum over the block's measured pixels of (|F| - amp)^2.
 // amp is per pattern: item / starts.
 // Bytes: 12 P read (F 8, amp 4) + 8 P written (project) ; FLOPs ~12 P (|F|, sqrt, div, 2 mul).
@@ -35,6 +36,12 @@ CD_KERNEL cd_modulus_project(float2* __restrict__ f, const float* __restrict__ a
                 const float r = a / fmaxf(m, CD_TINY);
                 fi[i] = make_float2(v.x * r, v.y * r);
             }
+        } else if (project && a > -1.5f) {
+            // a masked pixel damped by --missing-centre (phasing::problem::masked_weight):
+            // stored as -1 - (1 - w) / 4, F multiplied by w; -1 (w = 1) and held-out pixels
+            // (<= -2) are left as they are
+            const float wm = fminf(fmaxf(fmaf(4.0f, a, 5.0f), 0.0f), 1.0f);
+            if (wm < 1.0f) fi[i] = make_float2(v.x * wm, v.y * wm);
         }
     }
     err = cd_block_sum(err);

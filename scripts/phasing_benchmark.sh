@@ -43,7 +43,11 @@ if [ -n "${THREADS:-}" ]; then THREADS_ARG=(--threads "$THREADS"); fi
 # `tuned-merge`, `pop`, `pop-late` add the merge of the best 4 starts (`tuned-merge8`: all
 # 8; scored as a row "<name>+merged") and GA populations (NOTES, "Populations and merging");
 # `tuned-ml` is tuned followed by 50 iterations of Poisson maximum-likelihood refinement,
-# `tuned-ml-mid` with them between the HIO and the ER sections (`-merge`: and --merge 4)
+# `tuned-ml-mid` with them between the HIO and the ER sections (`-merge`: and --merge 4);
+# `mc-*` are the default recipe with a --missing-centre mode (masked pixels held at zero
+# for the first 200 or 400 iterations, filled by interpolation and held for 400, damped
+# by 0.5 for the whole run or for the HIO section), `cull-*` the default recipe with
+# --cull (the best 4 of the starts go on after 100 or 200 iterations)
 ALL_RECIPES=(
     "default|"
     "paper|--algorithm 2000*(5*HIO+5*ER)"
@@ -61,6 +65,13 @@ ALL_RECIPES=(
     "tuned-merge|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 4"
     "tuned-merge8|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --merge 8"
     "pop|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --population generations=3,keep=4,every=200 --merge 4"
+    "mc-free-after200|--missing-centre free-after:200"
+    "mc-free-after400|--missing-centre free-after:400"
+    "mc-interp400|--missing-centre interpolate:400"
+    "mc-damp0.5|--missing-centre damp:0.5"
+    "mc-damp0.5-hio|--missing-centre damp:0.5,until=800"
+    "cull100|--cull at=100,keep=4"
+    "cull200|--cull at=200,keep=4"
     "pop-late|--algorithm HIO**800+ER**200 --shrinkwrap sigma=1,threshold=0.1,every=50,stop=950 --population generations=1,keep=4,every=600 --merge 4"
 )
 # PyNX's runners (tools/pynx/pynx_phase.py; their own starting support, constraint and

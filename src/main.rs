@@ -25,7 +25,7 @@ enum Cmd {
     /// Simulate diffraction patterns (with ground truth) from PDB/mmCIF structures.
     Simulate(Box<cli::simulate::SimulateArgs>),
     /// Phase retrieval of every pattern of a CXI/HDF5 or .npy file.
-    Phase(cli::phase::PhaseArgs),
+    Phase(Box<cli::phase::PhaseArgs>),
     /// The whole pipeline on held-out test structures: simulate, network, supports, phasing
     /// (network-seeded vs baselines), evaluation report.
     Demo(cli::demo::DemoArgs),
@@ -142,7 +142,7 @@ fn run_argv(args: &[String]) -> Result<()> {
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Simulate(a) => cli::simulate::run(*a),
-        Cmd::Phase(a) => cli::phase::run(a),
+        Cmd::Phase(a) => cli::phase::run(*a),
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Info => cli::info::run(),

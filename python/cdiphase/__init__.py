@@ -87,6 +87,22 @@ _MERITS = (
     "all_threshold_factor",
     "all_support_guard_events",
 )
+# populations, restarts, culling and the merge (present only where the run made them; the
+# merged object is entry_1/image_3 of the CLI's file)
+_STRATEGY = (
+    "restarts",
+    "all_restarts",
+    "all_replaced",
+    "generation_best",
+    "all_culled_at",
+    "merged_objects",
+    "merged_supports",
+    "merged_modes",
+    "merged_mode_weights",
+    "merged_starts",
+    "merged_final_fourier_error",
+    "merged_final_llk",
+)
 
 
 # ----------------------------------------------------------------------------------------
@@ -429,6 +445,19 @@ class PhaseResult:
         guard refused.
     selection : dict
         How ``best_start`` was chosen (criterion and admissible support fractions).
+    restarts : (N,) int64; all_restarts : (N, K) int64
+        Restarts of collapsed starts (``restart``) per pattern and per start.
+    all_replaced : (N, K) int64; generation_best : (N, G) float32
+        With ``population``: times each start was replaced by a child, and the criterion
+        of the best start at each generation (else None).
+    all_culled_at : (N, K) int64
+        With ``cull``: the iteration at which each start stopped (0: it ran to the end);
+        else None.
+    merged_objects, merged_supports : (N, H, W); merged_modes : (N, M, H, W);
+    merged_mode_weights : (N, M); merged_starts : (N, C); merged_final_fourier_error,
+    merged_final_llk : (N,)
+        With ``merge``: the aligned average of the best C starts (the CLI's
+        ``entry_1/image_3``), its support, modes and figures of merit (else None).
     iterations : int; seconds : float; device : str; configuration : dict
     """
 
@@ -457,6 +486,18 @@ class PhaseResult:
         self.all_threshold_factor: np.ndarray = d["all_threshold_factor"]
         self.all_support_guard_events: np.ndarray = d["all_support_guard_events"]
         self.selection: Dict[str, Any] = json.loads(d["selection"])
+        self.restarts: np.ndarray = d["restarts"]
+        self.all_restarts: np.ndarray = d["all_restarts"]
+        self.all_replaced: Optional[np.ndarray] = d.get("all_replaced")
+        self.generation_best: Optional[np.ndarray] = d.get("generation_best")
+        self.all_culled_at: Optional[np.ndarray] = d.get("all_culled_at")
+        self.merged_objects: Optional[np.ndarray] = d.get("merged_objects")
+        self.merged_supports: Optional[np.ndarray] = d.get("merged_supports")
+        self.merged_modes: Optional[np.ndarray] = d.get("merged_modes")
+        self.merged_mode_weights: Optional[np.ndarray] = d.get("merged_mode_weights")
+        self.merged_starts: Optional[np.ndarray] = d.get("merged_starts")
+        self.merged_final_fourier_error: Optional[np.ndarray] = d.get("merged_final_fourier_error")
+        self.merged_final_llk: Optional[np.ndarray] = d.get("merged_final_llk")
         self.iterations: int = int(d["iterations"])
         self.seconds: float = float(d["seconds"])
         self.device: str = d["device"]
@@ -497,6 +538,11 @@ class PhaseResult:
             json.dumps(self.configuration),
             {
                 **{name: getattr(self, name) for name in _MERITS},
+                **{
+                    name: getattr(self, name)
+                    for name in _STRATEGY
+                    if getattr(self, name) is not None
+                },
                 "selection": json.dumps(self.selection),
             },
         )
@@ -521,6 +567,11 @@ def phase(
     select: str = "fourier",
     free_fraction: Optional[float] = None,
     support_fraction: Tuple[float, float] = (1e-4, 0.7),
+    merge: Optional[int] = None,
+    population: Optional[str] = None,
+    restart: Optional[str] = None,
+    cull: Optional[str] = None,
+    missing_centre: Optional[str] = None,
     device: str = "auto",
     threads: Optional[int] = None,
     progress: Any = True,
@@ -574,6 +625,20 @@ def phase(
         pairs) for the free log-likelihood; default 0, or 0.05 with ``select="free-llk"``.
     support_fraction : (float, float)
         Admissible final support fraction (MIN, MAX): outside, a start collapsed or blew up.
+    merge : int
+        Also return the aligned average of the best ``merge`` starts (``merged_*``); default
+        as the command line: 4 with the default recipe and 8 or more starts, else 0.
+    population : str
+        GA population over the starts, ``"generations=G,keep=N[,every=K]"`` (``--population``).
+    restart : str
+        Restart collapsed starts, ``"guard=R[,every=K][,until=I]"`` or ``"default"``
+        (``--restart``).
+    cull : str
+        ``"at=ITER,keep=N"``: after ITER iterations only the best N starts of each pattern
+        go on (``--cull``).
+    missing_centre : str
+        Masked pixels: ``"free"`` (default), ``"free-after:ITER"``, ``"damp:W[,until=ITER]"``
+        or ``"interpolate:ITER"`` (``--missing-centre``; README "Phasing recipes that work").
     device : ``"auto" | "cpu" | "cuda" | "emu"``
         ``auto`` takes a usable CUDA GPU, else the CPU.
     threads : int
@@ -626,6 +691,11 @@ def phase(
             str(select),
             None if free_fraction is None else float(free_fraction),
             (float(support_fraction[0]), float(support_fraction[1])),
+            None if merge is None else int(merge),
+            population,
+            restart,
+            cull,
+            missing_centre,
             device,
             threads,
             bar,

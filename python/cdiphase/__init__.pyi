@@ -100,6 +100,18 @@ class PhaseResult:
     all_threshold_factor: npt.NDArray[np.float32]
     all_support_guard_events: npt.NDArray[np.int64]
     selection: Dict[str, Any]
+    restarts: npt.NDArray[np.int64]
+    all_restarts: npt.NDArray[np.int64]
+    all_replaced: Optional[npt.NDArray[np.int64]]
+    generation_best: Optional[npt.NDArray[np.float32]]
+    all_culled_at: Optional[npt.NDArray[np.int64]]
+    merged_objects: Optional[npt.NDArray[np.complex64]]
+    merged_supports: Optional[npt.NDArray[np.uint8]]
+    merged_modes: Optional[npt.NDArray[np.complex64]]
+    merged_mode_weights: Optional[npt.NDArray[np.float32]]
+    merged_starts: Optional[npt.NDArray[np.int64]]
+    merged_final_fourier_error: Optional[npt.NDArray[np.float32]]
+    merged_final_llk: Optional[npt.NDArray[np.float32]]
     @property
     def outside_energy(self) -> npt.NDArray[np.float32]: ...
     iterations: int
@@ -128,6 +140,11 @@ def phase(
     select: str = ...,
     free_fraction: Optional[float] = ...,
     support_fraction: Tuple[float, float] = ...,
+    merge: Optional[int] = ...,
+    population: Optional[str] = ...,
+    restart: Optional[str] = ...,
+    cull: Optional[str] = ...,
+    missing_centre: Optional[str] = ...,
     device: str = ...,
     threads: Optional[int] = ...,
     progress: Progress = ...,

@@ -22,6 +22,7 @@ use cdiphase::cancel::Cancel;
 use cdiphase::eval::{self, align, metrics};
 use cdiphase::io::{self, PatternSet};
 use cdiphase::nn::{self, store, Model};
+use cdiphase::phasing::population::MergedSet;
 use cdiphase::phasing::problem::Selection;
 use cdiphase::phasing::program::Recording;
 use cdiphase::phasing::{self, InitSpec, Merits, PhaseConfig, Reconstruction, SupportSpec};
@@ -211,7 +212,8 @@ fn device(name: &str) -> PyRes<Device> {
 #[pyfunction]
 #[pyo3(signature = (intensities, mask, schedule, beta, support, support_array, init_array,
     init_noise, shrinkwrap, constraint, starts, seed, error_every, keep_all, clip_negative,
-    select, free_fraction, support_fraction, device_name, threads, progress))]
+    select, free_fraction, support_fraction, merge, population, restart, cull, missing_centre,
+    device_name, threads, progress))]
 #[allow(clippy::too_many_arguments)]
 fn phase<'py>(
     py: Python<'py>,
@@ -233,6 +235,11 @@ fn phase<'py>(
     select: String,
     free_fraction: Option<f32>,
     support_fraction: (f32, f32),
+    merge: Option<usize>,
+    population: Option<String>,
+    restart: Option<String>,
+    cull: Option<String>,
+    missing_centre: Option<String>,
     device_name: String,
     threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
@@ -281,6 +288,17 @@ fn phase<'py>(
         free_fraction,
         support_fraction,
     ))?;
+    // the command line's parsers and defaults (the merge of the best 4 with the default
+    // recipe and 8 or more starts)
+    let strategy = lib(phasing::recipe::strategy(
+        &recipe,
+        starts,
+        merge,
+        population.as_deref(),
+        restart.as_deref(),
+        cull.as_deref(),
+        missing_centre.as_deref(),
+    ))?;
     let cfg = PhaseConfig {
         schedule: recipe.schedule,
         beta,
@@ -299,9 +317,7 @@ fn phase<'py>(
         clip_negative,
         free_fraction,
         selection,
-        // populations, restarts and merging (`phase --population/--restart/--merge`) are
-        // not exposed to Python yet
-        strategy: Default::default(),
+        strategy,
     };
     let dev = device(&device_name)?;
     let cancel = Cancel::new();
@@ -318,9 +334,16 @@ fn phase<'py>(
         cb.call_method1("set_total", (total,))?;
     }
     let rec = run_interruptible(py, &cancel, &done, progress.as_ref(), || {
-        phasing::run_prepared(backend.as_ref(), &problem, &program, &|k| {
-            done.fetch_add(k, Ordering::Relaxed);
-        })
+        phasing::run_strategy(
+            backend.as_ref(),
+            &problem,
+            &program,
+            &cfg.strategy,
+            cfg.seed,
+            &|k| {
+                done.fetch_add(k, Ordering::Relaxed);
+            },
+        )
     })?;
     let mut config = cfg.to_json();
     config["input"] = serde_json::json!("<numpy array>");
@@ -359,6 +382,38 @@ fn reconstruction_dict<'py>(
             "selection",
             serde_json::to_string(&m.selection).unwrap_or_default(),
         )?;
+        // populations, restarts, culling and the merge: the CLI's datasets under the same
+        // names (`merged_*` for entry_1/image_3's)
+        let rs: Vec<i64> = m.restarts.iter().map(|&r| r as i64).collect();
+        d.set_item(
+            "restarts",
+            array(py, phasing::per_pattern_sum(&rs, k), &[n])?,
+        )?;
+        d.set_item("all_restarts", array(py, rs, &[n, k])?)?;
+        if let Some(r) = m.replaced {
+            let r: Vec<i64> = r.iter().map(|&v| v as i64).collect();
+            d.set_item("all_replaced", array(py, r, &[n, k])?)?;
+        }
+        if let Some((g, v)) = m.generation_best {
+            d.set_item("generation_best", array(py, v, &[n, g])?)?;
+        }
+        if m.culled_at.iter().any(|&c| c > 0) {
+            let c: Vec<i64> = m.culled_at.iter().map(|&v| v as i64).collect();
+            d.set_item("all_culled_at", array(py, c, &[n, k])?)?;
+        }
+        if let Some(mg) = m.merged {
+            let (c, md) = (mg.count, mg.modes);
+            d.set_item("merged_objects", array(py, mg.objects, &[n, h, w])?)?;
+            d.set_item("merged_supports", array(py, mg.supports, &[n, h, w])?)?;
+            d.set_item("merged_modes", array(py, mg.mode_images, &[n, md, h, w])?)?;
+            d.set_item("merged_mode_weights", array(py, mg.weights, &[n, md])?)?;
+            d.set_item("merged_starts", array(py, mg.starts, &[n, c])?)?;
+            d.set_item(
+                "merged_final_fourier_error",
+                array(py, mg.fourier_error, &[n])?,
+            )?;
+            d.set_item("merged_final_llk", array(py, mg.llk, &[n])?)?;
+        }
     }
     d.set_item(
         "fourier_error",
@@ -459,7 +514,7 @@ fn write_reconstruction(
         fourier_error: values(&all_fourier_error),
         real_error: values(&all_real_space_error),
         final_fourier_error: values(&all_final_fourier_error),
-        merits: merits.map(|m| merits_of(&m, n, k, l)).transpose()?,
+        merits: merits.map(|m| merits_of(&m, n, k, l, (h, w))).transpose()?,
         iterations,
         seconds,
         backend: device_name,
@@ -476,7 +531,31 @@ fn write_reconstruction(
 
 /// The figures of merit of a `PhaseResult` (the arrays `reconstruction_dict` returned),
 /// checked against the run's shape (N patterns, K starts, L records).
-fn merits_of(d: &Bound<'_, PyDict>, n: usize, k: usize, l: usize) -> PyRes<Merits> {
+fn merits_of(
+    d: &Bound<'_, PyDict>,
+    n: usize,
+    k: usize,
+    l: usize,
+    (h, w): (usize, usize),
+) -> PyRes<Merits> {
+    // an optional (N, K) int64 array
+    let get_i64 = |name: &str, len: usize| -> PyRes<Option<Vec<i64>>> {
+        let Some(item) = d.get_item(name)? else {
+            return Ok(None);
+        };
+        if item.is_none() {
+            return Ok(None);
+        }
+        let a: PyReadonlyArrayDyn<'_, i64> = item.extract()?;
+        let v = values(&a);
+        if v.len() != len {
+            return Err(PyValueError::new_err(format!(
+                "merits: '{name}' has {} values, expected {len}",
+                v.len()
+            )));
+        }
+        Ok(Some(v))
+    };
     let get = |name: &str, len: usize| -> PyRes<Vec<f32>> {
         let item = d
             .get_item(name)?
@@ -535,12 +614,83 @@ fn merits_of(d: &Bound<'_, PyDict>, n: usize, k: usize, l: usize) -> PyRes<Merit
         selection,
         guard_events,
         threshold_factor: get("all_threshold_factor", n * k)?,
-        // a Python run has no restarts, population or merge (not exposed yet)
-        restarts: vec![0; n * k],
-        replaced: None,
-        generation_best: None,
-        merged: None,
+        restarts: get_i64("all_restarts", n * k)?
+            .map(|v| {
+                v.into_iter()
+                    .map(|r| r.clamp(0, u32::MAX as i64) as u32)
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![0; n * k]),
+        culled_at: get_i64("all_culled_at", n * k)?
+            .map(|v| v.into_iter().map(|r| r.max(0) as u64).collect())
+            .unwrap_or_else(|| vec![0; n * k]),
+        replaced: get_i64("all_replaced", n * k)?.map(|v| {
+            v.into_iter()
+                .map(|r| r.clamp(0, u32::MAX as i64) as u32)
+                .collect()
+        }),
+        generation_best: match d.get_item("generation_best")? {
+            None => None,
+            Some(item) => {
+                let a: PyReadonlyArrayDyn<'_, f32> = item.extract()?;
+                let g = a.shape().get(1).copied().unwrap_or(0);
+                let v = values(&a);
+                if a.shape().len() != 2 || v.len() != n * g {
+                    return Err(PyValueError::new_err(format!(
+                        "merits: 'generation_best' must be ({n}, G)"
+                    )));
+                }
+                Some((g, v))
+            }
+        },
+        merged: merged_of(d, n, h, w)?,
     })
+}
+
+/// The merge of a `PhaseResult` (`merged_*`, as `reconstruction_dict` returned it), if any.
+fn merged_of(d: &Bound<'_, PyDict>, n: usize, h: usize, w: usize) -> PyRes<Option<MergedSet>> {
+    let Some(obj) = d.get_item("merged_objects")? else {
+        return Ok(None);
+    };
+    if obj.is_none() {
+        return Ok(None);
+    }
+    let item = |name: &str| -> PyRes<Bound<'_, PyAny>> {
+        d.get_item(name)?
+            .ok_or_else(|| PyValueError::new_err(format!("merits: '{name}' is missing")))
+    };
+    let objects: PyReadonlyArrayDyn<'_, Complex32> = obj.extract()?;
+    let supports: PyReadonlyArrayDyn<'_, u8> = item("merged_supports")?.extract()?;
+    let modes: PyReadonlyArrayDyn<'_, Complex32> = item("merged_modes")?.extract()?;
+    let weights: PyReadonlyArrayDyn<'_, f32> = item("merged_mode_weights")?.extract()?;
+    let starts: PyReadonlyArrayDyn<'_, i64> = item("merged_starts")?.extract()?;
+    let fe: PyReadonlyArrayDyn<'_, f32> = item("merged_final_fourier_error")?.extract()?;
+    let llk: PyReadonlyArrayDyn<'_, f32> = item("merged_final_llk")?.extract()?;
+    let md = modes.shape().get(1).copied().unwrap_or(0);
+    let count = starts.shape().get(1).copied().unwrap_or(0);
+    let ok = objects.shape() == [n, h, w]
+        && supports.shape() == [n, h, w]
+        && modes.shape() == [n, md, h, w]
+        && weights.shape() == [n, md]
+        && starts.shape() == [n, count]
+        && fe.shape() == [n]
+        && llk.shape() == [n];
+    if !ok {
+        return Err(PyValueError::new_err(format!(
+            "merits: the merged_* arrays must be ({n}, {h}, {w}) objects and supports, ({n}, M, {h}, {w}) modes, ({n}, M) weights, ({n}, C) starts and ({n},) errors"
+        )));
+    }
+    Ok(Some(MergedSet {
+        count,
+        modes: md,
+        objects: values(&objects),
+        supports: values(&supports),
+        mode_images: values(&modes),
+        weights: values(&weights),
+        starts: values(&starts),
+        fourier_error: values(&fe),
+        llk: values(&llk),
+    }))
 }
 
 // ---------------------------------------------------------------------------------------

@@ -218,3 +218,99 @@ def test_an_explicit_schedule_runs_without_shrinkwrap(small):
     assert res.configuration["constraint"] == "Positive"  # the package's default
     assert np.all(np.isnan(res.free_llk))  # no held-out pixels
     assert np.all(res.all_support_guard_events == 0)
+
+
+def _datasets(path, group):
+    """Every dataset under `group` but the process record."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and not name.startswith("process_1"):
+                out[name] = obj[()]
+        f[group].visititems(visit)
+    return out
+
+
+def _same_nan(a, b, what):
+    assert a.shape == b.shape and a.dtype == b.dtype, f"{what}: {a.shape} {a.dtype} vs {b.shape} {b.dtype}"
+    assert np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"), f"{what} differs"
+
+
+# image_3 (the merge) under the package's names
+_MERGED = {
+    "data": "merged_objects", "support": "merged_supports", "modes": "merged_modes",
+    "mode_weights": "merged_mode_weights", "starts": "merged_starts",
+    "final_fourier_error": "merged_final_fourier_error", "final_llk": "merged_final_llk",
+}
+
+
+@pytest.mark.parametrize("extra", [
+    # culling, the missing centre held at zero, restarts and the merge of the survivors
+    {"cull": "at=40,keep=2", "missing_centre": "free-after:30",
+     "restart": "guard=1000,every=30,until=30", "merge": 2},
+    # a GA population, the interpolated centre, damping comes after in its own run
+    {"population": "generations=1,keep=2,every=50", "missing_centre": "interpolate:30",
+     "merge": 3},
+    {"missing_centre": "damp:0.4,until=60"},
+])
+def test_strategy_arguments_are_the_clis(cli, small, tmp_path, extra):
+    # merge, population, restart, cull and missing_centre are parsed and run as
+    # `cdiphase phase` parses and runs them: every dataset of image_1 and image_3 the same
+    data = tmp_path / "in.cxi"
+    small.to_cxi(data)
+    out = tmp_path / "cli.cxi"
+    flags = []
+    for k, v in extra.items():
+        flags += ["--" + k.replace("_", "-"), str(v)]
+    run_cli(
+        cli, "phase", str(data), "-o", str(out), "--algorithm", "HIO**60 + ER**30",
+        "--shrinkwrap", "sigma=1,threshold=0.1,every=20,stop=80", "--constraint", "positive",
+        "--starts", "4", "--seed", "5", "--device", "cpu", "--threads", "2", "--quiet", *flags,
+    )
+    res = cdiphase.phase(
+        small.patterns, small.mask, schedule="HIO**60 + ER**30",
+        shrinkwrap="sigma=1,threshold=0.1,every=20,stop=80", constraint="positive", starts=4,
+        seed=5, device="cpu", threads=2, progress=False, **extra,
+    )
+    ref = _datasets(out, "entry_1/image_1")
+    _same_nan(res.objects, ref["data"], "objects")
+    for name, v in ref.items():
+        if isinstance(v, np.ndarray) and hasattr(res, name) and name != "data":
+            got = getattr(res, name)
+            if got is not None:
+                _same_nan(np.asarray(got), v, name)
+    if "cull" in extra:
+        assert res.all_culled_at is not None
+        assert np.count_nonzero(res.all_culled_at == 40) == 2 * len(res)
+        assert "all_culled_at" in ref
+    if "merge" in extra:
+        ref3 = _datasets(out, "entry_1/image_3")
+        for name, attr in _MERGED.items():
+            _same_nan(getattr(res, attr), ref3[name], attr)
+    else:
+        assert res.merged_objects is None
+    # the package's writer gives the CLI's file back
+    mine = tmp_path / "py.cxi"
+    res.to_cxi(mine)
+    for group in ["entry_1/image_1"] + (["entry_1/image_3"] if "merge" in extra else []):
+        back, want = _datasets(mine, group), _datasets(out, group)
+        assert sorted(back) == sorted(want), group
+        for name, v in want.items():
+            if isinstance(v, np.ndarray):
+                _same_nan(back[name], v, f"{group}/{name}")
+            else:
+                assert back[name] == v, name
+
+
+def test_bad_strategy_arguments_raise_value_errors(small):
+    for kw, msg in [
+        ({"cull": "at=10"}, "keep=N"),
+        ({"missing_centre": "zero"}, "expected free"),
+        ({"population": "generations=1"}, "keep=N"),
+        ({"merge": 9}, "--merge 9"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            cdiphase.phase(small.patterns, small.mask, schedule="20*ER", starts=4,
+                           device="cpu", progress=False, **kw)

@@ -4,7 +4,6 @@ use super::{check_paths, is_file_spec, progress_bar, resume_hint, BlockArgs, Run
 use anyhow::{bail, Context, Result};
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
-use cdiphase::phasing::population::{PopulationConfig, RestartConfig, Strategy};
 use cdiphase::phasing::program::Recording;
 use cdiphase::phasing::{self, InitSpec, PhaseConfig, SupportSpec};
 use clap::Args;
@@ -96,6 +95,19 @@ pub struct PhaseArgs {
     /// object is the better estimate; README "Phasing your data"), else 0.
     #[arg(long)]
     pub merge: Option<usize>,
+    /// Keep the best N starts after ITER iterations: at=ITER,keep=N. The other starts of
+    /// each pattern (ranked by --select on their support-projected objects) stop there,
+    /// saving their time; they are never chosen or merged (entry_1/image_1/all_culled_at).
+    #[arg(long)]
+    pub cull: Option<String>,
+    /// Masked pixels (the missing centre behind a beamstop): free (default; they keep the
+    /// transform's value) | free-after:ITER (held at zero amplitude for the first ITER
+    /// iterations) | damp:W[,until=ITER] (multiplied by W in [0,1] by every modulus
+    /// projection: a penalty on the unconstrained low frequencies) | interpolate:ITER
+    /// (filled by a band-limited interpolation of the measured intensities and held as
+    /// measured for the first ITER iterations).
+    #[arg(long)]
+    pub missing_centre: Option<String>,
     /// auto | cpu | cuda | emu.
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -179,7 +191,15 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
     .context("--algorithm / --shrinkwrap / --constraint")?;
     let support_fraction = parse_range(&a.support_fraction)
         .with_context(|| format!("--support-fraction '{}'", a.support_fraction))?;
-    let merge = phasing::recipe::merge(&recipe, a.starts, a.merge);
+    let strategy = phasing::recipe::strategy(
+        &recipe,
+        a.starts,
+        a.merge,
+        a.population.as_deref(),
+        a.restart.as_deref(),
+        a.cull.as_deref(),
+        a.missing_centre.as_deref(),
+    )?;
     let (selection, free_fraction) =
         phasing::recipe::selection(&a.select, a.free_fraction, support_fraction)?;
     let cfg = PhaseConfig {
@@ -200,15 +220,7 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
         clip_negative: a.clip_negative,
         free_fraction,
         selection,
-        strategy: Strategy {
-            population: a
-                .population
-                .as_deref()
-                .map(PopulationConfig::parse)
-                .transpose()?,
-            restart: a.restart.as_deref().map(RestartConfig::parse).transpose()?,
-            merge,
-        },
+        strategy,
     };
     let mut config = cfg.to_json();
     config["input"] = serde_json::json!(a.input.display().to_string());
@@ -318,6 +330,12 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
             sorted[sorted.len() - 1],
             a.output.display()
         );
+        if let Some(c) = cfg.strategy.cull {
+            eprintln!(
+                "culled: after {} iterations only the best {} of {} starts of each pattern went on (entry_1/image_1/all_culled_at)",
+                c.at, c.keep, cfg.starts
+            );
+        }
         let m = cfg.strategy.merge.min(cfg.starts);
         if m > 0 {
             eprintln!(

@@ -3,6 +3,7 @@
 //! returns (centred, as stored on disk).
 
 pub mod merge;
+pub mod missing;
 pub mod population;
 pub mod problem;
 pub mod program;
@@ -190,6 +191,8 @@ impl PhaseConfig {
             "population": self.strategy.population,
             "restart": self.strategy.restart,
             "merge": self.strategy.merge,
+            "cull": self.strategy.cull,
+            "missing_centre": self.strategy.missing_centre,
             "fft_convention": "forward unnormalised, inverse 1/(HW); arrays centred at (H/2, W/2)",
         })
     }
@@ -405,6 +408,16 @@ pub fn prepare(patterns: &PatternSet, cfg: &PhaseConfig) -> Result<(PhasingProbl
             sel.min_fraction, sel.max_fraction
         )));
     }
+    if cfg.free_fraction > 0.0
+        && matches!(
+            cfg.strategy.missing_centre,
+            missing::MissingCentre::Interpolate { .. }
+        )
+    {
+        return Err(Error::Config(
+            "--missing-centre interpolate fills the masked pixels from every measured one, so held-out pixels (--free-fraction, --select free-llk) would not stay free: use one or the other".into(),
+        ));
+    }
     if sel.criterion == problem::Criterion::FreeLlk && cfg.free_fraction <= 0.0 {
         return Err(Error::Config(
             "--select free-llk needs held-out pixels: give --free-fraction (e.g. 0.05)".into(),
@@ -470,6 +483,20 @@ pub fn check_strategy(st: &Strategy, starts: usize, iterations: u64) -> Result<(
             "--merge {}: more than the {starts} start(s) of each pattern (--starts)",
             st.merge
         )));
+    }
+    if let Some(c) = &st.cull {
+        if c.keep >= starts {
+            return Err(Error::Config(format!(
+                "--cull keep={}: keep fewer than --starts ({starts}), or no start is ever stopped",
+                c.keep
+            )));
+        }
+        if st.merge > c.keep {
+            return Err(Error::Config(format!(
+                "--merge {}: more than the {} start(s) --cull keeps",
+                st.merge, c.keep
+            )));
+        }
     }
     st.checkpoints(iterations)?;
     Ok(())
@@ -603,6 +630,9 @@ pub struct Merits {
     pub threshold_factor: Vec<f32>,
     /// N*K: restarts of each start (`--restart`; zeros without).
     pub restarts: Vec<u32>,
+    /// N*K: the iteration at which `--cull` stopped each start (0: ran to the end; zeros
+    /// without).
+    pub culled_at: Vec<u64>,
     /// With `--population`: N*K, times each start was replaced by a child, and (G, N*G)
     /// the criterion of the best start of each pattern at each generation.
     pub replaced: Option<Vec<u32>>,
@@ -711,6 +741,7 @@ impl Reconstruction {
                 final_support_fraction: out.final_support_fraction,
                 selection: problem.selection,
                 restarts: vec![0; out.guard_events.len()],
+                culled_at: vec![0; out.guard_events.len()],
                 guard_events: out.guard_events,
                 threshold_factor: out.threshold_factor,
                 replaced: None,
@@ -850,6 +881,11 @@ impl Reconstruction {
             let rs: Vec<i64> = m.restarts.iter().map(|&r| r as i64).collect();
             out.i64("entry_1/image_1/all_restarts", &[n, k], &rs)?;
             out.i64("entry_1/image_1/restarts", &[n], &per_pattern_sum(&rs, k))?;
+            // (always with --cull, whose keep is below --starts; as the block writer)
+            if m.culled_at.iter().any(|&c| c > 0) {
+                let c: Vec<i64> = m.culled_at.iter().map(|&v| v as i64).collect();
+                out.i64("entry_1/image_1/all_culled_at", &[n, k], &c)?;
+            }
             if let Some(r) = &m.replaced {
                 let r: Vec<i64> = r.iter().map(|&v| v as i64).collect();
                 out.i64("entry_1/image_1/all_replaced", &[n, k], &r)?;
@@ -966,6 +1002,11 @@ pub fn run_strategy(
                 .map_or(f32::NAN, |m| m.final_support_fraction[i]),
         })
         .collect();
+    // starts stopped by --cull rank after every start that ran to the end
+    let merits = match &log {
+        Some(l) => population::ranked_merits(&merits, &l.culled_at),
+        None => merits,
+    };
     let merged = match (strategy.merge, &rec.all_objects, &rec.all_supports) {
         (0, _, _) => None,
         (c, Some(o), Some(s)) => Some(population::merge_starts(problem, o, s, &merits, c)),
@@ -982,9 +1023,11 @@ pub fn run_strategy(
             replaced,
             generation_best,
             generations,
+            culled_at,
         }) = log
         {
             m.restarts = restarts;
+            m.culled_at = culled_at;
             if strategy.population.is_some() {
                 m.replaced = Some(replaced);
                 m.generation_best = Some((generations, generation_best));

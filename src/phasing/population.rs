@@ -28,6 +28,7 @@
 //! measures it on the CPU.
 
 use super::merge::{merge, to_c64, Aligner};
+use super::missing::MissingCentre;
 use super::problem::{
     decode_free, llk_term, FinalMerit, InitObjects, PhasingOutput, PhasingProblem,
 };
@@ -61,6 +62,44 @@ pub struct RestartConfig {
     pub until: Option<u64>,
 }
 
+/// `--cull at=ITER,keep=N`: after ITER iterations only the best N starts of each pattern
+/// (by the selection criterion, measured on the host on the support-projected objects, the
+/// support filter first) go on; the others stop there, saving their time, and are never
+/// chosen or merged.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct CullConfig {
+    pub at: u64,
+    pub keep: usize,
+}
+
+impl CullConfig {
+    /// Parse `at=ITER,keep=N`.
+    pub fn parse(text: &str) -> Result<CullConfig> {
+        let what = "--cull";
+        let (mut at, mut keep) = (None, None);
+        for (k, v) in kv_pairs(text, what)? {
+            match k.as_str() {
+                "at" => at = Some(uint(what, &k, &v)?),
+                "keep" => keep = Some(uint(what, &k, &v)?),
+                other => {
+                    return Err(Error::Config(format!(
+                        "{what}: unknown option '{other}': expected at, keep"
+                    )))
+                }
+            }
+        }
+        let at = at.filter(|&a| a > 0).ok_or_else(|| {
+            Error::Config(format!("{what} needs at=ITER > 0 (e.g. at=300,keep=4)"))
+        })?;
+        let keep = keep.filter(|&k| k > 0).ok_or_else(|| {
+            Error::Config(format!(
+                "{what} needs keep=N >= 1, the starts of each pattern that go on"
+            ))
+        })? as usize;
+        Ok(CullConfig { at, keep })
+    }
+}
+
 /// Default period of the restart checkpoints (iterations).
 pub const DEFAULT_RESTART_EVERY: u64 = 100;
 /// Default number of guard refusals tolerated before a restart.
@@ -75,6 +114,10 @@ pub struct Strategy {
     pub restart: Option<RestartConfig>,
     /// Merge the best `merge` starts of each pattern (0: no merge).
     pub merge: usize,
+    /// Keep-the-best-N culling (`--cull`).
+    pub cull: Option<CullConfig>,
+    /// What the modulus projection does with masked pixels (`--missing-centre`).
+    pub missing_centre: MissingCentre,
 }
 
 fn kv_pairs(text: &str, what: &str) -> Result<Vec<(String, String)>> {
@@ -190,12 +233,17 @@ pub struct Checkpoint {
     /// GA generation index, if one breeds here.
     pub generation: Option<usize>,
     pub restart: bool,
+    /// The worst starts stop here (`--cull`).
+    pub cull: bool,
 }
 
 impl Strategy {
     /// Does the run need the segmented runner?
     pub fn segmented(&self) -> bool {
-        self.population.is_some() || self.restart.is_some()
+        self.population.is_some()
+            || self.restart.is_some()
+            || self.cull.is_some()
+            || self.missing_centre.active()
     }
 
     /// The checkpoints of a run of `total` iterations, in order.
@@ -215,6 +263,7 @@ impl Strategy {
                         at,
                         generation: None,
                         restart: false,
+                        cull: false,
                     })
                     .generation = Some(g as usize - 1);
             }
@@ -228,9 +277,38 @@ impl Strategy {
                         at,
                         generation: None,
                         restart: false,
+                        cull: false,
                     })
                     .restart = true;
                 at += rc.every;
+            }
+        }
+        if let Some(c) = &self.cull {
+            if c.at >= total {
+                return Err(Error::Config(format!(
+                    "--cull at={}: not inside the run of {total} iterations",
+                    c.at
+                )));
+            }
+            cps.entry(c.at)
+                .or_insert(Checkpoint {
+                    at: c.at,
+                    generation: None,
+                    restart: false,
+                    cull: false,
+                })
+                .cull = true;
+        }
+        // the amplitudes change here: a cut, nothing else
+        if self.missing_centre.active() {
+            self.missing_centre.check(total)?;
+            if let Some(at) = self.missing_centre.switch_at() {
+                cps.entry(at).or_insert(Checkpoint {
+                    at,
+                    generation: None,
+                    restart: false,
+                    cull: false,
+                });
             }
         }
         Ok(cps.into_values().collect())
@@ -481,15 +559,20 @@ pub struct RunLog {
     /// checkpoint (on its support-projected object).
     pub generation_best: Vec<f32>,
     pub generations: usize,
+    /// N*K: the iteration at which `--cull` stopped each start (0: it ran to the end).
+    pub culled_at: Vec<u64>,
 }
 
 /// Salts of the random streams of restarts and breeding.
 const RESTART_SALT: u64 = 0x7E57_A27E_D0C0_FFEE;
 const GA_SALT: u64 = 0x6E4E_71C5_0B1E_C7ED;
 
-/// Run `program` on `problem` with restarts and/or a GA population (see the module's
-/// text). Returns the backend-shaped output with every start's object and support, and
-/// the log. `seed` is the run's seed (`--seed`).
+/// Run `program` on `problem` with restarts, a GA population, culling and/or the
+/// missing-centre modes (see the module's text and [`super::missing`]). Returns the
+/// backend-shaped output with every start's object and support, and the log. `seed` is
+/// the run's seed (`--seed`). A start stopped by `--cull` keeps its object, support and
+/// figures of merit of the cull (measured on the host, against the problem's data) and NaN
+/// in its histories after it.
 pub fn run_segmented(
     backend: &dyn Backend,
     problem: &PhasingProblem,
@@ -527,69 +610,109 @@ pub fn run_segmented(
         replaced: vec![0; items],
         generation_best: vec![f32::NAN; n * generations],
         generations,
+        culled_at: vec![0; items],
     };
     let mut hist: [Vec<Vec<f32>>; 4] = std::array::from_fn(|_| vec![Vec::new(); items]);
-    let mut amplitudes = Vec::with_capacity(items * l);
-    for i in 0..items {
-        amplitudes.extend_from_slice(problem.amplitude(i / k));
-    }
-    let mut sub = PhasingProblem {
-        n: items,
-        h,
-        w,
-        starts: 1,
-        amplitudes,
-        sum_a2: (0..items).map(|i| problem.sum_a2[i / k]).collect(),
-        measured: (0..items).map(|i| problem.measured[i / k]).collect(),
-        supports: Stack::filled(1, h, w, 0u8),
-        init: InitObjects::Random { seed: 0 },
-        constraint: problem.constraint,
-        keep_all: false,
-        cancel: problem.cancel.clone(),
-        selection: problem.selection,
-        sw_factors: Vec::new(),
+    let mc = strategy.missing_centre;
+    let filled = match mc {
+        MissingCentre::Interpolate { .. } => super::missing::interpolate_all(problem)?,
+        _ => Vec::new(),
     };
+    let mut fin = vec![
+        FinalMerit {
+            fourier: f32::NAN,
+            llk: f32::NAN,
+            free_llk: f32::NAN,
+            support_fraction: f32::NAN,
+        };
+        items
+    ];
+    let mut alive = vec![true; items];
     let plan = Plan2d::new(h, w);
     let aligner = Aligner::new(h, w);
     let sel = problem.selection;
-    let mut last: Option<PhasingOutput> = None;
+    let mut done = 0u64;
     for (si, seg) in segs.iter().enumerate() {
-        sub.supports = Stack::from_vec(items, h, w, std::mem::take(&mut s))?;
-        sub.init = InitObjects::Given {
-            objects: Stack::from_vec(items, h, w, std::mem::take(&mut g))?,
-            noise: 0.0,
-            seed: 0,
+        // the items that go on, and the amplitudes of this segment (the missing centre)
+        let idx: Vec<usize> = (0..items).filter(|&i| alive[i]).collect();
+        let m = idx.len();
+        let seg_amp = mc.amplitudes(problem, done, &filled);
+        // filled pixels count as measured while they are held (the error's denominator
+        // too); otherwise the problem's own sums
+        let filling = matches!(mc, MissingCentre::Interpolate { until } if done < until);
+        let mut amplitudes = Vec::with_capacity(m * l);
+        let (mut sum_a2, mut measured) = (Vec::with_capacity(m), Vec::with_capacity(m));
+        let mut objects = Vec::with_capacity(m * l);
+        let mut supports = Vec::with_capacity(m * l);
+        for &i in &idx {
+            let a = &seg_amp[(i / k) * l..(i / k + 1) * l];
+            amplitudes.extend_from_slice(a);
+            if filling {
+                let mut sa = 0.0f64;
+                let mut cnt = 0usize;
+                for &v in a.iter().filter(|&&v| v >= 0.0) {
+                    sa += (v as f64) * (v as f64);
+                    cnt += 1;
+                }
+                sum_a2.push(sa);
+                measured.push(cnt);
+            } else {
+                sum_a2.push(problem.sum_a2[i / k]);
+                measured.push(problem.measured[i / k]);
+            }
+            objects.extend_from_slice(&g[i * l..(i + 1) * l]);
+            supports.extend_from_slice(&s[i * l..(i + 1) * l]);
+        }
+        let sub = PhasingProblem {
+            n: m,
+            h,
+            w,
+            starts: 1,
+            amplitudes,
+            sum_a2,
+            measured,
+            supports: Stack::from_vec(m, h, w, supports)?,
+            init: InitObjects::Given {
+                objects: Stack::from_vec(m, h, w, objects)?,
+                noise: 0.0,
+                seed: 0,
+            },
+            constraint: problem.constraint,
+            keep_all: false,
+            cancel: problem.cancel.clone(),
+            selection: problem.selection,
+            sw_factors: idx.iter().map(|&i| factor[i]).collect(),
         };
-        sub.sw_factors = factor.clone();
         let out = backend.run_phasing(&sub, seg, progress)?;
         problem.cancel.check()?;
-        g = out.objects.data.clone();
-        s = out.supports.data.clone();
+        done += seg.iterations;
         let r = seg.records;
-        for (i, hh) in hist[0].iter_mut().enumerate() {
-            hh.extend_from_slice(&out.fourier_error[i * r..(i + 1) * r]);
+        let mut j_of = vec![usize::MAX; items];
+        for (j, &i) in idx.iter().enumerate() {
+            j_of[i] = j;
+            g[i * l..(i + 1) * l].copy_from_slice(&out.objects.data[j * l..(j + 1) * l]);
+            s[i * l..(i + 1) * l].copy_from_slice(&out.supports.data[j * l..(j + 1) * l]);
+            events[i] += out.guard_events[j];
+            since[i] += out.guard_events[j];
+            factor[i] = out.threshold_factor[j];
+            fin[i] = out.final_merit(j);
         }
-        for (i, hh) in hist[1].iter_mut().enumerate() {
-            hh.extend_from_slice(&out.real_error[i * r..(i + 1) * r]);
+        let srcs = [&out.fourier_error, &out.real_error, &out.llk, &out.free_llk];
+        for (hh, src) in hist.iter_mut().zip(srcs) {
+            for (i, hi) in hh.iter_mut().enumerate() {
+                match j_of[i] {
+                    usize::MAX => hi.extend(std::iter::repeat_n(f32::NAN, r)),
+                    j => hi.extend_from_slice(&src[j * r..(j + 1) * r]),
+                }
+            }
         }
-        for (i, hh) in hist[2].iter_mut().enumerate() {
-            hh.extend_from_slice(&out.llk[i * r..(i + 1) * r]);
-        }
-        for (i, hh) in hist[3].iter_mut().enumerate() {
-            hh.extend_from_slice(&out.free_llk[i * r..(i + 1) * r]);
-        }
-        for i in 0..items {
-            events[i] += out.guard_events[i];
-            since[i] += out.guard_events[i];
-        }
-        factor.copy_from_slice(&out.threshold_factor);
         let cp = cps.get(si).copied();
         if let Some(cp) = cp {
             // restarts first: a restarted start takes no part in this generation
             let mut fresh = vec![false; items];
             if let (true, Some(rc)) = (cp.restart, strategy.restart) {
-                for i in 0..items {
-                    let frac = out.final_support_fraction[i];
+                for i in (0..items).filter(|&i| alive[i]) {
+                    let frac = fin[i].support_fraction;
                     let outside = !(frac >= sel.min_fraction && frac <= sel.max_fraction);
                     if since[i] > rc.guard || outside {
                         let (p, st) = (i / k, i % k);
@@ -611,7 +734,26 @@ pub fn run_segmented(
                     }
                 }
             }
+            if let (true, Some(cc)) = (cp.cull, strategy.cull) {
+                let stopped = cull(problem, &plan, &g, &s, &alive, cc.keep);
+                for i in stopped {
+                    alive[i] = false;
+                    log.culled_at[i] = cp.at;
+                    let (o, si_) = (&g[i * l..(i + 1) * l], &s[i * l..(i + 1) * l]);
+                    fin[i] = host_merit(
+                        problem,
+                        &plan,
+                        i / k,
+                        &projected(o, si_, problem.constraint),
+                        si_,
+                    );
+                }
+            }
             if let (Some(gen), Some(pc)) = (cp.generation, strategy.population) {
+                // stopped starts neither breed nor are replaced, as restarted ones
+                for i in 0..items {
+                    fresh[i] |= !alive[i];
+                }
                 let (sigma, threshold, reference) = shrinkwrap_at(program, cp.at);
                 let ctx = Breed {
                     problem,
@@ -647,11 +789,8 @@ pub fn run_segmented(
                 }
             }
         }
-        last = Some(out);
     }
-    let out = last.expect("at least one segment");
-    let merits: Vec<FinalMerit> = (0..items).map(|i| out.final_merit(i)).collect();
-    let best_start = sel.best_starts(&merits, k);
+    let best_start = sel.best_starts(&ranked_merits(&fin, &log.culled_at), k);
     let mut objects = Vec::with_capacity(n * l);
     let mut supports = Vec::with_capacity(n * l);
     for (p, &b) in best_start.iter().enumerate() {
@@ -669,18 +808,71 @@ pub fn run_segmented(
             all_supports: Some(s),
             fourier_error: flat(&hist[0]),
             real_error: flat(&hist[1]),
-            final_fourier_error: out.final_fourier_error.clone(),
+            final_fourier_error: fin.iter().map(|m| m.fourier).collect(),
             records: program.records,
             llk: flat(&hist[2]),
             free_llk: flat(&hist[3]),
-            final_llk: out.final_llk.clone(),
-            final_free_llk: out.final_free_llk.clone(),
-            final_support_fraction: out.final_support_fraction.clone(),
+            final_llk: fin.iter().map(|m| m.llk).collect(),
+            final_free_llk: fin.iter().map(|m| m.free_llk).collect(),
+            final_support_fraction: fin.iter().map(|m| m.support_fraction).collect(),
             guard_events: events,
             threshold_factor: factor,
         },
         log,
     ))
+}
+
+/// The merits the selection and the merge rank: a start stopped by `--cull`
+/// (`culled_at` > 0) gets NaN everywhere, so it ranks after every start that ran to the end.
+pub fn ranked_merits(merits: &[FinalMerit], culled_at: &[u64]) -> Vec<FinalMerit> {
+    merits
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if culled_at.get(i).copied().unwrap_or(0) > 0 {
+                FinalMerit {
+                    fourier: f32::NAN,
+                    llk: f32::NAN,
+                    free_llk: f32::NAN,
+                    support_fraction: f32::NAN,
+                }
+            } else {
+                *m
+            }
+        })
+        .collect()
+}
+
+/// The starts `--cull` stops: per pattern, the running (`alive`) starts after the best
+/// `keep`, ranked by the selection (support filter first, then the criterion, ties to the
+/// lower start) on their support-projected objects against the problem's data.
+pub fn cull(
+    problem: &PhasingProblem,
+    plan: &Plan2d,
+    g: &[Complex32],
+    s: &[u8],
+    alive: &[bool],
+    keep: usize,
+) -> Vec<usize> {
+    let (k, l) = (problem.starts, problem.h * problem.w);
+    let sel = problem.selection;
+    let per: Vec<Vec<usize>> = (0..problem.n)
+        .into_par_iter()
+        .map(|p| {
+            let cands: Vec<usize> = (p * k..(p + 1) * k).filter(|&i| alive[i]).collect();
+            let mut ranked: Vec<((bool, f32, usize), usize)> = cands
+                .iter()
+                .map(|&i| {
+                    let (o, si) = (&g[i * l..(i + 1) * l], &s[i * l..(i + 1) * l]);
+                    let m = host_merit(problem, plan, p, &projected(o, si, problem.constraint), si);
+                    (sel.key(&m, i % k), i)
+                })
+                .collect();
+            ranked.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+            ranked.iter().skip(keep).map(|&(_, i)| i).collect()
+        })
+        .collect();
+    per.concat()
 }
 
 /// One GA generation's shared inputs.

@@ -81,6 +81,28 @@ pub fn decode_free(v: f32) -> Option<f32> {
     (v <= -0.5 * (1.0 + FREE_OFFSET)).then(|| -v - FREE_OFFSET)
 }
 
+/// The stored value of an unmeasured (masked) pixel whose Fourier value the modulus
+/// projection multiplies by `w` in [0, 1] (`--missing-centre`: 0 holds it at zero, 1 leaves
+/// it free; the proximal step of a penalty lambda |F|^2 on it is w = 1 / (1 + lambda)):
+/// `-1 - (1 - w) / 4`, in [-1.25, -1]. -1 (w = 1) is the plain unmeasured pixel, so every
+/// kernel that only asks "measured?" (a >= 0) or "held out?" (a <= -1.5) is unchanged.
+pub fn encode_masked(w: f32) -> f32 {
+    -1.0 - 0.25 * (1.0 - w.clamp(0.0, 1.0))
+}
+
+/// The factor the modulus projection applies to F at a pixel stored as `v`: 1 for measured
+/// and held-out pixels (and any unmeasured value above -1), `5 + 4 v` clamped to [0, 1] for
+/// an unmeasured pixel in (-1.5, 0) (see [`encode_masked`]). The kernels (CPU scalar and
+/// AVX2, `cd_modulus_project`) compute exactly this.
+#[inline]
+pub fn masked_weight(v: f32) -> f32 {
+    if v < 0.0 && v > -1.5 {
+        (4.0f32.mul_add(v, 5.0)).clamp(0.0, 1.0)
+    } else {
+        1.0
+    }
+}
+
 /// Floor of the calculated intensity in the Poisson log-likelihood (keeps ln finite).
 pub const LLK_FLOOR: f32 = 1e-20;
 

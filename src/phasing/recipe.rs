@@ -3,6 +3,8 @@
 //! selection's defaults. One place, so that the command line and the Python package run
 //! the same thing for the same arguments.
 
+use super::missing::MissingCentre;
+use super::population::{CullConfig, PopulationConfig, RestartConfig, Strategy};
 use super::program::{Constraint, ShrinkwrapConfig};
 use super::{
     RECIPE_CONSTRAINT, RECIPE_MERGE, RECIPE_MERGE_MIN_STARTS, RECIPE_SCHEDULE, RECIPE_SHRINKWRAP,
@@ -59,6 +61,30 @@ pub fn merge(recipe: &Recipe, starts: usize, given: Option<usize>) -> usize {
         None if recipe.default && starts >= RECIPE_MERGE_MIN_STARTS => RECIPE_MERGE,
         None => 0,
     }
+}
+
+/// The populations, restarts, culling, merge and missing-centre mode of a run from the
+/// user's texts (`--population`, `--restart`, `--cull`, `--missing-centre`; `merge` as
+/// [`merge`]): one parser for the command line and the Python package.
+pub fn strategy(
+    recipe: &Recipe,
+    starts: usize,
+    merge_given: Option<usize>,
+    population: Option<&str>,
+    restart: Option<&str>,
+    cull: Option<&str>,
+    missing_centre: Option<&str>,
+) -> Result<Strategy> {
+    Ok(Strategy {
+        population: population.map(PopulationConfig::parse).transpose()?,
+        restart: restart.map(RestartConfig::parse).transpose()?,
+        merge: merge(recipe, starts, merge_given),
+        cull: cull.map(CullConfig::parse).transpose()?,
+        missing_centre: missing_centre
+            .map(MissingCentre::parse)
+            .transpose()?
+            .unwrap_or_default(),
+    })
 }
 
 /// The selection of the best start and the held-out fraction: `select` is fourier | llk |

@@ -93,7 +93,8 @@ struct Ids {
     /// [`MERIT_ROWS`], then the threshold factors (N,K) f32 and the guard events (N,K) i64.
     merits: Vec<StreamId>,
     /// `restarts` (N) and `all_restarts` (N,K) i64; with `--population` `all_replaced`
-    /// (N,K) i64 and `generation_best` (N,G) f32; with `--merge` the `image_3` datasets
+    /// (N,K) i64 and `generation_best` (N,G) f32; with `--cull` `all_culled_at` (N,K) i64;
+    /// with `--merge` the `image_3` datasets
     /// (data, support, modes, mode_weights, starts, final_fourier_error, final_llk).
     extras: Vec<StreamId>,
     keep: Option<(StreamId, StreamId)>,
@@ -211,6 +212,10 @@ pub fn phase_blocks(
                 .unwrap_or_else(|| vec![f32::NAN; rec.n * generations]);
             rows.push(dist::f32_bytes(&gb));
         }
+        if cfg.strategy.cull.is_some() {
+            let c: Vec<i64> = m.culled_at.iter().map(|&v| v as i64).collect();
+            rows.push(i64_bytes(&c));
+        }
         if cfg.strategy.merge > 0 {
             let mg = m
                 .merged
@@ -319,6 +324,9 @@ pub fn phase_blocks(
                 Dtype::F32,
                 &[n, generations],
             )?);
+        }
+        if cfg.strategy.cull.is_some() {
+            extras.push(f.stream("entry_1/image_1/all_culled_at", Dtype::I64, &[n, k])?);
         }
         if cfg.strategy.merge > 0 {
             let (c, md) = (merge_count, merge_modes);

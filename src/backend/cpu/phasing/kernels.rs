@@ -5,7 +5,7 @@
 //! against each other and against float64 references.
 
 use crate::array::Complex32;
-use crate::phasing::problem::{decode_free, llk_term};
+use crate::phasing::problem::{decode_free, llk_term, masked_weight};
 use crate::phasing::program::{Constraint, SupportGuard, ThresholdRef};
 
 /// Smallest modulus divided by in the modulus projection (guards |F| = 0).
@@ -22,7 +22,8 @@ fn as_f32_mut(x: &mut [Complex32]) -> &mut [f32] {
 }
 
 /// Modulus projection in place: measured pixels (a >= 0) get modulus `a`, phase kept;
-/// unmeasured pixels (a < 0) keep their value; everything is multiplied by `scale`
+/// unmeasured pixels (a < 0) keep their value, times [`masked_weight`] (below 1 only for
+/// masked pixels damped by `--missing-centre`); everything is multiplied by `scale`
 /// (the inverse FFT's 1/(HW)). Returns (sum over measured pixels of (|F| - a)^2, sum of
 /// |output|^2).
 pub fn modulus_project(f: &mut [Complex32], a: &[f32], scale: f32) -> (f32, f32) {
@@ -58,7 +59,11 @@ fn modulus_lane(re: f32, im: f32, amp: f32, scale: f32) -> (f32, f32, f32) {
     let m = (re * re + im * im).sqrt();
     let meas = amp >= 0.0;
     let d = if meas { m - amp } else { 0.0 };
-    let r = if meas { amp / m.max(TINY) } else { 1.0 } * scale;
+    let r = if meas {
+        amp / m.max(TINY)
+    } else {
+        masked_weight(amp)
+    } * scale;
     (re * r, im * r, d * d)
 }
 
@@ -459,6 +464,9 @@ mod avx2 {
             let one = _mm256_set1_ps(1.0);
             let half = _mm256_set1_ps(0.5);
             let three_halves = _mm256_set1_ps(1.5);
+            let four = _mm256_set1_ps(4.0);
+            let five = _mm256_set1_ps(5.0);
+            let free_edge = _mm256_set1_ps(-1.5);
             let tiny = _mm256_set1_ps(f32::MIN_POSITIVE);
             let sc = _mm256_set1_ps(scale);
             let sc2 = _mm256_set1_ps(scale * scale);
@@ -485,7 +493,10 @@ mod avx2 {
                 let meas = _mm256_cmp_ps(amp, zero, _CMP_GE_OQ);
                 let d = _mm256_and_ps(_mm256_sub_ps(m, amp), meas);
                 acc = _mm256_fmadd_ps(d, d, acc);
-                let ratio = _mm256_blendv_ps(one, _mm256_mul_ps(amp, y), meas);
+                // unmeasured: masked_weight(amp) = clamp(5 + 4 amp, 0, 1) above -1.5, else 1
+                let wm = _mm256_min_ps(_mm256_max_ps(_mm256_fmadd_ps(four, amp, five), zero), one);
+                let wm = _mm256_blendv_ps(wm, one, _mm256_cmp_ps(amp, free_edge, _CMP_LE_OQ));
+                let ratio = _mm256_blendv_ps(wm, _mm256_mul_ps(amp, y), meas);
                 // |output|^2 = (ratio * scale)^2 |z|^2
                 acc_en =
                     _mm256_fmadd_ps(_mm256_mul_ps(ratio, ratio), _mm256_mul_ps(sq, sc2), acc_en);
@@ -633,6 +644,65 @@ mod tests {
                 );
                 for (x, y) in g1.iter().zip(&g2) {
                     assert!((x - y).norm() <= 1e-6 * (1.0 + y.norm()), "n={n} {c:?}");
+                }
+            }
+        }
+    }
+
+    /// Masked pixels stored with a weight ([`encode_masked`], `--missing-centre`) are
+    /// multiplied by it, held-out and plain unmeasured pixels kept, measured ones projected:
+    /// both kernels against a float64 reference, at lengths with AVX2 tails.
+    #[test]
+    fn damped_masked_pixels_against_float64() {
+        use crate::phasing::problem::{encode_free, encode_masked};
+        for n in [5usize, 8, 29, 67, 130] {
+            let (f, mut a, _) = data(n, n as u64 + 5);
+            let mut weight = vec![1.0f64; n];
+            for (i, v) in a.iter_mut().enumerate() {
+                match i % 5 {
+                    0 => {
+                        weight[i] = (i % 7) as f64 / 6.0;
+                        *v = encode_masked(weight[i] as f32);
+                    }
+                    1 => *v = encode_free(0.3 + i as f32 * 0.01),
+                    _ => {}
+                }
+            }
+            let scale = 0.37f64;
+            let (mut err, mut en) = (0.0f64, 0.0f64);
+            let want: Vec<(f64, f64)> = f
+                .iter()
+                .zip(&a)
+                .zip(&weight)
+                .map(|((c, &am), &wt)| {
+                    let (re, im) = (c.re as f64, c.im as f64);
+                    let m = (re * re + im * im).sqrt();
+                    let r = if am >= 0.0 {
+                        err += (m - am as f64).powi(2);
+                        am as f64 / m
+                    } else {
+                        wt
+                    } * scale;
+                    en += (re * r).powi(2) + (im * r).powi(2);
+                    (re * r, im * r)
+                })
+                .collect();
+            for simd in [true, false] {
+                let mut g = f.clone();
+                let (e, t) = if simd {
+                    modulus_project(&mut g, &a, scale as f32)
+                } else {
+                    modulus_project_portable(&mut g, &a, scale as f32)
+                };
+                assert!((e as f64 - err).abs() <= 1e-5 * err.max(1e-3), "n={n}");
+                assert!((t as f64 - en).abs() <= 1e-5 * en.max(1e-3), "n={n}");
+                for (i, (x, y)) in g.iter().zip(&want).enumerate() {
+                    let d = ((x.re as f64 - y.0).powi(2) + (x.im as f64 - y.1).powi(2)).sqrt();
+                    let norm = (y.0 * y.0 + y.1 * y.1).sqrt();
+                    assert!(
+                        d <= 1e-6 * (1.0 + norm),
+                        "n={n} i={i} simd={simd}: {x} vs {y:?}"
+                    );
                 }
             }
         }
