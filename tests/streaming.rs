@@ -1030,3 +1030,140 @@ fn one_pattern_stored_2d_is_phased_in_blocks() {
     same_data(&reference, &out, true);
     no_leftovers(dir);
 }
+
+/// `simulate` of `count` synthetic particles of 64x64 with noise and a mask into `out`,
+/// blocks of 5, one thread, plus `extra` (`--photons 1e7` unless `extra` gives it).
+fn simulate_args<'a>(out: &'a str, count: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "simulate",
+        "--synthetic",
+        "all",
+        "--count",
+        count,
+        "--size",
+        "64",
+        "--mask",
+        "beamstop:3",
+        "--noise",
+        "poisson",
+        "--block",
+        "5",
+        "--threads",
+        "1",
+        "-q",
+        "-o",
+        out,
+    ];
+    if !extra.contains(&"--photons") {
+        v.extend_from_slice(&["--photons", "1e7"]);
+    }
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn killed_simulate_runs_resume_to_the_same_file() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let full = dir.join("full.cxi");
+    let count = "120"; // 24 blocks of 5
+    let t = Instant::now();
+    ok(&simulate_args(p(&full), count, &[]));
+    let whole = t.elapsed();
+    let want = std::fs::read(&full).unwrap();
+    // the library's one-process writer (`simulate_to_cxi`, the path before --resume)
+    // writes the same bytes
+    let cfg = cdiphase::simulate::SimOptions {
+        count: 120,
+        size: Some((64, 64)),
+        noise: Some("poisson".into()),
+        photons: Some(1e7),
+        mask: Some("beamstop:3".into()),
+        atoms: Some("gaussian".into()),
+        synthetic: Some(("all".into(), (150, 1200))),
+        ..Default::default()
+    }
+    .config()
+    .unwrap();
+    let lib = dir.join("lib.cxi");
+    cdiphase::simulate::simulate_to_cxi(&[], &cfg, &lib, 7, &|_| {}).unwrap();
+    assert!(
+        std::fs::read(&lib).unwrap() == want,
+        "the CLI's file differs from simulate_to_cxi's"
+    );
+    let out = dir.join("out.cxi");
+    let journal = dir.join(".out.cxi.cdiphase-journal");
+    let mut rng = Lcg::new("simulate resume kill points");
+    let mut mid_run = 0;
+    for round in 0..3 {
+        let sig = if round == 2 {
+            libc::SIGTERM
+        } else {
+            libc::SIGKILL
+        };
+        let mut args = simulate_args(p(&out), count, &[]);
+        let mut kills = 0;
+        for _ in 0..3 {
+            let at = whole.mul_f64(0.1 + 0.8 * rng.next());
+            if kill_after(&args, sig, at) {
+                kills += 1;
+                let done = std::fs::read_to_string(&journal)
+                    .map(|s| s.lines().count().saturating_sub(2))
+                    .unwrap_or(0);
+                if done > 0 && done < 24 {
+                    mid_run += 1;
+                }
+            }
+            args = simulate_args(p(&out), count, &["--resume"]);
+        }
+        ok(&args);
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got == want,
+            "round {round} ({kills} kills): the resumed file differs from the uninterrupted one"
+        );
+        no_leftovers(dir);
+        std::fs::remove_file(&out).unwrap();
+    }
+    assert!(
+        mid_run >= 2,
+        "only {mid_run} of 9 kills left finished blocks to resume"
+    );
+    // a resume with other flags is refused, naming what changed
+    let mut child = bin()
+        .args(simulate_args(p(&out), count, &[]))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&journal)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= 3 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "ended before a block");
+        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let e = fails(&simulate_args(
+        p(&out),
+        count,
+        &["--resume", "--photons", "1e8"],
+    ));
+    assert!(
+        e.contains("different configuration")
+            && e.contains("configuration.photons: was 10000000.0, now 100000000.0"),
+        "{e}"
+    );
+    let e = fails(&simulate_args(p(&out), count, &["--resume", "--seed", "3"]));
+    assert!(e.contains("configuration.seed: was 0, now 3"), "{e}");
+    // the refusals changed nothing: the resume completes to the same bytes
+    ok(&simulate_args(p(&out), count, &["--resume"]));
+    assert!(std::fs::read(&out).unwrap() == want);
+    no_leftovers(dir);
+}
