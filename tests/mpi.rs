@@ -128,6 +128,81 @@ fn phase_on_1_2_and_3_ranks_writes_the_one_process_data() {
 }
 
 #[test]
+fn phase_with_a_support_and_init_per_pattern_on_1_2_and_3_ranks() {
+    // each worker reads its own blocks' windows of the --support and --init files
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (n, size) = (11, 32);
+    let sim = simulate(dir, "sim.cxi", n, size);
+    let mut lcg = common::Lcg::new("mpi per-pattern support init");
+    let l = size * size;
+    let c = size as f64 / 2.0;
+    let mut sup = Vec::with_capacity(n * l);
+    for _ in 0..n {
+        let r = 4.0 + lcg.next() * 6.0;
+        for y in 0..size {
+            for x in 0..size {
+                let dd = ((y as f64 - c).powi(2) + (x as f64 - c).powi(2)).sqrt();
+                sup.push(f32::from(u8::from(dd <= r)));
+            }
+        }
+    }
+    let supf = dir.join("sup.npy");
+    cdiphase::io::npy::write_f32(&supf, &[n, size, size], &sup).unwrap();
+    let obj: Vec<num_complex::Complex32> = lcg
+        .vec(n * l)
+        .into_iter()
+        .zip(lcg.vec(n * l))
+        .map(|(a, b)| num_complex::Complex32::new(a + 1.5, b))
+        .collect();
+    let objf = dir.join("obj.cxi");
+    let mut cw = cdiphase::io::CxiWriter::new();
+    cw.set_gzip(Some(2));
+    cw.complex64("entry_1/image_1/data", &[n, size, size], &obj)
+        .unwrap();
+    cw.finish(&objf).unwrap();
+    let flags = |out: &Path| -> Vec<String> {
+        [
+            "phase",
+            p(&sim),
+            "-o",
+            p(out),
+            "--algorithm",
+            "6*(5*HIO + 5*ER)",
+            "--starts",
+            "2",
+            "--support",
+            p(&supf),
+            "--init",
+            p(&objf),
+            "--init-noise",
+            "0.05",
+            "--block",
+            "2",
+            "--threads",
+            "1",
+            "-q",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let one = dir.join("one.cxi");
+    let a = flags(&one);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    for k in [1, 2, 3] {
+        let out = dir.join(format!("ranks{k}.cxi"));
+        let a = flags(&out);
+        mpi_ok(k, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            std::fs::read(&one).unwrap() == std::fs::read(&out).unwrap(),
+            "{k} ranks: the file differs from the one-process run's"
+        );
+    }
+    no_leftovers(dir);
+}
+
+#[test]
 fn simulate_on_1_2_and_3_ranks_writes_the_one_process_data() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
