@@ -343,6 +343,68 @@ fn predict_on_1_2_and_3_ranks_writes_the_one_process_data() {
 }
 
 #[test]
+fn a_one_process_simulate_killed_by_sigkill_is_resumed_by_three_ranks() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let out = dir.join("out.cxi");
+    let flags: Vec<&str> = vec![
+        "simulate",
+        "--synthetic",
+        "all",
+        "--count",
+        "400",
+        "--size",
+        "64",
+        "--mask",
+        "beamstop:3",
+        "--photons",
+        "1e7",
+        "--noise",
+        "poisson",
+        "--block",
+        "4",
+        "--threads",
+        "1",
+        "-q",
+        "-o",
+        p(&out),
+    ];
+    let mut child = bin().args(&flags).spawn().unwrap();
+    let (_, journal) = cdiphase::io::journal::paths(&out).unwrap();
+    // killed once the journal lists 3 finished blocks of 100
+    let t = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&journal)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= 5 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed: make it longer"
+        );
+        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists());
+    let mut resume = flags.clone();
+    resume.push("--resume");
+    mpi_ok(3, &resume);
+    let whole = dir.join("whole.cxi");
+    let mut again = flags.clone();
+    *again.last_mut().unwrap() = p(&whole);
+    ok(&again);
+    assert!(
+        std::fs::read(&whole).unwrap() == std::fs::read(&out).unwrap(),
+        "resumed by 3 ranks: the file differs from the uninterrupted one-process run's"
+    );
+    no_leftovers(dir);
+}
+
+#[test]
 fn a_one_process_run_killed_by_sigkill_is_resumed_by_three_ranks() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
