@@ -664,7 +664,7 @@ fn support_and_init_files_are_read_in_windows_as_read_whole() {
         bools,
         None,
     );
-    supports.push((sup("s_enum.cxi"), None, false));
+    supports.push((sup("s_enum.cxi"), None, true));
     cdiphase::io::npy::write_f32(&sup("s.npy"), &[n, h, w], &vals).unwrap();
     supports.push((sup("s.npy"), None, true));
     let hostile =
@@ -1166,4 +1166,99 @@ fn killed_simulate_runs_resume_to_the_same_file() {
     ok(&simulate_args(p(&out), count, &["--resume"]));
     assert!(std::fs::read(&out).unwrap() == want);
     no_leftovers(dir);
+}
+
+/// float16 in HDF5 (IEEE 754 binary16, little-endian).
+fn f16_type() -> hdf5_pure::Datatype {
+    hdf5_pure::Datatype::FloatingPoint {
+        size: 2,
+        byte_order: hdf5_pure::DatatypeByteOrder::LittleEndian,
+        layout: hdf5_pure::FloatingPointLayout {
+            bit_offset: 0,
+            bit_precision: 16,
+            exponent_location: 10,
+            exponent_size: 5,
+            mantissa_location: 0,
+            mantissa_size: 10,
+            exponent_bias: 15,
+        },
+    }
+}
+
+#[test]
+fn enum_data_and_float16_masks_are_read_in_blocks_as_read_whole() {
+    use hdf5_pure::FileBuilder;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (n, h, w) = (7, 6, 9);
+    let l = h * w;
+    let mut lcg = Lcg::new("enum data f16 mask");
+    let en = hdf5_pure::EnumTypeBuilder::u8_based()
+        .u8_value("FALSE", 0)
+        .u8_value("TRUE", 1)
+        .build()
+        .unwrap();
+    let data: Vec<u8> = (0..n * l).map(|_| u8::from(lcg.next() < 0.6)).collect();
+    // float16 masks: zeros, ones, other values and a NaN (nonzero, so masked)
+    let mask16 = |m: usize, lcg: &mut Lcg| -> Vec<u8> {
+        (0..m)
+            .flat_map(|i| {
+                let v = match (lcg.next() * 4.0) as u32 {
+                    0 | 1 => half::f16::ZERO,
+                    2 => half::f16::from_f32(0.5),
+                    _ if i % 5 == 0 => half::f16::NAN,
+                    _ => half::f16::ONE,
+                };
+                v.to_bits().to_le_bytes()
+            })
+            .collect()
+    };
+    for (name, mask_n) in [("per.cxi", n), ("shared.cxi", 1)] {
+        let path = dir.join(name);
+        let raw_mask = mask16(mask_n * l, &mut lcg);
+        let mask_shape: Vec<u64> = if mask_n == 1 {
+            vec![h as u64, w as u64]
+        } else {
+            vec![n as u64, h as u64, w as u64]
+        };
+        let mut fb = FileBuilder::new();
+        let mut e = fb.create_group("entry_1");
+        let mut g = e.create_group("data_1");
+        g.create_dataset("data")
+            .with_raw_data(en.clone(), data.clone(), (n * l) as u64)
+            .with_shape(&[n as u64, h as u64, w as u64])
+            .with_chunks(&[3, h as u64, w as u64])
+            .with_deflate(4);
+        g.create_dataset("mask")
+            .with_raw_data(f16_type(), raw_mask, (mask_n * l) as u64)
+            .with_shape(&mask_shape);
+        e.add_group(g.finish());
+        fb.add_group(e.finish());
+        fb.write(&path).unwrap();
+        let whole = cdiphase::io::read_patterns(&path, None).unwrap();
+        let blocks = cdiphase::io::blocks::PatternBlocks::open(&path, None).unwrap();
+        assert!(blocks.streamed(), "{name}: read whole");
+        let wm = whole.mask.as_ref().unwrap();
+        assert_eq!(wm.n, mask_n);
+        assert!(wm.data.contains(&0) && wm.data.iter().any(|&v| v != 0));
+        for k in 1..=n {
+            for first in (0..n).step_by(k) {
+                let end = (first + k).min(n);
+                let got = blocks.read(first..end).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(
+                    bits(&got.intensities.data)
+                        == bits(&whole.intensities.data[first * l..end * l]),
+                    "{name}: patterns {first}..{end}"
+                );
+                let m = got.mask.unwrap();
+                let want = if mask_n == 1 {
+                    &wm.data[..]
+                } else {
+                    &wm.data[first * l..end * l]
+                };
+                assert!(m.data == want, "{name}: mask of {first}..{end}");
+            }
+        }
+    }
 }

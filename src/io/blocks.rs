@@ -60,8 +60,8 @@ enum Source {
     },
     /// An `.npy` array read by offset (no mask).
     Npy(super::npy::NpyRows),
-    /// Read whole (HDF5 types the row reader does not decode: float16, enumerations,
-    /// virtual datasets), then handed out by windows.
+    /// Read whole (HDF5 datasets the row reader does not take: virtual datasets, types
+    /// it does not decode), then handed out by windows.
     Whole(PatternSet),
 }
 
@@ -210,7 +210,8 @@ impl PatternBlocks {
     }
 
     /// Whether windows are read from the file as needed (memory flat in N); `false` when
-    /// the file was read whole (enumeration data, float16 or enumeration masks).
+    /// the file was read whole (a virtual dataset, or a type the row reader does not
+    /// decode).
     pub fn streamed(&self) -> bool {
         matches!(self.src, Source::Rows { .. } | Source::Npy(_))
     }
@@ -289,8 +290,8 @@ enum ImageSource<T> {
     Rows(Box<RowDataset>),
     /// An `.npy` array read by offset.
     Npy(super::npy::NpyRows),
-    /// Read whole by the whole-file reader (types the row reader does not decode:
-    /// enumerations, virtual datasets), then handed out by windows.
+    /// Read whole by the whole-file reader (datasets the row reader does not take:
+    /// virtual datasets, types it does not decode), then handed out by windows.
     Whole(Stack<T>),
 }
 
@@ -312,7 +313,7 @@ pub struct ImageBlocks<T> {
 
 impl<T: Clone> ImageBlocks<T> {
     /// Whether windows are read from the file as needed; `false` when it was read whole
-    /// (an enumeration or another type the row reader does not decode).
+    /// (a virtual dataset, or a type the row reader does not decode).
     pub fn streamed(&self) -> bool {
         !matches!(self.src, ImageSource::Whole(_))
     }

@@ -1093,6 +1093,10 @@ impl H5 {
             } => RowKind::Half {
                 big: matches!(byte_order, DatatypeByteOrder::BigEndian),
             },
+            // h5py's bool and other enumerations: 0/1 as the whole-file reader gives them
+            Datatype::Enumeration { size, .. } if size > 0 => RowKind::IntMask {
+                size: size as usize,
+            },
             _ => return Ok(None),
         };
         self.row_dataset(entry, d, kind)
@@ -1103,6 +1107,13 @@ impl H5 {
     pub(crate) fn mask_rows(&self, entry: &str, d: Dataset) -> Result<Option<RowDataset>> {
         let kind = match self.datatype(entry, &d)? {
             Datatype::FloatingPoint { size: 4 | 8, .. } => RowKind::FloatMask,
+            Datatype::FloatingPoint {
+                size: 2,
+                byte_order,
+                ..
+            } => RowKind::Half {
+                big: matches!(byte_order, DatatypeByteOrder::BigEndian),
+            },
             Datatype::FixedPoint { size, .. }
             | Datatype::Enumeration { size, .. }
             | Datatype::BitField { size, .. }
@@ -1177,8 +1188,14 @@ impl RowDataset {
                 }
                 f16_values(&raw, big)
             }
-            RowKind::IntMask { .. } | RowKind::FloatMask | RowKind::Complex(_) => {
-                unreachable!("a mask or a complex dataset is not read as real values")
+            // an enumeration read as numbers: its 0/1 values (`H5::read_f32`)
+            RowKind::IntMask { .. } => self
+                .read_mask(first, k)?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            RowKind::FloatMask | RowKind::Complex(_) => {
+                unreachable!("a float mask or a complex dataset is not read as real values")
             }
         };
         check_len(path, entry, &[k, self.row_len()], v.len())?;
@@ -1215,7 +1232,13 @@ impl RowDataset {
                     .map(|c| u8::from(c.iter().any(|&b| b != 0)))
                     .collect()
             }
-            RowKind::Real | RowKind::Half { .. } | RowKind::Complex(_) => {
+            // float16: nonzero (NaN included) is 1, as `H5::read_mask` converts it
+            RowKind::Half { .. } => self
+                .read_f32(first, k)?
+                .into_iter()
+                .map(|x| u8::from(x != 0.0))
+                .collect(),
+            RowKind::Real | RowKind::Complex(_) => {
                 unreachable!("a real or complex dataset is not read as a mask")
             }
         };
@@ -1238,13 +1261,13 @@ impl RowDataset {
                 })?;
                 layout.decode(path, entry, &raw)?
             }
-            RowKind::Real | RowKind::Half { .. } => self
+            RowKind::Real | RowKind::Half { .. } | RowKind::IntMask { .. } => self
                 .read_f32(first, k)?
                 .into_iter()
                 .map(|x| Complex32::new(x, 0.0))
                 .collect(),
-            RowKind::IntMask { .. } | RowKind::FloatMask => {
-                unreachable!("a mask is not read as complex values")
+            RowKind::FloatMask => {
+                unreachable!("a float mask is not read as complex values")
             }
         };
         check_len(path, entry, &[k, self.row_len()], v.len())?;
