@@ -123,12 +123,39 @@ fn reads_every_h5py_layout_and_dtype_exactly() {
                     a.re.to_bits() == b.re.to_bits() && a.im.to_bits() == b.im.to_bits()
                 });
                 assert!(eq, "{ctx}: complex values differ");
+                // `phase --init` reads it by windows of patterns: the same values
+                let b = io::blocks::ImageBlocks::open_object(&file, entry)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                assert_eq!((b.n, b.h, b.w), (n, h, w), "{ctx}");
+                let l = h * w;
+                for (first, end) in [(0, n), (n / 2, n), (n - 1, n)] {
+                    let got = b.read(first..end).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    let want = &o.data[first.min(n - 1) * l..if n == 1 { l } else { end * l }];
+                    let eq = got.data.len() == want.len()
+                        && got.data.iter().zip(want).all(|(a, b)| {
+                            a.re.to_bits() == b.re.to_bits() && a.im.to_bits() == b.im.to_bits()
+                        });
+                    assert!(
+                        eq,
+                        "{ctx}: window {first}..{end} differs from the whole read"
+                    );
+                }
             }
             "support" => {
                 n_sup += 1;
                 let s = io::read_support(&file, entry).unwrap_or_else(|e| panic!("{ctx}: {e}"));
                 assert_eq!(s.shape(), [n, h, w], "{ctx}");
                 assert_eq!(s.data, expect.to_mask(), "{ctx}");
+                // `phase --support` reads it by windows of patterns: the same values
+                let b = io::blocks::ImageBlocks::open_support(&file, entry)
+                    .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                assert_eq!((b.n, b.h, b.w), (n, h, w), "{ctx}");
+                let l = h * w;
+                for (first, end) in [(0, n), (n / 2, n), (n - 1, n)] {
+                    let got = b.read(first..end).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+                    let want = &s.data[first.min(n - 1) * l..if n == 1 { l } else { end * l }];
+                    assert!(got.data == want, "{ctx}: window {first}..{end} differs");
+                }
             }
             k => panic!("unknown kind {k}"),
         }

@@ -128,6 +128,81 @@ fn phase_on_1_2_and_3_ranks_writes_the_one_process_data() {
 }
 
 #[test]
+fn phase_with_a_support_and_init_per_pattern_on_1_2_and_3_ranks() {
+    // each worker reads its own blocks' windows of the --support and --init files
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let (n, size) = (11, 32);
+    let sim = simulate(dir, "sim.cxi", n, size);
+    let mut lcg = common::Lcg::new("mpi per-pattern support init");
+    let l = size * size;
+    let c = size as f64 / 2.0;
+    let mut sup = Vec::with_capacity(n * l);
+    for _ in 0..n {
+        let r = 4.0 + lcg.next() * 6.0;
+        for y in 0..size {
+            for x in 0..size {
+                let dd = ((y as f64 - c).powi(2) + (x as f64 - c).powi(2)).sqrt();
+                sup.push(f32::from(u8::from(dd <= r)));
+            }
+        }
+    }
+    let supf = dir.join("sup.npy");
+    cdiphase::io::npy::write_f32(&supf, &[n, size, size], &sup).unwrap();
+    let obj: Vec<num_complex::Complex32> = lcg
+        .vec(n * l)
+        .into_iter()
+        .zip(lcg.vec(n * l))
+        .map(|(a, b)| num_complex::Complex32::new(a + 1.5, b))
+        .collect();
+    let objf = dir.join("obj.cxi");
+    let mut cw = cdiphase::io::CxiWriter::new();
+    cw.set_gzip(Some(2));
+    cw.complex64("entry_1/image_1/data", &[n, size, size], &obj)
+        .unwrap();
+    cw.finish(&objf).unwrap();
+    let flags = |out: &Path| -> Vec<String> {
+        [
+            "phase",
+            p(&sim),
+            "-o",
+            p(out),
+            "--algorithm",
+            "6*(5*HIO + 5*ER)",
+            "--starts",
+            "2",
+            "--support",
+            p(&supf),
+            "--init",
+            p(&objf),
+            "--init-noise",
+            "0.05",
+            "--block",
+            "2",
+            "--threads",
+            "1",
+            "-q",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let one = dir.join("one.cxi");
+    let a = flags(&one);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    for k in [1, 2, 3] {
+        let out = dir.join(format!("ranks{k}.cxi"));
+        let a = flags(&out);
+        mpi_ok(k, &a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            std::fs::read(&one).unwrap() == std::fs::read(&out).unwrap(),
+            "{k} ranks: the file differs from the one-process run's"
+        );
+    }
+    no_leftovers(dir);
+}
+
+#[test]
 fn simulate_on_1_2_and_3_ranks_writes_the_one_process_data() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
@@ -264,6 +339,68 @@ fn predict_on_1_2_and_3_ranks_writes_the_one_process_data() {
         mpi_ok(k, &a.iter().map(String::as_str).collect::<Vec<_>>());
         same_data(&one, &out, true);
     }
+    no_leftovers(dir);
+}
+
+#[test]
+fn a_one_process_simulate_killed_by_sigkill_is_resumed_by_three_ranks() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let out = dir.join("out.cxi");
+    let flags: Vec<&str> = vec![
+        "simulate",
+        "--synthetic",
+        "all",
+        "--count",
+        "400",
+        "--size",
+        "64",
+        "--mask",
+        "beamstop:3",
+        "--photons",
+        "1e7",
+        "--noise",
+        "poisson",
+        "--block",
+        "4",
+        "--threads",
+        "1",
+        "-q",
+        "-o",
+        p(&out),
+    ];
+    let mut child = bin().args(&flags).spawn().unwrap();
+    let (_, journal) = cdiphase::io::journal::paths(&out).unwrap();
+    // killed once the journal lists 3 finished blocks of 100
+    let t = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&journal)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= 5 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed: make it longer"
+        );
+        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists());
+    let mut resume = flags.clone();
+    resume.push("--resume");
+    mpi_ok(3, &resume);
+    let whole = dir.join("whole.cxi");
+    let mut again = flags.clone();
+    *again.last_mut().unwrap() = p(&whole);
+    ok(&again);
+    assert!(
+        std::fs::read(&whole).unwrap() == std::fs::read(&out).unwrap(),
+        "resumed by 3 ranks: the file differs from the uninterrupted one-process run's"
+    );
     no_leftovers(dir);
 }
 

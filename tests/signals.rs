@@ -70,7 +70,7 @@ fn interrupt(dir: &Path, args: &[&str], out: &str, sig: i32, ready: impl Fn() ->
 }
 
 #[test]
-fn simulate_interrupted_leaves_nothing_and_keeps_the_old_output() {
+fn simulate_interrupted_keeps_its_blocks_for_resume_and_the_old_output() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     std::fs::write(p.join("out.cxi"), "an older result").unwrap();
@@ -88,9 +88,20 @@ fn simulate_interrupted_leaves_nothing_and_keeps_the_old_output() {
         "--threads",
         "1",
     ];
+    let (partial, journal) = (
+        p.join(".out.cxi.cdiphase-partial"),
+        p.join(".out.cxi.cdiphase-journal"),
+    );
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // interrupted once its temporary file exists
-        interrupt(p, &args, "out.cxi", sig, || !temporaries(p).is_empty());
+        // interrupted once a block is finished (the journal's third line); the partial
+        // output and its journal are kept for --resume, as `phase` keeps them
+        interrupt(p, &args, "out.cxi", sig, || {
+            std::fs::read_to_string(&journal).is_ok_and(|j| j.lines().count() >= 3)
+        });
+        assert!(partial.exists() && journal.exists(), "signal {sig}");
+        // the next run waits for a journal of its own
+        std::fs::remove_file(&partial).unwrap();
+        std::fs::remove_file(&journal).unwrap();
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::{check_paths, is_file_spec, progress_bar, resume_hint, BlockArgs, RunArgs};
 use anyhow::{bail, Context, Result};
+use cdiphase::array::Stack;
 use cdiphase::backend::{self, Device};
 use cdiphase::io;
 use cdiphase::phasing::program::Recording;
@@ -153,13 +154,23 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
         }
         Ok(())
     };
+    // a file of one image per pattern is read with each block's patterns (`per`); one
+    // shared image is read here. The spec left in `cfg` for a per-pattern file is an
+    // empty stack, which the block-wise run replaces and the in-memory one would refuse.
+    let mut per = cdiphase::run::phase::PerPattern::default();
     let support = match SupportSpec::parse_builtin(&a.support)? {
         Some(s) => s,
         None if is_file_spec(&a.support) => {
-            let s = io::read_support(Path::new(&a.support), None)
-                .with_context(|| format!("reading --support {}", a.support))?;
+            let reading = || format!("reading --support {}", a.support);
+            let s = io::blocks::ImageBlocks::open_support(Path::new(&a.support), None)
+                .with_context(reading)?;
             fits("--support", &a.support, s.n, s.h, s.w)?;
-            SupportSpec::Given(s)
+            if s.n == 1 {
+                SupportSpec::Given(s.read(0..1).with_context(reading)?)
+            } else {
+                per.support = Some(s);
+                SupportSpec::Given(Stack::from_vec(0, st.h, st.w, vec![])?)
+            }
         }
         None => bail!(
             "--support '{}': expected autocorrelation[:THRESHOLD], circle:RADIUS, or a .cxi/.h5/.npy file",
@@ -172,10 +183,16 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
     let init = if a.init.eq_ignore_ascii_case("random") {
         InitSpec::Random
     } else if is_file_spec(&a.init) {
-        let o = io::read_object(Path::new(&a.init), None)
-            .with_context(|| format!("reading --init {}", a.init))?;
+        let reading = || format!("reading --init {}", a.init);
+        let o =
+            io::blocks::ImageBlocks::open_object(Path::new(&a.init), None).with_context(reading)?;
         fits("--init", &a.init, o.n, o.h, o.w)?;
-        InitSpec::Given(o)
+        if o.n == 1 {
+            InitSpec::Given(o.read(0..1).with_context(reading)?)
+        } else {
+            per.init = Some(o);
+            InitSpec::Given(Stack::from_vec(0, st.h, st.w, vec![])?)
+        }
     } else {
         bail!(
             "--init '{}': expected random or a .cxi/.h5/.npy file",
@@ -269,6 +286,14 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
                 " (input read whole: a type the row reader does not decode)"
             }
         );
+        for (opt, whole) in [
+            ("--support", per.support.as_ref().map(|s| !s.streamed())),
+            ("--init", per.init.as_ref().map(|o| !o.streamed())),
+        ] {
+            if whole == Some(true) {
+                eprintln!("{opt} read whole: a type the row reader does not decode");
+            }
+        }
     }
     let pb = progress_bar(
         st.n as u64 * cfg.starts as u64 * iterations,
@@ -280,6 +305,7 @@ pub fn run(mut a: PhaseArgs) -> Result<()> {
         backend.as_ref(),
         &patterns,
         &cfg,
+        &per,
         &config,
         &block_run,
         &|k| pb.inc(k),

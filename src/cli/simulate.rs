@@ -108,6 +108,12 @@ pub struct SimulateArgs {
     /// depend on it.
     #[arg(long)]
     pub block: Option<usize>,
+    /// Continue an interrupted run of this command (killed by a signal, SIGKILL included,
+    /// or stopped by an error after some blocks): the blocks it finished are kept (the
+    /// hidden .OUT.cdiphase-partial and .OUT.cdiphase-journal beside the output). Refused
+    /// when the flags or structures differ; without an interrupted run, starts afresh.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -260,16 +266,36 @@ pub fn run(mut a: SimulateArgs) -> Result<()> {
             ),
         }
     }
-    let pb = progress_bar(a.count as u64, a.run.quiet, "simulate");
-    let rep = cdiphase::run::simulate::simulate_blocks(
-        &structures,
-        &cfg,
-        &a.output,
+    // what a resumed run must find unchanged: the configuration, the structures (in
+    // order: pattern i takes structure i mod S) and their files' contents
+    let mut files: Vec<&std::path::Path> = Vec::new();
+    for s in &structures {
+        if !s.path.as_os_str().is_empty() && !files.contains(&s.path.as_path()) {
+            files.push(s.path.as_path());
+        }
+    }
+    let identity = serde_json::json!({
+        "verb": "simulate",
+        "configuration": cfg.to_json(),
+        "structures": structures.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+    });
+    let block_run = super::BlockArgs {
         block,
-        &pool,
-        &|k| pb.inc(k),
-    )
-    .with_context(|| format!("simulating into {}", a.output.display()))?;
+        resume: a.resume,
+    }
+    .run(&a.output, identity, files)?;
+    let pb = progress_bar(a.count as u64, a.run.quiet, "simulate");
+    let rep =
+        cdiphase::run::simulate::simulate_blocks(&structures, &cfg, &block_run, &pool, &|k| {
+            pb.inc(k)
+        })
+        .with_context(|| {
+            format!(
+                "simulating into {} ({})",
+                a.output.display(),
+                super::resume_hint(&a.output)
+            )
+        })?;
     let Some(rep) = rep else {
         return Ok(()); // an MPI worker: rank 0 reports
     };

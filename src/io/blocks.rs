@@ -12,8 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use super::hdf5::{self, RowDataset};
-use super::{candidates, nhw, Format, PatternSet, DEFAULT_DATA_ENTRY, DEFAULT_MASK_ENTRIES};
-use crate::array::Stack;
+use super::{
+    candidates, nhw, Format, PatternSet, DEFAULT_DATA_ENTRY, DEFAULT_MASK_ENTRIES,
+    DEFAULT_OBJECT_ENTRIES, DEFAULT_SUPPORT_ENTRIES,
+};
+use crate::array::{Complex32, Stack};
 use crate::{Error, Result};
 
 /// Patterns per block when the user gives none: 256 patterns of 128x128 are 16 MiB of
@@ -57,8 +60,8 @@ enum Source {
     },
     /// An `.npy` array read by offset (no mask).
     Npy(super::npy::NpyRows),
-    /// Read whole (HDF5 types the row reader does not decode: float16, enumerations,
-    /// virtual datasets), then handed out by windows.
+    /// Read whole (HDF5 datasets the row reader does not take: virtual datasets, types
+    /// it does not decode), then handed out by windows.
     Whole(PatternSet),
 }
 
@@ -207,7 +210,8 @@ impl PatternBlocks {
     }
 
     /// Whether windows are read from the file as needed (memory flat in N); `false` when
-    /// the file was read whole (enumeration data, float16 or enumeration masks).
+    /// the file was read whole (a virtual dataset, or a type the row reader does not
+    /// decode).
     pub fn streamed(&self) -> bool {
         matches!(self.src, Source::Rows { .. } | Source::Npy(_))
     }
@@ -239,7 +243,8 @@ impl PatternBlocks {
         )?;
         let (intensities, mask) = match &self.src {
             Source::Rows { data, mask } => {
-                let st = Stack::from_vec(k, h, w, data.read_f32(r.start, k)?)?;
+                let (first, rows) = image_rows(data, r.start, k);
+                let st = Stack::from_vec(k, h, w, data.read_f32(first, rows)?)?;
                 let m = match mask {
                     None => None,
                     Some(MaskSource::Shared(m)) => Some(m.clone()),
@@ -277,6 +282,211 @@ impl PatternBlocks {
             source: self.source.clone(),
             entry: self.entry.clone(),
         })
+    }
+}
+
+enum ImageSource<T> {
+    /// HDF5 rows read on demand (real types, float16; complex compounds for objects).
+    Rows(Box<RowDataset>),
+    /// An `.npy` array read by offset.
+    Npy(super::npy::NpyRows),
+    /// Read whole by the whole-file reader (datasets the row reader does not take:
+    /// virtual datasets, types it does not decode), then handed out by windows.
+    Whole(Stack<T>),
+}
+
+/// A file of starting supports (`ImageBlocks<u8>`, what [`crate::io::read_support`]
+/// reads) or starting objects (`ImageBlocks<Complex32>`, what
+/// [`crate::io::read_object`] reads), one image shared by every pattern (`n == 1`) or one
+/// per pattern, read a window of images at a time: the same dataset, values, checks and
+/// messages as the whole-file readers, without holding more than the window.
+pub struct ImageBlocks<T> {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    /// The file read.
+    pub source: PathBuf,
+    /// The dataset path actually read (`""` for `.npy`).
+    pub entry: String,
+    src: ImageSource<T>,
+}
+
+impl<T: Clone> ImageBlocks<T> {
+    /// Whether windows are read from the file as needed; `false` when it was read whole
+    /// (a virtual dataset, or a type the row reader does not decode).
+    pub fn streamed(&self) -> bool {
+        !matches!(self.src, ImageSource::Whole(_))
+    }
+
+    fn from_whole(source: &Path, entry: String, st: Stack<T>) -> ImageBlocks<T> {
+        ImageBlocks {
+            n: st.n,
+            h: st.h,
+            w: st.w,
+            source: source.to_path_buf(),
+            entry,
+            src: ImageSource::Whole(st),
+        }
+    }
+
+    /// Check the window `r` of images and its memory (`elem` bytes per pixel while it is
+    /// read and converted); the first image and the count actually read (a shared image
+    /// is read whole for every window).
+    fn span(&self, r: &Range<usize>, what: &str, elem: u128) -> Result<(usize, usize)> {
+        if self.n == 1 {
+            return Ok((0, 1));
+        }
+        if r.end > self.n || r.start > r.end {
+            return Err(Error::Config(format!(
+                "{what} {}..{} past the end of {} ({} images)",
+                r.start,
+                r.end,
+                self.source.display(),
+                self.n
+            )));
+        }
+        crate::limits::check_memory(
+            &format!(
+                "{}: {what} '{}' of shape {:?}, images {}..{} at a time",
+                self.source.display(),
+                self.entry,
+                [self.n, self.h, self.w],
+                r.start,
+                r.end
+            ),
+            (r.len() as u128) * ((self.h * self.w) as u128) * elem,
+        )?;
+        Ok((r.start, r.len()))
+    }
+
+    /// The images `first..first + k` of a stack read whole.
+    fn cut(st: &Stack<T>, first: usize, k: usize) -> Stack<T> {
+        window(st, first..first + k)
+    }
+}
+
+/// Open `path`'s dataset (`entry`, else the first of `defaults`): its path (`""` for
+/// `.npy`), and its shape and rows decoded by `rows`, or `None` when `rows` leaves it to
+/// the whole-file reader.
+#[allow(clippy::type_complexity)]
+fn open_images<T>(
+    path: &Path,
+    entry: Option<&str>,
+    defaults: &[&str],
+    rows: impl FnOnce(&hdf5::H5, &str, hdf5_pure::Dataset) -> Result<Option<RowDataset>>,
+) -> Result<(String, Option<(Vec<usize>, ImageSource<T>)>)> {
+    if super::format_of(path)? == Format::Npy {
+        let rows = super::npy::NpyRows::open(path)?;
+        let shape = rows.header.shape.clone();
+        return Ok((String::new(), Some((shape, ImageSource::Npy(rows)))));
+    }
+    let f = hdf5::open_streaming(path)?;
+    let (name, d) = f.first_dataset(&candidates(entry, defaults))?;
+    let data = rows(&f, &name, d)?;
+    Ok((
+        name,
+        data.map(|r| (r.shape.clone(), ImageSource::Rows(Box::new(r)))),
+    ))
+}
+
+impl ImageBlocks<u8> {
+    /// Open a support file as [`crate::io::read_support`] reads it (HDF5 without `entry`:
+    /// the first of [`DEFAULT_SUPPORT_ENTRIES`]); nothing but its header is read.
+    pub fn open_support(path: &Path, entry: Option<&str>) -> Result<ImageBlocks<u8>> {
+        let (name, opened) = open_images(path, entry, &DEFAULT_SUPPORT_ENTRIES, |f, name, d| {
+            f.real_rows(name, d)
+        })?;
+        let Some((shape, src)) = opened else {
+            return Ok(Self::from_whole(
+                path,
+                name,
+                super::read_support(path, entry)?,
+            ));
+        };
+        if let ImageSource::Npy(rows) = &src {
+            if rows.header.is_complex() {
+                return Err(super::complex_support(path, &rows.header.descr));
+            }
+        }
+        let (n, h, w) = nhw(path, &name, &shape)?;
+        Ok(ImageBlocks {
+            n,
+            h,
+            w,
+            source: path.to_path_buf(),
+            entry: name,
+            src,
+        })
+    }
+
+    /// The supports of patterns `r` (0/1; a NaN or an infinity is an error naming the
+    /// image, counted in the file): the window of a per-pattern file, or the one shared
+    /// support whatever `r` is.
+    pub fn read(&self, r: Range<usize>) -> Result<Stack<u8>> {
+        let (first, k) = self.span(&r, "supports", 9)?;
+        let (l, h, w) = (self.h * self.w, self.h, self.w);
+        let v = match &self.src {
+            ImageSource::Whole(st) => return Ok(Self::cut(st, first, k)),
+            ImageSource::Rows(rows) => {
+                let (first, k) = image_rows(rows, first, k);
+                rows.read_f32(first, k)?
+            }
+            ImageSource::Npy(rows) => rows.read(first * l, k * l)?.to_f32(),
+        };
+        let v = super::support_values(&self.source, &self.entry, first, h, w, v)?;
+        Stack::from_vec(k, h, w, v)
+    }
+}
+
+impl ImageBlocks<Complex32> {
+    /// Open a file of starting objects as [`crate::io::read_object`] reads it (HDF5
+    /// without `entry`: the first of [`DEFAULT_OBJECT_ENTRIES`]; complex compounds or real
+    /// types); nothing but its header is read.
+    pub fn open_object(path: &Path, entry: Option<&str>) -> Result<ImageBlocks<Complex32>> {
+        let (name, opened) = open_images(path, entry, &DEFAULT_OBJECT_ENTRIES, |f, name, d| {
+            f.complex_rows(name, d)
+        })?;
+        let Some((shape, src)) = opened else {
+            return Ok(Self::from_whole(
+                path,
+                name,
+                super::read_object(path, entry)?,
+            ));
+        };
+        let (n, h, w) = nhw(path, &name, &shape)?;
+        Ok(ImageBlocks {
+            n,
+            h,
+            w,
+            source: path.to_path_buf(),
+            entry: name,
+            src,
+        })
+    }
+
+    /// The starting objects of patterns `r`: the window of a per-pattern file, or the
+    /// one shared object whatever `r` is.
+    pub fn read(&self, r: Range<usize>) -> Result<Stack<Complex32>> {
+        let (first, k) = self.span(&r, "objects", 16)?;
+        let (l, h, w) = (self.h * self.w, self.h, self.w);
+        let v = match &self.src {
+            ImageSource::Whole(st) => return Ok(Self::cut(st, first, k)),
+            ImageSource::Rows(rows) => {
+                let (first, k) = image_rows(rows, first, k);
+                rows.read_complex(first, k)?
+            }
+            ImageSource::Npy(rows) => rows.read(first * l, k * l)?.to_complex32(),
+        };
+        Stack::from_vec(k, h, w, v)
+    }
+}
+
+/// The rows of `d` that hold images `first..first + k`: those rows of an (N, H, W)
+/// dataset, every row of an (H, W) one (its one image; `first` is 0 and `k` 1 there).
+fn image_rows(d: &RowDataset, first: usize, k: usize) -> (usize, usize) {
+    match *d.shape.as_slice() {
+        [h, _] => (0, h),
+        _ => (first, k),
     }
 }
 

@@ -458,95 +458,21 @@ impl H5 {
     /// exactly, real types with a zero imaginary part.
     pub fn read_complex(&self, entry: &str, d: &Dataset) -> Result<(Vec<usize>, Vec<Complex32>)> {
         let dt = self.datatype(entry, d)?;
-        let path = &self.path;
-        let Datatype::Compound { size, members } = &dt else {
+        let Some(layout) = complex_layout(&self.path, entry, &dt)? else {
             let (shape, re) = self.read_f32(entry, d)?;
             return Ok((
                 shape,
                 re.into_iter().map(|x| Complex32::new(x, 0.0)).collect(),
             ));
         };
+        let path = &self.path;
         let shape = self.shape(entry, d)?;
         self.check_declared(entry, d, &shape, 8)?;
-        let find = |names: &[&str]| {
-            members
-                .iter()
-                .find(|m| names.iter().any(|n| m.name.eq_ignore_ascii_case(n)))
-        };
-        let (Some(re), Some(im)) = (find(&["r", "real", "re"]), find(&["i", "imag", "im"])) else {
-            return Err(Error::format(
-                path,
-                format!(
-                    "dataset '{entry}' is a compound type {} but not a complex number (fields r/i or real/imag)",
-                    describe(&dt)
-                ),
-            ));
-        };
-        let field = |m: &hdf5_pure::CompoundMember| -> Result<(usize, usize, bool)> {
-            match &m.datatype {
-                Datatype::FloatingPoint {
-                    size: s @ (4 | 8),
-                    byte_order,
-                    ..
-                } => Ok((
-                    m.byte_offset as usize,
-                    *s as usize,
-                    matches!(byte_order, DatatypeByteOrder::BigEndian),
-                )),
-                other => Err(Error::format(
-                    path,
-                    format!(
-                        "dataset '{entry}': complex field '{}' has unsupported type {}",
-                        m.name,
-                        describe(other)
-                    ),
-                )),
-            }
-        };
-        let (ro, rs, rb) = field(re)?;
-        let (io, is, ib) = field(im)?;
-        let size = *size as usize;
-        if ro + rs > size || io + is > size {
-            return Err(Error::format(
-                path,
-                format!("dataset '{entry}': bad compound layout"),
-            ));
-        }
         let raw = guard(path, || {
             d.read_raw()
                 .map_err(|e| h5err(path, &format!("reading '{entry}'"), e))
         })?;
-        if raw.len() % size != 0 {
-            return Err(Error::format(
-                path,
-                format!(
-                    "dataset '{entry}': {} bytes for records of {size} bytes",
-                    raw.len()
-                ),
-            ));
-        }
-        let get = |rec: &[u8], off: usize, s: usize, big: bool| -> f32 {
-            let b = &rec[off..off + s];
-            if s == 4 {
-                let a: [u8; 4] = b.try_into().unwrap();
-                if big {
-                    f32::from_be_bytes(a)
-                } else {
-                    f32::from_le_bytes(a)
-                }
-            } else {
-                let a: [u8; 8] = b.try_into().unwrap();
-                (if big {
-                    f64::from_be_bytes(a)
-                } else {
-                    f64::from_le_bytes(a)
-                }) as f32
-            }
-        };
-        let data: Vec<Complex32> = raw
-            .chunks_exact(size)
-            .map(|rec| Complex32::new(get(rec, ro, rs, rb), get(rec, io, is, ib)))
-            .collect();
+        let data = layout.decode(path, entry, &raw)?;
         check_len(path, entry, &shape, data.len())?;
         Ok((shape, data))
     }
@@ -592,6 +518,105 @@ impl H5 {
             out.sort();
             Ok(out)
         })
+    }
+}
+
+/// Where the parts of a complex number lie in a compound record (h5py's `r`/`i`, or
+/// `real`/`imag`): (byte offset, size 4 or 8, big-endian) of each part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ComplexLayout {
+    size: usize,
+    re: (usize, usize, bool),
+    im: (usize, usize, bool),
+}
+
+/// The complex layout of `dt`; `None` when it is not a compound (a real type, read with a
+/// zero imaginary part). A compound that is not a complex number is an error naming it.
+fn complex_layout(path: &Path, entry: &str, dt: &Datatype) -> Result<Option<ComplexLayout>> {
+    let Datatype::Compound { size, members } = dt else {
+        return Ok(None);
+    };
+    let find = |names: &[&str]| {
+        members
+            .iter()
+            .find(|m| names.iter().any(|n| m.name.eq_ignore_ascii_case(n)))
+    };
+    let (Some(re), Some(im)) = (find(&["r", "real", "re"]), find(&["i", "imag", "im"])) else {
+        return Err(Error::format(
+            path,
+            format!(
+                "dataset '{entry}' is a compound type {} but not a complex number (fields r/i or real/imag)",
+                describe(dt)
+            ),
+        ));
+    };
+    let field = |m: &hdf5_pure::CompoundMember| -> Result<(usize, usize, bool)> {
+        match &m.datatype {
+            Datatype::FloatingPoint {
+                size: s @ (4 | 8),
+                byte_order,
+                ..
+            } => Ok((
+                m.byte_offset as usize,
+                *s as usize,
+                matches!(byte_order, DatatypeByteOrder::BigEndian),
+            )),
+            other => Err(Error::format(
+                path,
+                format!(
+                    "dataset '{entry}': complex field '{}' has unsupported type {}",
+                    m.name,
+                    describe(other)
+                ),
+            )),
+        }
+    };
+    let (re, im) = (field(re)?, field(im)?);
+    let size = *size as usize;
+    if re.0 + re.1 > size || im.0 + im.1 > size {
+        return Err(Error::format(
+            path,
+            format!("dataset '{entry}': bad compound layout"),
+        ));
+    }
+    Ok(Some(ComplexLayout { size, re, im }))
+}
+
+impl ComplexLayout {
+    /// The complex numbers of whole records `raw`.
+    fn decode(&self, path: &Path, entry: &str, raw: &[u8]) -> Result<Vec<Complex32>> {
+        let size = self.size;
+        if size == 0 || !raw.len().is_multiple_of(size) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "dataset '{entry}': {} bytes for records of {size} bytes",
+                    raw.len()
+                ),
+            ));
+        }
+        let get = |rec: &[u8], (off, s, big): (usize, usize, bool)| -> f32 {
+            let b = &rec[off..off + s];
+            if s == 4 {
+                let a: [u8; 4] = b.try_into().unwrap();
+                if big {
+                    f32::from_be_bytes(a)
+                } else {
+                    f32::from_le_bytes(a)
+                }
+            } else {
+                let a: [u8; 8] = b.try_into().unwrap();
+                (if big {
+                    f64::from_be_bytes(a)
+                } else {
+                    f64::from_le_bytes(a)
+                }) as f32
+            }
+        };
+        Ok(raw
+            .chunks_exact(size)
+            .map(|rec| Complex32::new(get(rec, self.re), get(rec, self.im)))
+            .collect())
     }
 }
 
@@ -1011,6 +1036,8 @@ enum RowKind {
     IntMask { size: usize },
     /// A 0/1 mask from floating point values (nonzero, NaN included, is 1).
     FloatMask,
+    /// Complex numbers from compound records (the conversion of [`H5::read_complex`]).
+    Complex(ComplexLayout),
 }
 
 /// One dataset of a file opened for streaming reads, read a window of rows at a time with
@@ -1066,6 +1093,10 @@ impl H5 {
             } => RowKind::Half {
                 big: matches!(byte_order, DatatypeByteOrder::BigEndian),
             },
+            // h5py's bool and other enumerations: 0/1 as the whole-file reader gives them
+            Datatype::Enumeration { size, .. } if size > 0 => RowKind::IntMask {
+                size: size as usize,
+            },
             _ => return Ok(None),
         };
         self.row_dataset(entry, d, kind)
@@ -1076,6 +1107,13 @@ impl H5 {
     pub(crate) fn mask_rows(&self, entry: &str, d: Dataset) -> Result<Option<RowDataset>> {
         let kind = match self.datatype(entry, &d)? {
             Datatype::FloatingPoint { size: 4 | 8, .. } => RowKind::FloatMask,
+            Datatype::FloatingPoint {
+                size: 2,
+                byte_order,
+                ..
+            } => RowKind::Half {
+                big: matches!(byte_order, DatatypeByteOrder::BigEndian),
+            },
             Datatype::FixedPoint { size, .. }
             | Datatype::Enumeration { size, .. }
             | Datatype::BitField { size, .. }
@@ -1088,6 +1126,18 @@ impl H5 {
             _ => return Ok(None),
         };
         self.row_dataset(entry, d, kind)
+    }
+
+    /// `d` as a row source of complex values (what [`H5::read_complex`] reads: complex
+    /// compounds exactly, real types with a zero imaginary part), or `None` when its type
+    /// needs the whole-file reader. A compound that is not complex is refused here with
+    /// the whole-file reader's message.
+    pub(crate) fn complex_rows(&self, entry: &str, d: Dataset) -> Result<Option<RowDataset>> {
+        let dt = self.datatype(entry, &d)?;
+        if let Some(layout) = complex_layout(&self.path, entry, &dt)? {
+            return self.row_dataset(entry, d, RowKind::Complex(layout));
+        }
+        self.real_rows(entry, d)
     }
 
     fn row_dataset(&self, entry: &str, d: Dataset, kind: RowKind) -> Result<Option<RowDataset>> {
@@ -1138,8 +1188,14 @@ impl RowDataset {
                 }
                 f16_values(&raw, big)
             }
-            RowKind::IntMask { .. } | RowKind::FloatMask => {
-                unreachable!("a mask is not read as real values")
+            // an enumeration read as numbers: its 0/1 values (`H5::read_f32`)
+            RowKind::IntMask { .. } => self
+                .read_mask(first, k)?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            RowKind::FloatMask | RowKind::Complex(_) => {
+                unreachable!("a float mask or a complex dataset is not read as real values")
             }
         };
         check_len(path, entry, &[k, self.row_len()], v.len())?;
@@ -1176,8 +1232,42 @@ impl RowDataset {
                     .map(|c| u8::from(c.iter().any(|&b| b != 0)))
                     .collect()
             }
-            RowKind::Real | RowKind::Half { .. } => {
-                unreachable!("a real dataset is not read as a mask")
+            // float16: nonzero (NaN included) is 1, as `H5::read_mask` converts it
+            RowKind::Half { .. } => self
+                .read_f32(first, k)?
+                .into_iter()
+                .map(|x| u8::from(x != 0.0))
+                .collect(),
+            RowKind::Real | RowKind::Complex(_) => {
+                unreachable!("a real or complex dataset is not read as a mask")
+            }
+        };
+        check_len(path, entry, &[k, self.row_len()], v.len())?;
+        Ok(v)
+    }
+
+    /// Rows `first..first + k` as complex numbers (a [`RowDataset`] of
+    /// [`H5::complex_rows`]): compound records decoded, real values with a zero
+    /// imaginary part.
+    pub fn read_complex(&self, first: usize, k: usize) -> Result<Vec<Complex32>> {
+        let (path, entry) = (&self.path, &self.entry);
+        let v = match self.kind {
+            RowKind::Complex(layout) => {
+                let what = format!("reading rows {first}.. of '{entry}'");
+                let raw = guard(path, || {
+                    self.d
+                        .read_raw_rows(first as u64, k as u64)
+                        .map_err(|e| h5err(path, &what, e))
+                })?;
+                layout.decode(path, entry, &raw)?
+            }
+            RowKind::Real | RowKind::Half { .. } | RowKind::IntMask { .. } => self
+                .read_f32(first, k)?
+                .into_iter()
+                .map(|x| Complex32::new(x, 0.0))
+                .collect(),
+            RowKind::FloatMask => {
+                unreachable!("a float mask is not read as complex values")
             }
         };
         check_len(path, entry, &[k, self.row_len()], v.len())?;

@@ -123,18 +123,37 @@ fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> 
     let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
         return vec!["the configuration".into()];
     };
+    let mut out = Vec::new();
+    differ("", o, n, &mut out);
+    out
+}
+
+/// The keys of two objects whose values differ, as `path: was A, now B`, nested objects
+/// followed down to the values that differ (`configuration.seed: was 0, now 3`).
+fn differ(
+    prefix: &str,
+    o: &serde_json::Map<String, serde_json::Value>,
+    n: &serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<String>,
+) {
     let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter()
-        .filter(|k| o.get(*k) != n.get(*k))
-        .map(|k| {
-            let show = |v: Option<&serde_json::Value>| {
-                v.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into())
-            };
-            format!("{k}: was {}, now {}", show(o.get(k)), show(n.get(k)))
-        })
-        .collect()
+    for k in keys {
+        let (a, b) = (o.get(k), n.get(k));
+        if a == b {
+            continue;
+        }
+        let path = format!("{prefix}{k}");
+        if let (Some(serde_json::Value::Object(a)), Some(serde_json::Value::Object(b))) = (a, b) {
+            differ(&format!("{path}."), a, b, out);
+            continue;
+        }
+        let show = |v: Option<&serde_json::Value>| {
+            v.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into())
+        };
+        out.push(format!("{path}: was {}, now {}", show(a), show(b)));
+    }
 }
 
 /// The journal of a block-wise run (see the module documentation), locked while open.
@@ -427,6 +446,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("beta: was 0.9, now 0.8"), "{e}");
+        // nested: the path to the value that differs, not the whole object
+        let nested = |beta: f64| serde_json::json!({"configuration": {"beta": beta, "seed": 1}});
+        let d = differences(&nested(0.9), &nested(0.8));
+        assert_eq!(d, vec!["configuration.beta: was 0.9, now 0.8".to_string()]);
         // the partial output gone: nothing to resume, a fresh start
         std::fs::remove_file(paths(&dest).unwrap().0).unwrap();
         let (j, resumed) = Journal::open(&dest, 5, &id, true).unwrap();

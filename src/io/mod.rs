@@ -194,10 +194,7 @@ pub fn read_support(path: &Path, entry: Option<&str>) -> Result<Stack<u8>> {
         Format::Npy => {
             let a = npy::read(path)?;
             if a.is_complex() {
-                return Err(Error::format(
-                    path,
-                    format!("a support must be real, found '{}'", a.descr),
-                ));
+                return Err(complex_support(path, &a.descr));
             }
             (String::new(), a.shape.clone(), a.to_f32())
         }
@@ -209,6 +206,20 @@ pub fn read_support(path: &Path, entry: Option<&str>) -> Result<Stack<u8>> {
         }
     };
     let (n, h, w) = nhw(path, &name, &shape)?;
+    let v = support_values(path, &name, 0, h, w, v)?;
+    Stack::from_vec(n, h, w, v)
+}
+
+/// Support values as read (images `first..` of the file, `h` x `w`) as 0/1; a NaN or an
+/// infinity is an error naming the image (counted in the file) and the pixel.
+fn support_values(
+    path: &Path,
+    name: &str,
+    first: usize,
+    h: usize,
+    w: usize,
+    v: Vec<f32>,
+) -> Result<Vec<u8>> {
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         let px = h * w;
         return Err(Error::invalid(
@@ -219,14 +230,19 @@ pub fn read_support(path: &Path, entry: Option<&str>) -> Result<Stack<u8>> {
             },
             format!(
                 "image {} pixel (y={}, x={}) is {}: a support holds 0 (outside) or nonzero (inside)",
-                i / px,
+                first + i / px,
                 (i % px) / w,
                 i % w,
                 v[i]
             ),
         ));
     }
-    Stack::from_vec(n, h, w, v.into_iter().map(|x| u8::from(x != 0.0)).collect())
+    Ok(v.into_iter().map(|x| u8::from(x != 0.0)).collect())
+}
+
+/// The refusal of a complex `.npy` support.
+fn complex_support(path: &Path, descr: &str) -> Error {
+    Error::format(path, format!("a support must be real, found '{descr}'"))
 }
 
 /// Read a (complex) object: `(H,W)` gives n = 1, or `(N,H,W)`. Real types give a zero

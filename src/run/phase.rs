@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::dist::{self, Rows};
 use super::{shifted, BlockRun, BlockStats};
+use crate::array::Complex32;
 use crate::backend::{Backend, Progress};
-use crate::io::blocks::{window, BlockPlan, PatternBlocks};
+use crate::io::blocks::{window, BlockPlan, ImageBlocks, PatternBlocks};
 use crate::io::stream::{Dtype, StreamId};
 use crate::phasing::program::Program;
 use crate::phasing::schedule::Schedule;
@@ -100,14 +101,30 @@ struct Ids {
     keep: Option<(StreamId, StreamId)>,
 }
 
+/// Starting supports and objects given in files of one image per pattern, read with each
+/// block's patterns (a window of the file, in the reader stage; an MPI worker reads its own
+/// blocks' windows) instead of held whole in a [`PhaseConfig`]: memory flat in N.
+#[derive(Default)]
+pub struct PerPattern {
+    /// When set, every block's starting supports are its window of this file, in place
+    /// of `cfg.support`.
+    pub support: Option<ImageBlocks<u8>>,
+    /// When set, every block's starting objects are its window of this file, in place of
+    /// `cfg.init`.
+    pub init: Option<ImageBlocks<Complex32>>,
+}
+
 /// Phase every pattern of `input` with `cfg` (its `seed` is the whole file's; a given
-/// support or starting object holds one image or one per pattern of the file), writing
-/// to `run.dest` block by block. `config` is the configuration stored in the file.
-/// `progress` counts pattern-iterations (of the blocks run, not the resumed ones).
+/// support or starting object holds one image or one per pattern of the file, or comes
+/// from `per`), writing to `run.dest` block by block. `config` is the configuration
+/// stored in the file. `progress` counts pattern-iterations (of the blocks run, not the
+/// resumed ones).
+#[allow(clippy::too_many_arguments)]
 pub fn phase_blocks(
     backend: &dyn Backend,
     input: &PatternBlocks,
     cfg: &PhaseConfig,
+    per: &PerPattern,
     config: &serde_json::Value,
     run: &BlockRun<'_>,
     progress: Progress<'_>,
@@ -140,19 +157,50 @@ pub fn phase_blocks(
     let iterations = program.iterations;
     let compute_ns = AtomicU64::new(0);
     let plan = BlockPlan::new(n, run.block)?;
-    let read = |b: usize| input.read(plan.range(b));
+    for (what, hw) in [
+        ("--support", per.support.as_ref().map(|s| (s.n, s.h, s.w))),
+        ("--init", per.init.as_ref().map(|o| (o.n, o.h, o.w))),
+    ] {
+        if let Some((sn, sh, sw)) = hw {
+            if (sh, sw) != (h, w) || (sn != 1 && sn != n) {
+                return Err(Error::Shape {
+                    what: what.into(),
+                    expected: format!("({n}, {h}, {w}) or ({h}, {w})"),
+                    found: vec![sn, sh, sw],
+                });
+            }
+        }
+    }
+    // the block's patterns, with its windows of the per-pattern files
+    type Input = (
+        crate::io::PatternSet,
+        Option<crate::array::Stack<u8>>,
+        Option<crate::array::Stack<Complex32>>,
+    );
+    let read = |b: usize| -> Result<Input> {
+        let r = plan.range(b);
+        let s = per
+            .support
+            .as_ref()
+            .map(|s| s.read(r.clone()))
+            .transpose()?;
+        let o = per.init.as_ref().map(|o| o.read(r.clone())).transpose()?;
+        Ok((input.read(r)?, s, o))
+    };
     // a block's rows, one buffer per streamed dataset in the order they are declared below
-    let compute = |b: usize, patterns| -> Result<Rows> {
+    let compute = |b: usize, (patterns, given_support, given_init): Input| -> Result<Rows> {
         let r = plan.range(b);
         let mut c = template.clone();
         c.seed = crate::rng::offset_seed(cfg.seed, r.start);
-        c.support = match &support {
-            SupportSpec::Given(s) => SupportSpec::Given(window(s, r.clone())),
-            other => other.clone(),
+        c.support = match (given_support, &support) {
+            (Some(s), _) => SupportSpec::Given(s),
+            (None, SupportSpec::Given(s)) => SupportSpec::Given(window(s, r.clone())),
+            (None, other) => other.clone(),
         };
-        c.init = match &init {
-            InitSpec::Given(o) => InitSpec::Given(window(o, r.clone())),
-            InitSpec::Random => InitSpec::Random,
+        c.init = match (given_init, &init) {
+            (Some(o), _) => InitSpec::Given(o),
+            (None, InitSpec::Given(o)) => InitSpec::Given(window(o, r.clone())),
+            (None, InitSpec::Random) => InitSpec::Random,
         };
         let rec =
             phasing::phase(backend, &patterns, &c, progress).map_err(|e| shifted(e, r.start))?;

@@ -1,128 +1,137 @@
 //! `simulate` in one process or across MPI ranks (`mpirun -n N cdiphase simulate ...`).
 //!
-//! One process: [`crate::simulate::simulate_to_cxi`], unchanged. Several ranks: rank 0
-//! hands out blocks of patterns ([`super::dist::serve`]) and writes the one output file as
-//! `simulate_to_cxi` lays it out; each worker prepares the structures itself and computes
-//! the blocks it is given ([`Simulator::block`]). Pattern `i` depends on `i` and the
+//! One process: blocks computed on this thread (in the pool) while the previous one is
+//! written ([`crate::io::blocks::pipeline`]). Several ranks: rank 0 hands out blocks of
+//! patterns ([`super::dist::serve`]) and writes the one output file; each worker prepares
+//! the structures itself and computes the blocks it is given ([`Simulator::block`]). Both
+//! write the layout of [`crate::simulate::simulate_to_cxi`] through a resumable writer
+//! and its journal, as `phase` does (`--resume`). Pattern `i` depends on `i` and the
 //! configuration alone (its orientation, particle and noise are seeded by `i`), so the data
 //! are those of a one-process run, for every number of ranks and every block size.
 
-use std::path::Path;
 use std::time::Instant;
 
 use super::dist::{self, Rows};
-use crate::io::blocks::BlockPlan;
-use crate::simulate::diffraction::SimCxi;
+use super::BlockRun;
+use crate::simulate::diffraction::SimLayout;
 use crate::simulate::{
-    random_quaternion, simulate_to_cxi, SimConfig, SimMeta, SimTimings, Simulator, StreamReport,
-    Structure,
+    random_quaternion, SimConfig, SimMeta, SimTimings, Simulator, StreamReport, Structure,
 };
 use crate::{Error, Result};
 
-/// Simulate `cfg.count` patterns of `structures` into `dest`, `block` patterns at a time,
-/// in `pool`. `progress` gets the patterns finished (on rank 0: as workers return them).
-/// On an MPI worker: computes the blocks rank 0 hands out and returns `None` (rank 0
-/// writes and reports).
+/// Simulate `cfg.count` patterns of `structures` into `run.dest`, `run.block` patterns at
+/// a time, in `pool`, resumable as `phase` is: the output is written to the partial file
+/// with its journal ([`crate::io::journal`]), and `run.resume` continues an interrupted
+/// run of the same configuration and structures (the blocks it finished are kept; the
+/// names and pixel sizes of their patterns, written at the end, are recomputed without
+/// simulating them). `progress` gets the patterns finished (on rank 0: as workers return
+/// them). On an MPI worker: computes the blocks rank 0 hands out and returns `None` (rank
+/// 0 writes and reports).
 pub fn simulate_blocks(
     structures: &[Structure],
     cfg: &SimConfig,
-    dest: &Path,
-    block: usize,
+    run: &BlockRun<'_>,
     pool: &rayon::ThreadPool,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Option<StreamReport>> {
-    let plan = BlockPlan::new(cfg.count, block)?;
-    if dist::world_size() <= 1 {
-        return pool
-            .install(|| simulate_to_cxi(structures, cfg, dest, block, progress))
-            .map(Some);
-    }
     let t0 = Instant::now();
     let sim = pool.install(|| Simulator::new(structures, cfg))?;
     let (h, w) = cfg.size;
     let hw = h * w;
+    let n = cfg.count;
+    let plan = crate::io::blocks::BlockPlan::new(n, run.block)?;
+    // a block's rows: intensities, density, support, pixel sizes, names, CPU seconds
+    let compute = |b: usize, ()| -> Result<Rows> {
+        let r = plan.range(b);
+        let before = sim.timings();
+        let c = pool.install(|| sim.block(r.start, r.len(), &|_| {}))?;
+        let after = sim.timings();
+        let names = encode_names(&c.names);
+        let pixel: Vec<u8> = c.pixel_a.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let cpu: Vec<u8> = [
+            after.projection - before.projection,
+            after.fft - before.fft,
+            after.noise_mask - before.noise_mask,
+        ]
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+        Ok(vec![
+            dist::f32_bytes(&c.intensities),
+            dist::f32_bytes(&c.density),
+            c.support,
+            pixel,
+            names,
+            cpu,
+        ])
+    };
     if dist::is_worker() {
         // every MPI call on this thread; the simulation in the pool
-        dist::work(
-            |_| Ok(()),
-            |b, ()| {
-                let r = plan.range(b);
-                let before = sim.timings();
-                let c = pool.install(|| sim.block(r.start, r.len(), &|_| {}))?;
-                let after = sim.timings();
-                let names = encode_names(&c.names);
-                let pixel: Vec<u8> = c.pixel_a.iter().flat_map(|p| p.to_le_bytes()).collect();
-                let cpu: Vec<u8> = [
-                    after.projection - before.projection,
-                    after.fft - before.fft,
-                    after.noise_mask - before.noise_mask,
-                ]
-                .iter()
-                .flat_map(|s| s.to_le_bytes())
-                .collect();
-                Ok(vec![
-                    dist::f32_bytes(&c.intensities),
-                    dist::f32_bytes(&c.density),
-                    c.support,
-                    pixel,
-                    names,
-                    cpu,
-                ])
-            },
-        )?;
+        dist::work(|_| Ok(()), compute)?;
         return Ok(None);
     }
-    // rank 0
-    pool.install(|| cfg.check_resources(dest, block))?;
-    let n = cfg.count;
-    let mut file = SimCxi::create(dest, n, h, w, cfg)?;
+    // one process, or rank 0
+    pool.install(|| cfg.check_resources(run.dest, run.block))?;
+    let (_, mut out, ids) = run.begin(n, |f| SimLayout::declare(f, n, h, w, cfg))?;
     let mut names = vec![String::new(); n];
     let mut pixel_a = vec![0f64; n];
+    for b in (0..plan.count()).filter(|&b| out.is_done(b)) {
+        let r = plan.range(b);
+        let (nm, px) = pool.install(|| sim.labels(r.start, r.len()))?;
+        names[r.clone()].clone_from_slice(&nm);
+        pixel_a[r].copy_from_slice(&px);
+    }
     let mut cpu = SimTimings::default();
     let mut write_seconds = 0.0;
-    let todo: Vec<usize> = (0..plan.count()).collect();
-    dist::serve(&todo, |b, rows: Rows| {
-        let t = Instant::now();
-        let r = plan.range(b);
-        let m = r.len();
-        let bad = |what: &str, got: usize, want: usize| {
-            Error::invalid(
-                format!("block {b} (patterns {}..{})", r.start, r.end),
-                format!("{what}: {got} bytes from the worker, expected {want}"),
-            )
-        };
-        let [inten, dens, sup, pix, nm, secs]: [Vec<u8>; 6] =
-            rows.try_into().map_err(|rows: Rows| {
+    let todo = out.todo();
+    dist::run_blocks(
+        &todo,
+        |_| Ok(()),
+        compute,
+        |b, rows: Rows| {
+            let t = Instant::now();
+            let r = plan.range(b);
+            let m = r.len();
+            let bad = |what: &str, got: usize, want: usize| {
                 Error::invalid(
-                    format!("block {b}"),
-                    format!("{} datasets of rows, expected 6", rows.len()),
+                    format!("block {b} (patterns {}..{})", r.start, r.end),
+                    format!("{what}: {got} bytes of rows, expected {want}"),
                 )
-            })?;
-        for (what, got, want) in [
-            ("intensities", inten.len(), 4 * m * hw),
-            ("density", dens.len(), 4 * m * hw),
-            ("support", sup.len(), m * hw),
-            ("pixel sizes", pix.len(), 8 * m),
-            ("timings", secs.len(), 24),
-        ] {
-            if got != want {
-                return Err(bad(what, got, want));
+            };
+            let [inten, dens, sup, pix, nm, secs]: [Vec<u8>; 6] =
+                rows.try_into().map_err(|rows: Rows| {
+                    Error::invalid(
+                        format!("block {b}"),
+                        format!("{} datasets of rows, expected 6", rows.len()),
+                    )
+                })?;
+            for (what, got, want) in [
+                ("intensities", inten.len(), 4 * m * hw),
+                ("density", dens.len(), 4 * m * hw),
+                ("support", sup.len(), m * hw),
+                ("pixel sizes", pix.len(), 8 * m),
+                ("timings", secs.len(), 24),
+            ] {
+                if got != want {
+                    return Err(bad(what, got, want));
+                }
             }
-        }
-        file.rows_raw(r.start, &inten, &dens, &sup)?;
-        let block_names = decode_names(&nm, m).ok_or_else(|| bad("names", nm.len(), m))?;
-        for (i, (name, px)) in block_names.into_iter().zip(f64s(&pix)).enumerate() {
-            names[r.start + i] = name;
-            pixel_a[r.start + i] = px;
-        }
-        let s: Vec<f64> = f64s(&secs).collect();
-        cpu.projection += s[0];
-        cpu.fft += s[1];
-        cpu.noise_mask += s[2];
-        progress(m as u64);
-        write_seconds += t.elapsed().as_secs_f64();
-        Ok(())
-    })?;
+            ids.rows_raw(out.writer(), r.start, &inten, &dens, &sup)?;
+            out.commit(b)?;
+            let block_names = decode_names(&nm, m).ok_or_else(|| bad("names", nm.len(), m))?;
+            for (i, (name, px)) in block_names.into_iter().zip(f64s(&pix)).enumerate() {
+                names[r.start + i] = name;
+                pixel_a[r.start + i] = px;
+            }
+            let s: Vec<f64> = f64s(&secs).collect();
+            cpu.projection += s[0];
+            cpu.fft += s[1];
+            cpu.noise_mask += s[2];
+            progress(m as u64);
+            write_seconds += t.elapsed().as_secs_f64();
+            Ok(())
+        },
+    )?;
     cpu.wall = t0.elapsed().as_secs_f64();
     let meta = SimMeta {
         mask: sim.mask(),
@@ -132,7 +141,8 @@ pub fn simulate_blocks(
         pixel_size_nm: pixel_a.iter().map(|a| a / 10.0).collect(),
         timings: cpu,
     };
-    file.finish(&meta, cfg)?;
+    SimLayout::write_meta(out.writer(), &meta, cfg)?;
+    out.finish()?;
     Ok(Some(StreamReport {
         timings: cpu,
         write_seconds,

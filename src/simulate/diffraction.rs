@@ -1094,14 +1094,50 @@ impl<'a> Simulator<'a> {
         Ok(c)
     }
 
+    /// Pattern `i`'s name and particle: a synthetic particle or an assembly made for it
+    /// (`Some`), or one of the prepared structures (`None`: `prepared[i % len]`).
+    fn particle(&self, i: usize) -> Result<(String, Option<Prepared>)> {
+        let cfg = self.cfg;
+        let (h, w) = cfg.size;
+        match (&cfg.synthetic, self.assemblies.is_empty()) {
+            (Some(sc), _) => fitting_particle(sc, cfg, i).map(|(n, p)| (n, Some(p))),
+            (None, false) => {
+                let a = &self.assemblies[i % self.assemblies.len()];
+                let pixel_a = match cfg.pixel_size_nm {
+                    Some(px) => px * 10.0,
+                    None => (2.0 * a.radius).max(cfg.sigma()) / (cfg.fill * h.min(w) as f64),
+                };
+                Ok((
+                    a.name.clone(),
+                    Some(prepare_assembly(a, &self.prepared, pixel_a)),
+                ))
+            }
+            (None, true) => Ok((
+                self.structures[i % self.structures.len()].name.clone(),
+                None,
+            )),
+        }
+    }
+
+    /// The names and real-space pixel sizes (Å) of patterns `first .. first + m`, as
+    /// [`Simulator::block`] gives them, without simulating the patterns (the per-pattern
+    /// metadata of blocks a resumed run does not compute again).
+    pub fn labels(&self, first: usize, m: usize) -> Result<(Vec<String>, Vec<f64>)> {
+        let v: Vec<(String, f64)> = (first..first + m)
+            .into_par_iter()
+            .map(|i| {
+                let (name, owned) = self.particle(i)?;
+                let p = owned
+                    .as_ref()
+                    .unwrap_or_else(|| &self.prepared[i % self.prepared.len()]);
+                Ok((name, p.pixel_a))
+            })
+            .collect::<Result<_>>()?;
+        Ok(v.into_iter().unzip())
+    }
+
     fn compute(&self, first: usize, m: usize, progress: &(dyn Fn(u64) + Sync)) -> Result<SimChunk> {
-        let (cfg, structures, prepared, assemblies, plan) = (
-            self.cfg,
-            self.structures,
-            &self.prepared,
-            &self.assemblies,
-            &self.plan,
-        );
+        let (cfg, prepared, plan) = (self.cfg, &self.prepared, &self.plan);
         let (h, w) = cfg.size;
         let hw = h * w;
         let ns = |t: Instant| t.elapsed().as_nanos() as u64;
@@ -1129,39 +1165,22 @@ impl<'a> Simulator<'a> {
                 |(work, cbuf, nbuf, mag), (k, (((inten, dens), sup), (pix, name)))| {
                     let i = first + k;
                     let t0 = Instant::now();
-                    let owned;
-                    let p = match (&cfg.synthetic, assemblies.is_empty()) {
-                        (Some(sc), _) => match fitting_particle(sc, cfg, i) {
-                            Ok((n, p)) => {
-                                *name = n;
-                                owned = p;
-                                &owned
-                            }
-                            Err(e) => {
-                                failed
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get_or_insert(e);
-                                return;
-                            }
-                        },
-                        (None, false) => {
-                            let a = &assemblies[i % assemblies.len()];
-                            *name = a.name.clone();
-                            let pixel_a = match cfg.pixel_size_nm {
-                                Some(px) => px * 10.0,
-                                None => {
-                                    (2.0 * a.radius).max(cfg.sigma()) / (cfg.fill * h.min(w) as f64)
-                                }
-                            };
-                            owned = prepare_assembly(a, prepared, pixel_a);
-                            &owned
+                    let owned = match self.particle(i) {
+                        Ok((n, owned)) => {
+                            *name = n;
+                            owned
                         }
-                        (None, true) => {
-                            *name = structures[i % structures.len()].name.clone();
-                            &prepared[i % prepared.len()]
+                        Err(e) => {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            return;
                         }
                     };
+                    let p = owned
+                        .as_ref()
+                        .unwrap_or_else(|| &prepared[i % prepared.len()]);
                     *pix = p.pixel_a;
                     let rot = rotation_matrix(&random_quaternion(cfg.seed, i));
                     project(p, &rot, Render::new(cfg, p.pixel_a), h, w, dens);
@@ -1326,9 +1345,7 @@ pub fn simulate(
 /// to disk by blocks of patterns, the rest is written at [`SimCxi::finish`].
 pub(crate) struct SimCxi {
     w: StreamWriter,
-    data: StreamId,
-    density: StreamId,
-    support: StreamId,
+    ids: SimLayout,
 }
 
 impl SimCxi {
@@ -1340,6 +1357,46 @@ impl SimCxi {
         cfg: &SimConfig,
     ) -> Result<SimCxi> {
         let mut f = StreamWriter::create(dest)?;
+        let ids = SimLayout::declare(&mut f, n, h, w, cfg)?;
+        Ok(SimCxi { w: f, ids })
+    }
+
+    pub(crate) fn rows(
+        &mut self,
+        first: usize,
+        inten: &[f32],
+        dens: &[f32],
+        sup: &[u8],
+    ) -> Result<()> {
+        let (f, ids) = (&mut self.w, &self.ids);
+        f.write_rows_f32(ids.data, first, inten)?;
+        f.write_rows_f32(ids.density, first, dens)?;
+        f.write_rows_u8(ids.support, first, sup)
+    }
+
+    pub(crate) fn finish(mut self, meta: &SimMeta, cfg: &SimConfig) -> Result<()> {
+        SimLayout::write_meta(&mut self.w, meta, cfg)?;
+        self.w.finish()
+    }
+}
+
+/// The streamed datasets of a simulation's CXI file in a [`StreamWriter`] (the layout
+/// of [`write_cxi`]; a resumable writer of `simulate --resume` gets the same one).
+pub(crate) struct SimLayout {
+    data: StreamId,
+    density: StreamId,
+    support: StreamId,
+}
+
+impl SimLayout {
+    /// Declare the streamed datasets of `n` patterns of `h` x `w` in `f`.
+    pub(crate) fn declare(
+        f: &mut StreamWriter,
+        n: usize,
+        h: usize,
+        w: usize,
+        cfg: &SimConfig,
+    ) -> Result<SimLayout> {
         let data = f.stream("entry_1/data_1/data", Dtype::F32, &[n, h, w])?;
         let density = f.stream("entry_1/sample_1/density", Dtype::F32, &[n, h, w])?;
         let support = f.stream("entry_1/sample_1/support", Dtype::U8, &[n, h, w])?;
@@ -1354,42 +1411,30 @@ impl SimCxi {
             "electrons per pixel, centred",
         )?;
         f.attr_string("entry_1/sample_1/support", "rule", &cfg.support_rule())?;
-        Ok(SimCxi {
-            w: f,
+        Ok(SimLayout {
             data,
             density,
             support,
         })
     }
 
-    pub(crate) fn rows(
-        &mut self,
-        first: usize,
-        inten: &[f32],
-        dens: &[f32],
-        sup: &[u8],
-    ) -> Result<()> {
-        self.w.write_rows_f32(self.data, first, inten)?;
-        self.w.write_rows_f32(self.density, first, dens)?;
-        self.w.write_rows_u8(self.support, first, sup)
-    }
-
-    /// [`SimCxi::rows`] from little-endian bytes (an MPI worker's rows, written as they
-    /// arrive).
+    /// Rows from little-endian bytes (a block's rows as [`crate::run::simulate`] carries
+    /// them), written at pattern `first`.
     pub(crate) fn rows_raw(
-        &mut self,
+        &self,
+        f: &mut StreamWriter,
         first: usize,
         inten: &[u8],
         dens: &[u8],
         sup: &[u8],
     ) -> Result<()> {
-        self.w.write_rows_raw(self.data, first, inten)?;
-        self.w.write_rows_raw(self.density, first, dens)?;
-        self.w.write_rows_raw(self.support, first, sup)
+        f.write_rows_raw(self.data, first, inten)?;
+        f.write_rows_raw(self.density, first, dens)?;
+        f.write_rows_raw(self.support, first, sup)
     }
 
-    pub(crate) fn finish(mut self, meta: &SimMeta, cfg: &SimConfig) -> Result<()> {
-        let f = &mut self.w;
+    /// Everything but the streamed rows (written before `f`'s `finish`).
+    pub(crate) fn write_meta(f: &mut StreamWriter, meta: &SimMeta, cfg: &SimConfig) -> Result<()> {
         let [_, h, w] = meta.mask.shape();
         let n = meta.orientation.len();
         f.string("cxi_version", "150")?;
@@ -1464,7 +1509,7 @@ impl SimCxi {
         )?;
         f.string("entry_1/process_1/program", "cdiphase simulate")?;
         f.string("entry_1/process_1/version", env!("CARGO_PKG_VERSION"))?;
-        self.w.finish()
+        Ok(())
     }
 }
 
