@@ -329,6 +329,24 @@ impl<T: Clone> ImageBlocks<T> {
         }
     }
 
+    /// A file read by windows (`src` not `Whole`): its images from the dataset's `shape`.
+    fn from_rows(
+        source: &Path,
+        entry: String,
+        shape: &[usize],
+        src: ImageSource<T>,
+    ) -> Result<ImageBlocks<T>> {
+        let (n, h, w) = nhw(source, &entry, shape)?;
+        Ok(ImageBlocks {
+            n,
+            h,
+            w,
+            source: source.to_path_buf(),
+            entry,
+            src,
+        })
+    }
+
     /// Check the window `r` of images and its memory (`elem` bytes per pixel while it is
     /// read and converted); the first image and the count actually read (a shared image
     /// is read whole for every window).
@@ -408,15 +426,7 @@ impl ImageBlocks<u8> {
                 return Err(super::complex_support(path, &rows.header.descr));
             }
         }
-        let (n, h, w) = nhw(path, &name, &shape)?;
-        Ok(ImageBlocks {
-            n,
-            h,
-            w,
-            source: path.to_path_buf(),
-            entry: name,
-            src,
-        })
+        Self::from_rows(path, name, &shape, src)
     }
 
     /// The supports of patterns `r` (0/1; a NaN or an infinity is an error naming the
@@ -453,15 +463,7 @@ impl ImageBlocks<Complex32> {
                 super::read_object(path, entry)?,
             ));
         };
-        let (n, h, w) = nhw(path, &name, &shape)?;
-        Ok(ImageBlocks {
-            n,
-            h,
-            w,
-            source: path.to_path_buf(),
-            entry: name,
-            src,
-        })
+        Self::from_rows(path, name, &shape, src)
     }
 
     /// The starting objects of patterns `r`: the window of a per-pattern file, or the
