@@ -5,7 +5,7 @@
 //! its per-layer times). Prints the best of REPEAT runs. The machine's speed drifts by tens
 //! of percent between seconds here, so compare two kernels by alternating them, not by
 //! two separate runs. `MODES=f32,bf16-avx512,...` compiles the network once per mode
-//! (f32, f32-gemm, winograd, bf16, bf16-avx512) and alternates them batch by batch.
+//! (f32, f32-direct, f32-gemm, winograd, bf16, bf16-avx512) and alternates them batch by batch.
 use cdiphase::backend::cpu::nn::{Mode, Network, Options, Runner};
 use cdiphase::nn::spec::{Activation, LayerSpec, ModelSpec, Op, Padding, Preprocess};
 use cdiphase::nn::Model;
@@ -74,6 +74,7 @@ fn main() {
         .split(',')
         .map(|m| match m.trim() {
             "f32" => Mode::F32,
+            "f32-direct" => Mode::F32Direct,
             "f32-gemm" => Mode::Gemm,
             "winograd" => Mode::Winograd,
             "bf16" => Mode::Bf16,

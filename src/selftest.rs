@@ -98,13 +98,13 @@ impl Target<'_> {
     fn forward(&self, m: &Model, x: &[f32], n: usize) -> Result<Vec<f32>> {
         match self {
             Target::Cpu(b) => {
-                let net = Network::with_features(m, Mode::F32, b.features())?;
+                let net = Network::with_features(m, Mode::F32Direct, b.features())?;
                 let mut r = Runner::with_pool(
                     &net,
                     n,
                     NnOptions {
                         threads: b.threads(),
-                        mode: Mode::F32,
+                        mode: Mode::F32Direct,
                         poison: true,
                     },
                     b.pool().clone(),

@@ -1114,7 +1114,7 @@ fn direct_kernels_match_reference() {
             act,
         );
         let what = format!("{h}x{w}x{ci}->{co} k{k:?} transpose-stride {ts} {p:?} {act:?} n{n}");
-        let mut modes = vec![(Mode::F32, 1e-5), (Mode::Gemm, 1e-5)];
+        let mut modes = vec![(Mode::F32Direct, 1e-5), (Mode::Gemm, 1e-5)];
         if bf16 {
             modes.push((Mode::Bf16Avx512, 1.5e-2));
         }
@@ -1132,6 +1132,12 @@ fn direct_kernels_match_reference() {
                     _ if !avx512 => None,
                     _ if co < 16 => Some("direct-dot"),
                     Mode::Bf16 if ci >= 16 && amx => Some("amx-bf16"),
+                    // wide 3x3 layers: f32 Winograd beats the AVX512_BF16 kernels
+                    Mode::Bf16 | Mode::Bf16Avx512
+                        if k == [3, 3] && ts <= 1 && ci >= 128 && co >= 128 =>
+                    {
+                        Some("winograd")
+                    }
                     Mode::Bf16 | Mode::Bf16Avx512 if ci >= 16 => Some("direct-bf16"),
                     _ => Some("direct-f32"),
                 };
@@ -1147,6 +1153,107 @@ fn direct_kernels_match_reference() {
             }
         }
     }
+}
+
+/// `Mode::F32` runs the 3x3 stride-1 layers with >= 64 input and output channels with
+/// Winograd F(4x4, 3x3) (where the CPU has AVX-512F): against the float64 reference at
+/// sizes that leave partial 4x4 tiles in both directions, a single tile, a 1-row image, odd
+/// channel counts, transposed layers, a fused pooling, batch 1 to 9, 1 and 2 threads, the
+/// outputs poisoned before the kernel. The bound (1e-5 relative L2, against < 1e-6 asked of
+/// the direct kernels) is 4x the largest error measured here (2.6e-6); one transform
+/// coefficient off by 1 % gives 3.8e-3.
+#[test]
+fn f32_mode_runs_winograd_f4x4_on_wide_layers() {
+    let mut rng = Rng(41);
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    // (h, w, ci, co, transpose, pool, n)
+    let cases = [
+        (7, 13, 64, 64, false, false, 1),
+        (17, 9, 67, 80, true, false, 3),
+        (12, 10, 64, 128, false, true, 2),
+        (4, 4, 128, 64, false, false, 9),
+        (1, 6, 64, 64, true, false, 2),
+        (30, 22, 64, 66, false, true, 1),
+        (9, 31, 96, 64, true, false, 2),
+    ];
+    let mut worst = 0.0f64;
+    for (h, w, ci, co, transpose, pool, n) in cases {
+        let conv = if transpose {
+            Op::Conv2DTranspose {
+                filters: co,
+                kernel: [3, 3],
+                strides: [1, 1],
+                padding: Padding::Same,
+                activation: Activation::Relu,
+                use_bias: true,
+            }
+        } else {
+            conv3(co, 1, Padding::Same, Activation::Linear)
+        };
+        let mut layers = vec![layer("c", &["input"], conv)];
+        if pool {
+            layers.push(layer("p", &["c"], pool2()));
+        }
+        let spec = model_spec([h, w, ci], layers, if pool { "p" } else { "c" });
+        let model = Model::random(spec, 8).unwrap();
+        let x = rng.vec(n * h * w * ci);
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let f = if transpose { convt_ref } else { conv_ref };
+        let act = if transpose {
+            Activation::Relu
+        } else {
+            Activation::Linear
+        };
+        let (cv, ho, wo) = f(
+            &x64,
+            n,
+            h,
+            w,
+            ci,
+            &model.weights["c/kernel"].data,
+            &model.weights["c/bias"].data,
+            3,
+            3,
+            co,
+            [1, 1],
+            Padding::Same,
+            act,
+        );
+        let want = if pool {
+            let mut o = vec![0.0f64; n * (ho / 2) * (wo / 2) * co];
+            for im in 0..n {
+                for y in 0..ho / 2 {
+                    for q in 0..wo / 2 {
+                        for c in 0..co {
+                            let at = |dy: usize, dq: usize| {
+                                cv[((im * ho + 2 * y + dy) * wo + 2 * q + dq) * co + c]
+                            };
+                            o[((im * (ho / 2) + y) * (wo / 2) + q) * co + c] =
+                                at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                        }
+                    }
+                }
+            }
+            o
+        } else {
+            cv
+        };
+        for threads in [1, 2] {
+            let (got, prof) = run_profiled(&model, &x, n, Mode::F32, threads);
+            let e = rel_err(&got, &want);
+            let what =
+                format!("{h}x{w}x{ci}->{co} transpose {transpose} pool {pool} n{n} t{threads}");
+            assert!(e < 1e-5, "{what}: rel err {e}");
+            worst = worst.max(e);
+            if avx512 {
+                assert_eq!(prof[0].1, "winograd", "{what}");
+                // the direct kernels are exact to ~1e-7: Winograd's error is its own
+                let (d, _) = run_profiled(&model, &x, n, Mode::F32Direct, threads);
+                assert!(rel_err(&d, &want) < 1e-6, "{what}: direct");
+            }
+        }
+    }
+    eprintln!("winograd F(4x4, 3x3) worst relative L2 error: {worst:.2e}");
 }
 
 /// An UpSampling2D read only by a convolution is folded into it (the convolution reads the
@@ -1172,6 +1279,10 @@ fn upsampling_fused_into_the_next_convolution() {
         // sub-pixel classes 16 and 14 wide: compact tiles
         (5, 16, 32, 40, [2, 2], 1, true, Mode::F32, 1e-5),
         (3, 14, 64, 32, [2, 2], 1, false, Mode::F32, 1e-5),
+        // wide enough for Winograd in f32: an upsampled reader goes back to direct
+        // sub-pixel classes
+        (5, 6, 64, 72, [2, 2], 1, false, Mode::F32, 1e-5),
+        (3, 4, 128, 128, [2, 2], 1, true, Mode::Bf16Avx512, 1.5e-2),
         // the AVX512_BF16 kernel's sub-pixel classes: odd pair counts, a channel tail,
         // compact tiles (16 and 14 wide classes), one vector per tile
         (5, 16, 34, 40, [2, 2], 1, true, Mode::Bf16Avx512, 1.5e-2),

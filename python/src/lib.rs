@@ -828,6 +828,7 @@ fn net_mode(name: &str) -> PyRes<backend::Mode> {
     use backend::Mode;
     Ok(match name.to_ascii_lowercase().as_str() {
         "f32" => Mode::F32,
+        "f32-direct" => Mode::F32Direct,
         "f32-gemm" => Mode::Gemm,
         "winograd" => Mode::Winograd,
         "bf16" => Mode::Bf16,
@@ -835,7 +836,7 @@ fn net_mode(name: &str) -> PyRes<backend::Mode> {
         "fast" => backend::cpu::nn::fast_mode().0,
         other => {
             return Err(PyValueError::new_err(format!(
-                "mode '{other}': expected f32, f32-gemm, winograd, bf16, bf16-avx512 or fast"
+                "mode '{other}': expected f32, f32-direct, f32-gemm, winograd, bf16, bf16-avx512 or fast"
             )))
         }
     })

@@ -38,18 +38,27 @@ pub trait PhasingOps {
 /// kernels are f32 ([`Mode::F32`]) only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
-    /// f32, exact up to summation order: the direct AVX-512 kernels where the CPU has
-    /// AVX-512F (stride-1 layers), the GEMM paths otherwise.
+    /// f32 arithmetic, the fastest measured kernels: Winograd F(4x4, 3x3) for the 3x3
+    /// stride-1 layers with >= 64 input and output channels where the CPU has AVX-512F
+    /// (not those reading a fused upsampling), the direct kernels for the other stride-1
+    /// layers, the GEMM paths without AVX-512F. Winograd's rounding error is ~10x the direct
+    /// kernels' (about 1e-6 of a layer's output scale); [`Mode::F32Direct`] avoids it.
     #[default]
     F32,
+    /// f32, exact up to summation order: the direct AVX-512 kernels where the CPU has
+    /// AVX-512F (stride-1 layers), the GEMM paths otherwise (the reference path).
+    F32Direct,
     /// f32 through the GEMM paths only (shifted GEMM or im2col; for comparison).
     Gemm,
-    /// Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions with >= 16 channels (2.25x fewer
-    /// multiplications; a small accuracy cost, reported by the bench), GEMM for the rest.
+    /// Winograd F(4x4, 3x3) for every 3x3 stride-1 convolution with >= 16 channels (4x
+    /// fewer multiplications; a small accuracy cost, reported by the bench), GEMM for the
+    /// rest.
     Winograd,
     /// bf16 inputs and weights with f32 accumulation for the stride-1 layers with >= 16
     /// input and output channels, f32 elsewhere: on the AMX tile unit where the CPU has it
-    /// (`tdpbf16ps`), else with AVX512_BF16 (`vdpbf16ps`).
+    /// (`tdpbf16ps`), else with AVX512_BF16 (`vdpbf16ps`), where the 3x3 layers with >= 128
+    /// input and output channels run f32 Winograd F(4x4, 3x3) instead (faster there than
+    /// the bf16 dot products, and more accurate).
     Bf16,
     /// As `Bf16`, always with AVX512_BF16 (`vdpbf16ps`), never AMX (for comparison).
     Bf16Avx512,
@@ -59,8 +68,9 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::F32 => "f32",
+            Mode::F32Direct => "f32-direct",
             Mode::Gemm => "f32-gemm",
-            Mode::Winograd => "winograd-f2x2-3x3",
+            Mode::Winograd => "winograd-f4x4-3x3",
             Mode::Bf16 => "bf16",
             Mode::Bf16Avx512 => "bf16-avx512",
         }

@@ -31,7 +31,8 @@ pub struct NetworkBenchResult {
     /// (wall seconds x threads): below 1 when the machine is shared and the threads wait
     pub cpu_s_per_batch: Option<f64>,
     pub cpu_share: Option<f64>,
-    /// fast mode only: max|fast - f32| / max|f32| on the benchmark's input
+    /// every mode but f32-direct: max|y - y_direct| / max|y_direct| on the benchmark's
+    /// input, against the exact direct f32 kernels
     pub fast_max_rel_err: Option<f64>,
     /// per layer: (name, ms per batch, algorithm), mean over the timed batches
     pub layers: Vec<(String, f64, String)>,
@@ -113,13 +114,13 @@ pub fn bench_network(
     let fast_out = r.run(&x, batch)?.to_vec();
     let arena = r.arena_bytes();
     drop(r);
-    let fast_max_rel_err = if mode != Mode::F32 {
-        let net32 = Network::new(model, Mode::F32)?;
+    let fast_max_rel_err = if mode != Mode::F32Direct {
+        let net32 = Network::new(model, Mode::F32Direct)?;
         let mut r32 = Runner::new(
             &net32,
             batch,
             Options {
-                mode: Mode::F32,
+                mode: Mode::F32Direct,
                 ..opts
             },
         )?;

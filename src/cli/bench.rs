@@ -20,8 +20,8 @@ pub struct BenchArgs {
     /// network: architecture preset with seeded random weights (spinn, spinn:SIZE[:WIDTH]).
     #[arg(long)]
     pub arch: Option<String>,
-    /// network: CPU kernels (f32, f32-gemm, winograd, bf16); a mode other than f32 reports
-    /// its error against f32.
+    /// network: CPU kernels (f32, f32-direct, f32-gemm, winograd, bf16, bf16-avx512; as
+    /// `predict --mode`); a mode other than f32-direct reports its error against it.
     #[arg(long, value_enum, default_value_t = NetMode::F32)]
     pub mode: NetMode,
     /// network: the fastest opt-in mode of this CPU (as `predict --fast`).
@@ -173,7 +173,7 @@ pub fn bench_network(b: NetBench) -> Result<()> {
             println!("  {name:22} {ms:9.1} ms/batch  {algo}");
         }
         if let Some(e) = r.fast_max_rel_err {
-            println!("{} vs f32:  max rel err {e:.2e}", r.mode);
+            println!("{} vs f32-direct:  max rel err {e:.2e}", r.mode);
         }
     }
     Ok(())
@@ -216,7 +216,7 @@ fn bench_gpu(a: &BenchArgs, device: Device, h: usize, w: usize) -> Result<()> {
 
 /// `bench network --device cuda|emu`.
 fn bench_gpu_network(a: &BenchArgs, device: Device) -> Result<()> {
-    if a.fast || a.mode != NetMode::F32 {
+    if a.fast || !matches!(a.mode, NetMode::F32 | NetMode::F32Direct) {
         bail!("--fast / --mode select CPU kernels; drop them with --device {device:?}");
     }
     let model = match (a.model.as_deref(), a.arch.as_deref()) {

@@ -265,6 +265,7 @@ pub fn arch_preset(s: &str, pre: Preprocess) -> Result<cdiphase::nn::ModelSpec> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetMode {
     F32,
+    F32Direct,
     F32Gemm,
     Winograd,
     Bf16,
@@ -278,6 +279,7 @@ pub fn engine_mode(mode: NetMode, fast: bool) -> Mode {
     }
     match mode {
         NetMode::F32 => Mode::F32,
+        NetMode::F32Direct => Mode::F32Direct,
         NetMode::F32Gemm => Mode::Gemm,
         NetMode::Winograd => Mode::Winograd,
         NetMode::Bf16 => Mode::Bf16,

@@ -32,12 +32,15 @@ pub struct PredictArgs {
     device: String,
     #[arg(long)]
     threads: Option<usize>,
-    /// CPU kernels: f32 (exact), f32-gemm (the GEMM paths, for comparison), winograd
-    /// (F(2x2,3x3)), bf16 (bf16 products, f32 sums: AMX, else AVX512_BF16), bf16-avx512.
+    /// CPU kernels: f32 (Winograd F(4x4,3x3) on 3x3 layers with >= 64 channels, direct
+    /// elsewhere; ~1e-6 relative rounding), f32-direct (the direct kernels: exact up to
+    /// summation order), f32-gemm (the GEMM paths, for comparison), winograd (F(4x4,3x3) on
+    /// every 3x3 layer), bf16 (bf16 products, f32 sums: AMX, else AVX512_BF16), bf16-avx512.
     #[arg(long, value_enum, default_value_t = NetMode::F32)]
     mode: NetMode,
     /// The fastest opt-in mode this CPU has: bf16 on AMX, else bf16 on AVX512_BF16 where its
-    /// dot products measure faster than the f32 FMAs (AMD Zen 4), else f32; prints why.
+    /// dot products measure faster than the f32 FMAs (AMD Zen 4; with f32 Winograd on the
+    /// layers of >= 128 channels), else f32; prints why.
     #[arg(long, conflicts_with = "mode")]
     fast: bool,
     #[arg(short, long)]

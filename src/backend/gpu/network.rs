@@ -466,7 +466,8 @@ pub fn load<'a>(
     _max_batch: usize,
     opts: NetOptions,
 ) -> Result<Box<dyn Forward + 'a>> {
-    if opts.mode != Mode::F32 {
+    // the GPU kernels are direct f32 convolutions: both f32 modes mean them
+    if !matches!(opts.mode, Mode::F32 | Mode::F32Direct) {
         return Err(Error::Config(format!(
             "the {} backend runs the network in f32 only; mode {} selects CPU kernels (drop \
              --mode/--fast, or use --device cpu)",

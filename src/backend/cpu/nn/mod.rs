@@ -48,9 +48,9 @@ pub const FAST_BF16_MIN_RATIO: f64 = 1.4;
 
 /// The fastest opt-in mode on this CPU (`--fast`) and why: bf16 on AMX where the kernel
 /// grants it; else bf16 on AVX512_BF16 where its dot products measured at least
-/// [`FAST_BF16_MIN_RATIO`] x the f32 FMA rate ([`DotPeak`], e.g. AMD Zen 4: ~2x); else f32,
-/// the exact kernels, since no faster path is known for that CPU (Winograd F(2x2,3x3)
-/// measured slower than the direct f32 kernels on the bundled model).
+/// [`FAST_BF16_MIN_RATIO`] x the f32 FMA rate ([`DotPeak`], e.g. AMD Zen 4: ~2x; the
+/// layers with >= 128 channels then run f32 Winograd, faster still); else f32 (the default,
+/// already Winograd F(4x4, 3x3) on the wide layers), since no faster path is known there.
 pub fn fast_mode() -> (Mode, String) {
     let isa = CpuFeatures::detect();
     if isa.amx() {
@@ -61,7 +61,8 @@ pub fn fast_mode() -> (Mode, String) {
             Mode::Bf16,
             format!(
                 "bf16 with AVX512_BF16: vdpbf16ps measured {:.2}x the f32 FMA rate on this \
-                 core ({:.0} against {:.0} GFLOP/s)",
+                 core ({:.0} against {:.0} GFLOP/s); f32 Winograd F(4x4,3x3) on the 3x3 layers \
+                 with >= 128 channels",
                 p.ratio(),
                 p.bf16_gflops,
                 p.f32_gflops
@@ -70,15 +71,16 @@ pub fn fast_mode() -> (Mode, String) {
         Some(p) => (
             Mode::F32,
             format!(
-                "f32: vdpbf16ps measured only {:.2}x the f32 FMA rate on this core (< {}), \
-                 and no faster path is known for this CPU",
+                "f32 (Winograd F(4x4,3x3) on wide layers): vdpbf16ps measured only {:.2}x \
+                 the f32 FMA rate on this core (< {}), and no faster path is known for this CPU",
                 p.ratio(),
                 FAST_BF16_MIN_RATIO
             ),
         ),
         None => (
             Mode::F32,
-            "f32: this CPU has neither AMX nor AVX512_BF16, and no faster path is known for it"
+            "f32 (Winograd F(4x4,3x3) on wide layers where the CPU has AVX-512F): this CPU \
+             has neither AMX nor AVX512_BF16, and no faster path is known for it"
                 .into(),
         ),
     }
@@ -428,6 +430,11 @@ fn fuse_upsampling(steps: &mut Vec<Step>, output_value: usize) {
         let conv = &mut steps[r];
         if let Kind::Conv(c) = &mut conv.kind {
             c.up = s;
+            if c.algo == ConvAlgo::Winograd && c.direct.is_some() {
+                // the sub-pixel classes need 4 taps where Winograd computes 9
+                c.algo = ConvAlgo::Direct;
+                c.wino = Vec::new();
+            }
             if std::env::var("CDIPHASE_NO_SUBPIXEL").is_err() {
                 c.subpixel = c.direct.as_ref().and_then(|p| direct::subpixel(c, p.kind));
             }
@@ -558,6 +565,7 @@ fn conv_step(
 ) -> ConvStep {
     let force = std::env::var("CDIPHASE_CONV_ALGO").unwrap_or_default();
     let gemm_only = mode == Mode::Gemm || force == "gemm";
+    let wino_min = winograd_min_channels(mode, isa);
     let mut dkind = None;
     let algo = if force == "im2col" {
         ConvAlgo::Im2col
@@ -576,7 +584,13 @@ fn conv_step(
         } else {
             DirectKind::F32
         });
-        ConvAlgo::Direct
+        // Winograd where it measured faster; the direct weights stay packed for a fused
+        // upsampling, which turns the layer back to direct (sub-pixel classes)
+        if d == [1, 1] && kh == 3 && kw == 3 && cin >= wino_min && cout >= wino_min {
+            ConvAlgo::Winograd
+        } else {
+            ConvAlgo::Direct
+        }
     } else if s == [1, 1] && cin >= 16 {
         ConvAlgo::Shifted
     } else {
@@ -611,6 +625,30 @@ fn conv_step(
         algo,
         wino,
         direct,
+    }
+}
+
+/// Fewest input and output channels of a 3x3 stride-1 layer that `mode` runs with Winograd
+/// F(4x4, 3x3) on this CPU (usize::MAX: none). Measured on AMD Zen 4 (BENCHMARKS "Winograd
+/// F(4x4, 3x3)"): against the direct f32 kernels Winograd gains 1.8x at 64 channels and
+/// 2.2-2.7x at 128-256; against the AVX512_BF16 kernels (1.8-1.95x f32) only from 128.
+/// Never with AMX (3x f32 and more). `CDIPHASE_WINO_MIN=N` overrides it (A/B runs).
+fn winograd_min_channels(mode: Mode, isa: CpuFeatures) -> usize {
+    if let Some(n) = std::env::var("CDIPHASE_WINO_MIN")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return if matches!(mode, Mode::F32 | Mode::Bf16 | Mode::Bf16Avx512) {
+            n
+        } else {
+            usize::MAX
+        };
+    }
+    match mode {
+        Mode::F32 => 64,
+        Mode::Bf16 if isa.amx() => usize::MAX,
+        Mode::Bf16 | Mode::Bf16Avx512 => 128,
+        Mode::F32Direct | Mode::Gemm | Mode::Winograd => usize::MAX,
     }
 }
 

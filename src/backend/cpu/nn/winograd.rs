@@ -1,10 +1,12 @@
-//! Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (the opt-in fast mode).
+//! Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions.
 //!
-//! Output tiles of 2x2 read 4x4 input tiles: `V = B^T d B` per tile and channel, 16 GEMMs
-//! `M_e = V_e . U_e` (tiles x Cin by Cin x Cout) with `U = G g G^T` precomputed, then
-//! `Y = A^T M A`. 16 products per 4 outputs instead of 36: 2.25x fewer multiply-adds in
-//! the GEMMs, at the price of transforms and a slightly larger rounding error (the bench
-//! reports it against the f32 path).
+//! Output tiles of 4x4 read 6x6 input tiles: `V = B^T d B` per tile and channel, 36 GEMMs
+//! `M_e = V_e . U_e` (tiles x Cin by Cin x Cout) with `U = G g G^T` precomputed (in f64,
+//! rounded once), then `Y = A^T M A` (Lavin and Gray 2016, interpolation points 0, +-1,
+//! +-2, infinity). 36 products per 16 outputs instead of 144: 4x fewer multiply-adds in the
+//! GEMMs, at the price of transforms and a larger rounding error than the direct kernels
+//! (~1e-6 of the output's scale per layer against ~1e-7; `tests/nn_layers.rs` holds it to
+//! float64 references).
 
 use gemm::Parallelism;
 
@@ -12,28 +14,39 @@ use super::conv::ConvStep;
 use super::matmul::sgemm;
 use crate::backend::cpu::features::CpuFeatures;
 
-/// `U[e, ci, co]` (e = 4*i + j) from the cross-correlation kernel `wgt[(dy*3+dx), ci, co]`.
+/// Output tile side.
+const T: usize = 4;
+/// Input tile side (T + 2).
+const N: usize = 6;
+/// Transform elements per tile.
+const E: usize = N * N;
+
+/// G (6x3), in f64.
+const G: [[f64; 3]; N] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `U[e, ci, co]` (e = 6*i + j) from the cross-correlation kernel `wgt[(dy*3+dx), ci, co]`.
 pub(crate) fn transform_kernel(wgt: &[f32], cin: usize, cout: usize) -> Vec<f32> {
-    let mut u = vec![0.0f32; 16 * cin * cout];
-    let g_mat: [[f64; 3]; 4] = [
-        [1.0, 0.0, 0.0],
-        [0.5, 0.5, 0.5],
-        [0.5, -0.5, 0.5],
-        [0.0, 0.0, 1.0],
-    ];
+    let mut u = vec![0.0f32; E * cin * cout];
     for ci in 0..cin {
         for co in 0..cout {
             let g = |dy: usize, dx: usize| wgt[((dy * 3 + dx) * cin + ci) * cout + co] as f64;
             // G g G^T
-            for i in 0..4 {
-                for j in 0..4 {
+            for i in 0..N {
+                for j in 0..N {
                     let mut s = 0.0;
-                    for a in 0..3 {
-                        for b in 0..3 {
-                            s += g_mat[i][a] * g(a, b) * g_mat[j][b];
+                    for (a, &gia) in G[i].iter().enumerate() {
+                        for (b, &gjb) in G[j].iter().enumerate() {
+                            s += gia * g(a, b) * gjb;
                         }
                     }
-                    u[((i * 4 + j) * cin + ci) * cout + co] = s as f32;
+                    u[((i * N + j) * cin + ci) * cout + co] = s as f32;
                 }
             }
         }
@@ -42,28 +55,29 @@ pub(crate) fn transform_kernel(wgt: &[f32], cin: usize, cout: usize) -> Vec<f32>
 }
 
 fn tiles_w(c: &ConvStep) -> usize {
-    c.wo.div_ceil(2)
+    c.wo.div_ceil(T)
 }
 
-/// Output rows per work item (even): the tiles of a row band fit the target working set.
+/// Output rows per work item (a multiple of the tile side, hence even for a fused
+/// pooling): the tiles of a row band fit the target working set.
 pub(crate) fn tile_rows(c: &ConvStep, batch: usize, threads: usize, target: usize) -> usize {
-    let per_pair = tiles_w(c) * (c.cin + c.cout) * 16 * 4;
-    let mut pairs = (target / per_pair.max(1)).clamp(1, c.ho.div_ceil(2));
-    while pairs > 1 && batch * c.ho.div_ceil(2 * pairs) < 4 * threads {
-        pairs = pairs.div_ceil(2);
+    let per_tile_row = tiles_w(c) * (c.cin + c.cout) * E * 4;
+    let mut trows = (target / per_tile_row.max(1)).clamp(1, c.ho.div_ceil(T));
+    while trows > 1 && batch * c.ho.div_ceil(T * trows) < 4 * threads {
+        trows = trows.div_ceil(2);
     }
-    2 * pairs
+    T * trows
 }
 
 pub(crate) fn scratch_len_rows(c: &ConvStep, rows: usize) -> usize {
     let tw = tiles_w(c);
-    let th = rows.div_ceil(2);
-    let wp2 = 2 * tw + 2;
-    (2 * th + 2) * wp2 * c.cin + 16 * th * tw * (c.cin + c.cout)
+    let th = rows.div_ceil(T);
+    let wp = T * tw + 2;
+    (T * th + 2) * wp * c.cin + E * th * tw * (c.cin + c.cout)
 }
 
-/// Output rows [r0, r0 + rows) of one image (r0 even). The transforms are compiled for
-/// AVX-512 too and picked at run time.
+/// Output rows [r0, r0 + rows) of one image (r0 a multiple of the tile side). The
+/// transforms are compiled for AVX-512 too and picked at run time.
 pub(crate) fn tile(
     c: &ConvStep,
     isa: CpuFeatures,
@@ -99,24 +113,24 @@ unsafe fn tile_avx512(
 fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], sc: &mut [f32]) {
     let (cin, cout) = (c.cin, c.cout);
     let tw = tiles_w(c);
-    let th = rows.div_ceil(2);
+    let th = rows.div_ceil(T);
     let nt = th * tw;
-    let wp2 = 2 * tw + 2;
-    let (p, rest) = sc.split_at_mut((2 * th + 2) * wp2 * cin);
-    let (v, rest) = rest.split_at_mut(16 * nt * cin);
-    let m = &mut rest[..16 * nt * cout];
-    for (jj, dst) in p.chunks_exact_mut(wp2 * cin).enumerate() {
-        c.fill_p_row(x, r0 + jj, wp2, dst);
+    let wp = T * tw + 2;
+    let (p, rest) = sc.split_at_mut((T * th + 2) * wp * cin);
+    let (v, rest) = rest.split_at_mut(E * nt * cin);
+    let m = &mut rest[..E * nt * cout];
+    for (jj, dst) in p.chunks_exact_mut(wp * cin).enumerate() {
+        c.fill_p_row(x, r0 + jj, wp, dst);
     }
     // input transform, 16 channels at a time (fixed-size arrays: vectorised)
     for ty in 0..th {
         for tx in 0..tw {
             let t = ty * tw + tx;
-            let at = |i: usize, j: usize| ((2 * ty + i) * wp2 + 2 * tx + j) * cin;
+            let at = |i: usize, j: usize| ((T * ty + i) * wp + T * tx + j) * cin;
             let mut c0 = 0;
             while c0 < cin {
                 let cb = (cin - c0).min(L);
-                let mut d = [[[0.0f32; L]; 4]; 4];
+                let mut d = [[[0.0f32; L]; N]; N];
                 for (i, di) in d.iter_mut().enumerate() {
                     for (j, dij) in di.iter_mut().enumerate() {
                         dij[..cb].copy_from_slice(&p[at(i, j) + c0..at(i, j) + c0 + cb]);
@@ -131,7 +145,7 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
             }
         }
     }
-    for e in 0..16 {
+    for e in 0..E {
         // SAFETY: V_e is (nt, cin), U_e (cin, cout), M_e (nt, cout), row-major, in bounds.
         unsafe {
             sgemm(
@@ -156,19 +170,19 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
             let mut c0 = 0;
             while c0 < cout {
                 let cb = (cout - c0).min(L);
-                let mut mm = [[0.0f32; L]; 16];
+                let mut mm = [[0.0f32; L]; E];
                 for (e, me) in mm.iter_mut().enumerate() {
                     let o = (e * nt + t) * cout + c0;
                     me[..cb].copy_from_slice(&m[o..o + cb]);
                 }
                 let y = output_tile(&mm);
                 for (a, ya) in y.iter().enumerate() {
-                    let oy = 2 * ty + a;
+                    let oy = T * ty + a;
                     if oy >= rows {
                         continue;
                     }
                     for (b, yab) in ya.iter().enumerate() {
-                        let ox = 2 * tx + b;
+                        let ox = T * tx + b;
                         if ox >= c.wo {
                             continue;
                         }
@@ -190,50 +204,92 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
 /// Channel block of the transforms.
 const L: usize = 16;
 
+/// `B^T x` for one column of six channel blocks.
+#[inline(always)]
+fn bt6(x: [&[f32; L]; N], l: usize) -> [f32; N] {
+    let (d0, d1, d2, d3, d4, d5) = (x[0][l], x[1][l], x[2][l], x[3][l], x[4][l], x[5][l]);
+    [
+        4.0 * d0 - 5.0 * d2 + d4,
+        -4.0 * (d1 + d2) + d3 + d4,
+        4.0 * (d1 - d2) - d3 + d4,
+        2.0 * (d3 - d1) - d2 + d4,
+        2.0 * (d1 - d3) - d2 + d4,
+        4.0 * d1 - 5.0 * d3 + d5,
+    ]
+}
+
 /// `V = B^T d B` for a block of channels; `d[i][j]` is input pixel (i, j).
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn input_tile(d: &[[[f32; L]; 4]; 4]) -> [[f32; L]; 16] {
-    let mut tm = [[[0.0f32; L]; 4]; 4];
-    for j in 0..4 {
+fn input_tile(d: &[[[f32; L]; N]; N]) -> [[f32; L]; E] {
+    // tm[i][j] = (B^T d)[i][j]
+    let mut tm = [[[0.0f32; L]; N]; N];
+    for j in 0..N {
         for l in 0..L {
-            let (d0, d1, d2, d3) = (d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l]);
-            tm[0][j][l] = d0 - d2;
-            tm[1][j][l] = d1 + d2;
-            tm[2][j][l] = d2 - d1;
-            tm[3][j][l] = d1 - d3;
+            let col = bt6(
+                [&d[0][j], &d[1][j], &d[2][j], &d[3][j], &d[4][j], &d[5][j]],
+                l,
+            );
+            for i in 0..N {
+                tm[i][j][l] = col[i];
+            }
         }
     }
-    let mut v = [[0.0f32; L]; 16];
-    for i in 0..4 {
+    let mut v = [[0.0f32; L]; E];
+    for i in 0..N {
         for l in 0..L {
-            let (r0, r1, r2, r3) = (tm[i][0][l], tm[i][1][l], tm[i][2][l], tm[i][3][l]);
-            v[i * 4][l] = r0 - r2;
-            v[i * 4 + 1][l] = r1 + r2;
-            v[i * 4 + 2][l] = r2 - r1;
-            v[i * 4 + 3][l] = r1 - r3;
+            let r = &tm[i];
+            let row = bt6([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]], l);
+            for j in 0..N {
+                v[i * N + j][l] = row[j];
+            }
         }
     }
     v
 }
 
-/// `Y = A^T M A` for a block of channels; `m[4*i + j]`.
+/// `A^T x` (6 -> 4).
+#[inline(always)]
+fn at4(m: [f32; N]) -> [f32; T] {
+    let (s12, d12) = (m[1] + m[2], m[1] - m[2]);
+    let (s34, d34) = (m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + s12 + s34,
+        d12 + 2.0 * d34,
+        s12 + 4.0 * s34,
+        d12 + 8.0 * d34 + m[5],
+    ]
+}
+
+/// `Y = A^T M A` for a block of channels; `m[6*i + j]`.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn output_tile(m: &[[f32; L]; 16]) -> [[[f32; L]; 2]; 2] {
-    let mut r = [[[0.0f32; L]; 4]; 2];
-    for j in 0..4 {
+fn output_tile(m: &[[f32; L]; E]) -> [[[f32; L]; T]; T] {
+    // r[a][j] = (A^T M)[a][j]
+    let mut r = [[[0.0f32; L]; N]; T];
+    for j in 0..N {
         for l in 0..L {
-            let (m0, m1, m2, m3) = (m[j][l], m[4 + j][l], m[8 + j][l], m[12 + j][l]);
-            r[0][j][l] = m0 + m1 + m2;
-            r[1][j][l] = m1 - m2 - m3;
+            let col = at4([
+                m[j][l],
+                m[N + j][l],
+                m[2 * N + j][l],
+                m[3 * N + j][l],
+                m[4 * N + j][l],
+                m[5 * N + j][l],
+            ]);
+            for a in 0..T {
+                r[a][j][l] = col[a];
+            }
         }
     }
-    let mut y = [[[0.0f32; L]; 2]; 2];
-    for a in 0..2 {
+    let mut y = [[[0.0f32; L]; T]; T];
+    for a in 0..T {
         for l in 0..L {
-            y[a][0][l] = r[a][0][l] + r[a][1][l] + r[a][2][l];
-            y[a][1][l] = r[a][1][l] - r[a][2][l] - r[a][3][l];
+            let ra = &r[a];
+            let row = at4([ra[0][l], ra[1][l], ra[2][l], ra[3][l], ra[4][l], ra[5][l]]);
+            for b in 0..T {
+                y[a][b][l] = row[b];
+            }
         }
     }
     y
