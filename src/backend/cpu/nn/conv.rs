@@ -54,10 +54,16 @@ pub(crate) struct ConvStep {
     pub bias: Vec<f32>,
     pub act: Activation,
     pub(crate) algo: ConvAlgo,
-    /// Winograd-transformed kernel (16, cin, cout)
+    /// Winograd-transformed kernel (36, cin, cout), for the portable GEMM
     pub wino: Vec<f32>,
+    /// the same packed as 36 taps for the AVX-512 f32 micro-kernels (instead of `wino`
+    /// where the CPU has AVX-512F)
+    pub(crate) wino_pack: Option<DirectPack>,
     /// weights packed for the direct kernels
     pub(crate) direct: Option<DirectPack>,
+    /// a Winograd layer's direct kernel, packed only if a fused upsampling turns the layer
+    /// back to direct (sub-pixel classes: 4 taps where Winograd computes 9)
+    pub(crate) direct_kind: Option<DirectKind>,
 }
 
 /// Which micro-kernel a direct layer runs.

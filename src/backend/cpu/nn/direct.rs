@@ -388,6 +388,56 @@ pub(crate) fn tile(
     }
 }
 
+/// Rows of slack a [`gemm_packed`] operand needs after its last row.
+pub(crate) const GEMM_SLACK_ROWS: usize = MR_MAX;
+
+/// `m[r][..cout] = a[r][..cin] . W_tap` for rows `r < rows`, with the f32 micro-kernels of
+/// the direct convolutions (tiles of 6-14 rows x 32 columns, the rows split evenly; or
+/// 28 x 16), `W_tap` being tap
+/// `tap` of `p` (F32 weights packed by [`pack`] as `taps` taps of `cin x cout`): the GEMMs
+/// of Winograd's transformed domain, whose weights are packed once at compile time.
+/// `a` holds `rows` rows of `cin` floats and then [`GEMM_SLACK_ROWS`] readable rows (read,
+/// never used); `m` rows of `ldm >= cout` floats.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_packed(
+    p: &DirectPack,
+    tap: usize,
+    taps: usize,
+    cin: usize,
+    cout: usize,
+    a: &[f32],
+    rows: usize,
+    m: &mut [f32],
+    ldm: usize,
+) {
+    assert!(p.kind == DirectKind::F32 && tap < taps && ldm >= cout);
+    assert!(p.w32.len() == p.ncb * taps * cin * 16 * p.nv && p.ncb * 16 * p.nv >= cout);
+    assert!(a.len() >= (rows + GEMM_SLACK_ROWS) * cin);
+    assert!(rows == 0 || m.len() >= (rows - 1) * ldm + cout);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: F32 packs are only made where the detected CPU has AVX-512F (conv_step);
+    // the sizes were checked just above: every tile reads rows of `a` below
+    // rows + MR_MAX and writes rows of `m` below `rows`, columns below `cout`.
+    unsafe {
+        x86::gemm_f32(
+            p,
+            tap,
+            taps,
+            cin,
+            cout,
+            a.as_ptr(),
+            rows,
+            m.as_mut_ptr(),
+            ldm,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, m);
+        unreachable!("direct kernels are chosen only where available() is true");
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 // the micro-kernels index their register arrays by pixel and vector on purpose
 #[allow(clippy::needless_range_loop)]
@@ -706,6 +756,77 @@ mod x86 {
                 _ => $f::<$mr, $nv, 0, $k>($($arg),*),
             }
         };
+    }
+
+    /// [`super::gemm_packed`] on raw pointers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `p` holds F32 weights of `taps` taps (`cin x cout`, tap < taps);
+    /// `a` points at `(rows + MR_MAX) * cin` readable floats, `m` at `rows` rows of `ldm`
+    /// floats, writable in their first `cout` columns.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_f32(
+        p: &DirectPack,
+        tap: usize,
+        taps: usize,
+        cin: usize,
+        cout: usize,
+        a: *const f32,
+        rows: usize,
+        m: *mut f32,
+        ldm: usize,
+    ) {
+        static ZERO: [f32; 32] = [0.0; 32];
+        let nb = 16 * p.nv;
+        // SAFETY: the caller upholds the contract above (# Safety); a tile's rows past
+        // `rows` get a null destination (not stored) and read within the slack.
+        unsafe {
+            macro_rules! run {
+                ($mr:literal, $nv:literal) => {
+                    for cb in 0..p.ncb {
+                        let mask = masks::<$nv>(cout, cb * nb);
+                        let w = p.w32.as_ptr().add((cb * taps + tap) * cin * nb);
+                        let mut r0 = 0;
+                        while r0 < rows {
+                            let mut dst = [std::ptr::null_mut(); $mr];
+                            for (i, d) in dst.iter_mut().enumerate() {
+                                if r0 + i < rows {
+                                    *d = m.add((r0 + i) * ldm + cb * nb);
+                                }
+                            }
+                            dispatch_cin!(
+                                micro_f32,
+                                $mr,
+                                $nv,
+                                cin,
+                                [0],
+                                a.add(r0 * cin),
+                                cin,
+                                0,
+                                &[0],
+                                w,
+                                ZERO.as_ptr(),
+                                false,
+                                &dst,
+                                &mask
+                            );
+                            r0 += $mr;
+                        }
+                    }
+                };
+            }
+            // rows split evenly into tiles of at most 14 (16 rows: two of 8, not 14 + 2)
+            let mr = rows.div_ceil(rows.div_ceil(14)).next_multiple_of(2).max(6);
+            match (p.nv, mr) {
+                (1, _) => run!(28, 1),
+                (_, 6) => run!(6, 2),
+                (_, 8) => run!(8, 2),
+                (_, 10) => run!(10, 2),
+                (_, 12) => run!(12, 2),
+                _ => run!(14, 2),
+            }
+        }
     }
 
     /// The f32 and dot kernels on a plain band (no sub-pixel classes).

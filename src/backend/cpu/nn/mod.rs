@@ -430,10 +430,12 @@ fn fuse_upsampling(steps: &mut Vec<Step>, output_value: usize) {
         let conv = &mut steps[r];
         if let Kind::Conv(c) = &mut conv.kind {
             c.up = s;
-            if c.algo == ConvAlgo::Winograd && c.direct.is_some() {
+            if let (ConvAlgo::Winograd, Some(k)) = (c.algo, c.direct_kind.take()) {
                 // the sub-pixel classes need 4 taps where Winograd computes 9
+                c.direct = Some(direct::pack(&c.wgt, &c.bias, 9, c.cin, c.cout, k));
                 c.algo = ConvAlgo::Direct;
                 c.wino = Vec::new();
+                c.wino_pack = None;
             }
             if std::env::var("CDIPHASE_NO_SUBPIXEL").is_err() {
                 c.subpixel = c.direct.as_ref().and_then(|p| direct::subpixel(c, p.kind));
@@ -584,8 +586,7 @@ fn conv_step(
         } else {
             DirectKind::F32
         });
-        // Winograd where it measured faster; the direct weights stay packed for a fused
-        // upsampling, which turns the layer back to direct (sub-pixel classes)
+        // Winograd where it measured faster (a fused upsampling turns it back to direct)
         if d == [1, 1] && kh == 3 && kw == 3 && cin >= wino_min && cout >= wino_min {
             ConvAlgo::Winograd
         } else {
@@ -596,11 +597,17 @@ fn conv_step(
     } else {
         ConvAlgo::Im2col
     };
-    let direct = dkind.map(|k| direct::pack(&wgt, &bias, kh * kw, cin, cout, k));
-    let wino = if algo == ConvAlgo::Winograd {
-        winograd::transform_kernel(&wgt, cin, cout)
+    let (direct, direct_kind) = match (algo, dkind) {
+        (ConvAlgo::Winograd, k) => (None, k),
+        (_, k) => (
+            k.map(|k| direct::pack(&wgt, &bias, kh * kw, cin, cout, k)),
+            None,
+        ),
+    };
+    let (wino, wino_pack) = if algo == ConvAlgo::Winograd {
+        winograd::transform_kernel(&wgt, cin, cout, isa)
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     ConvStep {
         h,
@@ -624,7 +631,9 @@ fn conv_step(
         act,
         algo,
         wino,
+        wino_pack,
         direct,
+        direct_kind,
     }
 }
 

@@ -10,7 +10,8 @@
 
 use gemm::Parallelism;
 
-use super::conv::ConvStep;
+use super::conv::{ConvStep, DirectKind, DirectPack};
+use super::direct::{self, GEMM_SLACK_ROWS};
 use super::matmul::sgemm;
 use crate::backend::cpu::features::CpuFeatures;
 
@@ -31,22 +32,55 @@ const G: [[f64; 3]; N] = [
     [0.0, 0.0, 1.0],
 ];
 
-/// `U[e, ci, co]` (e = 6*i + j) from the cross-correlation kernel `wgt[(dy*3+dx), ci, co]`.
-pub(crate) fn transform_kernel(wgt: &[f32], cin: usize, cout: usize) -> Vec<f32> {
+/// The transformed kernel for `isa`: packed for the AVX-512 micro-kernels where it has
+/// AVX-512F (as 36 taps of `cin x cout`), else `U` for the portable GEMM.
+pub(crate) fn transform_kernel(
+    wgt: &[f32],
+    cin: usize,
+    cout: usize,
+    isa: CpuFeatures,
+) -> (Vec<f32>, Option<DirectPack>) {
+    let u = transform(wgt, cin, cout);
+    if isa.avx512f() && std::env::var("CDIPHASE_WINO_CRATE").is_err() {
+        let zero = vec![0.0f32; cout];
+        (
+            Vec::new(),
+            Some(direct::pack(&u, &zero, E, cin, cout, DirectKind::F32)),
+        )
+    } else {
+        (u, None)
+    }
+}
+
+/// `U[e, ci, co]` (e = 6*i + j) from the cross-correlation kernel `wgt[(dy*3+dx), ci, co]`,
+/// in f64 over contiguous output channels (`G g` first, then `(G g) G^T`).
+fn transform(wgt: &[f32], cin: usize, cout: usize) -> Vec<f32> {
     let mut u = vec![0.0f32; E * cin * cout];
+    // gg[i][b][co] = sum_a G[i][a] g[a][b][co] for one input channel
+    let mut gg = vec![0.0f64; N * 3 * cout];
     for ci in 0..cin {
-        for co in 0..cout {
-            let g = |dy: usize, dx: usize| wgt[((dy * 3 + dx) * cin + ci) * cout + co] as f64;
-            // G g G^T
-            for i in 0..N {
-                for j in 0..N {
-                    let mut s = 0.0;
-                    for (a, &gia) in G[i].iter().enumerate() {
-                        for (b, &gjb) in G[j].iter().enumerate() {
-                            s += gia * g(a, b) * gjb;
-                        }
+        gg.fill(0.0);
+        for (i, gi) in G.iter().enumerate() {
+            for (a, &gia) in gi.iter().enumerate() {
+                if gia == 0.0 {
+                    continue;
+                }
+                for b in 0..3 {
+                    let src = &wgt[((a * 3 + b) * cin + ci) * cout..][..cout];
+                    let dst = &mut gg[(i * 3 + b) * cout..][..cout];
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d += gia * v as f64;
                     }
-                    u[((i * N + j) * cin + ci) * cout + co] = s as f32;
+                }
+            }
+        }
+        for i in 0..N {
+            let (g0, rest) = gg[i * 3 * cout..(i + 1) * 3 * cout].split_at(cout);
+            let (g1, g2) = rest.split_at(cout);
+            for (j, gj) in G.iter().enumerate() {
+                let dst = &mut u[((i * N + j) * cin + ci) * cout..][..cout];
+                for (co, d) in dst.iter_mut().enumerate() {
+                    *d = (g0[co] * gj[0] + g1[co] * gj[1] + g2[co] * gj[2]) as f32;
                 }
             }
         }
@@ -73,7 +107,7 @@ pub(crate) fn scratch_len_rows(c: &ConvStep, rows: usize) -> usize {
     let tw = tiles_w(c);
     let th = rows.div_ceil(T);
     let wp = T * tw + 2;
-    (T * th + 2) * wp * c.cin + E * th * tw * (c.cin + c.cout)
+    (T * th + 2) * wp * c.cin + (E * th * tw + GEMM_SLACK_ROWS) * c.cin + E * th * tw * c.cout
 }
 
 /// Output rows [r0, r0 + rows) of one image (r0 a multiple of the tile side). The
@@ -117,12 +151,15 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
     let nt = th * tw;
     let wp = T * tw + 2;
     let (p, rest) = sc.split_at_mut((T * th + 2) * wp * cin);
-    let (v, rest) = rest.split_at_mut(E * nt * cin);
+    let (v, rest) = rest.split_at_mut((E * nt + GEMM_SLACK_ROWS) * cin);
     let m = &mut rest[..E * nt * cout];
     for (jj, dst) in p.chunks_exact_mut(wp * cin).enumerate() {
         c.fill_p_row(x, r0 + jj, wp, dst);
     }
-    // input transform, 16 channels at a time (fixed-size arrays: vectorised)
+    // input transform, 16 channels at a time (fixed-size arrays: vectorised). The tile
+    // buffer is zeroed once: lanes past a channel tail hold stale values, computed on and
+    // never stored.
+    let mut d = [[[0.0f32; L]; N]; N];
     for ty in 0..th {
         for tx in 0..tw {
             let t = ty * tw + tx;
@@ -130,22 +167,25 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
             let mut c0 = 0;
             while c0 < cin {
                 let cb = (cin - c0).min(L);
-                let mut d = [[[0.0f32; L]; N]; N];
                 for (i, di) in d.iter_mut().enumerate() {
                     for (j, dij) in di.iter_mut().enumerate() {
-                        dij[..cb].copy_from_slice(&p[at(i, j) + c0..at(i, j) + c0 + cb]);
+                        load(dij, &p[at(i, j) + c0..], cb);
                     }
                 }
                 let vv = input_tile(&d);
                 for (e, ve) in vv.iter().enumerate() {
-                    let o = (e * nt + t) * cin + c0;
-                    v[o..o + cb].copy_from_slice(&ve[..cb]);
+                    store(&mut v[(e * nt + t) * cin + c0..], ve, cb);
                 }
                 c0 += cb;
             }
         }
     }
     for e in 0..E {
+        if let Some(pk) = &c.wino_pack {
+            let (ve, me) = (&v[e * nt * cin..], &mut m[e * nt * cout..]);
+            direct::gemm_packed(pk, e, E, cin, cout, ve, nt, me, cout);
+            continue;
+        }
         // SAFETY: V_e is (nt, cin), U_e (cin, cout), M_e (nt, cout), row-major, in bounds.
         unsafe {
             sgemm(
@@ -164,16 +204,15 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
         }
     }
     // output transform + bias + activation, 16 channels at a time
+    let mut mm = [[0.0f32; L]; E];
     for ty in 0..th {
         for tx in 0..tw {
             let t = ty * tw + tx;
             let mut c0 = 0;
             while c0 < cout {
                 let cb = (cout - c0).min(L);
-                let mut mm = [[0.0f32; L]; E];
                 for (e, me) in mm.iter_mut().enumerate() {
-                    let o = (e * nt + t) * cout + c0;
-                    me[..cb].copy_from_slice(&m[o..o + cb]);
+                    load(me, &m[(e * nt + t) * cout + c0..], cb);
                 }
                 let y = output_tile(&mm);
                 for (a, ya) in y.iter().enumerate() {
@@ -203,6 +242,26 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
 
 /// Channel block of the transforms.
 const L: usize = 16;
+
+/// `dst[..cb] = src[..cb]`, a fixed-size copy (no `memcpy` call) for a whole block.
+#[inline(always)]
+fn load(dst: &mut [f32; L], src: &[f32], cb: usize) {
+    if cb == L {
+        *dst = src[..L].try_into().expect("a whole block");
+    } else {
+        dst[..cb].copy_from_slice(&src[..cb]);
+    }
+}
+
+/// `dst[..cb] = src[..cb]`, as [`load`].
+#[inline(always)]
+fn store(dst: &mut [f32], src: &[f32; L], cb: usize) {
+    if cb == L {
+        dst[..L].copy_from_slice(src);
+    } else {
+        dst[..cb].copy_from_slice(&src[..cb]);
+    }
+}
 
 /// `B^T x` for one column of six channel blocks.
 #[inline(always)]
