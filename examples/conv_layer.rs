@@ -67,8 +67,9 @@ fn main() {
         spec
     };
     let model = Model::random(spec, 1).expect("model");
-    // AB_ENV=NAME: a second network compiled with the environment variable NAME set (the
-    // engine's A/B switches, e.g. CDIPHASE_NO_SUBPIXEL), run alternately with the first
+    // AB_ENV=NAME[=VALUE]: a second network compiled with the environment variable NAME set
+    // (the engine's A/B switches, e.g. CDIPHASE_NO_SUBPIXEL or CDIPHASE_WINO_MIN=64), run
+    // alternately with the first
     let modes: Vec<Mode> = std::env::var("MODES")
         .unwrap_or_else(|_| "f32".into())
         .split(',')
@@ -95,10 +96,12 @@ fn main() {
             n
         })
         .collect();
-    if let Ok(var) = std::env::var("AB_ENV") {
-        std::env::set_var(&var, "1");
+    if let Ok(ab) = std::env::var("AB_ENV") {
+        // NAME or NAME=VALUE (default 1)
+        let (var, val) = ab.split_once('=').unwrap_or((ab.as_str(), "1"));
+        std::env::set_var(var, val);
         nets.push(Network::new(&model, modes[0]).expect("network"));
-        std::env::remove_var(&var);
+        std::env::remove_var(var);
     }
     let mut runners: Vec<Runner> = nets
         .iter()

@@ -1134,7 +1134,7 @@ fn direct_kernels_match_reference() {
                     Mode::Bf16 if ci >= 16 && amx => Some("amx-bf16"),
                     // wide 3x3 layers: f32 Winograd beats the AVX512_BF16 kernels
                     Mode::Bf16 | Mode::Bf16Avx512
-                        if k == [3, 3] && ts <= 1 && ci >= 128 && co >= 128 =>
+                        if k == [3, 3] && ts <= 1 && ci >= 64 && co >= 64 =>
                     {
                         Some("winograd")
                     }
@@ -1470,6 +1470,10 @@ fn cheap_convolution_fused_into_the_next() {
         (5, 7, 1, 16, 16, Padding::Same, false, Activation::Linear, false, true),
         // a dot-product reader (fewer than 16 outputs)
         (9, 12, 1, 16, 3, Padding::Same, false, Activation::Relu, false, true),
+        // Winograd readers (from 64 channels, in f32 and beside AVX512_BF16)
+        (14, 18, 1, 64, 64, Padding::Same, true, Activation::Relu, false, true),
+        (9, 11, 3, 64, 80, Padding::Valid, false, Activation::Tanh, false, true),
+        (6, 9, 2, 128, 128, Padding::Same, false, Activation::Relu, false, true),
         // not fused: a reduction of 36; the producer's output also read by a skip
         (9, 13, 4, 16, 20, Padding::Same, false, Activation::Relu, false, false),
         (8, 14, 1, 16, 32, Padding::Same, false, Activation::Relu, true, false),
@@ -1555,8 +1559,11 @@ fn cheap_convolution_fused_into_the_next() {
                 let first = if pool { "a+b+p" } else { "a+b" };
                 if fused && avx512 {
                     assert_eq!(names[0], first, "{what} {mode:?}: {names:?}");
+                    let amx = cdiphase::backend::cpu::nn::amx_available();
+                    let wino = c1 >= 64 && co >= 64 && (mode == Mode::F32 || !amx);
                     let algo = match mode {
                         _ if co < 16 => "direct-dot",
+                        _ if wino => "winograd",
                         Mode::F32 => "direct-f32",
                         _ if cdiphase::backend::cpu::nn::amx_available() => "amx-bf16",
                         _ => "direct-bf16",

@@ -56,7 +56,7 @@ pub enum Mode {
     Winograd,
     /// bf16 inputs and weights with f32 accumulation for the stride-1 layers with >= 16
     /// input and output channels, f32 elsewhere: on the AMX tile unit where the CPU has it
-    /// (`tdpbf16ps`), else with AVX512_BF16 (`vdpbf16ps`), where the 3x3 layers with >= 128
+    /// (`tdpbf16ps`), else with AVX512_BF16 (`vdpbf16ps`), where the 3x3 layers with >= 64
     /// input and output channels run f32 Winograd F(4x4, 3x3) instead (faster there than
     /// the bf16 dot products, and more accurate).
     Bf16,

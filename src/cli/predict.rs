@@ -40,7 +40,7 @@ pub struct PredictArgs {
     mode: NetMode,
     /// The fastest opt-in mode this CPU has: bf16 on AMX, else bf16 on AVX512_BF16 where its
     /// dot products measure faster than the f32 FMAs (AMD Zen 4; with f32 Winograd on the
-    /// layers of >= 128 channels), else f32; prints why.
+    /// layers of >= 64 channels), else f32; prints why.
     #[arg(long, conflicts_with = "mode")]
     fast: bool,
     #[arg(short, long)]

@@ -257,7 +257,7 @@ pub(crate) fn scratch_len(c: &ConvStep, p: &DirectPack, rows: usize) -> usize {
 
 /// Scratch of a fused producer's kernel computing `rows` rows (its output rows, then its
 /// own band).
-fn producer_scratch_len(q: &ConvStep, rows: usize) -> usize {
+pub(crate) fn producer_scratch_len(q: &ConvStep, rows: usize) -> usize {
     rows * q.wo * q.cout + scratch_len(q, q.packed(), rows)
 }
 
@@ -286,7 +286,13 @@ pub(crate) struct BandRows<'a> {
 impl<'a> BandRows<'a> {
     /// The rows of X that P rows `[r0, r0 + prow)` show: computed by the producer into
     /// `sc` when there is one (`sc`: at least `producer_scratch_len(prow)`).
-    fn new(c: &'a ConvStep, x: &'a [f32], r0: usize, prow: usize, sc: &'a mut [f32]) -> Self {
+    pub(crate) fn new(
+        c: &'a ConvStep,
+        x: &'a [f32],
+        r0: usize,
+        prow: usize,
+        sc: &'a mut [f32],
+    ) -> Self {
         let Some(q) = c.pre.as_deref() else {
             return BandRows { c, x, xr: None };
         };
@@ -305,7 +311,7 @@ impl<'a> BandRows<'a> {
 
     /// P row `j`, columns `[0, ncols)`, into `dst` (`ncols * cin`).
     #[inline(always)]
-    fn fill(&self, j: usize, ncols: usize, dst: &mut [f32]) {
+    pub(crate) fn fill(&self, j: usize, ncols: usize, dst: &mut [f32]) {
         let c = self.c;
         let Some((xr, ra)) = self.xr else {
             return c.fill_p_row(self.x, j, ncols, dst);

@@ -49,7 +49,7 @@ pub const FAST_BF16_MIN_RATIO: f64 = 1.4;
 /// The fastest opt-in mode on this CPU (`--fast`) and why: bf16 on AMX where the kernel
 /// grants it; else bf16 on AVX512_BF16 where its dot products measured at least
 /// [`FAST_BF16_MIN_RATIO`] x the f32 FMA rate ([`DotPeak`], e.g. AMD Zen 4: ~2x; the
-/// layers with >= 128 channels then run f32 Winograd, faster still); else f32 (the default,
+/// 3x3 layers with >= 64 channels then run f32 Winograd, faster still); else f32 (the default,
 /// already Winograd F(4x4, 3x3) on the wide layers), since no faster path is known there.
 pub fn fast_mode() -> (Mode, String) {
     let isa = CpuFeatures::detect();
@@ -61,8 +61,8 @@ pub fn fast_mode() -> (Mode, String) {
             Mode::Bf16,
             format!(
                 "bf16 with AVX512_BF16: vdpbf16ps measured {:.2}x the f32 FMA rate on this \
-                 core ({:.0} against {:.0} GFLOP/s); f32 Winograd F(4x4,3x3) on the 3x3 layers \
-                 with >= 128 channels",
+                 core ({:.0} against {:.0} GFLOP/s); f32 Winograd F(4x4,3x3), faster still, on \
+                 the 3x3 layers with >= 64 channels",
                 p.ratio(),
                 p.bf16_gflops,
                 p.f32_gflops
@@ -497,7 +497,8 @@ const PRODUCER_MAX_REDUCTION: usize = 27;
 
 /// Fold each cheap direct f32 convolution (stride 1, a reduction of at most
 /// [`PRODUCER_MAX_REDUCTION`], nothing else fused into it) whose output only one plain
-/// direct convolution (stride 1, no upsampling; f32, bf16 or AMX) reads into that reader
+/// direct or Winograd convolution (stride 1, no upsampling; f32, bf16 or AMX) reads into
+/// that reader
 /// ([`ConvStep::pre`]). On the paper's network this is conv2d_1 (1 -> 64 channels at
 /// 128x128): its 4 MB per image were written to memory and read back by conv2d_2. Exact:
 /// the same kernel computes the same rows.
@@ -509,7 +510,7 @@ fn fuse_producers(steps: &mut Vec<Step>, output_value: usize) {
             continue;
         };
         let plain = |c: &ConvStep| {
-            c.algo == ConvAlgo::Direct
+            matches!(c.algo, ConvAlgo::Direct | ConvAlgo::Winograd)
                 && c.s == [1, 1]
                 && c.d == [1, 1]
                 && c.up == [1, 1]
@@ -524,7 +525,8 @@ fn fuse_producers(steps: &mut Vec<Step>, output_value: usize) {
             && v != output_value
             && readers == 1
             && writer.is_some_and(|j| {
-                matches!(&steps[j].kind, Kind::Conv(p) if plain(p)
+                matches!(&steps[j].kind, Kind::Conv(p) if p.algo == ConvAlgo::Direct
+                    && plain(p)
                     && matches!(p.packed().kind, DirectKind::F32 | DirectKind::Dot)
                     && !p.pool
                     && p.kh * p.kw * p.cin <= PRODUCER_MAX_REDUCTION
@@ -640,8 +642,9 @@ fn conv_step(
 /// Fewest input and output channels of a 3x3 stride-1 layer that `mode` runs with Winograd
 /// F(4x4, 3x3) on this CPU (usize::MAX: none). Measured on AMD Zen 4 (BENCHMARKS "Winograd
 /// F(4x4, 3x3)"): against the direct f32 kernels Winograd gains 1.8x at 64 channels and
-/// 2.2-2.7x at 128-256; against the AVX512_BF16 kernels (1.8-1.95x f32) only from 128.
-/// Never with AMX (3x f32 and more). `CDIPHASE_WINO_MIN=N` overrides it (A/B runs).
+/// 2.2-2.7x at 128-256, and it beat the AVX512_BF16 kernels (1.8-1.95x f32) on every
+/// layer of 64 channels and more in the same run. Never with AMX (3x f32 and more).
+/// `CDIPHASE_WINO_MIN=N` overrides it (A/B runs).
 fn winograd_min_channels(mode: Mode, isa: CpuFeatures) -> usize {
     if let Some(n) = std::env::var("CDIPHASE_WINO_MIN")
         .ok()
@@ -654,9 +657,8 @@ fn winograd_min_channels(mode: Mode, isa: CpuFeatures) -> usize {
         };
     }
     match mode {
-        Mode::F32 => 64,
         Mode::Bf16 if isa.amx() => usize::MAX,
-        Mode::Bf16 | Mode::Bf16Avx512 => 128,
+        Mode::F32 | Mode::Bf16 | Mode::Bf16Avx512 => 64,
         Mode::F32Direct | Mode::Gemm | Mode::Winograd => usize::MAX,
     }
 }

@@ -11,7 +11,7 @@
 use gemm::Parallelism;
 
 use super::conv::{ConvStep, DirectKind, DirectPack};
-use super::direct::{self, GEMM_SLACK_ROWS};
+use super::direct::{self, BandRows, GEMM_SLACK_ROWS};
 use super::matmul::sgemm;
 use crate::backend::cpu::features::CpuFeatures;
 
@@ -107,7 +107,12 @@ pub(crate) fn scratch_len_rows(c: &ConvStep, rows: usize) -> usize {
     let tw = tiles_w(c);
     let th = rows.div_ceil(T);
     let wp = T * tw + 2;
-    (T * th + 2) * wp * c.cin + (E * th * tw + GEMM_SLACK_ROWS) * c.cin + E * th * tw * c.cout
+    (T * th + 2) * wp * c.cin
+        + (E * th * tw + GEMM_SLACK_ROWS) * c.cin
+        + E * th * tw * c.cout
+        + c.pre
+            .as_ref()
+            .map_or(0, |q| direct::producer_scratch_len(q, T * th + 2))
 }
 
 /// Output rows [r0, r0 + rows) of one image (r0 a multiple of the tile side). The
@@ -152,9 +157,11 @@ fn tile_impl(c: &ConvStep, x: &[f32], r0: usize, rows: usize, out: &mut [f32], s
     let wp = T * tw + 2;
     let (p, rest) = sc.split_at_mut((T * th + 2) * wp * cin);
     let (v, rest) = rest.split_at_mut((E * nt + GEMM_SLACK_ROWS) * cin);
-    let m = &mut rest[..E * nt * cout];
+    let (m, psc) = rest.split_at_mut(E * nt * cout);
+    // the P rows: from the stored input, or computed by a fused producer
+    let src = BandRows::new(c, x, r0, T * th + 2, psc);
     for (jj, dst) in p.chunks_exact_mut(wp * cin).enumerate() {
-        c.fill_p_row(x, r0 + jj, wp, dst);
+        src.fill(r0 + jj, wp, dst);
     }
     // input transform, 16 channels at a time (fixed-size arrays: vectorised). The tile
     // buffer is zeroed once: lanes past a channel tail hold stale values, computed on and
