@@ -154,13 +154,15 @@ const HANG: Duration = Duration::from_secs(60);
 /// `target/fuzz-failures/NAME-hang` and the process exits with status 101 (a parser that
 /// never returns cannot be unwound).
 struct Watchdog {
-    current: std::sync::Arc<std::sync::Mutex<Option<(String, Instant, Vec<u8>)>>>,
+    current: std::sync::Arc<std::sync::Mutex<Option<Watched>>>,
 }
+
+/// The target's name, when its input started, and the input.
+type Watched = (String, Instant, Vec<u8>);
 
 impl Watchdog {
     fn new() -> Watchdog {
-        let current: std::sync::Arc<std::sync::Mutex<Option<(String, Instant, Vec<u8>)>>> =
-            Default::default();
+        let current: std::sync::Arc<std::sync::Mutex<Option<Watched>>> = Default::default();
         let c = current.clone();
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(200));
