@@ -361,6 +361,17 @@ fn parsers_never_panic_or_abort() {
         cw.finish(&f).unwrap();
         seeds.push(std::fs::read(&f).unwrap());
     }
+    // one shared image (H,W): a support and an object, and the committed hostile file
+    // that declares one image of 10^9 x 10^9
+    let f = dir.path().join("shared.cxi");
+    let mut cw = cdiphase::io::CxiWriter::new();
+    cw.u8("entry_1/image_1/support", &[h, w], &disc[..h * w])
+        .unwrap();
+    cw.complex64("entry_1/image_1/data", &[h, w], &obj[..h * w])
+        .unwrap();
+    cw.finish(&f).unwrap();
+    seeds.push(std::fs::read(&f).unwrap());
+    seeds.push(std::fs::read(data("hostile/huge_chunked.cxi")).unwrap());
     let hdf5_seeds = seeds.len();
     let f = dir.path().join("per.npy");
     cdiphase::io::npy::write_u8(&f, &[n, h, w], &disc).unwrap();

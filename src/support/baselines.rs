@@ -47,6 +47,15 @@ pub fn mean_image(from: &Path, block: usize) -> Result<(Stack<f32>, usize)> {
     let (n, h, w) = (dens.n, dens.h, dens.w);
     let hw = h * w;
     let what = || format!("{}: dataset '{}'", from.display(), dens.entry);
+    // the float64 sum, and the image returned (a hostile header may declare any size)
+    crate::limits::check_memory(
+        &format!(
+            "{} of shape {:?}, the mean image",
+            what(),
+            [dens.n, dens.h, dens.w]
+        ),
+        (hw as u128) * 12,
+    )?;
     let mut acc = vec![0f64; hw];
     let mut used = 0usize;
     let mut first = 0usize;
