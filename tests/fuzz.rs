@@ -1,12 +1,16 @@
 //! A fuzz harness on stable Rust for every parser of untrusted input: HDF5/CXI files (the
-//! committed fixtures, mutated), `.npy`, safetensors model files with their metadata, and
-//! the schedule, shrinkwrap and support strings.
+//! committed fixtures, mutated), the block-wise readers of pattern files and of per-pattern
+//! `--support`/`--init` files (HDF5 of several types and layouts, `.npy`: windows at the
+//! start, middle and end of what the mutated header declares), `.npy`, safetensors model
+//! files with their metadata, and the schedule, shrinkwrap and support strings.
 //!
 //! Each target mutates its seeds with a seeded generator (bit flips, interesting bytes and
 //! 64-bit values, truncation, splices, repeated slices) and runs the parser. The parser must
 //! return `Ok` or `Err`: a panic is a failure (counted, and the input written to
 //! `target/fuzz-failures/`), and an abort or a runaway allocation ends the process (the
 //! harness runs under `CDIPHASE_MEMORY_LIMIT`, so declared sizes beyond 1 GiB are refused).
+//! An input that runs for more than [`HANG`] is a hang: a watchdog writes it to
+//! `target/fuzz-failures/` and ends the process with a failure.
 //!
 //! Time: `CDIPHASE_FUZZ_SECS` in total (default 40, shared by the targets); seed:
 //! `CDIPHASE_TEST_SEED` (printed). `CDIPHASE_FUZZ_SECS=600 cargo test --release --test fuzz
@@ -141,6 +145,102 @@ fn fuzz(
     (tried, panics)
 }
 
+/// One input running longer than this is reported as a hang (the slowest seen: well under
+/// a second, a whole-file fallback of a mutated chunked file).
+const HANG: Duration = Duration::from_secs(60);
+
+/// A watchdog over the input in flight (`start(name, input)` before each parse; the guard
+/// it returns ends the watch); an input in flight for longer than [`HANG`] is written to
+/// `target/fuzz-failures/NAME-hang` and the process exits with status 101 (a parser that
+/// never returns cannot be unwound).
+struct Watchdog {
+    current: std::sync::Arc<std::sync::Mutex<Option<Watched>>>,
+}
+
+/// The target's name, when its input started, and the input.
+type Watched = (String, Instant, Vec<u8>);
+
+impl Watchdog {
+    fn new() -> Watchdog {
+        let current: std::sync::Arc<std::sync::Mutex<Option<Watched>>> = Default::default();
+        let c = current.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let g = c.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((name, t, input)) = &*g {
+                if t.elapsed() > HANG {
+                    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-failures");
+                    let _ = std::fs::create_dir_all(&dir);
+                    let f = dir.join(format!("{name}-hang"));
+                    let _ = std::fs::write(&f, input);
+                    eprintln!(
+                        "fuzz {name}: an input ran for more than {HANG:?} (a hang): {}",
+                        f.display()
+                    );
+                    std::process::exit(101);
+                }
+            }
+        });
+        Watchdog { current }
+    }
+
+    /// Watch `input` until the guard is dropped (a panic unwinding through it included).
+    fn start<'a>(&'a self, name: &str, input: &[u8]) -> InFlight<'a> {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((name.to_string(), Instant::now(), input.to_vec()));
+        InFlight(self)
+    }
+}
+
+struct InFlight<'a>(&'a Watchdog);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        *self.0.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Windows of `block` images over `n` declared ones: the first, one in the middle and the
+/// last (a mutated header may declare billions: every window would never end).
+fn windows(n: usize, block: usize) -> Vec<std::ops::Range<usize>> {
+    let w = |first: usize| first..(first + block).min(n);
+    let mut v = vec![w(0)];
+    if n > block {
+        v.push(w(n / 2));
+        v.push(w(n - block));
+    }
+    v
+}
+
+/// Every block-wise reader on `path`: the patterns (masked and not) and the per-pattern
+/// supports and objects, opened and read by windows of 1, 2 and 3 images (results
+/// ignored: only panics and hangs matter).
+fn read_blocks(path: &Path) {
+    use cdiphase::io::blocks::{ImageBlocks, PatternBlocks};
+    for block in [1, 2, 3] {
+        if let Ok(p) = PatternBlocks::open(path, None) {
+            for r in windows(p.n, block) {
+                let _ = p.read(r);
+            }
+        }
+        if let Ok(p) = PatternBlocks::open_unmasked(path, "entry_1/image_1/data") {
+            for r in windows(p.n, block) {
+                let _ = p.read(r);
+            }
+        }
+        if let Ok(s) = ImageBlocks::open_support(path, None) {
+            for r in windows(s.n, block) {
+                let _ = s.read(r);
+            }
+        }
+        if let Ok(o) = ImageBlocks::open_object(path, None) {
+            for r in windows(o.n, block) {
+                let _ = o.read(r);
+            }
+        }
+    }
+}
+
 fn data(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
@@ -214,7 +314,7 @@ fn parsers_never_panic_or_abort() {
     let mut contained = 0;
     report.push((
         "hdf5",
-        fuzz("hdf5", &seeds, 0, share(4), &mut |b| {
+        fuzz("hdf5", &seeds, 0, share(3), &mut |b| {
             std::fs::write(&file, b).unwrap();
             contained += read_all_hdf5(&file);
         }),
@@ -222,6 +322,89 @@ fn parsers_never_panic_or_abort() {
     eprintln!(
         "hdf5: {contained} reads stopped by a contained panic of the HDF5 crate (clean errors)"
     );
+
+    // block-wise readers of per-pattern files (issue 18): supports and objects of 5
+    // patterns of 7x6 in HDF5 (contiguous, and gzip-chunked), float, integer and complex,
+    // and in .npy; patterns with a per-pattern mask
+    let mut seeds: Vec<Vec<u8>> = Vec::new();
+    let (n, h, w) = (5usize, 7usize, 6usize);
+    let l = n * h * w;
+    let disc: Vec<u8> = (0..l).map(|i| u8::from(i % 5 < 3)).collect();
+    let obj: Vec<cdiphase::array::Complex32> = (0..l)
+        .map(|i| cdiphase::array::Complex32::new(i as f32 * 0.25, -(i as f32)))
+        .collect();
+    for gzip in [None, Some(1)] {
+        let f = dir.path().join("per.cxi");
+        let mut cw = cdiphase::io::CxiWriter::new();
+        cw.set_gzip(gzip);
+        cw.f32(
+            "entry_1/data_1/data",
+            &[n, h, w],
+            &disc.iter().map(|&v| f32::from(v) * 3.5).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        cw.u8("entry_1/data_1/mask", &[n, h, w], &disc).unwrap();
+        cw.u8("entry_1/image_1/support", &[n, h, w], &disc).unwrap();
+        cw.complex64("entry_1/image_1/data", &[n, h, w], &obj)
+            .unwrap();
+        cw.finish(&f).unwrap();
+        seeds.push(std::fs::read(&f).unwrap());
+        let f = dir.path().join("per_f.cxi");
+        let mut cw = cdiphase::io::CxiWriter::new();
+        cw.set_gzip(gzip);
+        cw.f32(
+            "entry_1/image_1/support",
+            &[n, h, w],
+            &disc.iter().map(|&v| f32::from(v)).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        cw.finish(&f).unwrap();
+        seeds.push(std::fs::read(&f).unwrap());
+    }
+    // one shared image (H,W): a support and an object, and the committed hostile file
+    // that declares one image of 10^9 x 10^9
+    let f = dir.path().join("shared.cxi");
+    let mut cw = cdiphase::io::CxiWriter::new();
+    cw.u8("entry_1/image_1/support", &[h, w], &disc[..h * w])
+        .unwrap();
+    cw.complex64("entry_1/image_1/data", &[h, w], &obj[..h * w])
+        .unwrap();
+    cw.finish(&f).unwrap();
+    seeds.push(std::fs::read(&f).unwrap());
+    seeds.push(std::fs::read(data("hostile/huge_chunked.cxi")).unwrap());
+    let hdf5_seeds = seeds.len();
+    let f = dir.path().join("per.npy");
+    cdiphase::io::npy::write_u8(&f, &[n, h, w], &disc).unwrap();
+    seeds.push(std::fs::read(&f).unwrap());
+    cdiphase::io::npy::write_complex64(&f, &[n, h, w], &obj).unwrap();
+    seeds.push(std::fs::read(&f).unwrap());
+    cdiphase::io::npy::write_f32(
+        &f,
+        &[n, h, w],
+        &disc.iter().map(|&v| f32::from(v)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    seeds.push(std::fs::read(&f).unwrap());
+    let (hseeds, nseeds) = seeds.split_at(hdf5_seeds);
+    let watchdog = Watchdog::new();
+    let per_cxi = dir.path().join("b.cxi");
+    report.push((
+        "blocks-hdf5",
+        fuzz("blocks-hdf5", hseeds, 0, share(2), &mut |b| {
+            std::fs::write(&per_cxi, b).unwrap();
+            let _watch = watchdog.start("blocks-hdf5", b);
+            read_blocks(&per_cxi);
+        }),
+    ));
+    let per_npy = dir.path().join("b.npy");
+    report.push((
+        "blocks-npy",
+        fuzz("blocks-npy", nseeds, 128, share(1), &mut |b| {
+            std::fs::write(&per_npy, b).unwrap();
+            let _watch = watchdog.start("blocks-npy", b);
+            read_blocks(&per_npy);
+        }),
+    ));
 
     // NPY
     let npy = |shape: &[usize], descr_f32: bool| {
@@ -237,7 +420,7 @@ fn parsers_never_panic_or_abort() {
     let seeds = vec![npy(&[2, 4, 4], true), npy(&[4, 4], false), npy(&[3], true)];
     report.push((
         "npy",
-        fuzz("npy", &seeds, 128, share(2), &mut |b| {
+        fuzz("npy", &seeds, 128, share(1), &mut |b| {
             if let Ok(a) = cdiphase::io::npy::parse(Path::new("f.npy"), b) {
                 let _ = (a.to_f32(), a.to_mask(), a.to_complex32());
             }
@@ -273,7 +456,7 @@ fn parsers_never_panic_or_abort() {
     .collect();
     report.push((
         "strings",
-        fuzz("strings", &seeds, 0, share(2), &mut |b| {
+        fuzz("strings", &seeds, 0, share(1), &mut |b| {
             let s = String::from_utf8_lossy(b);
             if let Ok(sc) = cdiphase::phasing::schedule::Schedule::parse(&s) {
                 let sw = cdiphase::phasing::program::ShrinkwrapConfig {

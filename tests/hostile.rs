@@ -314,6 +314,20 @@ fn huge_declared_shapes_are_refused_before_allocating() {
             &["support", &h, "--method", "nn", "-o", "o.cxi"],
             &needles,
         );
+        // the baselines read the ground truth by windows: one declared image of 10^18
+        // pixels is refused before allocating (the circle's shared image included)
+        refused_in(
+            p,
+            &[
+                "support", &h, "--method", "oracle", "--sigma", "1", "-o", "o.cxi",
+            ],
+            &needles,
+        );
+        refused_in(
+            p,
+            &["support", &h, "--method", "circle", "-o", "o.cxi"],
+            &needles,
+        );
         refused_in(
             p,
             &[

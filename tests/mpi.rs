@@ -2,7 +2,7 @@
 //! phase|predict|simulate|support` on localhost with 1, 2 and 3 ranks writes the data of the
 //! one-process run, bit for bit (blocks' rows split into many MPI messages too); a run
 //! killed by SIGKILL in one process is continued by `mpirun ... --resume`; a verb that does
-//! not split across ranks is refused, and an error on one rank stops the job with a non-zero
+//! not split across ranks is refused (every `support` method splits), and an error on one rank stops the job with a non-zero
 //! status instead of hanging.
 //!
 //! Needs `mpirun` (OpenMPI: `apt-get install openmpi-bin libopenmpi-dev`); without it the
@@ -256,11 +256,16 @@ fn support_on_1_2_and_3_ranks_writes_the_one_process_data() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let sim = simulate(dir, "sim.cxi", 9, 32);
-    for (method, entry) in [
-        ("autocorrelation", None),
-        ("triple-intersection", None),
+    // a training set for the mean image, read by rank 0 alone and sent to the workers
+    let train = simulate(dir, "train.cxi", 5, 32);
+    for (method, extra) in [
+        ("autocorrelation", vec![]),
+        ("triple-intersection", vec![]),
         // a network output's place taken by the true densities
-        ("nn", Some("entry_1/sample_1/density")),
+        ("nn", vec!["--entry", "entry_1/sample_1/density"]),
+        ("mean-image", vec!["--from", p(&train)]),
+        ("oracle", vec!["--sigma", "1.5"]),
+        ("circle", vec!["--margin", "0.5"]),
     ] {
         let args = |out: &Path| -> Vec<String> {
             let mut v: Vec<String> = [
@@ -277,9 +282,7 @@ fn support_on_1_2_and_3_ranks_writes_the_one_process_data() {
             .iter()
             .map(|x| x.to_string())
             .collect();
-            if let Some(e) = entry {
-                v.extend(["--entry".to_string(), e.to_string()]);
-            }
+            v.extend(extra.iter().map(|x| x.to_string()));
             v
         };
         let one = dir.join(format!("{method}.cxi"));
@@ -291,7 +294,8 @@ fn support_on_1_2_and_3_ranks_writes_the_one_process_data() {
             let out = dir.join(format!("{method}_ranks{k}.cxi"));
             let ak = args(&out);
             let o = mpi_ok(k, &ak.iter().map(String::as_str).collect::<Vec<_>>());
-            // one dataset of supports and the configuration (the same: the same input)
+            // the supports (and the images or radii of the baselines) and the
+            // configuration (the same: the same input)
             let (shape, _) = cdiphase::io::read_f32(&out, "entry_1/image_1/support").unwrap();
             assert_eq!(shape, [9, 32, 32]);
             assert!(
@@ -490,18 +494,31 @@ fn verbs_that_do_not_split_are_refused_and_an_error_on_a_rank_stops_the_job() {
         "{e}"
     );
     assert!(!out.exists());
-    // support methods that read their inputs whole
-    let out = dir.join("circle.cxi");
+    // every support method splits; an error of rank 0 alone, before the blocks (the
+    // training set of the mean image is not (N,H,W)), stops the workers waiting for the
+    // mean image too
+    let flat = dir.join("flat.npy");
+    cdiphase::io::npy::write_f32(&flat, &[4], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+    let out = dir.join("mean.cxi");
+    let t = Instant::now();
     let o = mpirun(
-        2,
-        &["support", p(&sim), "-o", p(&out), "--method", "circle"],
+        3,
+        &[
+            "support",
+            p(&sim),
+            "-o",
+            p(&out),
+            "--method",
+            "mean-image",
+            "--from",
+            p(&flat),
+        ],
     );
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success(),
-        "support --method circle on 2 ranks ran: {e}"
-    );
-    assert!(e.contains("does not split across MPI ranks"), "{e}");
+    assert!(!o.status.success(), "{e}");
+    assert!(e.contains("flat.npy") && e.contains("MPI rank"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(60), "{e}");
     assert!(!out.exists());
     // the bundled network takes 128x128 patterns: every worker fails on its first block,
     // and the job ends (MPI_Abort) with the message instead of waiting forever

@@ -1262,3 +1262,331 @@ fn enum_data_and_float16_masks_are_read_in_blocks_as_read_whole() {
         }
     }
 }
+
+/// A ground truth of `n` images of `h`x`w` (awkward sizes): random densities (signed, some
+/// images all zero when `zeros`) and supports (random blobs of a few pixels, off centre),
+/// as `cdiphase simulate` stores them (`entry_1/sample_1/density` float32 and `support`
+/// uint8).
+fn truth_file(
+    path: &std::path::Path,
+    lcg: &mut Lcg,
+    n: usize,
+    h: usize,
+    w: usize,
+    zeros: bool,
+) -> (Vec<f32>, Vec<u8>) {
+    let l = h * w;
+    let mut dens = lcg.vec(n * l);
+    if zeros {
+        dens[l..2 * l].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let mut sup = vec![0u8; n * l];
+    for k in 0..n {
+        let (cy, cx) = (lcg.next() * h as f64, lcg.next() * w as f64);
+        let r = 1.0 + lcg.next() * (h.min(w) as f64 / 3.0);
+        for y in 0..h {
+            for x in 0..w {
+                let d = (y as f64 - cy).powi(2) + ((x as f64 - cx) * 0.7).powi(2);
+                sup[k * l + y * w + x] = u8::from(d <= r * r);
+            }
+        }
+        sup[k * l + (k * 7) % l] = 1; // never empty
+    }
+    let mut cw = cdiphase::io::CxiWriter::new();
+    cw.f32("entry_1/sample_1/density", &[n, h, w], &dens)
+        .unwrap();
+    cw.u8("entry_1/sample_1/support", &[n, h, w], &sup).unwrap();
+    cw.finish(path).unwrap();
+    (dens, sup)
+}
+
+/// `entry_1/image_1/radius_px` of a circle output, float64.
+fn radii_of(path: &std::path::Path) -> Vec<f64> {
+    let f = hdf5_pure::File::open(path).unwrap();
+    f.dataset("entry_1/image_1/radius_px")
+        .unwrap()
+        .read_f64()
+        .unwrap()
+}
+
+#[test]
+fn support_baselines_in_blocks_write_the_in_memory_result() {
+    use cdiphase::array::Stack;
+    use cdiphase::support::baselines;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut lcg = Lcg::new("support baselines in blocks");
+    let (n, h, w) = (9, 23, 18);
+    let truth = dir.join("truth.cxi");
+    let (dens, sup) = truth_file(&truth, &mut lcg, n, h, w, false);
+    // a training set of 13 (one image all zero: skipped), in HDF5 and .npy
+    let train = dir.join("train.cxi");
+    let (tdens, _) = truth_file(&train, &mut lcg, 13, h, w, true);
+    let train_npy = dir.join("train.npy");
+    cdiphase::io::npy::write_f32(&train_npy, &[13, h, w], &tdens).unwrap();
+    let l = h * w;
+
+    // the mean image: a float64 sum in file order of |density| / max, as documented
+    let mut acc = vec![0f64; l];
+    let mut used = 0;
+    for img in tdens.chunks(l) {
+        let m = img.iter().fold(0f32, |a, v| a.max(v.abs()));
+        if m > 0.0 {
+            for (a, v) in acc.iter_mut().zip(img) {
+                *a += (v.abs() / m) as f64;
+            }
+            used += 1;
+        }
+    }
+    assert_eq!(used, 12);
+    let mean: Vec<f32> = acc.iter().map(|a| (a / used as f64) as f32).collect();
+    let mean_n = Stack::from_vec(n, h, w, mean.repeat(n)).unwrap();
+    let t_mean = cdiphase::support::Method::MeanImage.default_threshold();
+    let want_mean = cdiphase::support::threshold_supports(&mean_n, t_mean);
+    // the oracle and the circle: the in-memory library functions on the whole file
+    let dens_st = Stack::from_vec(n, h, w, dens.clone()).unwrap();
+    let oracle = baselines::oracle(&dens_st, 1.5, true).unwrap();
+    let t_oracle = cdiphase::support::Method::Oracle.default_threshold();
+    let want_oracle = cdiphase::support::threshold_supports(&oracle, t_oracle);
+    let sup_st = Stack::from_vec(n, h, w, sup.clone()).unwrap();
+    let (want_circle, want_radii) = baselines::circle_of_extent(&sup_st, 0.5).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for block in [1, 4, n, n + 1] {
+        let b = block.to_string();
+        for from in [&train, &train_npy] {
+            let out = dir.join(format!("mean-{block}.cxi"));
+            ok(&[
+                "support",
+                p(&truth),
+                "-o",
+                p(&out),
+                "--method",
+                "mean-image",
+                "--from",
+                p(from),
+                "--block",
+                &b,
+            ]);
+            let (shape, v) = cdiphase::io::read_mask_nd(&out, "entry_1/image_1/support").unwrap();
+            assert_eq!(shape, vec![n, h, w]);
+            assert!(v == want_mean.data, "mean-image support, block {block}");
+            let (_, img) = cdiphase::io::read_f32(&out, "entry_1/image_1/data").unwrap();
+            assert!(
+                bits(&img) == bits(&mean_n.data),
+                "mean image of {}, block {block}",
+                from.display()
+            );
+            std::fs::remove_file(&out).unwrap();
+        }
+        let out = dir.join(format!("oracle-{block}.cxi"));
+        ok(&[
+            "support",
+            p(&truth),
+            "-o",
+            p(&out),
+            "--method",
+            "oracle",
+            "--sigma",
+            "1.5",
+            "--block",
+            &b,
+        ]);
+        let (_, v) = cdiphase::io::read_mask_nd(&out, "entry_1/image_1/support").unwrap();
+        assert!(v == want_oracle.data, "oracle support, block {block}");
+        let (_, img) = cdiphase::io::read_f32(&out, "entry_1/image_1/data").unwrap();
+        assert!(bits(&img) == bits(&oracle.data), "oracle, block {block}");
+        let out = dir.join(format!("circle-{block}.cxi"));
+        let o = ok(&[
+            "support",
+            p(&truth),
+            "-o",
+            p(&out),
+            "--method",
+            "circle",
+            "--margin",
+            "0.5",
+            "--block",
+            &b,
+            "--json",
+        ]);
+        let (_, v) = cdiphase::io::read_mask_nd(&out, "entry_1/image_1/support").unwrap();
+        assert!(v == want_circle.data, "circle, block {block}");
+        let r = radii_of(&out);
+        assert!(
+            r.iter()
+                .map(|x| x.to_bits())
+                .eq(want_radii.iter().map(|x| x.to_bits())),
+            "radii, block {block}: {r:?} vs {want_radii:?}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        // (JSON text: serde_json parses the last digit within an ulp)
+        let jr = report["radius_px"].as_array().unwrap();
+        assert_eq!(jr.len(), n);
+        for (j, wr) in jr.iter().zip(&want_radii) {
+            assert!((j.as_f64().unwrap() - wr).abs() < 1e-12, "{j} vs {wr}");
+        }
+        assert_eq!(report["blocks"], n.div_ceil(block));
+    }
+    // the mean image itself, read in windows of any size: the same bits
+    let (m1, u1) = baselines::mean_image(&train, 1).unwrap();
+    let (m5, u5) = baselines::mean_image(&train_npy, 5).unwrap();
+    assert_eq!((u1, u5), (12, 12));
+    assert!(bits(&m1.data) == bits(&mean) && bits(&m5.data) == bits(&mean));
+
+    // errors name the file and the pattern counted in the file, whatever the block
+    let mut bad_sup = sup.clone();
+    bad_sup[5 * l..6 * l].iter_mut().for_each(|v| *v = 0);
+    let mut bad_dens = dens.clone();
+    bad_dens[6 * l + 3] = f32::NAN;
+    let bad = dir.join("bad.cxi");
+    let mut cw = cdiphase::io::CxiWriter::new();
+    cw.f32("entry_1/sample_1/density", &[n, h, w], &bad_dens)
+        .unwrap();
+    cw.u8("entry_1/sample_1/support", &[n, h, w], &bad_sup)
+        .unwrap();
+    cw.finish(&bad).unwrap();
+    let out = dir.join("x.cxi");
+    for block in ["1", "4"] {
+        let e = fails(&[
+            "support",
+            p(&bad),
+            "-o",
+            p(&out),
+            "--method",
+            "circle",
+            "--block",
+            block,
+        ]);
+        assert!(
+            e.contains("bad.cxi") && e.contains("pattern 5") && e.contains("empty"),
+            "{e}"
+        );
+        let e = fails(&[
+            "support",
+            p(&bad),
+            "-o",
+            p(&out),
+            "--method",
+            "oracle",
+            "--sigma",
+            "1",
+            "--block",
+            block,
+        ]);
+        assert!(
+            e.contains("bad.cxi") && e.contains(&format!("value {} is not finite", 6 * l + 3)),
+            "{e}"
+        );
+        let e = fails(&[
+            "support",
+            p(&truth),
+            "-o",
+            p(&out),
+            "--method",
+            "mean-image",
+            "--from",
+            p(&bad),
+            "--block",
+            block,
+        ]);
+        assert!(
+            e.contains("bad.cxi") && e.contains("image 6 value 3 is not finite"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
+    // an input without the ground truth the method needs: the message names it
+    let e = fails(&[
+        "support",
+        p(&train_npy),
+        "-o",
+        p(&out),
+        "--method",
+        "circle",
+    ]);
+    assert!(e.contains("train.npy"), "{e}");
+    let e = fails(&[
+        "support",
+        p(&truth),
+        "-o",
+        p(&out),
+        "--method",
+        "oracle",
+        "--sigma",
+        "65",
+    ]);
+    assert!(e.contains("sigma 65"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn killed_baseline_runs_resume_to_the_same_file() {
+    // an oracle of a wide blur, one pattern a block: slow enough to be killed mid-run
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut lcg = Lcg::new("baseline resume");
+    let truth = dir.join("truth.cxi");
+    truth_file(&truth, &mut lcg, 400, 97, 90, false);
+    let args = |out: &std::path::Path, sigma: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "support",
+            p(&truth),
+            "-o",
+            p(out),
+            "--method",
+            "oracle",
+            "--sigma",
+            sigma,
+            "--block",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    fn run(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let out = dir.join("out.cxi");
+    let mut child = bin()
+        .args(run(&args(&out, "15", &[])))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = dir.join(".out.cxi.cdiphase-journal");
+    let t = Instant::now();
+    loop {
+        let lines = std::fs::read_to_string(&journal)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if lines >= 5 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before it was killed"
+        );
+        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!out.exists());
+    // another blur is refused; the same flags resume
+    let e = fails(&run(&args(&out, "14", &["--resume"])));
+    assert!(e.contains("different configuration"), "{e}");
+    let o = ok(&run(&args(&out, "15", &["--resume", "--json"])));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let resumed = report["resumed_blocks"].as_u64().unwrap();
+    assert!((3..400).contains(&resumed), "resumed {resumed} blocks");
+    let whole = dir.join("whole.cxi");
+    ok(&run(&args(&whole, "15", &[])));
+    assert!(
+        std::fs::read(&whole).unwrap() == std::fs::read(&out).unwrap(),
+        "the resumed file differs from the uninterrupted one"
+    );
+    no_leftovers(dir);
+}

@@ -53,8 +53,8 @@ pub struct SupportArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Block-wise reading and writing (autocorrelation, triple-intersection and nn; the
-    /// other methods read their inputs whole).
+    /// Block-wise reading and writing (every method; mean-image also reads its training
+    /// set --block images at a time).
     #[command(flatten)]
     pub blocks: BlockArgs,
 }
@@ -91,53 +91,74 @@ pub fn run(a: SupportArgs) -> Result<()> {
     ) {
         return run_blocks(&a, method, threshold);
     }
-    let ranks = cdiphase::run::dist::world_size();
-    if ranks > 1 {
-        bail!(
-            "--method {} reads its inputs whole and does not split across MPI ranks (this job \
-             has {ranks}): run it as one process, or use autocorrelation, triple-intersection \
-             or nn",
-            method.name()
-        );
+    run_baseline(&a, method, threshold)
+}
+
+/// The baselines (mean image, oracle, circle), block by block
+/// ([`cdiphase::run::support::baseline_blocks`]).
+fn run_baseline(a: &SupportArgs, method: Method, threshold: f32) -> Result<()> {
+    use cdiphase::run::support::Baseline;
+    let mut config = serde_json::json!({
+        "program": "cdiphase support",
+        "version": env!("CARGO_PKG_VERSION"),
+        "input": a.input.display().to_string(),
+        "method": method.name(),
+    });
+    if method != Method::Circle {
+        config["threshold"] = serde_json::json!(threshold);
     }
-    if a.blocks.resume {
-        bail!(
-            "--resume is for the methods that run block by block (autocorrelation, triple-intersection, nn)"
-        );
-    }
-    // the image thresholded, for the methods that make one (written as entry_1/image_1/data)
-    let mut image: Option<Stack<f32>> = None;
-    let mut extra = serde_json::json!({});
-    let (supports, details): (Stack<u8>, Vec<Option<support::TripleIntersection>>) = match method {
+    let mut inputs = vec![a.input.as_path()];
+    // what each method reads; the mean image is made on rank 0 and sent to every rank
+    let mean: Option<Stack<f32>>;
+    let density: Option<io::blocks::PatternBlocks>;
+    let ideal: Option<io::blocks::ImageBlocks<u8>>;
+    let baseline = match method {
         Method::MeanImage => {
             let from = a.from.as_ref().context(
                 "--method mean-image needs --from TRAIN.cxi (a `cdiphase simulate` output)",
             )?;
-            let (mean, used) = support::baselines::mean_image(from)
-                .with_context(|| format!("averaging the densities of {}", from.display()))?;
-            let shape = eval::pattern_shape(&a.input)
+            let (n, h, w) = eval::pattern_shape(&a.input)
                 .with_context(|| format!("reading {}", a.input.display()))?;
-            let (n, h, w) = shape;
-            if (h, w) != (mean.h, mean.w) {
+            let bytes = cdiphase::run::dist::share_from_master(|| {
+                let (m, used) = support::baselines::mean_image(from, a.blocks.block)?;
+                let mut v = Vec::with_capacity(24 + 4 * m.data.len());
+                for x in [m.h, m.w, used] {
+                    v.extend_from_slice(&(x as u64).to_le_bytes());
+                }
+                v.extend_from_slice(&cdiphase::run::dist::f32_bytes(&m.data));
+                Ok(v)
+            })
+            .with_context(|| format!("averaging the densities of {}", from.display()))?;
+            let word = |i: usize| -> Result<usize> {
+                let b = bytes
+                    .get(8 * i..8 * i + 8)
+                    .context("a truncated mean image")?;
+                Ok(u64::from_le_bytes(b.try_into()?) as usize)
+            };
+            let (mh, mw, used) = (word(0)?, word(1)?, word(2)?);
+            let data: Vec<f32> = bytes[24..]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if (h, w) != (mh, mw) {
                 bail!(
                     "{}: {}x{} patterns, but the mean image of {} is {}x{}",
                     a.input.display(),
                     h,
                     w,
                     from.display(),
-                    mean.h,
-                    mean.w
+                    mh,
+                    mw
                 );
             }
-            let mut st = Stack::filled(n, h, w, 0f32);
-            for p in 0..n {
-                st.image_mut(p).copy_from_slice(&mean.data);
+            config["from"] = serde_json::json!(from.display().to_string());
+            config["images_averaged"] = serde_json::json!(used);
+            inputs.push(from.as_path());
+            mean = Some(Stack::from_vec(1, mh, mw, data)?);
+            Baseline::MeanImage {
+                n,
+                mean: mean.as_ref().expect("set above"),
             }
-            extra =
-                serde_json::json!({"from": from.display().to_string(), "images_averaged": used});
-            let s = support::threshold_supports(&st, threshold);
-            image = Some(st);
-            (s, vec![None; n])
         }
         Method::Oracle => {
             let sigma = a
@@ -148,132 +169,109 @@ pub fn run(a: SupportArgs) -> Result<()> {
                 "none" => false,
                 other => bail!("--twin '{other}': expected average or none"),
             };
-            let truth = eval::read_truth(&a.input)
-                .with_context(|| format!("reading the ground truth of {}", a.input.display()))?;
-            let st = support::baselines::oracle(&truth.density, sigma, twin)?;
-            extra = serde_json::json!({"sigma_px": sigma, "twin_average": twin});
-            let s = support::threshold_supports(&st, threshold);
-            let n = st.n;
-            image = Some(st);
-            (s, vec![None; n])
+            support::baselines::check_sigma(sigma)?;
+            density = Some(
+                io::blocks::PatternBlocks::open_unmasked(&a.input, eval::TRUTH_DENSITY)
+                    .map_err(truth_hint)
+                    .with_context(|| {
+                        format!("reading the ground truth of {}", a.input.display())
+                    })?,
+            );
+            config["sigma_px"] = serde_json::json!(sigma);
+            config["twin_average"] = serde_json::json!(twin);
+            Baseline::Oracle {
+                density: density.as_ref().expect("set above"),
+                sigma,
+                twin,
+            }
         }
         Method::Circle => {
             let margin = a.margin.unwrap_or(1.0);
-            let truth = eval::read_truth(&a.input)
-                .with_context(|| format!("reading the ground truth of {}", a.input.display()))?;
-            let (s, radii) = support::baselines::circle_of_extent(&truth.support, margin)
-                .with_context(|| format!("{}: entry_1/sample_1/support", a.input.display()))?;
-            extra = serde_json::json!({"margin_px": margin, "radius_px": radii});
-            let n = s.n;
-            (s, vec![None; n])
-        }
-        Method::Nn => {
-            let entry = a.entry.clone().unwrap_or_else(|| eval::IN_DATA.to_string());
-            let (shape, v) = io::read_f32(&a.input, &entry)
-                .with_context(|| format!("reading the network output of {}", a.input.display()))?;
-            let (n, h, w) = match *shape.as_slice() {
-                [n, h, w] => (n, h, w),
-                [h, w] => (1, h, w),
-                _ => bail!(
-                    "{}: dataset '{entry}' has shape {shape:?}, expected (N,H,W) or (H,W)",
-                    a.input.display()
-                ),
-            };
-            if n == 0 || h == 0 || w == 0 {
-                bail!(
-                    "{}: dataset '{entry}' has shape {shape:?}: no image to threshold",
-                    a.input.display()
-                );
+            support::baselines::check_margin(margin)?;
+            ideal = Some(
+                io::blocks::ImageBlocks::open_support(&a.input, Some(eval::TRUTH_SUPPORT))
+                    .map_err(truth_hint)
+                    .with_context(|| {
+                        format!("reading the ground truth of {}", a.input.display())
+                    })?,
+            );
+            config["margin_px"] = serde_json::json!(margin);
+            Baseline::Circle {
+                ideal: ideal.as_ref().expect("set above"),
+                margin,
             }
-            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                bail!(
-                    "{}: dataset '{entry}' value {i} is not finite",
-                    a.input.display()
-                );
-            }
-            let st = Stack::from_vec(n, h, w, v)?;
-            let s = support::threshold_supports(&st, threshold);
-            (s, vec![None; n])
         }
-        _ => {
-            let p = io::read_patterns(&a.input, a.entry.as_deref())
-                .with_context(|| format!("reading patterns from {}", a.input.display()))?;
-            support::estimate_from_patterns(&p, method, threshold)
-                .with_context(|| format!("estimating supports of {}", a.input.display()))?
-        }
+        m => bail!("--method {} is not a baseline", m.name()),
     };
-    let empty: Vec<usize> = (0..supports.n)
-        .filter(|&i| supports.image(i).iter().all(|&v| v == 0))
-        .collect();
-    if !empty.is_empty() {
-        bail!(
-            "{}: the {} support of pattern(s) {:?} is empty (threshold {threshold}): nothing written",
-            a.input.display(),
-            method.name(),
-            &empty[..empty.len().min(10)]
-        );
-    }
-    let mut config = serde_json::json!({
-        "program": "cdiphase support",
-        "version": env!("CARGO_PKG_VERSION"),
-        "input": a.input.display().to_string(),
-        "method": method.name(),
+    let identity = serde_json::json!({
+        "verb": "support",
+        "configuration": config,
     });
-    if method != Method::Circle {
-        config["threshold"] = serde_json::json!(threshold);
+    let run = a.blocks.run(&a.output, identity, inputs)?;
+    let s = cdiphase::run::support::baseline_blocks(&baseline, threshold, &config, &run)
+        .with_context(|| {
+            format!(
+                "making the {} supports of {} ({})",
+                method.name(),
+                a.input.display(),
+                resume_hint(&a.output)
+            )
+        })?;
+    if cdiphase::run::dist::is_worker() {
+        return Ok(()); // rank 0 writes and reports
     }
-    if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
-        c.extend(e.clone());
-    }
-    let mut f = io::CxiWriter::new();
-    f.string("cxi_version", "150")?;
-    f.u8(
-        "entry_1/image_1/support",
-        &[supports.n, supports.h, supports.w],
-        &supports.data,
-    )?;
-    if let Some(img) = &image {
-        f.f32("entry_1/image_1/data", &[img.n, img.h, img.w], &img.data)?;
-    }
-    f.string(
-        "entry_1/image_1/process_1/configuration",
-        &config.to_string(),
-    )?;
-    f.finish(&a.output)
-        .with_context(|| format!("writing {}", a.output.display()))?;
-    let areas: Vec<usize> = (0..supports.n)
-        .map(|i| supports.image(i).iter().filter(|&&v| v != 0).count())
-        .collect();
+    let n = s.areas.len();
+    let (h, w) = match &baseline {
+        Baseline::MeanImage { mean, .. } => (mean.h, mean.w),
+        Baseline::Oracle { density, .. } => (density.h, density.w),
+        Baseline::Circle { ideal, .. } => (ideal.h, ideal.w),
+    };
     if a.json {
-        let summary = serde_json::json!({
+        let mut summary = serde_json::json!({
             "input": a.input.display().to_string(),
             "output": a.output.display().to_string(),
             "method": method.name(),
             "threshold": (method != Method::Circle).then_some(threshold),
-            "patterns": supports.n,
-            "height": supports.h,
-            "width": supports.w,
-            "support_pixels": areas,
-            "triple_intersection": details,
+            "patterns": n,
+            "height": h,
+            "width": w,
+            "support_pixels": s.areas,
+            "triple_intersection": vec![serde_json::Value::Null; n],
+            "blocks": s.stats.blocks,
+            "resumed_blocks": s.stats.resumed_blocks,
         });
+        if method == Method::Circle {
+            summary["radius_px"] = serde_json::json!(s.radii);
+        }
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        let mut s = areas.clone();
-        s.sort_unstable();
+        let mut sorted = s.areas.clone();
+        sorted.sort_unstable();
         let rule = if method == Method::Circle {
             format!("margin {} px", a.margin.unwrap_or(1.0))
         } else {
             format!("threshold {threshold}")
         };
         eprintln!(
-            "{} {} supports ({rule}), median {} pixels -> {}",
-            supports.n,
+            "{n} {} supports ({rule}), median {} pixels -> {}",
             method.name(),
-            s[s.len() / 2],
+            sorted[n / 2],
             a.output.display()
         );
     }
     Ok(())
+}
+
+/// A missing ground-truth dataset: say what has one.
+fn truth_hint(e: cdiphase::Error) -> cdiphase::Error {
+    match e {
+        cdiphase::Error::MissingEntry { path, entry, .. } => cdiphase::Error::MissingEntry {
+            path,
+            entry,
+            hint: "the ground truth of `cdiphase simulate` is needed".into(),
+        },
+        e => e,
+    }
 }
 
 /// The methods that work pattern by pattern, block by block

@@ -61,9 +61,9 @@ fn shape_err(path: &Path, entry: &str, expected: String, found: Vec<usize>) -> E
 }
 
 /// The (N, H, W) of the patterns of `path` (`entry_1/data_1/data`, else the simulated
-/// densities `entry_1/sample_1/density`), without reading them.
+/// densities `entry_1/sample_1/density`), without reading them (nor the file: headers only).
 pub fn pattern_shape(path: &Path) -> Result<(usize, usize, usize)> {
-    let list = io::list_datasets(path)?;
+    let list = io::list_dataset_headers(path)?;
     for e in [io::DEFAULT_DATA_ENTRY, TRUTH_DENSITY] {
         if let Some((_, s, _)) = list.iter().find(|(p, _, _)| p.trim_start_matches('/') == e) {
             return match *s.as_slice() {

@@ -351,30 +351,33 @@ impl<T: Clone> ImageBlocks<T> {
     /// read and converted); the first image and the count actually read (a shared image
     /// is read whole for every window).
     fn span(&self, r: &Range<usize>, what: &str, elem: u128) -> Result<(usize, usize)> {
-        if self.n == 1 {
-            return Ok((0, 1));
-        }
-        if r.end > self.n || r.start > r.end {
-            return Err(Error::Config(format!(
-                "{what} {}..{} past the end of {} ({} images)",
-                r.start,
-                r.end,
-                self.source.display(),
-                self.n
-            )));
-        }
+        let (first, k) = if self.n == 1 {
+            (0, 1)
+        } else {
+            if r.end > self.n || r.start > r.end {
+                return Err(Error::Config(format!(
+                    "{what} {}..{} past the end of {} ({} images)",
+                    r.start,
+                    r.end,
+                    self.source.display(),
+                    self.n
+                )));
+            }
+            (r.start, r.len())
+        };
+        // a shared image too: a hostile header may declare one image of any size
         crate::limits::check_memory(
             &format!(
                 "{}: {what} '{}' of shape {:?}, images {}..{} at a time",
                 self.source.display(),
                 self.entry,
                 [self.n, self.h, self.w],
-                r.start,
-                r.end
+                first,
+                first + k
             ),
-            (r.len() as u128) * ((self.h * self.w) as u128) * elem,
+            (k as u128) * (self.h as u128) * (self.w as u128) * elem,
         )?;
-        Ok((r.start, r.len()))
+        Ok((first, k))
     }
 
     /// The images `first..first + k` of a stack read whole.

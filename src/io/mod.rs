@@ -353,6 +353,18 @@ pub fn list_datasets(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
     }
 }
 
+/// [`list_datasets`] without reading the data: HDF5 opened for streaming reads (no
+/// whole-file buffer), `.npy` by its header. For the shape of a file of any size.
+pub fn list_dataset_headers(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
+    match format_of(path)? {
+        Format::Npy => {
+            let h = npy::NpyRows::open(path)?.header;
+            Ok(vec![(String::new(), h.shape.clone(), h.descr.clone())])
+        }
+        Format::Hdf5 => hdf5::open_streaming(path)?.list(),
+    }
+}
+
 /// A fresh temporary file name in `dest`'s directory (hidden, recognisable, unique per
 /// process and call, registered for removal on a signal), so that a rename onto `dest` is
 /// atomic. See [`temp`].

@@ -35,6 +35,8 @@ const SUPERBLOCK_SIZE: u64 = 48;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
     F32,
+    /// IEEE float64, little-endian (per-pattern values such as radii).
+    F64,
     U8,
     I64,
     /// Compound `{r: f32, i: f32}` (h5py: complex64).
@@ -45,6 +47,7 @@ impl Dtype {
     pub fn size(self) -> usize {
         match self {
             Dtype::F32 => 4,
+            Dtype::F64 => 8,
             Dtype::U8 => 1,
             Dtype::I64 => 8,
             Dtype::Complex64 => 8,
@@ -663,8 +666,18 @@ fn datatype(t: DatasetType) -> Vec<u8> {
         d.extend_from_slice(&127u32.to_le_bytes());
         d
     };
+    let f64t = || {
+        let mut d = vec![0x11, 0x20, 63, 0];
+        d.extend_from_slice(&8u32.to_le_bytes());
+        d.extend_from_slice(&0u16.to_le_bytes()); // bit offset
+        d.extend_from_slice(&64u16.to_le_bytes()); // precision
+        d.extend_from_slice(&[52, 11, 0, 52]); // exponent location/size, mantissa location/size
+        d.extend_from_slice(&1023u32.to_le_bytes());
+        d
+    };
     match t {
         DatasetType::Num(Dtype::F32) => f32t(),
+        DatasetType::Num(Dtype::F64) => f64t(),
         DatasetType::Num(Dtype::U8) => fixed(false, 1),
         DatasetType::Num(Dtype::I64) => fixed(true, 8),
         DatasetType::Num(Dtype::Complex64) => {

@@ -228,6 +228,18 @@ pub fn serve(todo: &[usize], write: impl FnMut(usize, Rows) -> Result<()>) -> Re
     imp::serve(todo, write)
 }
 
+/// What every rank needs before the blocks start and only rank 0 makes (the training
+/// set's mean image of `support --method mean-image`): `make` runs on rank 0 (and in a
+/// one-process run), and its bytes are sent to every worker, which waits for them without
+/// spinning a core (a poll every millisecond). An error of `make` is rank 0's error: the
+/// job stops (`MPI_Abort` from `main`) and the workers with it.
+pub fn share_from_master(make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+    if world_size() <= 1 {
+        return make();
+    }
+    imp::share_from_master(make)
+}
+
 /// A worker's loop: ask rank 0 for two blocks; read the next block on a reader thread
 /// while this thread computes the current one, send its rows back (in pieces below MPI's
 /// 2 GiB message limit) and get the next block in reply, until rank 0 has none left.
@@ -255,6 +267,10 @@ mod imp {
         _: impl FnMut(usize) -> Result<I>,
         _: impl FnMut(usize, I) -> Result<Rows>,
     ) -> Result<()> {
+        Err(unavailable())
+    }
+
+    pub fn share_from_master(_: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
         Err(unavailable())
     }
 }
@@ -295,6 +311,8 @@ mod imp {
     const TAG_BLOCK: i32 = 3;
     /// One piece of a block's rows (at most [`super::max_piece`] bytes).
     const TAG_PIECE: i32 = 4;
+    /// Rank 0's bytes for every worker, before the blocks ([`share_from_master`]).
+    const TAG_SHARED: i32 = 5;
     const STOP: u64 = u64::MAX;
     /// Blocks a worker holds at once: the one it computes and the one it reads meanwhile.
     const DEPTH: u64 = 2;
@@ -433,6 +451,33 @@ mod imp {
             }
         }
         Ok(())
+    }
+
+    /// See [`super::share_from_master`]. The bytes go in one message to each worker: at
+    /// most 1 GiB (an image, not a block).
+    pub fn share_from_master(make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
+        let world = SimpleCommunicator::world();
+        let master = world.process_at_rank(0);
+        if world.rank() == 0 {
+            let v = make()?;
+            if v.len() > 1 << 30 {
+                return Err(Error::Config(format!(
+                    "{} bytes to send to every MPI rank: more than one message carries",
+                    v.len()
+                )));
+            }
+            for r in 1..world.size() {
+                world.process_at_rank(r).send_with_tag(&v[..], TAG_SHARED);
+            }
+            return Ok(v);
+        }
+        // poll, then sleep: rank 0 may read a large file first, and a blocking receive of
+        // OpenMPI spins a core that rank 0 (on this node, say) needs
+        while master.immediate_probe_with_tag(TAG_SHARED).is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let (v, _) = master.receive_vec_with_tag::<u8>(TAG_SHARED);
+        Ok(v)
     }
 
     /// Send a block's rows to rank 0: their length, then pieces of at most

@@ -24,31 +24,49 @@ use crate::{Error, Result};
 /// The densities of a simulation (`cdiphase simulate` output).
 pub const DENSITY_ENTRY: &str = "entry_1/sample_1/density";
 
-/// The mean over the densities of `from` (`entry_1/sample_1/density`, (N,H,W)), each taken
-/// as |density| / max(|density|) (images whose maximum is 0 are skipped), read 256 at a
-/// time without loading the file. Returns the (H, W) image, centred like the densities,
-/// and the number of images averaged.
-pub fn mean_image(from: &Path) -> Result<(Stack<f32>, usize)> {
-    let mut acc: Vec<f64> = Vec::new();
+/// The mean over the densities of `from` (`entry_1/sample_1/density`, (N,H,W) or one
+/// (H,W) image; HDF5 or `.npy`), each taken as |density| / max(|density|) (images whose
+/// maximum is 0 are skipped), read `block` images at a time without loading the file
+/// (row reads: memory flat in N). The sum runs over the images in file order, one image at
+/// a time, in float64: the result is the same, bit for bit, for every `block`. Returns the
+/// (H, W) image, centred like the densities, and the number of images averaged.
+pub fn mean_image(from: &Path, block: usize) -> Result<(Stack<f32>, usize)> {
+    if block == 0 {
+        return Err(Error::Config("--block must be at least 1".into()));
+    }
+    let dens = crate::io::blocks::PatternBlocks::open_unmasked(from, DENSITY_ENTRY).map_err(
+        |e| match e {
+            Error::MissingEntry { path, entry, .. } => Error::MissingEntry {
+                path,
+                entry,
+                hint: "the mean image needs the ground truth of `cdiphase simulate`".into(),
+            },
+            e => e,
+        },
+    )?;
+    let (n, h, w) = (dens.n, dens.h, dens.w);
+    let hw = h * w;
+    let what = || format!("{}: dataset '{}'", from.display(), dens.entry);
+    // the float64 sum, and the image returned (a hostile header may declare any size)
+    crate::limits::check_memory(
+        &format!(
+            "{} of shape {:?}, the mean image",
+            what(),
+            [dens.n, dens.h, dens.w]
+        ),
+        (hw as u128) * 12,
+    )?;
+    let mut acc = vec![0f64; hw];
     let mut used = 0usize;
-    let what = || format!("{}: dataset '{DENSITY_ENTRY}'", from.display());
-    let shape = crate::io::for_each_rows_f32(from, DENSITY_ENTRY, 256, &mut |shape, _, block| {
-        let hw = match *shape {
-            [_, h, w] if h * w > 0 => h * w,
-            _ => {
-                return Err(Error::Shape {
-                    what: what(),
-                    expected: "(N,H,W)".into(),
-                    found: shape.to_vec(),
-                })
-            }
-        };
-        acc.resize(hw, 0.0);
-        for img in block.chunks(hw) {
+    let mut first = 0usize;
+    while first < n {
+        let last = (first + block).min(n);
+        let win = dens.read(first..last)?;
+        for (k, img) in win.intensities.data.chunks(hw).enumerate() {
             if let Some(i) = img.iter().position(|v| !v.is_finite()) {
                 return Err(Error::invalid(
                     what(),
-                    format!("image {} value {i} is not finite", used),
+                    format!("image {} value {i} is not finite", first + k),
                 ));
             }
             let max = img.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -60,26 +78,8 @@ pub fn mean_image(from: &Path) -> Result<(Stack<f32>, usize)> {
             }
             used += 1;
         }
-        Ok(())
-    })
-    .map_err(|e| match e {
-        Error::MissingEntry { path, entry, .. } => Error::MissingEntry {
-            path,
-            entry,
-            hint: "the mean image needs the ground truth of `cdiphase simulate`".into(),
-        },
-        e => e,
-    })?;
-    let (h, w) = match *shape.as_slice() {
-        [_, h, w] => (h, w),
-        _ => {
-            return Err(Error::Shape {
-                what: what(),
-                expected: "(N,H,W)".into(),
-                found: shape,
-            })
-        }
-    };
+        first = last;
+    }
     if used == 0 {
         return Err(Error::invalid(
             what(),
@@ -132,15 +132,31 @@ pub fn gaussian_blur(img: &[f32], h: usize, w: usize, sigma: f64) -> Vec<f64> {
     out
 }
 
-/// The oracle images of the densities (N,H,W), centred: |density| blurred by `sigma` px,
-/// averaged with its centrosymmetric twin (index (H - y) % H, (W - x) % W, the flip about
-/// the centre (H/2, W/2)) when `twin_average`, divided by its maximum.
-pub fn oracle(density: &Stack<f32>, sigma: f64, twin_average: bool) -> Result<Stack<f32>> {
+/// The oracle's blur `sigma` (pixels) must lie in [0, 64].
+pub fn check_sigma(sigma: f64) -> Result<()> {
     if !(sigma >= 0.0 && sigma.is_finite() && sigma <= 64.0) {
         return Err(Error::Config(format!(
             "oracle sigma {sigma} px must be in [0, 64]"
         )));
     }
+    Ok(())
+}
+
+/// The circle's `margin` (pixels) must lie in [0, 64].
+pub fn check_margin(margin: f64) -> Result<()> {
+    if !(margin.is_finite() && (0.0..=64.0).contains(&margin)) {
+        return Err(Error::Config(format!(
+            "circle margin {margin} px must be in [0, 64]"
+        )));
+    }
+    Ok(())
+}
+
+/// The oracle images of the densities (N,H,W), centred: |density| blurred by `sigma` px,
+/// averaged with its centrosymmetric twin (index (H - y) % H, (W - x) % W, the flip about
+/// the centre (H/2, W/2)) when `twin_average`, divided by its maximum.
+pub fn oracle(density: &Stack<f32>, sigma: f64, twin_average: bool) -> Result<Stack<f32>> {
+    check_sigma(sigma)?;
     let (n, h, w) = (density.n, density.h, density.w);
     let mut out = Stack::filled(n, h, w, 0f32);
     for p in 0..n {
@@ -199,11 +215,7 @@ pub fn max_extent(support: &[u8], h: usize, w: usize) -> f64 {
 /// support. Returns the discs and the radii in pixels. An empty ideal support is an error
 /// naming the pattern.
 pub fn circle_of_extent(ideal: &Stack<u8>, margin: f64) -> Result<(Stack<u8>, Vec<f64>)> {
-    if !(margin.is_finite() && (0.0..=64.0).contains(&margin)) {
-        return Err(Error::Config(format!(
-            "circle margin {margin} px must be in [0, 64]"
-        )));
-    }
+    check_margin(margin)?;
     let (n, h, w) = (ideal.n, ideal.h, ideal.w);
     let mut out = Stack::filled(n, h, w, 0u8);
     let mut radii = Vec::with_capacity(n);
@@ -212,8 +224,8 @@ pub fn circle_of_extent(ideal: &Stack<u8>, margin: f64) -> Result<(Stack<u8>, Ve
         let e = max_extent(ideal.image(p), h, w);
         if e == 0.0 {
             return Err(Error::invalid(
-                format!("ideal support of pattern {p}"),
-                "is empty: no extent to make a circle of",
+                format!("pattern {p}"),
+                "the ideal support is empty: no extent to make a circle of",
             ));
         }
         let r = e / 2.0 + margin;
