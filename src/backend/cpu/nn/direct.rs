@@ -117,14 +117,15 @@ pub(crate) fn pack(
                 }
             };
             if kind == DirectKind::F32 {
-                // [cb][tap][ci][nb]: the kernel's reading order
-                let mut w32 = Vec::with_capacity(ncb * taps * cin * nb);
+                // [cb][tap][ci][nb]: the kernel's reading order; a block's channels are
+                // contiguous in `wgt` (copied as a run, the tail zero)
+                let mut w32 = vec![0.0f32; ncb * taps * cin * nb];
                 for cb in 0..ncb {
+                    let (c0, len) = (cb * nb, nb.min(cout - cb * nb));
                     for t in 0..taps {
                         for ci in 0..cin {
-                            for j in 0..nb {
-                                w32.push(w(t, ci, cb * nb + j));
-                            }
+                            let src = &wgt[(t * cin + ci) * cout + c0..][..len];
+                            w32[((cb * taps + t) * cin + ci) * nb..][..len].copy_from_slice(src);
                         }
                     }
                 }
