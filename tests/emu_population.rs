@@ -319,3 +319,61 @@ fn backend_merge_matches_the_host_merge() {
         n * k * l * 9
     );
 }
+
+/// The host<->device copies of `--merge` and of a `--population` run on the emulated GPU
+/// (what a GPU moves over its bus), counted by the emulator and printed for BENCHMARKS.md:
+/// the merge moves only the merged starts up and the merge down; a population run still
+/// moves every item's iterate and support down and up at every checkpoint (the segmented
+/// runner's host round trip, which the device kernels do not remove yet).
+#[test]
+fn transfers_of_merge_and_population_runs() {
+    use cdiphase::phasing::population::{PopulationConfig, Strategy};
+    use cdiphase::phasing::program::{Program, Recording, ShrinkwrapConfig};
+    use cdiphase::phasing::schedule::Schedule;
+    let mut rng = Lcg::new("emu-pop-transfers");
+    let (n, k, h, w) = (2usize, 8usize, 29usize, 22usize);
+    let l = h * w;
+    let mut pb = common::phasing::disc_problem(&mut rng, n, h, w, k);
+    pb.keep_all = false;
+    let prog = Program::compile(
+        &Schedule::parse("HIO**12 + ER**8").unwrap(),
+        0.9,
+        &ShrinkwrapConfig::parse("sigma=1,threshold=0.1,every=5").unwrap(),
+        Recording::Every(10),
+    )
+    .unwrap();
+    let emu = EmuBackend::new(ScheduleOrder::InOrder);
+    let count = |st: &Strategy| {
+        let t0 = emu.launcher().transfers();
+        cdiphase::phasing::run_strategy(&emu, &pb, &prog, st, 3, &|_| {}).unwrap();
+        emu.launcher().transfers() - t0
+    };
+    let plain = count(&Strategy::default());
+    let merge = Strategy {
+        merge: 4,
+        ..Default::default()
+    };
+    let merged = count(&merge);
+    let pop = Strategy {
+        population: Some(PopulationConfig {
+            generations: 2,
+            keep: 4,
+            every: None,
+        }),
+        merge: 4,
+        ..Default::default()
+    };
+    let bred = count(&pop);
+    let state = (n * k * l * 9) as u64; // every item's iterate (8 B) and support (1 B)
+    let merged_up = (n * 4 * l * 9) as u64;
+    eprintln!("transfers, {n} patterns x {k} starts of {h}x{w} (state of all items {state} B):");
+    eprintln!("  plain run:                 {plain:?}");
+    eprintln!("  --merge 4:                 {merged:?}");
+    eprintln!("  --population g=2 + merge:  {bred:?}");
+    // the merge adds the merged starts up, the merge (object, support, Gram, modes) down
+    let extra = merged - plain;
+    assert!(extra.upload_bytes >= merged_up && extra.upload_bytes < merged_up + 8192);
+    assert!(extra.download_bytes >= (n * l * 9) as u64);
+    // three segments: each uploads and downloads every item's state
+    assert!(bred.upload_bytes >= 3 * state && bred.download_bytes >= 3 * state);
+}
