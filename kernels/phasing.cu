@@ -638,3 +638,347 @@ CD_KERNEL cd_ml_finish(int items, double* __restrict__ state) {
     double* st = state + (size_t)item * CD_ML_STATE;
     st[CD_ML_RESTART] = st[CD_ML_TBEST] == 0.0 ? 1.0 : 0.0;
 }
+
+// ---- Populations and merging (issue 19): alignment, recombination, average, Gram ---------
+// The GA's breeding and `--merge` on the device (orchestration: src/backend/gpu/population.rs,
+// the host reference: src/phasing/merge.rs). They work on a stack X of m images gathered
+// from a run's iterates (native order, item-major) and on P pairs (a = X[pa[p]], the
+// reference, b = X[pb[p]], the image aligned onto it):
+//   cd_pop_gather -> cd_pop_moduli -> FFT -> cd_pop_xpower -> IFFT -> cd_pop_argmax
+//   -> cd_pop_overlap -> cd_pop_align_finish -> cd_pop_apply [-> cd_pop_recombine]
+// and, for the merge of n images per pattern (the reference first, its n - 1 others aligned):
+//   cd_pop_mean, cd_pop_gram -> cd_pop_gram_finish -> (host: n x n eigenproblem)
+//   -> cd_pop_modes -> cd_pop_argmax (mode 1) -> cd_pop_rotate.
+// Alignment of b onto a: the shift d maximising the circular cross-correlation of |a| and
+// |t| for t = b and its twin conj(b(-x)) (FFT|twin b| = conj FFT|b| since |b| is real, so
+// one FFT of |b| serves both), then of the two the one with the larger complex overlap
+// |sum conj(t(x - d)) a(x)|, then the global phase c / |c|.
+
+// X[j] = g[idx[j]] inside s[idx[j]] with the constraint (0 outside), S[j] = s[idx[j]].
+// Grid (bpi, m). Bytes: 17 P read + 9 P written.
+CD_KERNEL cd_pop_gather(const float2* __restrict__ g, const unsigned char* __restrict__ s,
+                        const int* __restrict__ idx, int L, int constraint, float2* __restrict__ x,
+                        unsigned char* __restrict__ xs) {
+    const int j = blockIdx.y;
+    const size_t src = (size_t)idx[j] * L, dst = (size_t)j * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const unsigned char m = s[src + i];
+        const float2 v = g[src + i];
+        float2 o = make_float2(0.0f, 0.0f);
+        if (m != 0) {
+            if (constraint == 0) o = v;
+            else if (constraint == 1) o = make_float2(v.x, 0.0f);
+            else o = make_float2(fmaxf(v.x, 0.0f), 0.0f);
+        }
+        x[dst + i] = o;
+        xs[dst + i] = m;
+    }
+}
+
+// M[2p] = |X[pa[p]]|, M[2p + 1] = |X[pb[p]]| (imaginary parts 0). Grid (bpi, P).
+CD_KERNEL cd_pop_moduli(const float2* __restrict__ x, const int* __restrict__ pa,
+                        const int* __restrict__ pb, int L, float2* __restrict__ m) {
+    const int p = blockIdx.y;
+    const float2* a = x + (size_t)pa[p] * L;
+    const float2* b = x + (size_t)pb[p] * L;
+    float2* ma = m + (size_t)(2 * p) * L;
+    float2* mb = m + (size_t)(2 * p + 1) * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 u = a[i], v = b[i];
+        ma[i] = make_float2(sqrtf(u.x * u.x + u.y * u.y), 0.0f);
+        mb[i] = make_float2(sqrtf(v.x * v.x + v.y * v.y), 0.0f);
+    }
+}
+
+// After the forward FFT of M: FA = M[2p], FB = M[2p + 1] become the cross-power spectra
+// M[2p] = FA conj(FB) (b as it is) and M[2p + 1] = FA FB (its twin). Grid (bpi, P).
+CD_KERNEL cd_pop_xpower(float2* __restrict__ m, int L) {
+    const int p = blockIdx.y;
+    float2* fa = m + (size_t)(2 * p) * L;
+    float2* fb = m + (size_t)(2 * p + 1) * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 a = fa[i], b = fb[i];
+        fa[i] = make_float2(a.x * b.x + a.y * b.y, a.y * b.x - a.x * b.y);
+        fb[i] = make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+    }
+}
+
+// Per image of M (grid (1, images), block CD_BLOCK, dynamic shared CD_BLOCK * 8 bytes): the
+// index of its largest value, best[q]. mode 0: the real part, ties to the lowest index (the
+// host's cross-correlation maximum); mode 1: |v|^2, ties to the highest index (Rust's
+// max_by, the host's mode phase), and then fac[q] = conj(v) / |v| of that pixel (1 when 0).
+// NaN never wins; an image of NaN gives index 0.
+CD_KERNEL cd_pop_argmax(const float2* __restrict__ m, int L, int mode, int* __restrict__ best,
+                        float2* __restrict__ fac) {
+    const int q = blockIdx.y;
+    const float2* mi = m + (size_t)q * L;
+    CD_DYNAMIC_SHARED(float, sv);
+    int* si = reinterpret_cast<int*>(sv + blockDim.x);
+    float bv = 0.0f;
+    int bi = -1;
+    for (int i = threadIdx.x; i < L; i += blockDim.x) {
+        const float2 v = mi[i];
+        const float e = mode == 0 ? v.x : v.x * v.x + v.y * v.y;
+        // i grows: strict > keeps the lowest index, >= the highest; NaN (e != e) never wins
+        if (e == e && (bi < 0 || (mode == 0 ? e > bv : e >= bv))) {
+            bv = e;
+            bi = i;
+        }
+    }
+    sv[threadIdx.x] = bv;
+    si[threadIdx.x] = bi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) {
+            const float ov = sv[threadIdx.x + s];
+            const int oi = si[threadIdx.x + s];
+            const float v = sv[threadIdx.x];
+            const int vi = si[threadIdx.x];
+            bool take;
+            if (oi < 0) take = false;
+            else if (vi < 0) take = true;
+            else if (ov != v) take = ov > v;
+            else take = mode == 0 ? oi < vi : oi > vi;
+            if (take) {
+                sv[threadIdx.x] = ov;
+                si[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const int b = si[0] < 0 ? 0 : si[0];
+        best[q] = b;
+        if (mode == 1 && fac != nullptr) {
+            const float2 v = mi[b];
+            const float n = sqrtf(v.x * v.x + v.y * v.y);
+            fac[q] = n > 0.0f ? make_float2(v.x / n, -v.y / n) : make_float2(1.0f, 0.0f);
+        }
+    }
+}
+
+// The source pixel of t(y - dy, x - dx) in b, for t = b or (twin) conj(b(-y, -x)).
+__device__ __forceinline__ int cd_pop_src(int i, int h, int w, int dy, int dx, int twin) {
+    const int y = i / w, x = i - (i / w) * w;
+    int sy = y - dy;
+    sy += sy < 0 ? h : 0;
+    int sx = x - dx;
+    sx += sx < 0 ? w : 0;
+    if (twin) {
+        sy = sy == 0 ? 0 : h - sy;
+        sx = sx == 0 ? 0 : w - sx;
+    }
+    return sy * w + sx;
+}
+
+// Candidate q = 2p + twin: partial sums of conj(t(x - d)) a(x), d = best[q] as (d / w, d % w),
+// pc[2 (q bpi + bx) + {0, 1}]. Grid (bpi, 2P). Bytes: 16 P read per candidate.
+CD_KERNEL cd_pop_overlap(const float2* __restrict__ x, const int* __restrict__ pa,
+                         const int* __restrict__ pb, const int* __restrict__ best, int h, int w,
+                         float* __restrict__ pc) {
+    const int q = blockIdx.y, p = q >> 1, twin = q & 1;
+    const int L = h * w;
+    const float2* a = x + (size_t)pa[p] * L;
+    const float2* b = x + (size_t)pb[p] * L;
+    const int d = best[q], dy = d / w, dx = d - (d / w) * w;
+    float re = 0.0f, im = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        float2 t = b[cd_pop_src(i, h, w, dy, dx, twin)];
+        if (twin) t.y = -t.y;
+        const float2 u = a[i];
+        // conj(t) u
+        re += t.x * u.x + t.y * u.y;
+        im += t.x * u.y - t.y * u.x;
+    }
+    re = cd_block_sum(re);
+    im = cd_block_sum(im);
+    if (threadIdx.x == 0) {
+        const size_t k = (size_t)q * gridDim.x + blockIdx.x;
+        pc[2 * k] = re;
+        pc[2 * k + 1] = im;
+    }
+}
+
+// One thread per pair: the overlaps of its two candidates summed in double; the twin is kept
+// when its |c| is larger by a relative 1e-12 (ties to b as it is, as the host). al[3p + {0, 1,
+// 2}] = (dy, dx, twin), ph[2p + {0, 1}] = c / |c| (1 when c = 0).
+CD_KERNEL cd_pop_align_finish(const float* __restrict__ pc, int bpi, const int* __restrict__ best,
+                              int pairs, int w, int* __restrict__ al, float* __restrict__ ph) {
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= pairs) return;
+    double r0 = 0.0, i0 = 0.0, r1 = 0.0, i1 = 0.0;
+    for (int k = 0; k < bpi; ++k) {
+        const size_t b0 = (size_t)(2 * p) * bpi + k, b1 = (size_t)(2 * p + 1) * bpi + k;
+        r0 += (double)pc[2 * b0];
+        i0 += (double)pc[2 * b0 + 1];
+        r1 += (double)pc[2 * b1];
+        i1 += (double)pc[2 * b1 + 1];
+    }
+    const double n0 = sqrt(r0 * r0 + i0 * i0);
+    const double n1 = sqrt(r1 * r1 + i1 * i1);
+    const int t = n1 > n0 * (1.0 + 1e-12) ? 1 : 0;
+    const double n = t ? n1 : n0, cr = t ? r1 : r0, ci = t ? i1 : i0;
+    const int d = best[2 * p + t];
+    al[3 * p] = d / w;
+    al[3 * p + 1] = d - (d / w) * w;
+    al[3 * p + 2] = t;
+    ph[2 * p] = n > 0.0 ? (float)(cr / n) : 1.0f;
+    ph[2 * p + 1] = n > 0.0 ? (float)(ci / n) : 0.0f;
+}
+
+// Y[p] = ph[p] t(x - d) for t = X[pb[p]] or its twin, and (xs, ys not null) the support
+// moved alike (a point reflection for the twin). Grid (bpi, P). Bytes: 9 P read + 9 P written.
+CD_KERNEL cd_pop_apply(const float2* __restrict__ x, const unsigned char* __restrict__ xs,
+                       const int* __restrict__ pb, const int* __restrict__ al,
+                       const float* __restrict__ ph, int h, int w, float2* __restrict__ y,
+                       unsigned char* __restrict__ ys) {
+    const int p = blockIdx.y;
+    const int L = h * w;
+    const size_t src = (size_t)pb[p] * L, dst = (size_t)p * L;
+    const int dy = al[3 * p], dx = al[3 * p + 1], twin = al[3 * p + 2];
+    const float fr = ph[2 * p], fi = ph[2 * p + 1];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const int j = cd_pop_src(i, h, w, dy, dx, twin);
+        float2 t = x[src + j];
+        if (twin) t.y = -t.y;
+        y[dst + i] = make_float2(fr * t.x - fi * t.y, fr * t.y + fi * t.x);
+        if (ys != nullptr) ys[dst + i] = xs[src + j];
+    }
+}
+
+// The GA's child of a = X[pa[p]] and its aligned partner b' = Y[p]: sqrt(|a| |b'|) with a's
+// phase (0 where a = 0), C[p]. Grid (bpi, P).
+CD_KERNEL cd_pop_recombine(const float2* __restrict__ x, const int* __restrict__ pa,
+                           const float2* __restrict__ y, int L, float2* __restrict__ c) {
+    const int p = blockIdx.y;
+    const float2* a = x + (size_t)pa[p] * L;
+    const float2* b = y + (size_t)p * L;
+    float2* o = c + (size_t)p * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 u = a[i], v = b[i];
+        const float ma = sqrtf(u.x * u.x + u.y * u.y);
+        const float mb = sqrtf(v.x * v.x + v.y * v.y);
+        if (ma > 0.0f) {
+            const float r = sqrtf(ma * mb) / ma;
+            o[i] = make_float2(u.x * r, u.y * r);
+        } else {
+            o[i] = make_float2(0.0f, 0.0f);
+        }
+    }
+}
+
+// Image j of pattern q's aligned stack of n: X[q n] (the reference) for j = 0, else
+// Y[q (n - 1) + j - 1].
+__device__ __forceinline__ const float2* cd_pop_stack(const float2* x, const float2* y, int q, int n,
+                                                      int j, int L) {
+    return j == 0 ? x + (size_t)q * n * L : y + ((size_t)q * (n - 1) + j - 1) * L;
+}
+
+// The merge of pattern q (grid (bpi, patterns)): O[q] = mean of its aligned stack, U[q] = 1
+// where at least half of the aligned supports (xs[q n] and ys[q (n - 1) + ...]) hold the pixel.
+CD_KERNEL cd_pop_mean(const float2* __restrict__ x, const unsigned char* __restrict__ xs,
+                      const float2* __restrict__ y, const unsigned char* __restrict__ ys, int n,
+                      int L, float2* __restrict__ o, unsigned char* __restrict__ u) {
+    const int q = blockIdx.y;
+    const float inv = 1.0f / (float)n;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        float re = 0.0f, im = 0.0f;
+        int votes = 0;
+        for (int j = 0; j < n; ++j) {
+            const float2 v = cd_pop_stack(x, y, q, n, j, L)[i];
+            re += v.x;
+            im += v.y;
+            const unsigned char m =
+                j == 0 ? xs[(size_t)q * n * L + i] : ys[((size_t)q * (n - 1) + j - 1) * L + i];
+            votes += m != 0;
+        }
+        o[(size_t)q * L + i] = make_float2(re * inv, im * inv);
+        u[(size_t)q * L + i] = 2 * votes >= n ? 1 : 0;
+    }
+}
+
+// Gram matrix partials of each pattern's aligned stack: entry e = (j, k), j <= k, of the
+// upper triangle (row-major, E = n (n + 1) / 2 per pattern), sum conj(x_j) x_k;
+// pg[2 ((q E + e) bpi + bx) + {0, 1}]. Grid (bpi, patterns * E).
+CD_KERNEL cd_pop_gram(const float2* __restrict__ x, const float2* __restrict__ y, int n, int L,
+                      float* __restrict__ pg) {
+    const int E = n * (n + 1) / 2;
+    const int q = blockIdx.y / E, e = blockIdx.y - q * E;
+    int j = 0, r = e;
+    while (r >= n - j) {
+        r -= n - j;
+        ++j;
+    }
+    const int k = j + r;
+    const float2* a = cd_pop_stack(x, y, q, n, j, L);
+    const float2* b = cd_pop_stack(x, y, q, n, k, L);
+    float re = 0.0f, im = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 u = a[i], v = b[i];
+        re += u.x * v.x + u.y * v.y;
+        im += u.x * v.y - u.y * v.x;
+    }
+    re = cd_block_sum(re);
+    im = cd_block_sum(im);
+    if (threadIdx.x == 0) {
+        const size_t s = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
+        pg[2 * s] = re;
+        pg[2 * s + 1] = im;
+    }
+}
+
+// One thread per (pattern, entry): the Gram matrices in double, full and Hermitian,
+// G[2 (q n n + j n + k) + {0, 1}].
+CD_KERNEL cd_pop_gram_finish(const float* __restrict__ pg, int bpi, int patterns, int n,
+                             double* __restrict__ g) {
+    const int E = n * (n + 1) / 2;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= patterns * E) return;
+    const int q = t / E, e = t - q * E;
+    int j = 0, r = e;
+    while (r >= n - j) {
+        r -= n - j;
+        ++j;
+    }
+    const int k = j + r;
+    double re = 0.0, im = 0.0;
+    for (int b = 0; b < bpi; ++b) {
+        re += (double)pg[2 * ((size_t)t * bpi + b)];
+        im += (double)pg[2 * ((size_t)t * bpi + b) + 1];
+    }
+    double* gq = g + 2 * (size_t)q * n * n;
+    gq[2 * (j * n + k)] = re;
+    gq[2 * (j * n + k) + 1] = im;
+    gq[2 * (k * n + j)] = re;
+    gq[2 * (k * n + j) + 1] = -im;
+}
+
+// Modes: Mo[q m + i] = sum_j v[(q m + i) n + j] x_j over pattern q's aligned stack (v holds
+// the eigenvectors already scaled by 1 / sqrt(n)). Grid (bpi, patterns * m).
+CD_KERNEL cd_pop_modes(const float2* __restrict__ x, const float2* __restrict__ y,
+                       const float2* __restrict__ v, int n, int m, int L, float2* __restrict__ mo) {
+    const int qi = blockIdx.y, q = qi / m;
+    const float2* vi = v + (size_t)qi * n;
+    float2* out = mo + (size_t)qi * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        float re = 0.0f, im = 0.0f;
+        for (int j = 0; j < n; ++j) {
+            const float2 s = cd_pop_stack(x, y, q, n, j, L)[i];
+            const float2 c = vi[j];
+            re += s.x * c.x - s.y * c.y;
+            im += s.x * c.y + s.y * c.x;
+        }
+        out[i] = make_float2(re, im);
+    }
+}
+
+// Multiply image q by fac[q] (the mode's phase fix from cd_pop_argmax). Grid (bpi, images).
+CD_KERNEL cd_pop_rotate(float2* __restrict__ mo, const float2* __restrict__ fac, int L) {
+    const int q = blockIdx.y;
+    const float2 f = fac[q];
+    float2* o = mo + (size_t)q * L;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const float2 v = o[i];
+        o[i] = make_float2(v.x * f.x - v.y * f.y, v.x * f.y + v.y * f.x);
+    }
+}

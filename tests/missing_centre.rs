@@ -152,63 +152,57 @@ fn damped_masked_pixels_in_one_iteration_of_both_engines_against_float64() {
 
 /// The interpolation fills a masked centre of a compact object's pattern from the measured
 /// intensities: against the true intensities (float64 DFT) the filled values agree to
-/// 1e-3 where a zero fill is 100 % off, at awkward sizes and beamstop radii (all but one of
-/// three cases; none worse than no fill); held-out pixels are left as they are.
+/// 1e-3 where a zero fill is 100 % off, for every one of several random objects at awkward
+/// sizes and beamstop radii (before session 26 about 1 in 5 of the 47x71 cases came out
+/// 0.3-0.95 off: the support estimate covered the whole field, NOTES.md "The missing
+/// centre and culling"); held-out pixels are left as they are.
 #[test]
 fn interpolation_recovers_a_masked_centre() {
     let mut rng = Lcg::new("missing-interpolate");
     let cases = [(60usize, 52usize, 2.5f64), (64, 64, 3.0), (47, 71, 3.5)];
-    let (mut exact, mut cases_run) = (0usize, 0usize);
     for ((h, w, r), held_out) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let l = h * w;
-        let obj = compact(&mut rng, h, w, 0.12);
-        let f = dft2(&obj, h, w, -1.0);
-        let truth: Vec<f64> = f.iter().map(|c| c.norm_sqr()).collect();
-        let a: Vec<f32> = (0..l)
-            .map(|i| {
-                if central(i, h, w, r) {
-                    -1.0
-                } else if held_out && i % 37 == 5 {
-                    encode_free(truth[i].sqrt() as f32)
-                } else {
-                    truth[i].sqrt() as f32
-                }
-            })
-            .collect();
         let plan = Plan2d::<f64>::new(h, w);
-        let filled = interpolate(&a, h, w, &plan).unwrap();
-        let (mut num, mut den) = (0.0f64, 0.0f64);
-        for i in 0..l {
-            if is_masked(a[i]) {
-                let v = (filled[i] as f64).powi(2);
-                num += (v - truth[i]).powi(2);
-                den += truth[i].powi(2);
-                assert!(filled[i] >= 0.0 && filled[i].is_finite());
+        for object in 0..if held_out { 1 } else { 8 } {
+            let obj = compact(&mut rng, h, w, 0.12);
+            let f = dft2(&obj, h, w, -1.0);
+            let truth: Vec<f64> = f.iter().map(|c| c.norm_sqr()).collect();
+            let a: Vec<f32> = (0..l)
+                .map(|i| {
+                    if central(i, h, w, r) {
+                        -1.0
+                    } else if held_out && i % 37 == 5 {
+                        encode_free(truth[i].sqrt() as f32)
+                    } else {
+                        truth[i].sqrt() as f32
+                    }
+                })
+                .collect();
+            let filled = interpolate(&a, h, w, &plan).unwrap();
+            let (mut num, mut den) = (0.0f64, 0.0f64);
+            for i in 0..l {
+                if is_masked(a[i]) {
+                    let v = (filled[i] as f64).powi(2);
+                    num += (v - truth[i]).powi(2);
+                    den += truth[i].powi(2);
+                    assert!(filled[i] >= 0.0 && filled[i].is_finite());
+                } else {
+                    assert_eq!(filled[i], a[i], "a measured pixel changed");
+                }
+            }
+            let rel = (num / den).sqrt();
+            // held-out pixels (1 in 37) enter as their neighbours' mean, not their data:
+            // the fill is then only finite (`phase` refuses interpolate with held-out pixels)
+            if held_out {
+                assert!(rel.is_finite(), "{h}x{w}: {rel}");
             } else {
-                assert_eq!(filled[i], a[i], "a measured pixel changed");
+                assert!(
+                    rel < 1e-3,
+                    "{h}x{w} beamstop r={r} object {object}: filled intensities {rel:.2e} off the truth"
+                );
             }
         }
-        let rel = (num / den).sqrt();
-        // held-out pixels (1 in 37) enter as their neighbours' mean, not their data: the
-        // fill is then only finite (`phase` refuses interpolate with held-out pixels)
-        if held_out {
-            assert!(rel.is_finite(), "{h}x{w}: {rel}");
-        } else {
-            // never worse than no fill (1.0); exact on most objects
-            assert!(
-                rel < 1.0,
-                "{h}x{w} beamstop r={r}: filled intensities {rel:.2e} off the truth"
-            );
-            exact += (rel < 1e-3) as usize;
-            cases_run += 1;
-        }
     }
-    // the support estimate fails on some objects (about 1 in 5 at 47x71, r = 3.5, in
-    // repeated runs: the fill is then 0.3-0.95 off; NOTES.md, "The missing centre")
-    assert!(
-        exact + 1 >= cases_run,
-        "only {exact} of {cases_run} masked centres filled to 1e-3"
-    );
 }
 
 /// `free-after:ITER` runs the first ITER iterations with the masked pixels held at zero

@@ -12,3 +12,4 @@ pub mod launcher;
 pub mod network;
 pub mod nn_kernels;
 pub mod phasing;
+pub mod population;

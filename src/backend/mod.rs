@@ -32,6 +32,28 @@ pub trait PhasingOps {
         program: &Program,
         progress: Progress<'_>,
     ) -> Result<PhasingOutput>;
+
+    /// `--merge`: merge the best `count` starts of every pattern (`all_objects` /
+    /// `all_supports`: every start's final iterate and support, N*K*H*W, centred as the
+    /// output; `merits`: the N*K final merits that rank them). The host's float64
+    /// [`crate::phasing::population::merge_starts`] by default; the GPU backends align,
+    /// average and decompose on the device.
+    fn merge_starts(
+        &self,
+        problem: &PhasingProblem,
+        all_objects: &[crate::array::Complex32],
+        all_supports: &[u8],
+        merits: &[crate::phasing::problem::FinalMerit],
+        count: usize,
+    ) -> Result<crate::phasing::population::MergedSet> {
+        Ok(crate::phasing::population::merge_starts(
+            problem,
+            all_objects,
+            all_supports,
+            merits,
+            count,
+        ))
+    }
 }
 
 /// How a network's convolutions are computed. The CPU engine runs every mode; the GPU
@@ -199,6 +221,17 @@ impl<B: Backend> PhasingOps for Auto<B> {
         progress: Progress<'_>,
     ) -> Result<PhasingOutput> {
         self.inner.run_phasing(problem, program, progress)
+    }
+    fn merge_starts(
+        &self,
+        problem: &PhasingProblem,
+        all_objects: &[crate::array::Complex32],
+        all_supports: &[u8],
+        merits: &[crate::phasing::problem::FinalMerit],
+        count: usize,
+    ) -> Result<crate::phasing::population::MergedSet> {
+        self.inner
+            .merge_starts(problem, all_objects, all_supports, merits, count)
     }
 }
 

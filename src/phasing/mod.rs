@@ -1009,7 +1009,7 @@ pub fn run_strategy(
     };
     let merged = match (strategy.merge, &rec.all_objects, &rec.all_supports) {
         (0, _, _) => None,
-        (c, Some(o), Some(s)) => Some(population::merge_starts(problem, o, s, &merits, c)),
+        (c, Some(o), Some(s)) => Some(backend.merge_starts(problem, o, s, &merits, c)?),
         _ => {
             return Err(Error::Config(
                 "--merge: the run returned no per-start objects".into(),

@@ -467,6 +467,23 @@ impl PhasingOps for CudaBackend {
         self.launcher.synchronize()?;
         Ok(out)
     }
+    fn merge_starts(
+        &self,
+        problem: &PhasingProblem,
+        all_objects: &[crate::array::Complex32],
+        all_supports: &[u8],
+        merits: &[crate::phasing::problem::FinalMerit],
+        count: usize,
+    ) -> Result<crate::phasing::population::MergedSet> {
+        super::population::merge_starts(
+            &self.launcher,
+            problem,
+            all_objects,
+            all_supports,
+            merits,
+            count,
+        )
+    }
 }
 
 impl NetworkOps for CudaBackend {

@@ -99,6 +99,27 @@ impl std::str::FromStr for ScheduleOrder {
     }
 }
 
+/// Host<->device copies counted by the emulator ([`EmuLauncher::transfers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub uploads: u64,
+    pub downloads: u64,
+    pub upload_bytes: u64,
+    pub download_bytes: u64,
+}
+
+impl std::ops::Sub for Transfers {
+    type Output = Transfers;
+    fn sub(self, o: Transfers) -> Transfers {
+        Transfers {
+            uploads: self.uploads - o.uploads,
+            downloads: self.downloads - o.downloads,
+            upload_bytes: self.upload_bytes - o.upload_bytes,
+            download_bytes: self.download_bytes - o.download_bytes,
+        }
+    }
+}
+
 /// A batched 2-D FFT plan of the emulator: the crate's [`Plan2d`] over `batch` images.
 struct EmuFft {
     plan: Plan2d,
@@ -109,6 +130,11 @@ struct EmuFft {
 pub struct EmuLauncher {
     order: ScheduleOrder,
     launches: AtomicU64,
+    /// Host<->device copies made so far: uploads, downloads and their bytes.
+    uploads: AtomicU64,
+    downloads: AtomicU64,
+    upload_bytes: AtomicU64,
+    download_bytes: AtomicU64,
     mem: Mutex<HashMap<u64, Vec<u64>>>,
     plans: Mutex<HashMap<u64, Arc<EmuFft>>>,
     next_plan: AtomicU64,
@@ -131,6 +157,10 @@ impl EmuLauncher {
         EmuLauncher {
             order,
             launches: AtomicU64::new(0),
+            uploads: AtomicU64::new(0),
+            downloads: AtomicU64::new(0),
+            upload_bytes: AtomicU64::new(0),
+            download_bytes: AtomicU64::new(0),
             mem: Mutex::new(HashMap::new()),
             plans: Mutex::new(HashMap::new()),
             next_plan: AtomicU64::new(1),
@@ -140,6 +170,16 @@ impl EmuLauncher {
 
     pub fn order(&self) -> ScheduleOrder {
         self.order
+    }
+
+    /// The host<->device copies made so far (what a GPU would move over its bus).
+    pub fn transfers(&self) -> Transfers {
+        Transfers {
+            uploads: self.uploads.load(Ordering::Relaxed),
+            downloads: self.downloads.load(Ordering::Relaxed),
+            upload_bytes: self.upload_bytes.load(Ordering::Relaxed),
+            download_bytes: self.download_bytes.load(Ordering::Relaxed),
+        }
     }
 
     fn device_err(&self, msg: String) -> Error {
@@ -207,6 +247,9 @@ unsafe impl Launcher for EmuLauncher {
         if self.check_ptr(dst)? < src.len() {
             return Err(self.device_err(format!("upload of {} bytes overruns", src.len())));
         }
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        self.upload_bytes
+            .fetch_add(src.len() as u64, Ordering::Relaxed);
         // SAFETY: the destination range lies inside a live allocation (checked above).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as *mut u8, src.len()) };
         Ok(())
@@ -216,6 +259,9 @@ unsafe impl Launcher for EmuLauncher {
         if self.check_ptr(src)? < dst.len() {
             return Err(self.device_err(format!("download of {} bytes overruns", dst.len())));
         }
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+        self.download_bytes
+            .fetch_add(dst.len() as u64, Ordering::Relaxed);
         // SAFETY: the source range lies inside a live allocation (checked above).
         unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
@@ -373,6 +419,23 @@ impl PhasingOps for EmuBackend {
         progress: Progress<'_>,
     ) -> Result<PhasingOutput> {
         super::phasing::run_phasing(&self.launcher, problem, program, progress)
+    }
+    fn merge_starts(
+        &self,
+        problem: &PhasingProblem,
+        all_objects: &[crate::array::Complex32],
+        all_supports: &[u8],
+        merits: &[crate::phasing::problem::FinalMerit],
+        count: usize,
+    ) -> Result<crate::phasing::population::MergedSet> {
+        super::population::merge_starts(
+            &self.launcher,
+            problem,
+            all_objects,
+            all_supports,
+            merits,
+            count,
+        )
     }
 }
 
