@@ -221,7 +221,7 @@ impl<'a> DevStack<'a> {
         let ph = DevBuf::new(l, 2 * pairs * 4)?;
         let (h, w) = (self.h as i32, self.w as i32);
         let grid = [bpi as u32, gy, 1];
-        // SAFETY (the five launches below): x holds m x L complex, every index in pab/pbb
+        // SAFETY: (the five launches below) x holds m x L complex, every index in pab/pbb
         // (pairs ints each) lies in 0..m (pairs_buf), mb holds 2 pairs x L complex, best
         // 2 pairs ints, pc 2 pairs x bpi x 2 floats, al 3 pairs ints, ph 2 pairs floats, all
         // allocated on this launcher above; the grids have pairs (or 2 pairs) rows and bpi
