@@ -215,7 +215,7 @@ fn children_match_the_float64_recombination() {
 
 /// Groups of n images: one object's transformed copies (plus noise) per group. The device
 /// merge agrees with the float64 `merge::merge`: average to 1e-6, majority support exactly,
-/// mode weights to 1e-5, modes to 1e-4.
+/// mode weights to 1e-5, modes to 1e-4 plus 1e-6 over their eigenvalue's relative gap.
 #[test]
 fn merge_matches_the_float64_merge() {
     let mut rng = Lcg::new("emu-pop-merge");
@@ -257,7 +257,22 @@ fn merge_matches_the_float64_merge() {
                     &m.modes[(q * modes + i) * l..(q * modes + i + 1) * l],
                     &want.modes[i * l..(i + 1) * l],
                 );
-                assert!(e < 1e-4, "{tag}: mode {i} differs by {e}");
+                // an eigenvector moves by ~rounding / (its eigenvalue's gap to the
+                // neighbours, relative to the largest) (Davis-Kahan): near-degenerate
+                // trailing modes (gaps of 3e-5 here) mix in f32. Over 150 fresh seeds
+                // (4,793 modes) e x gap stayed below 5.2e-8; the bound leaves 20x.
+                let w = &want.weights;
+                let gap = [i.wrapping_sub(1), i + 1]
+                    .iter()
+                    .filter(|&&j| j < w.len())
+                    .map(|&j| (w[i] - w[j]).abs() as f64)
+                    .fold(f64::INFINITY, f64::min)
+                    / (w[0] as f64).max(f64::MIN_POSITIVE);
+                let tol = 1e-4 + 1e-6 / gap;
+                assert!(
+                    e < tol,
+                    "{tag}: mode {i} differs by {e} (gap {gap:.2e}, bound {tol:.2e})"
+                );
             }
         }
     }
