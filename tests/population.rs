@@ -354,8 +354,13 @@ fn ga_is_deterministic_and_keeps_the_best() {
     let (a, la) = run_segmented(&cpu, &pb, &prog, &st, seed, &|_| {}).unwrap();
     let (b, lb) = run_segmented(&cpu, &pb, &prog, &st, seed, &|_| {}).unwrap();
     assert!(same_output(&a, &b) && la == lb, "same seed, different runs");
-    let (c, _) = run_segmented(&cpu, &pb, &prog, &st, seed + 1, &|_| {}).unwrap();
-    assert!(!same_output(&a, &c), "the seed does not enter the breeding");
+    // another seed breeds other pairs; with 2 kept starts two seeds can draw the same
+    // pairings (1 of 25 fresh seeds did with seed + 1 alone), so any of four must differ
+    let differs = (1..=4).any(|d| {
+        let (c, _) = run_segmented(&cpu, &pb, &prog, &st, seed + d, &|_| {}).unwrap();
+        !same_output(&a, &c)
+    });
+    assert!(differs, "the seed does not enter the breeding");
     // the reference: the same cuts, nothing replaced (a restart check that never fires)
     let same_cuts = Strategy {
         restart: Some(RestartConfig::parse("guard=1000,every=40,until=40").unwrap()),
