@@ -222,6 +222,40 @@ def main():
     lm, _ = train.make_losses(ops, "mse", 10.0, 0.1, 0.02, 0.1, True)
     assert float(lm(packed, twin)) <= 1e-12
     print("ok  twin-invariant loss: the twin scores as the target itself")
+
+    print("5. --init-from")
+    st_path = os.path.join(tmp, "r1.safetensors")
+    subprocess.run([a.cdiphase, "convert", os.path.join(r1, "model.keras"), "-o", st_path,
+                    "--preprocess", "max"], check=True, capture_output=True)
+    from spinn import build_spinn
+
+    fresh = build_spinn(keras, input_size=32, width=0.125, bottleneck=None,
+                        name="spinn_compact")
+    assert not np.allclose(np.asarray(fresh(x)), np.asarray(m_k(x)), atol=1e-3)
+    assert train.init_from(fresh, st_path) == 30
+    e = float(np.max(np.abs(np.asarray(fresh(x)) - np.asarray(m_k(x)))))
+    assert e <= 1e-6, e  # convert stores f32 unless asked for f16
+    # a run started from it: its loss before training is the converted model's own
+    r4 = os.path.join(tmp, "r4")
+    run_train(common + ["--epochs", "1", "--out", r4, "--seed", "0", "--init-from", st_path], 0)
+    init4 = json.load(open(os.path.join(r4, "training.json")))["history"]["initial"]
+    best1 = min(h1["val_loss"])  # model.keras holds r1's best validation weights
+    assert abs(init4["val_loss"] - best1) <= 1e-4 * best1, (init4, best1)
+    # another architecture: refused with the entry and both shapes named
+    expect_error(common[:2] + [good, syn, "--arch", "compact", "--width", "0.25", "--epochs", "1",
+                 "--out", os.path.join(tmp, "r5"), "--init-from", st_path],
+                 "r1.safetensors", "conv2d_1/kernel", "needs")
+    # a truncated file: refused with the file named
+    cut = os.path.join(tmp, "cut.safetensors")
+    with open(st_path, "rb") as f:
+        blob = f.read()
+    with open(cut, "wb") as f:
+        f.write(blob[: len(blob) // 2])
+    expect_error(common[:2] + [good, syn, "--arch", "compact", "--width", "0.125",
+                 "--epochs", "1", "--out", os.path.join(tmp, "r6"), "--init-from", cut],
+                 "cut.safetensors", "does not fit")
+    print(f"ok  --init-from: Keras outputs equal the converted model's ({e:.1e}); "
+          "wrong architecture and truncated files refused")
     print("all checks passed")
 
 

@@ -490,6 +490,11 @@ def parse_args(argv=None):
                    help="intra-op threads (TensorFlow and torch backends)")
     p.add_argument("--chunk", type=int, default=256, help="patterns read per HDF5 read")
     p.add_argument("--keep-cache", action="store_true")
+    p.add_argument("--init-from", default=None, metavar="MODEL.safetensors",
+                   help="start from the weights of a cdiphase model file (`cdiphase convert`'s "
+                        "output, e.g. models/spinn_paper/model.safetensors) instead of a "
+                        "random initialisation: fine-tuning. Every layer of the network must "
+                        "be in the file with the same shapes (f32, f16 or bf16)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/checkpoint (written after every epoch) when it "
                         "exists and matches this run's data, architecture and recipe")
@@ -503,6 +508,77 @@ def parse_args(argv=None):
     if a.epochs < 1 or a.batch < 1 or a.chunk < 1:
         p.error("--epochs, --batch and --chunk must be positive")
     return a
+
+
+def read_safetensors(path: str) -> dict:
+    """The tensors of a safetensors file as float32 numpy arrays (F32, F16 or BF16), read
+    with numpy alone (the pinned venv has no safetensors package). Raises DataError naming
+    the file and the entry on a malformed header, an unknown dtype or a truncated file."""
+    import numpy as np
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from e
+    if len(raw) < 8:
+        raise DataError(f"{path}: not a safetensors file ({len(raw)} bytes)")
+    n = int.from_bytes(raw[:8], "little")
+    if n > len(raw) - 8:
+        raise DataError(f"{path}: header of {n} bytes in a file of {len(raw)}")
+    try:
+        header = json.loads(raw[8:8 + n])
+    except ValueError as e:
+        raise DataError(f"{path}: header is not JSON: {e}") from e
+    body = memoryview(raw)[8 + n:]
+    out = {}
+    for name, ent in header.items():
+        if name == "__metadata__":
+            continue
+        dt, shape, (a, b) = ent.get("dtype"), ent.get("shape"), ent.get("data_offsets", (0, 0))
+        size = int(np.prod(shape)) if shape else 1
+        width = {"F32": 4, "F16": 2, "BF16": 2}.get(dt)
+        if width is None:
+            raise DataError(f"{path}: entry {name}: dtype {dt} (expected F32, F16 or BF16)")
+        if not (0 <= a <= b <= len(body)) or b - a != size * width:
+            raise DataError(f"{path}: entry {name}: {dt} {shape} does not fit its data "
+                            f"offsets [{a}, {b}) in a body of {len(body)} bytes")
+        buf = body[a:b]
+        if dt == "F32":
+            v = np.frombuffer(buf, "<f4").astype(np.float32)
+        elif dt == "F16":
+            v = np.frombuffer(buf, "<f2").astype(np.float32)
+        else:
+            v = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view(np.float32)
+        out[name] = v.reshape(shape)
+    return out
+
+
+def init_from(model, path: str) -> int:
+    """Sets every weighted layer of `model` from `path` (tensors `<layer>/kernel`,
+    `<layer>/bias`, in Keras's layout, as `cdiphase convert` stores them). Returns the
+    number of tensors set; raises DataError naming the layer and the shapes on a mismatch."""
+    tensors = read_safetensors(path)
+    used = 0
+    for layer in model.layers:
+        ws = layer.weights
+        if not ws:
+            continue
+        new = []
+        for w in ws:
+            key = f"{layer.name}/{w.name.split('/')[-1].split(':')[0]}"
+            if key not in tensors:
+                raise DataError(f"{path}: no entry {key} for layer {layer.name} "
+                                f"(shape {tuple(w.shape)})")
+            if tuple(tensors[key].shape) != tuple(w.shape):
+                raise DataError(f"{path}: entry {key} has shape {tuple(tensors[key].shape)}, "
+                                f"layer {layer.name} needs {tuple(w.shape)}")
+            new.append(tensors[key])
+        layer.set_weights(new)
+        used += len(new)
+    if used != len(tensors):
+        raise DataError(f"{path}: {len(tensors) - used} of its {len(tensors)} tensors match "
+                        "no layer of this architecture")
+    return used
 
 
 def main(argv=None) -> int:
@@ -613,6 +689,7 @@ def main(argv=None) -> int:
         "seed": args.seed, "preprocessing": args.preprocessing, "use_mask": args.use_mask,
         "split": [n_split, args.test_structures, args.test_fraction, args.val_fraction],
         "backend": backend,
+        "init_from": None if args.init_from is None else sha256_file(args.init_from),
     }
     state = {"epoch": 0, "best": float("inf"), "best_epoch": 0, "wait": 0, "lr_wait": 0,
              "lr": args.lr, "history": {}, "epoch_times": [], "runs": [], "init": None}
@@ -638,8 +715,16 @@ def main(argv=None) -> int:
         print(f"resumed from {ckpt}: {state['epoch']} epochs done, best val_loss "
               f"{state['best']:.5f} (epoch {state['best_epoch']}), lr {state['lr']:.2e}",
               flush=True)
-    elif args.resume:
-        print(f"no checkpoint in {ckpt}: starting afresh", flush=True)
+    else:
+        if args.resume:
+            print(f"no checkpoint in {ckpt}: starting afresh", flush=True)
+        if args.init_from is not None:
+            try:
+                k = init_from(model, args.init_from)
+            except DataError as e:
+                print(f"train.py: error: {e}", file=sys.stderr)
+                return 2
+            print(f"initialised from {args.init_from} ({k} tensors)", flush=True)
     model.optimizer.learning_rate.assign(state["lr"])
 
     def save_checkpoint(best_weights):
@@ -788,6 +873,9 @@ def main(argv=None) -> int:
                      "support_temperature": args.support_temperature,
                      "support_weight": args.support_weight,
                      "twin_invariant": args.twin_invariant, "optimizer": "Adam",
+                     "init_from": None if args.init_from is None else {
+                         "path": os.path.basename(args.init_from),
+                         "sha256": sha256_file(args.init_from)},
                      "lr": args.lr, "batch": args.batch, "epochs_max": args.epochs,
                      "epochs_run": len(h_.get("loss", [])), "best_epoch": best_epoch,
                      "patience": args.patience, "lr_patience": args.lr_patience,
