@@ -139,15 +139,12 @@ fn restart_and_cull_on_the_device_match_the_host_path() {
             dl.restarts.iter().any(|&r| r > 0),
             "the planted collapse restarts no start: the test tests nothing"
         );
-        assert_eq!(
-            dl.culled_at.iter().filter(|&&c| c > 0).count(),
-            n * (k - 3)
-        );
+        assert_eq!(dl.culled_at.iter().filter(|&&c| c > 0).count(), n * (k - 3));
         assert_eq!(d.best_start, hst.best_start);
         let (dg, ds) = all_objects(&d);
         let (hg, hs) = all_objects(&hst);
-        assert_eq!(ds, hs, "supports");
-        assert_eq!(dg, hg, "iterates");
+        assert!(ds == hs, "supports differ");
+        assert!(dg == hg, "iterates differ by {:.2e}", rel_c(dg, hg));
         assert_eq!(d.guard_events, hst.guard_events);
         assert_eq!(d.threshold_factor, hst.threshold_factor);
         same_hist(&d.fourier_error, &hst.fourier_error, 0.0, "Fourier history");
@@ -229,7 +226,12 @@ fn population_on_the_device_matches_the_host_path() {
             1e-4,
             "generation best",
         );
-        let swapped = dl.replaced.iter().zip(&hl.replaced).filter(|(a, b)| a != b).count();
+        let swapped = dl
+            .replaced
+            .iter()
+            .zip(&hl.replaced)
+            .filter(|(a, b)| a != b)
+            .count();
         same_best(&d, &hst, n, k, 1e-3);
         eprintln!("  {gens} generations: {swapped} starts replaced differently (near-ties)");
     }
@@ -269,8 +271,8 @@ fn missing_centre_switch_on_the_device_matches_the_host_path() {
     let emu = EmuBackend::new(ScheduleOrder::InOrder);
     let ((d, dl), (hst, hl)) = both(&emu, &pb, &prog, &st, 11);
     assert_eq!(dl, hl);
-    assert_eq!(d.all_objects, hst.all_objects);
-    assert_eq!(d.all_supports, hst.all_supports);
+    assert!(d.all_objects == hst.all_objects, "iterates differ");
+    assert!(d.all_supports == hst.all_supports, "supports differ");
     same_hist(&d.fourier_error, &hst.fourier_error, 0.0, "Fourier history");
     same_hist(&d.final_llk, &hst.final_llk, 0.0, "final LLK");
 }

@@ -979,13 +979,12 @@ pub fn run_strategy(
     let (out, log) = if strategy.segmented() {
         // the GPU backends keep the state on the device across the checkpoints; the host
         // path (every backend) makes each segment a fresh backend run
-        let (o, l) =
-            match backend.run_segmented_resident(problem, program, strategy, seed, progress)? {
-                Some(r) => r,
-                None => population::run_segmented(
-                    backend, problem, program, strategy, seed, progress,
-                )?,
-            };
+        let (o, l) = match backend
+            .run_segmented_resident(problem, program, strategy, seed, progress)?
+        {
+            Some(r) => r,
+            None => population::run_segmented(backend, problem, program, strategy, seed, progress)?,
+        };
         (o, Some(l))
     } else {
         // the merge needs every start: run with keep_all

@@ -1024,7 +1024,9 @@ impl<'a> DevState<'a> {
         }
         let gd = DevBuf::from_slice(l, g)?;
         let sd = DevBuf::from_slice(l, s)?;
-        Self::from_device(l, h, w, patterns, starts, gd, sd, factors, general, constraint)
+        Self::from_device(
+            l, h, w, patterns, starts, gd, sd, factors, general, constraint,
+        )
     }
 
     /// A state around iterates and supports already on the device (the compaction of the

@@ -609,13 +609,21 @@ pub fn scatter(
     let ptr = |b: Option<&DevBuf>| b.map_or(super::launcher::DevPtr::NULL, DevBuf::ptr);
     let copy = src.images.is_some() && dst.images.is_some();
     let args = [
-        KArg::Ptr(if copy { ptr(src.images) } else { super::launcher::DevPtr::NULL }),
+        KArg::Ptr(if copy {
+            ptr(src.images)
+        } else {
+            super::launcher::DevPtr::NULL
+        }),
         src.supports.arg(),
         KArg::Ptr(ptr(idx_bufs[0].as_ref())),
         KArg::Ptr(ptr(idx_bufs[1].as_ref())),
         li,
         KArg::I32(mask as i32),
-        KArg::Ptr(if copy { ptr(dst.images) } else { super::launcher::DevPtr::NULL }),
+        KArg::Ptr(if copy {
+            ptr(dst.images)
+        } else {
+            super::launcher::DevPtr::NULL
+        }),
         dst.supports.arg(),
     ];
     // SAFETY: both sides' supports (and images, passed only when both sides have them) hold

@@ -351,7 +351,7 @@ pub fn run_segmented(
             .support_fraction(stack.supports_buf())?
             .to_vec::<f32>(sitems)?;
         let rmerit = merits_from(mv, pfrac); // by state item
-        // the stack's index of each problem item (the stack keeps the pre-cull layout)
+                                             // the stack's index of each problem item (the stack keeps the pre-cull layout)
         let stack_of = j_of.clone();
         if let (true, Some(cc)) = (culling, strategy.cull) {
             let mut stopped = Vec::new();
@@ -454,10 +454,8 @@ pub fn run_segmented(
             let mut plan = Vec::new();
             for p in 0..n {
                 let cands: Vec<usize> = (0..k).filter(|&t| !fresh[p * k + t]).collect();
-                let m: Vec<FinalMerit> = cands
-                    .iter()
-                    .map(|&t| rmerit[stack_of[p * k + t]])
-                    .collect();
+                let m: Vec<FinalMerit> =
+                    cands.iter().map(|&t| rmerit[stack_of[p * k + t]]).collect();
                 let (children, best) = breed_plan(sel, pc.keep, seed, gen, p, &cands, &m);
                 log.generation_best[p * generations + gen] = best;
                 plan.extend(children.into_iter().map(|c| (p, c)));
