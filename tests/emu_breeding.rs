@@ -351,3 +351,36 @@ fn resident_runs_move_merits_not_the_state_per_checkpoint() {
         );
     }
 }
+
+/// A run whose resident state does not fit the device's memory budget falls back to the
+/// host path (which chunks the segments' runs), with the host path's results.
+#[test]
+fn a_run_too_large_to_stay_resident_falls_back_to_the_host_path() {
+    use cdiphase::backend::PhasingOps;
+    let mut rng = Lcg::new("emu-breeding-fallback");
+    let (n, k, h, w) = (3usize, 4usize, 29usize, 22usize);
+    let pb = common::phasing::disc_problem(&mut rng, n, h, w, k);
+    let prog = program("HIO**8 + ER**8", "sigma=1,threshold=0.15,every=4", 8);
+    let st = Strategy {
+        population: Some(PopulationConfig {
+            generations: 1,
+            keep: 2,
+            every: Some(8),
+        }),
+        ..Default::default()
+    };
+    // room for one pattern's run at a time, not for the whole state
+    let emu = EmuBackend::with_budget(ScheduleOrder::InOrder, 400_000);
+    assert!(!segmented::fits(emu.launcher(), &pb, &prog));
+    assert!(emu
+        .run_segmented_resident(&pb, &prog, &st, 9, &|_| {})
+        .unwrap()
+        .is_none());
+    let rec = cdiphase::phasing::run_strategy(&emu, &pb, &prog, &st, 9, &|_| {}).unwrap();
+    let (host, _) = population::run_segmented(&emu, &pb, &prog, &st, 9, &|_| {}).unwrap();
+    assert_eq!(rec.best_start, host.best_start);
+    assert!(rec.final_fourier_error == host.final_fourier_error);
+    // and a budget that holds it keeps it resident
+    let big = EmuBackend::with_budget(ScheduleOrder::InOrder, 64 << 20);
+    assert!(segmented::fits(big.launcher(), &pb, &prog));
+}
