@@ -287,8 +287,17 @@ fn resident_runs_move_merits_not_the_state_per_checkpoint() {
     let l = h * w;
     let mut pb = common::phasing::disc_problem(&mut rng, n, h, w, k);
     pb.keep_all = false;
-    let prog = program("HIO**24 + ER**8", "sigma=1,threshold=0.1,every=4", 8);
+    let prog = program(
+        "HIO**24 + ER**8",
+        "sigma=1,threshold=0.3,every=4,min=0.02,tune=1.01",
+        8,
+    );
     let emu = EmuBackend::new(ScheduleOrder::InOrder);
+    // a planted collapse in every fourth start (threshold 0.96 of the maximum, refused by
+    // the guard): those are restarted, the others not
+    pb.sw_factors = (0..n * k)
+        .map(|i| if i % 4 == 1 { 3.2 } else { 1.0 })
+        .collect();
     let state = (n * k * l * 9) as u64; // every item's iterate (8 B) and support (1 B)
     for (name, st, g) in [
         (
@@ -311,7 +320,7 @@ fn resident_runs_move_merits_not_the_state_per_checkpoint() {
                     every: 4,
                     until: Some(20),
                 }),
-                cull: Some(CullConfig { at: 22, keep: 4 }),
+                cull: Some(CullConfig { at: 22, keep: 5 }),
                 ..Default::default()
             },
             6u64,
