@@ -93,13 +93,17 @@ fn all_objects(o: &PhasingOutput) -> (&[Complex32], &[u8]) {
     )
 }
 
-/// Restarts (a planted collapse: the selection's minimum fraction above what some starts
-/// keep) and a cull, no breeding: both paths agree to the last bit (a cull decided by the
+/// Restarts (a planted collapse: per-start threshold factors that some starts' guard
+/// refuses at every shrinkwrap) and a cull, no breeding, with and without an ML section
+/// across the checkpoints: both paths agree to the last bit (a cull decided by the
 /// f32 and the float64 merits alike; the test objects have no near-ties).
 #[test]
 fn restart_and_cull_on_the_device_match_the_host_path() {
     let mut rng = Lcg::new("emu-breeding-restart-cull");
-    for &(n, k, h, w) in &[(1usize, 5usize, 29usize, 22usize), (3, 7, 31, 31)] {
+    for &(n, k, h, w, sched) in &[
+        (1usize, 5usize, 29usize, 22usize, "HIO**24 + ER**16"),
+        (3, 7, 31, 31, "HIO**16 + ML**8 + ER**16"),
+    ] {
         let mut pb = common::phasing::disc_problem(&mut rng, n, h, w, k);
         // per-start threshold factors: 0.3 x 3.2 = 0.96 of the maximum collapses the
         // support, refused by the guard at every shrinkwrap (a planted collapse); the
@@ -113,11 +117,7 @@ fn restart_and_cull_on_the_device_match_the_host_path() {
                 }
             })
             .collect();
-        let prog = program(
-            "HIO**24 + ER**16",
-            "sigma=1,threshold=0.3,every=4,min=0.02,tune=1.01",
-            8,
-        );
+        let prog = program(sched, "sigma=1,threshold=0.3,every=4,min=0.02,tune=1.01", 8);
         let st = Strategy {
             restart: Some(RestartConfig {
                 guard: 1,
@@ -237,8 +237,9 @@ fn population_on_the_device_matches_the_host_path() {
     }
 }
 
-/// The missing-centre switch (`free-after`) with restarts: only the amplitudes are
-/// uploaded at the switch; both paths agree to the last bit.
+/// The missing-centre switch (`free-after`, `damp` with an end, `interpolate`) with
+/// restarts: only the amplitudes are uploaded at the switch; both paths agree to the last
+/// bit.
 #[test]
 fn missing_centre_switch_on_the_device_matches_the_host_path() {
     let mut rng = Lcg::new("emu-breeding-missing-centre");
@@ -259,22 +260,34 @@ fn missing_centre_switch_on_the_device_matches_the_host_path() {
         }
     }
     let prog = program("HIO**16 + ER**8", "sigma=1,threshold=0.15,every=4", 8);
-    let st = Strategy {
-        missing_centre: MissingCentre::FreeAfter { until: 12 },
-        restart: Some(RestartConfig {
-            guard: 0,
-            every: 6,
-            until: None,
-        }),
-        ..Default::default()
-    };
-    let emu = EmuBackend::new(ScheduleOrder::InOrder);
-    let ((d, dl), (hst, hl)) = both(&emu, &pb, &prog, &st, 11);
-    assert_eq!(dl, hl);
-    assert!(d.all_objects == hst.all_objects, "iterates differ");
-    assert!(d.all_supports == hst.all_supports, "supports differ");
-    same_hist(&d.fourier_error, &hst.fourier_error, 0.0, "Fourier history");
-    same_hist(&d.final_llk, &hst.final_llk, 0.0, "final LLK");
+    for mc in [
+        MissingCentre::FreeAfter { until: 12 },
+        MissingCentre::Damp {
+            weight: 0.5,
+            until: Some(10),
+        },
+        MissingCentre::Interpolate { until: 14 },
+    ] {
+        let st = Strategy {
+            missing_centre: mc,
+            restart: Some(RestartConfig {
+                guard: 0,
+                every: 6,
+                until: None,
+            }),
+            ..Default::default()
+        };
+        let emu = EmuBackend::new(ScheduleOrder::InOrder);
+        let ((d, dl), (hst, hl)) = both(&emu, &pb, &prog, &st, 11);
+        assert_eq!(dl, hl, "{mc:?}");
+        assert!(d.all_objects == hst.all_objects, "{mc:?}: iterates differ");
+        assert!(
+            d.all_supports == hst.all_supports,
+            "{mc:?}: supports differ"
+        );
+        same_hist(&d.fourier_error, &hst.fourier_error, 0.0, "Fourier history");
+        same_hist(&d.final_llk, &hst.final_llk, 0.0, "final LLK");
+    }
 }
 
 /// The bytes over the bus: the host path moves every item's iterate and support down and
