@@ -23,9 +23,11 @@
 //! support pixels across iterations, which re-entering from the iterate rounds once (one
 //! FFT round trip). An item that is neither restarted nor replaced follows the trajectory
 //! of a run cut at the same checkpoints bit for bit, and the uncut run's to that rounding
-//! (which HIO, being chaotic, may amplify). The host round trip per checkpoint (download,
-//! ranking, alignment, upload of N*K objects) is the GPU path's price; BENCHMARKS.md
-//! measures it on the CPU.
+//! (which HIO, being chaotic, may amplify). On the CPU engine the state is on the host
+//! anyway; the GPU backends run the same checkpoints with the state kept on the device
+//! ([`crate::backend::gpu::segmented`], the same decisions through [`restart_due`],
+//! [`cull_pattern`] and [`breed_plan`]) and fall back to this runner, a host round trip of
+//! every item per checkpoint, only when the state does not fit the device.
 
 use super::merge::{merge, to_c64, Aligner};
 use super::missing::MissingCentre;
