@@ -166,11 +166,13 @@ fn restart_and_cull_on_the_device_match_the_host_path() {
 /// same starts replaced (the same ranking and draws), the same best errors, the final
 /// iterates within f32 rounding (the run after it is ER) but for at most one item per
 /// pattern (a shrinkwrap pixel within rounding of the level: measured 2.3e-4 once in ~50
-/// runs). Several: each generation's best criterion (1e-3) and each pattern's best final
-/// error (1e-2) agree; which start is replaced at a later
-/// generation may differ where two children converged to within rounding of each other
-/// (the f32 ranking merits against the float64 ones: a near-tie, measured in 2 of 3 runs
-/// at 3 x 9 starts, keep 3).
+/// runs). Several: the first generation's best criterion agrees and every non-kept start
+/// is replaced at every generation; where the same starts were replaced throughout, each
+/// generation's best (1e-3) and each pattern's best final error (1e-2) agree. Which start
+/// is replaced at a later generation may differ where two children converged to within
+/// rounding of each other (the f32 ranking merits against the float64 ones: a near-tie,
+/// in about 1 run of 5), and then the runs part legitimately (seed 1796445557216178414:
+/// a best error of 0.046 against 0.054).
 #[test]
 fn population_on_the_device_matches_the_host_path() {
     let mut rng = Lcg::new("emu-breeding-population");
@@ -232,22 +234,50 @@ fn population_on_the_device_matches_the_host_path() {
             "items off: {off:?} ({per:?})"
         );
         assert!(ef < 1e-2, "final errors differ by {ef}");
-        // several generations
+        // several generations: the first generation's ranking is the same (same state
+        // before it); a later one may order two children that converged to within
+        // rounding of each other differently (f32 against float64 merits), and from there
+        // the runs legitimately part (a different start kept); they are compared to the
+        // end only when every generation replaced the same starts
         let ((d, dl), (hst, hl)) = both(&emu, &pb, &prog, &strategy(gens), seed);
-        same_hist(
-            &dl.generation_best,
-            &hl.generation_best,
-            1e-3,
-            "generation best",
-        );
+        let g = gens as usize;
+        for p in 0..n {
+            let (a, b) = (dl.generation_best[p * g], hl.generation_best[p * g]);
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                "pattern {p}: first generation's best {a} against {b}"
+            );
+        }
+        for lg in [&dl, &hl] {
+            assert_eq!(
+                lg.replaced.iter().map(|&r| r as usize).sum::<usize>(),
+                n * (k - keep) * g,
+                "every non-kept start is replaced at every generation"
+            );
+        }
         let swapped = dl
             .replaced
             .iter()
             .zip(&hl.replaced)
             .filter(|(a, b)| a != b)
             .count();
-        same_best(&d, &hst, n, k, 1e-2);
-        eprintln!("  {gens} generations: {swapped} starts replaced differently (near-ties)");
+        if swapped == 0 {
+            same_hist(
+                &dl.generation_best,
+                &hl.generation_best,
+                1e-3,
+                "generation best",
+            );
+            same_best(&d, &hst, n, k, 1e-2);
+        }
+        eprintln!(
+            "  {gens} generations: {swapped} starts replaced differently (near-ties){}",
+            if swapped == 0 {
+                "; compared to the end"
+            } else {
+                ""
+            }
+        );
     }
 }
 

@@ -62,12 +62,13 @@ fn resident_bytes(items: usize, patterns: usize, l: usize, ml: bool) -> usize {
     items * (per_item + checkpoint) + patterns * (8 * l + 32)
 }
 
-/// Does a run of `problem` fit the device resident (memory and launch sizes)?
+/// Does a run of `problem` fit the device resident (memory, and launch sizes: the
+/// alignment of a generation launches two rows per pair)?
 pub fn fits(l: &dyn Launcher, problem: &PhasingProblem, program: &Program) -> bool {
     let len = problem.h * problem.w;
     let items = problem.n * problem.starts;
     items > 0
-        && items <= MAX_ITEMS
+        && 2 * items <= MAX_ITEMS
         && len > 0
         && len <= i32::MAX as usize / 2
         && resident_bytes(items, problem.n, len, program.has_ml()) <= l.memory_budget()
