@@ -982,3 +982,41 @@ CD_KERNEL cd_pop_rotate(float2* __restrict__ mo, const float2* __restrict__ fac,
         o[i] = make_float2(v.x * f.x - v.y * f.y, v.x * f.y + v.y * f.x);
     }
 }
+
+// ---- Breeding inside a run (issue 19): the device-resident segmented runner --------------
+// (src/backend/gpu/segmented.rs). The run's state (iterates g, supports s, items x L) stays
+// on the device across the checkpoints of --population / --restart / --cull / the
+// missing-centre switch; these two kernels move images inside it and measure it.
+
+// Image copies by index lists: for j in 0..m, with si = src_idx ? src_idx[j] : j and
+// di = dst_idx ? dst_idx[j] : j,
+//   dst[di] = (mask && src_s[si] == 0) ? 0 : src[si]   (skipped when dst or src is null),
+//   dst_s[di] = src_s[si].
+// Children into the state (mask 1: the child inside its support), restarted items' uploaded
+// objects (mask 0), the compaction of the item axis after --cull (src_idx: the survivors), a
+// copy of the parents' supports (dst null). Grid (bpi, m). Bytes: 18 P read + 9 P written.
+CD_KERNEL cd_pop_scatter(const float2* __restrict__ src, const unsigned char* __restrict__ src_s,
+                         const int* __restrict__ src_idx, const int* __restrict__ dst_idx, int L,
+                         int mask, float2* __restrict__ dst, unsigned char* __restrict__ dst_s) {
+    const int j = blockIdx.y;
+    const size_t si = (size_t)(src_idx != nullptr ? src_idx[j] : j) * L;
+    const size_t di = (size_t)(dst_idx != nullptr ? dst_idx[j] : j) * L;
+    const bool copy = dst != nullptr && src != nullptr;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < L; i += gridDim.x * blockDim.x) {
+        const unsigned char m = src_s[si + i];
+        if (copy) dst[di + i] = (mask && m == 0) ? make_float2(0.0f, 0.0f) : src[si + i];
+        dst_s[di + i] = m;
+    }
+}
+
+// The support fraction of each item, one block per item (grid (1, items)): frac[item] =
+// (pixels with s != 0) / L, the count exact (float sums of at most L < 2^24 ones), the
+// quotient in double as on the host. Bytes: P read.
+CD_KERNEL cd_support_fraction(const unsigned char* __restrict__ s, int L, float* __restrict__ frac) {
+    const int item = blockIdx.y;
+    const unsigned char* si = s + (size_t)item * L;
+    float c = 0.0f;
+    for (int i = threadIdx.x; i < L; i += blockDim.x) c += si[i] != 0 ? 1.0f : 0.0f;
+    c = cd_block_sum(c);
+    if (threadIdx.x == 0) frac[item] = (float)((double)c / (double)L);
+}

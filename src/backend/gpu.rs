@@ -13,3 +13,4 @@ pub mod network;
 pub mod nn_kernels;
 pub mod phasing;
 pub mod population;
+pub mod segmented;

@@ -54,6 +54,23 @@ pub trait PhasingOps {
             count,
         ))
     }
+
+    /// A segmented run (`--population`, `--restart`, `--cull`, the missing-centre switch)
+    /// with the state kept on the device across the checkpoints. `Ok(None)` where the
+    /// backend has no such path (the CPU engine: its state is already on the host) or the
+    /// run does not fit it; the caller then runs the host path,
+    /// [`crate::phasing::population::run_segmented`]. The GPU backends override it with
+    /// [`gpu::segmented::run_segmented`].
+    fn run_segmented_resident(
+        &self,
+        _problem: &PhasingProblem,
+        _program: &Program,
+        _strategy: &crate::phasing::population::Strategy,
+        _seed: u64,
+        _progress: Progress<'_>,
+    ) -> Result<Option<(PhasingOutput, crate::phasing::population::RunLog)>> {
+        Ok(None)
+    }
 }
 
 /// How a network's convolutions are computed. The CPU engine runs every mode; the GPU
@@ -232,6 +249,17 @@ impl<B: Backend> PhasingOps for Auto<B> {
     ) -> Result<crate::phasing::population::MergedSet> {
         self.inner
             .merge_starts(problem, all_objects, all_supports, merits, count)
+    }
+    fn run_segmented_resident(
+        &self,
+        problem: &PhasingProblem,
+        program: &Program,
+        strategy: &crate::phasing::population::Strategy,
+        seed: u64,
+        progress: Progress<'_>,
+    ) -> Result<Option<(PhasingOutput, crate::phasing::population::RunLog)>> {
+        self.inner
+            .run_segmented_resident(problem, program, strategy, seed, progress)
     }
 }
 

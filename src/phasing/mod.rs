@@ -977,8 +977,14 @@ pub fn run_strategy(
     check_strategy(strategy, problem.starts, program.iterations)?;
     let t0 = std::time::Instant::now();
     let (out, log) = if strategy.segmented() {
-        let (o, l) =
-            population::run_segmented(backend, problem, program, strategy, seed, progress)?;
+        // the GPU backends keep the state on the device across the checkpoints; the host
+        // path (every backend) makes each segment a fresh backend run
+        let (o, l) = match backend
+            .run_segmented_resident(problem, program, strategy, seed, progress)?
+        {
+            Some(r) => r,
+            None => population::run_segmented(backend, problem, program, strategy, seed, progress)?,
+        };
         (o, Some(l))
     } else {
         // the merge needs every start: run with keep_all

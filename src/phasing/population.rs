@@ -23,14 +23,16 @@
 //! support pixels across iterations, which re-entering from the iterate rounds once (one
 //! FFT round trip). An item that is neither restarted nor replaced follows the trajectory
 //! of a run cut at the same checkpoints bit for bit, and the uncut run's to that rounding
-//! (which HIO, being chaotic, may amplify). The host round trip per checkpoint (download,
-//! ranking, alignment, upload of N*K objects) is the GPU path's price; BENCHMARKS.md
-//! measures it on the CPU.
+//! (which HIO, being chaotic, may amplify). On the CPU engine the state is on the host
+//! anyway; the GPU backends run the same checkpoints with the state kept on the device
+//! ([`crate::backend::gpu::segmented`], the same decisions through [`restart_due`],
+//! [`cull_pattern`] and [`breed_plan`]) and fall back to this runner, a host round trip of
+//! every item per checkpoint, only when the state does not fit the device.
 
 use super::merge::{merge, to_c64, Aligner};
 use super::missing::MissingCentre;
 use super::problem::{
-    decode_free, llk_term, FinalMerit, InitObjects, PhasingOutput, PhasingProblem,
+    decode_free, llk_term, FinalMerit, InitObjects, PhasingOutput, PhasingProblem, Selection,
 };
 use super::program::{Constraint, Op, Program, ThresholdRef};
 use crate::array::{Complex32, Stack};
@@ -527,7 +529,7 @@ pub fn host_shrinkwrap(
 
 /// The shrinkwrap parameters in force at iteration `at` of the program: those of its last
 /// shrinkwrap before, else the defaults (sigma 1, threshold 0.1 of the maximum).
-fn shrinkwrap_at(program: &Program, at: u64) -> (f32, f32, ThresholdRef) {
+pub fn shrinkwrap_at(program: &Program, at: u64) -> (f32, f32, ThresholdRef) {
     let mut done = 0u64;
     let mut last = (1.0, 0.1, ThresholdRef::Max);
     for op in &program.ops {
@@ -566,6 +568,34 @@ pub struct RunLog {
 /// Salts of the random streams of restarts and breeding.
 const RESTART_SALT: u64 = 0x7E57_A27E_D0C0_FFEE;
 const GA_SALT: u64 = 0x6E4E_71C5_0B1E_C7ED;
+
+/// Is item restart due at a restart checkpoint: more than `rc.guard` guard refusals
+/// since its last (re)start (`since`), or its support fraction `frac` outside the
+/// selection's filter?
+pub fn restart_due(sel: Selection, rc: &RestartConfig, since: u32, frac: f32) -> bool {
+    let outside = !(frac >= sel.min_fraction && frac <= sel.max_fraction);
+    since > rc.guard || outside
+}
+
+/// The new state of item `i` (pattern-major) at its `number`-th restart: the problem's
+/// starting support and a random object seeded by (seed, pattern, start, number).
+pub fn restart_state(
+    problem: &PhasingProblem,
+    seed: u64,
+    i: usize,
+    number: u32,
+    g: &mut [Complex32],
+    s: &mut [u8],
+) {
+    let k = problem.starts;
+    let (p, st) = (i / k, i % k);
+    let si_ = if problem.supports.n == 1 { 0 } else { p };
+    s.copy_from_slice(problem.supports.image(si_));
+    // derived from item_seed(seed, p, st) first, so that a block's offset seed gives the
+    // whole-file run's draws
+    let rs = item_seed(item_seed(seed, p, st) ^ RESTART_SALT, number as usize, 0);
+    problem.random_object(p, rs, g, s);
+}
 
 /// Run `program` on `problem` with restarts, a GA population, culling and/or the
 /// missing-centre modes (see the module's text and [`super::missing`]). Returns the
@@ -712,24 +742,18 @@ pub fn run_segmented(
             let mut fresh = vec![false; items];
             if let (true, Some(rc)) = (cp.restart, strategy.restart) {
                 for i in (0..items).filter(|&i| alive[i]) {
-                    let frac = fin[i].support_fraction;
-                    let outside = !(frac >= sel.min_fraction && frac <= sel.max_fraction);
-                    if since[i] > rc.guard || outside {
-                        let (p, st) = (i / k, i % k);
+                    if restart_due(sel, &rc, since[i], fin[i].support_fraction) {
                         log.restarts[i] += 1;
                         since[i] = 0;
                         factor[i] = problem.sw_factor(i);
-                        let si_ = if problem.supports.n == 1 { 0 } else { p };
-                        let sup = &mut s[i * l..(i + 1) * l];
-                        sup.copy_from_slice(problem.supports.image(si_));
-                        // derived from item_seed(seed, p, st) first, so that a block's
-                        // offset seed gives the whole-file run's draws
-                        let rs = item_seed(
-                            item_seed(seed, p, st) ^ RESTART_SALT,
-                            log.restarts[i] as usize,
-                            0,
+                        restart_state(
+                            problem,
+                            seed,
+                            i,
+                            log.restarts[i],
+                            &mut g[i * l..(i + 1) * l],
+                            &mut s[i * l..(i + 1) * l],
                         );
-                        problem.random_object(p, rs, &mut g[i * l..(i + 1) * l], sup);
                         fresh[i] = true;
                     }
                 }
@@ -860,19 +884,101 @@ pub fn cull(
         .into_par_iter()
         .map(|p| {
             let cands: Vec<usize> = (p * k..(p + 1) * k).filter(|&i| alive[i]).collect();
-            let mut ranked: Vec<((bool, f32, usize), usize)> = cands
+            let merits: Vec<FinalMerit> = cands
                 .iter()
                 .map(|&i| {
                     let (o, si) = (&g[i * l..(i + 1) * l], &s[i * l..(i + 1) * l]);
-                    let m = host_merit(problem, plan, p, &projected(o, si, problem.constraint), si);
-                    (sel.key(&m, i % k), i)
+                    host_merit(problem, plan, p, &projected(o, si, problem.constraint), si)
                 })
                 .collect();
-            ranked.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-            ranked.iter().skip(keep).map(|&(_, i)| i).collect()
+            cull_pattern(sel, keep, k, &cands, &merits)
         })
         .collect();
     per.concat()
+}
+
+/// The starts `--cull` stops among the running items `cands` of one pattern (item indices,
+/// pattern-major with `k` starts) whose merits on their support-projected objects are
+/// `merits`: those after the best `keep` (support filter first, then the criterion, ties
+/// to the lower start).
+pub fn cull_pattern(
+    sel: Selection,
+    keep: usize,
+    k: usize,
+    cands: &[usize],
+    merits: &[FinalMerit],
+) -> Vec<usize> {
+    let mut ranked: Vec<((bool, f32, usize), usize)> = cands
+        .iter()
+        .zip(merits)
+        .map(|(&i, m)| (sel.key(m, i % k), i))
+        .collect();
+    ranked.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    ranked.iter().skip(keep).map(|&(_, i)| i).collect()
+}
+
+/// One child of a GA generation: start `start` is replaced by the child of the kept
+/// starts `a` (its phase, and its support as the shrinkwrap's current one) and `b`
+/// (aligned onto a).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub start: usize,
+    pub a: usize,
+    pub b: usize,
+}
+
+/// The host's decisions of one generation for pattern `p`: the candidates `cands` (starts
+/// that neither were just restarted nor stopped, ascending) with their merits on their
+/// support-projected objects are ranked by the selection; the best `keep` stay, every other
+/// candidate is replaced by a child of two distinct kept starts drawn from (seed, p, start,
+/// generation). Returns the children (ascending start) and the best criterion value. The
+/// host breeding and the device-resident runner both draw here, so they draw alike.
+pub fn breed_plan(
+    sel: Selection,
+    keep: usize,
+    seed: u64,
+    generation: usize,
+    p: usize,
+    cands: &[usize],
+    merits: &[FinalMerit],
+) -> (Vec<Child>, f32) {
+    let mut order: Vec<usize> = (0..cands.len()).collect();
+    order.sort_by(|&a, &b| {
+        sel.key(&merits[a], cands[a])
+            .partial_cmp(&sel.key(&merits[b], cands[b]))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let best = order
+        .first()
+        .map(|&j| sel.key(&merits[j], cands[j]).1)
+        .unwrap_or(f32::NAN);
+    if cands.len() <= keep {
+        return (Vec::new(), best);
+    }
+    let elites: Vec<usize> = order[..keep].iter().map(|&j| cands[j]).collect();
+    let mut children: Vec<usize> = order[keep..].iter().map(|&j| cands[j]).collect();
+    children.sort_unstable();
+    let plan = children
+        .into_iter()
+        .map(|st| {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(
+                item_seed(seed, p, st) ^ GA_SALT,
+                generation,
+                0,
+            ));
+            let ia = (unit(rng.next_u64()) * keep as f32) as usize % keep;
+            let ib = {
+                let o = 1 + (unit(rng.next_u64()) * (keep - 1) as f32) as usize % (keep - 1);
+                (ia + o) % keep
+            };
+            Child {
+                start: st,
+                a: elites[ia],
+                b: elites[ib],
+            }
+        })
+        .collect();
+    (plan, best)
 }
 
 /// One GA generation's shared inputs.
@@ -920,37 +1026,29 @@ impl Breed<'_> {
             .zip(&objs)
             .map(|(&st, o)| host_merit(pb, self.plan, p, o, &s[st * l..(st + 1) * l]))
             .collect();
-        let mut order: Vec<usize> = (0..cands.len()).collect();
-        order.sort_by(|&a, &b| {
-            sel.key(&merits[a], cands[a])
-                .partial_cmp(&sel.key(&merits[b], cands[b]))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        let best = order
-            .first()
-            .map(|&j| sel.key(&merits[j], cands[j]).1)
-            .unwrap_or(f32::NAN);
-        if cands.len() <= self.keep {
-            return (Vec::new(), best);
+        let (plan, best) = breed_plan(
+            sel,
+            self.keep,
+            self.seed,
+            self.generation,
+            p,
+            &cands,
+            &merits,
+        );
+        let pos = |st: usize| cands.iter().position(|&c| c == st).expect("a candidate");
+        let mut c64: Vec<Option<Vec<num_complex::Complex64>>> = vec![None; cands.len()];
+        for c in &plan {
+            for st in [c.a, c.b] {
+                let j = pos(st);
+                if c64[j].is_none() {
+                    c64[j] = Some(to_c64(&objs[j]));
+                }
+            }
         }
-        let elites: Vec<usize> = order[..self.keep].to_vec();
-        let mut children: Vec<usize> = order[self.keep..].iter().map(|&j| cands[j]).collect();
-        children.sort_unstable();
-        let elite_c64: Vec<Vec<num_complex::Complex64>> =
-            elites.iter().map(|&j| to_c64(&objs[j])).collect();
-        for &st in &children {
-            let mut rng = Xoshiro256PlusPlus::seed_from_u64(item_seed(
-                item_seed(self.seed, p, st) ^ GA_SALT,
-                self.generation,
-                0,
-            ));
-            let ia = (unit(rng.next_u64()) * self.keep as f32) as usize % self.keep;
-            let ib = {
-                let o =
-                    1 + (unit(rng.next_u64()) * (self.keep - 1) as f32) as usize % (self.keep - 1);
-                (ia + o) % self.keep
-            };
-            let (a, b) = (&elite_c64[ia], &elite_c64[ib]);
+        for c in &plan {
+            let st = c.start;
+            let a = c64[pos(c.a)].as_ref().expect("converted");
+            let b = c64[pos(c.b)].as_ref().expect("converted");
             let al = self.aligner.align(a, b);
             let bb = self.aligner.apply(b, &al);
             let child: Vec<Complex32> = a
@@ -966,7 +1064,7 @@ impl Breed<'_> {
                     }
                 })
                 .collect();
-            let sa = cands[elites[ia]];
+            let sa = c.a;
             let parent_sup = s[sa * l..(sa + 1) * l].to_vec();
             let mut sup = host_shrinkwrap(
                 &child,
@@ -987,7 +1085,7 @@ impl Breed<'_> {
             }
             s[st * l..(st + 1) * l].copy_from_slice(&sup);
         }
-        (children, best)
+        (plan.iter().map(|c| c.start).collect(), best)
     }
 }
 

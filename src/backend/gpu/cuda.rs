@@ -484,6 +484,25 @@ impl PhasingOps for CudaBackend {
             count,
         )
     }
+    fn run_segmented_resident(
+        &self,
+        problem: &PhasingProblem,
+        program: &Program,
+        strategy: &crate::phasing::population::Strategy,
+        seed: u64,
+        progress: Progress<'_>,
+    ) -> Result<Option<(PhasingOutput, crate::phasing::population::RunLog)>> {
+        let out = super::segmented::run_segmented(
+            &self.launcher,
+            problem,
+            program,
+            strategy,
+            seed,
+            progress,
+        )?;
+        self.launcher.synchronize()?;
+        Ok(out)
+    }
 }
 
 impl NetworkOps for CudaBackend {

@@ -437,6 +437,16 @@ impl PhasingOps for EmuBackend {
             count,
         )
     }
+    fn run_segmented_resident(
+        &self,
+        problem: &PhasingProblem,
+        program: &Program,
+        strategy: &crate::phasing::population::Strategy,
+        seed: u64,
+        progress: Progress<'_>,
+    ) -> Result<Option<(PhasingOutput, crate::phasing::population::RunLog)>> {
+        super::segmented::run_segmented(&self.launcher, problem, program, strategy, seed, progress)
+    }
 }
 
 impl NetworkOps for EmuBackend {

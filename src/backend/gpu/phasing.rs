@@ -880,6 +880,441 @@ struct ChunkOutputs {
     events: Vec<u32>,
 }
 
+/// The data a segment of a run is measured against, on the device: the amplitudes
+/// (patterns x L), the sums of A^2 (patterns, float64), the log-likelihoods' pixel counts
+/// (2 per pattern) and, on the host, the ML regularisation per pattern.
+pub struct DevData<'a> {
+    pub amp: DevBuf<'a>,
+    pub sum_a2: DevBuf<'a>,
+    pub counts: DevBuf<'a>,
+    pub eps: Vec<f32>,
+}
+
+impl<'a> DevData<'a> {
+    /// Upload `amplitudes` (patterns x `len`) with their `sum_a2` and measured pixel counts
+    /// (as [`PhasingProblem::llk_counts`] and [`ml_eps`] define the rest).
+    pub fn upload(
+        l: &'a dyn Launcher,
+        len: usize,
+        amplitudes: &[f32],
+        sum_a2: &[f64],
+        measured: &[usize],
+    ) -> Result<DevData<'a>> {
+        let np = sum_a2.len();
+        if len == 0 || amplitudes.len() != np * len || measured.len() != np {
+            return Err(Error::Config(format!(
+                "device data: {} amplitudes, {np} sums and {} counts are not {np} patterns of {len} pixels",
+                amplitudes.len(),
+                measured.len()
+            )));
+        }
+        let mut counts = Vec::with_capacity(2 * np);
+        for a in amplitudes.chunks(len) {
+            let m = a.iter().filter(|&&v| v >= 0.0).count();
+            let f = a
+                .iter()
+                .filter(|&&v| crate::phasing::problem::decode_free(v).is_some())
+                .count();
+            counts.push(i32::try_from(m).unwrap_or(i32::MAX));
+            counts.push(i32::try_from(f).unwrap_or(i32::MAX));
+        }
+        Ok(DevData {
+            amp: DevBuf::from_slice(l, amplitudes)?,
+            sum_a2: DevBuf::from_slice(l, sum_a2)?,
+            counts: DevBuf::from_slice(l, &counts)?,
+            eps: sum_a2
+                .iter()
+                .zip(measured)
+                .map(|(&s, &m)| ml_eps(s, m))
+                .collect(),
+        })
+    }
+}
+
+/// The four histories of a run (or of a segment) on the device, items x records each.
+pub struct Histories<'a> {
+    pub records: usize,
+    pub fourier: DevBuf<'a>,
+    pub real: DevBuf<'a>,
+    pub llk: DevBuf<'a>,
+    pub free_llk: DevBuf<'a>,
+}
+
+impl<'a> Histories<'a> {
+    pub fn new(l: &'a dyn Launcher, items: usize, records: usize) -> Result<Histories<'a>> {
+        let b = (items * records).max(1) * 4;
+        Ok(Histories {
+            records,
+            fourier: DevBuf::new(l, b)?,
+            real: DevBuf::new(l, b)?,
+            llk: DevBuf::new(l, b)?,
+            free_llk: DevBuf::new(l, b)?,
+        })
+    }
+
+    /// Download the Fourier, real-space, LLK and free-LLK histories (items x records each;
+    /// nothing is copied when there are no records).
+    pub fn download(&self, items: usize) -> Result<[Vec<f32>; 4]> {
+        let n = items * self.records;
+        if n == 0 {
+            return Ok(std::array::from_fn(|_| Vec::new()));
+        }
+        Ok([
+            self.fourier.to_vec(n)?,
+            self.real.to_vec(n)?,
+            self.llk.to_vec(n)?,
+            self.free_llk.to_vec(n)?,
+        ])
+    }
+}
+
+/// The device state of a phasing run: every (pattern, start) item's iterate and support,
+/// the FFT buffer and plan, the partial sums, the general shrinkwrap's per-item threshold
+/// factors and guard events, and the ML buffers. [`run_phasing`] uploads it once per chunk,
+/// runs the whole program and downloads the results; the device-resident segmented runner
+/// ([`super::segmented`]) keeps it across the checkpoints of a run.
+pub struct DevState<'a> {
+    pub l: &'a dyn Launcher,
+    pub h: usize,
+    pub w: usize,
+    pub patterns: usize,
+    pub starts: usize,
+    pub constraint: Constraint,
+    pub g: DevBuf<'a>,
+    pub s: DevBuf<'a>,
+    /// The FFT buffer (items x L complex): free between iterations, shrinkwraps and merits
+    /// use it as scratch.
+    pub f: DevBuf<'a>,
+    pf: DevBuf<'a>,
+    pr: DevBuf<'a>,
+    pl: DevBuf<'a>,
+    /// The general shrinkwrap's buffers (per-item factors and events), when used.
+    pub gb: Option<GuardBufs<'a>>,
+    factors0: Vec<f32>,
+    plan: Plan<'a>,
+    ml: Option<MlBufs<'a>>,
+}
+
+impl<'a> DevState<'a> {
+    /// Upload `patterns` x `starts` iterates `g` and supports `s` (item-major), with the
+    /// general shrinkwrap's buffers (`factors` per item) when `general`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn upload(
+        l: &'a dyn Launcher,
+        h: usize,
+        w: usize,
+        patterns: usize,
+        starts: usize,
+        g: &[Complex32],
+        s: &[u8],
+        factors: &[f32],
+        general: bool,
+        constraint: Constraint,
+    ) -> Result<DevState<'a>> {
+        let len = h * w;
+        let items = patterns * starts;
+        if items == 0 || g.len() != items * len || s.len() != items * len || factors.len() != items
+        {
+            return Err(Error::Config(format!(
+                "device state: {} values, {} support pixels and {} factors for {patterns} x {starts} items of {h}x{w}",
+                g.len(),
+                s.len(),
+                factors.len()
+            )));
+        }
+        let gd = DevBuf::from_slice(l, g)?;
+        let sd = DevBuf::from_slice(l, s)?;
+        Self::from_device(
+            l, h, w, patterns, starts, gd, sd, factors, general, constraint,
+        )
+    }
+
+    /// A state around iterates and supports already on the device (the compaction of the
+    /// item axis); `factors` are uploaded when `general`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_device(
+        l: &'a dyn Launcher,
+        h: usize,
+        w: usize,
+        patterns: usize,
+        starts: usize,
+        g: DevBuf<'a>,
+        s: DevBuf<'a>,
+        factors: &[f32],
+        general: bool,
+        constraint: Constraint,
+    ) -> Result<DevState<'a>> {
+        let len = h * w;
+        let items = patterns * starts;
+        g.check::<Complex32>(l, items * len, "device state iterates")?;
+        s.check::<u8>(l, items * len, "device state supports")?;
+        let bpi = blocks_per_item(len);
+        let gb = if general {
+            Some(GuardBufs {
+                pmax: DevBuf::new(l, items * bpi * 4)?,
+                pstat: DevBuf::new(l, items * bpi * 12)?,
+                pcount: DevBuf::new(l, items * bpi * 4)?,
+                level: DevBuf::new(l, items * 4)?,
+                factor: DevBuf::from_slice(l, factors)?,
+                events: DevBuf::from_slice(l, &vec![0i32; items])?,
+            })
+        } else {
+            None
+        };
+        Ok(DevState {
+            l,
+            h,
+            w,
+            patterns,
+            starts,
+            constraint,
+            g,
+            s,
+            f: DevBuf::new(l, items * len * 8)?,
+            pf: DevBuf::new(l, items * bpi * 4)?,
+            pr: DevBuf::new(l, items * bpi * 8)?,
+            pl: DevBuf::new(l, items * bpi * 8)?,
+            gb,
+            factors0: factors.to_vec(),
+            plan: Plan {
+                l,
+                id: l.fft_plan(h, w, items)?,
+            },
+            ml: None,
+        })
+    }
+
+    pub fn items(&self) -> usize {
+        self.patterns * self.starts
+    }
+
+    pub fn len(&self) -> usize {
+        self.h * self.w
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items() == 0
+    }
+
+    /// The kernels' wrappers for this state's items.
+    pub fn kernels(&self) -> PhasingKernels<'a> {
+        PhasingKernels::new(self.l, self.h, self.w, self.items(), self.starts)
+    }
+
+    /// The batched FFT plan of the state's items (also of any other stack of as many
+    /// images).
+    pub fn plan(&self) -> u64 {
+        self.plan.id
+    }
+
+    /// Drop the ML buffers (their regularisation belongs to the data: a new `DevData`).
+    pub fn reset_ml(&mut self) {
+        self.ml = None;
+    }
+
+    /// Run the compiled ops `ops` against `data`, recording into `hist` from entry `*rec`
+    /// on (advanced by the records made).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_ops(
+        &mut self,
+        ops: &[Op],
+        guard: Option<crate::phasing::program::SupportGuard>,
+        data: &DevData,
+        hist: &Histories,
+        rec: &mut usize,
+        cancel: &crate::cancel::Cancel,
+        progress: Progress<'_>,
+    ) -> Result<()> {
+        let launcher = self.l;
+        let lk = self.kernels();
+        let items = self.items();
+        let l = self.len();
+        let records = hist.records;
+        if self.ml.is_none() && ops.iter().any(|o| matches!(o, Op::Ml { .. })) {
+            self.ml = Some(MlBufs::new(&lk, &data.eps)?);
+        }
+        let (g, s, f, pf, pr, pl) = (&self.g, &self.s, &self.f, &self.pf, &self.pr, &self.pl);
+        let plan = self.plan.id;
+        let (amp, sum_a2, counts) = (&data.amp, &data.sum_a2, &data.counts);
+        let constraint = self.constraint;
+        let scale = 1.0 / l as f32;
+        for op in ops {
+            match *op {
+                Op::Iterate {
+                    update: Update { a, b },
+                    count,
+                    record,
+                    ..
+                } => {
+                    for it in 0..count {
+                        cancel.check()?;
+                        let rec_now = record && it + 1 == count;
+                        launcher.fft(plan, g.ptr(), f.ptr(), true)?;
+                        if rec_now {
+                            // the likelihoods of F before the projection, as the Fourier error
+                            lk.llk(f, amp, pl)?;
+                        }
+                        lk.modulus(f, amp, true, pf)?;
+                        launcher.fft(plan, f.ptr(), f.ptr(), false)?;
+                        lk.update(g, f, s, a, b, constraint, scale, pr)?;
+                        if rec_now {
+                            lk.record_llk(pl, counts, records, *rec, &hist.llk, &hist.free_llk)?;
+                            lk.record(
+                                pf,
+                                Some(pr),
+                                sum_a2,
+                                records,
+                                *rec,
+                                &hist.fourier,
+                                Some(&hist.real),
+                            )?;
+                            *rec += 1;
+                        }
+                        progress(items as u64);
+                    }
+                }
+                Op::Ml {
+                    count,
+                    record,
+                    fresh,
+                } => {
+                    let m = self.ml.as_ref().ok_or_else(|| {
+                        Error::Config("ML step without its buffers (program.has_ml)".into())
+                    })?;
+                    if fresh {
+                        lk.ml_start(g, s, constraint, m)?;
+                    }
+                    for it in 0..count {
+                        cancel.check()?;
+                        launcher.fft(plan, g.ptr(), f.ptr(), true)?;
+                        if record && it + 1 == count {
+                            // the figures of merit of F (before the step), as an Iterate records
+                            // them: P_M g is formed in the direction's FFT buffer (free here),
+                            // the gradient buffer (overwritten next) takes the unused update
+                            lk.llk(f, amp, pl)?;
+                            launcher.fft(plan, g.ptr(), m.dd.ptr(), true)?;
+                            lk.modulus(&m.dd, amp, true, pf)?;
+                            launcher.fft(plan, m.dd.ptr(), m.dd.ptr(), false)?;
+                            lk.update(&m.grad, &m.dd, s, 0.0, 0.0, constraint, scale, pr)?;
+                            lk.record_llk(pl, counts, records, *rec, &hist.llk, &hist.free_llk)?;
+                            lk.record(
+                                pf,
+                                Some(pr),
+                                sum_a2,
+                                records,
+                                *rec,
+                                &hist.fourier,
+                                Some(&hist.real),
+                            )?;
+                            *rec += 1;
+                        }
+                        lk.ml_gradient(plan, g, f, s, amp, constraint, m)?;
+                        lk.ml_step(plan, g, f, s, amp, constraint, m)?;
+                        progress(items as u64);
+                    }
+                }
+                Op::Shrinkwrap {
+                    sigma,
+                    threshold,
+                    reference,
+                } => {
+                    let kern = gaussian_kernel(sigma);
+                    let kb = DevBuf::from_slice(launcher, &kern)?;
+                    // |g|, its row blur and its column blur live in the FFT buffer (free here).
+                    match &self.gb {
+                        None => lk.shrinkwrap(g, s, &kb, kern.len(), threshold, f, pf)?,
+                        Some(gb) => lk.shrinkwrap_general(
+                            g,
+                            s,
+                            &kb,
+                            kern.len(),
+                            threshold,
+                            reference.code(),
+                            guard.map(|gd| (gd.min, gd.max, gd.tune)),
+                            f,
+                            gb,
+                        )?,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The figures of merit of each item's iterate (as it is, not projected) against
+    /// `data`: the Fourier error, the LLK and the free LLK (items each, on the device).
+    pub fn iterate_merits(&self, data: &DevData) -> Result<[DevBuf<'a>; 3]> {
+        self.merits_of(&self.g, data)
+    }
+
+    /// The figures of merit of images `x` (as many as the state's items, item-major)
+    /// against `data`, through the state's FFT buffer: Fourier error, LLK, free LLK.
+    pub fn merits_of(&self, x: &DevBuf, data: &DevData) -> Result<[DevBuf<'a>; 3]> {
+        let (l, items) = (self.l, self.items());
+        let lk = self.kernels();
+        x.check::<Complex32>(l, items * self.len(), "merits: images")?;
+        let fin = DevBuf::new(l, items * 4)?;
+        let fin_llk = DevBuf::new(l, items * 4)?;
+        let fin_free = DevBuf::new(l, items * 4)?;
+        l.fft(self.plan.id, x.ptr(), self.f.ptr(), true)?;
+        lk.modulus(&self.f, &data.amp, false, &self.pf)?;
+        lk.record(&self.pf, None, &data.sum_a2, 1, 0, &fin, None)?;
+        lk.llk(&self.f, &data.amp, &self.pl)?;
+        lk.record_llk(&self.pl, &data.counts, 1, 0, &fin_llk, &fin_free)?;
+        Ok([fin, fin_llk, fin_free])
+    }
+
+    /// The support fraction of each item's support `s` (items of the state, on the device).
+    pub fn support_fraction(&self, s: &DevBuf) -> Result<DevBuf<'a>> {
+        support_fraction(self.l, s, self.items(), self.len())
+    }
+
+    /// The per-item threshold factors and guard events (downloaded; the starting factors
+    /// and no events without the general shrinkwrap).
+    pub fn factors_events(&self) -> Result<(Vec<f32>, Vec<u32>)> {
+        let items = self.items();
+        match &self.gb {
+            Some(gb) => {
+                let ev: Vec<i32> = gb.events.to_vec(items)?;
+                Ok((
+                    gb.factor.to_vec::<f32>(items)?,
+                    ev.iter().map(|&e| e.max(0) as u32).collect(),
+                ))
+            }
+            None => Ok((self.factors0.clone(), vec![0; items])),
+        }
+    }
+}
+
+/// `cd_support_fraction`: the fraction of each of `items` supports `s` (L pixels each)
+/// that is set (items floats, on the device).
+pub fn support_fraction<'a>(
+    l: &'a dyn Launcher,
+    s: &DevBuf,
+    items: usize,
+    len: usize,
+) -> Result<DevBuf<'a>> {
+    const K: &str = "cd_support_fraction";
+    if items == 0 || items > MAX_ITEMS {
+        return Err(Error::Config(format!(
+            "{K}: {items} items do not fit one launch"
+        )));
+    }
+    let li = int_arg(len, "pixels per image")?;
+    s.check::<u8>(l, items * len, &format!("{K} supports"))?;
+    let frac = DevBuf::new(l, items * 4)?;
+    // SAFETY: s holds items x L bytes (checked above) and frac items floats, on this
+    // launcher; the grid has one block per item.
+    unsafe {
+        l.launch(
+            K,
+            dims([1, items as u32, 1], BLOCK, 0),
+            &[s.arg(), li, frac.arg()],
+        )?
+    };
+    Ok(frac)
+}
+
 fn run_chunk(
     launcher: &dyn Launcher,
     problem: &PhasingProblem,
@@ -894,199 +1329,64 @@ fn run_chunk(
     let np = p1 - p0;
     let items = np * k;
     let records = program.records;
-    let lk = PhasingKernels::new(launcher, h, w, items, k);
-    let bpi = lk.bpi;
     // Starting state, prepared on the host exactly as for the CPU backend.
     let mut g0 = vec![Complex32::new(f32::NAN, f32::NAN); items * l];
     let mut s0 = vec![0xA5u8; items * l];
     for (i, (g, s)) in g0.chunks_mut(l).zip(s0.chunks_mut(l)).enumerate() {
         problem.initial_state(p0 + i / k, i % k, g, s);
     }
-    let amp = DevBuf::from_slice(launcher, &problem.amplitudes[p0 * l..p1 * l])?;
-    let sum_a2 = DevBuf::from_slice(launcher, &problem.sum_a2[p0..p1])?;
-    let mut counts = Vec::with_capacity(2 * np);
-    for p in p0..p1 {
-        let (m, f) = problem.llk_counts(p);
-        counts.push(i32::try_from(m).unwrap_or(i32::MAX));
-        counts.push(i32::try_from(f).unwrap_or(i32::MAX));
-    }
-    let counts = DevBuf::from_slice(launcher, &counts)?;
-    let g = DevBuf::from_slice(launcher, &g0)?;
-    let s = DevBuf::from_slice(launcher, &s0)?;
-    drop((g0, s0));
-    let f = DevBuf::new(launcher, items * l * 8)?;
-    let pf = DevBuf::new(launcher, items * bpi * 4)?;
-    let pr = DevBuf::new(launcher, items * bpi * 8)?;
-    let hist_f = DevBuf::new(launcher, (items * records).max(1) * 4)?;
-    let hist_r = DevBuf::new(launcher, (items * records).max(1) * 4)?;
-    let hist_llk = DevBuf::new(launcher, (items * records).max(1) * 4)?;
-    let hist_free = DevBuf::new(launcher, (items * records).max(1) * 4)?;
-    let pl = DevBuf::new(launcher, items * bpi * 8)?;
-    let fin = DevBuf::new(launcher, items * 4)?;
-    let fin_llk = DevBuf::new(launcher, items * 4)?;
-    let fin_free = DevBuf::new(launcher, items * 4)?;
-    let plan = Plan {
-        l: launcher,
-        id: launcher.fft_plan(h, w, items)?,
-    };
+    let data = DevData::upload(
+        launcher,
+        l,
+        &problem.amplitudes[p0 * l..p1 * l],
+        &problem.sum_a2[p0..p1],
+        &problem.measured[p0..p1],
+    )?;
     // the general shrinkwrap's state: per-item threshold factors and guard events
     let factors0: Vec<f32> = (p0 * k..p1 * k).map(|i| problem.sw_factor(i)).collect();
-    let gbufs = if program.general_shrinkwrap(!problem.sw_factors.is_empty()) {
-        Some(GuardBufs {
-            pmax: DevBuf::new(launcher, items * bpi * 4)?,
-            pstat: DevBuf::new(launcher, items * bpi * 12)?,
-            pcount: DevBuf::new(launcher, items * bpi * 4)?,
-            level: DevBuf::new(launcher, items * 4)?,
-            factor: DevBuf::from_slice(launcher, &factors0)?,
-            events: DevBuf::from_slice(launcher, &vec![0i32; items])?,
-        })
-    } else {
-        None
-    };
-    let mlb = if program.has_ml() {
-        let eps: Vec<f32> = (p0..p1)
-            .map(|p| ml_eps(problem.sum_a2[p], problem.measured[p]))
-            .collect();
-        Some(MlBufs::new(&lk, &eps)?)
-    } else {
-        None
-    };
-    let scale = 1.0 / l as f32;
+    let mut st = DevState::upload(
+        launcher,
+        h,
+        w,
+        np,
+        k,
+        &g0,
+        &s0,
+        &factors0,
+        program.general_shrinkwrap(!problem.sw_factors.is_empty()),
+        problem.constraint,
+    )?;
+    drop((g0, s0));
+    let hist = Histories::new(launcher, items, records)?;
     let mut rec = 0;
-    for op in &program.ops {
-        match *op {
-            Op::Iterate {
-                update: Update { a, b },
-                count,
-                record,
-                ..
-            } => {
-                for it in 0..count {
-                    problem.cancel.check()?;
-                    let rec_now = record && it + 1 == count;
-                    launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
-                    if rec_now {
-                        // the likelihoods of F before the projection, as the Fourier error
-                        lk.llk(&f, &amp, &pl)?;
-                    }
-                    lk.modulus(&f, &amp, true, &pf)?;
-                    launcher.fft(plan.id, f.ptr(), f.ptr(), false)?;
-                    lk.update(&g, &f, &s, a, b, problem.constraint, scale, &pr)?;
-                    if rec_now {
-                        lk.record_llk(&pl, &counts, records, rec, &hist_llk, &hist_free)?;
-                        lk.record(
-                            &pf,
-                            Some(&pr),
-                            &sum_a2,
-                            records,
-                            rec,
-                            &hist_f,
-                            Some(&hist_r),
-                        )?;
-                        rec += 1;
-                    }
-                    progress(items as u64);
-                }
-            }
-            Op::Ml {
-                count,
-                record,
-                fresh,
-            } => {
-                let m = mlb.as_ref().ok_or_else(|| {
-                    Error::Config("ML step without its buffers (program.has_ml)".into())
-                })?;
-                if fresh {
-                    lk.ml_start(&g, &s, problem.constraint, m)?;
-                }
-                for it in 0..count {
-                    problem.cancel.check()?;
-                    launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
-                    if record && it + 1 == count {
-                        // the figures of merit of F (before the step), as an Iterate records
-                        // them: P_M g is formed in the direction's FFT buffer (free here),
-                        // the gradient buffer (overwritten next) takes the unused update
-                        lk.llk(&f, &amp, &pl)?;
-                        launcher.fft(plan.id, g.ptr(), m.dd.ptr(), true)?;
-                        lk.modulus(&m.dd, &amp, true, &pf)?;
-                        launcher.fft(plan.id, m.dd.ptr(), m.dd.ptr(), false)?;
-                        lk.update(&m.grad, &m.dd, &s, 0.0, 0.0, problem.constraint, scale, &pr)?;
-                        lk.record_llk(&pl, &counts, records, rec, &hist_llk, &hist_free)?;
-                        lk.record(
-                            &pf,
-                            Some(&pr),
-                            &sum_a2,
-                            records,
-                            rec,
-                            &hist_f,
-                            Some(&hist_r),
-                        )?;
-                        rec += 1;
-                    }
-                    lk.ml_gradient(plan.id, &g, &f, &s, &amp, problem.constraint, m)?;
-                    lk.ml_step(plan.id, &g, &f, &s, &amp, problem.constraint, m)?;
-                    progress(items as u64);
-                }
-            }
-            Op::Shrinkwrap {
-                sigma,
-                threshold,
-                reference,
-            } => {
-                let kern = gaussian_kernel(sigma);
-                let kb = DevBuf::from_slice(launcher, &kern)?;
-                // |g|, its row blur and its column blur live in the FFT buffer (free here).
-                match &gbufs {
-                    None => lk.shrinkwrap(&g, &s, &kb, kern.len(), threshold, &f, &pf)?,
-                    Some(gb) => lk.shrinkwrap_general(
-                        &g,
-                        &s,
-                        &kb,
-                        kern.len(),
-                        threshold,
-                        reference.code(),
-                        program.guard.map(|gd| (gd.min, gd.max, gd.tune)),
-                        &f,
-                        gb,
-                    )?,
-                }
-            }
-        }
-    }
+    st.run_ops(
+        &program.ops,
+        program.guard,
+        &data,
+        &hist,
+        &mut rec,
+        &problem.cancel,
+        progress,
+    )?;
     debug_assert_eq!(rec, records);
-    // Final Fourier error of each item's final object.
-    launcher.fft(plan.id, g.ptr(), f.ptr(), true)?;
-    lk.modulus(&f, &amp, false, &pf)?;
-    lk.record(&pf, None, &sum_a2, 1, 0, &fin, None)?;
-    lk.llk(&f, &amp, &pl)?;
-    lk.record_llk(&pl, &counts, 1, 0, &fin_llk, &fin_free)?;
+    // Final Fourier error and likelihoods of each item's final object.
+    let [fin, fin_llk, fin_free] = st.iterate_merits(&data)?;
     let base = out.g.len();
     out.g.resize(base + items * l, Complex32::new(0.0, 0.0));
-    g.download(&mut out.g[base..])?;
+    st.g.download(&mut out.g[base..])?;
     let base = out.s.len();
     out.s.resize(base + items * l, 0);
-    s.download(&mut out.s[base..])?;
-    if records > 0 {
-        out.hist_f.extend(hist_f.to_vec::<f32>(items * records)?);
-        out.hist_r.extend(hist_r.to_vec::<f32>(items * records)?);
-        out.hist_llk
-            .extend(hist_llk.to_vec::<f32>(items * records)?);
-        out.hist_free
-            .extend(hist_free.to_vec::<f32>(items * records)?);
-    }
+    st.s.download(&mut out.s[base..])?;
+    let [hf, hr, hl, hfr] = hist.download(items)?;
+    out.hist_f.extend(hf);
+    out.hist_r.extend(hr);
+    out.hist_llk.extend(hl);
+    out.hist_free.extend(hfr);
     out.final_err.extend(fin.to_vec::<f32>(items)?);
     out.final_llk.extend(fin_llk.to_vec::<f32>(items)?);
     out.final_free.extend(fin_free.to_vec::<f32>(items)?);
-    match &gbufs {
-        Some(gb) => {
-            out.factor.extend(gb.factor.to_vec::<f32>(items)?);
-            let ev: Vec<i32> = gb.events.to_vec(items)?;
-            out.events.extend(ev.iter().map(|&e| e.max(0) as u32));
-        }
-        None => {
-            out.factor.extend(factors0);
-            out.events.extend(std::iter::repeat_n(0, items));
-        }
-    }
+    let (factor, events) = st.factors_events()?;
+    out.factor.extend(factor);
+    out.events.extend(events);
     Ok(())
 }

@@ -184,6 +184,16 @@ impl<'a> DevStack<'a> {
         self.h * self.w
     }
 
+    /// The (projected) images on the device, m x L complex.
+    pub fn images_buf(&self) -> &DevBuf<'a> {
+        &self.x
+    }
+
+    /// Their supports on the device, m x L bytes.
+    pub fn supports_buf(&self) -> &DevBuf<'a> {
+        &self.xs
+    }
+
     fn pairs_buf(&self, v: &[usize], what: &str) -> Result<DevBuf<'a>> {
         if let Some(&bad) = v.iter().find(|&&i| i >= self.m) {
             return Err(Error::Config(format!(
@@ -532,6 +542,99 @@ impl<'a> DevStack<'a> {
             weights,
             n_modes,
         })
+    }
+}
+
+/// Where [`scatter`] reads and writes: `images` (optional) and `supports` buffers of `n`
+/// images each, and an optional index list (None: image j for entry j).
+pub struct Side<'b, 'a> {
+    pub images: Option<&'b DevBuf<'a>>,
+    pub supports: &'b DevBuf<'a>,
+    pub n: usize,
+    pub idx: Option<&'b [usize]>,
+}
+
+/// `cd_pop_scatter`: for each of `m` entries j, image `src.idx[j]` of `src` (and its
+/// support) copied to image `dst.idx[j]` of `dst`, inside its support when `mask` (the
+/// complex images are skipped when either side has none). Only the index lists are
+/// uploaded (m ints each).
+pub fn scatter(
+    l: &dyn Launcher,
+    h: usize,
+    w: usize,
+    m: usize,
+    src: &Side,
+    dst: &Side,
+    mask: bool,
+) -> Result<()> {
+    const K: &str = "cd_pop_scatter";
+    let len = h * w;
+    let li = int_arg(len, "pixels per image")?;
+    let gy = grid_y(m, K)?;
+    let mut idx_bufs = Vec::new();
+    for (side, what) in [(src, "source"), (dst, "destination")] {
+        side.supports
+            .check::<u8>(l, side.n * len, &format!("{K} {what} supports"))?;
+        if let Some(im) = side.images {
+            im.check::<Complex32>(l, side.n * len, &format!("{K} {what} images"))?;
+        }
+        match side.idx {
+            Some(ix) => {
+                if ix.len() != m {
+                    return Err(Error::Config(format!(
+                        "{K}: {} {what} indices for {m} images",
+                        ix.len()
+                    )));
+                }
+                if let Some(&bad) = ix.iter().find(|&&i| i >= side.n) {
+                    return Err(Error::Config(format!(
+                        "{K}: {what} image {bad} of {}",
+                        side.n
+                    )));
+                }
+                let v: Vec<i32> = ix.iter().map(|&i| i as i32).collect();
+                idx_bufs.push(Some(DevBuf::from_slice(l, &v)?));
+            }
+            None => {
+                if m > side.n {
+                    return Err(Error::Config(format!(
+                        "{K}: {m} images, the {what} holds {}",
+                        side.n
+                    )));
+                }
+                idx_bufs.push(None);
+            }
+        }
+    }
+    let ptr = |b: Option<&DevBuf>| b.map_or(super::launcher::DevPtr::NULL, DevBuf::ptr);
+    let copy = src.images.is_some() && dst.images.is_some();
+    let args = [
+        KArg::Ptr(if copy {
+            ptr(src.images)
+        } else {
+            super::launcher::DevPtr::NULL
+        }),
+        src.supports.arg(),
+        KArg::Ptr(ptr(idx_bufs[0].as_ref())),
+        KArg::Ptr(ptr(idx_bufs[1].as_ref())),
+        li,
+        KArg::I32(mask as i32),
+        KArg::Ptr(if copy {
+            ptr(dst.images)
+        } else {
+            super::launcher::DevPtr::NULL
+        }),
+        dst.supports.arg(),
+    ];
+    // SAFETY: both sides' supports (and images, passed only when both sides have them) hold
+    // n x L values (checked above, on this launcher); every index lies in 0..n of its side
+    // (or, without a list, j < m <= n); the grid has m rows.
+    unsafe {
+        l.launch(
+            K,
+            dims([blocks_per_item(len) as u32, gy, 1], BLOCK, 0),
+            &args,
+        )
     }
 }
 
