@@ -14,7 +14,9 @@
 #   cdiphase info, selftest --device cuda (every kernel against float64 references),
 #   bench phasing --device cuda (batch 1,000 of 128x128 against the cuFFT floor),
 #   bench network --device cuda (the paper's network, batch 64 and 256) next to the CPU,
-#   demo --device cuda; with TRAIN=1 (packed with --train) it then simulates the paper-
+#   demo --device cuda, and `phase` with populations, restarts, culling, the interpolated
+#   centre and the merge on cuda and on the CPU (issue 19: the state resident on the device);
+#   with TRAIN=1 (packed with --train) it then simulates the paper-
 #   geometry training set, trains the paper's network with Keras 3 on torch within the time
 #   left, converts it and evaluates it on the held-out structures (tools/keras/gpu_train.sh).
 set -euo pipefail
@@ -23,7 +25,7 @@ train=0
 for a in "$@"; do
     case "$a" in
         --train) train=1 ;;
-        -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,23p "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$a' (expected --train)" >&2; exit 2 ;;
     esac
 done

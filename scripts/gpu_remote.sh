@@ -48,6 +48,17 @@ run bench_network_64 120 "$B" bench network --device cuda --arch spinn --batch 6
 run bench_network_256 120 "$B" bench network --device cuda --arch spinn --batch 256 --iterations 5 --json
 run bench_network_cpu 120 "$B" bench network --arch spinn --batch 64 --iterations 2 --threads "$(nproc)" --json
 run demo 150 "$B" demo --device cuda -o "$WORK/demo" -q
+# issue 19 on the device: populations, restarts, culling, the interpolated centre and the
+# merge with the state resident on the GPU, against the CPU engine on the same 16 noisy
+# beamstop patterns (times and the density errors after alignment, `evaluate --json`)
+R="$WORK/robust"; mkdir -p "$R"
+run robust_simulate 60 "$B" simulate --preset paper --pdb "$root/assets/pdb/heldout.txt" --count 16 --seed 1 \
+    --photons 1e7 --noise poisson --mask beamstop:3 -o "$R/data.cxi" --quiet
+robust=(--starts 16 --population generations=2,keep=4,every=300 --restart default --cull at=100,keep=12
+        --missing-centre interpolate:400 --merge 4 --seed 1 --json)
+run robust_phase_cuda 120 "$B" phase "$R/data.cxi" -o "$R/cuda.cxi" --device cuda "${robust[@]}"
+run robust_phase_cpu 180 "$B" phase "$R/data.cxi" -o "$R/cpu.cxi" --device cpu "${robust[@]}"
+run robust_evaluate 60 "$B" evaluate --truth "$R/data.cxi" --input "$R/cuda.cxi" "$R/cpu.cxi" --report "$R/report" --json
 cp "$WORK/demo/summary.json" "$L/demo_summary.json" 2>/dev/null
 tar -czf "$OUT/check.tar.gz" -C "$WORK" check
 echo "checks done in $(( $(date +%s) - T0 )) s; $(left) s left"
