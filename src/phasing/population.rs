@@ -565,6 +565,24 @@ pub struct RunLog {
     pub culled_at: Vec<u64>,
 }
 
+impl RunLog {
+    /// The empty log of a run of `items` starts over `n` patterns with `strategy`'s
+    /// generations (none without a population).
+    pub fn for_run(strategy: &Strategy, n: usize, items: usize) -> Self {
+        let generations = strategy
+            .population
+            .map(|p| p.generations as usize)
+            .unwrap_or(0);
+        RunLog {
+            restarts: vec![0; items],
+            replaced: vec![0; items],
+            generation_best: vec![f32::NAN; n * generations],
+            generations,
+            culled_at: vec![0; items],
+        }
+    }
+}
+
 /// Salts of the random streams of restarts and breeding.
 const RESTART_SALT: u64 = 0x7E57_A27E_D0C0_FFEE;
 const GA_SALT: u64 = 0x6E4E_71C5_0B1E_C7ED;
@@ -631,17 +649,7 @@ pub fn run_segmented(
     let mut factor: Vec<f32> = (0..items).map(|i| problem.sw_factor(i)).collect();
     let mut events = vec![0u32; items];
     let mut since = vec![0u32; items];
-    let generations = strategy
-        .population
-        .map(|p| p.generations as usize)
-        .unwrap_or(0);
-    let mut log = RunLog {
-        restarts: vec![0; items],
-        replaced: vec![0; items],
-        generation_best: vec![f32::NAN; n * generations],
-        generations,
-        culled_at: vec![0; items],
-    };
+    let mut log = RunLog::for_run(strategy, n, items);
     let mut hist: [Vec<Vec<f32>>; 4] = std::array::from_fn(|_| vec![Vec::new(); items]);
     let mc = strategy.missing_centre;
     let filled = match mc {
@@ -805,7 +813,7 @@ pub fn run_segmented(
                     })
                     .collect();
                 for (p, (children, best)) in results.into_iter().enumerate() {
-                    log.generation_best[p * generations + gen] = best;
+                    log.generation_best[p * log.generations + gen] = best;
                     for st in children {
                         log.replaced[p * k + st] += 1;
                         since[p * k + st] = 0;

@@ -190,17 +190,7 @@ pub fn run_segmented(
     // guard events of each state item already counted (the device counts since the state
     // was made)
     let mut ev_seen = vec![0u32; items];
-    let generations = strategy
-        .population
-        .map(|p| p.generations as usize)
-        .unwrap_or(0);
-    let mut log = RunLog {
-        restarts: vec![0; items],
-        replaced: vec![0; items],
-        generation_best: vec![f32::NAN; n * generations],
-        generations,
-        culled_at: vec![0; items],
-    };
+    let mut log = RunLog::for_run(strategy, n, items);
     let mut hist: [Vec<Vec<f32>>; 4] = std::array::from_fn(|_| vec![Vec::new(); items]);
     let mc = strategy.missing_centre;
     let filled = match mc {
@@ -366,27 +356,7 @@ pub fn run_segmented(
                 // their state is final: download it (and only it) before the compaction
                 let m = stopped.len();
                 let src: Vec<usize> = stopped.iter().map(|&i| j_of[i]).collect();
-                let tg = DevBuf::new(launcher, m * l * 8)?;
-                let ts = DevBuf::new(launcher, m * l)?;
-                scatter(
-                    launcher,
-                    h,
-                    w,
-                    m,
-                    &Side {
-                        images: Some(&st.g),
-                        supports: &st.s,
-                        n: sitems,
-                        idx: Some(&src),
-                    },
-                    &Side {
-                        images: Some(&tg),
-                        supports: &ts,
-                        n: m,
-                        idx: None,
-                    },
-                    false,
-                )?;
+                let (tg, ts) = gather_items(launcher, h, w, &st, sitems, &src)?;
                 let vg: Vec<Complex32> = tg.to_vec(m * l)?;
                 let vs: Vec<u8> = ts.to_vec(m * l)?;
                 for (q, &i) in stopped.iter().enumerate() {
@@ -409,27 +379,7 @@ pub fn run_segmented(
                     )));
                 }
                 let src: Vec<usize> = survivors.iter().map(|&i| j_of[i]).collect();
-                let ng = DevBuf::new(launcher, survivors.len() * l * 8)?;
-                let ns = DevBuf::new(launcher, survivors.len() * l)?;
-                scatter(
-                    launcher,
-                    h,
-                    w,
-                    survivors.len(),
-                    &Side {
-                        images: Some(&st.g),
-                        supports: &st.s,
-                        n: sitems,
-                        idx: Some(&src),
-                    },
-                    &Side {
-                        images: Some(&ng),
-                        supports: &ns,
-                        n: survivors.len(),
-                        idx: None,
-                    },
-                    false,
-                )?;
+                let (ng, ns) = gather_items(launcher, h, w, &st, sitems, &src)?;
                 let f: Vec<f32> = survivors.iter().map(|&i| factor[i]).collect();
                 st = DevState::from_device(
                     launcher,
@@ -458,7 +408,7 @@ pub fn run_segmented(
                 let m: Vec<FinalMerit> =
                     cands.iter().map(|&t| rmerit[stack_of[p * k + t]]).collect();
                 let (children, best) = breed_plan(sel, pc.keep, seed, gen, p, &cands, &m);
-                log.generation_best[p * generations + gen] = best;
+                log.generation_best[p * log.generations + gen] = best;
                 plan.extend(children.into_iter().map(|c| (p, c)));
             }
             if !plan.is_empty() {
@@ -526,27 +476,7 @@ pub fn run_segmented(
         let (vg, vs) = if all {
             (st.g.to_vec::<Complex32>(m * l)?, st.s.to_vec::<u8>(m * l)?)
         } else {
-            let tg = DevBuf::new(launcher, m * l * 8)?;
-            let ts = DevBuf::new(launcher, m * l)?;
-            scatter(
-                launcher,
-                h,
-                w,
-                m,
-                &Side {
-                    images: Some(&st.g),
-                    supports: &st.s,
-                    n: sitems,
-                    idx: Some(&src),
-                },
-                &Side {
-                    images: Some(&tg),
-                    supports: &ts,
-                    n: m,
-                    idx: None,
-                },
-                false,
-            )?;
+            let (tg, ts) = gather_items(launcher, h, w, &st, sitems, &src)?;
             (tg.to_vec::<Complex32>(m * l)?, ts.to_vec::<u8>(m * l)?)
         };
         for (q, &i) in want.iter().enumerate() {
@@ -584,6 +514,42 @@ pub fn run_segmented(
         },
         log,
     )))
+}
+
+/// The iterates and supports of the state items `src` (indices into the state's `sitems`
+/// items), in that order, copied by `cd_pop_scatter` into new device buffers of
+/// `src.len()` items.
+fn gather_items<'a>(
+    launcher: &'a dyn Launcher,
+    h: usize,
+    w: usize,
+    st: &DevState<'a>,
+    sitems: usize,
+    src: &[usize],
+) -> Result<(DevBuf<'a>, DevBuf<'a>)> {
+    let (m, l) = (src.len(), h * w);
+    let tg = DevBuf::new(launcher, m * l * 8)?;
+    let ts = DevBuf::new(launcher, m * l)?;
+    scatter(
+        launcher,
+        h,
+        w,
+        m,
+        &Side {
+            images: Some(&st.g),
+            supports: &st.s,
+            n: sitems,
+            idx: Some(src),
+        },
+        &Side {
+            images: Some(&tg),
+            supports: &ts,
+            n: m,
+            idx: None,
+        },
+        false,
+    )?;
+    Ok((tg, ts))
 }
 
 /// The children of one generation into the state: parents `pa[c]`, `pb[c]` (images of the
