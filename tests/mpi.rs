@@ -12,7 +12,7 @@
 mod common;
 
 use common::cli::{bin, ok};
-use common::files::{no_leftovers, p, same_data, simulate};
+use common::files::{kill_after_journal_lines, no_leftovers, p, same_data, simulate};
 use common::seed;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -376,23 +376,7 @@ fn a_one_process_simulate_killed_by_sigkill_is_resumed_by_three_ranks() {
     let mut child = bin().args(&flags).spawn().unwrap();
     let (_, journal) = cdiphase::io::journal::paths(&out).unwrap();
     // killed once the journal lists 3 finished blocks of 100
-    let t = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&journal)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if lines >= 5 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed: make it longer"
-        );
-        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_journal_lines(&mut child, &journal, 5);
     assert!(!out.exists());
     let mut resume = flags.clone();
     resume.push("--resume");
@@ -432,23 +416,7 @@ fn a_one_process_run_killed_by_sigkill_is_resumed_by_three_ranks() {
     let mut child = bin().args(&flags).spawn().unwrap();
     let (_, journal) = cdiphase::io::journal::paths(&out).unwrap();
     // killed once the journal lists 3 finished blocks (its first two lines are the header)
-    let t = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&journal)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if lines >= 5 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed: make it longer"
-        );
-        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_journal_lines(&mut child, &journal, 5);
     assert!(!out.exists());
     let mut resume = flags.clone();
     resume.extend(["--resume", "--json"]);

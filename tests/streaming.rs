@@ -7,7 +7,7 @@
 mod common;
 
 use common::cli::{bin, fails, ok};
-use common::files::{no_leftovers, p, same_data, simulate};
+use common::files::{kill_after_journal_lines, no_leftovers, p, same_data, simulate};
 use common::Lcg;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -462,20 +462,7 @@ fn a_resume_with_other_flags_or_input_is_refused() {
         .spawn()
         .unwrap();
     let journal = dir.join(".out.cxi.cdiphase-journal");
-    let t = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&journal)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if lines >= 3 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "ended before a block");
-        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_journal_lines(&mut child, &journal, 3);
     let e = fails(&phase_args(
         p(&sim),
         p(&out),
@@ -1136,20 +1123,7 @@ fn killed_simulate_runs_resume_to_the_same_file() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&journal)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if lines >= 3 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "ended before a block");
-        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_journal_lines(&mut child, &journal, 3);
     let e = fails(&simulate_args(
         p(&out),
         count,
@@ -1557,23 +1531,7 @@ fn killed_baseline_runs_resume_to_the_same_file() {
         .spawn()
         .unwrap();
     let journal = dir.join(".out.cxi.cdiphase-journal");
-    let t = Instant::now();
-    loop {
-        let lines = std::fs::read_to_string(&journal)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if lines >= 5 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "ended before it was killed"
-        );
-        assert!(t.elapsed() < Duration::from_secs(120), "no block finished");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_journal_lines(&mut child, &journal, 5);
     assert!(!out.exists());
     // another blur is refused; the same flags resume
     let e = fails(&run(&args(&out, "14", &["--resume"])));

@@ -107,3 +107,30 @@ pub fn no_leftovers(dir: &Path) {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Waits until the journal at `journal` has at least `lines` lines (its first two are the
+/// header, then one per finished block), then kills `child` with SIGKILL and reaps it.
+/// Fails if the run ends first (make it longer) or no block finishes within 120 s.
+pub fn kill_after_journal_lines(child: &mut std::process::Child, journal: &Path, lines: usize) {
+    let t = std::time::Instant::now();
+    loop {
+        let n = std::fs::read_to_string(journal)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if n >= lines {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed ({n} of {lines} journal lines): make it longer"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(120),
+            "no block finished in 120 s ({})",
+            journal.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
