@@ -269,6 +269,25 @@ fn paper_script_smoke() {
     // 100 HIO + 100 ER, one record per ER section
     assert_eq!(sd["aggregate"]["iterations"], 200);
     assert_eq!(sd["aggregate"]["records"], 20);
+    // the verdicts carry a bootstrap interval over the phasing set's structures
+    for key in ["speedup_interval", "spread_ratio_std_interval"] {
+        let iv = &sd["aggregate"][key];
+        assert_eq!(iv["resamples"], 2000, "{key}: {iv}");
+        assert!(iv["groups"].as_u64().unwrap() >= 1, "{key}: {iv}");
+        let num = |k: &str| match &iv[k] {
+            serde_json::Value::String(s) if s == "inf" => Some(f64::INFINITY),
+            v => v.as_f64(),
+        };
+        if let (Some(lo), Some(est), Some(hi)) = (num("low"), num("estimate"), num("high")) {
+            assert!(lo <= est && est <= hi, "{key}: {iv}");
+        }
+    }
+    assert!(
+        std::fs::read_to_string(out.join("seeding.md"))
+            .unwrap()
+            .contains("95 % percentile bootstrap over the structures"),
+        "seeding.md names its interval"
+    );
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     let verdicts = summary.matches("**PASS**").count() + summary.matches("**FAIL**").count();
     assert_eq!(verdicts, 5, "{summary}");
@@ -287,4 +306,55 @@ fn paper_script_smoke() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("ITER 12 must be a multiple of 5"));
+}
+
+/// `paper_report.group_bootstrap` (the seeding verdict's interval) against the exact
+/// distribution of the statistic over every draw of whole groups, on fresh random values
+/// with a few infinities and zeros (a network or random side that never got there).
+#[test]
+fn seeding_bootstrap_against_exact_enumeration() {
+    let mut g = Lcg::new("seeding bootstrap");
+    let seed = (g.next() * 1e9) as u64;
+    let script = r#"
+import itertools, math, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import paper_report as pr
+rng = np.random.default_rng(int(sys.argv[2]))
+for trial in range(6):
+    k = int(rng.integers(2, 6))
+    groups = sorted(int(x) for x in rng.integers(0, k, int(rng.integers(k, 3 * k + 1))))
+    keys = sorted(set(groups))
+    vals = [float(v) for v in rng.exponential(2.0, len(groups))]
+    for i in range(len(vals)):
+        u = rng.random()
+        vals[i] = math.inf if u < 0.15 else (0.0 if u < 0.3 else vals[i])
+    iv = pr.group_bootstrap(vals, groups, pr.median_opt, resamples=20000, seed=trial)
+    exact = sorted(pr.median_opt([vals[i] for j in pick for i in range(len(vals)) if groups[i] == keys[j]])
+                   for pick in itertools.product(range(len(keys)), repeat=len(keys)))
+    cdf_below = lambda x: sum(e < x for e in exact) / len(exact)
+    cdf_at = lambda x: sum(e <= x for e in exact) / len(exact)
+    assert iv["estimate"] == pr.median_opt(vals), (iv, vals)
+    assert iv["groups"] == len(keys)
+    assert iv["low"] in exact and iv["high"] in exact, (iv, exact)
+    # the 2.5 % and 97.5 % order statistics of the resamples, within Monte Carlo error
+    assert cdf_below(iv["low"]) <= 0.025 + 0.01 and cdf_at(iv["low"]) >= 0.025 - 0.01, (iv, exact)
+    assert cdf_below(iv["high"]) <= 0.975 + 0.01 and cdf_at(iv["high"]) >= 0.975 - 0.01, (iv, exact)
+# a statistic that is undefined in most resamples gives no interval
+iv = pr.group_bootstrap([None, 1.0], [0, 1], pr.median_opt, resamples=200)
+assert iv["low"] is None and iv["high"] is None and iv["estimate"] == 1.0, iv
+print("ok")
+"#;
+    let o = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(root().join("scripts"))
+        .arg(seed.to_string())
+        .output()
+        .unwrap();
+    let log = format!(
+        "seed {seed}\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success() && log.contains("ok"), "{log}");
 }
