@@ -220,6 +220,27 @@ fn support_phase_and_evaluate_end_to_end() {
         "PRTF at zero frequency: {}",
         q[0]
     );
+    // every pattern's own PRTF is kept (a report resamples them), and the input's curve is
+    // their mean, bin by bin
+    let per: Vec<Vec<f64>> = rec["per_pattern"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["prtf"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no per-pattern prtf in {m}"))
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    for (b, v) in q.iter().enumerate() {
+        let mean = per.iter().map(|c| c[b]).sum::<f64>() / per.len() as f64;
+        assert!((v.as_f64().unwrap() - mean).abs() < 1e-12, "bin {b}");
+    }
+    // a support input has no PRTF
+    assert!(inputs[0]["per_pattern"][0].get("prtf").is_none());
     let html = std::fs::read_to_string(report.join("index.html")).unwrap();
     assert!(html.contains("grid_3_rec.png") && html.contains("prtf.png"));
 

@@ -262,7 +262,30 @@ fn paper_script_smoke() {
     ] {
         let r = &p[l]["resolution_of_mean_prtf"];
         assert!(r["pixels"].as_f64().unwrap() >= 2.0, "{l}: {r}");
+        // the bootstrap interval of the mean PRTF's resolution (paper_report.py checks that
+        // its own crossing of the full mean equals evaluate's, or fails)
+        let iv = &p[l]["resolution_interval_px"];
+        let (lo, est, hi) = (
+            iv["low"].as_f64().unwrap(),
+            iv["estimate"].as_f64().unwrap(),
+            iv["high"].as_f64().unwrap(),
+        );
+        assert!(
+            (est - r["pixels"].as_f64().unwrap()).abs() < 1e-9,
+            "{l}: {iv}"
+        );
+        assert!(2.0 <= lo && lo <= est && est <= hi, "{l}: {iv}");
     }
+    let ratio = &p["network_over_circle_shrinkwrap"];
+    let est = ratio["estimate"].as_f64().unwrap();
+    let want = p["network_support"]["resolution_of_mean_prtf"]["pixels"]
+        .as_f64()
+        .unwrap()
+        / p["circle_shrinkwrap"]["resolution_of_mean_prtf"]["pixels"]
+            .as_f64()
+            .unwrap();
+    assert!((est - want).abs() < 1e-9, "{ratio}");
+    assert!(ratio["low"].as_f64().unwrap() <= est && est <= ratio["high"].as_f64().unwrap());
     let sd = js("seeding.json");
     assert_eq!(sd["per_pattern"].as_array().unwrap().len(), 2);
     assert_eq!(sd["aggregate"]["starts"], 3);

@@ -896,7 +896,8 @@ def evaluate(
     array, or a dict with ``objects`` / ``supports`` / ``all_objects``.
 
     The result has ``inputs[i]["per_pattern"]`` (support false positives/negatives,
-    aligned density error, PRTF resolution) and ``inputs[i]["aggregate"]``.
+    aligned density error, PRTF resolution and, with every start, the pattern's PRTF
+    curve) and ``inputs[i]["aggregate"]``.
     """
     if isinstance(truth, (str, os.PathLike)):
         paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)

@@ -327,6 +327,11 @@ pub struct PatternMetrics {
     /// Error of the average of the K aligned starts against the truth.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub average_error: Option<f64>,
+    /// The PRTF of this pattern's K starts by frequency bin (the bins of the input's
+    /// `prtf.frequency`), so that a report can resample the patterns (a bootstrap interval
+    /// of the mean PRTF's resolution) without redoing the alignments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prtf: Option<Vec<f64>>,
     /// Density error of the merged object (`phase --merge`, `entry_1/image_3/data`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merged_error: Option<f64>,
@@ -386,7 +391,7 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
     let n = truth.n();
     let (h, w) = truth.hw();
     let l = h * w;
-    let per: Vec<(PatternMetrics, Option<Vec<f64>>, GalleryItem)> = (0..n)
+    let per: Vec<(PatternMetrics, GalleryItem)> = (0..n)
         .into_par_iter()
         .map(|p| {
             let ideal = truth.support.image(p);
@@ -429,7 +434,7 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
                     .error
             });
             let pixel = truth.pixel_nm.as_ref().map(|v| v[p]);
-            let (mut prtf_resolution, mut average_error, mut curve) = (None, None, None);
+            let (mut prtf_resolution, mut average_error, mut prtf) = (None, None, None);
             if let Some((k, all)) = &input.all_objects {
                 let imgs: Vec<Vec<Complex64>> = (0..*k)
                     .map(|s| align::to_c64(&all[(p * k + s) * l..(p * k + s + 1) * l]))
@@ -437,7 +442,7 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
                 let (c, avg) = metrics::prtf(&imgs, h, w, UPSAMPLE);
                 prtf_resolution = Some(metrics::resolution(&c, pixel));
                 average_error = Some(metrics::density_error(&rho, &avg, h, w, UPSAMPLE).1.error);
-                curve = Some(c.value);
+                prtf = Some(c.value);
             }
             (
                 PatternMetrics {
@@ -448,25 +453,22 @@ pub fn evaluate_input(truth: &Truth, input: &Input, gallery: usize) -> InputEval
                     final_fourier_error,
                     prtf_resolution,
                     average_error,
+                    prtf,
                     merged_error,
                 },
-                curve,
                 gal,
             )
         })
         .collect();
     let mut per_pattern = Vec::with_capacity(n);
-    let mut curves = Vec::new();
     let mut gallery_out = Vec::new();
-    for (m, c, g) in per {
+    for (m, g) in per {
         if m.index < gallery {
             gallery_out.push(g);
         }
         per_pattern.push(m);
-        if let Some(c) = c {
-            curves.push(c);
-        }
     }
+    let curves: Vec<&Vec<f64>> = per_pattern.iter().filter_map(|m| m.prtf.as_ref()).collect();
     let prtf = (!curves.is_empty()).then(|| {
         let nb = curves[0].len();
         let m = h.max(w) as f64;
