@@ -27,6 +27,10 @@
 #                     ITER/5 * (5 HIO + 5 ER), the Fourier error at the end of every ER section
 #        SW_EVERY     shrinkwrap period in iterations (50; the paper does not say)
 #        ORACLE_SIGMA the oracle's blur in pixels (1.5)
+#        SEED_SIGMA   the blur in pixels of the seeding oracle: the true density blurred
+#                     (twin kept) as the starting object, a third row of figure 7 that
+#                     shows how sharp a seed must be (2.5: it passes 2x; the network's
+#                     density sits near 4 px)
 #        PHOTONS      Poisson noise on the phasing set, total photons per pattern (default
 #                     none: noise-free |F|^2 as the paper's data and the network's input)
 #        THREADS      CPU threads (default: every core)
@@ -35,8 +39,8 @@
 #                     scripts/test.sh, else python3)
 # Smoke run (about a minute on 2 cores):
 #   COUNT=40 TRAIN=100 PHASE_COUNT=2 STARTS=3 ITER=250 scripts/paper.sh /tmp/paper-smoke
-# The full run takes 15-35 minutes of 2 cores (35 on a shared machine), most of it
-# phasing: 6 runs of PHASE_COUNT x STARTS x 2 ITER iterations.
+# The full run takes 18-40 minutes of 2 cores (40 on a shared machine), most of it
+# phasing: 7 runs of PHASE_COUNT x STARTS x 2 ITER iterations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 me=paper.sh
@@ -50,6 +54,7 @@ STARTS=${STARTS:-10}
 ITER=${ITER:-10000}
 SW_EVERY=${SW_EVERY:-50}
 ORACLE_SIGMA=${ORACLE_SIGMA:-1.5}
+SEED_SIGMA=${SEED_SIGMA:-2.5}
 PHOTONS=${PHOTONS:-}
 THREADS=${THREADS:-$(nproc)}
 PDB=${PDB:-assets/pdb}
@@ -156,6 +161,11 @@ cdi evaluate --truth "$P/patterns.cxi" --input "$P/autocorrelation.cxi" "$P/circ
 phase random_start --support "$P/circle_support.cxi" --shrinkwrap "$SW15"
 phase network_start --support "$P/circle_support.cxi" --shrinkwrap "$SW15" --init "$P/nn.cxi" \
     --init-noise 0.2
+# the seeding oracle: the true density blurred by SEED_SIGMA px, twin kept, the same noise
+cdi support "$P/patterns.cxi" --method oracle --sigma "$SEED_SIGMA" --twin none \
+    -o "$P/oracle_seed.cxi" --threads "$THREADS"
+phase oracle_start --support "$P/circle_support.cxi" --shrinkwrap "$SW15" \
+    --init "$P/oracle_seed.cxi" --init-noise 0.2
 cdi evaluate --truth "$P/patterns.cxi" --input "$P/random_start.cxi" "$P/network_start.cxi" \
     --report "$D/seeding_report" --threads "$THREADS" > /dev/null
 
@@ -166,7 +176,7 @@ cp "$D/seeding_report/fourier_error_starts.png" "$OUT/seeding_fourier_error.png"
 cp "$D/seeding_report/fourier_error.png" "$OUT/seeding_fourier_error_best.png"
 secs=$(($(date +%s) - t0))
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
-"$PYTHON" scripts/paper_report.py --out "$OUT" --data "$D" --seconds "$secs" \
+"$PYTHON" scripts/paper_report.py --out "$OUT" --data "$D" --seconds "$secs" --seed-sigma "$SEED_SIGMA" \
     --cpu "${cpu:-unknown} ($(nproc) cores visible, $THREADS threads)" \
-    --knobs "COUNT=$COUNT TRAIN=$TRAIN PHASE_COUNT=$PHASE_COUNT STARTS=$STARTS ITER=$ITER SW_EVERY=$SW_EVERY ORACLE_SIGMA=$ORACLE_SIGMA PHOTONS=${PHOTONS:-none} THREADS=$THREADS"
+    --knobs "COUNT=$COUNT TRAIN=$TRAIN PHASE_COUNT=$PHASE_COUNT STARTS=$STARTS ITER=$ITER SW_EVERY=$SW_EVERY ORACLE_SIGMA=$ORACLE_SIGMA SEED_SIGMA=$SEED_SIGMA PHOTONS=${PHOTONS:-none} THREADS=$THREADS"
 step "done: $OUT/summary.md"

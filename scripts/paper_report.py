@@ -329,18 +329,11 @@ def group_bootstrap(values, groups, stat, resamples=BOOTSTRAP_RESAMPLES, seed=13
             "resamples": resamples}
 
 
-def seeding(data, out):
-    P = f"{data}/phasing"
-    runs = {}
-    for name in ("random_start", "network_start"):
-        with h5py.File(f"{P}/{name}.cxi", "r") as f:
-            runs[name] = (f["entry_1/image_1/all_fourier_error"][()].astype(np.float64),
-                          f["entry_1/image_1/all_final_fourier_error"][()].astype(np.float64))
-    meta = load(f"{P}/random_start.json")
-    hr, fr = runs["random_start"]
-    hn, fn = runs["network_start"]
+def compare_seeded(hr, fr, hn, fn, per_record, meta, groups, grouping):
+    """Per pattern and aggregated: the seeded starts (histories hn, finals fn) against the
+    random ones (hr, fr). The keys say "network" for the seeded side (the network's density,
+    or the seeding oracle's under seeding.json's "oracle")."""
     n, k, l = hr.shape
-    per_record = meta["iterations"] / l
     pats = []
     for p in range(n):
         level = float(np.median(fr[p]))
@@ -376,14 +369,6 @@ def seeding(data, out):
     # The verdict's uncertainty: 24 patterns of 7 structures, and a pattern's speed-up swings
     # between 0 (the median network start settles just above the level) and 30x (it starts
     # in the basin), so the median moves a lot between draws; resample the structures.
-    groups, grouping = list(range(n)), "patterns (no structure index in patterns.cxi)"
-    try:
-        with h5py.File(f"{P}/patterns.cxi", "r") as f:
-            si = f["entry_1/sample_1/structure_index"][()]
-        if len(si) == n:
-            groups, grouping = [int(x) for x in si], "structures"
-    except (OSError, KeyError):
-        pass
     ratio = lambda q: q["std_random"] / q["std_network"] if q["std_network"] > 0 else None
     speed_ci = group_bootstrap(pats, groups, lambda ps: median_opt(q["speedup"] for q in ps))
     spread_ci = group_bootstrap(pats, groups, lambda ps: median_opt(ratio(q) for q in ps))
@@ -418,6 +403,41 @@ def seeding(data, out):
         "standard deviation (and IQR) over starts of the final Fourier error; spread ratio = "
         "median over patterns of spread(random) / spread(network)",
     }
+    return pats, agg
+
+
+def phase_errors(path):
+    with h5py.File(path, "r") as f:
+        return (f["entry_1/image_1/all_fourier_error"][()].astype(np.float64),
+                f["entry_1/image_1/all_final_fourier_error"][()].astype(np.float64))
+
+
+def seeding(data, out, seed_sigma=None):
+    P = f"{data}/phasing"
+    hr, fr = phase_errors(f"{P}/random_start.cxi")
+    hn, fn = phase_errors(f"{P}/network_start.cxi")
+    meta = load(f"{P}/random_start.json")
+    n, k, l = hr.shape
+    per_record = meta["iterations"] / l
+    groups, grouping = list(range(n)), "patterns (no structure index in patterns.cxi)"
+    try:
+        with h5py.File(f"{P}/patterns.cxi", "r") as f:
+            si = f["entry_1/sample_1/structure_index"][()]
+        if len(si) == n:
+            groups, grouping = [int(x) for x in si], "structures"
+    except (OSError, KeyError):
+        pass
+    pats, agg = compare_seeded(hr, fr, hn, fn, per_record, meta, groups, grouping)
+    # the seeding oracle (paper.sh's SEED_SIGMA): how sharp a seed must be
+    oracle = None
+    if os.path.exists(f"{P}/oracle_start.cxi"):
+        ho, fo = phase_errors(f"{P}/oracle_start.cxi")
+        opats, oagg = compare_seeded(hr, fr, ho, fo, per_record, meta, groups, grouping)
+        oracle = {"seed_sigma_px": seed_sigma, "aggregate": oagg, "per_pattern": opats}
+        agg["oracle"] = {key: oagg[key] for key in (
+            "speedup_median", "speedup_interval", "spread_ratio_std_median",
+            "spread_ratio_std_interval", "patterns_network_never", "final_network_median")}
+        agg["oracle"]["seed_sigma_px"] = seed_sigma
     f = lambda x, p=1: "-" if x is None else f"{x:.{p}f}"
     g = lambda x: "-" if x is None else f"{x:.3g}"
     rows = [
@@ -453,6 +473,14 @@ def seeding(data, out):
         f"- final Fourier error (median over starts, then over patterns): "
         f"{g(agg['final_random_median'])} random, {g(agg['final_network_median'])} "
         "network-seeded",
+        *([] if oracle is None else [
+            f"- the seeding oracle (the true density blurred by {oracle['seed_sigma_px']} px, twin "
+            "kept, the same 20 % noise: how sharp a seed must be): "
+            f"**{ci_opt(oracle['aggregate']['speedup_interval'])}x** sooner (its starts never at "
+            f"the level in {oracle['aggregate']['patterns_network_never']} patterns), spread "
+            f"ratio **{ci_opt(oracle['aggregate']['spread_ratio_std_interval'])}x**, final "
+            f"Fourier error {g(oracle['aggregate']['final_network_median'])} (per pattern in "
+            "seeding.json's \"oracle\")"]),
         "",
         "| pattern | level | iterations random | iterations network | speed-up | random starts reaching | network starts reaching | std random | std network | IQR random | IQR network |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -468,7 +496,10 @@ def seeding(data, out):
         "",
     ]
     write(f"{out}/seeding.md", "\n".join(md))
-    write_json(f"{out}/seeding.json", json_safe({"aggregate": agg, "per_pattern": pats}))
+    js = {"aggregate": agg, "per_pattern": pats}
+    if oracle is not None:
+        js["oracle"] = oracle
+    write_json(f"{out}/seeding.json", json_safe(js))
     return agg
 
 
@@ -494,6 +525,9 @@ def summary(out, data, sup, pr, seed, args):
     ok_speed = sp is not None and sp >= 2.0  # inf (random starts never there) passes
     sr = seed["spread_ratio_std_median"]
     ok_spread = sr is not None and sr > 1.0
+    so = seed.get("oracle")
+    so_ok = bool(so) and so["speedup_median"] is not None and so["speedup_median"] >= 2.0 \
+        and so["spread_ratio_std_median"] is not None and so["spread_ratio_std_median"] > 1.0
     f = lambda x, p=2: "-" if x is None else f"{x:.{p}f}"
     model = "?"
     try:
@@ -510,6 +544,9 @@ def summary(out, data, sup, pr, seed, args):
         f"| PRTF resolution, network's support | close to shrinkwrap | {res_text(rn)}{ratio_text} | within 10 % of circle + shrinkwrap | {verdict(ok_res)}{' (both at the Nyquist limit: see the outer-half PRTF in prtf.md)' if at_limit else ''} |",
         f"| PRTF resolution, autocorrelation / circle | lower | {res_text(r('autocorrelation'))} / {res_text(r('circle'))} | - | - |",
         f"| network-seeded: iterations to the random starts' level | 'notable speed improvement' (figure 7) | {ci_opt(seed['speedup_interval'])}x sooner | >= 2x | {verdict(ok_speed)} |",
+        (f"| seeding oracle (truth blurred {so['seed_sigma_px']} px, twin kept): speed-up / spread ratio | - | "
+         f"{ci_opt(so['speedup_interval'])}x / {ci_opt(so['spread_ratio_std_interval'])}x | (how sharp a seed must be) | "
+         f"{'both targets met' if so_ok else 'not both met'} |") if so else "",
         f"| spread of final errors, random / network-seeded (std) | 'large variance' with random starts | {ci_opt(seed['spread_ratio_std_interval'])}x | > 1 (smaller with the network) | {verdict(ok_spread)} |",
         f"| final Fourier error, random / network-seeded (median) | - | {seed['final_random_median']:.4f} / {seed['final_network_median']:.4f} | - | - |",
     ]
@@ -566,10 +603,12 @@ def main():
     ap.add_argument("--seconds", required=True)
     ap.add_argument("--cpu", required=True)
     ap.add_argument("--knobs", required=True)
+    ap.add_argument("--seed-sigma", type=float, default=None,
+                    help="the seeding oracle's blur in pixels (paper.sh's SEED_SIGMA)")
     args = ap.parse_args()
     sup = supports(args.data, args.out)
     pr = prtf(args.data, args.out)
-    seed = seeding(args.data, args.out)
+    seed = seeding(args.data, args.out, args.seed_sigma)
     summary(args.out, args.data, sup, pr, seed, args)
 
 

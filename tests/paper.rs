@@ -311,11 +311,30 @@ fn paper_script_smoke() {
             .contains("95 % percentile bootstrap over the structures"),
         "seeding.md names its interval"
     );
+    // the seeding oracle: the truth blurred by SEED_SIGMA (2.5 px), phased as a third row
+    let o = &sd["oracle"];
+    assert_eq!(o["seed_sigma_px"], 2.5, "{o}");
+    assert_eq!(o["per_pattern"].as_array().unwrap().len(), 2);
+    assert_eq!(o["aggregate"]["starts"], 3);
+    assert!(o["aggregate"]["speedup_interval"].is_object(), "{o}");
+    assert_eq!(
+        sd["aggregate"]["oracle"]["speedup_median"],
+        o["aggregate"]["speedup_median"]
+    );
+    let cmds = std::fs::read_to_string(out.join("data/commands.txt")).unwrap();
+    assert!(
+        cmds.contains("--method oracle --sigma 2.5 --twin none"),
+        "{cmds}"
+    );
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
     let verdicts = summary.matches("**PASS**").count() + summary.matches("**FAIL**").count();
     assert_eq!(verdicts, 5, "{summary}");
     assert!(
         summary.contains("cdiphase simulate --preset paper"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("seeding oracle (truth blurred 2.5 px, twin kept)"),
         "{summary}"
     );
     // a bad knob: a clear message, non-zero exit
