@@ -129,6 +129,10 @@ cdi support "$D/test.cxi" --method oracle --sigma "$ORACLE_SIGMA" -o "$S/oracle.
 cdi evaluate --truth "$D/test.cxi" --input "$S/network.cxi" "$S/autocorrelation.cxi" \
     "$S/triple_intersection.cxi" "$S/mean_image.cxi" "$S/oracle.cxi" \
     --report "$D/supports_report" --threads "$THREADS" > /dev/null
+# the network's density itself (the predict output: its support is network.cxi's), against
+# the truth after the best shift, twin and scale, beside the mean image's and the oracle's
+cdi evaluate --truth "$D/test.cxi" --input "$D/test_nn.cxi" \
+    --report "$D/density_report" --threads "$THREADS" > /dev/null
 
 step "phasing set: $PHASE_COUNT held-out patterns; network output; circle of the maximum extent"
 P="$D/phasing"

@@ -87,17 +87,33 @@ def ci_opt(iv, p=2):
 
 def supports(data, out):
     m = load(f"{data}/supports_report/metrics.json")
+    # the network's density (the predict output, evaluated on its own): its support must be
+    # the one `support --method nn` wrote, or the two tables describe different outputs
+    d = load(f"{data}/density_report/metrics.json")
+    [net_out] = d["inputs"]
+    dens = {i["label"]: i["aggregate"]["density_error"] for i in m["inputs"]}
+    dens["network"] = net_out["aggregate"]["density_error"]
+    for i in m["inputs"]:
+        if i["label"] == "network":
+            a, b = i["aggregate"]["support_summary"], net_out["aggregate"]["support_summary"]
+            if (a["fn_below_2"], a["fp_mean"]) != (b["fn_below_2"], b["fp_mean"]):
+                sys.exit("paper_report: the predict output's supports differ from `support "
+                         f"--method nn`'s: {b['fn_below_2']}/{b['fp_mean']} against "
+                         f"{a['fn_below_2']}/{a['fp_mean']}")
     rows, js = [], {}
     groups = None
     for i in m["inputs"]:
-        s = i["aggregate"]["support_summary"]
+        s = dict(i["aggregate"]["support_summary"])
+        de = dens.get(i["label"])
+        s["density_error_median"] = de["median"] if de else None
         groups = s["groups"]
         js[i["label"]] = s
         rows.append(
             f"| {SUPPORT_LABELS.get(i['label'], i['label'])} | {ci(s['fn_below_2'], '{:.1f}', 100)} | "
             f"{ci(s['fn_at_most_2'], '{:.1f}', 100)} | {ci(s['fp_mean'])} | {ci(s['fp_median'])} | "
             f"{ci(s['fp_over_ideal_mean'], '{:.2f}')} | {ci(s['fn_mean'], '{:.1f}')} | "
-            f"{s['ideal_size_median']:.0f} | {s['estimate_size_median']:.0f} |")
+            f"{s['ideal_size_median']:.0f} | {s['estimate_size_median']:.0f} | "
+            f"{num_opt(s['density_error_median'], 3)} |")
     n = m["patterns"]
     md = [
         "# Supports against the ideal support (the paper's protocol, section 4)",
@@ -105,10 +121,13 @@ def supports(data, out):
         f"{n} patterns of the held-out structures ({groups} structures), `--preset paper` "
         "(128x128, 0.2333 nm pixels, 3.5 Å), ideal support = ground truth > 10 % of its "
         "maximum. FN and FP after the translation and twin of largest overlap. Brackets: 95 % "
-        "percentile bootstrap over the structures (2,000 resamples). Shares in %.",
+        "percentile bootstrap over the structures (2,000 resamples). Shares in %. Density "
+        "error: `evaluate`'s ||a x - truth|| / ||truth|| after the best (subpixel) shift, twin "
+        "and scale a, median over the patterns, of the image behind the support (the network's "
+        "output, the mean image, the blurred truth); '-' where a method has none.",
         "",
-        "| support | FN < 2 | FN <= 2 | mean FP | median FP | mean FP / ideal | mean FN | ideal px (median) | estimate px (median) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| support | FN < 2 | FN <= 2 | mean FP | median FP | mean FP / ideal | mean FN | ideal px (median) | estimate px (median) | density error (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"The paper: {PAPER['supports']}",
@@ -509,6 +528,9 @@ def verdict(ok):
 
 def summary(out, data, sup, pr, seed, args):
     net, orc = sup.get("network"), sup.get("oracle")
+    mean_err = (sup.get("mean_image") or {}).get("density_error_median")
+    beats_mean = (net["density_error_median"] is not None and mean_err is not None
+                  and net["density_error_median"] < mean_err)
     fnb = net["fn_below_2"]
     fpm = net["fp_mean"]
     ok_fn = fnb["estimate"] >= 0.9
@@ -540,6 +562,11 @@ def summary(out, data, sup, pr, seed, args):
         f"| network supports with FN < 2 | over 90 % | {ci(fnb, '{:.1f}', 100)} % | >= 90 % | {verdict(ok_fn)} |",
         f"| network supports, mean FP | 230 | {ci(fpm)} | <= 230 | {verdict(ok_fp)} |",
         f"| oracle (ceiling of a network): FN < 2 / mean FP | - | {ci(orc['fn_below_2'], '{:.1f}', 100)} % / {ci(orc['fp_mean'])} | (reachability) | {'reachable' if orc_ok else 'unreachable at this blur'} |" if orc else "",
+        (f"| density error of the network's output (median; beside it the training-set mean image's / the oracle's) | "
+         f"'low-resolution estimates' | {num_opt(net['density_error_median'], 3)} (mean image "
+         f"{num_opt((sup.get('mean_image') or {}).get('density_error_median'), 3)} / oracle "
+         f"{num_opt((orc or {}).get('density_error_median'), 3)}) | - | "
+         f"{'below the mean image' if beats_mean else 'not below the mean image: the density says no more than the average particle'} |"),
         f"| PRTF resolution, circle + shrinkwrap | the highest (figure 5) | {res_text(rc)} | - | - |",
         f"| PRTF resolution, network's support | close to shrinkwrap | {res_text(rn)}{ratio_text} | within 10 % of circle + shrinkwrap | {verdict(ok_res)}{' (both at the Nyquist limit: see the outer-half PRTF in prtf.md)' if at_limit else ''} |",
         f"| PRTF resolution, autocorrelation / circle | lower | {res_text(r('autocorrelation'))} / {res_text(r('circle'))} | - | - |",

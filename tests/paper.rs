@@ -253,6 +253,21 @@ fn paper_script_smoke() {
     ] {
         assert!(labels.iter().any(|k| *k == l), "{l} missing in {labels:?}");
     }
+    // the density error of the image behind each support: the network's output (its own
+    // evaluate run, whose supports the report checks against `support --method nn`'s), the
+    // mean image and the blurred truth have one; the autocorrelation has none
+    for l in ["network", "mean_image", "oracle"] {
+        let e = s["inputs"][l]["density_error_median"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{l}: no density error\n{}", s["inputs"][l]));
+        assert!(e > 0.0 && e < 2.0, "{l}: density error {e}");
+    }
+    assert!(s["inputs"]["autocorrelation"]["density_error_median"].is_null());
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("density error of the network's output"),
+        "{summary}"
+    );
     let p = js("prtf.json");
     for l in [
         "autocorrelation",
