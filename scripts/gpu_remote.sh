@@ -69,7 +69,7 @@ if [ "${TRAIN:-0}" = 1 ] || [ -e "$here/TRAIN" ]; then
         bash "$root/tools/keras/gpu_train.sh" > "$T/gpu_train.log" 2>&1
     echo "gpu_train.sh rc=$?" >> "$T/gpu_train.log"
     tail -5 "$T/gpu_train.log"
-    tar -czf "$OUT/train.tar.gz" -C "$WORK" --exclude='train/data' --exclude='train/run/.cache' \
+    tar -czf "$OUT/train.tar.gz" -C "$WORK" --exclude='train/data' --exclude='train/run/.cache' --exclude='train/stage1/.cache' \
         --exclude='*.cxi' --exclude='*.safetensors' --exclude='*.keras' --exclude='*.h5' train
 fi
 ls -la "$OUT"
