@@ -564,7 +564,7 @@ def summary(out, data, sup, pr, seed, args):
         f"| oracle (ceiling of a network): FN < 2 / mean FP | - | {ci(orc['fn_below_2'], '{:.1f}', 100)} % / {ci(orc['fp_mean'])} | (reachability) | {'reachable' if orc_ok else 'unreachable at this blur'} |" if orc else "",
         (f"| density error of the network's output (median; beside it the training-set mean image's / the oracle's) | "
          f"'low-resolution estimates' | {num_opt(net['density_error_median'], 3)} (mean image "
-         f"{num_opt((sup.get('mean_image') or {}).get('density_error_median'), 3)} / oracle "
+         f"{num_opt(mean_err, 3)} / oracle "
          f"{num_opt((orc or {}).get('density_error_median'), 3)}) | - | "
          f"{'below the mean image' if beats_mean else 'not below the mean image: the density says no more than the average particle'} |"),
         f"| PRTF resolution, circle + shrinkwrap | the highest (figure 5) | {res_text(rc)} | - | - |",
