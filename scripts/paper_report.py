@@ -93,16 +93,13 @@ def supports(data, out):
     [net_out] = d["inputs"]
     dens = {i["label"]: i["aggregate"]["density_error"] for i in m["inputs"]}
     dens["network"] = net_out["aggregate"]["density_error"]
-    for i in m["inputs"]:
-        if i["label"] == "network":
-            # the point estimates: the bootstrap intervals depend on the resampling too
-            a, b = i["aggregate"]["support_summary"], net_out["aggregate"]["support_summary"]
-            ea = (a["fn_below_2"]["estimate"], a["fp_mean"]["estimate"])
-            eb = (b["fn_below_2"]["estimate"], b["fp_mean"]["estimate"])
-            if ea != eb:
-                sys.exit("paper_report: the predict output's supports differ from `support "
-                         f"--method nn`'s: FN < 2 / mean FP {eb[0]}/{eb[1]} against "
-                         f"{ea[0]}/{ea[1]}")
+    # the point estimates: the bootstrap intervals depend on the resampling too
+    point = lambda inp: tuple(inp["aggregate"]["support_summary"][k]["estimate"]
+                              for k in ("fn_below_2", "fp_mean"))
+    [net_sup] = [i for i in m["inputs"] if i["label"] == "network"]
+    if point(net_sup) != point(net_out):
+        sys.exit("paper_report: the predict output's supports differ from `support --method "
+                 f"nn`'s: FN < 2 / mean FP {point(net_out)} against {point(net_sup)}")
     rows, js = [], {}
     groups = None
     for i in m["inputs"]:
