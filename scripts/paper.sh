@@ -19,9 +19,10 @@
 #        MODEL        a model file for predict --model (default: the bundled model)
 #        COUNT        held-out test patterns for the support table (1000, as the paper)
 #        TRAIN        training-structure patterns for the mean image (2000)
-#        PHASE_COUNT  held-out patterns phased (24: each of the 7 held-out structures
-#                     3-4 times in other orientations; with 8 the seeding verdicts
-#                     flipped between noise draws of the same configuration)
+#        PHASE_COUNT  held-out patterns phased (48: each of the 7 held-out structures
+#                     6-7 times in other orientations; with 8 the seeding verdicts
+#                     flipped between noise draws of the same configuration, and on 24
+#                     two models that seed alike on 48 scored 1.59x and 2.47x)
 #        STARTS       random starts per pattern and starting support (10, as the paper)
 #        ITER         HIO iterations (10000, as the paper); the schedule is
 #                     ITER/5 * (5 HIO + 5 ER), the Fourier error at the end of every ER section
@@ -39,7 +40,7 @@
 #                     scripts/test.sh, else python3)
 # Smoke run (about a minute on 2 cores):
 #   COUNT=40 TRAIN=100 PHASE_COUNT=2 STARTS=3 ITER=250 scripts/paper.sh /tmp/paper-smoke
-# The full run takes 18-40 minutes of 2 cores (40 on a shared machine), most of it
+# The full run takes about 35 minutes of 2 cores (more on a shared machine), most of it
 # phasing: 7 runs of PHASE_COUNT x STARTS x 2 ITER iterations.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,7 @@ BIN=${BIN:-target/release/cdiphase}
 MODEL=${MODEL:-}
 COUNT=${COUNT:-1000}
 TRAIN=${TRAIN:-2000}
-PHASE_COUNT=${PHASE_COUNT:-24}
+PHASE_COUNT=${PHASE_COUNT:-48}
 STARTS=${STARTS:-10}
 ITER=${ITER:-10000}
 SW_EVERY=${SW_EVERY:-50}
