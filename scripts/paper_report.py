@@ -385,9 +385,10 @@ def compare_seeded(hr, fr, hn, fn, per_record, meta, groups, grouping):
 
     ratios_std = [q["std_random"] / q["std_network"] for q in pats if q["std_network"] > 0]
     ratios_iqr = [q["iqr_random"] / q["iqr_network"] for q in pats if q["iqr_network"] > 0]
-    # The verdict's uncertainty: 48 patterns of 7 structures (paper.sh's default), and a pattern's speed-up swings
-    # between 0 (the median network start settles just above the level) and 30x (it starts
-    # in the basin), so the median moves a lot between draws; resample the structures.
+    # The verdict's uncertainty: 48 patterns of 7 structures (paper.sh's default), and a
+    # pattern's speed-up swings between 0 (the median network start settles just above the
+    # level) and 30x (it starts in the basin), so the median moves a lot between draws;
+    # resample the structures.
     ratio = lambda q: q["std_random"] / q["std_network"] if q["std_network"] > 0 else None
     speed_ci = group_bootstrap(pats, groups, lambda ps: median_opt(q["speedup"] for q in ps))
     spread_ci = group_bootstrap(pats, groups, lambda ps: median_opt(ratio(q) for q in ps))
