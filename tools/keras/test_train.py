@@ -18,6 +18,12 @@ on 2 cores). Not part of CI, which has no TensorFlow.
    with h5py alone matches Keras to 1e-5.
 4. The twin-invariant loss scores the centrosymmetric twin (i -> (H - i) mod H, 9x14) of
    the target exactly like the target itself.
+5. --init-from: a converted model's weights load; wrong architecture and truncated files
+   are refused.
+6. --twin-target canonical: the rule's third moment against a float64 loop over the pixels
+   (odd, non-square sizes), exactly one twin of each pair kept, the cached targets and
+   supports equal the stored ones or their twins as the rule says, and the option is
+   refused beside --twin-invariant.
 """
 
 from __future__ import annotations
@@ -256,6 +262,49 @@ def main():
                  "cut.safetensors", "does not fit")
     print(f"ok  --init-from: Keras outputs equal the converted model's ({e:.1e}); "
           "wrong architecture and truncated files refused")
+
+    print("6. --twin-target canonical")
+    rng = np.random.default_rng(11)
+    for (h_, w_) in ((9, 14), (17, 17), (31, 24)):
+        y6 = np.zeros((40, h_, w_))
+        y6[:, 2:h_ - 2, 2:w_ - 2] = rng.random((40, h_ - 4, w_ - 4)) ** 3
+        for ang in (0.0, 150.0):
+            fl = train.canonical_flip(y6, ang)
+            # float64 loop reference of sum rho |r - c|^2 (r - c).u
+            u = (np.cos(np.deg2rad(ang)), np.sin(np.deg2rad(ang)))
+            for k in range(0, 40, 7):
+                d = y6[k]
+                m0 = d.sum()
+                ci = sum(i * d[i, j] for i in range(h_) for j in range(w_)) / m0
+                cj = sum(j * d[i, j] for i in range(h_) for j in range(w_)) / m0
+                v = sum(d[i, j] * ((i - ci) ** 2 + (j - cj) ** 2) * ((j - cj) * u[0] + (i - ci) * u[1])
+                        for i in range(h_) for j in range(w_))
+                assert fl[k] == (v < 0), (h_, w_, ang, k, v)
+            z = y6.copy()
+            z[fl] = train.flip_twin(y6[fl])
+            assert not train.canonical_flip(z, ang).any()
+            assert train.canonical_flip(train.flip_twin(z), ang).all()
+            assert 0 < fl.sum() < len(fl)
+    info = train.inspect_file(good, True)
+    keys = train.pattern_keys(info[3], 0)
+    arrs = train.build_cache([good], [info], {k: "train" for k in keys},
+                             os.path.join(tmp, "ccache"), "max", False, 16, 150.0)
+    yc = np.asarray(arrs["train"][1])[..., 0]
+    sc = np.asarray(arrs["train"][2])[..., 0]
+    with h5py.File(good, "r") as f:
+        d = np.abs(f["entry_1/sample_1/density"][()].astype(np.float64))
+        s0 = f["entry_1/sample_1/support"][()] != 0
+    d /= d.reshape(len(d), -1).max(1)[:, None, None]
+    fl = train.canonical_flip(d, 150.0)
+    assert 0 < fl.sum() < len(fl)
+    want = np.where(fl[:, None, None], train.flip_twin(d), d)
+    assert np.max(np.abs(yc - want)) <= 1e-6
+    assert np.array_equal(sc != 0, np.where(fl[:, None, None], train.flip_twin(s0), s0))
+    assert not train.canonical_flip(yc, 150.0).any()
+    expect_error(["--data", good, "--out", os.path.join(tmp, "o6"), "--twin-target", "canonical",
+                  "--twin-invariant"], "canonical", "twin-invariant")
+    print(f"ok  canonical twin: {int(fl.sum())} of {len(fl)} cached targets and supports "
+          "replaced by their twins, as the float64 rule says")
     print("all checks passed")
 
 

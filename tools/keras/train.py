@@ -41,6 +41,11 @@ Losses (y = target, yh = network output, s = ideal support in {0,1}, per pattern
   --twin-invariant: per pattern, the minimum of the loss against y and against its
            centrosymmetric twin y(-r) (centred arrays: index i -> (H - i) mod H), since an
            intensity pattern cannot tell them apart. Off by default (the paper did not).
+  --twin-target canonical: instead, every target (and support) is replaced by the twin
+           whose first-harmonic third moment along --canonical-angle, sum rho |r - c|^2
+           (r - c).u, is >= 0; a plain loss then asks for one twin fixed by the pattern,
+           where the minimum leaves the network free to blend the two (NOTES.md, "A
+           canonical twin").
   The batch loss is the mean over patterns.
 
 Outputs in --out: model.keras, model.h5 (best validation weights, early stopping with
@@ -182,8 +187,41 @@ def make_split(keys_all, seed: int, test_fraction: float, val_fraction: float,
     return role, test, val
 
 
+def canonical_flip(y, angle_deg: float = 0.0):
+    """Which patterns' targets to replace by their centrosymmetric twin so that every
+    target is the twin whose first-harmonic third moment along the direction u at
+    angle_deg from the x axis (columns) towards y (rows), sum rho |r - c|^2 (r - c).u
+    with c the centroid, is >= 0. Central odd moments change sign under the twin, so
+    exactly one of the pair meets the rule (ties kept); the rule is a function of the
+    pattern's twin pair, i.e. of the pattern. y: (n, H, W[, 1]) non-negative, centred
+    (zero at the borders). Returns bool (n,)."""
+    import numpy as np
+
+    d = np.asarray(y, dtype=np.float64).reshape(y.shape[0], y.shape[1], y.shape[2])
+    n, h, w = d.shape
+    ii, jj = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64),
+                         indexing="ij")
+    m0 = d.sum(axis=(1, 2))
+    m0 = np.where(m0 > 0, m0, 1.0)
+    ci = (d * ii).sum(axis=(1, 2)) / m0
+    cj = (d * jj).sum(axis=(1, 2)) / m0
+    di = ii[None] - ci[:, None, None]
+    dj = jj[None] - cj[:, None, None]
+    a = np.deg2rad(angle_deg)
+    v = (d * (di * di + dj * dj) * (np.cos(a) * dj + np.sin(a) * di)).sum(axis=(1, 2))
+    return v < 0
+
+
+def flip_twin(a):
+    """The centrosymmetric twin of centred arrays (n, H, W[, C]): index i -> (H - i) mod H
+    on both image axes, as the twin-invariant loss's flip."""
+    import numpy as np
+
+    return np.roll(a[:, ::-1, ::-1], (1, 1), axis=(1, 2))
+
+
 def build_cache(files, infos, role_of, cache: str, preprocessing: str, use_mask: bool,
-                chunk: int):
+                chunk: int, canonical=None):
     """Preprocess every pattern into memory-mapped arrays per split. Returns
     {split: (x, y, s)} of np.memmap, x/y float32 (n,H,W,1), s uint8 (n,H,W,1)."""
     import h5py
@@ -238,6 +276,10 @@ def build_cache(files, infos, role_of, cache: str, preprocessing: str, use_mask:
                     s = (f[SUPPORT][a:b] != 0).astype(np.uint8)[..., None]
                 else:
                     s = (y > 0.025).astype(np.uint8)
+                if canonical is not None:
+                    fl = canonical_flip(y, canonical)
+                    y[fl] = flip_twin(y[fl])
+                    s[fl] = flip_twin(s[fl])
                 rr = roles[fi][a:b]
                 for k in arrays:
                     sel = rr == k
@@ -468,6 +510,14 @@ def parse_args(argv=None):
     p.add_argument("--support-temperature", type=float, default=0.02, help="tau")
     p.add_argument("--support-weight", type=float, default=0.1, help="lambda of mse+support")
     p.add_argument("--twin-invariant", action="store_true")
+    p.add_argument("--twin-target", choices=("as-stored", "canonical"), default="as-stored",
+                   help="canonical: every target replaced by the twin whose third moment "
+                   "sum rho |r - c|^2 (x - c_x) is >= 0, a twin fixed by the pattern (plain "
+                   "loss, not with --twin-invariant)")
+    p.add_argument("--canonical-angle", type=float, default=0.0,
+                   help="the direction u of --twin-target canonical, degrees from x towards y "
+                   "(orientations are random, so any is as learnable; pick the one a "
+                   "twin-invariant network to fine-tune already prefers)")
     p.add_argument("--test-fraction", type=float, default=0.15,
                    help="share of the distinct PDB structures held out for testing")
     p.add_argument("--test-structures", default=None,
@@ -507,6 +557,8 @@ def parse_args(argv=None):
         p.error("--test-fraction must be in [0,1) and --val-fraction in (0,1)")
     if a.epochs < 1 or a.batch < 1 or a.chunk < 1:
         p.error("--epochs, --batch and --chunk must be positive")
+    if a.twin_target == "canonical" and a.twin_invariant:
+        p.error("--twin-target canonical fixes the twin: the twin-invariant loss would undo it")
     return a
 
 
@@ -616,7 +668,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         arrays = build_cache(args.data, infos, role_of, cache, args.preprocessing,
-                             args.use_mask, args.chunk)
+                             args.use_mask, args.chunk,
+                             args.canonical_angle if args.twin_target == "canonical" else None)
     except DataError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         shutil.rmtree(cache, ignore_errors=True)
@@ -686,6 +739,8 @@ def main(argv=None) -> int:
         "support_threshold": args.support_threshold,
         "support_temperature": args.support_temperature,
         "support_weight": args.support_weight, "twin_invariant": args.twin_invariant,
+        **({} if args.twin_target == "as-stored" else
+           {"twin_target": args.twin_target, "canonical_angle": args.canonical_angle}),
         "seed": args.seed, "preprocessing": args.preprocessing, "use_mask": args.use_mask,
         "split": [n_split, args.test_structures, args.test_fraction, args.val_fraction],
         "backend": backend,
@@ -872,7 +927,9 @@ def main(argv=None) -> int:
                      "support_threshold": args.support_threshold,
                      "support_temperature": args.support_temperature,
                      "support_weight": args.support_weight,
-                     "twin_invariant": args.twin_invariant, "optimizer": "Adam",
+                     "twin_invariant": args.twin_invariant,
+                     "twin_target": args.twin_target,
+                     "canonical_angle": args.canonical_angle, "optimizer": "Adam",
                      "init_from": None if args.init_from is None else {
                          "path": os.path.basename(args.init_from),
                          "sha256": sha256_file(args.init_from)},
