@@ -17,7 +17,9 @@ on 2 cores). Not part of CI, which has no TensorFlow.
    differs; the numpy float64 forward pass (numpy_ref.py) on the weights read from model.h5
    with h5py alone matches Keras to 1e-5.
 4. The twin-invariant loss scores the centrosymmetric twin (i -> (H - i) mod H, 9x14) of
-   the target exactly like the target itself.
+   the target exactly like the target itself; mse+phase's phase term (the output with the
+   target's Fourier modulus, against the target) matches float64 numpy and is 0 for an
+   output with the target's phases.
 5. --init-from: a converted model's weights load; wrong architecture and truncated files
    are refused.
 6. --twin-target canonical: the rule's third moment against a float64 loop over the pixels
@@ -228,6 +230,23 @@ def main():
     lm, _ = train.make_losses(ops, "mse", 10.0, 0.1, 0.02, 0.1, True)
     assert float(lm(packed, twin)) <= 1e-12
     print("ok  twin-invariant loss: the twin scores as the target itself")
+
+    # mse+phase: the phase term against float64 numpy; an output with the target's phases
+    # (the target scaled) adds nothing to the plain MSE
+    lph, _ = train.make_losses(ops, "mse+phase", 10.0, 0.1, 0.02, 0.1, False, 2.0)
+    lpl, _ = train.make_losses(ops, "mse", 10.0, 0.1, 0.02, 0.1, False)
+    o6 = rng.random((2, 9, 14, 1)).astype(np.float32)
+    fo = np.fft.fft2(o6[..., 0].astype(np.float64))
+    fx = np.fft.fft2(yt[..., 0].astype(np.float64))
+    proj = np.real(np.fft.ifft2(np.abs(fx) * fo / np.abs(fo)))
+    want = np.mean(((o6 - yt) ** 2).mean(axis=(1, 2, 3))
+                   + 2.0 * ((proj - yt[..., 0]) ** 2).mean(axis=(1, 2)))
+    got = float(lph(packed, o6))
+    assert abs(got - want) <= 1e-4 * want, (got, want)
+    scaled = 3.0 * yt
+    d = float(lph(packed, scaled)) - float(lpl(packed, scaled))
+    assert abs(d) <= 1e-5 * float(lpl(packed, scaled)), d
+    print(f"ok  mse+phase: the phase term matches float64 numpy ({got:.6g} against {want:.6g})")
 
     print("5. --init-from")
     st_path = os.path.join(tmp, "r1.safetensors")

@@ -38,6 +38,9 @@ Losses (y = target, yh = network output, s = ideal support in {0,1}, per pattern
            The paper normalises by the output summed over S; the true density summed over
            S is used here so the loss cannot be lowered by inflating the output.
   mse+support  mse + lambda * support (lambda --support-weight, default 0.1, not tuned).
+  mse+phase    mse + w * the MSE of the output after its Fourier modulus is replaced by the
+           target's (w --phase-weight): the phases a seed hands to phasing, whose first
+           modulus projection discards its amplitudes (NOTES.md, "A canonical twin").
   --twin-invariant: per pattern, the minimum of the loss against y and against its
            centrosymmetric twin y(-r) (centred arrays: index i -> (H - i) mod H), since an
            intensity pattern cannot tell them apart. Off by default (the paper did not).
@@ -320,7 +323,7 @@ def conv_flops(model) -> int:
 
 
 def make_losses(ops, kind: str, gamma: float, theta: float, tau: float, lam: float,
-                twin: bool):
+                twin: bool, phase_weight: float = 1.0):
     """Loss on y_true packed as (..., 2): channel 0 the target, channel 1 the support.
     Written with `keras.ops` (passed as `ops`), so it runs on every Keras backend
     (TensorFlow here, torch or JAX on a GPU machine)."""
@@ -340,11 +343,25 @@ def make_losses(ops, kind: str, gamma: float, theta: float, tau: float, lam: flo
         norm = ops.sum(s * y, axis=(1, 2, 3)) + 1e-6
         return (fp + gamma * fn) / norm
 
+    def phase(y, yh):
+        # the output after its Fourier modulus is replaced by the target's (what the first
+        # modulus projection of phasing keeps of a seed: its phases), against the target;
+        # by Parseval sum_q |Y(q)|^2 |e^(i phi_out) - e^(i phi_target)|^2 / (H W)^2 per pixel
+        a = y[..., 0]
+        b = yh[..., 0]
+        xr, xi = ops.fft2((a, ops.zeros_like(a)))
+        yr, yi = ops.fft2((b, ops.zeros_like(b)))
+        g = ops.sqrt(xr * xr + xi * xi) / ops.sqrt(yr * yr + yi * yi + 1e-6)
+        pr, _ = ops.ifft2((g * yr, g * yi))
+        return ops.mean(ops.square(pr - a), axis=(1, 2))
+
     def per_pattern(y, s, yh):
         if kind == "mse":
             return mse(y, yh)
         if kind == "support":
             return sup(y, s, yh)
+        if kind == "mse+phase":
+            return mse(y, yh) + phase_weight * phase(y, yh)
         return mse(y, yh) + lam * sup(y, s, yh)
 
     def loss(y_true, y_pred):
@@ -504,7 +521,10 @@ def parse_args(argv=None):
     p.add_argument("--preprocessing", choices=("max", "log1p-max"), default="max")
     p.add_argument("--use-mask", action="store_true",
                    help="set masked pixels (detector mask nonzero) to 0 in the input")
-    p.add_argument("--loss", choices=("mse", "support", "mse+support"), default="mse")
+    p.add_argument("--loss", choices=("mse", "support", "mse+support", "mse+phase"),
+                   default="mse")
+    p.add_argument("--phase-weight", type=float, default=1.0,
+                   help="weight of the phase term of mse+phase")
     p.add_argument("--fn-weight", type=float, default=10.0, help="gamma of the support loss")
     p.add_argument("--support-threshold", type=float, default=0.1, help="theta")
     p.add_argument("--support-temperature", type=float, default=0.02, help="tau")
@@ -723,7 +743,8 @@ def main(argv=None) -> int:
     flops = conv_flops(model)
     loss, target_mse = make_losses(keras.ops, args.loss, args.fn_weight,
                                    args.support_threshold, args.support_temperature,
-                                   args.support_weight, args.twin_invariant)
+                                   args.support_weight, args.twin_invariant,
+                                   args.phase_weight)
     model.compile(optimizer=keras.optimizers.Adam(args.lr), loss=loss, metrics=[target_mse])
     print(f"model {model.name}: width {args.width}, {model.count_params():,} parameters, "
           f"{flops / 1e9:.3f} GFLOP forward per pattern", flush=True)
@@ -739,6 +760,7 @@ def main(argv=None) -> int:
         "support_threshold": args.support_threshold,
         "support_temperature": args.support_temperature,
         "support_weight": args.support_weight, "twin_invariant": args.twin_invariant,
+        **({"phase_weight": args.phase_weight} if args.loss == "mse+phase" else {}),
         **({} if args.twin_target == "as-stored" else
            {"twin_target": args.twin_target, "canonical_angle": args.canonical_angle}),
         "seed": args.seed, "preprocessing": args.preprocessing, "use_mask": args.use_mask,
@@ -928,7 +950,7 @@ def main(argv=None) -> int:
                      "support_temperature": args.support_temperature,
                      "support_weight": args.support_weight,
                      "twin_invariant": args.twin_invariant,
-                     "twin_target": args.twin_target,
+                     "phase_weight": args.phase_weight, "twin_target": args.twin_target,
                      "canonical_angle": args.canonical_angle, "optimizer": "Adam",
                      "init_from": None if args.init_from is None else {
                          "path": os.path.basename(args.init_from),
