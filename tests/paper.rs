@@ -365,6 +365,63 @@ fn paper_script_smoke() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("ITER 12 must be a multiple of 5"));
 }
 
+/// `paper_report.starts_bootstrap` (the seeding interval that resamples the starts too):
+/// its reach times equal `reached_for_good`'s on fresh random histories; with every start
+/// of a pattern the same history, resampling the starts changes nothing, so its interval
+/// must follow the exact distribution of the median speed-up over every draw of whole
+/// structures, the per-pattern speed-ups being `compare_seeded`'s.
+#[test]
+fn seeding_starts_bootstrap_against_exact_enumeration() {
+    let mut g = Lcg::new("starts bootstrap");
+    let seed = (g.next() * 1e9) as u64;
+    let script = r#"
+import itertools, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import paper_report as pr
+rng = np.random.default_rng(int(sys.argv[2]))
+# reach times against the direct rule, thresholds that every history, some, or none meets
+h = rng.random((7, 23)) * np.linspace(1.0, 0.2, 23)
+sm = pr.suffix_max(h)
+for thr in list(rng.random(20)) + [0.0, 2.0, float(h[:, -1].min()) * 1.0001]:
+    got = pr.reached_for_good_many(sm, thr, 10)
+    want = [pr.reached_for_good(x, thr / (1 + pr.TOLERANCE), 10) for x in h]
+    assert got == want, (thr, got, want)
+for trial in range(3):
+    n, k, l = int(rng.integers(5, 10)), 3, 40
+    groups = sorted(int(x) for x in rng.integers(0, 3, n))
+    base_r = rng.random((n, 1, l)) * np.linspace(1.0, 0.3, l)
+    base_n = rng.random((n, 1, l)) * np.linspace(1.0, 0.3, l) * rng.uniform(0.8, 1.2, (n, 1, 1))
+    hr, hn = np.repeat(base_r, k, axis=1), np.repeat(base_n, k, axis=1)
+    fr, fn = hr[:, :, -1], hn[:, :, -1]
+    meta = {"iterations": 10 * l}
+    pats, agg = pr.compare_seeded(hr, fr, hn, fn, 10, meta, groups, "structures")
+    iv = pr.starts_bootstrap(hr, fr, hn, 10, groups, resamples=4000, seed=trial)
+    keys = sorted(set(groups))
+    exact = sorted(pr.median_opt([pats[i]["speedup"] for j in pick for i in range(n) if groups[i] == keys[j]])
+                   for pick in itertools.product(range(len(keys)), repeat=len(keys)))
+    exact = [e for e in exact if e is not None]
+    cdf_below = lambda x: sum(e < x for e in exact) / len(exact)
+    cdf_at = lambda x: sum(e <= x for e in exact) / len(exact)
+    assert iv["low"] in exact and iv["high"] in exact, (iv, exact)
+    assert cdf_below(iv["low"]) <= 0.025 + 0.02 and cdf_at(iv["low"]) >= 0.025 - 0.02, (iv, exact)
+    assert cdf_below(iv["high"]) <= 0.975 + 0.02 and cdf_at(iv["high"]) >= 0.975 - 0.02, (iv, exact)
+print("ok")
+"#;
+    let o = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(root().join("scripts"))
+        .arg(seed.to_string())
+        .output()
+        .unwrap();
+    let log = format!(
+        "seed {seed}\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success() && log.contains("ok"), "{log}");
+}
+
 /// `paper_report.group_bootstrap` (the seeding verdict's interval) against the exact
 /// distribution of the statistic over every draw of whole groups, on fresh random values
 /// with a few infinities and zeros (a network or random side that never got there).
