@@ -365,6 +365,23 @@ fn paper_script_smoke() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("ITER 12 must be a multiple of 5"));
 }
 
+/// Runs a Python check of `scripts/paper_report.py` (argv: the scripts folder, the seed) and
+/// fails with its output, the seed included, unless it exits 0 and prints "ok".
+fn run_report_check(script: &str, seed: u64) {
+    let o = std::process::Command::new(python())
+        .args(["-c", script])
+        .arg(root().join("scripts"))
+        .arg(seed.to_string())
+        .output()
+        .unwrap();
+    let log = format!(
+        "seed {seed}\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success() && log.contains("ok"), "{log}");
+}
+
 /// `paper_report.starts_bootstrap` (the seeding interval that resamples the starts too):
 /// its reach times equal `reached_for_good`'s on fresh random histories; with every start
 /// of a pattern the same history, resampling the starts changes nothing, so its interval
@@ -408,18 +425,7 @@ for trial in range(3):
     assert cdf_below(iv["high"]) <= 0.975 + 0.02 and cdf_at(iv["high"]) >= 0.975 - 0.02, (iv, exact)
 print("ok")
 "#;
-    let o = std::process::Command::new(python())
-        .args(["-c", script])
-        .arg(root().join("scripts"))
-        .arg(seed.to_string())
-        .output()
-        .unwrap();
-    let log = format!(
-        "seed {seed}\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success() && log.contains("ok"), "{log}");
+    run_report_check(script, seed);
 }
 
 /// `paper_report.group_bootstrap` (the seeding verdict's interval) against the exact
@@ -459,16 +465,5 @@ iv = pr.group_bootstrap([None, 1.0], [0, 1], pr.median_opt, resamples=200)
 assert iv["low"] is None and iv["high"] is None and iv["estimate"] == 1.0, iv
 print("ok")
 "#;
-    let o = std::process::Command::new(python())
-        .args(["-c", script])
-        .arg(root().join("scripts"))
-        .arg(seed.to_string())
-        .output()
-        .unwrap();
-    let log = format!(
-        "seed {seed}\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success() && log.contains("ok"), "{log}");
+    run_report_check(script, seed);
 }
