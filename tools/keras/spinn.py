@@ -58,7 +58,8 @@ def keras_default_names(kind: str) -> None:
 
 
 def build_spinn(K, input_size: int = 128, width: float = 1.0, bottleneck: int | None = None,
-                kernel: int = 3, name: str | None = "spinn", names=None):
+                kernel: int = 3, name: str | None = "spinn", names=None,
+                out_dtype: str | None = None):
     """The paper's encoder-decoder (DESIGN.md section 4), optionally width-scaled.
 
     Input (S, S, 1), channels-last, 'same' padding, stride 1, ReLU unless noted:
@@ -70,6 +71,9 @@ def build_spinn(K, input_size: int = 128, width: float = 1.0, bottleneck: int | 
     `names`: kind ("conv2d", "input", ...) -> layer name, called once per layer in model
     order; default: the deterministic "<kind>_<n>" names (input "input") that the
     `--arch spinn` preset of cdiphase uses; `keras_default_names` leaves naming to Keras.
+    `out_dtype`: the dtype policy of the last layer only (None: the global policy); under
+    mixed precision "float32" keeps the tanh output and the loss in float32, as Keras
+    advises. The layers and weights are the same either way.
     """
     if input_size % 8 != 0:
         raise ValueError(f"input_size must be a multiple of 8, got {input_size}")
@@ -96,8 +100,9 @@ def build_spinn(K, input_size: int = 128, width: float = 1.0, bottleneck: int | 
             x = L.Conv2DTranspose(c, k, padding="same", activation="relu",
                                   name=nm("conv2d_transpose"))(x)
         x = L.UpSampling2D((2, 2), name=nm("up_sampling2d"))(x)
+    out_kw = {} if out_dtype is None else {"dtype": out_dtype}
     x = L.Conv2DTranspose(1, k, padding="same", activation="tanh",
-                          name=nm("conv2d_transpose"))(x)
+                          name=nm("conv2d_transpose"), **out_kw)(x)
     return K.Model(inp, x, name=name)
 
 

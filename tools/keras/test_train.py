@@ -26,6 +26,10 @@ on 2 cores). Not part of CI, which has no TensorFlow.
    (odd, non-square sizes), exactly one twin of each pair kept, the cached targets and
    supports equal the stored ones or their twins as the rule says, and the option is
    refused beside --twin-invariant.
+7. --precision mixed_bfloat16: a tiny run from r1's converted weights (--init-from) trains
+   in bf16 with the last layer in float32 (its loss falls), training.json records the
+   precision, every layer of the saved model.keras is float32, the file converts, and the
+   converted model's output equals the saved Keras model's (float32 weights, no bf16 left).
 """
 
 from __future__ import annotations
@@ -324,6 +328,35 @@ def main():
                   "--twin-invariant"], "canonical", "twin-invariant")
     print(f"ok  canonical twin: {int(fl.sum())} of {len(fl)} cached targets and supports "
           "replaced by their twins, as the float64 rule says")
+    print("7. --precision mixed_bfloat16")
+    r7 = os.path.join(tmp, "r7")
+    run_train(common + ["--epochs", "2", "--out", r7, "--seed", "0", "--init-from", st_path,
+                        "--precision", "mixed_bfloat16"], 0)
+    rec7 = json.load(open(os.path.join(r7, "training.json")))
+    assert rec7["training"]["precision"] == "mixed_bfloat16", rec7["training"]
+    h7 = rec7["history"]
+    assert all(np.isfinite(h7["loss"])) and min(h7["loss"]) < h7["initial"]["loss"], h7
+    import zipfile
+
+    with zipfile.ZipFile(os.path.join(r7, "model.keras")) as z:
+        cfg = json.loads(z.read("config.json"))
+    pols = {lay["config"].get("dtype", {}).get("config", {}).get("name", "float32")
+            for lay in cfg["config"]["layers"] if lay["class_name"] != "InputLayer"}
+    assert pols == {"float32"}, pols
+    keras.mixed_precision.set_global_policy("float32")
+    m7 = keras.models.load_model(os.path.join(r7, "model.keras"), compile=False)
+    st7 = os.path.join(tmp, "r7.safetensors")
+    subprocess.run([a.cdiphase, "convert", os.path.join(r7, "model.keras"), "-o", st7,
+                    "--preprocess", "max"], check=True, capture_output=True)
+    fresh7 = build_spinn(keras, input_size=32, width=0.125, bottleneck=None,
+                         name="spinn_compact")
+    assert train.init_from(fresh7, st7) == 30
+    out7 = np.asarray(m7(x))
+    assert out7.dtype == np.float32
+    e7 = float(np.max(np.abs(np.asarray(fresh7(x)) - out7)))
+    assert e7 <= 1e-6, e7
+    print(f"ok  mixed_bfloat16: loss {h7['initial']['loss']:.5f} -> {min(h7['loss']):.5f}, "
+          f"saved float32, converted output equal ({e7:.1e})")
     print("all checks passed")
 
 

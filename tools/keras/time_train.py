@@ -29,6 +29,10 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", nargs="+", default=["float32"],
+                    choices=["float32", "mixed_bfloat16"],
+                    help="Keras dtype policies to time, each at every width (mixed_bfloat16: "
+                         "bf16 compute, f32 weights; oneDNN runs it on AMX where the CPU has it)")
     a = ap.parse_args()
     import numpy as np
     import tensorflow as tf
@@ -44,7 +48,8 @@ def main():
     x = rng.random((a.batch, a.size, a.size, 1), np.float32)
     y = rng.random((a.batch, a.size, a.size, 1), np.float32)
     rows = []
-    for w in a.widths:
+    for prec, w in [(p, w) for p in a.precision for w in a.widths]:
+        keras.mixed_precision.set_global_policy(prec)
         m = build_spinn(keras, input_size=a.size, width=w)
         m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
         m.train_on_batch(x, y)
@@ -53,7 +58,7 @@ def main():
             m.train_on_batch(x, y)
         dt = (time.perf_counter() - t) / a.steps
         f = conv_flops(m)
-        row = {"width": w, "params": int(m.count_params()), "gflop_fwd": f / 1e9,
+        row = {"precision": prec, "width": w, "params": int(m.count_params()), "gflop_fwd": f / 1e9,
                "s_per_step": dt, "ms_per_pattern": 1e3 * dt / a.batch,
                "gflops_effective": 3 * f * a.batch / dt / 1e9}
         rows.append(row)
