@@ -66,8 +66,8 @@ and thread count: TF op determinism is enabled), or on torch / JAX (KERAS_BACKEN
 e.g. on a GPU machine: tools/keras/gpu_train.sh). The losses use keras.ops only.
 --precision mixed_bfloat16 trains with bf16 compute (weights, Adam's state, the last layer
 and the loss in float32): on an Intel Xeon with AMX, TensorFlow's oneDNN runs the full
-network's step 3.9x faster than float32 (BENCHMARKS.md, "Training in bf16 on AMX"); on a
-CPU without AMX it is no faster. The saved files are float32 either way.
+network's step 3.7x faster than float32 (BENCHMARKS.md, "Training the full network in bf16
+on AMX"); on a CPU without AMX it is not measured. The saved files are float32 either way.
 Exit status: 0 ok, 2 bad input (missing dataset, shape mismatch, wrong size, bad split).
 """
 
@@ -562,7 +562,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
                    help="Keras dtype policy while training: mixed_bfloat16 computes in bf16 "
                         "(weights, optimizer state, the last layer and the loss in float32); "
-                        "on a CPU with AMX oneDNN runs it ~4x faster for the full network. "
+                        "on a CPU with AMX oneDNN runs the full network 3.7x faster. "
                         "The saved model is float32 either way")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2,
