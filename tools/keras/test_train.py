@@ -28,7 +28,7 @@ on 2 cores). Not part of CI, which has no TensorFlow.
    refused beside --twin-invariant.
 7. --precision mixed_bfloat16: a tiny run from r1's converted weights (--init-from) trains
    in bf16 with the last layer in float32 (its loss falls), training.json records the
-   precision, every layer of the saved model.keras is float32, the file converts, and the
+   precision and the compute dtypes the model ran in (bf16, the output float32), every layer of the saved model.keras is float32, the file converts, and the
    converted model's output equals the saved Keras model's (float32 weights, no bf16 left).
 """
 
@@ -334,6 +334,8 @@ def main():
                         "--precision", "mixed_bfloat16"], 0)
     rec7 = json.load(open(os.path.join(r7, "training.json")))
     assert rec7["training"]["precision"] == "mixed_bfloat16", rec7["training"]
+    assert rec7["training"]["compute_dtype"] == {"first_conv": "bfloat16",
+                                                 "output": "float32"}, rec7["training"]
     h7 = rec7["history"]
     assert all(np.isfinite(h7["loss"])) and min(h7["loss"]) < h7["initial"]["loss"], h7
     import zipfile

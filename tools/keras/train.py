@@ -966,6 +966,9 @@ def main(argv=None) -> int:
                      "phase_weight": args.phase_weight, "twin_target": args.twin_target,
                      "canonical_angle": args.canonical_angle, "optimizer": "Adam",
                      "precision": args.precision,
+                     # what the trained model computed in (the policy took effect or not)
+                     "compute_dtype": {"first_conv": model.layers[1].compute_dtype,
+                                       "output": model.layers[-1].compute_dtype},
                      "init_from": None if args.init_from is None else {
                          "path": os.path.basename(args.init_from),
                          "sha256": sha256_file(args.init_from)},
