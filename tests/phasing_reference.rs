@@ -18,9 +18,13 @@ use common::refs::dft2;
 use common::Lcg;
 use num_complex::Complex64;
 
-/// The reference modulus projection P_M g and the error sum (|F| - A)^2 over measured.
-fn ref_project(g: &[Complex64], amp: &[f32], h: usize, w: usize) -> (Vec<Complex64>, f64) {
+/// The reference modulus projection P_M g, the error sum (|F| - A)^2 over measured, and
+/// the float32 conditioning of the projection: the bound on how far a float32 engine's
+/// P_M g may lie from the float64 one through its own FFT's rounding alone (see
+/// `fourier_allowance`).
+fn ref_project(g: &[Complex64], amp: &[f32], h: usize, w: usize) -> (Vec<Complex64>, f64, f64) {
     let f = dft2(g, h, w, -1.0);
+    let allowance = fourier_allowance(&f, amp);
     let mut err = 0.0;
     let fp: Vec<Complex64> = f
         .iter()
@@ -40,11 +44,53 @@ fn ref_project(g: &[Complex64], amp: &[f32], h: usize, w: usize) -> (Vec<Complex
         })
         .collect();
     let n = (h * w) as f64;
-    (dft2(&fp, h, w, 1.0).iter().map(|c| c / n).collect(), err)
+    (
+        dft2(&fp, h, w, 1.0).iter().map(|c| c / n).collect(),
+        err,
+        allowance,
+    )
+}
+
+/// The modulus projection sets each measured Fourier coefficient F to A F / |F|: its phase
+/// is the engine's own float32 F's, and where |F| is near zero that phase is not
+/// determined by the input to float32 precision. A float32 FFT errs by about
+/// u sqrt(log2 N) |F|_rms per coefficient; with e_F = 4 u log2(N) |F|_rms (ten times
+/// that at N = 144), a coefficient's projection may move by min(2 A, 2 A e_F / |F|). Coefficients
+/// whose phase is so uncertain that this exceeds 1e-4 A are ill-conditioned, and the real-
+/// space norm of their possible movement, sqrt(sum (..)^2 / N) by Parseval, is what a
+/// correct engine may differ by on top of the 1e-5 of the well-conditioned rest. (They are
+/// not rare: at the self-conjugate frequencies of a nearly real iterate, F is nearly real
+/// and crosses zero along a line; clean-clone CI met |F| = 2.7e-5 |F|_rms at (0, 8) of a
+/// 9x16 positivity-constrained HIO iterate, seed 1796513475437991323.)
+fn fourier_allowance(f: &[Complex64], amp: &[f32]) -> f64 {
+    let n = f.len() as f64;
+    let rms = (f.iter().map(|c| c.norm_sqr()).sum::<f64>() / n).sqrt();
+    let e_f = 4.0 * f64::from(f32::EPSILON) * 0.5 * n.log2().max(1.0) * rms;
+    let mut sum = 0.0;
+    for (c, &a) in f.iter().zip(amp) {
+        if a <= 0.0 {
+            continue;
+        }
+        let a = f64::from(a);
+        let m = c.norm();
+        let moved = if m > 0.0 {
+            (2.0 * a * e_f / m).min(2.0 * a)
+        } else {
+            2.0 * a
+        };
+        if moved > 1e-4 * a {
+            sum += moved * moved;
+        }
+    }
+    (sum / n).sqrt()
 }
 
 /// One reference iteration, textbook form: inside the constraint set g' ; outside
-/// ER 0, HIO g - beta g', RAAR beta g + (1 - 2 beta) g'.
+/// ER 0, HIO g - beta g', RAAR beta g + (1 - 2 beta) g'. Returns the Fourier error sum, the
+/// real-space error, the allowance of `fourier_allowance` and the norm of P_M g. Under positivity a pixel of
+/// the support whose Re g' lies within what a correct float32 engine may differ by (the
+/// 1e-5 norm-wise tolerance plus the allowance) is a tie: either side of the branch is
+/// right, and the reference takes the one nearer the engine's `got`.
 fn ref_iterate(
     g: &mut [Complex64],
     amp: &[f32],
@@ -54,8 +100,9 @@ fn ref_iterate(
     alg: Algorithm,
     beta: f64,
     c: Constraint,
-) -> (f64, f64) {
-    let (p, err) = ref_project(g, amp, h, w);
+    got: &[Complex32],
+) -> (f64, f64, f64, f64) {
+    let (p, err, allowance) = ref_project(g, amp, h, w);
     let tot: f64 = p.iter().map(|v| v.norm_sqr()).sum();
     let out: f64 = p
         .iter()
@@ -63,6 +110,12 @@ fn ref_iterate(
         .filter(|(_, &m)| m == 0)
         .map(|(v, _)| v.norm_sqr())
         .sum();
+    let tie = 1e-5 * tot.sqrt() + allowance;
+    let outside = |gv: f64, pv: f64| match alg {
+        Algorithm::ER => 0.0,
+        Algorithm::HIO => gv - beta * pv,
+        Algorithm::RAAR => beta * gv + (1.0 - 2.0 * beta) * pv,
+    };
     for i in 0..h * w {
         let inside = sup[i] != 0;
         let (okr, oki) = match c {
@@ -70,16 +123,22 @@ fn ref_iterate(
             Constraint::Real => (inside, false),
             Constraint::Positive => (inside && p[i].re >= 0.0, false),
         };
-        let outside = |gv: f64, pv: f64| match alg {
-            Algorithm::ER => 0.0,
-            Algorithm::HIO => gv - beta * pv,
-            Algorithm::RAAR => beta * gv + (1.0 - 2.0 * beta) * pv,
-        };
-        let re = if okr {
+        let mut re = if okr {
             p[i].re
         } else {
             outside(g[i].re, p[i].re)
         };
+        if c == Constraint::Positive && inside && p[i].re.abs() <= tie {
+            let other = if okr {
+                outside(g[i].re, p[i].re)
+            } else {
+                p[i].re
+            };
+            let engine = f64::from(got[i].re);
+            if (other - engine).abs() < (re - engine).abs() {
+                re = other;
+            }
+        }
         let im = if oki {
             p[i].im
         } else {
@@ -87,7 +146,7 @@ fn ref_iterate(
         };
         g[i] = Complex64::new(re, im);
     }
-    (err, (out / tot).sqrt())
+    (err, (out / tot).sqrt(), allowance, tot.sqrt())
 }
 
 fn rel_err(a: &[Complex32], b: &[Complex64]) -> f64 {
@@ -265,13 +324,24 @@ fn check_against_reference(
                 let item = p * starts + s;
                 let sup = &sups[item * l..(item + 1) * l];
                 let mut g = to64(&states[k][item * l..(item + 1) * l]);
-                let (e, re) =
-                    ref_iterate(&mut g, amp, sup, h, w, alg, beta.unwrap_or(0.9) as f64, c);
                 let got = &states[k + 1][item * l..(item + 1) * l];
+                let (e, re, allowance, pnorm) = ref_iterate(
+                    &mut g,
+                    amp,
+                    sup,
+                    h,
+                    w,
+                    alg,
+                    beta.unwrap_or(0.9) as f64,
+                    c,
+                    got,
+                );
                 let err = rel_err(got, &g);
+                let norm = g.iter().map(|v| v.norm_sqr()).sum::<f64>().sqrt();
+                let tol = 1e-5 + allowance / norm;
                 assert!(
-                    err < 1e-5,
-                    "{schedule} {h}x{w} iteration {} pattern {p} start {s} {c:?}: relative error {err:e}",
+                    err < tol,
+                    "{schedule} {h}x{w} iteration {} pattern {p} start {s} {c:?}: relative error {err:e} (tolerance {tol:e})",
                     k + 1
                 );
                 // the error recorded at this iteration is the error of its input
@@ -281,9 +351,10 @@ fn check_against_reference(
                     (got_fe - fe).abs() <= 1e-5 * fe.max(1e-3),
                     "history {got_fe} vs {fe}"
                 );
+                // |P_M g outside| / |P_M g| moves by at most 2 |delta P_M g| / |P_M g|
                 let got_re = out.real_error[(item + 1) * out.records - 1] as f64;
                 assert!(
-                    (got_re - re).abs() <= 1e-5,
+                    (got_re - re).abs() <= 1e-5 + 2.0 * allowance / pnorm,
                     "real-space error {got_re} vs {re}"
                 );
                 // final Fourier error = error of the output object, computed independently
