@@ -55,13 +55,13 @@ fn ref_project(g: &[Complex64], amp: &[f32], h: usize, w: usize) -> (Vec<Complex
 /// is the engine's own float32 F's, and where |F| is near zero that phase is not
 /// determined by the input to float32 precision. A float32 FFT errs by about
 /// u sqrt(log2 N) |F|_rms per coefficient; with e_F = 4 u log2(N) |F|_rms (ten times
-/// that at N = 144), a coefficient's projection may move by min(2 A, 2 A e_F / |F|). Coefficients
-/// whose phase is so uncertain that this exceeds 1e-4 A are ill-conditioned, and the real-
-/// space norm of their possible movement, sqrt(sum (..)^2 / N) by Parseval, is what a
-/// correct engine may differ by on top of the 1e-5 of the well-conditioned rest. (They are
-/// not rare: at the self-conjugate frequencies of a nearly real iterate, F is nearly real
-/// and crosses zero along a line; clean-clone CI met |F| = 2.7e-5 |F|_rms at (0, 8) of a
-/// 9x16 positivity-constrained HIO iterate, seed 1796513475437991323.)
+/// that at N = 144), a coefficient's projection may move by min(2 A, 2 A e_F / |F|).
+/// Coefficients whose phase is so uncertain that this exceeds 1e-4 A are ill-conditioned,
+/// and the real-space norm of their possible movement, sqrt(sum (..)^2 / N) by Parseval, is
+/// what a correct engine may differ by on top of the 1e-5 of the well-conditioned rest.
+/// (They are not rare: at the self-conjugate frequencies of a nearly real iterate, F is
+/// nearly real and crosses zero along a line; clean-clone CI met |F| = 2.7e-5 |F|_rms at
+/// (0, 8) of a 9x16 positivity-constrained HIO iterate, seed 1796513475437991323.)
 fn fourier_allowance(f: &[Complex64], amp: &[f32]) -> f64 {
     let n = f.len() as f64;
     let rms = (f.iter().map(|c| c.norm_sqr()).sum::<f64>() / n).sqrt();
@@ -87,10 +87,10 @@ fn fourier_allowance(f: &[Complex64], amp: &[f32]) -> f64 {
 
 /// One reference iteration, textbook form: inside the constraint set g' ; outside
 /// ER 0, HIO g - beta g', RAAR beta g + (1 - 2 beta) g'. Returns the Fourier error sum, the
-/// real-space error, the allowance of `fourier_allowance` and the norm of P_M g. Under positivity a pixel of
-/// the support whose Re g' lies within what a correct float32 engine may differ by (the
-/// 1e-5 norm-wise tolerance plus the allowance) is a tie: either side of the branch is
-/// right, and the reference takes the one nearer the engine's `got`.
+/// real-space error, the allowance of `fourier_allowance` and the norm of P_M g. Under
+/// positivity a pixel of the support whose Re g' lies within what a correct float32 engine
+/// may differ by (the 1e-5 norm-wise tolerance plus the allowance) is a tie: either side of
+/// the branch is right, and the reference takes the one nearer the engine's `got`.
 fn ref_iterate(
     g: &mut [Complex64],
     amp: &[f32],

@@ -28,8 +28,9 @@ on 2 cores). Not part of CI, which has no TensorFlow.
    refused beside --twin-invariant.
 7. --precision mixed_bfloat16: a tiny run from r1's converted weights (--init-from) trains
    in bf16 with the last layer in float32 (its loss falls), training.json records the
-   precision and the compute dtypes the model ran in (bf16, the output float32), every layer of the saved model.keras is float32, the file converts, and the
-   converted model's output equals the saved Keras model's (float32 weights, no bf16 left).
+   precision and the compute dtypes the model ran in (bf16, the output float32), every
+   layer of the saved model.keras is float32, the file converts, and the converted
+   model's output equals the saved Keras model's (float32 weights, no bf16 left).
 """
 
 from __future__ import annotations
